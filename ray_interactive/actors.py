@@ -1,0 +1,234 @@
+"""The Ray actors of a run: thin shells around the plain classes, all in one place.
+
+* :class:`ControllerActor` - threaded, so a client can block in :meth:`wait_command`
+  while others submit; one lock serialises access to the plain :class:`Controller`.
+* :class:`TrainerActor` - threaded with two concurrency groups: ``loop`` runs the step
+  loop, ``control`` receives commands while the loop runs (FIELD-NOTES: ~2 ms answers).
+* :class:`BufferActor` - an ordinary (sequential) actor: calls from one caller run in
+  order, which the trainer's prefetching relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ray_interactive.buffer import DataBuffer
+from ray_interactive.commands import CommandRecord
+from ray_interactive.config import RunConfig
+from ray_interactive.controller import Controller
+from ray_interactive.feeds import RayFeed
+from ray_interactive.task import load_task
+from ray_interactive.trainer import Reporter, Trainer
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_concurrency=32)
+class ControllerActor:
+    """Ray shell of :class:`~ray_interactive.controller.Controller`."""
+
+    def __init__(self, config: dict[str, Any], recover: bool = False) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._cond = threading.Condition()
+        self._trainer: Any = None
+        self._buffer: Any = None
+        self._undelivered: list[CommandRecord] = []
+        self._c = Controller(RunConfig.model_validate(config), self._deliver, self._buffer_mixture, recover=recover)
+
+    def attach(self, trainer: Any, buffer: Any) -> None:
+        """Connect the trainer and buffer once they exist."""
+        with self._cond:
+            self._trainer, self._buffer = trainer, buffer
+            if self._undelivered:
+                trainer.deliver.remote(self._undelivered)
+                self._undelivered = []
+
+    def _deliver(self, records: list[CommandRecord]) -> None:
+        if self._trainer is None:
+            self._undelivered.extend(records)
+        else:
+            self._trainer.deliver.remote(records)  # fire-and-forget
+
+    def _buffer_mixture(self) -> dict[str, float]:
+        if self._buffer is None:
+            raise ValueError("the data buffer is not attached yet")
+        return ray.get(self._buffer.mixture.remote(), timeout=10)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._cond:
+            result = getattr(self._c, method)(*args, **kwargs)
+            self._cond.notify_all()
+            return result
+
+    # commands
+    def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
+        return self._call("submit", payload, source)
+
+    def wait_command(self, command_id: str, timeout: float = 30.0) -> CommandRecord | None:
+        """Block until the command is applied, failed or rejected (or ``timeout``)."""
+        deadline = time.monotonic() + min(timeout, 300.0)
+        with self._cond:
+            while True:
+                rec = self._c.get_command(command_id)
+                left = deadline - time.monotonic()
+                if rec is None or rec.status.is_final or left <= 0:
+                    return rec
+                self._cond.wait(left)
+
+    def get_command(self, command_id: str) -> CommandRecord | None:
+        return self._call("get_command", command_id)
+
+    def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        return self._call("commands", limit, newest_first)
+
+    # trainer events (fire-and-forget from the trainer)
+    def command_outcomes(self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None) -> None:
+        self._call("command_outcomes", records, snapshot)
+
+    def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[Any]) -> None:
+        self._call("trainer_progress", branch, status, rows)
+
+    def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self._call("trainer_snapshot", snapshot)
+
+    def checkpoint_saved(self, info: dict[str, Any]) -> None:
+        self._call("checkpoint_saved", info)
+
+    def branch_created(self, name: str, parent: str, checkpoint: str, step: int) -> None:
+        self._call("branch_created", name, parent, checkpoint, step)
+
+    def branch_rewound(self, branch: str, step: int) -> None:
+        self._call("branch_rewound", branch, step)
+
+    def mark_failed(self, message: str) -> None:
+        self._call("mark_failed", message)
+
+    # queries
+    def status(self) -> dict[str, Any]:
+        return self._call("status")
+
+    def metrics(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("get_metrics", **kwargs)
+
+    def metric_keys(self, branch: str | None = None) -> list[str]:
+        return self._call("metric_keys", branch)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self._call("list_checkpoints")
+
+    def branches(self) -> dict[str, Any]:
+        return self._call("list_branches")
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            return dict(self._c.snapshot)
+
+    def next_seq(self) -> int:
+        with self._cond:
+            return self._c.next_seq
+
+    def config(self) -> dict[str, Any]:
+        return self._c.config.model_dump(mode="json")
+
+    def handles(self) -> tuple[Any, Any]:
+        return self._trainer, self._buffer
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+
+@ray.remote(concurrency_groups={"loop": 1, "control": 2})
+class TrainerActor:
+    """Ray shell of :class:`~ray_interactive.trainer.Trainer`."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        controller: Any,
+        buffer: Any,
+        next_seq: int = 1,
+        resume_from: str | None = None,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO)
+        cfg = RunConfig.model_validate(config)
+        task = load_task(cfg.task.target, cfg.task.kwargs)
+
+        def feed_factory(position: dict[str, Any] | None) -> RayFeed:
+            if position is None:
+                position = ray.get(buffer.position.remote())
+            else:
+                buffer.restore.remote(position)
+            return RayFeed(buffer, cfg.batch_size, cfg.batches_per_request, cfg.requests_in_flight, position)
+
+        reporter = Reporter(lambda method, *args: getattr(controller, method).remote(*args), ray.get)
+        self._t = Trainer(
+            cfg,
+            task,
+            feed_factory,
+            reporter,
+            next_seq=next_seq,
+            resume_from=Path(resume_from) if resume_from else None,
+        )
+
+    @ray.method(concurrency_group="loop")
+    def run(self) -> dict[str, Any]:
+        return self._t.run()
+
+    @ray.method(concurrency_group="control")
+    def deliver(self, records: list[CommandRecord]) -> None:
+        self._t.deliver(records)
+
+    @ray.method(concurrency_group="control")
+    def snapshot(self) -> dict[str, Any]:
+        return self._t.snapshot()
+
+    @ray.method(concurrency_group="control")
+    def ready(self) -> bool:
+        return True
+
+
+@ray.remote(num_cpus=0)
+class BufferActor:
+    """Ray shell of :class:`~ray_interactive.buffer.DataBuffer`."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO)
+        cfg = RunConfig.model_validate(config)
+        task = load_task(cfg.task.target, cfg.task.kwargs)
+        self._b = DataBuffer(task.data_sources(), seed=cfg.seed, mixture=cfg.mixture)
+
+    def ingest(self, table: Any, source: str) -> dict[str, Any]:
+        return self._b.ingest(table, source)
+
+    def next_batches(self, batch_size: int, count: int = 1) -> Any:
+        return self._b.next_batches(batch_size, count)
+
+    def position(self) -> dict[str, Any]:
+        return self._b.position()
+
+    def restore(self, position: dict[str, Any]) -> None:
+        self._b.restore(position)
+
+    def mixture(self) -> dict[str, float]:
+        return self._b.mixture()
+
+    def set_mixture(self, weights: dict[str, float]) -> dict[str, float]:
+        return self._b.set_mixture(weights)
+
+    def sources(self) -> dict[str, Any]:
+        return self._b.sources()
+
+    def stats(self) -> dict[str, Any]:
+        return self._b.stats()
+
+    def ready(self) -> bool:
+        return True

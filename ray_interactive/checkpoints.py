@@ -1,0 +1,128 @@
+"""Checkpoint files: everything needed to resume or branch a run, in one directory each.
+
+``checkpoints/<id>/`` holds
+
+* ``model.safetensors`` - the weights (shared/tied tensors handled by safetensors),
+* ``optimizer.pt``      - the optimizer's ``state_dict`` (loaded with ``weights_only``),
+* ``rng.safetensors``   - torch CPU (and CUDA) generator states,
+* ``state.json``        - plain state: step, branch, schedule, clipping, accumulation,
+  the data position, Python and numpy RNG states, and the checkpoint's metadata.
+
+A checkpoint is written to ``<id>.tmp`` and renamed, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a checkpoint sits in the run's tree."""
+
+    id: str
+    branch: str
+    step: int
+    created_at: float
+    reason: str  # "periodic", "command", "final", "fork"
+    parent: str | None = None  # the previous checkpoint on this lineage
+    tag: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def checkpoint_id(root: Path, branch: str, step: int) -> str:
+    """A readable, unique id: ``<branch>@<step>``, with ``.2``, ``.3`` ... on repeats."""
+    base = f"{branch}@{step}"
+    cid, n = base, 1
+    while (root / cid).exists():
+        n += 1
+        cid = f"{base}.{n}"
+    return cid
+
+
+def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Python/numpy states (JSON-able) and torch generator states (tensors)."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    plain = {
+        "python": [version, list(state), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    return plain, tensors
+
+
+def restore_rng(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def write_checkpoint(
+    root: Path,
+    info: CheckpointInfo,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> Path:
+    """Write a checkpoint atomically; returns its directory."""
+    final = root / info.id
+    tmp = root / f"{info.id}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng_plain, rng_tensors = capture_rng()
+    save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
+    doc = {"info": info.to_dict(), "state": state, "rng": rng_plain, "written_at": time.time()}
+    (tmp / "state.json").write_text(json.dumps(doc))
+    tmp.rename(final)
+    return final
+
+
+def read_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> dict[str, Any]:
+    """Load weights and optimizer state into the live objects, restore RNGs; return the
+    plain state (step, branch, schedule, data position, ...)."""
+    doc = json.loads((path / "state.json").read_text())
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path.name} does not match the model: missing {missing}, unexpected {unexpected}")
+    opt_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    optimizer.load_state_dict(opt_state)
+    restore_rng(doc["rng"], load_file(str(path / "rng.safetensors")))
+    return doc["state"]
+
+
+def list_checkpoints(root: Path) -> list[CheckpointInfo]:
+    """All complete checkpoints under ``root``, oldest first."""
+    infos = []
+    if root.exists():
+        for d in root.iterdir():
+            meta = d / "state.json"
+            if d.is_dir() and not d.name.endswith(".tmp") and meta.exists():
+                infos.append(CheckpointInfo(**json.loads(meta.read_text())["info"]))
+    return sorted(infos, key=lambda c: c.created_at)

@@ -1,0 +1,398 @@
+"""``ray-interactive``: start, watch and steer runs from a shell.
+
+    ray-interactive demo --data ../shared/data/wikitext-2 --duration 90
+    ray-interactive run --example regression --name r1 --max-steps 2000
+    ray-interactive status r1
+    ray-interactive send r1 update_optimizer lr=3e-4
+    ray-interactive send r1 set_data_mixture base=0.7 live=0.3
+    ray-interactive log r1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = {
+    "tiny-lm": "ray_interactive.examples.tiny_lm:TinyLMTask",
+    "regression": "ray_interactive.examples.regression:RegressionTask",
+}
+# Fields of a command that are not hyperparameters / weights (see ``send``'s shorthand).
+_COMMON_FIELDS = {"id", "source", "issued_at", "at_step", "comment", "group"}
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def parse_value(text: str) -> Any:
+    """``1e-4`` -> 0.0001, ``[0.9,0.95]`` -> list, ``true`` -> True, else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"expected key=value, got {item!r}")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise CLIError(f"{key!r} conflicts with another assignment")
+        node[leaf] = parse_value(value)
+    return out
+
+
+def command_payload(kind: str, assignments: dict[str, Any]) -> dict[str, Any]:
+    """Build a command, with shorthands: ``update_optimizer lr=1e-4`` puts ``lr`` into
+    ``params``, ``set_data_mixture base=0.7`` puts ``base`` into ``weights``."""
+    payload: dict[str, Any] = {"kind": kind}
+    nested = {"update_optimizer": "params", "set_data_mixture": "weights"}.get(kind)
+    for key, value in assignments.items():
+        if nested and key not in _COMMON_FIELDS and key != nested:
+            payload.setdefault(nested, {})[key] = value
+        else:
+            payload[key] = value
+    return payload
+
+
+# -- run / demo --------------------------------------------------------------------------
+def build_config(args: argparse.Namespace) -> Any:
+    from ray_interactive.config import RunConfig
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").exists():
+            raise CLIError(f"{run_dir} is not a run directory (no config.json)")
+        return RunConfig.load(run_dir / "config.json")
+    doc: dict[str, Any] = {}
+    if args.config:
+        doc = json.loads(Path(args.config).read_text())
+    if args.example:
+        doc["task"] = {"target": EXAMPLES[args.example], "kwargs": {}}
+    if args.task:
+        doc["task"] = {"target": args.task, "kwargs": {}}
+    if "task" not in doc:
+        raise CLIError("say what to train: --example NAME, --task package.module:Class or --config FILE")
+    doc["task"].setdefault("kwargs", {}).update(parse_assignments(args.task_arg or []))
+    doc.update(parse_assignments(args.set or []))
+    for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every"):
+        value = getattr(args, key, None)
+        if value is not None:
+            doc[key] = value
+    doc.setdefault("name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        return RunConfig.model_validate(doc)
+    except ValueError as e:
+        raise CLIError(f"invalid run configuration:\n{e}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ray_interactive.launch import start_run
+
+    config = build_config(args)
+    try:
+        handle = start_run(config, resume=bool(args.resume), resume_from=args.from_checkpoint, detached=args.detach, address=args.address)
+    except (ValueError, ConnectionError) as e:
+        raise CLIError(str(e)) from None
+    client = handle.client()
+    print(f"run {config.name!r} started; run dir: {handle.config.resolved_run_dir}")
+    print(f"  attach from another shell:  ray-interactive status {config.name}")
+    print(f"  steer it:                   ray-interactive send {config.name} update_optimizer lr=3e-4")
+    if args.detach:
+        print("detached: the run goes on after this process exits; stop it with "
+              f"`ray-interactive send {config.name} stop`")
+        return 0
+    tour = Tour(client) if getattr(args, "tour", False) else None
+    return watch(handle, client, args.duration, tour, quiet=args.quiet)
+
+
+def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, quiet: bool = False) -> int:
+    """Show progress until the run ends; stop it after ``duration`` s or on Ctrl-C."""
+    from tqdm import tqdm
+
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    start = time.monotonic()
+    seen: set[str] = set()
+    # A live bar on a terminal; a plain line every 10 s in logs (CI, pipes).
+    tty = sys.stdout.isatty()
+    bar = tqdm(total=handle.config.max_steps, unit="step", disable=quiet or not tty, dynamic_ncols=True)
+    last_line = 0.0
+    stop_sent = False
+    exit_code = 0
+    while True:
+        try:
+            final = handle.wait(timeout=1.0)
+        except Exception as e:  # the trainer failed: show why
+            bar.close()
+            print(f"run failed: {e}", file=sys.stderr)
+            exit_code = 1
+            break
+        status = client.status()
+        last = client.metrics(keys=["loss", "lr", "eval/loss"], since=max(0, status["step"] - 50))
+        bar.n = status["step"]
+        post = {"status": status["status"], "branch": status["branch"]}
+        for key in ("loss", "lr", "eval/loss"):
+            if last.get(key, {}).get("value"):
+                post[key] = f"{last[key]['value'][-1]:.4g}"
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+        if not tty and not quiet and time.monotonic() - last_line >= 10.0:
+            last_line = time.monotonic()
+            print(f"step {status['step']} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
+        for row in client.commands(limit=20):
+            key = f"{row['id']}:{row['status']}"
+            if key not in seen and row["status"] != "accepted":
+                seen.add(key)
+                at = f" at step {row['applied_step']}" if row["applied_step"] is not None else ""
+                bar.write(f"[{row['source']}] {row['kind']} {json.dumps(row['args'])} -> {row['status']}{at}: {row['message']}")
+        if final is not None:
+            break
+        elapsed = time.monotonic() - start
+        if tour is not None:
+            tour.maybe_act(elapsed, duration, bar.write)
+        if not stop_sent and (interrupted or (duration is not None and elapsed >= duration)):
+            bar.write("stopping: finishing the step and writing a final checkpoint ...")
+            client.send("stop", source="cli")
+            stop_sent = True
+    bar.close()
+    summary(client)
+    handle.shutdown()
+    return exit_code
+
+
+def summary(client: Any) -> None:
+    status = client.status()
+    m = client.metrics(keys=["loss", "eval/loss"], include_ancestors=True)
+    print(f"\nrun {status['run']}: {status['status']} at step {status['step']} on branch {status['branch']}"
+          f" ({status.get('message') or ''})")
+    for key in ("loss", "eval/loss"):
+        v = m.get(key, {}).get("value")
+        if v:
+            print(f"  {key}: first {v[0]:.4f}, last {v[-1]:.4f}")
+    print(f"  commands: {status['commands']}; checkpoints: {status['checkpoints']}; branches: {', '.join(status['branches'])}")
+    print(f"  run dir: {status['run_dir']}  (resume: ray-interactive run --resume {status['run_dir']})")
+
+
+class Tour:
+    """The demo's scripted steering: what a person would do, as commands from the CLI."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.done: set[str] = set()
+
+    def _once(self, name: str, write: Any, kind: str, **fields: Any) -> None:
+        if name in self.done:
+            return
+        self.done.add(name)
+        rec = self.client.send(kind, source="cli", comment=f"demo tour: {name}", **fields)
+        write(f"tour: {name}: {kind} -> {rec.status.value}{': ' + rec.message if rec.message else ''}")
+
+    def maybe_act(self, elapsed: float, duration: float | None, write: Any) -> None:
+        span = duration or 120.0
+        if elapsed > 0.25 * span:
+            self._once("save a checkpoint", write, "save_checkpoint", tag="tour")
+        if elapsed > 0.35 * span:
+            lr = self.client.snapshot()["groups"][0]["hparams"]["lr"]
+            self._once("halve the learning rate", write, "update_optimizer", params={"lr": lr / 2})
+        if elapsed > 0.45 * span:
+            self._once("evaluate now", write, "evaluate")
+        if elapsed > 0.55 * span:
+            self._once("an invalid lr is refused", write, "update_optimizer", params={"lr": -1})
+        if elapsed > 0.65 * span:
+            ckpts = [c["id"] for c in self.client.checkpoints() if c.get("tag") == "tour"]
+            if ckpts:
+                self._once("branch from the checkpoint", write, "load_checkpoint", checkpoint_id=ckpts[0], branch="tour-branch")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else None
+    if data is not None and not (data / "wiki.train.tokens").exists():
+        print(f"note: {data} has no WikiText-2; using a generated corpus instead", file=sys.stderr)
+        data = None
+    args.example, args.task, args.config, args.resume, args.from_checkpoint = "tiny-lm", None, None, None, None
+    args.task_arg = ([f"data_dir={json.dumps(str(data.resolve()))}"] if data else []) + (args.task_arg or [])
+    args.set = args.set or []
+    args.eval_every = args.eval_every or 100
+    args.lr = args.lr or 2e-3
+    args.name = args.name or f"demo-{time.strftime('%H%M%S')}"
+    args.tour = not args.no_tour
+    args.detach = False
+    return cmd_run(args)
+
+
+# -- attach to a run ---------------------------------------------------------------------
+def _connect(args: argparse.Namespace) -> Any:
+    from ray_interactive.client import RunNotFound, connect
+
+    try:
+        return connect(args.run, address=args.address, namespace=args.namespace)
+    except (RunNotFound, ConnectionError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    m = client.metrics(keys=["loss", "lr", "grad_norm"], since=max(0, status["step"] - 20))
+    print(f"{status['run']}: {status['status']} | step {status['step']} | branch {status['branch']} | "
+          f"{status['samples_per_s']:.1f} samples/s | last checkpoint {status['last_checkpoint']}")
+    for key, s in m.items():
+        if s["value"]:
+            print(f"  {key} = {s['value'][-1]:.6g} (step {s['step'][-1]})")
+    print(f"  commands: {status['commands']}")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from ray_interactive.commands import COMMAND_KINDS
+
+    if args.kind not in COMMAND_KINDS:
+        raise CLIError(f"unknown command kind {args.kind!r}; kinds: {', '.join(COMMAND_KINDS)}")
+    payload = command_payload(args.kind, parse_assignments(args.fields))
+    if args.comment:
+        payload["comment"] = args.comment
+    client = _connect(args)
+    rec = client.submit(payload, source="cli")
+    print(f"{rec.kind}: {rec.status.value}" + (f" (#{rec.seq})" if rec.seq else "") + (f": {rec.message}" if rec.message else ""))
+    if rec.status.value == "rejected":
+        return 1
+    if args.wait:
+        rec = client.wait(rec, timeout=args.timeout)
+        print(f"{rec.kind}: {rec.status.value} at step {rec.applied_step}: {rec.message}")
+        return 0 if rec.status.value == "applied" else 1
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    for row in client.commands(limit=args.n):
+        if args.json:
+            print(json.dumps(row))
+            continue
+        when = time.strftime("%H:%M:%S", time.localtime(row["received_at"]))
+        at = f"@{row['applied_step']}" if row["applied_step"] is not None else ""
+        seq = f"#{row['seq']}" if row["seq"] else "-"
+        print(f"{when} {seq:>5} {row['source'] or '?':6} {row['kind'] or '?':22} {row['status']:8}{at:8} "
+              f"{json.dumps(row['args'])[:60]}  {row['message'] or ''}")
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    for c in client.checkpoints():
+        print(f"{c['id']:30} step {c['step']:>8}  branch {c['branch']:16} {c['reason']:9} {c.get('tag') or ''}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ray_interactive.client import list_runs
+    from ray_interactive.launch import init_ray
+
+    try:
+        init_ray(args.address or "auto", namespace=args.namespace)
+    except ConnectionError as e:
+        raise CLIError(str(e)) from None
+    for name in list_runs(args.namespace):
+        print(name)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from ray_interactive.config import DEFAULT_NAMESPACE
+
+    p = argparse.ArgumentParser(prog="ray-interactive", description="Steer training runs on Ray while they run.")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def run_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--name", help="run name (also the name to attach by)")
+        sp.add_argument("--max-steps", type=int, dest="max_steps")
+        sp.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+        sp.add_argument("--lr", type=float)
+        sp.add_argument("--batch-size", type=int, dest="batch_size")
+        sp.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
+        sp.add_argument("--eval-every", type=int, dest="eval_every")
+        sp.add_argument("--run-dir", dest="run_dir")
+        sp.add_argument("--task-arg", action="append", metavar="K=V", help="keyword argument of the task")
+        sp.add_argument("--set", action="append", metavar="K=V", help="any RunConfig field, e.g. schedule.kind=cosine")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = sub.add_parser("run", help="start a run (embedded local Ray, or the cluster at RAY_ADDRESS)")
+    what = sp.add_mutually_exclusive_group()
+    what.add_argument("--example", choices=sorted(EXAMPLES))
+    what.add_argument("--task", help="package.module:TaskClass")
+    what.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
+    sp.add_argument("--from", dest="from_checkpoint", metavar="CKPT", help="with --resume: this checkpoint")
+    sp.add_argument("--config", help="a RunConfig as JSON")
+    sp.add_argument("--detach", action="store_true", help="leave the run going after this process exits")
+    run_options(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("demo", help="the main job: a small GPT-2 on WikiText-2, steered by a scripted tour")
+    sp.add_argument("--data", default=None, help="WikiText-2 directory (default: a generated corpus)")
+    sp.add_argument("--no-tour", action="store_true", help="no scripted commands; steer it yourself")
+    run_options(sp)
+    sp.set_defaults(func=cmd_demo, duration=None)
+
+    for name, func, helptext in (
+        ("status", cmd_status, "a run's status and latest metrics"),
+        ("log", cmd_log, "a run's command log"),
+        ("checkpoints", cmd_checkpoints, "a run's checkpoints"),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("run")
+        if name == "status":
+            sp.add_argument("--json", action="store_true")
+        if name == "log":
+            sp.add_argument("-n", type=int, default=None, help="only the last N")
+            sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=func)
+
+    sp = sub.add_parser("send", help="send a command: send RUN KIND key=value ...")
+    sp.add_argument("run")
+    sp.add_argument("kind")
+    sp.add_argument("fields", nargs="*", metavar="key=value")
+    sp.add_argument("--comment")
+    sp.add_argument("--wait", action="store_true", help="wait until it is applied")
+    sp.add_argument("--timeout", type=float, default=60.0)
+    sp.set_defaults(func=cmd_send)
+
+    sp = sub.add_parser("runs", help="list running runs")
+    sp.set_defaults(func=cmd_runs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

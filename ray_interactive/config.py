@@ -1,0 +1,107 @@
+"""A run's configuration: plain, validated data, saved as ``config.json`` in the run dir."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ray_interactive.commands import check_name
+
+#: Namespace every run's named actors live in.
+DEFAULT_NAMESPACE = "ray_interactive"
+
+
+class TaskSpec(BaseModel):
+    """Which task to train: an import path and keyword arguments (JSON values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="'package.module:TaskClass'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(BaseModel):
+    """The learning-rate schedule a run starts with (see :mod:`ray_interactive.schedules`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["constant", "linear", "cosine", "step"] = "constant"
+    steps: int | None = Field(default=None, ge=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _steps_needed(self) -> ScheduleConfig:
+        if self.kind != "constant" and self.steps is None:
+            raise ValueError(f"a {self.kind} schedule needs 'steps'")
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. Unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    task: TaskSpec
+    run_dir: Path | None = Field(default=None, description="default: runs/<name>")
+    seed: int = 0
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    grad_accumulation: int = Field(default=1, ge=1, le=4096)
+    max_steps: int | None = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1, description="steps between checkpoints")
+    eval_every: int | None = Field(default=None, ge=1, description="steps between evaluations")
+    mixture: dict[str, float] | None = Field(default=None, description="initial source weights")
+    metrics_interval_s: float = Field(default=0.5, gt=0.0, le=60.0, description="trainer -> controller")
+    metrics_flush_s: float = Field(default=5.0, gt=0.0, le=3600.0, description="controller -> disk")
+    batches_per_request: int = Field(default=4, ge=1, le=1024, description="batches per buffer call")
+    requests_in_flight: int = Field(default=2, ge=1, le=64, description="buffer calls kept in flight")
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    trainer_num_cpus: float = Field(default=1.0, ge=0.0)
+    namespace: str = DEFAULT_NAMESPACE
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "run name")
+
+    @field_validator("lr")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("lr must be finite")
+        return v
+
+    @field_validator("mixture")
+    @classmethod
+    def _mixture(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            for k, w in v.items():
+                if not math.isfinite(w) or w < 0:
+                    raise ValueError(f"mixture weight of {k!r} must be finite and >= 0")
+        return v
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return (self.run_dir or Path("runs") / self.name).resolve()
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.model_validate(json.loads(path.read_text()))
+
+
+def actor_name(run: str, role: Literal["controller", "trainer", "buffer"]) -> str:
+    """The Ray name of one of a run's actors."""
+    return f"{run}.{role}"

@@ -1,0 +1,306 @@
+"""The controller: the single source of truth about a run.
+
+It validates and numbers commands, hands accepted ones to the trainer, records every
+command and its outcome in an append-only log (``commands.jsonl``), and keeps the run's
+status, metric history per branch and checkpoint tree. It is a plain class; the Ray actor
+in :mod:`ray_interactive.actors` is a locked shell around it.
+
+Run directory layout::
+
+    config.json        the RunConfig
+    commands.jsonl     one JSON record per line: each command when submitted and again
+                       at each status change (the last line of an id is its state)
+    metrics/part-*.parquet
+    branches.json      branch -> parent branch, fork checkpoint and step
+    checkpoints/<id>/  see ray_interactive.checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from ray_interactive.checkpoints import list_checkpoints
+from ray_interactive.commands import (
+    Command,
+    CommandRecord,
+    CommandSource,
+    CommandStatus,
+    LoadCheckpoint,
+    SetDataMixture,
+    Stop,
+    parse_command,
+)
+from ray_interactive.config import RunConfig
+from ray_interactive.metrics import MetricStore
+from ray_interactive.validation import RunView, validate
+
+log = logging.getLogger(__name__)
+
+ROOT_BRANCH = "main"
+
+
+def _loggable(payload: Any, limit: int = 2000) -> Any:
+    """A JSON-safe, bounded copy of an arbitrary (possibly hostile) payload."""
+    try:
+        text = json.dumps(payload, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(repr(payload)[:limit])
+    if len(text) > limit:
+        return text[:limit] + "...(truncated)"
+    return json.loads(text)
+
+
+class Controller:
+    """Commands, status, metrics and checkpoint tree of one run."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        deliver: Callable[[list[CommandRecord]], None] | None = None,
+        mixture: Callable[[], dict[str, float]] | None = None,
+        recover: bool = False,
+    ) -> None:
+        self.config = config
+        self.run_dir = config.resolved_run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._deliver = deliver or (lambda records: None)
+        self._mixture = mixture
+        self.records: dict[str, CommandRecord] = {}
+        self.next_seq = 1
+        self.view = RunView(branches={ROOT_BRANCH})
+        self.trainer_status: dict[str, Any] = {"status": "starting", "step": 0, "branch": ROOT_BRANCH}
+        self.snapshot: dict[str, Any] = {}
+        self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.branches: dict[str, dict[str, Any]] = {
+            ROOT_BRANCH: {"parent": None, "checkpoint": None, "fork_step": None, "created_at": time.time()}
+        }
+        self.metrics = MetricStore()
+        self.started_at = time.time()
+        self._last_flush = time.monotonic()
+        if recover:
+            self._recover()
+        else:
+            config.save(self.run_dir / "config.json")
+        self._log = open(self.run_dir / "commands.jsonl", "a", encoding="utf-8")
+
+    # -- commands ----------------------------------------------------------------------
+    def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
+        """Validate, number and queue a command; always returns its record.
+
+        ``source`` overrides the payload's own (the UI stamps its commands ``ui``). A
+        command whose id was seen before is not queued twice: the first record returns.
+        """
+        try:
+            cmd = parse_command(payload)
+            if source is not None:
+                cmd = cmd.model_copy(update={"source": CommandSource(source)})
+        except ValueError as e:
+            record = CommandRecord(command=None, payload=_loggable(payload), status=CommandStatus.REJECTED, message=str(e))
+            self._store(record, key=uuid.uuid4().hex)
+            return record
+        if cmd.id in self.records:
+            return self.records[cmd.id]
+        try:
+            if isinstance(cmd, SetDataMixture):
+                self.view.mixture = self._mixture() if self._mixture else None
+            validate(cmd, self.view)
+        except ValueError as e:
+            record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=str(e))
+            self._store(record)
+            return record
+        if isinstance(cmd, LoadCheckpoint) and cmd.branch is None:
+            cmd = cmd.model_copy(update={"branch": self._new_branch_name(cmd.checkpoint_id)})
+        if isinstance(cmd, LoadCheckpoint):
+            self.view.branches.add(cmd.branch)  # reserve the name now: two loads can't share it
+        if isinstance(cmd, Stop):
+            self.view.stopping = True
+        record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
+        self.next_seq += 1
+        self._store(record)
+        self._deliver([record])
+        return record
+
+    def _new_branch_name(self, checkpoint_id: str) -> str:
+        base = self.checkpoints[checkpoint_id]["branch"]
+        n = 1
+        while f"{base}-{n}" in self.view.branches:
+            n += 1
+        return f"{base}-{n}"
+
+    def _store(self, record: CommandRecord, key: str | None = None) -> None:
+        self.records[key or record.id or uuid.uuid4().hex] = record
+        self._log.write(record.model_dump_json() + "\n")
+        self._log.flush()  # on disk (page cache) before the answer goes out
+
+    def command_outcomes(self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None) -> None:
+        """The trainer applied (or failed to apply) commands; ``snapshot`` is its state after."""
+        if snapshot is not None:
+            self.trainer_snapshot(snapshot)
+        for record in records:
+            self._store(CommandRecord.model_validate(record))
+
+    def get_command(self, command_id: str) -> CommandRecord | None:
+        return self.records.get(command_id)
+
+    def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Command records as dicts, in submission order (or newest first)."""
+        recs = sorted(self.records.values(), key=lambda r: r.received_at, reverse=newest_first)
+        if limit is not None:
+            recs = recs[:limit] if newest_first else recs[-limit:]
+        return [_record_row(r) for r in recs]
+
+    # -- trainer events ----------------------------------------------------------------
+    def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
+        self.metrics.record(branch, rows)
+        if status.get("time", 0) >= self.trainer_status.get("time", 0):  # calls may arrive out of order
+            self.trainer_status = status
+            self.view.status = status["status"]
+            self.view.step = status["step"]
+        self.maybe_flush()
+
+    def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+        self.view.groups = snapshot["groups"]
+        self.view.modules = snapshot["modules"]
+        self.view.has_eval = snapshot["has_eval"]
+
+    def checkpoint_saved(self, info: dict[str, Any]) -> None:
+        self.checkpoints[info["id"]] = info
+        self.view.checkpoints.add(info["id"])
+
+    def branch_created(self, name: str, parent: str, checkpoint: str, step: int) -> None:
+        self.branches[name] = {"parent": parent, "checkpoint": checkpoint, "fork_step": step, "created_at": time.time()}
+        self.view.branches.add(name)
+        tmp = self.run_dir / "branches.json.tmp"
+        tmp.write_text(json.dumps(self.branches, indent=1))
+        tmp.replace(self.run_dir / "branches.json")
+
+    def branch_rewound(self, branch: str, step: int) -> None:
+        self.metrics.rewind(branch, step, time.time())
+
+    def mark_failed(self, message: str) -> None:
+        """The trainer died without saying so (its process is gone)."""
+        self.trainer_status = {**self.trainer_status, "status": "failed", "message": message, "time": time.time()}
+        self.view.status = "failed"
+        for r in list(self.records.values()):
+            if r.status is CommandStatus.ACCEPTED:
+                self._store(r.model_copy(update={"status": CommandStatus.FAILED, "message": "the trainer failed"}))
+        self.flush()
+
+    # -- queries -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for r in self.records.values():
+            counts[r.status.value] = counts.get(r.status.value, 0) + 1
+        return {
+            "run": self.config.name,
+            "run_dir": str(self.run_dir),
+            **self.trainer_status,
+            "started_at": self.started_at,
+            "commands": counts,
+            "checkpoints": len(self.checkpoints),
+            "branches": sorted(self.branches),
+        }
+
+    def lineage(self, branch: str) -> list[tuple[str, int | None]]:
+        """``[(root, fork_step), ..., (branch, None)]``: whose metrics a branch continues."""
+        chain: list[tuple[str, int | None]] = [(branch, None)]
+        seen = {branch}
+        while (parent := self.branches.get(chain[0][0], {}).get("parent")) and parent not in seen:
+            seen.add(parent)
+            chain.insert(0, (parent, self.branches[chain[0][0]]["fork_step"]))
+        return chain
+
+    def get_metrics(
+        self,
+        branch: str | None = None,
+        keys: list[str] | None = None,
+        since: int | None = None,
+        max_points: int | None = None,
+        include_ancestors: bool = False,
+    ) -> dict[str, dict[str, list[Any]]]:
+        """Metric series of a branch (default: the current one), optionally thinned."""
+        branch = branch or self.trainer_status.get("branch", ROOT_BRANCH)
+        if branch not in self.branches and branch not in self.metrics.series:
+            raise ValueError(f"no branch {branch!r}; branches: {', '.join(sorted(self.branches))}")
+        lineage = self.lineage(branch) if include_ancestors else [(branch, None)]
+        return self.metrics.query(lineage, keys, since, max_points)
+
+    def metric_keys(self, branch: str | None = None) -> list[str]:
+        return self.metrics.keys(branch or self.trainer_status.get("branch", ROOT_BRANCH))
+
+    def list_checkpoints(self) -> list[dict[str, Any]]:
+        return sorted(self.checkpoints.values(), key=lambda c: c["created_at"])
+
+    def list_branches(self) -> dict[str, dict[str, Any]]:
+        return dict(self.branches)
+
+    # -- persistence -------------------------------------------------------------------
+    def maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.config.metrics_flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write metrics not yet on disk."""
+        self._last_flush = time.monotonic()
+        self.metrics.flush(self.run_dir / "metrics")
+
+    def close(self) -> None:
+        self.flush()
+        self._log.close()
+
+    def _recover(self) -> None:
+        """Rebuild state from the run directory (a resumed run, a restarted actor)."""
+        path = self.run_dir / "commands.jsonl"
+        if path.exists():
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+                try:
+                    rec = CommandRecord.model_validate_json(line)
+                except ValueError:
+                    log.warning("skipping unreadable line %d of %s", i + 1, path)
+                    continue
+                self.records[rec.id or f"line{i}"] = rec
+                if rec.seq is not None:
+                    self.next_seq = max(self.next_seq, rec.seq + 1)
+        for info in list_checkpoints(self.run_dir / "checkpoints"):
+            self.checkpoint_saved(info.to_dict())
+        branches = self.run_dir / "branches.json"
+        if branches.exists():
+            self.branches.update(json.loads(branches.read_text()))
+            self.view.branches |= set(self.branches)
+        self.metrics = MetricStore.load(self.run_dir / "metrics")
+        # Commands accepted but never applied died with the old trainer.
+        for r in list(self.records.values()):
+            if r.status is CommandStatus.ACCEPTED:
+                self.records[r.id or ""] = r.model_copy(
+                    update={"status": CommandStatus.FAILED, "message": "the run ended before it was applied"}
+                )
+
+
+def _record_row(r: CommandRecord) -> dict[str, Any]:
+    """A flat, JSON-safe view of a record for tables and agents."""
+    cmd = r.command
+    args = {}
+    if cmd is not None:
+        args = cmd.model_dump(mode="json", exclude={"id", "kind", "source", "issued_at", "at_step", "comment"})
+    return {
+        "id": r.id,
+        "seq": r.seq,
+        "kind": r.kind,
+        "source": cmd.source.value if cmd is not None else None,
+        "args": args if cmd is not None else r.payload,
+        "status": r.status.value,
+        "message": r.message,
+        "issued_at": cmd.issued_at if cmd is not None else None,
+        "received_at": r.received_at,
+        "applied_at": r.applied_at,
+        "applied_step": r.applied_step,
+        "branch": r.branch,
+        "at_step": cmd.at_step if cmd is not None else None,
+        "comment": cmd.comment if cmd is not None else None,
+    }

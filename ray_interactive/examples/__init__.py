@@ -1,0 +1,1 @@
+"""Built-in example tasks that need no download."""

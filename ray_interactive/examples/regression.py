@@ -1,0 +1,80 @@
+"""A small MLP regression task on synthetic data: fast, deterministic, tunable in size.
+
+Tests use it because a step takes milliseconds; benchmarks use it because ``width`` and
+``depth`` set the step time (about 5 ms and 50 ms on a 2-core CPU at the sizes in
+``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ray_interactive.task import DataSource, Task, column_array
+
+
+def make_table(rows: int, in_dim: int, seed: int) -> pa.Table:
+    """Rows ``x`` (list of floats) and ``y`` = a fixed random teacher of ``x`` plus noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, in_dim), dtype=np.float32)
+    w = np.random.default_rng(1234).standard_normal((in_dim,), dtype=np.float32) / np.sqrt(in_dim)
+    y = (np.tanh(x @ w) + 0.05 * rng.standard_normal(rows)).astype(np.float32)
+    return pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), in_dim), "y": y})
+
+
+def columns_to_tensors(table: pa.Table, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = column_array(table, "x")
+    y = column_array(table, "y")
+    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+
+class RegressionTask(Task):
+    """Fit ``y`` from ``x`` with an MLP (Linear, LayerNorm, GELU, Dropout blocks)."""
+
+    def __init__(
+        self,
+        in_dim: int = 32,
+        width: int = 64,
+        depth: int = 2,
+        rows: int = 4096,
+        dropout: float = 0.1,
+        seed: int = 0,
+        extra_source: bool = False,
+    ) -> None:
+        self.in_dim, self.width, self.depth, self.rows, self.dropout, self.seed = in_dim, width, depth, rows, dropout, seed
+        self.extra_source = extra_source
+
+    def build_model(self) -> nn.Module:
+        layers: list[nn.Module] = []
+        d = self.in_dim
+        for _ in range(self.depth):
+            layers += [nn.Linear(d, self.width), nn.LayerNorm(self.width), nn.GELU(), nn.Dropout(self.dropout)]
+            d = self.width
+        layers.append(nn.Linear(d, 1))
+        return nn.Sequential(*layers)
+
+    def data_sources(self) -> list[DataSource]:
+        sources = [DataSource("base", make_table(self.rows, self.in_dim, self.seed), policy="epoch")]
+        if self.extra_source:  # a second source, to exercise mixtures
+            sources.append(DataSource("extra", make_table(self.rows // 4, self.in_dim, self.seed + 7), weight=0.5))
+        return sources
+
+    def collate(self, batch: pa.Table, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return columns_to_tensors(batch, device)
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.mse_loss(model(x).squeeze(-1), y)
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        x, y = columns_to_tensors(make_table(512, self.in_dim, self.seed + 1), device)
+        return {"loss": F.mse_loss(model(x).squeeze(-1), y).item()}
+
+
+class NoEvalRegressionTask(RegressionTask):
+    """The same task without evaluation (to check that ``evaluate`` is refused)."""
+
+    evaluate = Task.evaluate  # type: ignore[assignment]

@@ -1,0 +1,119 @@
+"""Batch feeds: how the trainer gets batches from the data buffer without waiting.
+
+:class:`RayFeed` keeps a few ``next_batches`` calls in flight to the buffer actor, so the
+batch for the next step is usually already in the object store (zero-copy Arrow) when the
+step asks. :class:`LocalFeed` calls a :class:`DataBuffer` directly (unit tests, notebooks).
+Both track the *data position after the last batch handed out*, which is what a
+checkpoint must store: batches prefetched but not yet trained on do not count.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ray_interactive.buffer import BatchChunk, DataBuffer
+
+
+@dataclass
+class Batch:
+    """One training batch and where it came from."""
+
+    table: pa.Table
+    meta: dict[str, Any]
+
+
+class _FeedBase:
+    def __init__(self, batch_size: int, position: dict[str, Any]) -> None:
+        self.batch_size = batch_size
+        self.position = position  # after the last batch handed out
+        self._ready: collections.deque[tuple[pa.Table, dict[str, Any], dict[str, Any]]] = collections.deque()
+
+    def _unpack(self, chunk: BatchChunk) -> None:
+        n = chunk.batch_size
+        for i, (pos, meta) in enumerate(zip(chunk.positions, chunk.meta)):
+            self._ready.append((chunk.table.slice(i * n, n), pos, meta))
+
+    def _pop(self) -> Batch:
+        table, pos, meta = self._ready.popleft()
+        self.position = pos
+        return Batch(table, meta)
+
+
+class LocalFeed(_FeedBase):
+    """Draws batches from an in-process :class:`DataBuffer`."""
+
+    def __init__(self, buffer: DataBuffer, batch_size: int, per_request: int = 1) -> None:
+        super().__init__(batch_size, buffer.position())
+        self.buffer = buffer
+        self.per_request = per_request
+
+    def next(self) -> Batch | None:
+        if not self._ready:
+            chunk = self.buffer.next_batches(self.batch_size, self.per_request)
+            if chunk is None:
+                return None
+            self._unpack(chunk)
+        return self._pop()
+
+    def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None:
+        self._ready.clear()
+        self.buffer.restore(position)
+        if weights is not None:
+            self.buffer.set_mixture(weights)
+        self.position = self.buffer.position()
+
+
+class RayFeed(_FeedBase):
+    """Prefetches from a buffer actor: ``in_flight`` calls of ``per_request`` batches each."""
+
+    def __init__(self, buffer: Any, batch_size: int, per_request: int, in_flight: int, position: dict[str, Any]) -> None:
+        super().__init__(batch_size, position)
+        self.buffer = buffer
+        self.per_request = per_request
+        self.in_flight = in_flight
+        self._pending: collections.deque[Any] = collections.deque()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while len(self._pending) < self.in_flight:
+            self._pending.append(self.buffer.next_batches.remote(self.batch_size, self.per_request))
+
+    def next(self, timeout: float | None = None) -> Batch | None:
+        """The next batch, or None if the buffer has no data (or none came in ``timeout``)."""
+        import ray
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready:
+            ref = self._pending[0]
+            if deadline is not None:
+                ready, _ = ray.wait([ref], timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    return None
+            self._pending.popleft()
+            chunk = ray.get(ref)
+            self._top_up()
+            if chunk is None:
+                return None
+            self._unpack(chunk)
+        return self._pop()
+
+    def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None:
+        """Drop prefetched batches and continue from ``position`` (optionally new weights).
+
+        Calls from one caller to a (non-threaded) actor run in order, so the restore runs
+        after the dropped requests and before the new ones.
+        """
+        import ray
+
+        self._ready.clear()
+        self._pending.clear()
+        self.buffer.restore.remote(position)
+        if weights is not None:
+            ray.get(self.buffer.set_mixture.remote(weights))
+        self.position = ray.get(self.buffer.position.remote())
+        self._top_up()

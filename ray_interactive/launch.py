@@ -1,0 +1,145 @@
+"""Starting a run: create its named actors on the local or a remote Ray cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ray_interactive.actors import BufferActor, ControllerActor, TrainerActor
+from ray_interactive.checkpoints import list_checkpoints
+from ray_interactive.config import RunConfig, actor_name
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, namespace: str | None = None, **kwargs: Any) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), or start an embedded local cluster.
+
+    Set up so that a second process can attach: on a local cluster with token auth
+    (Ray's default), a process that connects by address needs ``RAY_AUTH_MODE=token``.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=True, **kwargs)
+    except ConnectionError as e:
+        raise ConnectionError(
+            f"cannot reach a Ray cluster at {address!r}: {e}. Start one with `ray start --head`, "
+            "or leave RAY_ADDRESS unset to run on an embedded local Ray."
+        ) from e
+
+
+@dataclass
+class RunHandle:
+    """The actors of a run started by this process, and the ref of its training loop."""
+
+    config: RunConfig
+    controller: Any
+    trainer: Any
+    buffer: Any
+    loop: Any  # ObjectRef of TrainerActor.run()
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Wait for the loop to end; returns the final status (None on timeout).
+
+        If the trainer failed, the controller is told (so clients see ``failed``) and
+        the error is raised here.
+        """
+        ready, _ = ray.wait([self.loop], timeout=timeout)
+        if not ready:
+            return None
+        try:
+            return ray.get(self.loop)
+        except Exception as e:
+            try:
+                ray.get(self.controller.mark_failed.remote(f"{type(e).__name__}: {e}"[:4000]), timeout=10)
+            except Exception:  # the controller may be gone too; the original error matters
+                log.warning("could not tell the controller that the trainer failed")
+            raise
+
+    def client(self) -> Any:
+        from ray_interactive.client import RunClient
+
+        return RunClient(self.config.name, self.config.namespace, self.controller)
+
+    def shutdown(self) -> None:
+        """Flush the controller, then kill the run's actors."""
+        try:
+            ray.get(self.controller.close.remote(), timeout=30)
+        except Exception:
+            log.warning("controller did not close cleanly")
+        for actor in (self.trainer, self.buffer, self.controller):
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+
+
+def start_run(
+    config: RunConfig,
+    resume: bool = False,
+    resume_from: str | None = None,
+    detached: bool = False,
+    address: str | None = None,
+) -> RunHandle:
+    """Create the run's controller, buffer and trainer and start training.
+
+    With ``resume``, the run continues from its latest checkpoint (or ``resume_from``,
+    a checkpoint id) in ``config.run_dir``, with its command log, metrics and branches.
+    """
+    init_ray(address, namespace=config.namespace)
+    ns = config.namespace
+    name = actor_name(config.name, "controller")
+    if name in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns}:
+        raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
+    run_dir = config.resolved_run_dir
+    checkpoint_path: str | None = None
+    if resume:
+        ckpts = list_checkpoints(run_dir / "checkpoints")
+        if resume_from is not None:
+            ckpts = [c for c in ckpts if c.id == resume_from]
+        if not ckpts:
+            what = f"checkpoint {resume_from!r}" if resume_from else "checkpoints"
+            raise ValueError(f"cannot resume: no {what} in {run_dir / 'checkpoints'}")
+        checkpoint_path = str(run_dir / "checkpoints" / ckpts[-1].id)
+    elif (run_dir / "commands.jsonl").exists():
+        raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
+
+    lifetime = "detached" if detached else None
+    cfg = config.model_dump(mode="json")
+    cfg["run_dir"] = str(run_dir)  # actors may run elsewhere: pass the absolute path
+    controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime).remote(cfg, recover=resume)
+    buffer = BufferActor.options(name=actor_name(config.name, "buffer"), namespace=ns, lifetime=lifetime).remote(cfg)
+    next_seq = ray.get(controller.next_seq.remote())
+    gpus = 1 if config.device in ("auto", "cuda") and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    trainer = TrainerActor.options(
+        name=actor_name(config.name, "trainer"),
+        namespace=ns,
+        lifetime=lifetime,
+        num_cpus=config.trainer_num_cpus,
+        num_gpus=gpus,
+    ).remote(cfg, controller, buffer, next_seq, checkpoint_path)
+    ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
+    ray.get(controller.attach.remote(trainer, buffer))
+    loop = trainer.run.remote()
+    _wait_for_snapshot(controller)
+    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, loop)
+
+
+def _wait_for_snapshot(controller: Any, timeout: float = 60.0) -> None:
+    """Return once the trainer has described itself, so commands validate right away."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.get(controller.snapshot.remote()):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the trainer did not start within a minute")

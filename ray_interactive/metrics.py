@@ -1,0 +1,209 @@
+"""Metric history per branch: in-memory series, min/max thinning, Parquet persistence.
+
+Each series is a set of growable numpy arrays (step, wall time, value), so a query for a
+run with 100k steps slices and thins without touching Python objects per point. On disk,
+metrics are Parquet parts in long format (branch, step, time, key, value) appended every
+few seconds; :meth:`MetricStore.load` rebuilds the store from them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Marker row written when a branch is rewound (a run resumed from an earlier checkpoint):
+#: points of that branch at or after its step that were written before it are stale.
+REWIND_KEY = "__rewind__"
+
+_PART_SCHEMA = pa.schema(
+    [("branch", pa.string()), ("step", pa.int64()), ("time", pa.float64()), ("key", pa.string()), ("value", pa.float64())]
+)
+
+
+class Series:
+    """One metric of one branch: parallel arrays of step, time and value."""
+
+    __slots__ = ("steps", "times", "values", "n")
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.steps = np.empty(capacity, np.int64)
+        self.times = np.empty(capacity, np.float64)
+        self.values = np.empty(capacity, np.float64)
+        self.n = 0
+
+    def append(self, step: int, t: float, value: float) -> None:
+        if self.n and step <= self.steps[self.n - 1]:
+            # The branch went back (rewind): the old tail is superseded.
+            self.n = int(np.searchsorted(self.steps[: self.n], step, side="left"))
+        if self.n == len(self.steps):
+            for name in ("steps", "times", "values"):
+                old = getattr(self, name)
+                new = np.empty(len(old) * 2, old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        self.steps[self.n] = step
+        self.times[self.n] = t
+        self.values[self.n] = value
+        self.n += 1
+
+    def truncate(self, step: int) -> None:
+        """Drop points at or after ``step``."""
+        self.n = int(np.searchsorted(self.steps[: self.n], step, side="left"))
+
+    def window(self, since: int | None = None, until: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views (no copy) of the points with ``since <= step <= until``."""
+        s = self.steps[: self.n]
+        lo = 0 if since is None else int(np.searchsorted(s, since, side="left"))
+        hi = self.n if until is None else int(np.searchsorted(s, until, side="right"))
+        return s[lo:hi], self.times[lo:hi], self.values[lo:hi]
+
+
+def thin_minmax(values: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices of at most ``max_points`` points keeping each bucket's min and max.
+
+    The points are split into equal buckets along x; from each the smallest and largest
+    value survive (so spikes stay visible), plus the last point (the current value).
+    Returns sorted indices. O(n), vectorised.
+    """
+    n = len(values)
+    if max_points < 3:
+        raise ValueError("max_points must be at least 3")
+    if n <= max_points:
+        return np.arange(n)
+    buckets = (max_points - 1) // 2
+    size = math.ceil(n / buckets)
+    buckets = math.ceil(n / size)
+    y = np.asarray(values, np.float64)
+    lo = np.full(buckets * size, np.inf)
+    hi = np.full(buckets * size, -np.inf)
+    lo[:n] = np.where(np.isnan(y), np.inf, y)
+    hi[:n] = np.where(np.isnan(y), -np.inf, y)
+    base = np.arange(buckets) * size
+    imin = base + lo.reshape(buckets, size).argmin(axis=1)
+    imax = base + hi.reshape(buckets, size).argmax(axis=1)
+    idx = np.unique(np.concatenate([imin, imax, [n - 1]]))
+    return idx[idx < n]
+
+
+class MetricStore:
+    """All metric series of a run, by branch and key, plus what is not yet on disk."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, dict[str, Series]] = defaultdict(dict)
+        self._unflushed: list[tuple[str, int, float, str, float]] = []
+
+    def record(self, branch: str, rows: Iterable[tuple[int, float, dict[str, float]]]) -> int:
+        """Add rows of ``(step, time, {key: value})``; non-finite values are kept (NaN loss
+        is worth seeing), non-numeric ones are dropped. Returns the number of points."""
+        count = 0
+        by_key = self.series[branch]
+        for step, t, values in rows:
+            for key, value in values.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                s = by_key.get(key)
+                if s is None:
+                    s = by_key[key] = Series()
+                s.append(int(step), float(t), float(value))
+                self._unflushed.append((branch, int(step), float(t), key, float(value)))
+                count += 1
+        return count
+
+    def rewind(self, branch: str, step: int, t: float) -> None:
+        """Forget points of ``branch`` at or after ``step`` (a resume from a checkpoint)."""
+        for s in self.series.get(branch, {}).values():
+            s.truncate(step)
+        self._unflushed.append((branch, step, t, REWIND_KEY, 0.0))
+
+    def keys(self, branch: str) -> list[str]:
+        return sorted(self.series.get(branch, {}))
+
+    def last(self, branch: str, key: str) -> tuple[int, float] | None:
+        s = self.series.get(branch, {}).get(key)
+        if s is None or s.n == 0:
+            return None
+        return int(s.steps[s.n - 1]), float(s.values[s.n - 1])
+
+    def query(
+        self,
+        lineage: list[tuple[str, int | None]],
+        keys: list[str] | None = None,
+        since: int | None = None,
+        max_points: int | None = None,
+    ) -> dict[str, dict[str, list[Any]]]:
+        """Series along a lineage: ``[(root_branch, fork_step), ..., (branch, None)]``.
+
+        Each element contributes its points up to the step where the next one forked
+        from it. Returns ``{key: {"step": [...], "time": [...], "value": [...]}}``, each
+        thinned to ``max_points`` by min/max buckets when given.
+        """
+        names = keys if keys is not None else sorted({k for b, _ in lineage for k in self.series.get(b, {})})
+        out: dict[str, dict[str, list[Any]]] = {}
+        for key in names:
+            parts = []
+            for branch, until in lineage:
+                s = self.series.get(branch, {}).get(key)
+                if s is not None:
+                    parts.append(s.window(since, until))
+            if not parts:
+                continue
+            steps = np.concatenate([p[0] for p in parts])
+            times = np.concatenate([p[1] for p in parts])
+            values = np.concatenate([p[2] for p in parts])
+            if max_points is not None and len(values) > max_points:
+                idx = thin_minmax(values, max_points)
+                steps, times, values = steps[idx], times[idx], values[idx]
+            out[key] = {"step": steps.tolist(), "time": times.tolist(), "value": values.tolist()}
+        return out
+
+    # -- persistence -------------------------------------------------------------------
+    def flush(self, directory: Path) -> Path | None:
+        """Write unflushed points as a new Parquet part; return its path (None if none)."""
+        if not self._unflushed:
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        existing = sorted(directory.glob("part-*.parquet"))
+        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        cols = list(zip(*self._unflushed))
+        table = pa.table([pa.array(c) for c in cols], schema=_PART_SCHEMA)
+        path = directory / f"part-{number:06d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)  # a reader never sees half a part
+        self._unflushed.clear()
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> MetricStore:
+        """Rebuild a store from its Parquet parts, honouring rewinds."""
+        store = cls()
+        parts = sorted(directory.glob("part-*.parquet")) if directory.exists() else []
+        if not parts:
+            return store
+        table = pa.concat_tables([pq.read_table(p, schema=_PART_SCHEMA) for p in parts])
+        branch = table["branch"].to_pylist()
+        step = table["step"].to_numpy()
+        t = table["time"].to_numpy()
+        key = table["key"].to_pylist()
+        value = table["value"].to_numpy()
+        keep = np.ones(len(step), bool)
+        branch_arr = np.array(branch, dtype=object)
+        for i in np.flatnonzero(np.array(key, dtype=object) == REWIND_KEY):
+            stale = (np.arange(len(step)) < i) & (branch_arr == branch[i]) & (step >= step[i])
+            keep &= ~stale
+            keep[i] = False
+        rows: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
+        for i in np.flatnonzero(keep):
+            rows[(branch[i], key[i])].append((int(step[i]), float(t[i]), float(value[i])))
+        for (b, k), pts in rows.items():
+            latest = {p[0]: p for p in pts}  # the last write of a step wins
+            s = store.series[b][k] = Series(max(16, len(latest)))
+            for st in sorted(latest):
+                s.append(st, latest[st][1], latest[st][2])
+        return store

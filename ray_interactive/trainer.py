@@ -1,0 +1,490 @@
+"""The trainer: owns model, optimizer and schedule, and runs the step loop.
+
+The loop reads top to bottom (:meth:`Trainer.run`): apply due commands, get the next
+batch (prefetched), forward/backward over the micro-batches, clip, optimizer step,
+record metrics. Everything interactive sits in small calls around that: the inbox is
+filled by another thread, batches were requested steps ago, metrics leave in the
+background every ``metrics_interval_s``. The step never waits for another actor.
+
+The trainer talks to the controller through a :class:`Reporter` (fire-and-forget) and
+to the data through a feed (:mod:`ray_interactive.feeds`), so this class has no Ray in
+it and unit tests drive it in-process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ray_interactive import schedules
+from ray_interactive.checkpoints import CheckpointInfo, checkpoint_id, read_checkpoint, write_checkpoint
+from ray_interactive.commands import (
+    CommandRecord,
+    CommandStatus,
+    Evaluate,
+    LoadCheckpoint,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    SetDataMixture,
+    SetGradAccumulation,
+    SetGradClip,
+    SetLRSchedule,
+    Stop,
+    UpdateModule,
+    UpdateOptimizer,
+)
+from ray_interactive.config import RunConfig
+from ray_interactive.feeds import Batch
+from ray_interactive.hparams import apply_update, describe_optimizer, validate_update
+from ray_interactive.inbox import CommandInbox
+from ray_interactive.modules import apply_module_op, describe_modules, validate_module_op
+from ray_interactive.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class Feed(Protocol):
+    """Where batches come from (see :mod:`ray_interactive.feeds`)."""
+
+    position: dict[str, Any]
+
+    def next(self) -> Batch | None: ...
+
+    def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None: ...
+
+
+class Reporter:
+    """Sends trainer events to the controller without waiting for an answer.
+
+    ``send(method, *args)`` is ``getattr(controller, method).remote(*args)`` under Ray,
+    a direct call in-process. Method names are fixed here, never taken from input.
+    """
+
+    def __init__(self, send: Callable[..., Any], wait: Callable[[list[Any]], Any] | None = None) -> None:
+        self._sender = send
+        self._wait = wait
+        self._recent: collections.deque[Any] = collections.deque(maxlen=256)
+
+    def _send(self, method: str, *args: Any) -> None:
+        self._recent.append(self._sender(method, *args))
+
+    def sync(self) -> None:
+        """Wait until the recent events have reached the controller (at the end of a run)."""
+        if self._wait is not None:
+            self._wait([r for r in self._recent if r is not None])
+        self._recent.clear()
+
+    def progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
+        self._send("trainer_progress", branch, status, rows)
+
+    def outcomes(self, records: list[CommandRecord], snapshot: dict[str, Any] | None = None) -> None:
+        """Outcomes and the state they left, in one call: whoever sees "applied" sees
+        the new settings too (separate calls to a threaded actor may be reordered)."""
+        self._send("command_outcomes", [r.model_dump(mode="json") for r in records], snapshot)
+
+    def snapshot(self, snapshot: dict[str, Any]) -> None:
+        self._send("trainer_snapshot", snapshot)
+
+    def checkpoint(self, info: CheckpointInfo) -> None:
+        self._send("checkpoint_saved", info.to_dict())
+
+    def branch(self, name: str, parent: str, checkpoint: str, step: int) -> None:
+        self._send("branch_created", name, parent, checkpoint, step)
+
+    def rewind(self, branch: str, step: int) -> None:
+        self._send("branch_rewound", branch, step)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+class Trainer:
+    """Model, optimizer, schedule and the interactive step loop."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Task,
+        feed_factory: Callable[[dict[str, Any] | None], Feed],
+        reporter: Reporter,
+        *,
+        next_seq: int = 1,
+        branch: str = "main",
+        resume_from: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.reporter = reporter
+        self.run_dir = config.resolved_run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(config.device)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(config.seed)
+
+        self.model = task.build_model().to(self.device)
+        self.optimizer = task.build_optimizer(self.model, config.lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = float(g["lr"])  # a command's lr must not be silently cast elsewhere
+        sc = config.schedule
+        self.schedule = schedules.start(
+            sc.kind, 0, [g["lr"] for g in self.optimizer.param_groups], sc.steps, sc.min_lr_ratio, sc.gamma, sc.warmup_steps
+        )
+        self.grad_clip = config.grad_clip
+        self.grad_accumulation = config.grad_accumulation
+        self.step = 0
+        self.branch = branch
+        self.samples_seen = 0
+        self.paused = False
+        self.stopping: str | None = None  # why the run is ending, once it is
+        self.ended: str | None = None  # "stopped" or "failed" once the loop is over
+        self.last_checkpoint: str | None = None
+        self.inbox = CommandInbox(next_seq)
+        self._params = self._trainable()
+        self._pending_rows: list[tuple[int, float, dict[str, Any]]] = []
+        self._last_report = 0.0
+        self._throughput = 0.0
+        self._lock = threading.Lock()  # guards snapshot reads from the control thread
+
+        position = None
+        if resume_from is not None:
+            position = self._load(resume_from)
+            self.reporter.rewind(self.branch, self.step + 1)
+        self.feed = feed_factory(position)
+
+        self._handlers: dict[type, Callable[[Any], str]] = {
+            UpdateOptimizer: self._update_optimizer,
+            SetLRSchedule: self._set_lr_schedule,
+            SetGradClip: self._set_grad_clip,
+            SetGradAccumulation: self._set_grad_accumulation,
+            Pause: self._pause,
+            Resume: self._resume,
+            Stop: self._stop,
+            SaveCheckpoint: self._save_checkpoint,
+            LoadCheckpoint: self._load_checkpoint,
+            Evaluate: self._evaluate,
+            SetDataMixture: self._set_data_mixture,
+            UpdateModule: self._update_module,
+        }
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until stopped (command, ``max_steps``) or failed; return the final status."""
+        self.reporter.snapshot(self.snapshot())
+        self._report(force=True)
+        try:
+            while True:
+                if self.inbox:
+                    self._apply_due_commands()
+                if self.stopping:
+                    break
+                if self.paused:
+                    self.inbox.wait(0.2)
+                    continue
+                if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                    self.stopping = f"reached max_steps={self.config.max_steps}"
+                    break
+                if not self._train_step():
+                    self.inbox.wait(0.1)  # no data yet; stay responsive to commands
+                    continue
+                self._after_step()
+            self._finish()
+        except Exception as e:
+            log.exception("training failed")
+            self.stopping = f"failed: {type(e).__name__}: {e}"
+            self.ended = "failed"
+            self._report(force=True, message=traceback.format_exc(limit=8))
+            self.reporter.sync()
+            raise
+        return self.status()
+
+    def _train_step(self) -> bool:
+        """One optimizer step over ``grad_accumulation`` micro-batches; False if no data."""
+        t0 = time.perf_counter()
+        for g, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = schedules.lr_at(self.schedule, g, self.step)
+        losses, extras, metas = [], {}, []
+        for micro in range(self.grad_accumulation):
+            batch = self.feed.next()
+            while batch is None and micro > 0:  # mid-cycle: wait for data, never apply commands
+                time.sleep(0.05)
+                batch = self.feed.next()
+            if batch is None:
+                return False
+            out = self.task.loss(self.model, self.task.collate(batch.table, self.device))
+            loss, extra = (out if isinstance(out, tuple) else (out, {}))
+            (loss / self.grad_accumulation).backward()
+            losses.append(loss.detach())
+            extras.update(extra)
+            metas.append(batch.meta)
+        grad_norm = self._clip_gradients()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+        samples = self.config.batch_size * self.grad_accumulation
+        self.samples_seen += samples
+        dt = time.perf_counter() - t0
+        self._throughput = samples / dt if self._throughput == 0 else 0.9 * self._throughput + 0.1 * samples / dt
+        row: dict[str, Any] = {
+            "loss": torch.stack(losses).mean() if len(losses) > 1 else losses[0],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
+            "step_time_s": dt,
+            "samples_per_s": samples / dt,
+            **extras,
+        }
+        for m in metas:  # what the mixture actually delivered
+            for source, count in m["counts"].items():
+                row[f"mix/{source}"] = row.get(f"mix/{source}", 0.0) + count / samples
+        ages = [m["data_age_s"] for m in metas if "data_age_s" in m]
+        if ages:
+            row["data_age_s"] = sum(ages) / len(ages)
+        self._pending_rows.append((self.step, time.time(), row))
+        return True
+
+    def _clip_gradients(self) -> torch.Tensor:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        norm = torch.nn.utils.get_total_norm(grads)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
+        return norm
+
+    def _after_step(self) -> None:
+        every = self.config.checkpoint_every
+        if every and self.step % every == 0:
+            self._checkpoint("periodic")
+        every = self.config.eval_every
+        if every and self.task.has_eval and self.step % every == 0:
+            self._run_eval()
+        self._report()
+
+    def _finish(self) -> None:
+        """Final checkpoint and status: the run can be resumed from here."""
+        self._checkpoint("final")
+        leftover = self.inbox.drain()  # e.g. an at_step that never came
+        if leftover:
+            why = {"status": CommandStatus.FAILED, "message": f"the run ended first ({self.stopping})"}
+            self.reporter.outcomes([r.model_copy(update=why) for r in leftover])
+        self.ended = "stopped"
+        self._report(force=True, message=self.stopping)
+        self.reporter.sync()
+
+    # -- reporting ---------------------------------------------------------------------
+    def status(self, status: str | None = None, message: str | None = None) -> dict[str, Any]:
+        if status is None:
+            status = self.ended or ("stopping" if self.stopping else ("paused" if self.paused else "running"))
+        return {
+            "status": status,
+            "step": self.step,
+            "branch": self.branch,
+            "samples_per_s": round(self._throughput, 3),
+            "samples_seen": self.samples_seen,
+            "last_checkpoint": self.last_checkpoint,
+            "message": message,
+            "time": time.time(),
+        }
+
+    def _report(self, force: bool = False, status: str | None = None, message: str | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < self.config.metrics_interval_s:
+            return
+        self._last_report = now
+        rows = [(s, t, {k: _to_float(v) for k, v in r.items()}) for s, t, r in self._pending_rows]
+        self._pending_rows = []
+        self.reporter.progress(self.branch, self.status(status, message), rows)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the controller needs to validate commands and UIs need to show settings."""
+        with self._lock:
+            return {
+                "groups": describe_optimizer(self.optimizer),
+                "modules": describe_modules(self.model),
+                "has_eval": self.task.has_eval,
+                "step": self.step,
+                "branch": self.branch,
+                "schedule": self.schedule.to_dict(),
+                "grad_clip": self.grad_clip,
+                "grad_accumulation": self.grad_accumulation,
+                "paused": self.paused,
+            }
+
+    # -- commands ----------------------------------------------------------------------
+    def deliver(self, records: list[CommandRecord]) -> None:
+        """Called from the control thread: queue accepted commands."""
+        self.inbox.put(records)
+
+    def _apply_due_commands(self) -> None:
+        due = self.inbox.due(self.step)
+        if not due:
+            return
+        self._report(force=True)  # metrics up to here belong before the change
+        done = []
+        for record in due:
+            assert record.command is not None
+            try:
+                with self._lock:
+                    message = self._handlers[type(record.command)](record.command)
+                record = record.model_copy(update={"status": CommandStatus.APPLIED, "message": message})
+            except Exception as e:  # a command must never take the run down
+                log.warning("command %s failed: %s", record.seq, e)
+                record = record.model_copy(update={"status": CommandStatus.FAILED, "message": str(e)})
+            done.append(
+                record.model_copy(update={"applied_at": time.time(), "applied_step": self.step, "branch": self.branch})
+            )
+        self.reporter.outcomes(done, self.snapshot())
+        self._report(force=True)  # status may have changed (paused, new branch, ...)
+
+    def _current_lrs(self) -> list[float]:
+        return [schedules.lr_at(self.schedule, g, self.step) for g in range(len(self.optimizer.param_groups))]
+
+    def _update_optimizer(self, cmd: UpdateOptimizer) -> str:
+        targets, values = validate_update(describe_optimizer(self.optimizer), cmd.params, cmd.group)
+        if "lr" in values:
+            self.schedule = schedules.rescale(self.schedule, self.step, {t: values["lr"] for t in targets})
+            for g, lr in enumerate(self._current_lrs()):
+                self.optimizer.param_groups[g]["lr"] = lr
+        apply_update(self.optimizer, targets, values)
+        names = ", ".join(self.optimizer.param_groups[t].get("name", f"group{t}") for t in targets)
+        return f"set {', '.join(f'{k}={v}' for k, v in values.items())} on {names}"
+
+    def _set_lr_schedule(self, cmd: SetLRSchedule) -> str:
+        self.schedule = schedules.start(
+            cmd.schedule, self.step, self._current_lrs(), cmd.steps, cmd.min_lr_ratio, cmd.gamma, cmd.warmup_steps
+        )
+        return f"{cmd.schedule} schedule from step {self.step}"
+
+    def _set_grad_clip(self, cmd: SetGradClip) -> str:
+        self.grad_clip = cmd.max_norm
+        return "gradient clipping off" if cmd.max_norm is None else f"clip grad norm at {cmd.max_norm:g}"
+
+    def _set_grad_accumulation(self, cmd: SetGradAccumulation) -> str:
+        self.grad_accumulation = cmd.steps
+        return f"{cmd.steps} micro-batches per step"
+
+    def _pause(self, cmd: Pause) -> str:
+        was, self.paused = self.paused, True
+        return "already paused" if was else "paused"
+
+    def _resume(self, cmd: Resume) -> str:
+        was, self.paused = self.paused, False
+        return "resumed" if was else "was not paused"
+
+    def _stop(self, cmd: Stop) -> str:
+        self.stopping = "stop command"
+        return "stopping: final checkpoint follows"
+
+    def _save_checkpoint(self, cmd: SaveCheckpoint) -> str:
+        return f"saved {self._checkpoint('command', cmd.tag)}"
+
+    def _evaluate(self, cmd: Evaluate) -> str:
+        if not self.task.has_eval:
+            raise ValueError("this task has no evaluation")
+        metrics = self._run_eval()
+        return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+    def _set_data_mixture(self, cmd: SetDataMixture) -> str:
+        self.feed.reset(self.feed.position, cmd.weights)
+        return f"mixture {cmd.weights}"
+
+    def _update_module(self, cmd: UpdateModule) -> str:
+        validate_module_op(describe_modules(self.model), cmd)
+        message = apply_module_op(self.model, self.optimizer, cmd)
+        self._params = self._trainable()
+        return message
+
+    def _load_checkpoint(self, cmd: LoadCheckpoint) -> str:
+        path = self.ckpt_dir / cmd.checkpoint_id
+        if not (path / "state.json").exists():
+            raise ValueError(f"no checkpoint {cmd.checkpoint_id!r} in {self.ckpt_dir}")
+        parent = self.branch
+        position = self._load(path)
+        self.branch = cmd.branch or f"{parent}-{self.step}"
+        self.feed.reset(position)
+        self.reporter.branch(self.branch, parent, cmd.checkpoint_id, self.step)
+        return f"loaded {cmd.checkpoint_id} (step {self.step}) as branch {self.branch}"
+
+    # -- checkpoints and evaluation ----------------------------------------------------
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _checkpoint(self, reason: str, tag: str | None = None) -> str:
+        info = CheckpointInfo(
+            id=checkpoint_id(self.ckpt_dir, self.branch, self.step),
+            branch=self.branch,
+            step=self.step,
+            created_at=time.time(),
+            reason=reason,
+            parent=self.last_checkpoint,
+            tag=tag,
+        )
+        modules = describe_modules(self.model)
+        state = {
+            "step": self.step,
+            "branch": self.branch,
+            "samples_seen": self.samples_seen,
+            "schedule": self.schedule.to_dict(),
+            "grad_clip": self.grad_clip,
+            "grad_accumulation": self.grad_accumulation,
+            "data_position": self.feed.position,
+            "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad],
+            "module_attributes": {k: v["attributes"] for k, v in modules.items() if v["attributes"]},
+        }
+        write_checkpoint(self.ckpt_dir, info, self.model, self.optimizer, state)
+        self.last_checkpoint = info.id
+        self.reporter.checkpoint(info)
+        return info.id
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """Restore everything from a checkpoint directory; return its data position."""
+        state = read_checkpoint(path, self.model, self.optimizer, self.device)
+        self.step = state["step"]
+        self.branch = state["branch"]
+        self.samples_seen = state["samples_seen"]
+        self.schedule = schedules.Schedule.from_dict(state["schedule"])
+        self.grad_clip = state["grad_clip"]
+        self.grad_accumulation = state["grad_accumulation"]
+        frozen = set(state["frozen"])
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        for mod_path, attrs in state["module_attributes"].items():
+            module = self.model.get_submodule(mod_path)
+            for attr, value in attrs.items():
+                setattr(module, attr, value)
+        self._params = self._trainable()
+        self.last_checkpoint = path.name
+        return state["data_position"]
+
+    def _run_eval(self) -> dict[str, float]:
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = {f"eval/{k}": float(v) for k, v in self.task.evaluate(self.model, self.device).items()}
+        finally:
+            self.model.train()
+        self._pending_rows.append((self.step, time.time(), metrics))
+        self._report(force=True)
+        return metrics
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.item())
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan

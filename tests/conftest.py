@@ -1,0 +1,74 @@
+"""Shared fixtures: one real local Ray cluster per test session, runs in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+
+from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.launch import RunHandle, start_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RI_SHARED_DATA", REPO.parent / "shared" / "data"))
+REGRESSION = "ray_interactive.examples.regression:RegressionTask"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """A local Ray cluster for the whole session (starting one takes seconds)."""
+    # More logical CPUs than cores: several small runs share 2 real cores in tests.
+    ctx = ray.init(num_cpus=8, include_dashboard=False, namespace="ray_interactive", log_to_driver=False)
+    yield {"address": ctx.address_info["gcs_address"]}
+    ray.shutdown()
+
+
+def regression_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    task_kwargs = overrides.pop("task_kwargs", {})
+    doc: dict[str, Any] = {
+        "name": f"t-{uuid.uuid4().hex[:8]}",
+        "task": TaskSpec(target=overrides.pop("target", REGRESSION), kwargs=task_kwargs),
+        "run_dir": tmp_path / "run",
+        "batch_size": 16,
+        "lr": 1e-3,
+        "torch_threads": 1,
+        "trainer_num_cpus": 1,
+        "metrics_interval_s": 0.1,
+        "metrics_flush_s": 0.5,
+    }
+    doc.update(overrides)
+    return RunConfig(**doc)
+
+
+@pytest.fixture
+def start(ray_cluster: dict[str, Any]) -> Iterator[Callable[..., RunHandle]]:
+    """Start runs that are shut down when the test ends."""
+    handles: list[RunHandle] = []
+
+    def _start(config: RunConfig, **kwargs: Any) -> RunHandle:
+        handle = start_run(config, **kwargs)
+        handles.append(handle)
+        return handle
+
+    yield _start
+    for h in handles:
+        h.shutdown()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,79 @@
+"""Branching and resuming reproduce training exactly (CPU, fixed threads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray_interactive.config import RunConfig
+
+from .conftest import regression_config, wait_until
+
+
+def losses(client: Any, branch: str, lo: int, hi: int) -> dict[int, float]:
+    m = client.metrics(keys=["loss"], branch=branch, since=lo).get("loss", {"step": [], "value": []})
+    return {s: v for s, v in zip(m["step"], m["value"]) if lo <= s <= hi}
+
+
+def test_branch_from_checkpoint_replays_the_original_losses(tmp_path: Path, start: Any) -> None:
+    handle = start(regression_config(tmp_path))
+    client = handle.client()
+    save = client.send("save_checkpoint", tag="fork", at_step=20)  # exactly at step 20
+    save = client.wait(save)
+    assert save.status.value == "applied" and save.applied_step == 20
+    ckpt = save.message.removeprefix("saved ")
+    wait_until(lambda: client.status()["step"] >= 45, what="main to pass step 45")
+
+    load = client.wait(client.send("load_checkpoint", checkpoint_id=ckpt, branch="b"))
+    assert load.status.value == "applied", load.message
+    assert client.status()["branch"] == "b"
+    wait_until(lambda: len(losses(client, "b", 21, 45)) == 25, what="branch b to reach step 45")
+    client.wait(client.send("save_checkpoint", tag="on-b"))
+    client.wait(client.send("pause"))
+
+    main, b = losses(client, "main", 21, 45), losses(client, "b", 21, 45)
+    assert len(main) == 25
+    assert b == main  # bit-identical: model, optimizer, RNG and data position restored
+
+    # Both branches' metrics and checkpoints are kept; the tree says where b came from.
+    assert losses(client, "main", 1, 20)
+    branches = client.branches()
+    assert branches["b"]["parent"] == "main" and branches["b"]["checkpoint"] == ckpt and branches["b"]["fork_step"] == 20
+    by_branch = {c["branch"] for c in client.checkpoints()}
+    assert by_branch == {"main", "b"}
+    # The whole lineage of b: main up to 20, then b.
+    steps = client.metrics(keys=["loss"], branch="b", include_ancestors=True)["loss"]["step"]
+    assert steps[:20] == list(range(1, 21)) and steps[20] == 21
+
+
+def test_resumed_run_continues_with_the_uninterrupted_losses(tmp_path: Path, start: Any) -> None:
+    whole = start(regression_config(tmp_path / "whole", name="whole", max_steps=60))
+    whole.wait(timeout=120)
+    expected = losses(whole.client(), "main", 31, 60)
+    assert len(expected) == 30
+
+    first = start(regression_config(tmp_path / "parts", name="parts", max_steps=30))
+    final = first.wait(timeout=120)
+    assert final["status"] == "stopped" and final["step"] == 30
+    assert first.client().checkpoints()[-1]["reason"] == "final"
+    first.shutdown()
+
+    config = RunConfig.load(tmp_path / "parts" / "run" / "config.json").model_copy(update={"max_steps": 60})
+    resumed = start(config, resume=True)
+    resumed.wait(timeout=120)
+    client = resumed.client()
+    assert losses(client, "main", 31, 60) == expected
+    assert sorted(losses(client, "main", 1, 30)) == list(range(1, 31))  # history recovered from disk
+
+
+def test_stop_finishes_the_step_and_writes_a_final_checkpoint(tmp_path: Path, start: Any) -> None:
+    handle = start(regression_config(tmp_path))
+    client = handle.client()
+    wait_until(lambda: client.status()["step"] > 3, what="steps")
+    rec = client.stop()
+    assert rec.status.value == "applied"
+    final = handle.wait(timeout=60)
+    assert final["status"] == "stopped"
+    ckpt = client.checkpoints()[-1]
+    assert ckpt["reason"] == "final" and ckpt["step"] == final["step"] == rec.applied_step
+    assert client.send("resume").status.value == "rejected"  # a stopped run takes no commands

@@ -1,0 +1,144 @@
+"""Bad commands are rejected at submission with a readable reason; the run trains on."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_interactive.client import RunClient
+from ray_interactive.commands import COMMAND_KINDS
+from ray_interactive.launch import RunHandle, start_run
+
+from .conftest import regression_config, wait_until
+
+BAD = [
+    ({"kind": "update_optimizer", "params": {"lr": -1e-3}}, "lr must be in (0, 10], not -0.001"),
+    ({"kind": "update_optimizer", "params": {"lr": 0}}, "lr must be in (0, 10], not 0"),
+    ({"kind": "update_optimizer", "params": {"lr": math.nan}}, "lr must be finite, not nan"),
+    ({"kind": "update_optimizer", "params": {"lr": math.inf}}, "lr must be finite, not inf"),
+    ({"kind": "update_optimizer", "params": {"lr": 11.0}}, "lr must be in (0, 10], not 11"),
+    ({"kind": "update_optimizer", "params": {"lr": "1e-3"}}, "lr must be a number, not str"),
+    ({"kind": "update_optimizer", "params": {"lr": {"value": 1}}}, "lr must be a number, not dict"),
+    ({"kind": "update_optimizer", "params": {"lr": True}}, "lr must be a number, not bool"),
+    ({"kind": "update_optimizer", "params": {"momentum": 0.9}}, "unknown hyperparameter 'momentum'"),
+    ({"kind": "update_optimizer", "params": {"params": []}}, "'params' is not a hyperparameter"),
+    ({"kind": "update_optimizer", "params": {"betas": [0.9]}}, "betas must be a list of 2 numbers"),
+    ({"kind": "update_optimizer", "params": {"betas": [0.9, 1.5]}}, "betas[1] must be in [0, 1)"),
+    ({"kind": "update_optimizer", "params": {"lr": 1e-3}, "group": "heads"}, "no param group named 'heads'; groups: decay, no_decay"),
+    ({"kind": "update_optimizer", "params": {}}, "params"),
+    ({"kind": "update_module", "module": "encoder.9", "op": "freeze"}, "no module named 'encoder.9'"),
+    ({"kind": "update_module", "module": "0", "op": "set_attribute", "attribute": "weight", "value": 1.0}, "attribute 'weight' of '0' (Linear) cannot be set; settable: none"),
+    ({"kind": "update_module", "module": "3", "op": "set_attribute", "attribute": "p", "value": 1.5}, "p must be in [0, 1], not 1.5"),
+    ({"kind": "update_module", "module": "2", "op": "freeze"}, "has no parameters to freeze"),
+    ({"kind": "update_module", "module": "0", "op": "set_attribute"}, "set_attribute needs both 'attribute' and 'value'"),
+    ({"kind": "update_module", "module": "0", "op": "__class__"}, "op"),
+    ({"kind": "load_checkpoint", "checkpoint_id": "main@999999"}, "no checkpoint with id 'main@999999'"),
+    ({"kind": "load_checkpoint", "checkpoint_id": "x", "branch": "../etc"}, "branch '../etc' is not a valid name"),
+    ({"kind": "set_data_mixture", "weights": {"web": 1.0}}, "unknown data source(s) 'web'; sources: base"),
+    ({"kind": "set_data_mixture", "weights": {"base": -1.0}}, "weight of source 'base' must be a finite number >= 0"),
+    ({"kind": "set_data_mixture", "weights": {"base": 0.0}}, "at least one source must keep a weight > 0"),
+    ({"kind": "set_grad_clip", "max_norm": -1}, "max_norm"),
+    ({"kind": "set_grad_accumulation", "steps": 0}, "steps"),
+    ({"kind": "set_lr_schedule", "schedule": "cosine"}, "a cosine schedule needs 'steps'"),
+    ({"kind": "set_lr_schedule", "schedule": "exponential", "steps": 3}, "schedule"),
+    ({"kind": "pause", "at_step": 0}, "at_step 0 has already passed"),
+    ({"kind": "pause", "force": True}, "unknown field 'force'"),
+    ({"kind": "fly"}, "unknown command kind 'fly'"),
+    ({"params": {"lr": 1}}, "the command has no 'kind'"),
+    ("not json", "the command is not valid JSON"),
+    ([1, 2, 3], "a command must be a JSON object with a 'kind', not list"),
+    (None, "a command must be a JSON object"),
+]
+
+
+@pytest.fixture(scope="module")
+def run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunHandle]:
+    handle = start_run(regression_config(tmp_path_factory.mktemp("rej"), checkpoint_every=None))
+    client = handle.client()
+    wait_until(lambda: client.status()["step"] > 5, what="training")
+    yield handle
+    handle.shutdown()
+
+
+@pytest.mark.parametrize("payload,reason", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_rejected_with_reason_and_training_goes_on(run: RunHandle, payload: Any, reason: str) -> None:
+    client = run.client()
+    step = client.status()["step"]
+    rec = client.submit(payload)
+    assert rec.status.value == "rejected"
+    assert reason in (rec.message or ""), rec.message
+    assert rec.seq is None  # never numbered, never delivered
+    wait_until(lambda: client.status()["step"] > step, what="the run to keep training")
+    assert client.status()["status"] == "running"
+
+
+def test_evaluate_without_eval_task_is_rejected(ray_cluster: dict[str, Any], tmp_path: Path, start: Any) -> None:
+    handle = start(regression_config(tmp_path, target="ray_interactive.examples.regression:NoEvalRegressionTask"))
+    rec = handle.client().send("evaluate")
+    assert rec.status.value == "rejected"
+    assert "this task has no evaluation" in rec.message
+
+
+def test_rejections_are_in_the_command_log(run: RunHandle) -> None:
+    client = run.client()
+    rec = client.send("update_optimizer", params={"lr": -5})
+    lines = (Path(run.config.resolved_run_dir) / "commands.jsonl").read_text().splitlines()
+    mine = [json.loads(x) for x in lines if rec.id in x]
+    assert mine and mine[-1]["status"] == "rejected" and "lr must be" in mine[-1]["message"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+# Payloads that look like commands (so they reach the deeper checks) but with random fields.
+# pause/stop/load are left out: a valid one would (rightly) pause or end the run.
+fuzz_kinds = st.sampled_from([k for k in COMMAND_KINDS if k not in ("pause", "stop", "load_checkpoint")])
+command_like = st.builds(
+    lambda kind, fields: {"kind": kind, **fields},
+    fuzz_kinds,
+    st.dictionaries(
+        st.sampled_from(["params", "group", "module", "op", "attribute", "value", "weights", "steps", "max_norm", "schedule", "tag", "at_step", "source", "id"]),
+        json_values | st.dictionaries(st.sampled_from(["lr", "eps", "betas", "weight_decay", "base", "0", "3"]), json_values, max_size=3),
+        max_size=4,
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunHandle]:
+    handle = start_run(regression_config(tmp_path_factory.mktemp("fuzz")))
+    yield handle
+    handle.shutdown()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payload=json_values | command_like)
+def test_fuzzed_payloads_never_crash_or_stall_the_run(fuzz_run: RunHandle, payload: Any) -> None:
+    client = fuzz_run.client()
+    rec = client.submit(payload)
+    assert rec.status.value in ("accepted", "rejected")
+    if rec.status.value == "rejected":
+        assert rec.message
+    else:
+        rec = client.wait(rec, timeout=60)
+        assert rec.status.value in ("applied", "failed")
+    # Undo what a valid fuzz command may have done that would slow the next examples.
+    if rec.kind == "set_grad_accumulation" and rec.status.value == "applied":
+        client.wait(client.send("set_grad_accumulation", steps=1))
+
+
+def test_after_fuzzing_the_run_still_trains(fuzz_run: RunHandle) -> None:
+    client = fuzz_run.client()
+    client.wait(client.send("resume"))
+    step = client.status()["step"]
+    wait_until(lambda: client.status()["step"] > step + 5, what="training after fuzzing")
+    assert client.status()["status"] == "running"
+    assert all(r["status"] != "accepted" for r in client.commands()[:-1])  # nothing left hanging
