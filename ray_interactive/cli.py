@@ -102,11 +102,19 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ray_interactive.launch import start_run
+    from ray_interactive.launch import replay_run, start_run
 
-    config = build_config(args)
     try:
-        handle = start_run(config, resume=bool(args.resume), resume_from=args.from_checkpoint, detached=args.detach, address=args.address)
+        if getattr(args, "replay", None):
+            if not args.name:
+                raise CLIError("--replay needs a --name for the new run")
+            handle = replay_run(Path(args.replay), args.name, Path(args.run_dir) if args.run_dir else None, args.address)
+            config = handle.config
+        else:
+            config = build_config(args)
+            handle = start_run(
+                config, resume=bool(args.resume), resume_from=args.from_checkpoint, detached=args.detach, address=args.address
+            )
     except (ValueError, ConnectionError) as e:
         raise CLIError(str(e)) from None
     client = handle.client()
@@ -343,6 +351,7 @@ def make_parser() -> argparse.ArgumentParser:
     what.add_argument("--example", choices=sorted(EXAMPLES))
     what.add_argument("--task", help="package.module:TaskClass")
     what.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
+    what.add_argument("--replay", metavar="RUN_DIR", help="a new run (--name) that replays RUN_DIR's commands")
     sp.add_argument("--from", dest="from_checkpoint", metavar="CKPT", help="with --resume: this checkpoint")
     sp.add_argument("--config", help="a RunConfig as JSON")
     sp.add_argument("--detach", action="store_true", help="leave the run going after this process exits")

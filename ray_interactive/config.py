@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     max_steps: int | None = Field(default=None, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1, description="steps between checkpoints")
     eval_every: int | None = Field(default=None, ge=1, description="steps between evaluations")
+    start_paused: bool = Field(default=False, description="wait for a resume before the first step")
     mixture: dict[str, float] | None = Field(default=None, description="initial source weights")
     metrics_interval_s: float = Field(default=0.5, gt=0.0, le=60.0, description="trainer -> controller")
     metrics_flush_s: float = Field(default=5.0, gt=0.0, le=3600.0, description="controller -> disk")

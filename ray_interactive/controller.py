@@ -33,6 +33,7 @@ from ray_interactive.commands import (
     LoadCheckpoint,
     SetDataMixture,
     Stop,
+    check_name,
     parse_command,
 )
 from ray_interactive.config import RunConfig
@@ -82,11 +83,12 @@ class Controller:
         self.metrics = MetricStore()
         self.started_at = time.time()
         self._last_flush = time.monotonic()
-        if recover:
-            self._recover()
-        else:
+        if not recover:
             config.save(self.run_dir / "config.json")
+        stale = self._recover() if recover else []
         self._log = open(self.run_dir / "commands.jsonl", "a", encoding="utf-8")
+        for record in stale:
+            self._store(record)
 
     # -- commands ----------------------------------------------------------------------
     def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
@@ -103,8 +105,9 @@ class Controller:
             record = CommandRecord(command=None, payload=_loggable(payload), status=CommandStatus.REJECTED, message=str(e))
             self._store(record, key=uuid.uuid4().hex)
             return record
-        if cmd.id in self.records:
-            return self.records[cmd.id]
+        seen = self.records.get(cmd.id)
+        if seen is not None and seen.status is not CommandStatus.REJECTED:
+            return seen  # a retry of an accepted command: not queued twice
         try:
             if isinstance(cmd, SetDataMixture):
                 self.view.mixture = self._mixture() if self._mixture else None
@@ -117,7 +120,7 @@ class Controller:
             cmd = cmd.model_copy(update={"branch": self._new_branch_name(cmd.checkpoint_id)})
         if isinstance(cmd, LoadCheckpoint):
             self.view.branches.add(cmd.branch)  # reserve the name now: two loads can't share it
-        if isinstance(cmd, Stop):
+        if isinstance(cmd, Stop) and cmd.at_step is None:  # a replayed stop ends the run later
             self.view.stopping = True
         record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
         self.next_seq += 1
@@ -126,11 +129,11 @@ class Controller:
         return record
 
     def _new_branch_name(self, checkpoint_id: str) -> str:
-        base = self.checkpoints[checkpoint_id]["branch"]
+        base = self.checkpoints.get(checkpoint_id, {}).get("branch", ROOT_BRANCH)[:56]  # room for "-<n>"
         n = 1
         while f"{base}-{n}" in self.view.branches:
             n += 1
-        return f"{base}-{n}"
+        return check_name(f"{base}-{n}", "branch")
 
     def _store(self, record: CommandRecord, key: str | None = None) -> None:
         self.records[key or record.id or uuid.uuid4().hex] = record
@@ -254,19 +257,14 @@ class Controller:
         self.flush()
         self._log.close()
 
-    def _recover(self) -> None:
-        """Rebuild state from the run directory (a resumed run, a restarted actor)."""
-        path = self.run_dir / "commands.jsonl"
-        if path.exists():
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-                try:
-                    rec = CommandRecord.model_validate_json(line)
-                except ValueError:
-                    log.warning("skipping unreadable line %d of %s", i + 1, path)
-                    continue
-                self.records[rec.id or f"line{i}"] = rec
-                if rec.seq is not None:
-                    self.next_seq = max(self.next_seq, rec.seq + 1)
+    def _recover(self) -> list[CommandRecord]:
+        """Rebuild state from the run directory (a resumed run, a restarted actor).
+
+        Returns the records whose status changed (accepted but never applied -> failed),
+        for the caller to log."""
+        self.records = read_command_log(self.run_dir / "commands.jsonl")
+        seqs = [r.seq for r in self.records.values() if r.seq is not None]
+        self.next_seq = max(seqs, default=0) + 1
         for info in list_checkpoints(self.run_dir / "checkpoints"):
             self.checkpoint_saved(info.to_dict())
         branches = self.run_dir / "branches.json"
@@ -275,11 +273,40 @@ class Controller:
             self.view.branches |= set(self.branches)
         self.metrics = MetricStore.load(self.run_dir / "metrics")
         # Commands accepted but never applied died with the old trainer.
-        for r in list(self.records.values()):
-            if r.status is CommandStatus.ACCEPTED:
-                self.records[r.id or ""] = r.model_copy(
-                    update={"status": CommandStatus.FAILED, "message": "the run ended before it was applied"}
-                )
+        why = {"status": CommandStatus.FAILED, "message": "the run ended before it was applied"}
+        return [r.model_copy(update=why) for r in self.records.values() if r.status is CommandStatus.ACCEPTED]
+
+
+def read_command_log(path: Path) -> dict[str, CommandRecord]:
+    """The latest record of every command in a ``commands.jsonl`` (unreadable lines skipped)."""
+    records: dict[str, CommandRecord] = {}
+    if not path.exists():
+        return records
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            rec = CommandRecord.model_validate_json(line)
+        except ValueError:
+            log.warning("skipping unreadable line %d of %s", i + 1, path)
+            continue
+        records[rec.id or f"line{i}"] = rec
+    return records
+
+
+def replay_commands(path: Path) -> list[Command]:
+    """The applied commands of a log, in order, each pinned to the step it took effect at."""
+    applied = [r for r in read_command_log(path).values() if r.status is CommandStatus.APPLIED and r.command]
+    applied.sort(key=lambda r: r.seq or 0)
+    return [
+        r.command.model_copy(  # type: ignore[union-attr]
+            update={
+                "id": uuid.uuid4().hex,
+                "source": CommandSource.REPLAY,
+                "at_step": r.applied_step,
+                "comment": f"replay of {r.id}",
+            }
+        )
+        for r in applied
+    ]
 
 
 def _record_row(r: CommandRecord) -> dict[str, Any]:

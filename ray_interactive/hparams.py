@@ -13,10 +13,23 @@ from typing import Any
 
 import torch
 
-#: Param-group keys that are not hyperparameters, or whose change would break the
-#: optimizer's state (e.g. ``amsgrad`` adds a state tensor).
+#: Param-group keys that are not hyperparameters, whose change would break the
+#: optimizer's state (``amsgrad`` adds a state tensor), or that change what the optimizer
+#: is rather than how fast it goes (``maximize`` ascends the loss; AdamW without
+#: ``decoupled_weight_decay`` is Adam with L2).
 STRUCTURAL_KEYS = frozenset(
-    {"params", "name", "foreach", "fused", "capturable", "differentiable", "amsgrad", "initial_lr"}
+    {
+        "params",
+        "name",
+        "foreach",
+        "fused",
+        "capturable",
+        "differentiable",
+        "amsgrad",
+        "initial_lr",
+        "maximize",
+        "decoupled_weight_decay",
+    }
 )
 
 #: Sane bounds of well-known hyperparameters: (low, low inclusive, high, high inclusive).

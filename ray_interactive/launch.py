@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +28,33 @@ def init_ray(address: str | None = None, namespace: str | None = None, **kwargs:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "auto" and not address.startswith("ray://"):
+        _check_reachable(address)
     if address and (Path.home() / ".ray" / "auth_token").exists():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=True, **kwargs)
     except ConnectionError as e:
+        if address == "auto":
+            raise ConnectionError(
+                "no Ray cluster is running on this machine, so no run to attach to: start one "
+                "(`ray-interactive run ...`, `make demo`) or give the cluster's --address / RAY_ADDRESS"
+            ) from None
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {e}") from None
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not minutes: Ray retries an unreachable GCS for a long time."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except ValueError:
+        raise ConnectionError(f"bad Ray address {address!r}: expected host:port") from None
+    except OSError as e:
         raise ConnectionError(
-            f"cannot reach a Ray cluster at {address!r}: {e}. Start one with `ray start --head`, "
-            "or leave RAY_ADDRESS unset to run on an embedded local Ray."
-        ) from e
+            f"cannot reach a Ray cluster at {address}: {e.strerror or e}. Is the cluster up (`ray status`)? "
+            "Leave RAY_ADDRESS unset to run on an embedded local Ray."
+        ) from None
 
 
 @dataclass
@@ -143,3 +162,27 @@ def _wait_for_snapshot(controller: Any, timeout: float = 60.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError("the trainer did not start within a minute")
+
+
+def replay_run(source_dir: Path, name: str, run_dir: Path | None = None, address: str | None = None) -> RunHandle:
+    """Start a new run with ``source_dir``'s config and replay its applied commands.
+
+    The new run starts paused, receives every applied command pinned to the step where it
+    took effect (``at_step``), then resumes; on the CPU it reproduces the original losses.
+    """
+    from ray_interactive.controller import replay_commands
+
+    source_dir = Path(source_dir)
+    if not (source_dir / "config.json").exists():
+        raise ValueError(f"{source_dir} is not a run directory (no config.json)")
+    config = RunConfig.load(source_dir / "config.json").model_copy(
+        update={"name": name, "run_dir": run_dir, "start_paused": True}
+    )
+    handle = start_run(config, address=address)
+    client = handle.client()
+    for cmd in replay_commands(source_dir / "commands.jsonl"):
+        rec = client.submit(cmd)
+        if rec.status.value == "rejected":
+            log.warning("replay: %s rejected: %s", cmd.kind, rec.message)
+    client.send("resume", source="replay", at_step=0)
+    return handle

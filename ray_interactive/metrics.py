@@ -38,19 +38,33 @@ class Series:
         self.n = 0
 
     def append(self, step: int, t: float, value: float) -> None:
+        """Add a point; one that arrives late (reports may be reordered) is put in place,
+        and a repeated step replaces the old value. Rewinds are explicit (:meth:`truncate`)."""
         if self.n and step <= self.steps[self.n - 1]:
-            # The branch went back (rewind): the old tail is superseded.
-            self.n = int(np.searchsorted(self.steps[: self.n], step, side="left"))
-        if self.n == len(self.steps):
-            for name in ("steps", "times", "values"):
-                old = getattr(self, name)
-                new = np.empty(len(old) * 2, old.dtype)
-                new[: self.n] = old[: self.n]
-                setattr(self, name, new)
+            i = int(np.searchsorted(self.steps[: self.n], step, side="left"))
+            if self.steps[i] == step:
+                self.times[i], self.values[i] = t, value
+                return
+            self._grow()
+            for arr, v in ((self.steps, step), (self.times, t), (self.values, value)):
+                arr[i + 1 : self.n + 1] = arr[i : self.n].copy()
+                arr[i] = v
+            self.n += 1
+            return
+        self._grow()
         self.steps[self.n] = step
         self.times[self.n] = t
         self.values[self.n] = value
         self.n += 1
+
+    def _grow(self) -> None:
+        if self.n < len(self.steps):
+            return
+        for name in ("steps", "times", "values"):
+            old = getattr(self, name)
+            new = np.empty(len(old) * 2, old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
 
     def truncate(self, step: int) -> None:
         """Drop points at or after ``step``."""

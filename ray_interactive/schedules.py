@@ -8,7 +8,8 @@ a :class:`Schedule` segment that starts at a step; the trainer writes
 How a command combines with a schedule: setting ``lr`` **rescales the running schedule
 from this step on** (:func:`rescale`), so the very next step uses exactly the new lr and
 the schedule keeps its shape (a cosine decay keeps decaying, from the new value). If the
-schedule has already decayed to zero, it is replaced by a constant schedule at the new lr.
+schedule has already decayed to zero, it is replaced by a constant schedule at the new lr;
+set during a warmup, it ends the warmup and the decay starts from there at the new lr.
 ``set_lr_schedule`` starts a new segment at the current step from the current lr.
 """
 
@@ -72,6 +73,12 @@ def rescale(s: Schedule, step: int, new_lrs: dict[int, float]) -> Schedule:
     The other groups, and the shape of the schedule, are unchanged. Where the schedule's
     factor is zero at ``step`` (fully decayed), the result is a constant schedule.
     """
+    if s.warmup_steps and step - s.start_step < s.warmup_steps:
+        # During warmup a person means "this lr, now": rescaling would multiply the
+        # post-warmup lr by up to warmup_steps. The warmup ends; the schedule's decay
+        # starts from here, from the new lr (other groups keep their current lr).
+        current = [new_lrs.get(g, lr_at(s, g, step)) for g in range(len(s.base_lrs))]
+        return replace(s, start_step=step, warmup_steps=0, base_lrs=tuple(current))
     f = factor(s, step)
     if f <= 0.0:
         current = [lr_at(s, g, step) for g in range(len(s.base_lrs))]

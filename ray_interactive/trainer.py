@@ -147,10 +147,11 @@ class Trainer:
         self.step = 0
         self.branch = branch
         self.samples_seen = 0
-        self.paused = False
+        self.paused = config.start_paused
         self.stopping: str | None = None  # why the run is ending, once it is
         self.ended: str | None = None  # "stopped" or "failed" once the loop is over
         self.last_checkpoint: str | None = None
+        self._checkpointed_at: tuple[str, int] | None = None
         self.inbox = CommandInbox(next_seq)
         self._params = self._trainable()
         self._pending_rows: list[tuple[int, float, dict[str, Any]]] = []
@@ -275,7 +276,8 @@ class Trainer:
 
     def _finish(self) -> None:
         """Final checkpoint and status: the run can be resumed from here."""
-        self._checkpoint("final")
+        if self._checkpointed_at != (self.branch, self.step):  # not twice at one step
+            self._checkpoint("final")
         leftover = self.inbox.drain()  # e.g. an at_step that never came
         if leftover:
             why = {"status": CommandStatus.FAILED, "message": f"the run ended first ({self.stopping})"}
@@ -336,6 +338,7 @@ class Trainer:
         done = []
         for record in due:
             assert record.command is not None
+            step, branch = self.step, self.branch  # where it was applied (a load moves both)
             try:
                 with self._lock:
                     message = self._handlers[type(record.command)](record.command)
@@ -344,7 +347,7 @@ class Trainer:
                 log.warning("command %s failed: %s", record.seq, e)
                 record = record.model_copy(update={"status": CommandStatus.FAILED, "message": str(e)})
             done.append(
-                record.model_copy(update={"applied_at": time.time(), "applied_step": self.step, "branch": self.branch})
+                record.model_copy(update={"applied_at": time.time(), "applied_step": step, "branch": branch})
             )
         self.reporter.outcomes(done, self.snapshot())
         self._report(force=True)  # status may have changed (paused, new branch, ...)
@@ -446,6 +449,7 @@ class Trainer:
         }
         write_checkpoint(self.ckpt_dir, info, self.model, self.optimizer, state)
         self.last_checkpoint = info.id
+        self._checkpointed_at = (self.branch, self.step)
         self.reporter.checkpoint(info)
         return info.id
 

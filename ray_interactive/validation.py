@@ -56,7 +56,10 @@ def validate(cmd: Command, view: RunView) -> None:
     elif isinstance(cmd, Evaluate) and not view.has_eval:
         raise ValueError("this task has no evaluation (its Task does not define evaluate())")
     elif isinstance(cmd, LoadCheckpoint):
-        if cmd.checkpoint_id not in view.checkpoints:
+        # A replayed load may name a checkpoint the replay has yet to write: the trainer
+        # checks that one when it applies it.
+        future = cmd.at_step is not None and cmd.at_step > view.step
+        if cmd.checkpoint_id not in view.checkpoints and not future:
             known = sorted(view.checkpoints)[-5:]
             hint = f"; latest: {', '.join(known)}" if known else "; the run has no checkpoints yet"
             raise ValueError(f"no checkpoint with id {cmd.checkpoint_id!r}{hint}")

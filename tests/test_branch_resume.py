@@ -77,3 +77,33 @@ def test_stop_finishes_the_step_and_writes_a_final_checkpoint(tmp_path: Path, st
     ckpt = client.checkpoints()[-1]
     assert ckpt["reason"] == "final" and ckpt["step"] == final["step"] == rec.applied_step
     assert client.send("resume").status.value == "rejected"  # a stopped run takes no commands
+
+
+def test_replaying_the_command_log_reproduces_the_run(tmp_path: Path, start: Any) -> None:
+    from ray_interactive.launch import replay_run
+
+    original = start(regression_config(tmp_path / "orig", name="orig", checkpoint_every=25))
+    client = original.client()
+    wait_until(lambda: client.status()["step"] >= 10, what="steps")
+    client.wait(client.send("update_optimizer", params={"lr": 3e-3}))
+    client.wait(client.send("set_grad_clip", max_norm=0.1))
+    saved = client.wait(client.send("save_checkpoint", tag="x"))
+    wait_until(lambda: client.status()["step"] >= saved.applied_step + 20, what="steps")
+    load = client.wait(client.send("load_checkpoint", checkpoint_id=saved.message.removeprefix("saved "), branch="again"))
+    assert load.status.value == "applied", load.message
+    wait_until(lambda: client.status()["step"] >= load.applied_step + 20, what="steps on the branch")
+    client.stop()
+    original.wait(timeout=60)
+    end = {b: max(losses(client, b, 0, 10**9)) for b in ("main", "again")}  # last step of each
+    want = {b: losses(client, b, 1, end[b]) for b in ("main", "again")}
+    original.shutdown()
+
+    replay = replay_run(tmp_path / "orig" / "run", "replayed", tmp_path / "replayed")
+    try:
+        replay.wait(timeout=120)
+        rc = replay.client()
+        assert {b: losses(rc, b, 1, end[b]) for b in ("main", "again")} == want
+        assert {r["source"] for r in rc.commands()} == {"replay"}
+        assert rc.status()["step"] == end["again"]
+    finally:
+        replay.shutdown()

@@ -1,0 +1,42 @@
+# Two commands for a newcomer:   make demo   (the main job)    make test   (the tests)
+# Each sets up what it needs first (a local .venv with torch==2.13.0 installed before
+# anything that depends on it); the second time round setup is a no-op.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+DATA     ?= ../shared/data/wikitext-2
+DURATION ?= 120
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ray-interactive demo --data $(DATA) --duration $(DURATION) $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_throughput.py
+	$(BIN)/python benchmarks/bench_command_latency.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check ray_interactive tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

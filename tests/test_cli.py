@@ -1,0 +1,99 @@
+"""The CLI from a separate process, as a user types it: attach by name, steer, read logs.
+And the README's main command, end to end, with a short duration."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ray_interactive.cli import command_payload, parse_assignments
+
+from .conftest import REPO, SHARED_DATA, regression_config, wait_until
+
+CLI = [str(Path(sys.executable).parent / "ray-interactive")]
+
+
+def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}, cwd=REPO
+    )
+
+
+def test_shorthand_assignments_build_commands() -> None:
+    assert command_payload("update_optimizer", parse_assignments(["lr=1e-4", "group=decay"])) == {
+        "kind": "update_optimizer",
+        "params": {"lr": 1e-4},
+        "group": "decay",
+    }
+    assert command_payload("set_data_mixture", parse_assignments(["base=0.7", "live=0.3"]))["weights"] == {
+        "base": 0.7,
+        "live": 0.3,
+    }
+    assert parse_assignments(["betas=[0.9,0.95]", "a.b=x"]) == {"betas": [0.9, 0.95], "a": {"b": "x"}}
+
+
+def test_attach_from_another_process_and_steer(ray_cluster: dict[str, Any], tmp_path: Path, start: Any) -> None:
+    handle = start(regression_config(tmp_path, name="cli-run"))
+    client = handle.client()
+    addr = ["--address", ray_cluster["address"]]
+
+    out = cli(*addr, "send", "cli-run", "update_optimizer", "lr=4e-4", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "update_optimizer: accepted" in out.stdout and "applied at step" in out.stdout
+    assert client.snapshot()["groups"][0]["hparams"]["lr"] == pytest.approx(4e-4)
+
+    out = cli(*addr, "send", "cli-run", "update_optimizer", "lr=-1")
+    assert out.returncode == 1 and "rejected: lr must be in (0, 10], not -1" in out.stdout
+
+    out = cli(*addr, "status", "cli-run")
+    assert out.returncode == 0 and "cli-run: running | step" in out.stdout and "loss =" in out.stdout
+
+    out = cli(*addr, "log", "cli-run")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert any(re.search(r" cli .*update_optimizer +applied +@\d+", x) for x in lines), lines
+    assert any("rejected" in x and "lr must be" in x for x in lines)
+
+    out = cli(*addr, "runs")
+    assert "cli-run" in out.stdout.split()
+    rows = client.commands()
+    assert [r["source"] for r in rows] == ["cli", "cli"]
+
+
+def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_cluster: dict[str, Any]) -> None:
+    out = cli("--address", ray_cluster["address"], "status", "no-such-run")
+    assert out.returncode == 2 and "no run named 'no-such-run'" in out.stderr
+    out = cli("--address", "127.0.0.1:9", "status", "x")
+    assert out.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:9" in out.stderr
+    out = cli("--address", ray_cluster["address"], "send", "x", "warp_speed")
+    assert out.returncode == 2 and "unknown command kind 'warp_speed'" in out.stderr
+    out = cli("run", "--example", "regression", "--set", "batch_size=0")
+    assert out.returncode == 2 and "batch_size" in out.stderr and "greater than or equal to 1" in out.stderr
+    out = cli("run", "--example", "regression", "--set", "bogus=1")
+    assert out.returncode == 2 and "bogus" in out.stderr
+
+
+@pytest.mark.slow
+def test_readme_main_command_runs_and_exits_cleanly(tmp_path: Path) -> None:
+    """`make demo` with a short duration: trains, takes the tour's commands, stops."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        ["make", "demo", "DURATION=25", f"DATA={SHARED_DATA / 'wikitext-2'}", f"DEMO_ARGS=--run-dir {tmp_path / 'demo'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "stopped at step" in text
+    assert "save_checkpoint" in text and "applied at step" in text
+    assert "rejected: lr must be in (0, 10]" in text
+    assert (tmp_path / "demo" / "checkpoints").is_dir()

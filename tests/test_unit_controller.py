@@ -1,0 +1,249 @@
+"""The controller as a plain class: validation, numbering, delivery, log and recovery (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from ray_interactive.commands import (
+    CommandRecord,
+    CommandStatus,
+    LoadCheckpoint,
+    Pause,
+    SaveCheckpoint,
+    Stop,
+    UpdateModule,
+    UpdateOptimizer,
+)
+from ray_interactive.config import RunConfig, TaskSpec
+from ray_interactive.controller import Controller
+from ray_interactive.examples.regression import RegressionTask
+from ray_interactive.hparams import describe_optimizer
+from ray_interactive.modules import describe_modules
+
+REGRESSION = "ray_interactive.examples.regression:RegressionTask"
+
+
+def make_config(run_dir: Path) -> RunConfig:
+    return RunConfig(name="unit", task=TaskSpec(target=REGRESSION), run_dir=run_dir)
+
+
+@pytest.fixture(scope="module")
+def snapshot() -> dict[str, Any]:
+    task = RegressionTask(in_dim=4, width=8, depth=1)
+    model = task.build_model()
+    opt = task.build_optimizer(model, 1e-3)
+    return {"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True}
+
+
+class Harness:
+    def __init__(self, run_dir: Path, recover: bool = False) -> None:
+        self.delivered: list[CommandRecord] = []
+        self.controller = Controller(make_config(run_dir), deliver=self.delivered.extend, recover=recover)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path / "run")
+    yield h
+    h.controller.close()
+
+
+def log_lines(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "commands.jsonl").read_text().splitlines()]
+
+
+def test_config_is_saved_in_the_run_dir(harness: Harness, tmp_path: Path) -> None:
+    assert RunConfig.load(tmp_path / "run" / "config.json") == harness.controller.config
+
+
+def test_optimizer_update_before_the_trainer_is_up_is_rejected(harness: Harness) -> None:
+    rec = harness.controller.submit(UpdateOptimizer(params={"lr": 1e-4}))
+    assert rec.status is CommandStatus.REJECTED
+    assert rec.seq is None
+    assert "still starting" in (rec.message or "")
+    assert harness.delivered == []
+    # commands that need no trainer description are fine meanwhile
+    assert harness.controller.submit(Pause()).status is CommandStatus.ACCEPTED
+
+
+def test_valid_commands_are_numbered_and_delivered_in_order(harness: Harness, snapshot: dict[str, Any]) -> None:
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    cmds = [
+        UpdateOptimizer(params={"lr": 1e-4, "weight_decay": 0.05}, group="decay"),
+        UpdateModule(module="3", op="set_attribute", attribute="p", value=0.25),  # the Dropout
+        Pause(),
+    ]
+    recs = [c.submit(cmd) for cmd in cmds]
+    assert [r.status for r in recs] == [CommandStatus.ACCEPTED] * 3, [r.message for r in recs]
+    assert [r.seq for r in recs] == [1, 2, 3]
+    assert [r.seq for r in harness.delivered] == [1, 2, 3]
+    assert [r.command for r in harness.delivered] == cmds
+    assert c.next_seq == 4
+    assert c.get_command(cmds[1].id) == recs[1]
+
+
+def test_invalid_commands_after_the_snapshot_are_rejected_with_reasons(harness: Harness, snapshot: dict[str, Any]) -> None:
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    bad = {
+        "update_optimizer_momentum": ({"kind": "update_optimizer", "params": {"momentum": 0.9}}, "unknown hyperparameter 'momentum'"),
+        "group": ({"kind": "update_optimizer", "params": {"lr": 1e-3}, "group": "x"}, "no param group named 'x'; groups: decay, no_decay"),
+        "module": ({"kind": "update_module", "module": "99", "op": "freeze"}, "no module named '99'"),
+        "attr": ({"kind": "update_module", "module": "1", "op": "set_attribute", "attribute": "p", "value": 0.1}, "cannot be set"),
+        "dropout_bounds": ({"kind": "update_module", "module": "3", "op": "set_attribute", "attribute": "p", "value": 1.5}, "p must be in [0, 1], not 1.5"),
+        "no_params": ({"kind": "update_module", "module": "2", "op": "freeze"}, "has no parameters to freeze"),
+        "unknown_kind": ({"kind": "fly"}, "unknown command kind 'fly'"),
+        "not_json": ("{nope", "not valid JSON"),
+        "ckpt": ({"kind": "load_checkpoint", "checkpoint_id": "main@1"}, "no checkpoint with id 'main@1'; the run has no checkpoints yet"),
+        "mixture": ({"kind": "set_data_mixture", "weights": {"a": 1.0}}, "has not reported its sources"),
+    }
+    for name, (payload, message) in bad.items():
+        rec = c.submit(payload)
+        assert rec.status is CommandStatus.REJECTED, name
+        assert message in (rec.message or ""), (name, rec.message)
+        assert rec.seq is None
+    assert harness.delivered == []
+    assert c.next_seq == 1
+
+
+def test_a_repeated_command_id_returns_the_first_record_and_is_not_delivered_twice(
+    harness: Harness, snapshot: dict[str, Any]
+) -> None:
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    cmd = UpdateOptimizer(params={"lr": 1e-4})
+    first = c.submit(cmd)
+    again = c.submit(cmd)
+    as_dict = c.submit(cmd.model_dump(mode="json"))
+    assert first.status is CommandStatus.ACCEPTED
+    assert again == first and as_dict == first
+    assert len(harness.delivered) == 1
+    assert c.next_seq == 2
+    assert len(log_lines(c.run_dir)) == 1
+
+
+def test_after_stop_further_commands_are_rejected(harness: Harness) -> None:
+    c = harness.controller
+    assert c.submit(Stop()).status is CommandStatus.ACCEPTED
+    rec = c.submit(Pause())
+    assert rec.status is CommandStatus.REJECTED
+    assert "stopping" in (rec.message or "")
+    assert c.submit(Stop()).status is CommandStatus.REJECTED
+    assert len(harness.delivered) == 1
+
+
+def test_commands_jsonl_has_one_line_per_record_event(harness: Harness, snapshot: dict[str, Any]) -> None:
+    c = harness.controller
+    r1 = c.submit(UpdateOptimizer(params={"lr": 1e-4}))  # rejected: still starting
+    c.trainer_snapshot(snapshot)
+    r2 = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
+    r3 = c.submit({"kind": "nope"})  # unparseable
+    applied = r2.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 7, "message": "lr 1e-4"})
+    c.command_outcomes([applied.model_dump(mode="json")])
+    lines = log_lines(c.run_dir)
+    assert len(lines) == 4
+    assert [x["status"] for x in lines] == ["rejected", "accepted", "rejected", "applied"]
+    assert lines[0]["command"]["id"] == r1.id
+    assert lines[1]["seq"] == 1 and lines[3]["seq"] == 1 and lines[3]["applied_step"] == 7
+    assert lines[2]["command"] is None and lines[2]["payload"] == {"kind": "nope"}
+    assert r3.status is CommandStatus.REJECTED
+    assert c.get_command(r2.id).status is CommandStatus.APPLIED  # type: ignore[union-attr]
+    assert [row["status"] for row in c.commands()] == ["rejected", "applied", "rejected"]
+
+
+def test_recovery_restores_records_continues_numbering_and_fails_unapplied_commands(
+    tmp_path: Path, snapshot: dict[str, Any]
+) -> None:
+    run_dir = tmp_path / "run"
+    h = Harness(run_dir)
+    c = h.controller
+    c.trainer_snapshot(snapshot)
+    done = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
+    pending = c.submit(SaveCheckpoint(tag="later"))
+    rejected = c.submit(UpdateOptimizer(params={"nope": 1}))
+    c.command_outcomes([done.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 3}).model_dump(mode="json")])
+    c.close()
+
+    h2 = Harness(run_dir, recover=True)
+    c2 = h2.controller
+    try:
+        assert c2.next_seq == 3
+        assert c2.get_command(done.id).status is CommandStatus.APPLIED  # type: ignore[union-attr]
+        failed = c2.get_command(pending.id)
+        assert failed is not None and failed.status is CommandStatus.FAILED
+        assert "ended before it was applied" in (failed.message or "")
+        assert c2.get_command(rejected.id).status is CommandStatus.REJECTED  # type: ignore[union-attr]
+        new = c2.submit(Pause())
+        assert new.status is CommandStatus.ACCEPTED and new.seq == 3
+        assert [r.seq for r in h2.delivered] == [3]
+        # the recovered controller appends to the same log
+        assert log_lines(run_dir)[-1]["command"]["id"] == new.command.id  # type: ignore[union-attr]
+    finally:
+        c2.close()
+
+
+def test_load_checkpoint_without_a_branch_gets_a_fresh_unique_branch_name(harness: Harness) -> None:
+    c = harness.controller
+    c.checkpoint_saved({"id": "main@5", "branch": "main", "step": 5, "created_at": 1.0, "reason": "command"})
+    c.branch_created("main-1", "main", "main@2", 2)  # the first generated name is taken
+    r1 = c.submit(LoadCheckpoint(checkpoint_id="main@5"))
+    r2 = c.submit(LoadCheckpoint(checkpoint_id="main@5"))
+    assert r1.status is CommandStatus.ACCEPTED and r2.status is CommandStatus.ACCEPTED
+    assert isinstance(r1.command, LoadCheckpoint) and isinstance(r2.command, LoadCheckpoint)
+    assert r1.command.branch == "main-2"
+    assert r2.command.branch == "main-3"  # reserved at submission, not reused
+    assert [r.command.branch for r in harness.delivered] == ["main-2", "main-3"]  # type: ignore[union-attr]
+    # a named branch that was generated already is refused
+    r3 = c.submit(LoadCheckpoint(checkpoint_id="main@5", branch="main-3"))
+    assert r3.status is CommandStatus.REJECTED and "already exists" in (r3.message or "")
+    assert json.loads((c.run_dir / "branches.json").read_text())["main-1"]["fork_step"] == 2
+
+
+def test_lineage_and_metrics_follow_the_branch_tree(harness: Harness) -> None:
+    c = harness.controller
+    c.trainer_progress("main", {"status": "running", "step": 30, "time": 1.0, "branch": "main"}, [(k, float(k), {"loss": float(k)}) for k in range(1, 31)])
+    c.branch_created("b", "main", "main@20", 20)
+    c.trainer_progress("b", {"status": "running", "step": 25, "time": 2.0, "branch": "b"}, [(k, float(k), {"loss": -float(k)}) for k in range(21, 26)])
+    assert c.lineage("b") == [("main", 20), ("b", None)]
+    out = c.get_metrics("b", include_ancestors=True)["loss"]
+    assert out["step"] == list(range(1, 26))
+    assert out["value"][19:] == [20.0, -21.0, -22.0, -23.0, -24.0, -25.0]
+    assert c.get_metrics("b")["loss"]["step"] == list(range(21, 26))
+    assert c.status()["step"] == 25
+    with pytest.raises(ValueError, match="no branch 'zzz'"):
+        c.get_metrics("zzz")
+
+
+def test_generated_branch_name_is_a_valid_name_and_survives_recovery(tmp_path: Path) -> None:
+    config = RunConfig(name="unit", task=TaskSpec(target="ray_interactive.examples.regression:RegressionTask"), run_dir=tmp_path)
+    c = Controller(config)
+    branch = "b" * 64  # a valid name of the maximum length
+    c.checkpoint_saved({"id": f"{branch}@5", "branch": branch, "step": 5, "created_at": 1.0, "reason": "command"})
+    rec = c.submit(LoadCheckpoint(checkpoint_id=f"{branch}@5"))
+    c.close()
+    assert rec.status is CommandStatus.ACCEPTED
+    assert isinstance(rec.command, LoadCheckpoint) and rec.command.branch is not None
+    assert len(rec.command.branch) <= 64
+    recovered = Controller(config, recover=True)
+    try:
+        assert recovered.get_command(rec.command.id) is not None
+    finally:
+        recovered.close()
+
+
+def test_a_rejected_command_can_be_retried_with_the_same_id(tmp_path: Path) -> None:
+    c = Controller(make_config(tmp_path))
+    cmd = {"kind": "update_optimizer", "id": "retry-me", "params": {"lr": 1e-4}}
+    assert c.submit(cmd).status is CommandStatus.REJECTED  # no trainer snapshot yet
+    model = RegressionTask().build_model()
+    opt = RegressionTask().build_optimizer(model, 1e-3)
+    c.trainer_snapshot({"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True})
+    again = c.submit(cmd)
+    assert again.status is CommandStatus.ACCEPTED and again.seq == 1
+    assert c.submit(cmd) is again  # but an accepted one is not queued twice
+    c.close()
