@@ -34,6 +34,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_throughput.py
 	$(BIN)/python benchmarks/bench_command_latency.py
+	$(BIN)/python benchmarks/bench_step_overhead.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check ray_interactive tests benchmarks

@@ -63,7 +63,9 @@ class RunConfig(BaseModel):
     mixture: dict[str, float] | None = Field(default=None, description="initial source weights")
     metrics_interval_s: float = Field(default=0.5, gt=0.0, le=60.0, description="trainer -> controller")
     metrics_flush_s: float = Field(default=5.0, gt=0.0, le=3600.0, description="controller -> disk")
-    batches_per_request: int = Field(default=4, ge=1, le=1024, description="batches per buffer call")
+    batches_per_request: int | None = Field(
+        default=None, ge=1, le=1024, description="batches per buffer call; default: ~50 ms of training"
+    )
     requests_in_flight: int = Field(default=2, ge=1, le=64, description="buffer calls kept in flight")
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     torch_threads: int | None = Field(default=None, ge=1, le=1024)

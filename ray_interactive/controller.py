@@ -72,6 +72,7 @@ class Controller:
         self._deliver = deliver or (lambda records: None)
         self._mixture = mixture
         self.records: dict[str, CommandRecord] = {}
+        self._counts: dict[str, int] = {}  # records per status, kept as they change
         self.next_seq = 1
         self.view = RunView(branches={ROOT_BRANCH})
         self.trainer_status: dict[str, Any] = {"status": "starting", "step": 0, "branch": ROOT_BRANCH}
@@ -136,7 +137,12 @@ class Controller:
         return check_name(f"{base}-{n}", "branch")
 
     def _store(self, record: CommandRecord, key: str | None = None) -> None:
-        self.records[key or record.id or uuid.uuid4().hex] = record
+        key = key or record.id or uuid.uuid4().hex
+        old = self.records.get(key)
+        if old is not None:
+            self._counts[old.status.value] -= 1
+        self._counts[record.status.value] = self._counts.get(record.status.value, 0) + 1
+        self.records[key] = record
         self._log.write(record.model_dump_json() + "\n")
         self._log.flush()  # on disk (page cache) before the answer goes out
 
@@ -197,9 +203,7 @@ class Controller:
 
     # -- queries -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        for r in self.records.values():
-            counts[r.status.value] = counts.get(r.status.value, 0) + 1
+        counts = {k: v for k, v in self._counts.items() if v}
         return {
             "run": self.config.name,
             "run_dir": str(self.run_dir),
@@ -263,6 +267,8 @@ class Controller:
         Returns the records whose status changed (accepted but never applied -> failed),
         for the caller to log."""
         self.records = read_command_log(self.run_dir / "commands.jsonl")
+        for r in self.records.values():
+            self._counts[r.status.value] = self._counts.get(r.status.value, 0) + 1
         seqs = [r.seq for r in self.records.values() if r.seq is not None]
         self.next_seq = max(seqs, default=0) + 1
         for info in list_checkpoints(self.run_dir / "checkpoints"):

@@ -157,7 +157,8 @@ class Trainer:
         self._pending_rows: list[tuple[int, float, dict[str, Any]]] = []
         self._last_report = 0.0
         self._throughput = 0.0
-        self._lock = threading.Lock()  # guards snapshot reads from the control thread
+        self._lock = threading.RLock()  # guards snapshot reads from the control thread
+        self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
 
         position = None
         if resume_from is not None:
@@ -315,7 +316,7 @@ class Trainer:
         with self._lock:
             return {
                 "groups": describe_optimizer(self.optimizer),
-                "modules": describe_modules(self.model),
+                "modules": self._modules(),
                 "has_eval": self.task.has_eval,
                 "step": self.step,
                 "branch": self.branch,
@@ -324,6 +325,12 @@ class Trainer:
                 "grad_accumulation": self.grad_accumulation,
                 "paused": self.paused,
             }
+
+    def _modules(self) -> dict[str, Any]:
+        """``describe_modules`` of the model, cached: only update_module and loads change it."""
+        if self._modules_view is None:
+            self._modules_view = describe_modules(self.model)
+        return self._modules_view
 
     # -- commands ----------------------------------------------------------------------
     def deliver(self, records: list[CommandRecord]) -> None:
@@ -334,7 +341,8 @@ class Trainer:
         due = self.inbox.due(self.step)
         if not due:
             return
-        self._report(force=True)  # metrics up to here belong before the change
+        if any(isinstance(r.command, LoadCheckpoint) for r in due):
+            self._report(force=True)  # rows not yet sent belong to the branch being left
         done = []
         for record in due:
             assert record.command is not None
@@ -405,9 +413,10 @@ class Trainer:
         return f"mixture {cmd.weights}"
 
     def _update_module(self, cmd: UpdateModule) -> str:
-        validate_module_op(describe_modules(self.model), cmd)
+        validate_module_op(self._modules(), cmd)
         message = apply_module_op(self.model, self.optimizer, cmd)
         self._params = self._trainable()
+        self._modules_view = None
         return message
 
     def _load_checkpoint(self, cmd: LoadCheckpoint) -> str:
@@ -435,7 +444,7 @@ class Trainer:
             parent=self.last_checkpoint,
             tag=tag,
         )
-        modules = describe_modules(self.model)
+        modules = self._modules()
         state = {
             "step": self.step,
             "branch": self.branch,
@@ -470,6 +479,7 @@ class Trainer:
             for attr, value in attrs.items():
                 setattr(module, attr, value)
         self._params = self._trainable()
+        self._modules_view = None
         self.last_checkpoint = path.name
         return state["data_position"]
 
