@@ -88,8 +88,10 @@ class ControllerActor:
         return self._call("commands", limit, newest_first)
 
     # trainer events (fire-and-forget from the trainer)
-    def command_outcomes(self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None) -> None:
-        self._call("command_outcomes", records, snapshot)
+    def command_outcomes(
+        self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+    ) -> None:
+        self._call("command_outcomes", records, snapshot, status)
 
     def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[Any]) -> None:
         self._call("trainer_progress", branch, status, rows)

@@ -146,10 +146,15 @@ class Controller:
         self._log.write(record.model_dump_json() + "\n")
         self._log.flush()  # on disk (page cache) before the answer goes out
 
-    def command_outcomes(self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None) -> None:
-        """The trainer applied (or failed to apply) commands; ``snapshot`` is its state after."""
+    def command_outcomes(
+        self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+    ) -> None:
+        """The trainer applied (or failed to apply) commands; ``snapshot`` and ``status``
+        are its state right after."""
         if snapshot is not None:
             self.trainer_snapshot(snapshot)
+        if status is not None:
+            self._update_status(status)
         for record in records:
             self._store(CommandRecord.model_validate(record))
 
@@ -166,11 +171,14 @@ class Controller:
     # -- trainer events ----------------------------------------------------------------
     def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
         self.metrics.record(branch, rows)
+        self._update_status(status)
+        self.maybe_flush()
+
+    def _update_status(self, status: dict[str, Any]) -> None:
         if status.get("time", 0) >= self.trainer_status.get("time", 0):  # calls may arrive out of order
             self.trainer_status = status
             self.view.status = status["status"]
             self.view.step = status["step"]
-        self.maybe_flush()
 
     def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot

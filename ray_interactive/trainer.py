@@ -86,10 +86,12 @@ class Reporter:
     def progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
         self._send("trainer_progress", branch, status, rows)
 
-    def outcomes(self, records: list[CommandRecord], snapshot: dict[str, Any] | None = None) -> None:
-        """Outcomes and the state they left, in one call: whoever sees "applied" sees
-        the new settings too (separate calls to a threaded actor may be reordered)."""
-        self._send("command_outcomes", [r.model_dump(mode="json") for r in records], snapshot)
+    def outcomes(
+        self, records: list[CommandRecord], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+    ) -> None:
+        """Outcomes and the state they left, in one call: whoever sees "applied" sees the
+        new settings and status too (separate calls to a threaded actor may be reordered)."""
+        self._send("command_outcomes", [r.model_dump(mode="json") for r in records], snapshot, status)
 
     def snapshot(self, snapshot: dict[str, Any]) -> None:
         self._send("trainer_snapshot", snapshot)
@@ -357,7 +359,7 @@ class Trainer:
             done.append(
                 record.model_copy(update={"applied_at": time.time(), "applied_step": step, "branch": branch})
             )
-        self.reporter.outcomes(done, self.snapshot())
+        self.reporter.outcomes(done, self.snapshot(), self.status())
         self._report(force=True)  # status may have changed (paused, new branch, ...)
 
     def _current_lrs(self) -> list[float]:
