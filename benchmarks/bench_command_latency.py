@@ -67,16 +67,16 @@ def measure(name: str, n: int, tmp: Path) -> dict:
     steps, stamps, lrs = m["step"], m["time"], dict(zip(m["step"], m["value"]))
     latencies, next_step = [], 0
     last_at: dict[int, float] = {}  # several commands may land at one boundary: the last wins
-    for (t0, _, lr), rec in sorted(zip(sent, records), key=lambda x: x[1].seq):
+    for (_, _, lr), rec in sorted(zip(sent, records), key=lambda x: x[1].seq):
         last_at[rec.applied_step] = lr
     in_effect = sum(1 for s, lr in last_at.items() if s + 1 in lrs and abs(lrs[s + 1] - lr) < 1e-15)
     checked = sum(1 for s in last_at if s + 1 in lrs)
-    for (t0, _, lr), rec in zip(sent, records):
+    for (t0, _, _), rec in zip(sent, records):
         assert rec.status.value == "applied", rec
         latencies.append(rec.applied_at - t0)
         # The step in flight at submission is the first to finish after t0.
-        in_flight = steps[bisect.bisect_right(stamps, t0)] if bisect.bisect_right(stamps, t0) < len(steps) else None
-        if in_flight is not None and rec.applied_step <= in_flight:
+        i = bisect.bisect_right(stamps, t0)
+        if i < len(steps) and rec.applied_step <= steps[i]:
             next_step += 1
     return {
         "size": name,

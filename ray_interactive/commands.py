@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from ray_interactive.schedules import check_args as check_schedule_args
+
 #: Names of branches, sources and tags: safe as file names and readable in a UI.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -131,8 +133,7 @@ class SetLRSchedule(_CommandBase):
 
     @model_validator(mode="after")
     def _steps_needed(self) -> SetLRSchedule:
-        if self.schedule != "constant" and self.steps is None:
-            raise ValueError(f"a {self.schedule} schedule needs 'steps' (how many steps it spans)")
+        check_schedule_args(self.schedule, self.steps)
         return self
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ray_interactive.commands import check_name
+from ray_interactive.schedules import check_args
 
 #: Namespace every run's named actors live in.
 DEFAULT_NAMESPACE = "ray_interactive"
@@ -37,8 +38,7 @@ class ScheduleConfig(BaseModel):
 
     @model_validator(mode="after")
     def _steps_needed(self) -> ScheduleConfig:
-        if self.kind != "constant" and self.steps is None:
-            raise ValueError(f"a {self.kind} schedule needs 'steps'")
+        check_args(self.kind, self.steps)
         return self
 
 

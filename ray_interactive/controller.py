@@ -21,8 +21,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray_interactive.checkpoints import list_checkpoints
 from ray_interactive.commands import (

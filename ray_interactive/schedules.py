@@ -44,6 +44,12 @@ class Schedule:
         return cls(**{**d, "base_lrs": tuple(d["base_lrs"])})
 
 
+def check_args(kind: str, steps: int | None) -> None:
+    """Raise ``ValueError`` if a schedule of ``kind`` lacks its length."""
+    if kind != "constant" and steps is None:
+        raise ValueError(f"a {kind} schedule needs 'steps' (how many steps it spans)")
+
+
 def factor(s: Schedule, step: int) -> float:
     """Multiplier of the base lr at ``step`` (completed optimizer steps)."""
     t = max(0, step - s.start_step)

@@ -14,7 +14,7 @@ import pytest
 
 from ray_interactive.cli import command_payload, parse_assignments
 
-from .conftest import REPO, SHARED_DATA, regression_config, wait_until
+from .conftest import REPO, SHARED_DATA, regression_config
 
 CLI = [str(Path(sys.executable).parent / "ray-interactive")]
 

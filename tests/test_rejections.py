@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_interactive.client import RunClient
 from ray_interactive.commands import COMMAND_KINDS
 from ray_interactive.launch import RunHandle, start_run
 
