@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import machine, save  # noqa: E402
+from _common import machine, percentile, save  # noqa: E402
 
 from ray_interactive.buffer import DataBuffer  # noqa: E402
 from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
@@ -35,6 +35,7 @@ from ray_interactive.task import load_task  # noqa: E402
 from ray_interactive.trainer import Reporter, Trainer  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"
+ROUNDS = 15
 
 
 def per_step_us(fn: Callable[[], object], steps: int = 2000) -> float:
@@ -84,29 +85,32 @@ def main() -> None:
         buffer.next_batches(64, 1)
 
     res: dict[str, list[float]] = {"bare": [], "interactive": [], "sampling": []}
-    for _ in range(5):
+    deltas = []
+    for _ in range(ROUNDS):
         prefetched._ready.clear()
         prefetched.next()  # refill 4096 batches outside the timing
-        res["bare"].append(per_step_us(bare))
-        res["interactive"].append(per_step_us(interactive))
-        res["sampling"].append(per_step_us(sample, 500))
+        res["bare"].append(per_step_us(bare, 1000))
+        res["interactive"].append(per_step_us(interactive, 1000))
+        res["sampling"].append(per_step_us(sample, 200))
+        deltas.append(res["interactive"][-1] - res["bare"][-1])
     med = {k: statistics.median(v) for k, v in res.items()}
-    extra = med["interactive"] - med["bare"]
+    extra = statistics.median(deltas)
+    q1, q3 = percentile(deltas, 0.25), percentile(deltas, 0.75)
     md = "\n".join(
         [
             "## Per-step cost of the interactive machinery (trainer thread, in-process)",
             "",
             f"`python benchmarks/bench_step_overhead.py` on {info['cpus']} CPUs, load {info['loadavg_1m_at_start']}, "
-            f"{info['date']}. A tiny model (16-8-1 MLP, batch 64) so the fixed cost shows; medians of 5 alternating "
-            "rounds of 2000 steps.",
+            f"{info['date']}. A tiny model (16-8-1 MLP, batch 64) so the fixed cost shows; {ROUNDS} alternating rounds "
+            "of 1000 steps each; the added cost is the median (and quartiles) of the per-round differences.",
             "",
-            "| bare step | interactive step | added per step | as share of a 5 ms step | of a 50 ms step | buffer sampling per batch (buffer actor) |",
+            "| bare step | interactive step | added per step (p25-p75) | as share of a 5 ms step | of a 50 ms step | buffer sampling per batch (buffer actor) |",
             "|---:|---:|---:|---:|---:|---:|",
-            f"| {med['bare']:.0f} µs | {med['interactive']:.0f} µs | **{extra:.0f} µs** | {extra / 5000:.1%} | "
-            f"{extra / 50000:.2%} | {med['sampling']:.0f} µs |",
+            f"| {med['bare']:.0f} µs | {med['interactive']:.0f} µs | **{extra:.0f} µs** ({q1:.0f} to {q3:.0f}) | "
+            f"{extra / 5000:.1%} | {extra / 50000:.2%} | {med['sampling']:.0f} µs |",
         ]
     )
-    save("step_overhead", {"machine": info, "us": res, "median_us": med, "added_us": extra}, md)
+    save("step_overhead", {"machine": info, "us": res, "median_us": med, "added_us": extra, "deltas_us": deltas}, md)
 
 
 if __name__ == "__main__":

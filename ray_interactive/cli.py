@@ -74,13 +74,15 @@ def command_payload(kind: str, assignments: dict[str, Any]) -> dict[str, Any]:
 def build_config(args: argparse.Namespace) -> Any:
     from ray_interactive.config import RunConfig
 
-    if args.resume:
+    doc: dict[str, Any] = {}
+    if args.resume:  # the run's own config; flags and --set still override (e.g. --max-steps)
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").exists():
             raise CLIError(f"{run_dir} is not a run directory (no config.json)")
-        return RunConfig.load(run_dir / "config.json")
-    doc: dict[str, Any] = {}
-    if args.config:
+        doc = json.loads((run_dir / "config.json").read_text())
+        if args.name and args.name != doc["name"]:
+            raise CLIError(f"--resume continues run {doc['name']!r}; it cannot be renamed (use --replay for a new run)")
+    elif args.config:
         doc = json.loads(Path(args.config).read_text())
     if args.example:
         doc["task"] = {"target": EXAMPLES[args.example], "kwargs": {}}
@@ -89,7 +91,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if "task" not in doc:
         raise CLIError("say what to train: --example NAME, --task package.module:Class or --config FILE")
     doc["task"].setdefault("kwargs", {}).update(parse_assignments(args.task_arg or []))
-    doc.update(parse_assignments(args.set or []))
+    _merge(doc, parse_assignments(args.set or []))
     for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every"):
         value = getattr(args, key, None)
         if value is not None:
@@ -99,6 +101,15 @@ def build_config(args: argparse.Namespace) -> Any:
         return RunConfig.model_validate(doc)
     except ValueError as e:
         raise CLIError(f"invalid run configuration:\n{e}") from None
+
+
+def _merge(doc: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Nested update: ``schedule.kind=cosine`` keeps the schedule's other fields."""
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _merge(doc[key], value)
+        else:
+            doc[key] = value
 
 
 def cmd_run(args: argparse.Namespace) -> int:

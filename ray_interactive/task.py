@@ -108,11 +108,18 @@ def column_array(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
     Arrow memory is read-only (in Ray's object store, shared); the copy made here is
     tiny next to a training step and lets torch own its tensors.
     """
-    col = table.column(name).combine_chunks()
-    if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+    chunked = table.column(name)
+    col = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        # Slice the child values directly: flatten() goes through pyarrow.compute,
+        # several times slower for the small batches of a training step.
+        size = col.type.list_size
+        arr = col.values.slice(col.offset * size, len(col) * size).to_numpy(zero_copy_only=False)
+        arr = arr.reshape(len(col), size)
+    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         arr = np.asarray(col.flatten()).reshape(len(col), -1)
     else:
-        arr = np.asarray(col)
+        arr = col.to_numpy(zero_copy_only=False)
     return np.array(arr, dtype=dtype, copy=True)
 
 

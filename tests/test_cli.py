@@ -97,3 +97,18 @@ def test_readme_main_command_runs_and_exits_cleanly(tmp_path: Path) -> None:
     assert "save_checkpoint" in text and "applied at step" in text
     assert "rejected: lr must be in (0, 10]" in text
     assert (tmp_path / "demo" / "checkpoints").is_dir()
+
+
+def test_resume_from_the_cli_extends_max_steps(ray_cluster: dict[str, Any], tmp_path: Path) -> None:
+    """`run --resume DIR --max-steps N` continues a finished run to N steps."""
+    run_dir = tmp_path / "r"
+    common = ["--quiet", "--run-dir", str(run_dir), "--set", "torch_threads=1", "--set", "trainer_num_cpus=0"]
+    addr = ["--address", ray_cluster["address"]]
+    first = cli(*addr, "run", "--example", "regression", "--name", "cli-resume", "--max-steps", "20", *common, timeout=240)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "stopped at step 20" in first.stdout
+    again = cli(*addr, "run", "--resume", str(run_dir), "--max-steps", "35", *common, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "stopped at step 35" in again.stdout
+    out = cli(*addr, "run", "--resume", str(run_dir), "--name", "other", timeout=60)
+    assert out.returncode == 2 and "cannot be renamed" in out.stderr
