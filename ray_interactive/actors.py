@@ -58,7 +58,10 @@ class ControllerActor:
     def _buffer_mixture(self) -> dict[str, float]:
         if self._buffer is None:
             raise ValueError("the data buffer is not attached yet")
-        return ray.get(self._buffer.mixture.remote(), timeout=10)
+        try:
+            return ray.get(self._buffer.mixture.remote(), timeout=10)
+        except Exception as e:  # a dead or hung buffer means "rejected", not a crash of submit
+            raise ValueError(f"the data buffer is not answering ({type(e).__name__}); try again later") from None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._cond:

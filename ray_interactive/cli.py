@@ -129,15 +129,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, ConnectionError) as e:
         raise CLIError(str(e)) from None
     client = handle.client()
+    prog = _prog()
     print(f"run {config.name!r} started; run dir: {handle.config.resolved_run_dir}")
-    print(f"  attach from another shell:  ray-interactive status {config.name}")
-    print(f"  steer it:                   ray-interactive send {config.name} update_optimizer lr=3e-4")
+    print(f"  attach from another shell:  {prog} status {config.name}")
+    print(f"  steer it:                   {prog} send {config.name} update_optimizer lr=3e-4")
     if args.detach:
-        print("detached: the run goes on after this process exits; stop it with "
-              f"`ray-interactive send {config.name} stop`")
+        print(f"detached: the run goes on after this process exits; stop it with `{prog} send {config.name} stop`")
         return 0
     tour = Tour(client) if getattr(args, "tour", False) else None
     return watch(handle, client, args.duration, tour, quiet=args.quiet)
+
+
+def _prog() -> str:
+    """How the user can call this CLI again: the path they used (``.venv/bin/...``)."""
+    path = Path(sys.argv[0])
+    return str(path) if path.name == "ray-interactive" else "ray-interactive"
 
 
 def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, quiet: bool = False) -> int:
@@ -205,7 +211,7 @@ def summary(client: Any) -> None:
         if v:
             print(f"  {key}: first {v[0]:.4f}, last {v[-1]:.4f}")
     print(f"  commands: {status['commands']}; checkpoints: {status['checkpoints']}; branches: {', '.join(status['branches'])}")
-    print(f"  run dir: {status['run_dir']}  (resume: ray-interactive run --resume {status['run_dir']})")
+    print(f"  run dir: {status['run_dir']}  (resume: {_prog()} run --resume {status['run_dir']})")
 
 
 class Tour:
