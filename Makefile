@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ray-interactive demo --data $(DATA) --duration $(DURATION) $(DEMO_ARGS)
+	$(BIN)/ray-interactive demo --data=$(DATA) --duration=$(DURATION) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

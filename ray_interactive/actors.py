@@ -92,24 +92,19 @@ class ControllerActor:
 
     # trainer events (fire-and-forget from the trainer)
     def command_outcomes(
-        self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+        self,
+        records: list[dict[str, Any]],
+        snapshot: dict[str, Any] | None = None,
+        status: dict[str, Any] | None = None,
+        events: list[Any] | None = None,
     ) -> None:
-        self._call("command_outcomes", records, snapshot, status)
+        self._call("command_outcomes", records, snapshot, status, events)
 
-    def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[Any]) -> None:
-        self._call("trainer_progress", branch, status, rows)
+    def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[Any], events: list[Any] | None = None) -> None:
+        self._call("trainer_progress", branch, status, rows, events)
 
     def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
         self._call("trainer_snapshot", snapshot)
-
-    def checkpoint_saved(self, info: dict[str, Any]) -> None:
-        self._call("checkpoint_saved", info)
-
-    def branch_created(self, name: str, parent: str, checkpoint: str, step: int) -> None:
-        self._call("branch_created", name, parent, checkpoint, step)
-
-    def branch_rewound(self, branch: str, step: int) -> None:
-        self._call("branch_rewound", branch, step)
 
     def mark_failed(self, message: str) -> None:
         self._call("mark_failed", message)
@@ -140,9 +135,6 @@ class ControllerActor:
 
     def config(self) -> dict[str, Any]:
         return self._c.config.model_dump(mode="json")
-
-    def handles(self) -> tuple[Any, Any]:
-        return self._trainer, self._buffer
 
     def flush(self) -> None:
         self._call("flush")
@@ -193,10 +185,6 @@ class TrainerActor:
         self._t.deliver(records)
 
     @ray.method(concurrency_group="control")
-    def snapshot(self) -> dict[str, Any]:
-        return self._t.snapshot()
-
-    @ray.method(concurrency_group="control")
     def ready(self) -> bool:
         return True
 
@@ -231,9 +219,6 @@ class BufferActor:
 
     def sources(self) -> dict[str, Any]:
         return self._b.sources()
-
-    def stats(self) -> dict[str, Any]:
-        return self._b.stats()
 
     def ready(self) -> bool:
         return True

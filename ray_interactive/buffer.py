@@ -40,9 +40,6 @@ class BatchChunk:
     positions: list[dict[str, Any]]
     meta: list[dict[str, Any]]
 
-    def __len__(self) -> int:
-        return len(self.positions)
-
 
 @dataclass
 class _Source:
@@ -229,6 +226,3 @@ class DataBuffer:
             metas.append(meta)
         table = pa.concat_tables(parts).combine_chunks()
         return BatchChunk(table, batch_size, positions, metas)
-
-    def stats(self) -> dict[str, Any]:
-        return {"sources": self.sources(), "batches": self._batches, "batch_columns": self.batch_columns}

@@ -34,7 +34,7 @@ class CheckpointInfo:
     branch: str
     step: int
     created_at: float
-    reason: str  # "periodic", "command", "final", "fork"
+    reason: str  # "periodic", "command" or "final"
     parent: str | None = None  # the previous checkpoint on this lineage
     tag: str | None = None
 

@@ -80,6 +80,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if not (run_dir / "config.json").exists():
             raise CLIError(f"{run_dir} is not a run directory (no config.json)")
         doc = json.loads((run_dir / "config.json").read_text())
+        doc["run_dir"] = str(run_dir.resolve())  # where it is now, if it was moved or copied
         if args.name and args.name != doc["name"]:
             raise CLIError(f"--resume continues run {doc['name']!r}; it cannot be renamed (use --replay for a new run)")
     elif args.config:

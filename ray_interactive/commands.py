@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+import typing
 import uuid
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
@@ -258,19 +259,8 @@ Command = Annotated[
 """Any command: a discriminated union on ``kind``."""
 
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
-COMMAND_KINDS: tuple[str, ...] = (
-    "update_optimizer",
-    "set_lr_schedule",
-    "set_grad_clip",
-    "set_grad_accumulation",
-    "pause",
-    "resume",
-    "stop",
-    "save_checkpoint",
-    "load_checkpoint",
-    "evaluate",
-    "set_data_mixture",
-    "update_module",
+COMMAND_KINDS: tuple[str, ...] = tuple(
+    m.model_fields["kind"].default for m in typing.get_args(typing.get_args(Command)[0])
 )
 
 

@@ -39,7 +39,7 @@ from ray_interactive.commands import (
 )
 from ray_interactive.config import RunConfig
 from ray_interactive.metrics import MetricStore
-from ray_interactive.validation import RunView, validate
+from ray_interactive.validation import RunView, validate, validate_mixture
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,12 @@ class Controller:
         self.metrics = MetricStore()
         self.started_at = time.time()
         self._last_flush = time.monotonic()
-        if not recover:
-            config.save(self.run_dir / "config.json")
-        stale = self._recover() if recover else []
+        config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
+        if recover:
+            self._recover()
         self._log = open(self.run_dir / "commands.jsonl", "a", encoding="utf-8")
-        for record in stale:
-            self._store(record)
+        if recover:  # commands accepted but never applied died with the old trainer
+            self._fail_pending("the run ended before it was applied")
 
     # -- commands ----------------------------------------------------------------------
     def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
@@ -111,8 +111,8 @@ class Controller:
         if seen is not None and seen.status is not CommandStatus.REJECTED:
             return seen  # a retry of an accepted command: not queued twice
         try:
-            if isinstance(cmd, SetDataMixture):
-                self.view.mixture = self._mixture() if self._mixture else None
+            if isinstance(cmd, SetDataMixture) and self.view.mixture is None and self._mixture is not None:
+                self.view.mixture = self._mixture()  # once; then kept as accepted commands change it
             validate(cmd, self.view)
         except ValueError as e:
             record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=str(e))
@@ -124,6 +124,10 @@ class Controller:
             self.view.branches.add(cmd.branch)  # reserve the name now: two loads can't share it
         if isinstance(cmd, Stop) and cmd.at_step is None:  # a replayed stop ends the run later
             self.view.stopping = True
+        if isinstance(cmd, SetDataMixture):
+            # The mixture as it will be once accepted commands apply: the next one is checked
+            # against this, so two commands can't together zero every weight.
+            self.view.mixture = validate_mixture(self.view.mixture, cmd.weights)
         record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
         self.next_seq += 1
         self._store(record)
@@ -148,16 +152,28 @@ class Controller:
         self._log.flush()  # on disk (page cache) before the answer goes out
 
     def command_outcomes(
-        self, records: list[dict[str, Any]], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+        self,
+        records: list[dict[str, Any]],
+        snapshot: dict[str, Any] | None = None,
+        status: dict[str, Any] | None = None,
+        events: list[tuple[str, Any]] | None = None,
     ) -> None:
-        """The trainer applied (or failed to apply) commands; ``snapshot`` and ``status``
-        are its state right after."""
+        """The trainer applied (or failed to apply) commands; ``snapshot``, ``status`` and
+        ``events`` (checkpoints written, branches made) are what they left behind."""
+        self._trainer_events(events)
         if snapshot is not None:
             self.trainer_snapshot(snapshot)
-        if status is not None:
-            self._update_status(status)
         for record in records:
             self._store(CommandRecord.model_validate(record))
+        if status is not None:
+            self._update_status(status)
+
+    def _trainer_events(self, events: list[tuple[str, Any]] | None) -> None:
+        """Checkpoints, branches and rewinds ride along with the call that reports their
+        effect (calls to a threaded actor may be reordered), so they are known first."""
+        handlers = {"checkpoint": self.checkpoint_saved, "branch": self.branch_created, "rewind": self.branch_rewound}
+        for name, args in events or []:
+            handlers[name](*args)
 
     def get_command(self, command_id: str) -> CommandRecord | None:
         return self.records.get(command_id)
@@ -170,7 +186,14 @@ class Controller:
         return [_record_row(r) for r in recs]
 
     # -- trainer events ----------------------------------------------------------------
-    def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
+    def trainer_progress(
+        self,
+        branch: str,
+        status: dict[str, Any],
+        rows: list[tuple[int, float, dict[str, float]]],
+        events: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self._trainer_events(events)
         self.metrics.record(branch, rows)
         self._update_status(status)
         self.maybe_flush()
@@ -180,6 +203,13 @@ class Controller:
             self.trainer_status = status
             self.view.status = status["status"]
             self.view.step = status["step"]
+            if status["status"] in ("stopped", "failed"):
+                self._fail_pending(f"the run {status['status']} before it was applied ({status.get('message') or ''})")
+
+    def _fail_pending(self, message: str) -> None:
+        """Accepted commands that can no longer be applied: the trainer is gone."""
+        for r in [r for r in self.records.values() if r.status is CommandStatus.ACCEPTED]:
+            self._store(r.model_copy(update={"status": CommandStatus.FAILED, "message": message[:500]}))
 
     def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
@@ -203,11 +233,7 @@ class Controller:
 
     def mark_failed(self, message: str) -> None:
         """The trainer died without saying so (its process is gone)."""
-        self.trainer_status = {**self.trainer_status, "status": "failed", "message": message, "time": time.time()}
-        self.view.status = "failed"
-        for r in list(self.records.values()):
-            if r.status is CommandStatus.ACCEPTED:
-                self._store(r.model_copy(update={"status": CommandStatus.FAILED, "message": "the trainer failed"}))
+        self._update_status({**self.trainer_status, "status": "failed", "message": message, "time": time.time()})
         self.flush()
 
     # -- queries -----------------------------------------------------------------------
@@ -270,11 +296,8 @@ class Controller:
         self.flush()
         self._log.close()
 
-    def _recover(self) -> list[CommandRecord]:
-        """Rebuild state from the run directory (a resumed run, a restarted actor).
-
-        Returns the records whose status changed (accepted but never applied -> failed),
-        for the caller to log."""
+    def _recover(self) -> None:
+        """Rebuild state from the run directory (a resumed run, a restarted actor)."""
         self.records = read_command_log(self.run_dir / "commands.jsonl")
         for r in self.records.values():
             self._counts[r.status.value] = self._counts.get(r.status.value, 0) + 1
@@ -287,9 +310,6 @@ class Controller:
             self.branches.update(json.loads(branches.read_text()))
             self.view.branches |= set(self.branches)
         self.metrics = MetricStore.load(self.run_dir / "metrics")
-        # Commands accepted but never applied died with the old trainer.
-        why = {"status": CommandStatus.FAILED, "message": "the run ended before it was applied"}
-        return [r.model_copy(update=why) for r in self.records.values() if r.status is CommandStatus.ACCEPTED]
 
 
 def read_command_log(path: Path) -> dict[str, CommandRecord]:
@@ -303,7 +323,8 @@ def read_command_log(path: Path) -> dict[str, CommandRecord]:
         except ValueError:
             log.warning("skipping unreadable line %d of %s", i + 1, path)
             continue
-        records[rec.id or f"line{i}"] = rec
+        # An unparseable payload may carry any id: never let it stand for a real command.
+        records[rec.id if rec.command is not None and rec.id else f"rejected-line{i}"] = rec
     return records
 
 
@@ -311,6 +332,8 @@ def replay_commands(path: Path) -> list[Command]:
     """The applied commands of a log, in order, each pinned to the step it took effect at."""
     applied = [r for r in read_command_log(path).values() if r.status is CommandStatus.APPLIED and r.command]
     applied.sort(key=lambda r: r.seq or 0)
+    # A stop that later commands followed was undone by a resume: replaying it would end early.
+    applied = [r for i, r in enumerate(applied) if not (isinstance(r.command, Stop) and i < len(applied) - 1)]
     return [
         r.command.model_copy(  # type: ignore[union-attr]
             update={

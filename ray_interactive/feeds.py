@@ -112,19 +112,13 @@ class RayFeed(_FeedBase):
         self._last_pop = now
         return super()._pop()
 
-    def next(self, timeout: float | None = None) -> Batch | None:
-        """The next batch, or None if the buffer has no data (or none came in ``timeout``)."""
+    def next(self) -> Batch | None:
+        """The next batch (waiting only if prefetching fell behind); None if the buffer
+        has no data yet."""
         import ray
 
-        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
-            ref = self._pending[0]
-            if deadline is not None:
-                ready, _ = ray.wait([ref], timeout=max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    return None
-            self._pending.popleft()
-            chunk = ray.get(ref)
+            chunk = ray.get(self._pending.popleft())
             self._top_up()
             if chunk is None:
                 return None
@@ -141,8 +135,10 @@ class RayFeed(_FeedBase):
 
         self._ready.clear()
         self._pending.clear()
-        self.buffer.restore.remote(position)
-        if weights is not None:
-            ray.get(self.buffer.set_mixture.remote(weights))
-        self.position = ray.get(self.buffer.position.remote())
-        self._top_up()
+        try:
+            self.buffer.restore.remote(position)
+            if weights is not None:
+                ray.get(self.buffer.set_mixture.remote(weights))
+            self.position = ray.get(self.buffer.position.remote())
+        finally:  # a refused mixture must not leave the feed with nothing in flight
+            self._top_up()

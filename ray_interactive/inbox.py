@@ -2,8 +2,10 @@
 
 Ray's threaded actors do not keep call order, so commands carry the controller's sequence
 numbers and the inbox releases them in order: a command is due only when every command
-numbered before it has arrived, and (for ``at_step`` commands) the step has come.
-A command waiting for its ``at_step`` does not hold back later commands.
+numbered before it has arrived. An ``at_step`` command is due when the step has come and
+no earlier-numbered ``at_step`` command is still waiting (so a replay applies them in the
+original order, across branches); a command without ``at_step`` is never held back by
+one that waits. A released ``load_checkpoint`` ends the batch: it moves the step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class CommandInbox:
         self._arrived = threading.Event()
         self._pending: dict[int, CommandRecord] = {}
         self._frontier = next_seq  # lowest sequence number not yet received
+        self._earliest: int | None = None  # smallest at_step pending (-1: one is due now)
 
     def put(self, records: list[CommandRecord]) -> None:
         """Add records (called from the control thread)."""
@@ -31,31 +34,36 @@ class CommandInbox:
                     self._pending[r.seq] = r
             while self._frontier in self._pending:
                 self._frontier += 1
+            self._update_earliest()
         self._arrived.set()
 
-    def skip_to(self, next_seq: int) -> None:
-        """Forget numbers below ``next_seq`` (a resumed run starts after its log)."""
-        with self._lock:
-            self._frontier = max(self._frontier, next_seq)
+    def has_due(self, step: int) -> bool:
+        """Cheap check for every step: could anything be due at ``step``?"""
+        earliest = self._earliest
+        return earliest is not None and earliest <= step
 
-    def __bool__(self) -> bool:
-        return bool(self._pending)  # a dict read: cheap enough for every step
+    def _update_earliest(self) -> None:
+        ats = [-1 if r.command is None or r.command.at_step is None else r.command.at_step for r in self._pending.values()]
+        self._earliest = min(ats, default=None)
 
     def due(self, step: int) -> list[CommandRecord]:
         """Remove and return the commands to apply now, in sequence order."""
         with self._lock:
-            ready = sorted(
-                seq
-                for seq, r in self._pending.items()
-                if seq < self._frontier and (r.command is None or r.command.at_step is None or r.command.at_step <= step)
-            )
-            return [self._pending.pop(seq) for seq in ready]
-
-    def drain(self) -> list[CommandRecord]:
-        """Remove and return everything still pending (the run is ending)."""
-        with self._lock:
-            records = [self._pending.pop(seq) for seq in sorted(self._pending)]
-        return records
+            ready, waiting = [], False
+            for seq in sorted(self._pending):
+                if seq >= self._frontier:
+                    break
+                cmd = self._pending[seq].command
+                at = None if cmd is None else cmd.at_step
+                if at is not None and (waiting or at > step):
+                    waiting = True  # later at_step commands wait behind this one
+                    continue
+                ready.append(seq)
+                if cmd is not None and cmd.kind == "load_checkpoint":
+                    break
+            records = [self._pending.pop(seq) for seq in ready]
+            self._update_earliest()
+            return records
 
     def wait(self, timeout: float) -> None:
         """Sleep until a command arrives or ``timeout`` passes (used while paused)."""

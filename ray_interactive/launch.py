@@ -139,7 +139,11 @@ def start_run(
     controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime).remote(cfg, recover=resume)
     buffer = BufferActor.options(name=actor_name(config.name, "buffer"), namespace=ns, lifetime=lifetime).remote(cfg)
     next_seq = ray.get(controller.next_seq.remote())
-    gpus = 1 if config.device in ("auto", "cuda") and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # Inside the actor its one GPU is cuda:0 whatever the config named ("cuda:1" picks none).
+    wants_gpu = config.device == "auto" or config.device.startswith("cuda")
+    gpus = 1 if wants_gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    if gpus and config.device.startswith("cuda:"):
+        cfg["device"] = "cuda"
     trainer = TrainerActor.options(
         name=actor_name(config.name, "trainer"),
         namespace=ns,
@@ -184,5 +188,5 @@ def replay_run(source_dir: Path, name: str, run_dir: Path | None = None, address
         rec = client.submit(cmd)
         if rec.status.value == "rejected":
             log.warning("replay: %s rejected: %s", cmd.kind, rec.message)
-    client.send("resume", source="replay", at_step=0)
+    client.send("resume", source="replay")  # not pinned: pinned commands keep their order
     return handle

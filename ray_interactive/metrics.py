@@ -112,6 +112,7 @@ class MetricStore:
     def __init__(self) -> None:
         self.series: dict[str, dict[str, Series]] = defaultdict(dict)
         self._unflushed: list[tuple[str, int, float, str, float]] = []
+        self._next_part: int | None = None
 
     def record(self, branch: str, rows: Iterable[tuple[int, float, dict[str, float]]]) -> int:
         """Add rows of ``(step, time, {key: value})``; non-finite values are kept (NaN loss
@@ -183,8 +184,10 @@ class MetricStore:
         if not self._unflushed:
             return None
         directory.mkdir(parents=True, exist_ok=True)
-        existing = sorted(directory.glob("part-*.parquet"))
-        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        if self._next_part is None:  # list the directory once, not at every flush
+            existing = sorted(directory.glob("part-*.parquet"))
+            self._next_part = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        number, self._next_part = self._next_part, self._next_part + 1
         cols = list(zip(*self._unflushed))
         table = pa.table([pa.array(c) for c in cols], schema=_PART_SCHEMA)
         path = directory / f"part-{number:06d}.parquet"

@@ -14,9 +14,9 @@ it and unit tests drive it in-process.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import math
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -26,7 +26,14 @@ from typing import Any, Protocol
 import torch
 
 from ray_interactive import schedules
-from ray_interactive.checkpoints import CheckpointInfo, checkpoint_id, read_checkpoint, write_checkpoint
+from ray_interactive.checkpoints import (
+    CheckpointInfo,
+    capture_rng,
+    checkpoint_id,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from ray_interactive.commands import (
     CommandRecord,
     CommandStatus,
@@ -45,7 +52,7 @@ from ray_interactive.commands import (
 )
 from ray_interactive.config import RunConfig
 from ray_interactive.feeds import Batch
-from ray_interactive.hparams import apply_update, describe_optimizer, validate_update
+from ray_interactive.hparams import apply_update, describe_optimizer, group_name, validate_update
 from ray_interactive.inbox import CommandInbox
 from ray_interactive.modules import apply_module_op, describe_modules, validate_module_op
 from ray_interactive.task import Task
@@ -68,43 +75,51 @@ class Reporter:
 
     ``send(method, *args)`` is ``getattr(controller, method).remote(*args)`` under Ray,
     a direct call in-process. Method names are fixed here, never taken from input.
+    Checkpoint, branch and rewind events are queued and ride along with the next
+    progress or outcomes call, so the controller learns of a checkpoint no later than of
+    the status or command outcome that mentions it (separate calls may be reordered).
     """
 
     def __init__(self, send: Callable[..., Any], wait: Callable[[list[Any]], Any] | None = None) -> None:
         self._sender = send
         self._wait = wait
         self._recent: collections.deque[Any] = collections.deque(maxlen=256)
+        self._events: list[tuple[str, tuple[Any, ...]]] = []
 
     def _send(self, method: str, *args: Any) -> None:
         self._recent.append(self._sender(method, *args))
+
+    def _take_events(self) -> list[tuple[str, tuple[Any, ...]]]:
+        events, self._events = self._events, []
+        return events
+
+    def progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
+        self._send("trainer_progress", branch, status, rows, self._take_events())
+
+    def outcomes(
+        self, records: list[CommandRecord], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+    ) -> None:
+        """Outcomes and the state they left, in one call: whoever sees "applied" sees the
+        new settings, status and checkpoints too."""
+        self._send("command_outcomes", [r.model_dump(mode="json") for r in records], snapshot, status, self._take_events())
+
+    def snapshot(self, snapshot: dict[str, Any]) -> None:
+        self._send("trainer_snapshot", snapshot)
+
+    def checkpoint(self, info: CheckpointInfo) -> None:
+        self._events.append(("checkpoint", (info.to_dict(),)))
+
+    def branch(self, name: str, parent: str, checkpoint: str, step: int) -> None:
+        self._events.append(("branch", (name, parent, checkpoint, step)))
+
+    def rewind(self, branch: str, step: int) -> None:
+        self._events.append(("rewind", (branch, step)))
 
     def sync(self) -> None:
         """Wait until the recent events have reached the controller (at the end of a run)."""
         if self._wait is not None:
             self._wait([r for r in self._recent if r is not None])
         self._recent.clear()
-
-    def progress(self, branch: str, status: dict[str, Any], rows: list[tuple[int, float, dict[str, float]]]) -> None:
-        self._send("trainer_progress", branch, status, rows)
-
-    def outcomes(
-        self, records: list[CommandRecord], snapshot: dict[str, Any] | None = None, status: dict[str, Any] | None = None
-    ) -> None:
-        """Outcomes and the state they left, in one call: whoever sees "applied" sees the
-        new settings and status too (separate calls to a threaded actor may be reordered)."""
-        self._send("command_outcomes", [r.model_dump(mode="json") for r in records], snapshot, status)
-
-    def snapshot(self, snapshot: dict[str, Any]) -> None:
-        self._send("trainer_snapshot", snapshot)
-
-    def checkpoint(self, info: CheckpointInfo) -> None:
-        self._send("checkpoint_saved", info.to_dict())
-
-    def branch(self, name: str, parent: str, checkpoint: str, step: int) -> None:
-        self._send("branch_created", name, parent, checkpoint, step)
-
-    def rewind(self, branch: str, step: int) -> None:
-        self._send("branch_rewound", branch, step)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -124,7 +139,6 @@ class Trainer:
         reporter: Reporter,
         *,
         next_seq: int = 1,
-        branch: str = "main",
         resume_from: Path | None = None,
     ) -> None:
         self.config = config
@@ -148,7 +162,7 @@ class Trainer:
         self.grad_clip = config.grad_clip
         self.grad_accumulation = config.grad_accumulation
         self.step = 0
-        self.branch = branch
+        self.branch = "main"
         self.samples_seen = 0
         self.paused = config.start_paused
         self.stopping: str | None = None  # why the run is ending, once it is
@@ -160,7 +174,6 @@ class Trainer:
         self._pending_rows: list[tuple[int, float, dict[str, Any]]] = []
         self._last_report = 0.0
         self._throughput = 0.0
-        self._lock = threading.RLock()  # guards snapshot reads from the control thread
         self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
 
         position = None
@@ -191,7 +204,7 @@ class Trainer:
         self._report(force=True)
         try:
             while True:
-                if self.inbox:
+                if self.inbox.has_due(self.step):
                     self._apply_due_commands()
                 if self.stopping:
                     break
@@ -218,8 +231,7 @@ class Trainer:
     def _train_step(self) -> bool:
         """One optimizer step over ``grad_accumulation`` micro-batches; False if no data."""
         t0 = time.perf_counter()
-        for g, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = schedules.lr_at(self.schedule, g, self.step)
+        self._sync_lrs()
         losses, extras, metas = [], {}, []
         for micro in range(self.grad_accumulation):
             batch = self.feed.next()
@@ -232,7 +244,8 @@ class Trainer:
             loss, extra = (out if isinstance(out, tuple) else (out, {}))
             (loss / self.grad_accumulation).backward()
             losses.append(loss.detach())
-            extras.update(extra)
+            for k, v in extra.items():  # averaged over micro-batches, like the loss
+                extras[k] = extras.get(k, 0.0) + v / self.grad_accumulation
             metas.append(batch.meta)
         grad_norm = self._clip_gradients()
         self.optimizer.step()
@@ -282,18 +295,15 @@ class Trainer:
         """Final checkpoint and status: the run can be resumed from here."""
         if self._checkpointed_at != (self.branch, self.step):  # not twice at one step
             self._checkpoint("final")
-        leftover = self.inbox.drain()  # e.g. an at_step that never came
-        if leftover:
-            why = {"status": CommandStatus.FAILED, "message": f"the run ended first ({self.stopping})"}
-            self.reporter.outcomes([r.model_copy(update=why) for r in leftover])
+        # Commands still in the inbox (an at_step that never came) are failed by the
+        # controller once it hears "stopped".
         self.ended = "stopped"
         self._report(force=True, message=self.stopping)
         self.reporter.sync()
 
     # -- reporting ---------------------------------------------------------------------
-    def status(self, status: str | None = None, message: str | None = None) -> dict[str, Any]:
-        if status is None:
-            status = self.ended or ("stopping" if self.stopping else ("paused" if self.paused else "running"))
+    def status(self, message: str | None = None) -> dict[str, Any]:
+        status = self.ended or ("stopping" if self.stopping else ("paused" if self.paused else "running"))
         return {
             "status": status,
             "step": self.step,
@@ -305,29 +315,27 @@ class Trainer:
             "time": time.time(),
         }
 
-    def _report(self, force: bool = False, status: str | None = None, message: str | None = None) -> None:
+    def _report(self, force: bool = False, message: str | None = None) -> None:
         now = time.monotonic()
         if not force and now - self._last_report < self.config.metrics_interval_s:
             return
         self._last_report = now
-        rows = [(s, t, {k: _to_float(v) for k, v in r.items()}) for s, t, r in self._pending_rows]
-        self._pending_rows = []
-        self.reporter.progress(self.branch, self.status(status, message), rows)
+        rows, self._pending_rows = self._pending_rows, []
+        self.reporter.progress(self.branch, self.status(message), _rows_to_floats(rows))
 
     def snapshot(self) -> dict[str, Any]:
         """What the controller needs to validate commands and UIs need to show settings."""
-        with self._lock:
-            return {
-                "groups": describe_optimizer(self.optimizer),
-                "modules": self._modules(),
-                "has_eval": self.task.has_eval,
-                "step": self.step,
-                "branch": self.branch,
-                "schedule": self.schedule.to_dict(),
-                "grad_clip": self.grad_clip,
-                "grad_accumulation": self.grad_accumulation,
-                "paused": self.paused,
-            }
+        return {
+            "groups": describe_optimizer(self.optimizer),
+            "modules": self._modules(),
+            "has_eval": self.task.has_eval,
+            "step": self.step,
+            "branch": self.branch,
+            "schedule": self.schedule.to_dict(),
+            "grad_clip": self.grad_clip,
+            "grad_accumulation": self.grad_accumulation,
+            "paused": self.paused,
+        }
 
     def _modules(self) -> dict[str, Any]:
         """``describe_modules`` of the model, cached: only update_module and loads change it."""
@@ -341,18 +349,24 @@ class Trainer:
         self.inbox.put(records)
 
     def _apply_due_commands(self) -> None:
-        due = self.inbox.due(self.step)
-        if not due:
+        done = []
+        while due := self.inbox.due(self.step):  # again after a load: it moves the step
+            done.extend(self._apply(due))
+        if not done:
             return
-        if any(isinstance(r.command, LoadCheckpoint) for r in due):
-            self._report(force=True)  # rows not yet sent belong to the branch being left
+        self.reporter.outcomes(done, self.snapshot(), self.status())
+        self._report(force=True)  # status may have changed (paused, new branch, ...)
+
+    def _apply(self, due: list[CommandRecord]) -> list[CommandRecord]:
         done = []
         for record in due:
             assert record.command is not None
             step, branch = self.step, self.branch  # where it was applied (a load moves both)
             try:
-                with self._lock:
-                    message = self._handlers[type(record.command)](record.command)
+                at = record.command.at_step
+                if at is not None and at < self.step:  # the controller's view of the step lags
+                    raise ValueError(f"at_step {at} had passed when it arrived (the run was at step {self.step})")
+                message = self._handlers[type(record.command)](record.command)
                 record = record.model_copy(update={"status": CommandStatus.APPLIED, "message": message})
             except Exception as e:  # a command must never take the run down
                 log.warning("command %s failed: %s", record.seq, e)
@@ -360,26 +374,31 @@ class Trainer:
             done.append(
                 record.model_copy(update={"applied_at": time.time(), "applied_step": step, "branch": branch})
             )
-        self.reporter.outcomes(done, self.snapshot(), self.status())
-        self._report(force=True)  # status may have changed (paused, new branch, ...)
+        return done
 
     def _current_lrs(self) -> list[float]:
         return [schedules.lr_at(self.schedule, g, self.step) for g in range(len(self.optimizer.param_groups))]
+
+    def _sync_lrs(self) -> None:
+        """Write the schedule's lr for the next step into the param groups (also what the
+        snapshot shows)."""
+        for group, lr in zip(self.optimizer.param_groups, self._current_lrs()):
+            group["lr"] = lr
 
     def _update_optimizer(self, cmd: UpdateOptimizer) -> str:
         targets, values = validate_update(describe_optimizer(self.optimizer), cmd.params, cmd.group)
         if "lr" in values:
             self.schedule = schedules.rescale(self.schedule, self.step, {t: values["lr"] for t in targets})
-            for g, lr in enumerate(self._current_lrs()):
-                self.optimizer.param_groups[g]["lr"] = lr
+            self._sync_lrs()
         apply_update(self.optimizer, targets, values)
-        names = ", ".join(self.optimizer.param_groups[t].get("name", f"group{t}") for t in targets)
+        names = ", ".join(group_name(self.optimizer.param_groups[t], t) for t in targets)
         return f"set {', '.join(f'{k}={v}' for k, v in values.items())} on {names}"
 
     def _set_lr_schedule(self, cmd: SetLRSchedule) -> str:
         self.schedule = schedules.start(
             cmd.schedule, self.step, self._current_lrs(), cmd.steps, cmd.min_lr_ratio, cmd.gamma, cmd.warmup_steps
         )
+        self._sync_lrs()
         return f"{cmd.schedule} schedule from step {self.step}"
 
     def _set_grad_clip(self, cmd: SetGradClip) -> str:
@@ -426,8 +445,9 @@ class Trainer:
         path = self.ckpt_dir / cmd.checkpoint_id
         if not (path / "state.json").exists():
             raise ValueError(f"no checkpoint {cmd.checkpoint_id!r} in {self.ckpt_dir}")
+        self._report(force=True)  # rows not yet sent belong to the branch being left
         parent = self.branch
-        position = self._load(path)
+        position = self._load_or_roll_back(path)
         self.branch = cmd.branch or f"{parent}-{self.step}"
         self.feed.reset(position)
         self.reporter.branch(self.branch, parent, cmd.checkpoint_id, self.step)
@@ -465,6 +485,29 @@ class Trainer:
         self.reporter.checkpoint(info)
         return info.id
 
+    def _load_or_roll_back(self, path: Path) -> dict[str, Any]:
+        """:meth:`_load`, but a checkpoint that fails half way leaves the run as it was."""
+        backup = (
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            copy.deepcopy(self.optimizer.state_dict()),
+            {k: getattr(self, k) for k in ("step", "branch", "samples_seen", "schedule", "grad_clip", "grad_accumulation", "last_checkpoint")},
+            [p.requires_grad for p in self.model.parameters()],
+            capture_rng(),
+        )
+        try:
+            return self._load(path)
+        except Exception:
+            weights, opt_state, fields, grads, rng = backup
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(opt_state)
+            for k, v in fields.items():
+                setattr(self, k, v)
+            for p, g in zip(self.model.parameters(), grads):
+                p.requires_grad_(g)
+            restore_rng(*rng)
+            self._params, self._modules_view = self._trainable(), None
+            raise
+
     def _load(self, path: Path) -> dict[str, Any]:
         """Restore everything from a checkpoint directory; return its data position."""
         state = read_checkpoint(path, self.model, self.optimizer, self.device)
@@ -498,10 +541,27 @@ class Trainer:
         return metrics
 
 
-def _to_float(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.item())
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+def _rows_to_floats(rows: list[tuple[int, float, dict[str, Any]]]) -> list[tuple[int, float, dict[str, float]]]:
+    """Metric rows with plain floats. All tensors are moved in one go: on a GPU each
+    ``.item()`` is a sync, and there are a few per step."""
+    by_device: dict[torch.device, list[torch.Tensor]] = collections.defaultdict(list)
+    for _, _, r in rows:
+        for v in r.values():
+            if isinstance(v, torch.Tensor):
+                by_device[v.device].append(v)
+    values = {
+        dev: iter(torch.stack([t.detach().float().reshape(()) for t in ts]).tolist()) for dev, ts in by_device.items()
+    }
+    out = []
+    for step, t, r in rows:
+        clean: dict[str, float] = {}
+        for k, v in r.items():
+            if isinstance(v, torch.Tensor):
+                clean[k] = next(values[v.device])
+            else:
+                try:
+                    clean[k] = float(v)
+                except (TypeError, ValueError):
+                    clean[k] = math.nan
+        out.append((step, t, clean))
+    return out

@@ -91,6 +91,9 @@ def test_replaying_the_command_log_reproduces_the_run(tmp_path: Path, start: Any
     wait_until(lambda: client.status()["step"] >= saved.applied_step + 20, what="steps")
     load = client.wait(client.send("load_checkpoint", checkpoint_id=saved.message.removeprefix("saved "), branch="again"))
     assert load.status.value == "applied", load.message
+    # Applied on the branch at a step *below* the load's: a replay must keep the order.
+    on_branch = client.wait(client.send("set_grad_clip", max_norm=0.3))
+    assert on_branch.branch == "again" and on_branch.applied_step < load.applied_step
     wait_until(lambda: client.status()["step"] >= load.applied_step + 20, what="steps on the branch")
     client.stop()
     original.wait(timeout=60)

@@ -214,3 +214,29 @@ def test_command_log_holds_every_command_and_outcome(run: RunHandle, client: Run
     assert applied_rows and all(r["applied_step"] is not None and r["branch"] == "main" for r in applied_rows)
     seqs = [r["seq"] for r in rows if r["seq"] is not None]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_mixture_commands_are_checked_against_the_mixture_they_will_leave(client: RunClient) -> None:
+    """Each alone is valid; together they would zero every weight: the second is refused
+    at submission instead of failing (or worse) in the trainer."""
+    first = client.send("set_data_mixture", weights={"base": 0.0})
+    second = client.send("set_data_mixture", weights={"extra": 0.0})
+    assert first.status.value == "accepted"
+    assert second.status.value == "rejected" and "at least one source must keep a weight > 0" in second.message
+    client.wait(first)
+    applied(client, "set_data_mixture", weights={"base": 1.0, "extra": 0.5})
+    step = client.status()["step"]
+    wait_until(lambda: client.status()["step"] > step + 5, what="training after the mixture commands")
+
+
+def test_a_broken_checkpoint_fails_to_load_and_the_run_goes_on_unchanged(run: RunHandle, client: RunClient) -> None:
+    rec = applied(client, "save_checkpoint", tag="broken")
+    cid = rec.message.removeprefix("saved ")
+    (Path(run.config.resolved_run_dir) / "checkpoints" / cid / "optimizer.pt").write_bytes(b"not a checkpoint")
+    before = client.snapshot()
+    load = client.wait(client.send("load_checkpoint", checkpoint_id=cid, branch="never"))
+    assert load.status.value == "failed" and load.message
+    status = client.status()
+    assert status["branch"] == "main" and status["status"] == "running"
+    assert client.snapshot()["groups"] == before["groups"]
+    wait_until(lambda: client.status()["step"] > status["step"] + 5, what="training after the failed load")
