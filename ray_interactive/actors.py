@@ -39,7 +39,7 @@ class ControllerActor:
         self._trainer: Any = None
         self._buffer: Any = None
         self._undelivered: list[CommandRecord] = []
-        self._c = Controller(RunConfig.model_validate(config), self._deliver, self._buffer_mixture, recover=recover)
+        self._c = Controller(RunConfig.model_validate(config), self._deliver, recover=recover)
 
     def attach(self, trainer: Any, buffer: Any) -> None:
         """Connect the trainer and buffer once they exist."""
@@ -54,14 +54,6 @@ class ControllerActor:
             self._undelivered.extend(records)
         else:
             self._trainer.deliver.remote(records)  # fire-and-forget
-
-    def _buffer_mixture(self) -> dict[str, float]:
-        if self._buffer is None:
-            raise ValueError("the data buffer is not attached yet")
-        try:
-            return ray.get(self._buffer.mixture.remote(), timeout=10)
-        except Exception as e:  # a dead or hung buffer means "rejected", not a crash of submit
-            raise ValueError(f"the data buffer is not answering ({type(e).__name__}); try again later") from None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._cond:

@@ -64,14 +64,13 @@ class Controller:
         self,
         config: RunConfig,
         deliver: Callable[[list[CommandRecord]], None] | None = None,
-        mixture: Callable[[], dict[str, float]] | None = None,
         recover: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = config.resolved_run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._deliver = deliver or (lambda records: None)
-        self._mixture = mixture
+        self._pending_mixtures: dict[int, dict[str, float]] = {}  # accepted, not yet applied
         self.records: dict[str, CommandRecord] = {}
         self._counts: dict[str, int] = {}  # records per status, kept as they change
         self.next_seq = 1
@@ -111,8 +110,6 @@ class Controller:
         if seen is not None and seen.status is not CommandStatus.REJECTED:
             return seen  # a retry of an accepted command: not queued twice
         try:
-            if isinstance(cmd, SetDataMixture) and self.view.mixture is None and self._mixture is not None:
-                self.view.mixture = self._mixture()  # once; then kept as accepted commands change it
             validate(cmd, self.view)
         except ValueError as e:
             record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=str(e))
@@ -128,6 +125,7 @@ class Controller:
             # The mixture as it will be once accepted commands apply: the next one is checked
             # against this, so two commands can't together zero every weight.
             self.view.mixture = validate_mixture(self.view.mixture, cmd.weights)
+            self._pending_mixtures[self.next_seq] = cmd.weights
         record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
         self.next_seq += 1
         self._store(record)
@@ -161,10 +159,12 @@ class Controller:
         """The trainer applied (or failed to apply) commands; ``snapshot``, ``status`` and
         ``events`` (checkpoints written, branches made) are what they left behind."""
         self._trainer_events(events)
+        for record in records:
+            rec = CommandRecord.model_validate(record)
+            self._pending_mixtures.pop(rec.seq or 0, None)
+            self._store(rec)
         if snapshot is not None:
             self.trainer_snapshot(snapshot)
-        for record in records:
-            self._store(CommandRecord.model_validate(record))
         if status is not None:
             self._update_status(status)
 
@@ -216,6 +216,12 @@ class Controller:
         self.view.groups = snapshot["groups"]
         self.view.modules = snapshot["modules"]
         self.view.has_eval = snapshot["has_eval"]
+        # The trainer's mixture is the truth (a load or resume restores an older one);
+        # mixture commands accepted but not yet applied still count on top of it.
+        mixture = dict(snapshot["mixture"])
+        for seq in sorted(self._pending_mixtures):
+            mixture.update(self._pending_mixtures[seq])
+        self.view.mixture = mixture
 
     def checkpoint_saved(self, info: dict[str, Any]) -> None:
         self.checkpoints[info["id"]] = info

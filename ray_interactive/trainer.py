@@ -335,6 +335,7 @@ class Trainer:
             "grad_clip": self.grad_clip,
             "grad_accumulation": self.grad_accumulation,
             "paused": self.paused,
+            "mixture": dict(self.feed.position["weights"]),  # what batches are drawn with now
         }
 
     def _modules(self) -> dict[str, Any]:
@@ -492,18 +493,22 @@ class Trainer:
             copy.deepcopy(self.optimizer.state_dict()),
             {k: getattr(self, k) for k in ("step", "branch", "samples_seen", "schedule", "grad_clip", "grad_accumulation", "last_checkpoint")},
             [p.requires_grad for p in self.model.parameters()],
+            {path: dict(v["attributes"]) for path, v in self._modules().items() if v["attributes"]},
             capture_rng(),
         )
         try:
             return self._load(path)
         except Exception:
-            weights, opt_state, fields, grads, rng = backup
+            weights, opt_state, fields, grads, attributes, rng = backup
             self.model.load_state_dict(weights)
             self.optimizer.load_state_dict(opt_state)
             for k, v in fields.items():
                 setattr(self, k, v)
             for p, g in zip(self.model.parameters(), grads):
                 p.requires_grad_(g)
+            for mod_path, attrs in attributes.items():
+                for attr, value in attrs.items():
+                    setattr(self.model.get_submodule(mod_path), attr, value)
             restore_rng(*rng)
             self._params, self._modules_view = self._trainable(), None
             raise

@@ -72,7 +72,7 @@ def validate(cmd: Command, view: RunView) -> None:
 def validate_mixture(current: dict[str, float] | None, weights: dict[str, float]) -> dict[str, float]:
     """Check new weights against the known sources; return the resulting full mixture."""
     if current is None:
-        raise ValueError("the data buffer has not reported its sources yet; try again in a moment")
+        raise ValueError("the trainer has not reported its data sources yet; try again in a moment")
     unknown = sorted(set(weights) - set(current))
     if unknown:
         raise ValueError(

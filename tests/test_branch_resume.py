@@ -110,3 +110,19 @@ def test_replaying_the_command_log_reproduces_the_run(tmp_path: Path, start: Any
         assert rc.status()["step"] == end["again"]
     finally:
         replay.shutdown()
+
+
+def test_after_a_load_mixture_commands_are_checked_against_the_restored_mixture(tmp_path: Path, start: Any) -> None:
+    """A checkpoint restores the data position, mixture included; the controller must
+    validate later mixture commands against that, not the mixture the old branch had."""
+    handle = start(regression_config(tmp_path, task_kwargs={"extra_source": True}))
+    client = handle.client()
+    saved = client.wait(client.send("save_checkpoint"))  # base 1.0, extra 0.5
+    assert client.wait(client.send("set_data_mixture", weights={"extra": 0.0})).status.value == "applied"
+    assert client.snapshot()["mixture"] == {"base": 1.0, "extra": 0.0}
+    load = client.wait(client.send("load_checkpoint", checkpoint_id=saved.message.removeprefix("saved ")))
+    assert load.status.value == "applied", load.message
+    assert client.snapshot()["mixture"] == {"base": 1.0, "extra": 0.5}
+    rec = client.send("set_data_mixture", weights={"base": 0.0})  # extra keeps 0.5: valid
+    assert rec.status.value == "accepted", rec.message
+    assert client.wait(rec).status.value == "applied"

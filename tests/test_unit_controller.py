@@ -37,7 +37,7 @@ def snapshot() -> dict[str, Any]:
     task = RegressionTask(in_dim=4, width=8, depth=1)
     model = task.build_model()
     opt = task.build_optimizer(model, 1e-3)
-    return {"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True}
+    return {"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True, "mixture": {"base": 1.0}}
 
 
 class Harness:
@@ -101,7 +101,7 @@ def test_invalid_commands_after_the_snapshot_are_rejected_with_reasons(harness: 
         "unknown_kind": ({"kind": "fly"}, "unknown command kind 'fly'"),
         "not_json": ("{nope", "not valid JSON"),
         "ckpt": ({"kind": "load_checkpoint", "checkpoint_id": "main@1"}, "no checkpoint with id 'main@1'; the run has no checkpoints yet"),
-        "mixture": ({"kind": "set_data_mixture", "weights": {"a": 1.0}}, "has not reported its sources"),
+        "mixture": ({"kind": "set_data_mixture", "weights": {"a": 1.0}}, "unknown data source(s) 'a'; sources: base"),
     }
     for name, (payload, message) in bad.items():
         rec = c.submit(payload)
@@ -243,7 +243,9 @@ def test_a_rejected_command_can_be_retried_with_the_same_id(tmp_path: Path) -> N
     assert c.submit(cmd).status is CommandStatus.REJECTED  # no trainer snapshot yet
     model = RegressionTask().build_model()
     opt = RegressionTask().build_optimizer(model, 1e-3)
-    c.trainer_snapshot({"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True})
+    c.trainer_snapshot(
+        {"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True, "mixture": {"base": 1.0}}
+    )
     again = c.submit(cmd)
     assert again.status is CommandStatus.ACCEPTED and again.seq == 1
     assert c.submit(cmd) is again  # but an accepted one is not queued twice
