@@ -195,9 +195,8 @@ class DataBuffer:
         self._cursors[s.name] = [epoch, pos]
         return np.concatenate(out)
 
-    def _draw_one(self, n: int) -> tuple[list[pa.Table], dict[str, Any]]:
-        sizes = {name: s.rows for name, s in self._sources.items()}
-        counts = draw_counts(self._rng, n, effective_weights(self._weights, sizes))
+    def _draw_one(self, n: int, weights: dict[str, float]) -> tuple[list[pa.Table], dict[str, Any]]:
+        counts = draw_counts(self._rng, n, weights)
         parts, ages, now = [], [], time.time()
         for name, k in counts.items():
             s = self._sources[name]
@@ -216,11 +215,12 @@ class DataBuffer:
     def next_batches(self, batch_size: int, count: int = 1) -> BatchChunk | None:
         """Draw ``count`` batches of ``batch_size`` rows; None while no source has data."""
         sizes = {name: s.rows for name, s in self._sources.items()}
-        if not any(effective_weights(self._weights, sizes).values()):
+        weights = effective_weights(self._weights, sizes)  # fixed for the whole call
+        if not any(weights.values()):
             return None
         parts, positions, metas = [], [], []
         for _ in range(count):
-            p, meta = self._draw_one(batch_size)
+            p, meta = self._draw_one(batch_size, weights)
             parts.extend(p)
             positions.append(self.position())
             metas.append(meta)

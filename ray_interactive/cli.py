@@ -79,12 +79,12 @@ def build_config(args: argparse.Namespace) -> Any:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").exists():
             raise CLIError(f"{run_dir} is not a run directory (no config.json)")
-        doc = json.loads((run_dir / "config.json").read_text())
+        doc = _read_json(run_dir / "config.json")
         doc["run_dir"] = str(run_dir.resolve())  # where it is now, if it was moved or copied
         if args.name and args.name != doc["name"]:
             raise CLIError(f"--resume continues run {doc['name']!r}; it cannot be renamed (use --replay for a new run)")
     elif args.config:
-        doc = json.loads(Path(args.config).read_text())
+        doc = _read_json(Path(args.config))
     if args.example:
         doc["task"] = {"target": EXAMPLES[args.example], "kwargs": {}}
     if args.task:
@@ -102,6 +102,19 @@ def build_config(args: argparse.Namespace) -> Any:
         return RunConfig.model_validate(doc)
     except ValueError as e:
         raise CLIError(f"invalid run configuration:\n{e}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or a CLIError saying what is wrong with it."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise CLIError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise CLIError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CLIError(f"{path} must hold a JSON object (a RunConfig), not {type(doc).__name__}")
+    return doc
 
 
 def _merge(doc: dict[str, Any], updates: dict[str, Any]) -> None:

@@ -145,7 +145,9 @@ class Controller:
         if old is not None:
             self._counts[old.status.value] -= 1
         self._counts[record.status.value] = self._counts.get(record.status.value, 0) + 1
-        self.records[key] = record
+        if record.status.is_final and record.seq is not None:
+            self._pending_mixtures.pop(record.seq, None)
+        self.records[key] = record  # a known key keeps its place: the dict is in submission order
         self._log.write(record.model_dump_json() + "\n")
         self._log.flush()  # on disk (page cache) before the answer goes out
 
@@ -160,9 +162,7 @@ class Controller:
         ``events`` (checkpoints written, branches made) are what they left behind."""
         self._trainer_events(events)
         for record in records:
-            rec = CommandRecord.model_validate(record)
-            self._pending_mixtures.pop(rec.seq or 0, None)
-            self._store(rec)
+            self._store(CommandRecord.model_validate(record))
         if snapshot is not None:
             self.trainer_snapshot(snapshot)
         if status is not None:
@@ -180,7 +180,9 @@ class Controller:
 
     def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
         """Command records as dicts, in submission order (or newest first)."""
-        recs = sorted(self.records.values(), key=lambda r: r.received_at, reverse=newest_first)
+        recs = list(self.records.values())
+        if newest_first:
+            recs.reverse()
         if limit is not None:
             recs = recs[:limit] if newest_first else recs[-limit:]
         return [_record_row(r) for r in recs]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import ray
 
 from ray_interactive.buffer import BatchChunk, DataBuffer
 
@@ -115,8 +116,6 @@ class RayFeed(_FeedBase):
     def next(self) -> Batch | None:
         """The next batch (waiting only if prefetching fell behind); None if the buffer
         has no data yet."""
-        import ray
-
         while not self._ready:
             chunk = ray.get(self._pending.popleft())
             self._top_up()
@@ -131,8 +130,6 @@ class RayFeed(_FeedBase):
         Calls from one caller to a (non-threaded) actor run in order, so the restore runs
         after the dropped requests and before the new ones.
         """
-        import ray
-
         self._ready.clear()
         self._pending.clear()
         try:

@@ -77,6 +77,10 @@ def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_clust
     assert out.returncode == 2 and "batch_size" in out.stderr and "greater than or equal to 1" in out.stderr
     out = cli("run", "--example", "regression", "--set", "bogus=1")
     assert out.returncode == 2 and "bogus" in out.stderr
+    out = cli("run", "--config", "/nonexistent/run.json")
+    assert out.returncode == 2 and "cannot read /nonexistent/run.json" in out.stderr
+    out = cli("run", "--config", str(REPO / "README.md"))
+    assert out.returncode == 2 and "is not valid JSON" in out.stderr
 
 
 @pytest.mark.slow
