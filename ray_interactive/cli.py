@@ -347,7 +347,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from ray_interactive.launch import init_ray
 
     try:
-        init_ray(args.address or "auto", namespace=args.namespace)
+        init_ray(args.address, namespace=args.namespace, default="auto")
     except ConnectionError as e:
         raise CLIError(str(e)) from None
     for name in list_runs(args.namespace):

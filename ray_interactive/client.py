@@ -41,7 +41,7 @@ def connect(run: str, address: str | None = None, namespace: str = DEFAULT_NAMES
     ``address`` defaults to RAY_ADDRESS, else ``"auto"`` (a cluster started on this machine).
     """
     if not ray.is_initialized():
-        init_ray(address or "auto", namespace=namespace)
+        init_ray(address, namespace=namespace, default="auto")
     try:
         controller = ray.get_actor(actor_name(run, "controller"), namespace=namespace)
     except ValueError:

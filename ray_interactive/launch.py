@@ -19,15 +19,16 @@ from ray_interactive.config import RunConfig, actor_name
 log = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None = None, namespace: str | None = None, **kwargs: Any) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS), or start an embedded local cluster.
+def init_ray(address: str | None = None, namespace: str | None = None, default: str | None = None, **kwargs: Any) -> None:
+    """Connect to ``address``, else RAY_ADDRESS, else ``default``: None starts an embedded
+    local cluster, ``"auto"`` attaches to the one running on this machine.
 
     Set up so that a second process can attach: on a local cluster with token auth
     (Ray's default), a process that connects by address needs ``RAY_AUTH_MODE=token``.
     """
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or default
     if address and address != "auto" and not address.startswith("ray://"):
         _check_reachable(address)
     if address and (Path.home() / ".ray" / "auth_token").exists():

@@ -71,6 +71,8 @@ def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_clust
     assert out.returncode == 2 and "no run named 'no-such-run'" in out.stderr
     out = cli("--address", "127.0.0.1:9", "status", "x")
     assert out.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:9" in out.stderr
+    out = cli("status", "x", RAY_ADDRESS="127.0.0.1:9")  # the environment is honoured too
+    assert out.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:9" in out.stderr
     out = cli("--address", ray_cluster["address"], "send", "x", "warp_speed")
     assert out.returncode == 2 and "unknown command kind 'warp_speed'" in out.stderr
     out = cli("run", "--example", "regression", "--set", "batch_size=0")
