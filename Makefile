@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_throughput.py
 	$(BIN)/python benchmarks/bench_command_latency.py
 	$(BIN)/python benchmarks/bench_step_overhead.py
+	$(BIN)/python benchmarks/bench_weights.py
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_freshness.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check ray_interactive tests benchmarks

@@ -6,13 +6,43 @@ The pieces: :mod:`~ray_interactive.commands` (what can be asked of a run),
 (attach to a run from any process) and :mod:`~ray_interactive.cli`.
 """
 
-from ray_interactive.client import RunClient, RunNotFound, connect, list_runs
-from ray_interactive.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
-from ray_interactive.config import RunConfig, ScheduleConfig, TaskSpec
-from ray_interactive.launch import RunHandle, start_run
-from ray_interactive.task import DataSource, Task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray_interactive.client import RunClient, RunNotFound, WeightSubscriber, connect, list_runs
+    from ray_interactive.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
+    from ray_interactive.config import BufferConfig, RunConfig, ScheduleConfig, TaskSpec
+    from ray_interactive.launch import RunHandle, start_run
+    from ray_interactive.task import DataSource, Task
+    from ray_interactive.weights import WeightVersion, pack_state, unpack_state
+
+# Imported on first use, so that `ray_interactive.ingest_client` (an app that posts rows
+# over HTTP) imports neither Ray nor torch.
+_EXPORTS = {
+    "client": ("RunClient", "RunNotFound", "WeightSubscriber", "connect", "list_runs"),
+    "commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "parse_command"),
+    "config": ("BufferConfig", "RunConfig", "ScheduleConfig", "TaskSpec"),
+    "launch": ("RunHandle", "start_run"),
+    "task": ("DataSource", "Task"),
+    "weights": ("WeightVersion", "pack_state", "unpack_state"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
+    "BufferConfig",
     "Command",
     "CommandRecord",
     "CommandSource",
@@ -25,10 +55,14 @@ __all__ = [
     "ScheduleConfig",
     "Task",
     "TaskSpec",
+    "WeightSubscriber",
+    "WeightVersion",
     "connect",
     "list_runs",
+    "pack_state",
     "parse_command",
     "start_run",
+    "unpack_state",
 ]
 
 __version__ = "0.1.0"

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,18 @@ import ray
 
 from ray_interactive.buffer import DataBuffer
 from ray_interactive.commands import CommandRecord
-from ray_interactive.config import RunConfig
+from ray_interactive.config import RunConfig, actor_name
 from ray_interactive.controller import Controller
 from ray_interactive.feeds import RayFeed
 from ray_interactive.task import load_task
 from ray_interactive.trainer import Reporter, Trainer
+from ray_interactive.weights import BackgroundPublisher
 
 log = logging.getLogger(__name__)
+
+
+#: Calls that may block in ControllerActor.wait_weights at once (of its 32 threads).
+MAX_WEIGHT_WAITERS = 16
 
 
 @ray.remote(num_cpus=0, max_concurrency=32)
@@ -39,6 +46,7 @@ class ControllerActor:
         self._trainer: Any = None
         self._buffer: Any = None
         self._undelivered: list[CommandRecord] = []
+        self._weight_waiters = 0  # threads blocked in wait_weights
         self._c = Controller(RunConfig.model_validate(config), self._deliver, recover=recover)
 
     def attach(self, trainer: Any, buffer: Any) -> None:
@@ -101,6 +109,51 @@ class ControllerActor:
     def mark_failed(self, message: str) -> None:
         self._call("mark_failed", message)
 
+    def buffer_stats(self, stats: dict[str, Any]) -> None:
+        self._call("buffer_stats", stats)
+
+    def data_status(self) -> dict[str, Any]:
+        return self._call("data_status")
+
+    # published weights
+    def weights_published(self, meta: dict[str, Any], refs: list[Any]) -> None:
+        self._call("weights_published", meta, refs)
+
+    def weights(self, version: int | None = None) -> tuple[dict[str, Any], list[Any]] | None:
+        """``(metadata, [ref])``: the ref travels inside a list, so callers get the reference."""
+        found = self._call("weights", version)
+        return None if found is None else (found[0], [found[1]])
+
+    def wait_weights(self, after_version: int | None = None, timeout: float = 30.0) -> tuple[dict[str, Any], list[Any]] | None:
+        """Block until a version newer than ``after_version`` (any, for None) is published,
+        then return the latest as :meth:`weights` does (None after ``timeout``).
+
+        At most ``MAX_WEIGHT_WAITERS`` calls block at once, so that many subscribers cannot
+        take every thread of this actor; the others get None at once and poll.
+        """
+        deadline = time.monotonic() + min(timeout, 300.0)
+        with self._cond:
+            entry = self._c.weight_registry.newer_than(after_version)
+            if entry is None and self._weight_waiters >= MAX_WEIGHT_WAITERS:
+                return None
+            self._weight_waiters += 1
+            try:
+                while entry is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._cond.wait(left)
+                    entry = self._c.weight_registry.newer_than(after_version)
+                return entry.to_dict(), [entry.ref]
+            finally:
+                self._weight_waiters -= 1
+
+    def weight_versions(self) -> list[dict[str, Any]]:
+        return self._call("weight_versions")
+
+    def next_weight_version(self) -> int:
+        return self._call("next_weight_version")
+
     # queries
     def status(self) -> dict[str, Any]:
         return self._call("status")
@@ -159,6 +212,11 @@ class TrainerActor:
             return RayFeed(buffer, cfg.batch_size, cfg.batches_per_request, cfg.requests_in_flight, position)
 
         reporter = Reporter(lambda method, *args: getattr(controller, method).remote(*args), ray.get)
+        # Weights go into the object store (this process owns them) and their refs to the
+        # controller, on a background thread: the step loop only takes the CPU copy.
+        publisher = BackgroundPublisher(
+            put=ray.put, report=lambda meta, ref: controller.weights_published.remote(meta, [ref]), wait=ray.get
+        )
         self._t = Trainer(
             cfg,
             task,
@@ -166,6 +224,8 @@ class TrainerActor:
             reporter,
             next_seq=next_seq,
             resume_from=Path(resume_from) if resume_from else None,
+            publisher=publisher,
+            next_weight_version=ray.get(controller.next_weight_version.remote()),
         )
 
     @ray.method(concurrency_group="loop")
@@ -177,25 +237,66 @@ class TrainerActor:
         self._t.deliver(records)
 
     @ray.method(concurrency_group="control")
+    def first_use_latencies(self) -> list[float]:
+        """Seconds from ingest to first gradient of the latest (up to 100k) fresh rows."""
+        return list(self._t.first_use_log)
+
+    @ray.method(concurrency_group="control")
     def ready(self) -> bool:
         return True
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class BufferActor:
-    """Ray shell of :class:`~ray_interactive.buffer.DataBuffer`."""
+    """Ray shell of :class:`~ray_interactive.buffer.DataBuffer`.
+
+    Ray restarts it if its process dies (``max_restarts``); the constructor then rebuilds
+    every acknowledged row from the run's segments. Calls in flight at the crash fail
+    (no automatic retry: the trainer restores its data position first, and ``ingest``
+    retries are made safe by ``batch_id``)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
         cfg = RunConfig.model_validate(config)
         task = load_task(cfg.task.target, cfg.task.kwargs)
-        self._b = DataBuffer(task.data_sources(), seed=cfg.seed, mixture=cfg.mixture)
+        self._cfg = cfg
+        self._b = DataBuffer(
+            task.data_sources(),
+            seed=cfg.seed,
+            mixture=cfg.mixture,
+            directory=cfg.resolved_run_dir / "buffer",
+            config=cfg.buffer,
+        )
+        with warnings.catch_warnings():  # Ray's own property trips its actor_id deprecation warning
+            warnings.simplefilter("ignore")
+            self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._controller: Any = None
+        self._last_stats = 0.0
 
-    def ingest(self, table: Any, source: str) -> dict[str, Any]:
-        return self._b.ingest(table, source)
+    def _report(self, force: bool = False) -> None:
+        """Freshness figures to the controller, at most every ``stats_interval_s``
+        (fire-and-forget, riding on calls the buffer gets anyway)."""
+        now = time.monotonic()
+        if not force and now - self._last_stats < self._cfg.buffer.stats_interval_s:
+            return
+        self._last_stats = now
+        try:
+            if self._controller is None:
+                self._controller = ray.get_actor(actor_name(self._cfg.name, "controller"), namespace=self._cfg.namespace)
+            self._controller.buffer_stats.remote({**self._b.stats(), "restarted": self._restarted})
+        except ValueError:  # no controller (a buffer used on its own)
+            pass
+
+    def ingest(self, table: Any, source: str, batch_id: str | None = None) -> dict[str, Any]:
+        try:
+            return self._b.ingest(table, source, batch_id)
+        finally:
+            self._report()
 
     def next_batches(self, batch_size: int, count: int = 1) -> Any:
-        return self._b.next_batches(batch_size, count)
+        chunk = self._b.next_batches(batch_size, count)
+        self._report()
+        return chunk
 
     def position(self) -> dict[str, Any]:
         return self._b.position()
@@ -211,6 +312,19 @@ class BufferActor:
 
     def sources(self) -> dict[str, Any]:
         return self._b.sources()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._b.stats(), "restarted": self._restarted}
+
+    def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> Any:
+        return self._b.read(source, start, stop, columns)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        self._report(force=True)
+        self._b.close()
 
     def ready(self) -> bool:
         return True

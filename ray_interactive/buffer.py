@@ -1,30 +1,60 @@
 """The data buffer: named sources of Arrow rows and mixture sampling of training batches.
 
-This first version keeps rows in memory; durability on disk is the live-data-path's work.
-Static sources (a base dataset) are registered whole; live sources grow by ``ingest``.
+* A *static* source is a base dataset, used where it lies (a table, a memory-mapped Arrow
+  or Parquet file, a Hugging Face dataset).
+* A *live* source grows by :meth:`DataBuffer.ingest`. With a ``directory`` every accepted
+  table is on disk (:mod:`ray_interactive.segments`, fsync by default) before it is
+  acknowledged, a repeated ``batch_id`` is acknowledged without storing the rows twice,
+  and a new buffer over the same directory (a restarted actor, a resumed run) recovers
+  every acknowledged row. Recent rows are held in memory up to a cap; older ones are
+  served from the memory-mapped segments.
+
 Batches hold the columns every source shares (the *batch columns*), so a batch mixes rows
-of several sources. The sampler's whole state (generator, epoch cursors, weights) is the
-*data position*: it comes with every batch and goes into every checkpoint.
+of several sources. The sampler's whole state (generator, epoch and fresh cursors,
+weights) is the *data position*: it comes with every batch and goes into every checkpoint.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
+import re
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ray_interactive.commands import check_name
-from ray_interactive.sampling import draw_counts, draw_uniform, effective_weights, epoch_permutation
-from ray_interactive.schemas import conform
+from ray_interactive.config import BufferConfig
+from ray_interactive.sampling import (
+    draw_counts,
+    draw_recent,
+    draw_uniform,
+    effective_weights,
+    epoch_permutation,
+    take_fresh,
+)
+from ray_interactive.schemas import check_limits, conform
+from ray_interactive.segments import Segment, SegmentWriter, recover_source
 from ray_interactive.task import DataSource
 from ray_interactive.validation import validate_mixture
 
 log = logging.getLogger(__name__)
+
+_BATCH_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MERGE_BYTES = 1 << 20  # small hot tables are merged up to this size (fewer blocks to search)
+_RATE_WINDOW_S = 10.0
+
+
+def check_batch_id(batch_id: Any) -> str:
+    if not isinstance(batch_id, str) or not _BATCH_ID_RE.match(batch_id):
+        raise ValueError(f"batch_id {str(batch_id)[:80]!r} is not valid: use 1-128 letters, digits, '.', '_', ':' or '-'")
+    return batch_id
 
 
 @dataclass
@@ -32,7 +62,7 @@ class BatchChunk:
     """``len(positions)`` consecutive batches of ``batch_size`` rows in one table.
 
     ``positions[i]`` is the data position right after batch ``i``; ``meta[i]`` says where
-    its rows came from and how old the live ones are.
+    its rows came from and when the live ones were ingested.
     """
 
     table: pa.Table
@@ -41,64 +71,240 @@ class BatchChunk:
     meta: list[dict[str, Any]]
 
 
+class _Grow:
+    """A growable numpy array (amortised O(1) appends)."""
+
+    def __init__(self, dtype: Any) -> None:
+        self._a = np.zeros(1024, dtype)
+        self.n = 0
+
+    def fill(self, value: Any, count: int) -> None:
+        if self.n + count > len(self._a):
+            bigger = np.zeros(max(2 * len(self._a), self.n + count), self._a.dtype)
+            bigger[: self.n] = self._a[: self.n]
+            self._a = bigger
+        self._a[self.n : self.n + count] = value
+        self.n += count
+
+    def view(self) -> np.ndarray:
+        return self._a[: self.n]
+
+
+def _select(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns of ``schema``, labelled with it (nullability may differ between
+    sources; the types are the same, so this copies nothing)."""
+    return table.select(schema.names).cast(schema)
+
+
 @dataclass
+class _Block:
+    """Consecutive rows ``[start, start + rows)`` held in memory."""
+
+    start: int
+    table: pa.Table
+    nbytes: int
+    _selected: pa.Table | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+    def select(self, schema: pa.Schema) -> pa.Table:
+        if self._selected is None or not self._selected.schema.equals(schema):
+            self._selected = _select(self.table, schema)
+        return self._selected
+
+
 class _Source:
-    name: str
-    schema: pa.Schema
-    policy: str
-    live: bool
-    chunks: list[pa.Table] = field(default_factory=list)
-    times: list[np.ndarray] = field(default_factory=list)  # ingest time of each row
-    rows: int = 0
-    rejected: int = 0
-    _table: pa.Table | None = None
-    _times: np.ndarray | None = None
+    """One source's rows: a cold prefix (static table or closed segments, mapped) and a
+    hot suffix of recent live rows in memory."""
 
-    def table(self) -> pa.Table:
-        if self._table is None or self._table.num_rows != self.rows:
-            self._table = pa.concat_tables(self.chunks) if self.chunks else self.schema.empty_table()
-            self._times = np.concatenate(self.times) if self.times else np.empty(0)
-        return self._table
+    def __init__(self, spec: DataSource, directory: Path | None, cfg: BufferConfig) -> None:
+        check_name(spec.name, "source")
+        self.name = spec.name
+        self.policy = spec.policy
+        self.half_life = spec.half_life
+        self.max_row_bytes = spec.max_row_bytes
+        self.max_table_bytes = spec.max_table_bytes
+        static = spec.static_table()
+        self.live = static is None
+        self.schema = spec.resolved_schema(static)
+        self.segments: list[Segment] = []
+        self.hot: list[_Block] = []
+        self._hot_starts = np.empty(0, np.int64)
+        self.times = _Grow(np.float64)  # ingest time of each live row
+        self.used = _Grow(np.bool_)  # whether a live row was drawn into a batch yet
+        self.rejected = 0
+        self.writer: SegmentWriter | None = None
+        self._cold: pa.Table | None = None
+        self._cold_selected: pa.Table | None = None
+        self.batch_ids: list[tuple[str, int, int]] = []  # recovered (batch_id, first, rows)
+        if static is not None:
+            self._cold = conform(static, self.schema, self.name, allow_empty=True)
+            self.rows = self.cold_rows = self._cold.num_rows
+            self.disk_bytes = self._cold.nbytes
+            return
+        self.rows = self.cold_rows = 0
+        self.disk_bytes = 0
+        if directory is not None:
+            sdir = directory / self.name
+            self.segments = recover_source(sdir, self.schema)
+            for seg in self.segments:
+                self.disk_bytes += seg.path.stat().st_size
+                for rec in seg.batches:
+                    self.times.fill(rec.time, rec.rows)
+                    self.batch_ids.append((rec.batch_id, rec.first, rec.rows))
+            self.rows = self.cold_rows = sum(seg.rows for seg in self.segments)
+            self.used.fill(True, self.rows)  # recovered rows are not "fresh" to this buffer
+            self.writer = SegmentWriter(sdir, self.schema, int(cfg.segment_mb * 2**20), cfg.fsync)
 
-    def ingest_times(self) -> np.ndarray:
-        self.table()
-        assert self._times is not None
-        return self._times
+    # -- storage -----------------------------------------------------------------------
+    @property
+    def hot_bytes(self) -> int:
+        return sum(b.nbytes for b in self.hot)
+
+    @property
+    def hot_rows(self) -> int:
+        return self.rows - self.cold_rows
+
+    @property
+    def durable_rows(self) -> int:
+        """Rows in closed segments (readable through a memory map)."""
+        return sum(seg.rows for seg in self.segments)
+
+    def append(self, table: pa.Table, batch_id: str, t: float) -> int:
+        """Store an accepted table (on disk first, if the buffer has a directory); returns
+        the sequence number of its first row. Raises ``OSError`` with nothing stored."""
+        first = self.rows
+        table = table.combine_chunks()  # one record batch per ingest in the segment
+        if self.writer is not None:
+            batch = table.to_batches()[0]
+            size, closed = self.writer.append(batch, batch_id, first, t)
+            self.disk_bytes += size
+            if closed is not None:
+                self._add_segment(closed)
+        self.hot.append(_Block(first, table, table.nbytes))
+        self._merge_small_blocks()
+        self.rows += table.num_rows
+        self.times.fill(t, table.num_rows)
+        self.used.fill(False, table.num_rows)
+        return first
+
+    def _add_segment(self, seg: Segment) -> None:
+        self.segments.append(seg)
+        self._cold = self._cold_selected = None
+
+    def _merge_small_blocks(self) -> None:
+        # Binary-counter merging keeps O(log n) small blocks; the copy also makes the
+        # buffer the owner of rows that arrived in a caller's memory.
+        hot = self.hot
+        while len(hot) >= 2 and hot[-1].rows >= hot[-2].rows and hot[-1].nbytes + hot[-2].nbytes <= _MERGE_BYTES:
+            b, a = hot.pop(), hot.pop()
+            hot.append(_Block(a.start, pa.concat_tables([a.table, b.table]).combine_chunks(), a.nbytes + b.nbytes))
+        self._hot_starts = np.fromiter((blk.start for blk in hot), np.int64, len(hot))
+
+    def evict_oldest(self) -> bool:
+        """Serve the oldest in-memory rows from the segments instead; False if it can't."""
+        if not self.hot or self.writer is None:
+            return False
+        block = self.hot[0]
+        if block.start + block.rows > self.durable_rows:  # still in the open segment: close it
+            closed = self.writer.close()
+            if closed is not None:
+                self._add_segment(closed)
+        self.hot.pop(0)
+        self._hot_starts = self._hot_starts[1:]
+        self.cold_rows = block.start + block.rows
+        return True
+
+    def _cold_table(self, schema: pa.Schema) -> pa.Table:
+        if self._cold_selected is None or not self._cold_selected.schema.equals(schema):
+            if self._cold is None:
+                tables = [seg.table for seg in self.segments]
+                self._cold = pa.concat_tables(tables) if tables else self.schema.empty_table()
+            self._cold_selected = _select(self._cold, schema)
+        return self._cold_selected
+
+    def take(self, idx: np.ndarray, schema: pa.Schema) -> list[pa.Table]:
+        """Rows ``idx`` with the columns of ``schema`` (grouped by where they live, not in
+        ``idx`` order)."""
+        parts = []
+        cold = idx < self.cold_rows
+        if cold.all():
+            return [self._cold_table(schema).take(idx)]
+        if cold.any():
+            parts.append(self._cold_table(schema).take(idx[cold]))
+            idx = idx[~cold]
+        which = np.searchsorted(self._hot_starts, idx, side="right") - 1
+        for b in np.unique(which):
+            block = self.hot[b]
+            parts.append(block.select(schema).take(idx[which == b] - block.start))
+        return parts
+
+    def close(self) -> None:
+        if self.writer is not None:
+            closed = self.writer.close()
+            if closed is not None:
+                self._add_segment(closed)
 
 
 class DataBuffer:
-    """Sources, ingestion with schema checks, and deterministic mixture sampling."""
+    """Sources, durable ingestion with schema checks, and deterministic mixture sampling."""
 
-    def __init__(self, sources: list[DataSource], seed: int = 0, mixture: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[DataSource],
+        seed: int = 0,
+        mixture: dict[str, float] | None = None,
+        directory: Path | None = None,
+        config: BufferConfig | None = None,
+    ) -> None:
         self.seed = seed
+        self.directory = directory
+        self.config = config or BufferConfig()
         self._sources: dict[str, _Source] = {}
         self._weights: dict[str, float] = {}
+        self._acks: dict[str, tuple[str, int, int]] = {}  # batch_id -> (source, first, rows)
+        self._rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self._rejected_total = 0
+        self._recent: collections.deque[tuple[float, str, int, int]] = collections.deque()  # (t, source, rows, bytes)
+        self.started_at = time.time()
+        self.batch_columns: list[str] = []
+        self.batch_schema = pa.schema([])
         for s in sources:
             self.register(s)
         if mixture:
             self._weights = validate_mixture(self._weights, mixture)
         self._rng = np.random.default_rng(seed)
         self._cursors: dict[str, list[int]] = {}  # epoch source -> [epoch, position]
+        self._fresh: dict[str, int] = {}  # fresh-first source -> first row never drawn
         self._perms: dict[tuple[str, int], np.ndarray] = {}
         self._batches = 0
         self.batch_columns = self._common_columns()
+        self.batch_schema = self._batch_schema()
 
     # -- sources -----------------------------------------------------------------------
     def register(self, source: DataSource) -> None:
-        """Add a source; a static one brings its rows, a live one starts empty."""
+        """Add a source; a static one brings its rows, a live one its stored segments."""
         check_name(source.name, "source")
         if source.name in self._sources:
             raise ValueError(f"source {source.name!r} is already registered")
-        schema = source.resolved_schema()
-        s = _Source(source.name, schema, source.policy, live=source.table is None)
-        if source.table is not None:
-            table = conform(source.table, schema, source.name)
-            s.chunks.append(table)
-            s.times.append(np.full(table.num_rows, time.time()))
-            s.rows = table.num_rows
+        s = _Source(source, self.directory, self.config)
         self._sources[source.name] = s
         self._weights[source.name] = float(source.weight)
+        for batch_id, first, rows in s.batch_ids:
+            self._acks[batch_id] = (s.name, first, rows)
+        s.batch_ids = []
         self.batch_columns = self._common_columns()
+        self.batch_schema = self._batch_schema()
+
+    def _batch_schema(self) -> pa.Schema:
+        """The shared columns; nullable where any source's column is."""
+        fields = []
+        for name in self.batch_columns:
+            fs = [s.schema.field(name) for s in self._sources.values()]
+            fields.append(fs[0].with_nullable(any(f.nullable for f in fs)))
+        return pa.schema(fields)
 
     def _common_columns(self) -> list[str]:
         schemas = [s.schema for s in self._sources.values()]
@@ -114,11 +320,14 @@ class DataBuffer:
         return common
 
     def sources(self) -> dict[str, dict[str, Any]]:
-        """Per source: rows, weight, policy, whether it is live, its schema."""
+        """Per source: rows, weight (as set and as drawn), policy, live or not, schema."""
+        eff = effective_weights(self._weights, {n: s.rows for n, s in self._sources.items()})
         return {
             name: {
                 "rows": s.rows,
                 "weight": self._weights[name],
+                "effective_weight": eff[name],
+                "waiting_for_data": s.rows == 0 and self._weights[name] > 0,
                 "policy": s.policy,
                 "live": s.live,
                 "rejected": s.rejected,
@@ -128,25 +337,72 @@ class DataBuffer:
         }
 
     # -- ingestion ---------------------------------------------------------------------
-    def ingest(self, table: pa.Table | pa.RecordBatch, source: str) -> dict[str, Any]:
-        """Check ``table`` against the source's schema and add its rows.
+    def ingest(self, table: pa.Table | pa.RecordBatch, source: str, batch_id: str | None = None) -> dict[str, Any]:
+        """Check ``table`` against the source's schema, store it durably, acknowledge it.
 
-        Raises ``ValueError`` (nothing stored) for an unknown source or a table that does
-        not fit. Returns ``{"source", "rows", "first", "last"}``: the rows' sequence range.
+        Raises ``ValueError`` (nothing stored) for an unknown or static source or a table
+        that does not fit. A ``batch_id`` seen before is acknowledged again (``duplicate``
+        is True) without storing anything. Returns ``{"source", "rows", "first", "last",
+        "batch_id", "duplicate", "time"}``; ``first..last`` are the rows' sequence numbers.
         """
         s = self._sources.get(source)
-        if s is None:
-            raise ValueError(f"unknown source {source!r}; sources: {', '.join(self._sources)}")
         try:
+            if s is None:
+                raise ValueError(f"unknown source {str(source)[:80]!r}; sources: {', '.join(self._sources)}")
+            if not s.live:
+                raise ValueError(f"source {source!r} is a static dataset; only live sources take ingested rows")
+            if batch_id is not None:
+                check_batch_id(batch_id)
+                seen = self._acks.get(batch_id)
+                if seen is not None:
+                    if seen[0] != source:
+                        raise ValueError(f"batch_id {batch_id!r} was already used for source {seen[0]!r}")
+                    return self._ack(batch_id, duplicate=True)
             clean = conform(table, s.schema, source)
-        except ValueError:
-            s.rejected += 1
+            check_limits(clean, source, s.max_row_bytes, s.max_table_bytes)
+        except ValueError as e:
+            self._reject(s, source, str(e))
             raise
-        first = s.rows
-        s.chunks.append(clean)
-        s.times.append(np.full(clean.num_rows, time.time()))
-        s.rows += clean.num_rows
-        return {"source": source, "rows": clean.num_rows, "first": first, "last": s.rows - 1}
+        batch_id = batch_id or uuid.uuid4().hex
+        t = time.time()
+        first = s.append(clean, batch_id, t)  # an OSError here stored nothing
+        self._acks[batch_id] = (source, first, clean.num_rows)
+        self._recent.append((t, source, clean.num_rows, clean.nbytes))
+        self._enforce_memory()
+        return self._ack(batch_id, duplicate=False, t=t)
+
+    def _ack(self, batch_id: str, duplicate: bool, t: float | None = None) -> dict[str, Any]:
+        source, first, rows = self._acks[batch_id]
+        return {
+            "source": source,
+            "rows": rows,
+            "first": first,
+            "last": first + rows - 1,
+            "batch_id": batch_id,
+            "duplicate": duplicate,
+            "time": t,
+        }
+
+    def _reject(self, s: _Source | None, source: Any, message: str) -> None:
+        if s is not None:
+            s.rejected += 1
+        self._rejected_total += 1
+        self._rejections.append({"time": time.time(), "source": str(source)[:80], "message": message[:500]})
+
+    def _enforce_memory(self) -> None:
+        cap_bytes = self.config.memory_mb * 2**20
+        cap_rows = self.config.memory_rows
+        live = [s for s in self._sources.values() if s.live]
+        while True:
+            hot_bytes = sum(s.hot_bytes for s in live)
+            hot_rows = sum(s.hot_rows for s in live)
+            if hot_bytes <= cap_bytes and (cap_rows is None or hot_rows <= cap_rows):
+                return
+            candidates = [s for s in live if s.hot and s.writer is not None]
+            if not candidates:
+                return  # memory-only buffer (no directory): nothing to fall back on
+            oldest = min(candidates, key=lambda s: s.times.view()[s.hot[0].start])
+            oldest.evict_oldest()
 
     # -- mixture -----------------------------------------------------------------------
     def mixture(self) -> dict[str, float]:
@@ -163,6 +419,7 @@ class DataBuffer:
         return {
             "rng": copy.deepcopy(self._rng.bit_generator.state),
             "cursors": {k: list(v) for k, v in self._cursors.items()},
+            "fresh": dict(self._fresh),
             "weights": dict(self._weights),
             "batches": self._batches,
         }
@@ -173,6 +430,7 @@ class DataBuffer:
         rng.bit_generator.state = position["rng"]
         self._rng = rng
         self._cursors = {k: list(v) for k, v in position["cursors"].items()}
+        self._fresh = {k: int(v) for k, v in position.get("fresh", {}).items()}
         self._weights = {**self._weights, **{k: v for k, v in position["weights"].items() if k in self._weights}}
         self._batches = int(position["batches"])
 
@@ -195,25 +453,50 @@ class DataBuffer:
         self._cursors[s.name] = [epoch, pos]
         return np.concatenate(out)
 
+    def _indices(self, s: _Source, k: int) -> np.ndarray:
+        if s.policy == "epoch":
+            return self._take_epoch(s, k)
+        if s.policy == "recency":
+            return draw_recent(self._rng, s.rows, k, s.half_life)
+        if s.policy == "fresh":
+            new, self._fresh[s.name] = take_fresh(self._fresh.get(s.name, 0), s.rows, k)
+            if len(new) == k:
+                return new
+            return np.concatenate([new, draw_uniform(self._rng, s.rows, k - len(new))])
+        return draw_uniform(self._rng, s.rows, k)
+
     def _draw_one(self, n: int, weights: dict[str, float]) -> tuple[list[pa.Table], dict[str, Any]]:
         counts = draw_counts(self._rng, n, weights)
-        parts, ages, now = [], [], time.time()
+        parts: list[pa.Table] = []
+        live_times, first_use = [], []
         for name, k in counts.items():
             s = self._sources[name]
-            idx = self._take_epoch(s, k) if s.policy == "epoch" else draw_uniform(self._rng, s.rows, k)
-            parts.append(s.table().select(self.batch_columns).take(idx))
+            idx = self._indices(s, k)
+            parts.extend(s.take(idx, self.batch_schema))
             if s.live:
-                ages.append(now - s.ingest_times()[idx])
+                live_times.append(s.times.view()[idx])
+                used = s.used.view()
+                new = np.unique(idx[~used[idx]])
+                if len(new):
+                    used[new] = True
+                    first_use.append(s.times.view()[new])
         self._batches += 1
         meta: dict[str, Any] = {"counts": counts}
-        if ages:
-            a = np.concatenate(ages)
-            meta["data_age_s"] = float(a.mean())
-            meta["freshest_age_s"] = float(a.min())
+        if live_times:  # when the live rows were ingested: the trainer turns these into ages
+            t = np.concatenate(live_times)
+            meta["live_rows"] = len(t)
+            meta["newest_time"] = float(t.max())
+            meta["mean_time"] = float(t.mean())
+            if first_use:
+                meta["first_use_times"] = np.concatenate(first_use)
         return parts, meta
 
     def next_batches(self, batch_size: int, count: int = 1) -> BatchChunk | None:
-        """Draw ``count`` batches of ``batch_size`` rows; None while no source has data."""
+        """Draw ``count`` batches of ``batch_size`` rows; None while no source has data.
+
+        A source with a weight but no rows yet (a live source before its first ingest)
+        is left out and the others are renormalised; ``sources()`` shows it waiting.
+        """
         sizes = {name: s.rows for name, s in self._sources.items()}
         weights = effective_weights(self._weights, sizes)  # fixed for the whole call
         if not any(weights.values()):
@@ -226,3 +509,58 @@ class DataBuffer:
             metas.append(meta)
         table = pa.concat_tables(parts).combine_chunks()
         return BatchChunk(table, batch_size, positions, metas)
+
+    def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows ``start..stop-1`` of a source in ingest order (for inspection, not training)."""
+        s = self._sources.get(source)
+        if s is None:
+            raise ValueError(f"unknown source {str(source)[:80]!r}; sources: {', '.join(self._sources)}")
+        stop = s.rows if stop is None else min(stop, s.rows)
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad row range {start}..{stop} of source {source!r} ({s.rows} rows)")
+        columns = columns or s.schema.names
+        unknown = [c for c in columns if s.schema.get_field_index(c) < 0]
+        if unknown:
+            raise ValueError(f"source {source!r} has no column(s) {', '.join(unknown)}")
+        schema = pa.schema([s.schema.field(c) for c in columns])
+        idx = np.arange(start, stop, dtype=np.int64)
+        parts = s.take(idx, schema) if len(idx) else [schema.empty_table()]
+        return pa.concat_tables(parts)  # blocks come in row order for a contiguous range
+
+    # -- stats -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Freshness and volume figures: per source rows, bytes, ingest rate, rejections."""
+        now = time.time()
+        while self._recent and self._recent[0][0] < now - _RATE_WINDOW_S:
+            self._recent.popleft()
+        window = min(_RATE_WINDOW_S, max(now - self.started_at, 1e-3))
+        rates: dict[str, list[float]] = {}
+        for _, name, rows, nbytes in self._recent:
+            r = rates.setdefault(name, [0.0, 0.0])
+            r[0] += rows / window
+            r[1] += nbytes / window
+        per_source = {}
+        for name, s in self._sources.items():
+            r = rates.get(name, [0.0, 0.0])
+            per_source[name] = {
+                "rows": s.rows,
+                "bytes": s.disk_bytes,
+                "memory_bytes": s.hot_bytes if s.live else 0,
+                "memory_rows": s.hot_rows if s.live else 0,
+                "ingest_rows_per_s": r[0],
+                "ingest_bytes_per_s": r[1],
+                "rejected": s.rejected,
+                "live": s.live,
+            }
+        return {
+            "time": now,
+            "sources": per_source,
+            "memory_bytes": sum(s.hot_bytes for s in self._sources.values() if s.live),
+            "rejected": self._rejected_total,
+            "rejections": list(self._rejections),
+        }
+
+    def close(self) -> None:
+        """Close open segments (an end-of-stream marker each); nothing is lost without it."""
+        for s in self._sources.values():
+            s.close()

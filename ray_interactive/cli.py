@@ -6,6 +6,7 @@
     ray-interactive send r1 update_optimizer lr=3e-4
     ray-interactive send r1 set_data_mixture base=0.7 live=0.3
     ray-interactive log r1
+    ray-interactive weights r1
 """
 
 from __future__ import annotations
@@ -93,15 +94,28 @@ def build_config(args: argparse.Namespace) -> Any:
         raise CLIError("say what to train: --example NAME, --task package.module:Class or --config FILE")
     doc["task"].setdefault("kwargs", {}).update(parse_assignments(args.task_arg or []))
     _merge(doc, parse_assignments(args.set or []))
-    for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every"):
+    for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every", "publish_every"):
         value = getattr(args, key, None)
         if value is not None:
             doc[key] = value
+    if getattr(args, "http_ingest", None):
+        doc["http_ingest"] = {**(doc.get("http_ingest") or {}), **parse_host_port(args.http_ingest)}
     doc.setdefault("name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         return RunConfig.model_validate(doc)
     except ValueError as e:
         raise CLIError(f"invalid run configuration:\n{e}") from None
+
+
+def parse_host_port(text: str) -> dict[str, Any]:
+    """``8123`` -> ``{"port": 8123}``; ``0.0.0.0:8123`` and ``[::1]:8123`` give the host too."""
+    host, sep, port = text.rpartition(":")
+    if not port.isdigit() or (sep and not host):
+        raise CLIError(f"expected [HOST:]PORT, got {text!r}")
+    out: dict[str, Any] = {"port": int(port)}
+    if host:
+        out["host"] = host.removeprefix("[").removesuffix("]")
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -147,6 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run {config.name!r} started; run dir: {handle.config.resolved_run_dir}")
     print(f"  attach from another shell:  {prog} status {config.name}")
     print(f"  steer it:                   {prog} send {config.name} update_optimizer lr=3e-4")
+    if handle.ingest_url:
+        print(f"  HTTP ingest:                {handle.ingest_url} (bearer token in "
+              f"{handle.config.resolved_run_dir / 'ingest_token'})")
     if args.detach:
         print(f"detached: the run goes on after this process exits; stop it with `{prog} send {config.name} stop`")
         return 0
@@ -342,6 +359,60 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    sources, stats = client.sources(), client.data_status()
+    if args.json:
+        print(json.dumps({"sources": sources, "stats": stats}, indent=1, default=str))
+        return 0
+    per = stats.get("sources", {})
+    for name, info in sources.items():
+        st = per.get(name, {})
+        kind = "live" if info["live"] else "static"
+        waiting = "  (no data yet: left out of batches)" if info["waiting_for_data"] else ""
+        print(f"{name:16} {kind:6} {info['policy']:8} {info['rows']:>10} rows  weight {info['weight']:.3g} "
+              f"(drawn {info['effective_weight']:.2f})  {st.get('bytes', 0) / 2**20:8.1f} MiB  "
+              f"{st.get('ingest_rows_per_s', 0):8.1f} rows/s  {info['rejected']} rejected{waiting}")
+    for r in stats.get("rejections", [])[-10:]:
+        when = time.strftime("%H:%M:%S", time.localtime(r["time"]))
+        print(f"  rejected {when} {r['source']}: {r['message']}")
+    return 0
+
+
+def cmd_ingest_url(args: argparse.Namespace) -> int:
+    from ray_interactive.ingest_http import ingest_info
+
+    _connect(args)
+    try:
+        info = ingest_info(args.run, args.namespace)
+    except LookupError as e:
+        raise CLIError(str(e)) from None
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(info["url"])
+    print(f"  token: {info['token_file']}")
+    print(f"  curl -H \"Authorization: Bearer $(cat {info['token_file']})\" "
+          f"-H 'Content-Type: application/vnd.apache.arrow.stream' --data-binary @rows.arrows "
+          f"{info['url']}/v1/sources/SOURCE/ingest")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    versions = client.weight_versions()
+    if args.json:
+        print(json.dumps(versions, indent=1))
+        return 0
+    if not versions:
+        print("no weights published yet (set publish_every, or send publish_weights)")
+    for v in versions:
+        when = time.strftime("%H:%M:%S", time.localtime(v["time"]))
+        print(f"v{v['version']:<5} step {v['step']:>8}  branch {v['branch']:16} {v['reason']:15} "
+              f"{v['num_params'] / 1e6:8.2f}M params {v['nbytes'] / 2**20:9.1f} MiB  {when}")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from ray_interactive.client import list_runs
     from ray_interactive.launch import init_ray
@@ -372,10 +443,13 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch-size", type=int, dest="batch_size")
         sp.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
         sp.add_argument("--eval-every", type=int, dest="eval_every")
+        sp.add_argument("--publish-every", type=int, dest="publish_every", help="publish weights every N steps")
         sp.add_argument("--run-dir", dest="run_dir")
         sp.add_argument("--task-arg", action="append", metavar="K=V", help="keyword argument of the task")
         sp.add_argument("--set", action="append", metavar="K=V", help="any RunConfig field, e.g. schedule.kind=cosine")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        sp.add_argument("--http-ingest", dest="http_ingest", metavar="[HOST:]PORT",
+                        help="serve ingest over HTTP (port 0: a free one; the URL and token go to the run dir)")
 
     sp = sub.add_parser("run", help="start a run (embedded local Ray, or the cluster at RAY_ADDRESS)")
     what = sp.add_mutually_exclusive_group()
@@ -399,10 +473,12 @@ def make_parser() -> argparse.ArgumentParser:
         ("status", cmd_status, "a run's status and latest metrics"),
         ("log", cmd_log, "a run's command log"),
         ("checkpoints", cmd_checkpoints, "a run's checkpoints"),
+        ("weights", cmd_weights, "a run's published weight versions"),
+        ("data", cmd_data, "a run's data sources: rows, bytes, ingest rate, rejections"),
     ):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("run")
-        if name == "status":
+        if name in ("status", "weights", "data"):
             sp.add_argument("--json", action="store_true")
         if name == "log":
             sp.add_argument("-n", type=int, default=None, help="only the last N")
@@ -417,6 +493,11 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="wait until it is applied")
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.set_defaults(func=cmd_send)
+
+    sp = sub.add_parser("ingest-url", help="where a run serves HTTP ingest, and its token file")
+    sp.add_argument("run")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_ingest_url)
 
     sp = sub.add_parser("runs", help="list running runs")
     sp.set_defaults(func=cmd_runs)

@@ -6,19 +6,31 @@
     print(rec.status, rec.message)            # accepted / rejected with the reason
     rec = run.wait(rec)                       # applied at step N (or failed)
     run.metrics(keys=["loss"], max_points=500)
+
+    sub = run.subscribe(model).start()        # a deployed model follows the published weights
+    with sub.lock:
+        y = model(x)
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import ray
+import torch
 
 from ray_interactive.commands import CommandRecord, CommandStatus
 from ray_interactive.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.launch import init_ray
+from ray_interactive.weights import WeightVersion, unpack_state
+
+log = logging.getLogger(__name__)
 
 
 class RunNotFound(LookupError):
@@ -145,16 +157,284 @@ class RunClient:
             self._buffer = ray.get_actor(actor_name(self.run, "buffer"), namespace=self.namespace)
         return self._buffer
 
-    def ingest(self, table: pa.Table | pa.RecordBatch, source: str) -> dict[str, Any]:
-        """Add rows to a source (passed by value: the buffer owns them). Raises
-        ``ValueError`` with the reason if the table does not fit the source's schema."""
+    def ingest(
+        self,
+        table: pa.Table | pa.RecordBatch,
+        source: str,
+        batch_id: str | None = None,
+        timeout: float = 120.0,
+    ) -> dict[str, Any]:
+        """Add rows to a live source; returns the acknowledgement once they are on disk.
+
+        The table goes by value (the buffer owns it). ``ValueError`` with the reason if it
+        does not fit the source's schema. If the buffer actor is restarting, the call is
+        retried with the same ``batch_id`` (one is made up if not given) until ``timeout``:
+        rows acknowledged once are never stored twice.
+        """
+        batch_id = batch_id or uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ray.get(self._buffer_handle().ingest.remote(table, source, batch_id))
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if isinstance(e.cause, ValueError) else None
+                if cause is not None:
+                    raise ValueError(str(cause)) from None
+                raise
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def read_rows(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Stored rows of a source in ingest order (sequence numbers ``start..stop-1``)."""
         try:
-            return ray.get(self._buffer_handle().ingest.remote(table, source))
+            return ray.get(self._buffer_handle().read.remote(source, start, stop, columns))
         except ray.exceptions.RayTaskError as e:
-            cause = e.cause if isinstance(e.cause, ValueError) else None
-            if cause is not None:
-                raise ValueError(str(cause)) from None
+            if isinstance(e.cause, ValueError):
+                raise ValueError(str(e.cause)) from None
             raise
+
+    def data_status(self) -> dict[str, Any]:
+        """The buffer's latest figures (rows, bytes, ingest rate per source; rejections)."""
+        return ray.get(self._controller.data_status.remote())
 
     def sources(self) -> dict[str, Any]:
         return ray.get(self._buffer_handle().sources.remote())
+
+    # -- published weights -------------------------------------------------------------
+    def weight_versions(self) -> list[dict[str, Any]]:
+        """Metadata of the weight versions the run keeps, oldest first."""
+        return ray.get(self._controller.weight_versions.remote())
+
+    def weight_version(self, version: int | None = None) -> WeightVersion | None:
+        """The latest version (None if none yet) or ``version`` (``ValueError`` naming the
+        kept ones if it is not kept): metadata, with its ObjectRef in ``.ref``. No weights move."""
+        try:
+            found = ray.get(self._controller.weights.remote(version))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, ValueError):
+                raise ValueError(str(e.cause)) from None
+            raise
+        return None if found is None else WeightVersion.from_dict(found[0], found[1][0])
+
+    def _wait_weights_call(self, after: int | None, timeout: float) -> Any:
+        return self._controller.wait_weights.remote(after, timeout)
+
+    def wait_weight_version(self, after: int | None = None, timeout: float = 30.0) -> WeightVersion | None:
+        """Wait until a version newer than ``after`` (any, for None) is published; the latest
+        then, or None after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            t0 = time.monotonic()
+            found = ray.get(self._wait_weights_call(after, max(0.0, min(left, 30.0))))
+            if found is not None:
+                return WeightVersion.from_dict(found[0], found[1][0])
+            if left <= 0:
+                return None
+            if time.monotonic() - t0 < min(left, 30.0) / 2:  # the controller has too many waiters: poll
+                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    def fetch_weights(self, entry: WeightVersion) -> dict[str, torch.Tensor]:
+        """The state dict of a version (zero-copy, read-only views of the object store)."""
+        try:
+            packed = ray.get(entry.ref)
+        except ray.exceptions.ObjectLostError:
+            raise LookupError(
+                f"weights version {entry.version} are no longer available: the trainer that published them has ended"
+            ) from None
+        return unpack_state(packed)
+
+    def latest_weights(
+        self, after: int | None = None, timeout: float | None = None
+    ) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
+        """``(version, state_dict)`` of the newest version, if newer than ``after``; with a
+        ``timeout``, wait that long for one. None if there is none (yet).
+
+        ``model.load_state_dict(state)`` loads it (the tensors are read-only views of the
+        object store: clone one before changing it).
+        """
+        entry = self.wait_weight_version(after, timeout) if timeout else self.weight_version()
+        if entry is None or (after is not None and entry.version <= after):
+            return None
+        return entry, self.fetch_weights(entry)
+
+    def weights(self, version: int) -> tuple[WeightVersion, dict[str, torch.Tensor]]:
+        """``(version, state_dict)`` of one kept version (``ValueError`` if not kept)."""
+        entry = self.weight_version(version)
+        assert entry is not None
+        return entry, self.fetch_weights(entry)
+
+    def subscribe(
+        self,
+        module: torch.nn.Module,
+        pin: int | None = None,
+        on_swap: Callable[[WeightVersion], Any] | None = None,
+        strict: bool = True,
+    ) -> WeightSubscriber:
+        """A :class:`WeightSubscriber` that keeps ``module`` on the run's published weights."""
+        return WeightSubscriber(self, module, pin=pin, on_swap=on_swap, strict=strict)
+
+
+class WeightSubscriber:
+    """Keeps a module on a run's published weights: follows the latest, or is pinned.
+
+    ``refresh()`` loads the newest version (when following) or the pinned one;
+    ``start()`` does that in a background thread as soon as a version appears. Weights
+    are swapped with ``module.load_state_dict`` while holding :attr:`lock`, so inference
+    that holds the lock never sees half a swap::
+
+        sub = run.subscribe(model).start()
+        with sub.lock:
+            y = model(x)
+
+    ``pin(v)`` loads version ``v`` and stays there; ``follow()`` goes back to the latest;
+    ``rollback()`` pins the version loaded before the current one. The subscriber keeps
+    the references of the loaded and the previous version, so both stay loadable even
+    after the run stops keeping them (while the trainer that published them lives).
+    ``on_swap(version)`` is called after each swap, from the thread that made it.
+    """
+
+    def __init__(
+        self,
+        client: RunClient,
+        module: torch.nn.Module,
+        pin: int | None = None,
+        on_swap: Callable[[WeightVersion], Any] | None = None,
+        strict: bool = True,
+        wait_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.module = module
+        self.on_swap = on_swap
+        self.strict = strict
+        self.wait_s = wait_s
+        self.lock = threading.RLock()  # held while the weights are swapped; hold it for inference
+        self._ops = threading.RLock()  # one refresh / pin / rollback / background load at a time
+        self._pin = pin
+        self.loaded: WeightVersion | None = None
+        self.previous: WeightVersion | None = None
+        self.last_swap: dict[str, float] = {}  # times of the last swap (seen, fetched, loaded)
+        self.last_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if pin is not None:
+            self.pin(pin)
+
+    @property
+    def pinned(self) -> int | None:
+        return self._pin
+
+    def _known(self, version: int) -> WeightVersion | None:
+        for entry in (self.loaded, self.previous):
+            if entry is not None and entry.version == version:
+                return entry
+        return None
+
+    def _load(self, entry: WeightVersion) -> WeightVersion:
+        seen = time.time()
+        state = self.client.fetch_weights(entry)
+        fetched = time.time()
+        with self.lock:
+            self.module.load_state_dict(state, strict=self.strict)
+            if self.loaded is not None and self.loaded.version != entry.version:
+                self.previous = self.loaded
+            self.loaded = entry
+        del state
+        self.last_swap = {"version": entry.version, "seen_at": seen, "fetched_at": fetched, "loaded_at": time.time()}
+        if self.on_swap is not None:
+            self.on_swap(entry)
+        return entry
+
+    def refresh(self) -> WeightVersion | None:
+        """Load the newest version if following and it is newer than the loaded one, or the
+        pinned version if it is not loaded; return what was loaded (None: nothing new)."""
+        with self._ops:
+            if self._pin is not None:
+                if self.loaded is not None and self.loaded.version == self._pin:
+                    return None
+                entry = self._known(self._pin) or self.client.weight_version(self._pin)
+            else:
+                entry = self.client.weight_version()
+                if entry is None or (self.loaded is not None and entry.version <= self.loaded.version):
+                    return None
+            assert entry is not None
+            return self._load(entry)
+
+    def pin(self, version: int) -> WeightVersion:
+        """Load ``version`` (if it is not loaded) and stay on it."""
+        with self._ops:
+            entry = self._known(version) or self.client.weight_version(version)
+            assert entry is not None
+            self._pin = version
+            if self.loaded is None or self.loaded.version != version:
+                self._load(entry)
+            return entry
+
+    def follow(self) -> WeightVersion | None:
+        """Unpin: load the latest version now (and follow new ones if started)."""
+        with self._ops:
+            self._pin = None
+            self.refresh()
+            return self.loaded
+
+    def rollback(self) -> WeightVersion:
+        """Back to the version loaded before the current one, pinned there."""
+        with self._ops:
+            if self.previous is None:
+                raise ValueError("nothing to roll back to: only one version has been loaded")
+            return self.pin(self.previous.version)
+
+    # -- background ----------------------------------------------------------------------
+    def start(self) -> WeightSubscriber:
+        """Follow new versions in a background thread (loads the latest first)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="weight-subscriber", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> WeightSubscriber:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        pending: Any = None  # an outstanding wait_weights call
+        sent = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._pin is not None:
+                    pending = None
+                    self._stop.wait(0.2)
+                    continue
+                if pending is None:
+                    after = self.loaded.version if self.loaded is not None else None
+                    pending, sent = self.client._wait_weights_call(after, self.wait_s), time.monotonic()
+                ready, _ = ray.wait([pending], timeout=0.2)  # short, so stop() is quick
+                if not ready:
+                    continue
+                found, pending = ray.get(pending), None
+                if found is None:
+                    if time.monotonic() - sent < self.wait_s / 2:  # the controller has too many waiters: poll
+                        self._stop.wait(0.25)
+                    continue
+                entry = WeightVersion.from_dict(found[0], found[1][0])
+                with self._ops:
+                    newer = self.loaded is None or entry.version > self.loaded.version
+                    if self._pin is None and newer:
+                        self._load(entry)
+                self.last_error = None
+            except Exception as e:  # the run may be gone, or a version lost: keep trying
+                if not isinstance(e, type(self.last_error)):
+                    log.warning("weight subscriber: %s", e)
+                self.last_error, pending = e, None
+                self._stop.wait(1.0)

@@ -239,6 +239,12 @@ class UpdateModule(_CommandBase):
         return self
 
 
+class PublishWeights(_CommandBase):
+    """Publish the current weights as a new version for deployed models (subscribers)."""
+
+    kind: Literal["publish_weights"] = "publish_weights"
+
+
 Command = Annotated[
     Union[
         UpdateOptimizer,
@@ -253,6 +259,7 @@ Command = Annotated[
         Evaluate,
         SetDataMixture,
         UpdateModule,
+        PublishWeights,
     ],
     Field(discriminator="kind"),
 ]

@@ -42,6 +42,30 @@ class ScheduleConfig(BaseModel):
         return self
 
 
+class BufferConfig(BaseModel):
+    """How the data buffer stores live rows (see :mod:`ray_interactive.segments`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fsync: bool = Field(default=True, description="fsync each ingest before acknowledging it")
+    segment_mb: float = Field(default=64.0, gt=0.0, le=65536.0, description="segment files roll at this size")
+    memory_mb: float = Field(
+        default=1024.0, gt=0.0, description="live rows held in memory; older ones are read from the memory-mapped segments"
+    )
+    memory_rows: int | None = Field(default=None, ge=1, description="optional cap on live rows held in memory")
+    stats_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0, description="buffer -> controller metrics")
+
+
+class HttpIngestConfig(BaseModel):
+    """Serve ingest over HTTP for apps that are not Ray drivers (see :mod:`ray_interactive.ingest_http`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to accept other machines")
+    port: int = Field(default=0, ge=0, le=65535, description="0: a free port (see <run_dir>/ingest_url)")
+    max_body_mb: float = Field(default=64.0, gt=0.0, le=4096.0, description="largest request body accepted")
+
+
 class RunConfig(BaseModel):
     """Everything that defines a run. Unknown keys are errors, not silently ignored."""
 
@@ -59,8 +83,11 @@ class RunConfig(BaseModel):
     max_steps: int | None = Field(default=None, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1, description="steps between checkpoints")
     eval_every: int | None = Field(default=None, ge=1, description="steps between evaluations")
+    publish_every: int | None = Field(default=None, ge=1, description="steps between weight versions published")
+    weights_keep: int = Field(default=8, ge=1, le=10_000, description="weight versions the controller keeps")
     start_paused: bool = Field(default=False, description="wait for a resume before the first step")
     mixture: dict[str, float] | None = Field(default=None, description="initial source weights")
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
     metrics_interval_s: float = Field(default=0.5, gt=0.0, le=60.0, description="trainer -> controller")
     metrics_flush_s: float = Field(default=5.0, gt=0.0, le=3600.0, description="controller -> disk")
     batches_per_request: int | None = Field(
@@ -71,6 +98,7 @@ class RunConfig(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
     namespace: str = DEFAULT_NAMESPACE
+    http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
 
     @field_validator("name")
     @classmethod
@@ -105,6 +133,6 @@ class RunConfig(BaseModel):
         return cls.model_validate(json.loads(path.read_text()))
 
 
-def actor_name(run: str, role: Literal["controller", "trainer", "buffer"]) -> str:
+def actor_name(run: str, role: Literal["controller", "trainer", "buffer", "ingest"]) -> str:
     """The Ray name of one of a run's actors."""
     return f"{run}.{role}"

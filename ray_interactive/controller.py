@@ -13,6 +13,8 @@ Run directory layout::
     metrics/part-*.parquet
     branches.json      branch -> parent branch, fork checkpoint and step
     checkpoints/<id>/  see ray_interactive.checkpoints
+    weights.jsonl      one line per published weight version (its metadata; the weights
+                       themselves live in the Ray object store while the run does)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ray_interactive.commands import (
 from ray_interactive.config import RunConfig
 from ray_interactive.metrics import MetricStore
 from ray_interactive.validation import RunView, validate, validate_mixture
+from ray_interactive.weights import WeightRegistry
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,13 @@ class Controller:
         self.view = RunView(branches={ROOT_BRANCH})
         self.trainer_status: dict[str, Any] = {"status": "starting", "step": 0, "branch": ROOT_BRANCH}
         self.snapshot: dict[str, Any] = {}
+        self.data_stats: dict[str, Any] = {}
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.branches: dict[str, dict[str, Any]] = {
             ROOT_BRANCH: {"parent": None, "checkpoint": None, "fork_step": None, "created_at": time.time()}
         }
         self.metrics = MetricStore()
+        self.weight_registry = WeightRegistry(keep=config.weights_keep)
         self.started_at = time.time()
         self._last_flush = time.monotonic()
         config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
@@ -200,6 +205,28 @@ class Controller:
         self._update_status(status)
         self.maybe_flush()
 
+    def buffer_stats(self, stats: dict[str, Any]) -> None:
+        """The data buffer's figures: kept for :meth:`data_status` and logged as metrics
+        of the current branch at the trainer's current step."""
+        if stats.get("time", 0) < self.data_stats.get("time", 0):  # reordered: keep the newest
+            return
+        self.data_stats = stats
+        row: dict[str, float] = {"data/memory_mb": stats["memory_bytes"] / 2**20, "data/rejected": stats["rejected"]}
+        for name, s in stats["sources"].items():
+            if not s["live"]:
+                continue
+            row[f"data/{name}/rows"] = s["rows"]
+            row[f"data/{name}/mb"] = s["bytes"] / 2**20
+            row[f"data/{name}/ingest_rows_per_s"] = s["ingest_rows_per_s"]
+            row[f"data/{name}/ingest_mb_per_s"] = s["ingest_bytes_per_s"] / 2**20
+            row[f"data/{name}/rejected"] = s["rejected"]
+        branch = self.trainer_status.get("branch", ROOT_BRANCH)
+        self.metrics.record(branch, [(int(self.trainer_status.get("step", 0)), stats["time"], row)])
+
+    def data_status(self) -> dict[str, Any]:
+        """The buffer's latest figures: rows, bytes and ingest rate per source, rejections."""
+        return dict(self.data_stats)
+
     def _update_status(self, status: dict[str, Any]) -> None:
         if status.get("time", 0) >= self.trainer_status.get("time", 0):  # calls may arrive out of order
             self.trainer_status = status
@@ -239,6 +266,25 @@ class Controller:
     def branch_rewound(self, branch: str, step: int) -> None:
         self.metrics.rewind(branch, step, time.time())
 
+    def weights_published(self, meta: dict[str, Any], refs: list[Any]) -> None:
+        """The trainer put a version of its weights in the object store (``refs[0]``; in a
+        list so that Ray passes the reference, not the weights)."""
+        entry = self.weight_registry.add(meta, refs[0])
+        with open(self.run_dir / "weights.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry.to_dict()) + "\n")
+
+    def weights(self, version: int | None = None) -> tuple[dict[str, Any], Any] | None:
+        """``(metadata, ref)`` of the latest version (None if none yet) or of ``version``
+        (``ValueError`` naming the available ones if it is not kept)."""
+        entry = self.weight_registry.latest() if version is None else self.weight_registry.get(version)
+        return None if entry is None else (entry.to_dict(), entry.ref)
+
+    def weight_versions(self) -> list[dict[str, Any]]:
+        return self.weight_registry.versions()
+
+    def next_weight_version(self) -> int:
+        return self.weight_registry.next_version
+
     def mark_failed(self, message: str) -> None:
         """The trainer died without saying so (its process is gone)."""
         self._update_status({**self.trainer_status, "status": "failed", "message": message, "time": time.time()})
@@ -255,6 +301,7 @@ class Controller:
             "commands": counts,
             "checkpoints": len(self.checkpoints),
             "branches": sorted(self.branches),
+            "weights_version": latest.version if (latest := self.weight_registry.latest()) else None,
         }
 
     def lineage(self, branch: str) -> list[tuple[str, int | None]]:
@@ -318,6 +365,8 @@ class Controller:
             self.branches.update(json.loads(branches.read_text()))
             self.view.branches |= set(self.branches)
         self.metrics = MetricStore.load(self.run_dir / "metrics")
+        # The weights died with the old trainer; their numbers are not reused.
+        self.weight_registry.next_version = _last_weight_version(self.run_dir / "weights.jsonl") + 1
 
 
 def read_command_log(path: Path) -> dict[str, CommandRecord]:
@@ -334,6 +383,18 @@ def read_command_log(path: Path) -> dict[str, CommandRecord]:
         # An unparseable payload may carry any id: never let it stand for a real command.
         records[rec.id if rec.command is not None and rec.id else f"rejected-line{i}"] = rec
     return records
+
+
+def _last_weight_version(path: Path) -> int:
+    """The highest version number in a ``weights.jsonl`` (0 if none)."""
+    last = 0
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                last = max(last, int(json.loads(line)["version"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return last
 
 
 def replay_commands(path: Path) -> list[Command]:

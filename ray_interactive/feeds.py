@@ -10,6 +10,7 @@ checkpoint must store: batches prefetched but not yet trained on do not count.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ import pyarrow as pa
 import ray
 
 from ray_interactive.buffer import BatchChunk, DataBuffer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class RayFeed(_FeedBase):
         self.window_s = window_s
         self._pending: collections.deque[Any] = collections.deque()
         self._last_pop = 0.0
+        self.restarts = 0  # times the buffer actor came back from a crash
         self._interval = 0.0  # EMA of seconds between batches handed out
         self._top_up()
 
@@ -117,12 +121,34 @@ class RayFeed(_FeedBase):
         """The next batch (waiting only if prefetching fell behind); None if the buffer
         has no data yet."""
         while not self._ready:
-            chunk = ray.get(self._pending.popleft())
+            try:
+                chunk = ray.get(self._pending.popleft())
+            except ray.exceptions.RayActorError:
+                self._recover()
+                continue
             self._top_up()
             if chunk is None:
                 return None
             self._unpack(chunk)
         return self._pop()
+
+    def _recover(self, timeout: float = 300.0) -> None:
+        """The buffer actor died; once Ray has restarted it (it recovers its rows from
+        disk), put its sampler back where the last batch handed out left it."""
+        log.warning("data buffer unavailable; waiting for Ray to restart it")
+        self._pending.clear()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.get(self.buffer.ready.remote(), timeout=10)
+                self.reset(self.position)
+                self.restarts += 1
+                log.warning("data buffer back; continuing from batch %s", self.position.get("batches"))
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None:
         """Drop prefetched batches and continue from ``position`` (optionally new weights).

@@ -67,6 +67,7 @@ class RunHandle:
     trainer: Any
     buffer: Any
     loop: Any  # ObjectRef of TrainerActor.run()
+    ingest_url: str | None = None  # where the run serves HTTP ingest (config.http_ingest)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Wait for the loop to end; returns the final status (None on timeout).
@@ -97,6 +98,14 @@ class RunHandle:
             ray.get(self.controller.close.remote(), timeout=30)
         except Exception:
             log.warning("controller did not close cleanly")
+        try:
+            ray.get(self.buffer.close.remote(), timeout=30)  # end-of-stream marks; data is safe without
+        except Exception:
+            log.warning("buffer did not close cleanly")
+        if self.ingest_url is not None:
+            from ray_interactive.ingest_http import stop_ingest_server
+
+            stop_ingest_server(self.config.name, self.config.namespace)
         for actor in (self.trainer, self.buffer, self.controller):
             try:
                 ray.kill(actor)
@@ -153,10 +162,31 @@ def start_run(
         num_gpus=gpus,
     ).remote(cfg, controller, buffer, next_seq, checkpoint_path)
     ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
+    ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
     ray.get(controller.attach.remote(trainer, buffer))
     loop = trainer.run.remote()
     _wait_for_snapshot(controller)
-    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, loop)
+    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, loop, ingest_url)
+
+
+def _start_http_ingest(config: RunConfig, run_dir: Path, detached: bool, actors: tuple[Any, ...]) -> str | None:
+    """Serve HTTP ingest if the config asks for it; if that fails, the run's actors go too."""
+    if config.http_ingest is None:
+        return None
+    from ray_interactive.ingest_http import MiB, start_ingest_server
+
+    h = config.http_ingest
+    try:
+        url, _ = start_ingest_server(
+            config.name, h.host, h.port, namespace=config.namespace, run_dir=run_dir,
+            max_body_bytes=int(h.max_body_mb * MiB), detached=detached,
+        )
+    except ValueError:
+        for actor in actors:
+            ray.kill(actor)
+        raise
+    log.info("HTTP ingest at %s (bearer token in %s)", url, run_dir / "ingest_token")
+    return url
 
 
 def _wait_for_snapshot(controller: Any, timeout: float = 60.0) -> None:

@@ -39,3 +39,22 @@ def epoch_permutation(seed: int, source: str, epoch: int, size: int) -> np.ndarr
 def draw_uniform(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
     """``k`` row indices uniformly with replacement."""
     return rng.integers(0, size, k)
+
+
+def draw_recent(rng: np.random.Generator, size: int, k: int, half_life: float) -> np.ndarray:
+    """``k`` row indices with replacement, newer rows more likely: the chance of a row
+    halves every ``half_life`` rows back from the newest (a geometric distribution; draws
+    beyond the oldest row wrap around, which matters only when ``half_life`` is near
+    ``size``)."""
+    p = 1.0 - 0.5 ** (1.0 / half_life)
+    back = (rng.geometric(p, k) - 1) % size
+    return (size - 1 - back).astype(np.int64)
+
+
+def take_fresh(cursor: int, size: int, k: int) -> tuple[np.ndarray, int]:
+    """Fresh-first: up to ``k`` rows not yet drawn, from ``cursor`` on, in ingest order.
+
+    Returns those indices and the new cursor; the caller fills the rest by replay.
+    """
+    n = max(0, min(k, size - cursor))
+    return np.arange(cursor, cursor + n, dtype=np.int64), cursor + n

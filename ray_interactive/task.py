@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import importlib
 import re
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,16 +35,29 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-SamplingPolicy = Literal["uniform", "epoch"]
+SamplingPolicy = Literal["uniform", "epoch", "recency", "fresh"]
+SAMPLING_POLICIES: tuple[str, ...] = typing.get_args(SamplingPolicy)
 
 
 @dataclass
 class DataSource:
     """A named source of training rows.
 
-    ``table`` holds the rows of a static source (a base dataset); a live source starts
-    empty and is fed by ``ingest``. ``schema`` defaults to the table's schema. ``policy``
-    is ``"epoch"`` (each row once per epoch, shuffled) or ``"uniform"`` (with replacement).
+    A *static* source is a fixed base dataset: ``table``, or ``path`` (a Parquet file or
+    directory, or an Arrow IPC file, memory-mapped), or ``dataset`` (a Hugging Face
+    ``datasets.Dataset``, which is Arrow underneath; its table is used without a copy).
+    A *live* source has only a ``schema``, starts empty and is fed by ``ingest``.
+
+    ``policy`` says how rows are drawn from the source:
+
+    * ``"uniform"`` - uniformly, with replacement;
+    * ``"epoch"`` - each row once per epoch, shuffled (static data);
+    * ``"recency"`` - with replacement, newer rows more often: a row ``half_life`` rows
+      older than the newest is drawn half as often;
+    * ``"fresh"`` - every row not yet trained on comes first, in ingest order; the rest of
+      the source's share of a batch is uniform replay.
+
+    ``max_row_bytes`` / ``max_table_bytes`` bound what one ``ingest`` may bring.
     """
 
     name: str
@@ -50,13 +65,81 @@ class DataSource:
     schema: pa.Schema | None = None
     weight: float = 1.0
     policy: SamplingPolicy = "uniform"
+    path: str | Path | None = None
+    dataset: Any = None
+    half_life: int = 1000
+    max_row_bytes: int | None = None
+    max_table_bytes: int | None = None
 
-    def resolved_schema(self) -> pa.Schema:
+    def __post_init__(self) -> None:
+        if self.policy not in SAMPLING_POLICIES:
+            raise ValueError(f"source {self.name!r}: unknown policy {self.policy!r}; policies: {', '.join(SAMPLING_POLICIES)}")
+        given = [k for k in ("table", "path", "dataset") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"source {self.name!r}: give one of table, path, dataset (got {', '.join(given)})")
+        if self.half_life < 1:
+            raise ValueError(f"source {self.name!r}: half_life must be >= 1 row")
+        for k in ("max_row_bytes", "max_table_bytes"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ValueError(f"source {self.name!r}: {k} must be >= 1")
+        if not (self.weight >= 0 and self.weight < float("inf")):
+            raise ValueError(f"source {self.name!r}: weight must be finite and >= 0")
+
+    @property
+    def is_static(self) -> bool:
+        return self.table is not None or self.path is not None or self.dataset is not None
+
+    def static_table(self) -> pa.Table | None:
+        """The rows of a static source, without copying where the format allows."""
+        if self.table is not None:
+            return self.table
+        if self.dataset is not None:
+            return dataset_table(self.dataset, self.name)
+        if self.path is not None:
+            return read_table_file(Path(self.path), self.name)
+        return None
+
+    def resolved_schema(self, table: pa.Table | None = None) -> pa.Schema:
         if self.schema is not None:
             return self.schema
-        if self.table is None:
-            raise ValueError(f"source {self.name!r} needs a schema or a table")
-        return self.table.schema
+        table = table if table is not None else self.static_table()
+        if table is None:
+            raise ValueError(f"source {self.name!r} needs a schema or data (table, path or dataset)")
+        return table.schema
+
+
+def dataset_table(dataset: Any, name: str) -> pa.Table:
+    """The Arrow table under a Hugging Face ``datasets.Dataset`` (memory-mapped if the
+    dataset is). A dataset with an indices mapping (after ``select``/``shuffle``) is
+    flattened first, which copies."""
+    if getattr(dataset, "_indices", None) is not None and hasattr(dataset, "flatten_indices"):
+        dataset = dataset.flatten_indices()
+    data = getattr(dataset, "data", None)
+    table = getattr(data, "table", data)
+    if not isinstance(table, pa.Table):
+        raise ValueError(f"source {name!r}: dataset {type(dataset).__name__} has no Arrow table (.data.table)")
+    return table
+
+
+def read_table_file(path: Path, name: str) -> pa.Table:
+    """A Parquet file or directory (decoded from a memory map), or an Arrow IPC file or
+    stream (zero-copy views of a memory map)."""
+    if not path.exists():
+        raise ValueError(f"source {name!r}: {path} does not exist")
+    try:
+        if path.is_dir() or path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path, memory_map=True)
+        source = pa.memory_map(str(path))
+        try:
+            return pa.ipc.open_file(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            return pa.ipc.open_stream(source).read_all()
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"source {name!r}: cannot read {path}: {e}") from None
 
 
 class Task:

@@ -7,8 +7,9 @@ filled by another thread, batches were requested steps ago, metrics leave in the
 background every ``metrics_interval_s``. The step never waits for another actor.
 
 The trainer talks to the controller through a :class:`Reporter` (fire-and-forget) and
-to the data through a feed (:mod:`ray_interactive.feeds`), so this class has no Ray in
-it and unit tests drive it in-process.
+to the data through a feed (:mod:`ray_interactive.feeds`), and publishes weights through
+a publisher (:mod:`ray_interactive.weights`), so this class has no Ray in it and unit
+tests drive it in-process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from ray_interactive import schedules
@@ -40,6 +42,7 @@ from ray_interactive.commands import (
     Evaluate,
     LoadCheckpoint,
     Pause,
+    PublishWeights,
     Resume,
     SaveCheckpoint,
     SetDataMixture,
@@ -56,6 +59,7 @@ from ray_interactive.hparams import apply_update, describe_optimizer, group_name
 from ray_interactive.inbox import CommandInbox
 from ray_interactive.modules import apply_module_op, describe_modules, validate_module_op
 from ray_interactive.task import Task
+from ray_interactive.weights import Publisher, pack_state
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,8 @@ class Trainer:
         *,
         next_seq: int = 1,
         resume_from: Path | None = None,
+        publisher: Publisher | None = None,
+        next_weight_version: int = 1,
     ) -> None:
         self.config = config
         self.task = task
@@ -170,8 +176,13 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self._checkpointed_at: tuple[str, int] | None = None
         self.inbox = CommandInbox(next_seq)
+        self.publisher = publisher  # None: weights are not published (in-process use)
+        self._next_weight_version = next_weight_version
+        self._published_at: tuple[str, int] | None = None  # (branch, step) of the last version
         self._params = self._trainable()
         self._pending_rows: list[tuple[int, float, dict[str, Any]]] = []
+        self._first_use: list[np.ndarray] = []  # seconds from ingest to first gradient, since the last report
+        self.first_use_log: collections.deque[float] = collections.deque(maxlen=100_000)  # the same, kept for benchmarks
         self._last_report = 0.0
         self._throughput = 0.0
         self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
@@ -195,6 +206,7 @@ class Trainer:
             Evaluate: self._evaluate,
             SetDataMixture: self._set_data_mixture,
             UpdateModule: self._update_module,
+            PublishWeights: self._publish_weights,
         }
 
     # -- the loop ----------------------------------------------------------------------
@@ -202,6 +214,8 @@ class Trainer:
         """Train until stopped (command, ``max_steps``) or failed; return the final status."""
         self.reporter.snapshot(self.snapshot())
         self._report(force=True)
+        if self.config.publish_every:  # a deployed model following the run gets weights at once
+            self._try_publish("start")
         try:
             while True:
                 if self.inbox.has_due(self.step):
@@ -267,11 +281,25 @@ class Trainer:
         for m in metas:  # what the mixture actually delivered
             for source, count in m["counts"].items():
                 row[f"mix/{source}"] = row.get(f"mix/{source}", 0.0) + count / samples
-        ages = [m["data_age_s"] for m in metas if "data_age_s" in m]
-        if ages:
-            row["data_age_s"] = sum(ages) / len(ages)
+        self._freshness(metas, row)
         self._pending_rows.append((self.step, time.time(), row))
         return True
+
+    def _freshness(self, metas: list[dict[str, Any]], row: dict[str, Any]) -> None:
+        """How old the live rows of this step are, now that they reach a gradient; and for
+        rows used for the first time, how long they took (p50/p95 at each report)."""
+        live = [m for m in metas if m.get("live_rows")]
+        if not live:
+            return
+        now = time.time()
+        row["data/freshest_age_s"] = now - max(m["newest_time"] for m in live)
+        rows = sum(m["live_rows"] for m in live)
+        row["data/mean_age_s"] = now - sum(m["mean_time"] * m["live_rows"] for m in live) / rows
+        for m in live:
+            if "first_use_times" in m:
+                lat = now - np.asarray(m["first_use_times"])
+                self._first_use.append(lat)
+                self.first_use_log.extend(lat.tolist())
 
     def _clip_gradients(self) -> torch.Tensor:
         grads = [p.grad for p in self._params if p.grad is not None]
@@ -289,12 +317,19 @@ class Trainer:
         every = self.config.eval_every
         if every and self.task.has_eval and self.step % every == 0:
             self._run_eval()
+        every = self.config.publish_every
+        if every and self.step % every == 0:
+            self._try_publish("periodic")
         self._report()
 
     def _finish(self) -> None:
         """Final checkpoint and status: the run can be resumed from here."""
         if self._checkpointed_at != (self.branch, self.step):  # not twice at one step
             self._checkpoint("final")
+        if self.config.publish_every and self._published_at != (self.branch, self.step):
+            self._try_publish("final")
+        if self.publisher is not None:
+            self.publisher.flush(timeout=60)  # every version reaches the controller before "stopped"
         # Commands still in the inbox (an at_step that never came) are failed by the
         # controller once it hears "stopped".
         self.ended = "stopped"
@@ -320,6 +355,12 @@ class Trainer:
         if not force and now - self._last_report < self.config.metrics_interval_s:
             return
         self._last_report = now
+        if self._first_use and self._pending_rows:  # on the newest step of this report
+            lat = np.concatenate(self._first_use)
+            self._first_use = []
+            row = self._pending_rows[-1][2]
+            row["data/first_use_p50_s"], row["data/first_use_p95_s"] = np.percentile(lat, [50, 95]).tolist()
+            row["data/first_used_rows"] = len(lat)
         rows, self._pending_rows = self._pending_rows, []
         self.reporter.progress(self.branch, self.status(message), _rows_to_floats(rows))
 
@@ -452,7 +493,51 @@ class Trainer:
         self.branch = cmd.branch or f"{parent}-{self.step}"
         self.feed.reset(position)
         self.reporter.branch(self.branch, parent, cmd.checkpoint_id, self.step)
-        return f"loaded {cmd.checkpoint_id} (step {self.step}) as branch {self.branch}"
+        message = f"loaded {cmd.checkpoint_id} (step {self.step}) as branch {self.branch}"
+        if self.publisher is not None and (self.config.publish_every or self._published_at is not None):
+            # the run publishes weights: a deployed model following it moves to the branch
+            version = self._try_publish("load_checkpoint")
+            message += f"; published weights version {version}" if version else "; publishing its weights failed"
+        return message
+
+    # -- publishing weights ------------------------------------------------------------
+    def _publish_weights(self, cmd: PublishWeights) -> str:
+        if self.publisher is None:
+            raise ValueError("this trainer has no weight publisher")
+        version = self._publish("command")
+        return f"published weights version {version} at step {self.step}"
+
+    def _try_publish(self, reason: str) -> int | None:
+        """:meth:`_publish`, logging instead of raising: publishing never stops training."""
+        if self.publisher is None:
+            return None
+        try:
+            return self._publish(reason)
+        except Exception:
+            log.exception("publishing weights (%s) failed at step %d", reason, self.step)
+            return None
+
+    def _publish(self, reason: str) -> int:
+        """Take one CPU copy of the weights and hand it to the publisher (which puts it in
+        the object store off the step loop); return the version number."""
+        assert self.publisher is not None
+        t0, now = time.perf_counter(), time.time()
+        packed = pack_state(self.model)
+        version = self._next_weight_version
+        meta = {
+            "version": version,
+            "step": self.step,
+            "branch": self.branch,
+            "time": now,
+            "reason": reason,
+            "num_params": packed.num_params,
+            "nbytes": packed.nbytes,
+        }
+        meta["hold_s"] = time.perf_counter() - t0  # the copy (the publisher adds any wait for room)
+        self.publisher.publish(meta, packed)
+        self._next_weight_version += 1
+        self._published_at = (self.branch, self.step)
+        return version
 
     # -- checkpoints and evaluation ----------------------------------------------------
     def _trainable(self) -> list[torch.nn.Parameter]:

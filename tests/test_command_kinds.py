@@ -163,6 +163,15 @@ def test_evaluate_now(client: RunClient) -> None:
     assert metric_at(client, "eval/loss", rec.applied_step) > 0
 
 
+def test_publish_weights_makes_a_version(run: RunHandle, client: RunClient) -> None:
+    rec = applied(client, "publish_weights", comment="for the demo")
+    version = int(rec.message.split()[3])
+    assert rec.message == f"published weights version {version} at step {rec.applied_step}"
+    entry = wait_until(lambda: client.weight_version(), what="the version at the controller")
+    assert (entry.version, entry.step, entry.branch, entry.reason) == (version, rec.applied_step, "main", "command")
+    assert [s["status"] for s in logged(run, rec.id)] == ["accepted", "applied"]
+
+
 def test_set_data_mixture_changes_what_batches_hold(run: RunHandle, client: RunClient) -> None:
     rec = applied(client, "set_data_mixture", weights={"extra": 0.0})
     assert ray.get(run.buffer.mixture.remote())["extra"] == 0.0

@@ -25,6 +25,15 @@ def make_table(rows: int, in_dim: int, seed: int) -> pa.Table:
     return pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), in_dim), "y": y})
 
 
+def live_schema(in_dim: int, extra_columns: bool = False) -> pa.Schema:
+    """The schema of the ``live`` source: like the base rows, non-nullable; optionally with
+    the kind of columns a deployed app logs (a user id and a free-text note)."""
+    fields = [pa.field("x", pa.list_(pa.float32(), in_dim), nullable=False), pa.field("y", pa.float32(), nullable=False)]
+    if extra_columns:
+        fields += [pa.field("user", pa.string(), nullable=False), pa.field("note", pa.string())]
+    return pa.schema(fields)
+
+
 def columns_to_tensors(table: pa.Table, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x = column_array(table, "x")
     y = column_array(table, "y")
@@ -43,9 +52,15 @@ class RegressionTask(Task):
         dropout: float = 0.1,
         seed: int = 0,
         extra_source: bool = False,
+        live_source: bool = False,
+        live_weight: float = 0.3,
+        live_policy: str = "fresh",
+        live_extra_columns: bool = False,
     ) -> None:
         self.in_dim, self.width, self.depth, self.rows, self.dropout, self.seed = in_dim, width, depth, rows, dropout, seed
         self.extra_source = extra_source
+        self.live_source, self.live_weight, self.live_policy = live_source, live_weight, live_policy
+        self.live_extra_columns = live_extra_columns
 
     def build_model(self) -> nn.Module:
         layers: list[nn.Module] = []
@@ -60,6 +75,10 @@ class RegressionTask(Task):
         sources = [DataSource("base", make_table(self.rows, self.in_dim, self.seed), policy="epoch")]
         if self.extra_source:  # a second source, to exercise mixtures
             sources.append(DataSource("extra", make_table(self.rows // 4, self.in_dim, self.seed + 7), weight=0.5))
+        if self.live_source:  # rows arrive while training runs (ingest)
+            sources.append(
+                DataSource("live", schema=live_schema(self.in_dim, self.live_extra_columns), weight=self.live_weight, policy=self.live_policy)  # type: ignore[arg-type]
+            )
         return sources
 
     def collate(self, batch: pa.Table, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

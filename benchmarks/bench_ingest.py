@@ -1,0 +1,165 @@
+"""Durable ingest throughput against the raw disk, in the same run.
+
+For small rows (1 KB) and large ones (40 KB, like a screen-frame transition), a client
+sends tables of ``--rows-small`` / ``--rows-large`` rows to a live source. Each is checked
+against the schema, appended to an Arrow IPC segment and fsync'ed before it is
+acknowledged. Three ways are timed, each over the same tables:
+
+* ``raw``: the same Arrow IPC bytes written to a file with ``write`` + ``fsync`` per table
+  (what any durable logger has to pay at least);
+* ``buffer``: ``DataBuffer.ingest`` in this process (schema check, segment, fsync);
+* ``actor``: ``client.ingest`` to the buffer actor of a running run (the real path: table
+  by value through Ray, the actor's ingest, the acknowledgement back).
+
+The three alternate in rounds so that disk and machine noise falls on all of them; we
+report per-round medians and the ratio to ``raw`` (target: >= 0.5).
+
+    python benchmarks/bench_ingest.py [--rounds 5] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from _common import machine, median, save  # noqa: E402
+
+from ray_interactive.buffer import DataBuffer  # noqa: E402
+from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.examples.ingest_sink import EVENT_SCHEMA  # noqa: E402
+from ray_interactive.launch import start_run  # noqa: E402
+from ray_interactive.task import DataSource  # noqa: E402
+
+SCHEMA = EVENT_SCHEMA
+
+
+def make_tables(row_bytes: int, rows: int, count: int) -> list[pa.Table]:
+    rng = np.random.default_rng(0)
+    blob = rng.integers(0, 256, row_bytes - 16, dtype=np.uint8).tobytes()
+    return [
+        pa.table({"id": np.arange(i * rows, (i + 1) * rows), "t": np.full(rows, 1.0), "payload": [blob] * rows}, schema=SCHEMA)
+        for i in range(count)
+    ]
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def run_raw(blobs: list[bytes], path: Path, seconds: float) -> tuple[int, float]:
+    n, t0 = 0, time.perf_counter()
+    with open(path, "wb") as f:
+        while time.perf_counter() - t0 < seconds:
+            f.write(blobs[n % len(blobs)])
+            f.flush()
+            os.fsync(f.fileno())
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def run_buffer(tables: list[pa.Table], path: Path, seconds: float) -> tuple[int, float]:
+    buf = DataBuffer([DataSource("live", schema=SCHEMA)], directory=path)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        buf.ingest(tables[n % len(tables)], "live")
+        n += 1
+    dt = time.perf_counter() - t0
+    buf.close()
+    return n, dt
+
+
+def run_actor(client: object, tables: list[pa.Table], seconds: float) -> tuple[int, float]:
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        client.ingest(tables[n % len(tables)], "live")  # type: ignore[attr-defined]
+        n += 1
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0, help="per way and round")
+    ap.add_argument("--rows-small", type=int, default=64, help="1 KB rows per table")
+    ap.add_argument("--rows-large", type=int, default=8, help="40 KB rows per table")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+
+    cases = {"small_1KB": (1024, args.rows_small), "large_40KB": (40 * 1024, args.rows_large)}
+    # The run's live source must accept these tables: a task whose live source has SCHEMA.
+    config = RunConfig(
+        name="bench-ingest",
+        task=TaskSpec(target="ray_interactive.examples.ingest_sink:IngestSinkTask"),
+        run_dir=tmp / "run",
+        torch_threads=1,
+        start_paused=True,  # measure the data path alone; the step loop idles
+    )
+    handle = start_run(config)
+    client = handle.client()
+    results: dict[str, dict] = {}
+    for case, (row_bytes, rows) in cases.items():
+        tables = make_tables(row_bytes, rows, 16)
+        blobs = [ipc_bytes(t) for t in tables]
+        table_bytes = sum(len(b) for b in blobs) / len(blobs)
+        per: dict[str, list[float]] = {"raw": [], "buffer": [], "actor": []}
+        for r in range(args.rounds):
+            n, dt = run_raw(blobs, tmp / f"raw-{case}-{r}.bin", args.seconds)
+            per["raw"].append(n / dt)
+            n, dt = run_buffer(tables, tmp / f"buf-{case}-{r}", args.seconds)
+            per["buffer"].append(n / dt)
+            n, dt = run_actor(client, tables, args.seconds)
+            per["actor"].append(n / dt)
+            print(f"{case} round {r}: " + ", ".join(f"{k} {v[-1]:.0f} tables/s" for k, v in per.items()), flush=True)
+        raw = median(per["raw"])
+        results[case] = {
+            "row_bytes": row_bytes,
+            "rows_per_table": rows,
+            "table_bytes": table_bytes,
+            **{
+                way: {
+                    "tables_per_s": median(v),
+                    "rows_per_s": median(v) * rows,
+                    "mb_per_s": median(v) * table_bytes / 2**20,
+                    "ratio_to_raw": median(v) / raw,
+                    "per_round_tables_per_s": v,
+                }
+                for way, v in per.items()
+            },
+        }
+    handle.shutdown()
+
+    result = {"machine": machine(), "args": vars(args), "cases": results}
+    lines = [
+        "## Durable ingest throughput (`bench_ingest.py`)",
+        "",
+        f"{args.rounds} alternating rounds of {args.seconds:.0f} s per way; medians. Every table is fsync'ed before it is",
+        "acknowledged. `raw` writes the same Arrow IPC bytes with write + fsync per table. Target: actor >= 0.5 x raw.",
+        "",
+        "| rows | rows/table | way | rows/s | MB/s | x raw |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case, r in results.items():
+        for way in ("raw", "buffer", "actor"):
+            w = r[way]
+            lines.append(
+                f"| {case} | {r['rows_per_table']} | {way} | {w['rows_per_s']:,.0f} | {w['mb_per_s']:.1f} | {w['ratio_to_raw']:.2f} |"
+            )
+    m = result["machine"]
+    lines += ["", f"Measured {m['date']} on {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start."]
+    save("ingest", result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

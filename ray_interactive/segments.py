@@ -1,0 +1,232 @@
+"""Durable storage of a live source: append-only Arrow IPC stream segments.
+
+Layout, in the run directory::
+
+    buffer/<source>/seg-<first seq, 12 digits>.arrow
+
+Each segment is a standard Arrow IPC *stream* (``pyarrow.ipc.open_stream`` reads it).
+One accepted table is one record batch, written with custom metadata (its ``batch_id``,
+the sequence number of its first row, the ingest time) and flushed - fsync by default -
+before the ingest is acknowledged. A segment is closed (end-of-stream marker) when it
+reaches its size, and never written again.
+
+Recovery reads every segment memory-mapped, so the recovered rows cost no heap memory.
+A write torn by a crash can only be the last message of the newest segment: reading stops
+at the first message that does not parse, the file is truncated to the last whole batch
+(that batch was never acknowledged), and writing continues in a new segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_RE = re.compile(r"^seg-(\d{12})\.arrow$")
+
+
+@dataclass
+class BatchRecord:
+    """What a segment says about one stored table."""
+
+    batch_id: str
+    first: int  # sequence number of its first row in the source
+    rows: int
+    time: float  # when it was ingested (epoch seconds)
+
+
+@dataclass
+class Segment:
+    """One closed segment, memory-mapped."""
+
+    path: Path
+    first: int
+    rows: int
+    table: pa.Table  # zero-copy view of the file
+    batches: list[BatchRecord] = field(default_factory=list)
+
+
+def segment_path(directory: Path, first: int) -> Path:
+    return directory / f"seg-{first:012d}.arrow"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new file's directory entry durable too."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Appends tables of one schema to the source's newest segment, rolling at a size."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, segment_bytes: int, fsync: bool = True) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self._file = None  # the open segment, if any
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self.path: Path | None = None
+        self.first = 0  # first seq of the open segment
+        self.rows = 0  # rows in the open segment
+        self.bytes_written = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    def append(self, batch: pa.RecordBatch, batch_id: str, first: int, t: float) -> tuple[int, Segment | None]:
+        """Write one batch durably; returns the bytes it took and, if that filled the
+        segment, the segment (closed and mapped)."""
+        if self._writer is None:
+            self._open(first)
+        assert self._writer is not None and self._file is not None
+        before = self._file.tell()
+        meta = {"batch_id": batch_id, "first": str(first), "time": repr(t)}
+        try:
+            self._writer.write_batch(batch, custom_metadata=meta)
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except BaseException:
+            # Leave no half-written batch behind a later one: cut it off and start afresh.
+            self._abort(before)
+            raise
+        size = self._file.tell() - before
+        self.rows += batch.num_rows
+        self.bytes_written += size
+        closed = self.close() if self._file.tell() >= self.segment_bytes else None
+        return size, closed
+
+    def _open(self, first: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = segment_path(self.directory, first)
+        if self.path.exists():  # only after a crash between open and the first write
+            self.path.unlink()
+        self._file = open(self.path, "wb")
+        self._writer = pa.ipc.new_stream(self._file, self.schema)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+            _fsync_dir(self.directory)
+        self.first, self.rows = first, 0
+
+    def _abort(self, size: int) -> None:
+        try:
+            assert self._file is not None
+            self._file.flush()
+            self._file.truncate(size)
+            self._file.close()
+        except Exception:  # the disk may be what failed; recovery will cut the tail anyway
+            log.exception("could not truncate %s after a failed write", self.path)
+        self._file, self._writer = None, None
+
+    def close(self) -> Segment | None:
+        """Close the open segment (end-of-stream marker) and return it memory-mapped."""
+        if self._writer is None:
+            return None
+        assert self._file is not None and self.path is not None
+        self._writer.close()
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._file, self._writer = None, None
+        return read_segment(self.path, self.schema)
+
+
+def read_segment(path: Path, schema: pa.Schema) -> Segment:
+    """Map a segment and read its batches; a torn tail is cut off the file."""
+    m = _SEGMENT_RE.match(path.name)
+    if not m:
+        raise ValueError(f"{path} is not a segment file")
+    first = int(m.group(1))
+    source = pa.memory_map(str(path))
+    batches: list[pa.RecordBatch] = []
+    records: list[BatchRecord] = []
+    good = 0
+    torn: str | None = None
+    try:
+        reader = pa.ipc.open_stream(source)
+        if not reader.schema.equals(schema):
+            raise ValueError(f"{path}: schema {reader.schema} differs from the source's {schema}")
+        good = source.tell()
+        expected = first
+        while True:
+            try:
+                batch, meta = reader.read_next_batch_with_custom_metadata()
+            except StopIteration:
+                break
+            rec = _record(meta, batch.num_rows)
+            if rec is None or rec.first != expected:
+                torn = f"batch at byte {good} has bad metadata"
+                break
+            batches.append(batch)
+            records.append(rec)
+            expected += batch.num_rows
+            good = source.tell()
+    except (pa.ArrowException, OSError) as e:  # a torn or garbled message
+        torn = str(e)
+    size = path.stat().st_size
+    if torn is not None and good == 0:  # not even a whole schema: nothing was ever acknowledged
+        source.close()
+        log.warning("dropping %s: %s", path, torn)
+        path.unlink()
+        return Segment(path, first, 0, schema.empty_table(), [])
+    if torn is not None or (good < size and not _is_eos(path, good, size)):
+        log.warning("segment %s: torn tail after byte %d of %d cut off (%s)", path, good, size, torn or "trailing bytes")
+        source.close()
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+        return read_segment(path, schema)
+    table = pa.Table.from_batches(batches, schema=schema)
+    return Segment(path, first, table.num_rows, table, records)
+
+
+def _is_eos(path: Path, offset: int, size: int) -> bool:
+    """Whether the bytes after ``offset`` are just an end-of-stream marker (or zeros)."""
+    if size - offset > 8:
+        return False
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read()
+    return tail in (b"\xff\xff\xff\xff\x00\x00\x00\x00", b"\x00" * len(tail)) or tail == b"\xff\xff\xff\xff"[: len(tail)]
+
+
+def _record(meta: object, rows: int) -> BatchRecord | None:
+    try:
+        md = {k.decode(): v.decode() for k, v in dict(meta).items()}  # type: ignore[call-overload]
+        return BatchRecord(md["batch_id"], int(md["first"]), rows, float(md["time"]))
+    except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+
+
+def recover_source(directory: Path, schema: pa.Schema) -> list[Segment]:
+    """Every segment of a source, in order, torn tails cut; rows must be contiguous."""
+    if not directory.exists():
+        return []
+    paths = sorted(p for p in directory.iterdir() if _SEGMENT_RE.match(p.name))
+    segments: list[Segment] = []
+    expected = 0
+    for p in paths:
+        seg = read_segment(p, schema)
+        if seg.rows == 0:
+            if p.exists():  # an empty segment (opened, never written): not needed
+                p.unlink()
+            continue
+        if seg.first != expected:
+            raise ValueError(f"{directory}: segment {p.name} starts at row {seg.first}, expected {expected}")
+        segments.append(seg)
+        expected += seg.rows
+    return segments

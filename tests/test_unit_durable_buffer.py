@@ -1,0 +1,295 @@
+"""The durable data buffer without Ray: segments on disk, recovery, exactly-once ingest,
+torn tails, the memory cap, static sources from files, sampling policies, determinism."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_interactive.buffer import DataBuffer
+from ray_interactive.config import BufferConfig
+from ray_interactive.task import DataSource
+
+SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.binary())])
+
+
+def rows(start: int, n: int, blob: int = 16) -> pa.Table:
+    ids = np.arange(start, start + n, dtype=np.int64)
+    return pa.table({"id": ids, "blob": [b"x" * blob] * n}, schema=SCHEMA)
+
+
+def live_buffer(path: Path, seed: int = 0, policy: str = "uniform", base: bool = False, **cfg: object) -> DataBuffer:
+    sources = [DataSource("live", schema=SCHEMA, policy=policy)]  # type: ignore[arg-type]
+    if base:
+        sources.insert(0, DataSource("base", rows(-1000, 1000), weight=1.0))
+    return DataBuffer(sources, seed=seed, directory=path, config=BufferConfig(**cfg))  # type: ignore[arg-type]
+
+
+def all_ids(buf: DataBuffer, source: str = "live") -> np.ndarray:
+    return buf.read(source, columns=["id"]).column("id").to_numpy()
+
+
+def segment_files(path: Path) -> list[Path]:
+    return sorted((path / "live").glob("seg-*.arrow"))
+
+
+def test_acknowledged_rows_are_on_disk_and_a_new_buffer_recovers_them_in_order(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path)
+    acks = [buf.ingest(rows(i * 10, 10), "live", batch_id=f"b{i}") for i in range(5)]
+    assert [(a["first"], a["last"]) for a in acks] == [(i * 10, i * 10 + 9) for i in range(5)]
+    # No close(): as after a crash. A fresh buffer reads the segments back.
+    again = live_buffer(tmp_path)
+    assert again.sources()["live"]["rows"] == 50
+    np.testing.assert_array_equal(all_ids(again), np.arange(50))
+    # The files are plain Arrow IPC streams.
+    table = pa.ipc.open_stream(pa.memory_map(str(segment_files(tmp_path)[0]))).read_all()
+    assert table.num_rows == 50 and table.schema.equals(SCHEMA)
+
+
+def test_a_repeated_batch_id_is_acknowledged_without_storing_twice_even_after_recovery(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path)
+    first = buf.ingest(rows(0, 3), "live", batch_id="retry-me")
+    dup = buf.ingest(rows(0, 3), "live", batch_id="retry-me")
+    assert dup["duplicate"] and not first["duplicate"]
+    assert (dup["first"], dup["last"], dup["rows"]) == (0, 2, 3)
+    assert buf.sources()["live"]["rows"] == 3
+    again = live_buffer(tmp_path)
+    assert again.ingest(rows(0, 3), "live", batch_id="retry-me")["duplicate"]
+    assert again.sources()["live"]["rows"] == 3
+    assert again.ingest(rows(3, 1), "live", batch_id="next")["first"] == 3
+
+
+def test_segments_roll_at_their_size_and_recover_contiguously(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, segment_mb=0.05)  # ~52 KB
+    for i in range(40):
+        buf.ingest(rows(i * 10, 10, blob=400), "live")  # ~4 KB each
+    files = segment_files(tmp_path)
+    assert len(files) >= 3
+    assert all(f.stat().st_size < 0.05 * 2**20 + 8 * 1024 for f in files)
+    again = live_buffer(tmp_path, segment_mb=0.05)
+    np.testing.assert_array_equal(all_ids(again), np.arange(400))
+    assert again.ingest(rows(400, 1), "live")["first"] == 400
+
+
+@pytest.mark.parametrize("cut", [1, 7, 100, "garbage"])
+def test_a_torn_tail_is_cut_off_and_only_the_unacknowledged_write_is_lost(tmp_path: Path, cut: object) -> None:
+    buf = live_buffer(tmp_path)
+    for i in range(4):
+        buf.ingest(rows(i * 5, 5), "live")
+    seg = segment_files(tmp_path)[-1]
+    good = seg.stat().st_size
+    if cut == "garbage":  # a write that died after a few bytes of noise
+        with open(seg, "ab") as f:
+            f.write(os.urandom(37))
+    else:  # a write of the next batch torn after `cut` bytes
+        buf.ingest(rows(20, 5), "live")
+        with open(seg, "r+b") as f:
+            f.truncate(good + int(cut))  # type: ignore[call-overload]
+    again = live_buffer(tmp_path)
+    np.testing.assert_array_equal(all_ids(again), np.arange(20))
+    assert seg.stat().st_size == good  # the torn bytes are gone from the file
+    assert again.ingest(rows(20, 5), "live")["first"] == 20
+    np.testing.assert_array_equal(all_ids(live_buffer(tmp_path)), np.arange(25))
+
+
+def test_memory_cap_keeps_memory_bounded_and_older_rows_sampleable_from_the_map(tmp_path: Path) -> None:
+    cap_mb = 0.25
+    buf = live_buffer(tmp_path, memory_mb=cap_mb, segment_mb=0.1)
+    for i in range(100):
+        buf.ingest(rows(i * 10, 10, blob=1000), "live")  # ~1 MB in all
+        assert buf.stats()["memory_bytes"] <= cap_mb * 2**20
+    s = buf._sources["live"]
+    assert s.cold_rows > 500  # most rows are now served from the memory-mapped segments
+    chunk = buf.next_batches(256, 20)
+    assert chunk is not None
+    ids = chunk.table.column("id").to_numpy()
+    assert (ids < s.cold_rows).any() and (ids >= s.cold_rows).any()
+    np.testing.assert_array_equal(all_ids(buf), np.arange(1000))
+    # The cold rows really are views of the files, not heap copies.
+    s._cold = s._cold_selected = None
+    before = pa.total_allocated_bytes()
+    cold = s._cold_table(SCHEMA)
+    assert cold.num_rows >= s.cold_rows and pa.total_allocated_bytes() - before < cold.nbytes / 10
+
+
+def test_rows_cap_is_respected_too(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, memory_rows=50)
+    for i in range(30):
+        buf.ingest(rows(i * 10, 10), "live")
+        assert buf.stats()["sources"]["live"]["memory_rows"] <= 50
+    np.testing.assert_array_equal(all_ids(buf), np.arange(300))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "table", "source", "message"),
+    [
+        ({}, rows(0, 1), "nope", "unknown source 'nope'"),
+        ({}, rows(0, 1), "base", "static dataset"),
+        ({}, pa.table({"id": [1]}), "live", "missing column(s) blob"),
+        ({}, pa.table({"id": pa.array([None], pa.int64()), "blob": [b""]}), "live", "'id' has 1 null"),
+        ({"max_row_bytes": 100}, rows(0, 3, blob=200), "live", "row 0 has 208 bytes, over the limit of 100"),
+        ({"max_table_bytes": 500}, rows(0, 30), "live", "over the limit of 500"),
+    ],
+)
+def test_rejected_tables_store_nothing_and_say_why(tmp_path: Path, kwargs: dict, table: pa.Table, source: str, message: str) -> None:
+    live = DataSource("live", schema=SCHEMA, **kwargs)
+    buf = DataBuffer([DataSource("base", rows(-10, 10)), live], directory=tmp_path)
+    buf.ingest(rows(0, 2), "live")
+    size = segment_files(tmp_path)[0].stat().st_size
+    with pytest.raises(ValueError) as e:
+        buf.ingest(table, source)
+    assert message in str(e.value)
+    assert buf.sources()["live"]["rows"] == 2 and segment_files(tmp_path)[0].stat().st_size == size
+    stats = buf.stats()
+    assert stats["rejected"] == 1 and message in stats["rejections"][-1]["message"]
+    assert buf.ingest(rows(2, 1), "live")["first"] == 2  # still serving
+
+
+def test_bad_batch_ids_are_refused(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path)
+    for bad in ["", "a b", "x" * 129, "../etc"]:
+        with pytest.raises(ValueError, match="batch_id"):
+            buf.ingest(rows(0, 1), "live", batch_id=bad)
+    DataBuffer([DataSource("other", schema=SCHEMA), DataSource("live", schema=SCHEMA)], directory=tmp_path / "2").ingest(
+        rows(0, 1), "other", batch_id="same"
+    )
+
+
+def test_static_sources_from_parquet_arrow_and_hf_datasets(tmp_path: Path) -> None:
+    t = rows(0, 100)
+    pq.write_table(t, tmp_path / "base.parquet")
+    with pa.OSFile(str(tmp_path / "base.arrow"), "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+        w.write_table(t)
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset(t)
+    for src in (
+        DataSource("base", path=tmp_path / "base.parquet"),
+        DataSource("base", path=str(tmp_path / "base.arrow")),
+        DataSource("base", dataset=ds),
+        DataSource("base", dataset=ds.shuffle(seed=1)),
+    ):
+        buf = DataBuffer([src])
+        assert buf.sources()["base"]["rows"] == 100 and not buf.sources()["base"]["live"]
+        assert sorted(all_ids(buf, "base").tolist()) == list(range(100))
+    # Arrow IPC files are used in place: the table's buffers live in the memory map.
+    before = pa.total_allocated_bytes()
+    DataBuffer([DataSource("base", path=tmp_path / "base.arrow")])
+    assert pa.total_allocated_bytes() - before < t.nbytes
+    with pytest.raises(ValueError, match="does not exist"):
+        DataBuffer([DataSource("base", path=tmp_path / "missing.parquet")])
+    with pytest.raises(ValueError, match="give one of table, path, dataset"):
+        DataSource("base", t, path=tmp_path / "base.parquet")
+
+
+def test_fresh_first_puts_every_new_row_into_the_next_batches(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, policy="fresh", base=True)
+    buf.set_mixture({"base": 0.5, "live": 0.5})
+    buf.ingest(rows(0, 200), "live")
+    buf.next_batches(32, 20)  # drain the first backlog
+    seen: set[int] = set()
+    for i in range(10):
+        new = set(range(1000 + i * 8, 1000 + i * 8 + 8))
+        buf.ingest(rows(1000 + i * 8, 8), "live")
+        chunk = buf.next_batches(64, 1)
+        assert chunk is not None
+        ids = set(chunk.table.column("id").to_numpy().tolist())
+        assert new <= ids, f"new rows {sorted(new - ids)} missing from the next batch"
+        seen |= ids
+        assert chunk.meta[0]["first_use_times"].size >= 8
+
+
+def test_recency_weighted_draws_favour_new_rows(tmp_path: Path) -> None:
+    src = DataSource("live", schema=SCHEMA, policy="recency", half_life=100)
+    buf = DataBuffer([src], directory=tmp_path)
+    buf.ingest(rows(0, 2000), "live")
+    chunk = buf.next_batches(1000, 10)
+    assert chunk is not None
+    ids = chunk.table.column("id").to_numpy()
+    back = 1999 - ids
+    assert np.median(back) == pytest.approx(100, rel=0.15)  # half the draws within one half-life
+    assert (ids >= 0).all() and (ids < 2000).all()
+
+
+def test_same_seed_and_same_ingests_draw_the_same_batches(tmp_path: Path) -> None:
+    def run(path: Path, seed: int) -> list[np.ndarray]:
+        buf = live_buffer(path, seed=seed, policy="fresh", base=True)
+        out = []
+        for i in range(6):
+            buf.ingest(rows(i * 7, 7), "live")
+            chunk = buf.next_batches(16, 2)
+            assert chunk is not None
+            out.append(chunk.table.column("id").to_numpy())
+        return out
+
+    a, b, c = run(tmp_path / "a", 3), run(tmp_path / "b", 3), run(tmp_path / "c", 4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_the_position_carries_fresh_cursors_so_a_restore_redraws_the_same(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, policy="fresh")
+    buf.ingest(rows(0, 100), "live")
+    buf.next_batches(10, 3)
+    pos = buf.position()
+    assert pos["fresh"] == {"live": 30}
+    first = buf.next_batches(10, 4)
+    buf.restore(pos)
+    second = buf.next_batches(10, 4)
+    assert first is not None and second is not None
+    assert first.table.equals(second.table)
+
+
+def test_a_source_without_data_yet_is_shown_waiting_and_left_out(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, base=True)
+    info = buf.sources()["live"]
+    assert info["waiting_for_data"] and info["effective_weight"] == 0.0
+    chunk = buf.next_batches(32, 1)
+    assert chunk is not None and chunk.meta[0]["counts"] == {"base": 32}
+    buf.ingest(rows(0, 5), "live")
+    assert buf.sources()["live"]["effective_weight"] == pytest.approx(0.5)
+
+
+def test_stats_report_volume_rate_and_ages(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path)
+    for i in range(5):
+        buf.ingest(rows(i * 10, 10, blob=100), "live")
+    s = buf.stats()["sources"]["live"]
+    assert s["rows"] == 50 and s["bytes"] > 50 * 100 and s["ingest_rows_per_s"] > 0
+    time.sleep(0.05)
+    chunk = buf.next_batches(8, 1)
+    assert chunk is not None
+    meta = chunk.meta[0]
+    assert meta["live_rows"] == 8 and time.time() - meta["newest_time"] >= 0.05
+
+
+def test_any_tail_after_the_last_acknowledged_batch_is_dropped(tmp_path: Path) -> None:
+    """Random tails: noise, a continuation marker with a huge length, a cut message."""
+    rng = np.random.default_rng(0)
+    for trial in range(25):
+        path = tmp_path / str(trial)
+        buf = live_buffer(path)
+        for i in range(3):
+            buf.ingest(rows(i * 4, 4), "live")
+        seg = segment_files(path)[-1]
+        good = seg.stat().st_size
+        kind = trial % 3
+        if kind == 0:
+            tail = rng.integers(0, 256, int(rng.integers(1, 400)), dtype=np.uint8).tobytes()
+        elif kind == 1:
+            tail = b"\xff\xff\xff\xff" + int(rng.integers(1, 2**31 - 1)).to_bytes(4, "little") + os.urandom(int(rng.integers(0, 64)))
+        else:
+            buf.ingest(rows(12, 4), "live")
+            tail = b""
+            with open(seg, "r+b") as f:
+                f.truncate(good + int(rng.integers(1, seg.stat().st_size - good)))
+        with open(seg, "ab") as f:
+            f.write(tail)
+        again = live_buffer(path)
+        np.testing.assert_array_equal(all_ids(again), np.arange(12), err_msg=f"trial {trial}")
+        assert seg.stat().st_size == good
