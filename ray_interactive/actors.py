@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -207,8 +208,6 @@ class TrainerActor:
         def feed_factory(position: dict[str, Any] | None) -> RayFeed:
             if position is None:
                 position = ray.get(buffer.position.remote())
-            else:
-                buffer.restore.remote(position)
             return RayFeed(buffer, cfg.batch_size, cfg.batches_per_request, cfg.requests_in_flight, position)
 
         reporter = Reporter(lambda method, *args: getattr(controller, method).remote(*args), ray.get)
@@ -246,9 +245,74 @@ class TrainerActor:
         return True
 
 
+class _Turns:
+    """Serves numbered requests of one *stream* strictly in order (an async actor does not
+    promise call order); a newer stream, opened by its request 0, supersedes the old one,
+    whose late requests are answered as stale."""
+
+    def __init__(self, timeout: float = 120.0) -> None:
+        self.stream = -1
+        self.next = 0
+        self.timeout = timeout
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, stream: int, seq: int) -> bool:
+        """Wait for this request's turn; False if its stream was superseded."""
+        async with self._cond:
+            verdict = await asyncio.wait_for(self._cond.wait_for(lambda: self._ready(stream, seq)), self.timeout)
+            if verdict == "stale":
+                return False
+            if stream > self.stream:
+                self.stream, self.next = stream, 0
+                self._cond.notify_all()  # waiters of the old stream are now stale
+            return True
+
+    def _ready(self, stream: int, seq: int) -> str | None:
+        if stream < self.stream:
+            return "stale"
+        if (stream > self.stream and seq == 0) or (stream == self.stream and seq == self.next):
+            return "go"
+        return None
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.next += 1
+            self._cond.notify_all()
+
+
+class _GroupCommit:
+    """One fsync for every ingest written while the previous fsync ran (group commit):
+    concurrent ingests share the cost; each is acknowledged only once it is on disk."""
+
+    def __init__(self, buffer: DataBuffer) -> None:
+        self.buffer = buffer
+        self.written = 0  # ingests written so far
+        self.durable = 0  # ingests covered by the last finished fsync
+        self._task: asyncio.Future[None] | None = None
+
+    async def wait(self, upto: int) -> None:
+        while self.durable < upto:
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._sync())
+            await asyncio.shield(self._task)
+
+    async def _sync(self) -> None:
+        try:
+            upto, job = self.written, self.buffer.sync_job()
+            await asyncio.get_running_loop().run_in_executor(None, job)
+            self.durable = max(self.durable, upto)
+        finally:
+            self._task = None
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class BufferActor:
     """Ray shell of :class:`~ray_interactive.buffer.DataBuffer`.
+
+    An async actor: ingests are written at once and acknowledged after a shared fsync
+    (:class:`_GroupCommit`), and the trainer's batch requests, numbered, are served in
+    order (:class:`_Turns`). Everything else runs on the event loop between awaits, so
+    the plain buffer is never entered by two calls at once.
 
     Ray restarts it if its process dies (``max_restarts``); the constructor then rebuilds
     every acknowledged row from the run's segments. Calls in flight at the crash fail
@@ -272,6 +336,8 @@ class BufferActor:
             self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._controller: Any = None
         self._last_stats = 0.0
+        self._turns = _Turns()
+        self._commit = _GroupCommit(self._b)
 
     def _report(self, force: bool = False) -> None:
         """Freshness figures to the controller, at most every ``stats_interval_s``
@@ -287,44 +353,67 @@ class BufferActor:
         except ValueError:  # no controller (a buffer used on its own)
             pass
 
-    def ingest(self, table: Any, source: str, batch_id: str | None = None) -> dict[str, Any]:
+    async def ingest(self, table: Any, source: str, batch_id: str | None = None) -> dict[str, Any]:
+        group = self._cfg.buffer.fsync
         try:
-            return self._b.ingest(table, source, batch_id)
+            ack = self._b.ingest(table, source, batch_id, sync=not group)
         finally:
             self._report()
+        if group:  # a duplicate waits too: its first copy may not be on disk yet
+            self._commit.written += 1
+            await self._commit.wait(self._commit.written)
+        return ack
 
-    def next_batches(self, batch_size: int, count: int = 1) -> Any:
-        chunk = self._b.next_batches(batch_size, count)
+    async def next_batches(
+        self,
+        batch_size: int,
+        count: int = 1,
+        stream: int | None = None,
+        seq: int = 0,
+        position: dict[str, Any] | None = None,
+    ) -> Any:
+        """Draw batches; with ``stream``/``seq`` (the trainer's feed) requests are served in
+        order and the first of a stream restores ``position`` first. A request of a
+        superseded stream returns ``"stale"``."""
+        if stream is None:
+            chunk = self._b.next_batches(batch_size, count, position)
+        else:
+            if not await self._turns.acquire(stream, seq):
+                return "stale"
+            try:
+                chunk = self._b.next_batches(batch_size, count, position)
+            finally:
+                await self._turns.release()
         self._report()
         return chunk
 
-    def position(self) -> dict[str, Any]:
+    async def position(self) -> dict[str, Any]:
         return self._b.position()
 
-    def restore(self, position: dict[str, Any]) -> None:
+    async def restore(self, position: dict[str, Any]) -> None:
         self._b.restore(position)
 
-    def mixture(self) -> dict[str, float]:
+    async def mixture(self) -> dict[str, float]:
         return self._b.mixture()
 
-    def set_mixture(self, weights: dict[str, float]) -> dict[str, float]:
+    async def set_mixture(self, weights: dict[str, float]) -> dict[str, float]:
         return self._b.set_mixture(weights)
 
-    def sources(self) -> dict[str, Any]:
+    async def sources(self) -> dict[str, Any]:
         return self._b.sources()
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return {**self._b.stats(), "restarted": self._restarted}
 
-    def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> Any:
+    async def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> Any:
         return self._b.read(source, start, stop, columns)
 
-    def pid(self) -> int:
+    async def pid(self) -> int:
         return os.getpid()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._report(force=True)
         self._b.close()
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         return True

@@ -19,9 +19,11 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from ray_interactive.validation import validate_mixture
 log = logging.getLogger(__name__)
 
 _BATCH_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_MERGE_BYTES = 1 << 20  # small hot tables are merged up to this size (fewer blocks to search)
+_MERGE_BYTES = 256 << 10  # small hot tables are merged up to this size (fewer blocks to search)
 _RATE_WINDOW_S = 10.0
 
 
@@ -131,7 +133,8 @@ class _Source:
         self.schema = spec.resolved_schema(static)
         self.segments: list[Segment] = []
         self.hot: list[_Block] = []
-        self._hot_starts = np.empty(0, np.int64)
+        self._hot_starts: np.ndarray | None = None  # cache of the blocks' starts, for take()
+        self.hot_bytes = 0
         self.times = _Grow(np.float64)  # ingest time of each live row
         self.used = _Grow(np.bool_)  # whether a live row was drawn into a batch yet
         self.rejected = 0
@@ -160,10 +163,6 @@ class _Source:
 
     # -- storage -----------------------------------------------------------------------
     @property
-    def hot_bytes(self) -> int:
-        return sum(b.nbytes for b in self.hot)
-
-    @property
     def hot_rows(self) -> int:
         return self.rows - self.cold_rows
 
@@ -172,18 +171,19 @@ class _Source:
         """Rows in closed segments (readable through a memory map)."""
         return sum(seg.rows for seg in self.segments)
 
-    def append(self, table: pa.Table, batch_id: str, t: float) -> int:
+    def append(self, table: pa.Table, batch_id: str, t: float, sync: bool = True) -> int:
         """Store an accepted table (on disk first, if the buffer has a directory); returns
         the sequence number of its first row. Raises ``OSError`` with nothing stored."""
         first = self.rows
         table = table.combine_chunks()  # one record batch per ingest in the segment
         if self.writer is not None:
             batch = table.to_batches()[0]
-            size, closed = self.writer.append(batch, batch_id, first, t)
+            size, closed = self.writer.append(batch, batch_id, first, t, sync)
             self.disk_bytes += size
             if closed is not None:
                 self._add_segment(closed)
         self.hot.append(_Block(first, table, table.nbytes))
+        self.hot_bytes += table.nbytes
         self._merge_small_blocks()
         self.rows += table.num_rows
         self.times.fill(t, table.num_rows)
@@ -201,7 +201,7 @@ class _Source:
         while len(hot) >= 2 and hot[-1].rows >= hot[-2].rows and hot[-1].nbytes + hot[-2].nbytes <= _MERGE_BYTES:
             b, a = hot.pop(), hot.pop()
             hot.append(_Block(a.start, pa.concat_tables([a.table, b.table]).combine_chunks(), a.nbytes + b.nbytes))
-        self._hot_starts = np.fromiter((blk.start for blk in hot), np.int64, len(hot))
+        self._hot_starts = None
 
     def evict_oldest(self) -> bool:
         """Serve the oldest in-memory rows from the segments instead; False if it can't."""
@@ -213,7 +213,8 @@ class _Source:
             if closed is not None:
                 self._add_segment(closed)
         self.hot.pop(0)
-        self._hot_starts = self._hot_starts[1:]
+        self.hot_bytes -= block.nbytes
+        self._hot_starts = None
         self.cold_rows = block.start + block.rows
         return True
 
@@ -235,6 +236,8 @@ class _Source:
         if cold.any():
             parts.append(self._cold_table(schema).take(idx[cold]))
             idx = idx[~cold]
+        if self._hot_starts is None:
+            self._hot_starts = np.fromiter((blk.start for blk in self.hot), np.int64, len(self.hot))
         which = np.searchsorted(self._hot_starts, idx, side="right") - 1
         for b in np.unique(which):
             block = self.hot[b]
@@ -337,8 +340,13 @@ class DataBuffer:
         }
 
     # -- ingestion ---------------------------------------------------------------------
-    def ingest(self, table: pa.Table | pa.RecordBatch, source: str, batch_id: str | None = None) -> dict[str, Any]:
+    def ingest(
+        self, table: pa.Table | pa.RecordBatch, source: str, batch_id: str | None = None, sync: bool = True
+    ) -> dict[str, Any]:
         """Check ``table`` against the source's schema, store it durably, acknowledge it.
+
+        With ``sync=False`` the rows are written but not yet fsync'ed: the caller must run
+        :meth:`sync_job` before it passes the acknowledgement on (group commit).
 
         Raises ``ValueError`` (nothing stored) for an unknown or static source or a table
         that does not fit. A ``batch_id`` seen before is acknowledged again (``duplicate``
@@ -365,11 +373,26 @@ class DataBuffer:
             raise
         batch_id = batch_id or uuid.uuid4().hex
         t = time.time()
-        first = s.append(clean, batch_id, t)  # an OSError here stored nothing
+        first = s.append(clean, batch_id, t, sync)  # an OSError here stored nothing
         self._acks[batch_id] = (source, first, clean.num_rows)
         self._recent.append((t, source, clean.num_rows, clean.nbytes))
         self._enforce_memory()
         return self._ack(batch_id, duplicate=False, t=t)
+
+    def sync_job(self) -> Callable[[], None]:
+        """A function that makes every write so far durable (fsync of each segment with
+        unsynced writes); it may run on another thread while ingestion goes on."""
+        fds = [fd for s in self._sources.values() if s.writer is not None and (fd := s.writer.sync_fd()) is not None]
+
+        def job() -> None:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        return job
 
     def _ack(self, batch_id: str, duplicate: bool, t: float | None = None) -> dict[str, Any]:
         source, first, rows = self._acks[batch_id]
@@ -491,12 +514,15 @@ class DataBuffer:
                 meta["first_use_times"] = np.concatenate(first_use)
         return parts, meta
 
-    def next_batches(self, batch_size: int, count: int = 1) -> BatchChunk | None:
-        """Draw ``count`` batches of ``batch_size`` rows; None while no source has data.
+    def next_batches(self, batch_size: int, count: int = 1, position: dict[str, Any] | None = None) -> BatchChunk | None:
+        """Draw ``count`` batches of ``batch_size`` rows (from ``position``, if given);
+        None while no source has data.
 
         A source with a weight but no rows yet (a live source before its first ingest)
         is left out and the others are renormalised; ``sources()`` shows it waiting.
         """
+        if position is not None:
+            self.restore(position)
         sizes = {name: s.rows for name, s in self._sources.items()}
         weights = effective_weights(self._weights, sizes)  # fixed for the whole call
         if not any(weights.values()):

@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from ray_interactive.buffer import BatchChunk, DataBuffer
+from ray_interactive.validation import validate_mixture
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +99,27 @@ class RayFeed(_FeedBase):
         self.in_flight = in_flight
         self.window_s = window_s
         self._pending: collections.deque[Any] = collections.deque()
+        self._new_stream(position)
         self._last_pop = 0.0
         self.restarts = 0  # times the buffer actor came back from a crash
         self._interval = 0.0  # EMA of seconds between batches handed out
         self._top_up()
 
+    def _new_stream(self, position: dict[str, Any]) -> None:
+        """Number requests afresh; the first one carries the position to start from. The
+        buffer serves a stream's requests in order and drops older streams' late ones."""
+        self._stream = time.time_ns()
+        self._seq = 0
+        self._carry: dict[str, Any] | None = position
+
     def _top_up(self) -> None:
         if self.fixed is None and self._interval > 0:
             self.per_request = max(1, min(256, round(self.window_s / self._interval)))
         while len(self._pending) < self.in_flight:
-            self._pending.append(self.buffer.next_batches.remote(self.batch_size, self.per_request))
+            position, self._carry = self._carry, None
+            ref = self.buffer.next_batches.remote(self.batch_size, self.per_request, self._stream, self._seq, position)
+            self._pending.append(ref)
+            self._seq += 1
 
     def _pop(self) -> Batch:
         now = time.monotonic()
@@ -129,6 +141,8 @@ class RayFeed(_FeedBase):
             self._top_up()
             if chunk is None:
                 return None
+            if isinstance(chunk, str):  # "stale": cannot happen to the current stream
+                continue
             self._unpack(chunk)
         return self._pop()
 
@@ -151,17 +165,12 @@ class RayFeed(_FeedBase):
                 time.sleep(0.2)
 
     def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None:
-        """Drop prefetched batches and continue from ``position`` (optionally new weights).
-
-        Calls from one caller to a (non-threaded) actor run in order, so the restore runs
-        after the dropped requests and before the new ones.
-        """
+        """Drop prefetched batches and continue from ``position`` (optionally with new
+        mixture weights: checked here, so a refused change leaves the feed as it was)."""
+        if weights is not None:
+            position = {**position, "weights": validate_mixture(position["weights"], weights)}
         self._ready.clear()
         self._pending.clear()
-        try:
-            self.buffer.restore.remote(position)
-            if weights is not None:
-                ray.get(self.buffer.set_mixture.remote(weights))
-            self.position = ray.get(self.buffer.position.remote())
-        finally:  # a refused mixture must not leave the feed with nothing in flight
-            self._top_up()
+        self.position = position
+        self._new_stream(position)
+        self._top_up()

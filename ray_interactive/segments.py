@@ -79,14 +79,19 @@ class SegmentWriter:
         self.first = 0  # first seq of the open segment
         self.rows = 0  # rows in the open segment
         self.bytes_written = 0
+        self.dirty = False  # written to the OS but not yet fsync'ed (see sync_fd)
 
     @property
     def is_open(self) -> bool:
         return self._writer is not None
 
-    def append(self, batch: pa.RecordBatch, batch_id: str, first: int, t: float) -> tuple[int, Segment | None]:
-        """Write one batch durably; returns the bytes it took and, if that filled the
-        segment, the segment (closed and mapped)."""
+    def append(
+        self, batch: pa.RecordBatch, batch_id: str, first: int, t: float, sync: bool = True
+    ) -> tuple[int, Segment | None]:
+        """Write one batch; returns the bytes it took and, if that filled the segment, the
+        segment (closed and mapped). With ``sync`` (and ``fsync`` on) it is on disk when
+        this returns; without, the caller makes it durable later (:meth:`sync_fd`), which
+        lets one fsync cover many concurrent ingests."""
         if self._writer is None:
             self._open(first)
         assert self._writer is not None and self._file is not None
@@ -95,8 +100,10 @@ class SegmentWriter:
         try:
             self._writer.write_batch(batch, custom_metadata=meta)
             self._file.flush()
-            if self.fsync:
+            if self.fsync and sync:
                 os.fsync(self._file.fileno())
+            else:
+                self.dirty = self.fsync
         except BaseException:
             # Leave no half-written batch behind a later one: cut it off and start afresh.
             self._abort(before)
@@ -120,6 +127,15 @@ class SegmentWriter:
             _fsync_dir(self.directory)
         self.first, self.rows = first, 0
 
+    def sync_fd(self) -> int | None:
+        """A duplicate of the open segment's descriptor if it has unsynced writes (the
+        caller fsyncs and closes it, possibly on another thread: closing the segment
+        meanwhile does not affect the duplicate)."""
+        if not self.dirty or self._file is None:
+            return None
+        self.dirty = False
+        return os.dup(self._file.fileno())
+
     def _abort(self, size: int) -> None:
         try:
             assert self._file is not None
@@ -139,6 +155,7 @@ class SegmentWriter:
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
+        self.dirty = False
         self._file.close()
         self._file, self._writer = None, None
         return read_segment(self.path, self.schema)
