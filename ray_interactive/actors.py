@@ -4,8 +4,8 @@
   while others submit; one lock serialises access to the plain :class:`Controller`.
 * :class:`TrainerActor` - threaded with two concurrency groups: ``loop`` runs the step
   loop, ``control`` receives commands while the loop runs (FIELD-NOTES: ~2 ms answers).
-* :class:`BufferActor` - an ordinary (sequential) actor: calls from one caller run in
-  order, which the trainer's prefetching relies on.
+* :class:`BufferActor` - an async actor: ingests share fsyncs (group commit) and the
+  trainer's numbered batch requests are served in order; restarted by Ray if it dies.
 """
 
 from __future__ import annotations
@@ -258,8 +258,8 @@ class _Turns:
 
     async def acquire(self, stream: int, seq: int) -> bool:
         """Wait for this request's turn; False if its stream was superseded."""
-        async with self._cond:
-            verdict = await asyncio.wait_for(self._cond.wait_for(lambda: self._ready(stream, seq)), self.timeout)
+        async with asyncio.timeout(self.timeout), self._cond:
+            verdict = await self._cond.wait_for(lambda: self._ready(stream, seq))
             if verdict == "stale":
                 return False
             if stream > self.stream:
@@ -274,10 +274,11 @@ class _Turns:
             return "go"
         return None
 
-    async def release(self) -> None:
+    async def release(self, stream: int, seq: int) -> None:
         async with self._cond:
-            self.next += 1
-            self._cond.notify_all()
+            if stream == self.stream and seq == self.next:  # not a superseded stream's late turn
+                self.next += 1
+                self._cond.notify_all()
 
 
 class _GroupCommit:
@@ -299,7 +300,14 @@ class _GroupCommit:
     async def _sync(self) -> None:
         try:
             upto, job = self.written, self.buffer.sync_job()
-            await asyncio.get_running_loop().run_in_executor(None, job)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, job)
+            except OSError:
+                # After a failed fsync the kernel may have dropped the dirty pages: what is
+                # on disk is unknown. Die, so Ray restarts the actor and it recovers from what
+                # the segments really hold; clients retry their unacknowledged batch_ids.
+                log.critical("fsync failed; restarting the buffer to recover from disk", exc_info=True)
+                os._exit(70)
             self.durable = max(self.durable, upto)
         finally:
             self._task = None
@@ -374,16 +382,16 @@ class BufferActor:
     ) -> Any:
         """Draw batches; with ``stream``/``seq`` (the trainer's feed) requests are served in
         order and the first of a stream restores ``position`` first. A request of a
-        superseded stream returns ``"stale"``."""
+        superseded stream returns ``{"stale": current stream}``."""
         if stream is None:
             chunk = self._b.next_batches(batch_size, count, position)
         else:
             if not await self._turns.acquire(stream, seq):
-                return "stale"
+                return {"stale": self._turns.stream}
             try:
                 chunk = self._b.next_batches(batch_size, count, position)
             finally:
-                await self._turns.release()
+                await self._turns.release(stream, seq)
         self._report()
         return chunk
 

@@ -1,7 +1,7 @@
 """The data buffer: named sources of Arrow rows and mixture sampling of training batches.
 
 * A *static* source is a base dataset, used where it lies (a table, a memory-mapped Arrow
-  or Parquet file, a Hugging Face dataset).
+  IPC file, a Hugging Face dataset) or decoded once (Parquet).
 * A *live* source grows by :meth:`DataBuffer.ingest`. With a ``directory`` every accepted
   table is on disk (:mod:`ray_interactive.segments`, fsync by default) before it is
   acknowledged, a repeated ``batch_id`` is acknowledged without storing the rows twice,
@@ -42,7 +42,7 @@ from ray_interactive.sampling import (
     take_fresh,
 )
 from ray_interactive.schemas import check_limits, conform
-from ray_interactive.segments import Segment, SegmentWriter, recover_source
+from ray_interactive.segments import Segment, SegmentWriter, read_segment, recover_source
 from ray_interactive.task import DataSource
 from ray_interactive.validation import validate_mixture
 
@@ -51,6 +51,16 @@ log = logging.getLogger(__name__)
 _BATCH_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MERGE_BYTES = 256 << 10  # small hot tables are merged up to this size (fewer blocks to search)
 _RATE_WINDOW_S = 10.0
+_MIN_EARLY_ROLL = 4 << 20  # the open segment is closed early (memory cap) only from this size
+
+
+def _owned(table: pa.Table) -> pa.Table:
+    """``table`` in memory this process owns. A table that came as a Ray argument may be
+    a view of the object store, where holding it would pin memory the cap doesn't see."""
+    batches = table.to_batches()
+    if len(batches) != 1 or table.nbytes < 64 << 10:  # small ones are merged (copied) soon anyway
+        return table
+    return pa.Table.from_batches([pa.ipc.read_record_batch(batches[0].serialize(), table.schema)])
 
 
 def check_batch_id(batch_id: Any) -> str:
@@ -139,6 +149,7 @@ class _Source:
         self.used = _Grow(np.bool_)  # whether a live row was drawn into a batch yet
         self.rejected = 0
         self.writer: SegmentWriter | None = None
+        self.broken: str | None = None  # set when the segment files can no longer be trusted
         self._cold: pa.Table | None = None
         self._cold_selected: pa.Table | None = None
         self.batch_ids: list[tuple[str, int, int]] = []  # recovered (batch_id, first, rows)
@@ -174,21 +185,48 @@ class _Source:
     def append(self, table: pa.Table, batch_id: str, t: float, sync: bool = True) -> int:
         """Store an accepted table (on disk first, if the buffer has a directory); returns
         the sequence number of its first row. Raises ``OSError`` with nothing stored."""
+        if self.broken:
+            raise OSError(f"source {self.name!r}: its storage failed ({self.broken}); restart the buffer to recover")
         first = self.rows
-        table = table.combine_chunks()  # one record batch per ingest in the segment
+        table = _owned(table.combine_chunks())  # one record batch per ingest in the segment
         if self.writer is not None:
-            batch = table.to_batches()[0]
-            size, closed = self.writer.append(batch, batch_id, first, t, sync)
-            self.disk_bytes += size
-            if closed is not None:
-                self._add_segment(closed)
+            try:
+                self.disk_bytes += self.writer.append(table.to_batches()[0], batch_id, first, t, sync)
+            except BaseException:
+                self._after_failed_write()
+                raise
         self.hot.append(_Block(first, table, table.nbytes))
         self.hot_bytes += table.nbytes
         self._merge_small_blocks()
         self.rows += table.num_rows
         self.times.fill(t, table.num_rows)
         self.used.fill(False, table.num_rows)
+        if self.writer is not None and self.writer.full:
+            self._roll()
         return first
+
+    def _after_failed_write(self) -> None:
+        """The writer cut its segment back to the last whole batch and closed it: keep
+        that segment's earlier batches readable, or stop storing if that is impossible."""
+        assert self.writer is not None
+        if self.writer.broken:
+            self.broken = self.writer.broken
+        elif self.writer.rows and self.writer.path is not None:
+            try:
+                self._add_segment(read_segment(self.writer.path, self.schema, repair=False))
+            except Exception as e:  # noqa: BLE001 - recorded; ingests refused until a restart
+                self.broken = f"{type(e).__name__}: {e}"
+
+    def _roll(self) -> None:
+        assert self.writer is not None
+        try:
+            closed = self.writer.close()
+        except Exception as e:  # noqa: BLE001 - the rows are written; a restart re-reads them
+            log.exception("closing segment %s failed", self.writer.path)
+            self.broken = f"closing a segment failed: {type(e).__name__}: {e}"
+            return
+        if closed is not None:
+            self._add_segment(closed)
 
     def _add_segment(self, seg: Segment) -> None:
         self.segments.append(seg)
@@ -205,13 +243,17 @@ class _Source:
 
     def evict_oldest(self) -> bool:
         """Serve the oldest in-memory rows from the segments instead; False if it can't."""
-        if not self.hot or self.writer is None:
+        if not self.hot or self.writer is None or self.broken:
             return False
         block = self.hot[0]
-        if block.start + block.rows > self.durable_rows:  # still in the open segment: close it
-            closed = self.writer.close()
-            if closed is not None:
-                self._add_segment(closed)
+        if block.start + block.rows > self.durable_rows:
+            # Still in the open segment: close it early, unless it is small (a tiny cap
+            # would otherwise make a segment, and a memory map, per ingest).
+            if self.writer.size < min(self.writer.segment_bytes, _MIN_EARLY_ROLL):
+                return False
+            self._roll()
+            if block.start + block.rows > self.durable_rows:
+                return False
         self.hot.pop(0)
         self.hot_bytes -= block.nbytes
         self._hot_starts = None
@@ -245,10 +287,8 @@ class _Source:
         return parts
 
     def close(self) -> None:
-        if self.writer is not None:
-            closed = self.writer.close()
-            if closed is not None:
-                self._add_segment(closed)
+        if self.writer is not None and not self.broken:
+            self._roll()
 
 
 class DataBuffer:
@@ -281,7 +321,7 @@ class DataBuffer:
         self._rng = np.random.default_rng(seed)
         self._cursors: dict[str, list[int]] = {}  # epoch source -> [epoch, position]
         self._fresh: dict[str, int] = {}  # fresh-first source -> first row never drawn
-        self._perms: dict[tuple[str, int], np.ndarray] = {}
+        self._perms: dict[tuple[str, int, int], np.ndarray] = {}
         self._batches = 0
         self.batch_columns = self._common_columns()
         self.batch_schema = self._batch_schema()
@@ -425,7 +465,8 @@ class DataBuffer:
             if not candidates:
                 return  # memory-only buffer (no directory): nothing to fall back on
             oldest = min(candidates, key=lambda s: s.times.view()[s.hot[0].start])
-            oldest.evict_oldest()
+            if not oldest.evict_oldest():
+                return  # over the cap until the open segment is big enough to close
 
     # -- mixture -----------------------------------------------------------------------
     def mixture(self) -> dict[str, float]:
@@ -459,21 +500,24 @@ class DataBuffer:
 
     # -- sampling ----------------------------------------------------------------------
     def _take_epoch(self, s: _Source, k: int) -> np.ndarray:
-        epoch, pos = self._cursors.get(s.name, [0, 0])
+        # The cursor keeps the epoch's size: a live source grows, but an epoch is over the
+        # rows there were when it began (later ones join the next), also after a restore.
+        epoch, pos, *rest = self._cursors.get(s.name, [0, 0])
+        size = int(rest[0]) if rest else s.rows
         out = []
         while k > 0:
-            key = (s.name, epoch)
+            key = (s.name, epoch, size)
             perm = self._perms.get(key)
             if perm is None:
                 self._perms = {kk: v for kk, v in self._perms.items() if kk[0] != s.name}
-                perm = self._perms[key] = epoch_permutation(self.seed, s.name, epoch, s.rows)
+                perm = self._perms[key] = epoch_permutation(self.seed, s.name, epoch, size)
             take = min(k, len(perm) - pos)
             out.append(perm[pos : pos + take])
             pos += take
             k -= take
             if pos >= len(perm):
-                epoch, pos = epoch + 1, 0
-        self._cursors[s.name] = [epoch, pos]
+                epoch, pos, size = epoch + 1, 0, s.rows
+        self._cursors[s.name] = [epoch, pos, size]
         return np.concatenate(out)
 
     def _indices(self, s: _Source, k: int) -> np.ndarray:
@@ -482,7 +526,8 @@ class DataBuffer:
         if s.policy == "recency":
             return draw_recent(self._rng, s.rows, k, s.half_life)
         if s.policy == "fresh":
-            new, self._fresh[s.name] = take_fresh(self._fresh.get(s.name, 0), s.rows, k)
+            cursor = min(self._fresh.get(s.name, 0), s.rows)  # rows lost in a crash were never acknowledged
+            new, self._fresh[s.name] = take_fresh(cursor, s.rows, k)
             if len(new) == k:
                 return new
             return np.concatenate([new, draw_uniform(self._rng, s.rows, k - len(new))])

@@ -108,7 +108,8 @@ class RayFeed(_FeedBase):
     def _new_stream(self, position: dict[str, Any]) -> None:
         """Number requests afresh; the first one carries the position to start from. The
         buffer serves a stream's requests in order and drops older streams' late ones."""
-        self._stream = time.time_ns()
+        # Increasing even if the clock steps back (and past any stream the buffer has seen).
+        self._stream = max(time.time_ns(), getattr(self, "_stream", 0) + 1, getattr(self, "_floor", 0))
         self._seq = 0
         self._carry: dict[str, Any] | None = position
 
@@ -141,7 +142,9 @@ class RayFeed(_FeedBase):
             self._top_up()
             if chunk is None:
                 return None
-            if isinstance(chunk, str):  # "stale": cannot happen to the current stream
+            if isinstance(chunk, dict):  # stale: the buffer saw a newer stream (a clock step)
+                self._floor = chunk["stale"] + 1
+                self.reset(self.position)
                 continue
             self._unpack(chunk)
         return self._pop()

@@ -65,9 +65,18 @@ def _array_row_bytes(arr: pa.Array) -> np.ndarray:
     if pa.types.is_fixed_size_list(t):
         child = _array_row_bytes(arr.values.slice(arr.offset * t.list_size, n * t.list_size))
         return child.reshape(n, t.list_size).sum(axis=1) if n else np.zeros(0, np.int64)
-    if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+    if (
+        pa.types.is_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary_view(t)
+    ):
+        if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+            arr = arr.cast(pa.large_binary())  # binary_length has no view kernel
         return pc.binary_length(arr).fill_null(0).to_numpy().astype(np.int64)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
         offsets = arr.offsets.to_numpy()
         child = _array_row_bytes(arr.values)
         cum = np.concatenate([[0], np.cumsum(child)])
@@ -79,8 +88,8 @@ def _array_row_bytes(arr: pa.Array) -> np.ndarray:
         return out
     try:
         width = t.bit_width // 8 if t.bit_width >= 8 else 1
-    except ValueError:  # no fixed width: spread the array's bytes evenly
-        return np.full(n, arr.nbytes // max(n, 1), np.int64)
+    except ValueError:  # unions, list views, run-end encoded...: cannot be measured per row
+        raise ValueError(f"row sizes of type {t} cannot be measured; drop max_row_bytes or use another type") from None
     return np.full(n, width, np.int64)
 
 

@@ -80,18 +80,19 @@ class SegmentWriter:
         self.rows = 0  # rows in the open segment
         self.bytes_written = 0
         self.dirty = False  # written to the OS but not yet fsync'ed (see sync_fd)
+        self.broken: str | None = None  # why the file could not be put back in order, if so
 
     @property
     def is_open(self) -> bool:
         return self._writer is not None
 
-    def append(
-        self, batch: pa.RecordBatch, batch_id: str, first: int, t: float, sync: bool = True
-    ) -> tuple[int, Segment | None]:
-        """Write one batch; returns the bytes it took and, if that filled the segment, the
-        segment (closed and mapped). With ``sync`` (and ``fsync`` on) it is on disk when
-        this returns; without, the caller makes it durable later (:meth:`sync_fd`), which
-        lets one fsync cover many concurrent ingests."""
+    def append(self, batch: pa.RecordBatch, batch_id: str, first: int, t: float, sync: bool = True) -> int:
+        """Write one batch; returns the bytes it took. With ``sync`` (and ``fsync`` on) it
+        is on disk when this returns; without, the caller makes it durable later
+        (:meth:`sync_fd`), which lets one fsync cover many concurrent ingests.
+
+        If the write fails, the segment is cut back to its last whole batch, synced and
+        closed (``path``/``rows`` still describe it) and the error is raised."""
         if self._writer is None:
             self._open(first)
         assert self._writer is not None and self._file is not None
@@ -111,8 +112,16 @@ class SegmentWriter:
         size = self._file.tell() - before
         self.rows += batch.num_rows
         self.bytes_written += size
-        closed = self.close() if self._file.tell() >= self.segment_bytes else None
-        return size, closed
+        return size
+
+    @property
+    def size(self) -> int:
+        """Bytes in the open segment (0 if none is open)."""
+        return self._file.tell() if self._file is not None else 0
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.segment_bytes
 
     def _open(self, first: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -141,9 +150,13 @@ class SegmentWriter:
             assert self._file is not None
             self._file.flush()
             self._file.truncate(size)
+            if self.fsync:  # earlier writes may be waiting for a group fsync
+                os.fsync(self._file.fileno())
             self._file.close()
-        except Exception:  # the disk may be what failed; recovery will cut the tail anyway
-            log.exception("could not truncate %s after a failed write", self.path)
+        except Exception as e:  # the disk may be what failed: recovery cuts the tail anyway
+            log.exception("could not put %s back in order after a failed write", self.path)
+            self.broken = f"{type(e).__name__}: {e}"
+        self.dirty = False
         self._file, self._writer = None, None
 
     def close(self) -> Segment | None:
@@ -151,18 +164,21 @@ class SegmentWriter:
         if self._writer is None:
             return None
         assert self._file is not None and self.path is not None
-        self._writer.close()
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self.dirty = False
-        self._file.close()
-        self._file, self._writer = None, None
-        return read_segment(self.path, self.schema)
+        try:
+            self._writer.close()
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+        finally:
+            self.dirty = False
+            self._file, self._writer = None, None
+        return read_segment(self.path, self.schema, repair=False)
 
 
-def read_segment(path: Path, schema: pa.Schema) -> Segment:
-    """Map a segment and read its batches; a torn tail is cut off the file."""
+def read_segment(path: Path, schema: pa.Schema, repair: bool = True) -> Segment:
+    """Map a segment and read its batches. With ``repair`` (the newest segment only: the
+    one a crash can have torn) a bad tail is cut off the file; otherwise it is an error."""
     m = _SEGMENT_RE.match(path.name)
     if not m:
         raise ValueError(f"{path} is not a segment file")
@@ -194,12 +210,19 @@ def read_segment(path: Path, schema: pa.Schema) -> Segment:
     except (pa.ArrowException, OSError) as e:  # a torn or garbled message
         torn = str(e)
     size = path.stat().st_size
+    bad_tail = torn is not None or (good < size and not _is_eos(path, good, size))
+    if bad_tail and not repair:
+        source.close()
+        raise ValueError(
+            f"segment {path} is damaged after byte {good} of {size} ({torn or 'trailing bytes'}); it is not the "
+            "newest segment, so this is not a torn write: refusing to cut acknowledged data"
+        )
     if torn is not None and good == 0:  # not even a whole schema: nothing was ever acknowledged
         source.close()
         log.warning("dropping %s: %s", path, torn)
         path.unlink()
         return Segment(path, first, 0, schema.empty_table(), [])
-    if torn is not None or (good < size and not _is_eos(path, good, size)):
+    if bad_tail:
         log.warning("segment %s: torn tail after byte %d of %d cut off (%s)", path, good, size, torn or "trailing bytes")
         source.close()
         with open(path, "r+b") as f:
@@ -236,8 +259,8 @@ def recover_source(directory: Path, schema: pa.Schema) -> list[Segment]:
     paths = sorted(p for p in directory.iterdir() if _SEGMENT_RE.match(p.name))
     segments: list[Segment] = []
     expected = 0
-    for p in paths:
-        seg = read_segment(p, schema)
+    for i, p in enumerate(paths):
+        seg = read_segment(p, schema, repair=i == len(paths) - 1)
         if seg.rows == 0:
             if p.exists():  # an empty segment (opened, never written): not needed
                 p.unlink()

@@ -77,8 +77,8 @@ class DataSource:
         given = [k for k in ("table", "path", "dataset") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"source {self.name!r}: give one of table, path, dataset (got {', '.join(given)})")
-        if self.half_life < 1:
-            raise ValueError(f"source {self.name!r}: half_life must be >= 1 row")
+        if not 1 <= self.half_life <= 1e12:
+            raise ValueError(f"source {self.name!r}: half_life must be between 1 and 1e12 rows")
         for k in ("max_row_bytes", "max_table_bytes"):
             v = getattr(self, k)
             if v is not None and v < 1:

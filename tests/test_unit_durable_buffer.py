@@ -119,10 +119,13 @@ def test_memory_cap_keeps_memory_bounded_and_older_rows_sampleable_from_the_map(
 
 
 def test_rows_cap_is_respected_too(tmp_path: Path) -> None:
-    buf = live_buffer(tmp_path, memory_rows=50)
+    buf = live_buffer(tmp_path, memory_rows=50, segment_mb=0.01)
+    writer = buf._sources["live"].writer
+    assert writer is not None
     for i in range(30):
-        buf.ingest(rows(i * 10, 10), "live")
-        assert buf.stats()["sources"]["live"]["memory_rows"] <= 50
+        buf.ingest(rows(i * 10, 10, blob=200), "live")
+        # Rows of the open segment stay until it is big enough to close (here 10 KB).
+        assert buf.stats()["sources"]["live"]["memory_rows"] <= 50 + writer.rows
     np.testing.assert_array_equal(all_ids(buf), np.arange(300))
 
 
@@ -293,3 +296,67 @@ def test_any_tail_after_the_last_acknowledged_batch_is_dropped(tmp_path: Path) -
         again = live_buffer(path)
         np.testing.assert_array_equal(all_ids(again), np.arange(12), err_msg=f"trial {trial}")
         assert seg.stat().st_size == good
+
+
+def test_a_tiny_memory_cap_does_not_make_a_segment_per_ingest(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, memory_rows=1)
+    for i in range(200):
+        buf.ingest(rows(i, 1), "live")
+    assert len(segment_files(tmp_path)) == 1
+    np.testing.assert_array_equal(all_ids(buf), np.arange(200))
+
+
+def test_a_failed_fsync_stores_nothing_and_a_restart_recovers_what_was_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buf = live_buffer(tmp_path, memory_mb=0.01)
+    for i in range(3):
+        buf.ingest(rows(i * 10, 10, blob=100), "live")
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        buf.ingest(rows(30, 10, blob=100), "live")
+    monkeypatch.undo()
+    assert buf.sources()["live"]["rows"] == 30
+    np.testing.assert_array_equal(all_ids(buf), np.arange(30))  # still served
+    # After a failed fsync what is on disk is unknown: no more ingests until a restart.
+    with pytest.raises(OSError, match="restart the buffer"):
+        buf.ingest(rows(30, 10), "live")
+    again = live_buffer(tmp_path, memory_mb=0.01)
+    np.testing.assert_array_equal(all_ids(again), np.arange(30))
+    for i in range(3, 40):
+        again.ingest(rows(i * 10, 10, blob=100), "live")
+    np.testing.assert_array_equal(all_ids(again), np.arange(400))
+    np.testing.assert_array_equal(all_ids(live_buffer(tmp_path)), np.arange(400))
+
+
+def test_a_damaged_older_segment_is_an_error_not_a_silent_cut(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path, segment_mb=0.01)
+    for i in range(20):
+        buf.ingest(rows(i * 10, 10, blob=200), "live")
+    first = segment_files(tmp_path)[0]
+    size = first.stat().st_size
+    with open(first, "r+b") as f:
+        f.truncate(size - 50)
+    with pytest.raises(ValueError, match="not the newest segment"):
+        live_buffer(tmp_path, segment_mb=0.01)
+    assert first.stat().st_size == size - 50  # left as it was, for a person to look at
+
+
+def test_epoch_over_a_growing_source_replays_exactly_after_a_restore(tmp_path: Path) -> None:
+    src = DataSource("live", schema=SCHEMA, policy="epoch")
+    buf = DataBuffer([src], seed=2, directory=tmp_path)
+    buf.ingest(rows(0, 10), "live")
+    buf.next_batches(4, 1)
+    pos = buf.position()
+    buf.ingest(rows(10, 5), "live")  # arrives mid-epoch: joins the next epoch
+    first = buf.next_batches(4, 3)
+    buf.restore(pos)
+    again = buf.next_batches(4, 3)
+    assert first is not None and again is not None
+    assert first.table.equals(again.table)
+    ids = first.table.column("id").to_numpy()
+    assert len(set(ids[:6].tolist())) == 6 and ids[:6].max() < 10  # the rest of epoch 0: old rows, each once

@@ -282,6 +282,8 @@ def test_load_checkpoint_publishes_the_new_branch(run: RunHandle, client: RunCli
     wait_until(lambda: client.status()["step"] >= saved.applied_step + 30, what="steps")
     load = applied(client, "load_checkpoint", checkpoint_id=cid, branch="wbranch")
     version = published_version(load)
+    # The number is given at the step; the object store put and its report follow off the loop.
+    wait_until(lambda: any(v["version"] == version for v in client.weight_versions()), what=f"version {version}")
     entry, state = client.weights(version)
     assert (entry.branch, entry.step, entry.reason) == ("wbranch", saved.applied_step, "load_checkpoint")
     ckpt = load_file(str(Path(run.config.resolved_run_dir) / "checkpoints" / cid / "model.safetensors"))
