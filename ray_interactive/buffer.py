@@ -622,6 +622,7 @@ class DataBuffer:
                 "ingest_bytes_per_s": r[1],
                 "rejected": s.rejected,
                 "live": s.live,
+                "storage_error": s.broken,  # set: ingests refused until the buffer restarts
             }
         return {
             "time": now,

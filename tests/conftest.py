@@ -73,3 +73,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def running_client(handle: RunHandle) -> Any:
+    """A client of ``handle``'s run, resumed first if an earlier test left it paused."""
+    c = handle.client()
+    if c.status()["status"] == "paused":
+        c.wait(c.send("resume"))
+    return c

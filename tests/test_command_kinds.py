@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ray_interactive.client import RunClient
 from ray_interactive.launch import RunHandle, start_run
 
-from .conftest import regression_config, wait_until
+from .conftest import regression_config, running_client, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,7 @@ def run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def client(run: RunHandle) -> RunClient:
-    c = run.client()
-    if c.status()["status"] == "paused":
-        c.wait(c.send("resume"))
-    return c
+    return running_client(run)
 
 
 def applied(client: RunClient, kind: str, **fields: Any) -> Any:

@@ -325,6 +325,7 @@ def test_a_failed_fsync_stores_nothing_and_a_restart_recovers_what_was_acknowled
     # After a failed fsync what is on disk is unknown: no more ingests until a restart.
     with pytest.raises(OSError, match="restart the buffer"):
         buf.ingest(rows(30, 10), "live")
+    assert "No space left" in buf.stats()["sources"]["live"]["storage_error"]
     again = live_buffer(tmp_path, memory_mb=0.01)
     np.testing.assert_array_equal(all_ids(again), np.arange(30))
     for i in range(3, 40):

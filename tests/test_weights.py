@@ -36,7 +36,7 @@ from ray_interactive.weights import (
     unpack_state,
 )
 
-from .conftest import REGRESSION, REPO, regression_config, wait_until
+from .conftest import REGRESSION, REPO, regression_config, running_client, wait_until
 
 
 def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -189,10 +189,7 @@ def run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def client(run: RunHandle) -> RunClient:
-    c = run.client()
-    if c.status()["status"] == "paused":
-        c.wait(c.send("resume"))
-    return c
+    return running_client(run)
 
 
 def applied(client: RunClient, kind: str, **fields: Any) -> Any:
