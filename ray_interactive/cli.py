@@ -167,8 +167,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.detach:
         print(f"detached: the run goes on after this process exits; stop it with `{prog} send {config.name} stop`")
         return 0
+    if getattr(args, "ui", False):
+        url = start_ui(client, args)
+        print(f"  control UI:                 {url}")
     tour = Tour(client) if getattr(args, "tour", False) else None
     return watch(handle, client, args.duration, tour, quiet=args.quiet)
+
+
+def _ui_auth(args: argparse.Namespace) -> tuple[str, str] | None:
+    from apps.control_ui import parse_auth
+
+    try:
+        text = Path(args.auth_file).read_text() if getattr(args, "auth_file", None) else os.environ.get("RI_UI_AUTH")
+        return parse_auth(text)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"UI authentication: {e}") from None
+
+
+def start_ui(client: Any, args: argparse.Namespace) -> str:
+    """Serve the control UI from this process (threads) and return its URL."""
+    from apps.control_ui import serve
+
+    try:
+        _, url = serve(client, host=args.ui_host, port=args.ui_port, auth=_ui_auth(args), block=False)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return url
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    url = start_ui(client, args)
+    print(f"control UI of run {args.run!r}: {url}  (Ctrl-C to quit; the run goes on)", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _ui_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--ui-host", default="127.0.0.1", help="bind the UI here (not 127.0.0.1: needs --auth-file)")
+    sp.add_argument("--ui-port", type=int, default=None, help="default: 7860 or the next free port")
+    sp.add_argument("--auth-file", default=None, help="a file holding one line user:password (or set RI_UI_AUTH)")
 
 
 def _prog() -> str:
@@ -288,6 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.lr = args.lr or 2e-3
     args.name = args.name or f"demo-{time.strftime('%H%M%S')}"
     args.tour = not args.no_tour
+    args.ui = not args.no_ui
     args.detach = False
     return cmd_run(args)
 
@@ -462,14 +504,23 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="from_checkpoint", metavar="CKPT", help="with --resume: this checkpoint")
     sp.add_argument("--config", help="a RunConfig as JSON")
     sp.add_argument("--detach", action="store_true", help="leave the run going after this process exits")
+    sp.add_argument("--ui", action="store_true", help="also serve the control UI from this process")
+    _ui_options(sp)
     run_options(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("demo", help="the main job: a small GPT-2 on WikiText-2, steered by a scripted tour")
     sp.add_argument("--data", default=None, help="WikiText-2 directory (default: a generated corpus)")
     sp.add_argument("--no-tour", action="store_true", help="no scripted commands; steer it yourself")
+    sp.add_argument("--no-ui", action="store_true", help="do not serve the control UI")
+    _ui_options(sp)
     run_options(sp)
     sp.set_defaults(func=cmd_demo, duration=None)
+
+    sp = sub.add_parser("ui", help="serve the control UI of a running run (Gradio)")
+    sp.add_argument("run")
+    _ui_options(sp)
+    sp.set_defaults(func=cmd_ui)
 
     for name, func, helptext in (
         ("status", cmd_status, "a run's status and latest metrics"),

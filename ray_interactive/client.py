@@ -130,11 +130,18 @@ class RunClient:
         since: int | None = None,
         max_points: int | None = None,
         include_ancestors: bool = False,
+        until: int | None = None,
     ) -> dict[str, dict[str, list[Any]]]:
-        """``{key: {"step": [...], "time": [...], "value": [...]}}`` of one branch."""
+        """``{key: {"step": [...], "time": [...], "value": [...]}}`` of one branch, steps
+        ``since..until``, thinned to ``max_points`` (min/max per bucket) if given."""
         return ray.get(
             self._controller.metrics.remote(
-                branch=branch, keys=keys, since=since, max_points=max_points, include_ancestors=include_ancestors
+                branch=branch,
+                keys=keys,
+                since=since,
+                max_points=max_points,
+                include_ancestors=include_ancestors,
+                until=until,
             )
         )
 

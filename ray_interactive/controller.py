@@ -320,13 +320,14 @@ class Controller:
         since: int | None = None,
         max_points: int | None = None,
         include_ancestors: bool = False,
+        until: int | None = None,
     ) -> dict[str, dict[str, list[Any]]]:
         """Metric series of a branch (default: the current one), optionally thinned."""
         branch = branch or self.trainer_status.get("branch", ROOT_BRANCH)
         if branch not in self.branches and branch not in self.metrics.series:
             raise ValueError(f"no branch {branch!r}; branches: {', '.join(sorted(self.branches))}")
         lineage = self.lineage(branch) if include_ancestors else [(branch, None)]
-        return self.metrics.query(lineage, keys, since, max_points)
+        return self.metrics.query(lineage, keys, since, max_points, until)
 
     def metric_keys(self, branch: str | None = None) -> list[str]:
         return self.metrics.keys(branch or self.trainer_status.get("branch", ROOT_BRANCH))

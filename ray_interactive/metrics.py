@@ -152,21 +152,23 @@ class MetricStore:
         keys: list[str] | None = None,
         since: int | None = None,
         max_points: int | None = None,
+        until: int | None = None,
     ) -> dict[str, dict[str, list[Any]]]:
         """Series along a lineage: ``[(root_branch, fork_step), ..., (branch, None)]``.
 
         Each element contributes its points up to the step where the next one forked
         from it. Returns ``{key: {"step": [...], "time": [...], "value": [...]}}``, each
-        thinned to ``max_points`` by min/max buckets when given.
+        thinned to ``max_points`` by min/max buckets when given; ``since``/``until``
+        bound the steps (the visible range of a zoomed plot).
         """
         names = keys if keys is not None else sorted({k for b, _ in lineage for k in self.series.get(b, {})})
         out: dict[str, dict[str, list[Any]]] = {}
         for key in names:
             parts = []
-            for branch, until in lineage:
+            for branch, limit in lineage:
                 s = self.series.get(branch, {}).get(key)
                 if s is not None:
-                    parts.append(s.window(since, until))
+                    parts.append(s.window(since, until if limit is None else (limit if until is None else min(until, limit))))
             if not parts:
                 continue
             steps = np.concatenate([p[0] for p in parts])
