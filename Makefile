@@ -14,7 +14,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup demo test bench lint clean
+.PHONY: browser setup demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ray-interactive demo --data=$(DATA) --duration=$(DURATION) $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's Chromium (Playwright's own download needs the internet).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium fonts-liberation >/dev/null; } || \
+		echo "note: could not install chromium (not root?); the browser test will be skipped"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_throughput.py

@@ -44,8 +44,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
             x_axis = gr.Radio(["step", "time"], value="step", label="x axis", scale=1)
             smoothing = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="smoothing (raw line stays)", scale=2)
             log_y = gr.Checkbox(value=False, label="log10 y", scale=1)
-            x_min = gr.Number(value=None, label="x from", scale=1, elem_id="x-min")
-            x_max = gr.Number(value=None, label="x to", scale=1, elem_id="x-max")
+            x_min = gr.Number(value=None, label="zoom from", scale=1, elem_id="x-min")
+            x_max = gr.Number(value=None, label="zoom to (not above 'from': all)", scale=1, elem_id="x-max")
             reset_zoom = gr.Button("reset zoom", scale=1)
         gr.Markdown("Drag across a plot to zoom into that range; double-click a plot (or *reset zoom*) to see it all.")
 

@@ -134,6 +134,8 @@ class Dashboard:
         if custom:
             panels["custom"] = [custom]
         keys = sorted({k for ks in panels.values() for k in ks})
+        if x_min is None or x_max is None or not x_max > x_min:  # an empty range means "all"
+            x_min = x_max = None
         since = until = None
         if x_axis == "step":
             since = int(math.floor(x_min)) if x_min is not None else None
@@ -257,24 +259,24 @@ class Dashboard:
         try:
             rec: CommandRecord = self.client.submit(payload, source="ui")
         except Exception as e:  # noqa: BLE001 - the UI must not fall over
-            return f"❌ could not send: {e}"
+            return f"failed to send: {e}"
         if rec.status.value == "rejected":
-            return f"❌ rejected: {rec.message}"
+            return f"rejected: {rec.message}"
         try:
             rec = self.client.wait(rec, timeout=5.0)
         except Exception:  # noqa: BLE001 - still pending: the history will show the outcome
-            return f"⏳ #{rec.seq} {rec.kind} accepted; waiting for the next step boundary"
+            return f"#{rec.seq} {rec.kind} accepted; waiting for the next step boundary"
         if rec.status.value == "applied":
-            return f"✅ #{rec.seq} {rec.kind} applied at step {rec.applied_step}" + (f": {rec.message}" if rec.message else "")
+            return f"#{rec.seq} {rec.kind} applied at step {rec.applied_step}" + (f": {rec.message}" if rec.message else "")
         if rec.status.value == "failed":
-            return f"❌ #{rec.seq} {rec.kind} failed: {rec.message}"
-        return f"⏳ #{rec.seq} {rec.kind} {rec.status.value}"
+            return f"#{rec.seq} {rec.kind} failed: {rec.message}"
+        return f"#{rec.seq} {rec.kind} {rec.status.value}"
 
     def _guard(self, build: Any) -> str:
         try:
             payload = build()
         except ValueError as e:
-            return f"❌ {e}"
+            return f"not sent: {e}"
         return self.send(payload)
 
     def update_optimizer(self, group: str, param: str, value: str) -> str:
@@ -314,7 +316,7 @@ class Dashboard:
     def simple(self, kind: str) -> str:
         """pause, resume, stop, evaluate, publish_weights."""
         if kind not in ("pause", "resume", "stop", "evaluate", "publish_weights"):
-            return f"❌ unknown action {kind[:40]!r}"
+            return f"not sent: unknown action {kind[:40]!r}"
         return self.send({"kind": kind})
 
     def save_checkpoint(self, tag: str) -> str:
@@ -323,7 +325,7 @@ class Dashboard:
 
     def load_checkpoint(self, checkpoint_id: str, branch: str) -> str:
         if not checkpoint_id:
-            return "❌ pick a checkpoint"
+            return "not sent: pick a checkpoint"
         branch = (branch or "").strip()
         return self.send({"kind": "load_checkpoint", "checkpoint_id": checkpoint_id, **({"branch": branch} if branch else {})})
 

@@ -1,0 +1,126 @@
+"""Control UI refresh cost for runs with 1k, 10k and 100k logged steps.
+
+For each size a run's controller actor is given that many steps of metrics (the keys a
+real run logs: loss, lr, grad_norm, samples_per_s, step_time_s, eval/loss every 10th
+step) on two branches, through the same call the trainer uses. Then the UI's refresh
+endpoint is called over HTTP with gradio_client, as the browser's timer does, and we
+report the server-side time of the refresh (median, p95) and the bytes of its answer.
+The series are thinned on the server to 400 points per branch and key, so the cost
+should hardly grow with the run's length. For scale: ``raw`` is the same refresh with
+thinning off (every point sent).
+
+    python benchmarks/bench_ui.py [--sizes 1000 10000 100000] [--calls 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from _common import machine, median, percentile, save  # noqa: E402
+
+from apps.control_ui import build_ui  # noqa: E402
+from apps.dashboard import Dashboard  # noqa: E402
+from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.launch import start_run  # noqa: E402
+
+
+def fill(controller: object, steps: int) -> None:
+    """``steps`` steps of metrics on main, and on a branch forked at half way."""
+    rng = np.random.default_rng(0)
+    t0 = time.time() - steps * 0.05
+    for branch, lo in (("main", 1), ("bench-branch", steps // 2)):
+        for start in range(lo, steps + 1, 5000):
+            rows = []
+            for s in range(start, min(start + 5000, steps + 1)):
+                row = {"loss": float(2.0 / np.sqrt(s) + 0.05 * rng.random()), "lr": 1e-3, "grad_norm": float(rng.random()),
+                       "samples_per_s": 1000.0 + float(rng.random()), "step_time_s": 0.01}
+                if s % 10 == 0:
+                    row["eval/loss"] = row["loss"]
+                rows.append((s, t0 + s * 0.05, row))
+            status = {"status": "paused", "step": steps, "branch": "main", "time": time.time()}
+            events = [("branch", ("bench-branch", "main", "main@bench", lo))] if branch != "main" and start == lo else None
+            ray.get(controller.trainer_progress.remote(branch, status, rows, events))  # type: ignore[attr-defined]
+
+
+def measure(url: str, calls: int) -> tuple[list[float], list[int]]:
+    from gradio_client import Client
+
+    gc = Client(url, verbose=False)
+    times, sizes = [], []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        out = gc.predict("step", 0.6, False, None, None, None, api_name="/refresh")
+        times.append(time.perf_counter() - t0)
+        sizes.append(len(json.dumps(out, default=str)))
+    return times, sizes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
+    ap.add_argument("--calls", type=int, default=20)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ui-"))
+    results = {}
+    for steps in args.sizes:
+        config = RunConfig(
+            name=f"bench-ui-{steps}",
+            task=TaskSpec(target="ray_interactive.examples.regression:RegressionTask"),
+            run_dir=tmp / str(steps),
+            start_paused=True,  # the step loop idles: only the UI's cost is measured
+            torch_threads=1,
+        )
+        handle = start_run(config)
+        fill(handle.controller, steps)
+        client = handle.client()
+        per = {}
+        for mode, max_points in (("thinned", 400), ("raw", 10**9)):
+            ui = build_ui(Dashboard(client, max_points=max_points), config.name, refresh_s=3600)
+            ui.queue()
+            _, url, _ = ui.launch(prevent_thread_lock=True, quiet=True, enable_monitoring=False)
+            try:
+                times, sizes = measure(url, args.calls if mode == "thinned" or steps <= 10000 else max(3, args.calls // 5))
+            finally:
+                ui.close()
+            per[mode] = {"median_s": median(times), "p95_s": percentile(times, 0.95), "bytes": median(sizes)}
+            print(f"{steps} steps {mode}: {per[mode]['median_s'] * 1000:.0f} ms, {per[mode]['bytes'] / 1024:.0f} KiB", flush=True)
+        results[steps] = per
+        handle.shutdown()
+
+    result = {"machine": machine(), "args": vars(args), "sizes": results}
+    m = result["machine"]
+    lines = [
+        "## Control UI refresh cost (`bench_ui.py`)",
+        "",
+        "One refresh = what the browser's timer asks for every 1.5 s (status, 7 plots for every branch, branch tree,",
+        "history, optimizer and data tables), called over HTTP with gradio_client; two branches of metrics.",
+        "`thinned`: the UI as shipped (min/max buckets, 400 points per series); `raw`: thinning off, for scale.",
+        "",
+        "| logged steps | refresh median | p95 | bytes sent | raw: median | raw: bytes |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for steps, per in results.items():
+        t, r = per["thinned"], per["raw"]
+        lines.append(
+            f"| {steps:,} | {t['median_s'] * 1000:.0f} ms | {t['p95_s'] * 1000:.0f} ms | {t['bytes'] / 1024:.0f} KiB "
+            f"| {r['median_s'] * 1000:.0f} ms | {r['bytes'] / 1024:.0f} KiB |"
+        )
+    lines += ["", f"Measured {m['date']} on {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start."]
+    save("ui", result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The control UI: served over HTTP for a real run, driven by headless Chromium and by
+gradio_client (the same endpoints scripts and agents use)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.control_ui import check_bind, serve
+from ray_interactive.launch import RunHandle, start_run
+
+from .conftest import REPO, regression_config, running_client, wait_until
+
+AUTH = ("tester", "correct-horse-battery")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+ENDPOINTS = {
+    "refresh",
+    "choices",
+    "update_optimizer",
+    "set_lr_schedule",
+    "set_grad_clip",
+    "set_grad_accumulation",
+    "pause",
+    "resume",
+    "stop",
+    "evaluate",
+    "publish_weights",
+    "save_checkpoint",
+    "load_checkpoint",
+    "set_data_mixture",
+    "update_module",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunHandle]:
+    config = regression_config(
+        tmp_path_factory.mktemp("ui"), task_kwargs={"live_source": True}, eval_every=25, metrics_interval_s=0.2
+    )
+    handle = start_run(config)
+    yield handle
+    handle.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ui_url(run: RunHandle) -> Iterator[str]:
+    ui, url = serve(running_client(run), port=free_port(), auth=AUTH, block=False, refresh_s=1.0)
+    yield url
+    ui.close()
+
+
+def test_binding_beyond_localhost_needs_a_login() -> None:
+    with pytest.raises(ValueError, match="without authentication"):
+        check_bind("0.0.0.0", None)
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        check_bind("0.0.0.0", ("u", "short"))
+    check_bind("0.0.0.0", AUTH)
+    check_bind("127.0.0.1", None)
+
+
+def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused(ui_url: str, run: RunHandle) -> None:
+    from gradio_client import Client
+
+    with pytest.raises(ValueError):
+        Client(ui_url, auth=("tester", "wrong-password"), verbose=False)
+    with pytest.raises(ValueError):
+        Client(ui_url, verbose=False)
+    gc = Client(ui_url, auth=AUTH, verbose=False)
+    assert ENDPOINTS <= {name.lstrip("/") for name in gc.view_api(print_info=False, return_format="dict")["named_endpoints"]}
+    client = running_client(run)
+
+    out = gc.predict("step", 0.6, False, None, None, None, api_name="/refresh")
+    assert "RUNNING" in out[0]
+    loss = out[1]
+    assert loss["data"] and {row[2] for row in loss["data"]} >= {"main", "main raw"}
+    assert len([r for r in loss["data"] if r[2] == "main raw"]) <= 400  # thinned on the server
+
+    assert "applied at step" in gc.predict("all", "lr", "4e-4", api_name="/update_optimizer")
+    assert all(g["hparams"]["lr"] == pytest.approx(4e-4) for g in client.snapshot()["groups"])
+    assert "rejected: lr must be in (0, 10]" in gc.predict("all", "lr", "-1", api_name="/update_optimizer")
+    assert "must be a number" in gc.predict("all", "lr", "fast please", api_name="/update_optimizer")
+    assert "applied" in gc.predict("cosine", 500, 0, 0.1, 0.1, api_name="/set_lr_schedule")
+    assert "rejected" in gc.predict("linear", -5, 0, 0.0, 0.1, api_name="/set_lr_schedule")
+    assert "applied" in gc.predict("2.5", api_name="/set_grad_clip")
+    assert client.snapshot()["grad_clip"] == 2.5
+    assert "applied" in gc.predict(2, api_name="/set_grad_accumulation")
+    assert "applied" in gc.predict(1, api_name="/set_grad_accumulation")
+    assert "applied" in gc.predict(api_name="/pause")
+    wait_until(lambda: client.status()["status"] == "paused", what="paused")
+    assert "applied" in gc.predict(api_name="/resume")
+    assert "applied" in gc.predict(api_name="/evaluate")
+    assert "published weights version" in gc.predict(api_name="/publish_weights")
+    assert "saved" in (msg := gc.predict("api-tag", api_name="/save_checkpoint"))
+    ckpt = msg.split("saved ")[1].split()[0]
+    assert "as branch api-branch" in gc.predict(ckpt, "api-branch", api_name="/load_checkpoint")
+    assert "applied" in gc.predict("base=0.6 live=0.4", api_name="/set_data_mixture")
+    assert "rejected: unknown data source" in gc.predict("nope=1", api_name="/set_data_mixture")
+    assert "applied" in gc.predict("3", "set_attribute", "p", "0.05", api_name="/update_module")
+    assert "rejected" in gc.predict("3", "set_attribute", "p", "7", api_name="/update_module")
+    assert "rejected: no module named" in gc.predict("no.such", "freeze", "", "", api_name="/update_module")
+    choices = gc.predict(api_name="/choices")
+    assert ["api-tag", "api-tag"] not in choices[2]["choices"] and any(ckpt in c for c in choices[2]["choices"])
+    assert "unknown action" in __import__("apps.dashboard", fromlist=["Dashboard"]).Dashboard(client).simple("explode")
+    rows = client.commands(limit=30)
+    # Every control went through the command API, stamped "ui" (a payload that did not
+    # even parse, like steps=-5, is logged without a source).
+    assert {r["source"] for r in rows if r["source"]} == {"ui"}
+    assert any(r["status"] == "rejected" and r["kind"] == "set_lr_schedule" for r in rows)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    client = running_client(run)
+    ARTIFACTS.mkdir(exist_ok=True)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(ui_url)
+            page.get_by_label("Username").fill(AUTH[0])
+            page.get_by_label("Password").fill(AUTH[1])
+            page.get_by_role("button", name="Login").click()
+
+            status = page.locator("#status")
+            expect(status).to_contain_text("RUNNING")
+            plot = page.locator("#plot-loss")
+            expect(plot.locator("canvas, svg").first).to_be_visible()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "control_ui_start.png"), full_page=True)
+            first = plot.screenshot()
+            wait_until(lambda: plot.screenshot() != first, timeout=30, interval=1.0, what="the loss plot to change")
+
+            # Change the lr: the message and the history row say "applied at step N".
+            page.locator("#opt-value textarea, #opt-value input").first.fill("3e-4")
+            page.locator("#opt-apply").click()
+            expect(page.locator("#opt-msg")).to_contain_text("applied at step", timeout=30_000)
+            history = page.locator("#history")
+            expect(history).to_contain_text("update_optimizer")
+            expect(history).to_contain_text("applied at step")
+            assert all(g["hparams"]["lr"] == pytest.approx(3e-4) for g in client.snapshot()["groups"])
+
+            # An invalid lr: the reason next to the control, and training goes on.
+            page.locator("#opt-value textarea, #opt-value input").first.fill("-0.5")
+            page.locator("#opt-apply").click()
+            expect(page.locator("#opt-msg")).to_contain_text("rejected: lr must be in (0, 10]")
+            step = client.status()["step"]
+            wait_until(lambda: client.status()["step"] > step + 5, what="training to go on")
+
+            # Pause and resume.
+            page.get_by_role("tab", name="Run & checkpoints").click()
+            page.locator("#btn-pause").click()
+            expect(status).to_contain_text("PAUSED", timeout=30_000)
+            page.locator("#btn-resume").click()
+            expect(status).to_contain_text("RUNNING", timeout=30_000)
+
+            # Save a checkpoint and load it as a new branch: the branch shows up.
+            page.locator("#btn-save").click()
+            expect(page.locator("#ckpt-msg")).to_contain_text("saved")
+            ckpt = page.locator("#ckpt-msg").inner_text().split("saved ")[1].split()[0]
+            box = page.locator("#ckpt-select input").first
+            box.fill(ckpt)
+            box.press("Enter")
+            page.locator("#branch-name textarea, #branch-name input").first.fill("ui-branch")
+            page.locator("#btn-load").click()
+            expect(page.locator("#ckpt-msg")).to_contain_text("as branch ui-branch", timeout=30_000)
+            expect(page.locator("#branch-tree")).to_contain_text("ui-branch")
+            expect(status).to_contain_text("ui-branch")
+            wait_until(lambda: client.metrics(keys=["loss"], branch="ui-branch").get("loss"), what="the branch's loss")
+            page.wait_for_timeout(2500)  # a refresh draws the new branch's line
+            page.screenshot(path=str(ARTIFACTS / "control_ui.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "control_ui.png").stat().st_size > 10_000
+    assert os.path.getsize(ARTIFACTS / "control_ui.png") > 0
