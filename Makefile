@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_weights.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_freshness.py
+	$(BIN)/python benchmarks/bench_ui.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check ray_interactive tests benchmarks
