@@ -184,7 +184,8 @@ class Dashboard:
     def data_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Sources (rows, weight as set and as drawn, rate, rejected) and recent rejections."""
         sources = self.client.sources()
-        stats = self.client.data_status().get("sources", {})
+        status = self.client.data_status()
+        stats = status.get("sources", {})
         rows = []
         for name, info in sources.items():
             st = stats.get(name, {})
@@ -204,7 +205,7 @@ class Dashboard:
             )
         rejections = [
             {"time": time.strftime("%H:%M:%S", time.localtime(r["time"])), "source": r["source"], "reason": r["message"]}
-            for r in reversed(self.client.data_status().get("rejections", [])[-20:])
+            for r in reversed(status.get("rejections", [])[-20:])
         ]
         return pd.DataFrame(rows), pd.DataFrame(rejections, columns=["time", "source", "reason"])
 
