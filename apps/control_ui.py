@@ -126,12 +126,15 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
         view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key]
         view_outputs = [status, *plots.values(), tree, history, opt_table, sources, rejections]
 
+        def _coloured(df: Any) -> Any:
+            return gr.LinePlot(value=df, color_map=dash.color_map(list(df["series"].unique())) if len(df) else None)
+
         def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None) -> list[Any]:
             frames = _safe(lambda: dash.plot_frames(xa, sm or 0.0, bool(ly), lo, hi, key or None), {})
             data = _safe(dash.data_tables, (None, None))
             return [
                 dash.status_markdown(),
-                *[frames.get(name, gr.skip()) for name in plots],
+                *[_coloured(frames[name]) if name in frames else gr.skip() for name in plots],
                 _safe(dash.branch_tree, gr.skip()),
                 _safe(dash.history, gr.skip()),
                 _safe(dash.optimizer_table, gr.skip()),

@@ -28,6 +28,13 @@ PANELS: dict[str, list[str]] = {
     "freshness": ["data/freshest_age_s", "data/mean_age_s", "data/first_use_p50_s", "data/first_use_p95_s"],
 }
 PLOT_COLUMNS = ["x", "y", "series"]
+#: One colour per branch (in order of creation); a branch's raw line is a paler shade of it.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _paler(hex_colour: str, amount: float = 0.6) -> str:
+    rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
 
 
 def _empty() -> pd.DataFrame:
@@ -74,6 +81,7 @@ class Dashboard:
     def __init__(self, client: Any, max_points: int = 400) -> None:
         self.client = client
         self.max_points = max_points
+        self._branches: dict[str, dict[str, Any]] = {}
 
     # -- reading ---------------------------------------------------------------------
     def status_markdown(self) -> str:
@@ -96,7 +104,8 @@ class Dashboard:
         return " · ".join(parts)
 
     def branches(self) -> dict[str, dict[str, Any]]:
-        return self.client.branches()
+        self._branches = self.client.branches()  # kept for color_map
+        return self._branches
 
     def branch_tree(self) -> str:
         """The branches as an indented tree: where each forked from."""
@@ -169,6 +178,17 @@ class Dashboard:
             out[panel] = df.reset_index(drop=True)
         return out
 
+    def color_map(self, series: list[str]) -> dict[str, str]:
+        """Colours of plot series: by branch (creation order), the raw line paler; a panel
+        with several metrics per branch (freshness) gives each metric its own colour."""
+        order = {b: i for i, b in enumerate(sorted(self._branches, key=lambda b: self._branches[b].get("created_at", 0)))}
+        out: dict[str, str] = {}
+        for i, name in enumerate(sorted(series)):
+            base, raw = (name[:-4], True) if name.endswith(" raw") else (name, False)
+            colour = PALETTE[order[base] % len(PALETTE)] if base in order else PALETTE[i % len(PALETTE)]
+            out[name] = _paler(colour) if raw else colour
+        return out
+
     @staticmethod
     def _lines(name: str, ys: np.ndarray, smoothing: float) -> list[tuple[str, np.ndarray]]:
         if smoothing <= 0:
@@ -222,12 +242,12 @@ class Dashboard:
                     "time": time.strftime("%H:%M:%S", time.localtime(r["received_at"])),
                     "source": r["source"] or "?",
                     "command": r["kind"] or "?",
-                    "args": json.dumps(r["args"])[:120],
                     "status": status,
                     "message": (r["message"] or "")[:300],
+                    "args": json.dumps(r["args"])[:120],
                 }
             )
-        return pd.DataFrame(rows, columns=["#", "time", "source", "command", "args", "status", "message"])
+        return pd.DataFrame(rows, columns=["#", "time", "source", "command", "status", "message", "args"])
 
     def optimizer_table(self) -> pd.DataFrame:
         """The live hyperparameters of every param group, read from the optimizer."""

@@ -84,7 +84,8 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
 
     out = gc.predict("step", 0.6, False, None, None, None, api_name="/refresh")
     assert "RUNNING" in out[0]
-    loss = out[1]
+    colours, loss = out[1]["color_map"], out[1]["value"]  # a plot update: data plus its colours
+    assert colours["main"] != colours["main raw"] and colours["main raw"] > colours["main"]  # the raw line is paler
     assert loss["data"] and {row[2] for row in loss["data"]} >= {"main", "main raw"}
     assert len([r for r in loss["data"] if r[2] == "main raw"]) <= 400  # thinned on the server
 
