@@ -9,6 +9,16 @@ The pieces: :mod:`~ray_interactive.commands` (what can be asked of a run),
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from pathlib import Path
+
+# Ray reads RAY_AUTH_MODE when it is imported: a process attaching to a local cluster with
+# token auth (Ray's default) must have it set before anything imports ray, or the cluster
+# answers "InvalidAuthToken". Importing ray_interactive first is enough. (Once ray is
+# imported, changing it only makes Python and Ray's core disagree: leave it then.)
+if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+    os.environ["RAY_AUTH_MODE"] = "token"
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:

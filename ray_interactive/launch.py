@@ -23,16 +23,14 @@ def init_ray(address: str | None = None, namespace: str | None = None, default: 
     """Connect to ``address``, else RAY_ADDRESS, else ``default``: None starts an embedded
     local cluster, ``"auto"`` attaches to the one running on this machine.
 
-    Set up so that a second process can attach: on a local cluster with token auth
-    (Ray's default), a process that connects by address needs ``RAY_AUTH_MODE=token``.
+    A second process attaching to a local cluster with token auth (Ray's default) needs
+    ``RAY_AUTH_MODE=token`` set before ray is imported; importing ray_interactive does it.
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or default
     if address and address != "auto" and not address.startswith("ray://"):
         _check_reachable(address)
-    if address and (Path.home() / ".ray" / "auth_token").exists():
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=True, **kwargs)
     except ConnectionError as e:

@@ -65,6 +65,13 @@ def test_attach_from_another_process_and_steer(ray_cluster: dict[str, Any], tmp_
     rows = client.commands()
     assert [r["source"] for r in rows] == ["cli", "cli"]
 
+    # As the README says, from a fresh shell: no --address, no Ray variables set at all
+    # (Ray reads RAY_AUTH_MODE at import; the package sets it before that).
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([*CLI, "status", "cli-run"], capture_output=True, text=True, timeout=120, env=bare, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "cli-run: running | step" in out.stdout
+
 
 def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_cluster: dict[str, Any]) -> None:
     out = cli("--address", ray_cluster["address"], "status", "no-such-run")
