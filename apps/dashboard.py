@@ -27,7 +27,6 @@ PANELS: dict[str, list[str]] = {
     "throughput": ["samples_per_s"],
     "freshness": ["data/freshest_age_s", "data/mean_age_s", "data/first_use_p50_s", "data/first_use_p95_s"],
 }
-PLOT_COLUMNS = ["x", "y", "series"]
 #: One colour per branch (in order of creation); a branch's raw line is a paler shade of it.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 

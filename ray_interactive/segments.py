@@ -76,15 +76,9 @@ class SegmentWriter:
         self._file = None  # the open segment, if any
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self.path: Path | None = None
-        self.first = 0  # first seq of the open segment
         self.rows = 0  # rows in the open segment
-        self.bytes_written = 0
         self.dirty = False  # written to the OS but not yet fsync'ed (see sync_fd)
         self.broken: str | None = None  # why the file could not be put back in order, if so
-
-    @property
-    def is_open(self) -> bool:
-        return self._writer is not None
 
     def append(self, batch: pa.RecordBatch, batch_id: str, first: int, t: float, sync: bool = True) -> int:
         """Write one batch; returns the bytes it took. With ``sync`` (and ``fsync`` on) it
@@ -111,7 +105,6 @@ class SegmentWriter:
             raise
         size = self._file.tell() - before
         self.rows += batch.num_rows
-        self.bytes_written += size
         return size
 
     @property
@@ -134,7 +127,7 @@ class SegmentWriter:
         if self.fsync:
             os.fsync(self._file.fileno())
             _fsync_dir(self.directory)
-        self.first, self.rows = first, 0
+        self.rows = 0
 
     def sync_fd(self) -> int | None:
         """A duplicate of the open segment's descriptor if it has unsynced writes (the
