@@ -171,7 +171,10 @@ def test_publish_weights_makes_a_version(run: RunHandle, client: RunClient) -> N
 
 def test_set_data_mixture_changes_what_batches_hold(run: RunHandle, client: RunClient) -> None:
     rec = applied(client, "set_data_mixture", weights={"extra": 0.0})
-    assert ray.get(run.buffer.mixture.remote())["extra"] == 0.0
+    assert client.snapshot()["mixture"]["extra"] == 0.0  # the trainer draws with it now
+    # The buffer takes the weights with the first request of the trainer's new stream,
+    # which is under way but may not have arrived yet.
+    wait_until(lambda: ray.get(run.buffer.mixture.remote())["extra"] == 0.0, what="the buffer's mixture")
     s = rec.applied_step
     wait_until(lambda: client.status()["step"] > s + 10, what="steps")
     mix = client.metrics(keys=["mix/base", "mix/extra"], since=s + 1)
@@ -225,6 +228,7 @@ def test_command_log_holds_every_command_and_outcome(run: RunHandle, client: Run
 def test_mixture_commands_are_checked_against_the_mixture_they_will_leave(client: RunClient) -> None:
     """Each alone is valid; together they would zero every weight: the second is refused
     at submission instead of failing (or worse) in the trainer."""
+    applied(client, "set_data_mixture", weights={"base": 1.0, "extra": 0.5})
     first = client.send("set_data_mixture", weights={"base": 0.0})
     second = client.send("set_data_mixture", weights={"extra": 0.0})
     assert first.status.value == "accepted"
