@@ -78,6 +78,7 @@ __all__ = [
     "menu_item_rect",
     "menu_open",
     "open_browser_task",
+    "open_icon_task",
     "random_user",
     "region_error",
     "render_state",
@@ -1049,6 +1050,25 @@ def open_browser_task(rng: np.random.Generator, desktop: Desktop, max_rounds: in
             u.idle()
         else:
             break
+    if u.rng.random() < 0.5:
+        u.idle()
+    return u.actions
+
+
+def open_icon_task(rng: np.random.Generator, desktop: Desktop, icon: str = "home", max_rounds: int = 20) -> list[Action]:
+    """Actions that open a desktop icon's window ("home", "trash" or a folder's name), retrying
+    missed clicks; cancels an open naming dialog first."""
+    u = _User(rng, desktop)
+    kind = ICON_KIND.get(BUILTIN_ICONS.get(icon, -1), "folder")
+    for _ in range(max_rounds):
+        st = u.st
+        top = st.windows[-1] if st.windows else None
+        if top is not None and top.kind == kind and (kind != "folder" or icon_rect(st, icon) == slot_rect(top.slot, u.size)):
+            break
+        if st.dialog is not None:
+            u.click(_required(dialog_button_rect(st, "cancel"), "dialog closed"))
+        else:
+            u.click(_required(icon_rect(st, icon), f"no icon called {icon!r}"))
     if u.rng.random() < 0.5:
         u.idle()
     return u.actions

@@ -140,6 +140,7 @@ class _Source:
         self.max_table_bytes = spec.max_table_bytes
         static = spec.static_table()
         self.live = static is None
+        self.log_only = spec.log_only
         self.schema = spec.resolved_schema(static)
         self.segments: list[Segment] = []
         self.hot: list[_Block] = []
@@ -334,7 +335,8 @@ class DataBuffer:
             raise ValueError(f"source {source.name!r} is already registered")
         s = _Source(source, self.directory, self.config)
         self._sources[source.name] = s
-        self._weights[source.name] = float(source.weight)
+        if not source.log_only:
+            self._weights[source.name] = float(source.weight)
         for batch_id, first, rows in s.batch_ids:
             self._acks[batch_id] = (s.name, first, rows)
         s.batch_ids = []
@@ -345,12 +347,12 @@ class DataBuffer:
         """The shared columns; nullable where any source's column is."""
         fields = []
         for name in self.batch_columns:
-            fs = [s.schema.field(name) for s in self._sources.values()]
+            fs = [s.schema.field(name) for s in self._sources.values() if not s.log_only]
             fields.append(fs[0].with_nullable(any(f.nullable for f in fs)))
         return pa.schema(fields)
 
     def _common_columns(self) -> list[str]:
-        schemas = [s.schema for s in self._sources.values()]
+        schemas = [s.schema for s in self._sources.values() if not s.log_only]
         if not schemas:
             return []
         common = [f.name for f in schemas[0] if all(sc.get_field_index(f.name) >= 0 for sc in schemas)]
@@ -368,9 +370,10 @@ class DataBuffer:
         return {
             name: {
                 "rows": s.rows,
-                "weight": self._weights[name],
-                "effective_weight": eff[name],
-                "waiting_for_data": s.rows == 0 and self._weights[name] > 0,
+                "weight": self._weights.get(name, 0.0),
+                "effective_weight": eff.get(name, 0.0),
+                "waiting_for_data": s.rows == 0 and self._weights.get(name, 0.0) > 0,
+                "log_only": s.log_only,
                 "policy": s.policy,
                 "live": s.live,
                 "rejected": s.rejected,

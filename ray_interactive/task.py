@@ -58,6 +58,11 @@ class DataSource:
       the source's share of a batch is uniform replay.
 
     ``max_row_bytes`` / ``max_table_bytes`` bound what one ``ingest`` may bring.
+
+    A ``log_only`` source is a live log the buffer stores durably like any other (``ingest``,
+    ``read_rows``) but never draws into batches: it has no weight, takes no part in the
+    mixture, and its columns need not match the training sources' (e.g. a deployed app's
+    interaction log, from which training rows are derived).
     """
 
     name: str
@@ -70,6 +75,7 @@ class DataSource:
     half_life: int = 1000
     max_row_bytes: int | None = None
     max_table_bytes: int | None = None
+    log_only: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in SAMPLING_POLICIES:
@@ -85,6 +91,8 @@ class DataSource:
                 raise ValueError(f"source {self.name!r}: {k} must be >= 1")
         if not (self.weight >= 0 and self.weight < float("inf")):
             raise ValueError(f"source {self.name!r}: weight must be finite and >= 0")
+        if self.log_only and (self.is_static or self.schema is None):
+            raise ValueError(f"source {self.name!r}: a log_only source is live: give a schema and no data")
 
     @property
     def is_static(self) -> bool:

@@ -1,0 +1,145 @@
+"""The deployed NeuralOS demo (Gradio): click on the generated screen, type, press enter.
+
+The screen is the model's own frame, upscaled. A click on it is a left click, a right click or a
+plain move at that pixel (the radio picks); "Type" sends one key action per character; "Enter"
+an enter at the cursor. The model version being served is shown and refreshed as new weights
+arrive. Programs (the simulated users) use the same engine through named API endpoints:
+``/new_session`` and ``/act`` (see :mod:`neuralos_example.users`) and ``/info``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from neuralos_example.data import TASKS, encode_png
+from neuralos_example.engine import DemoEngine
+from neuralos_example.model import SAMPLER_STEPS
+
+SCALE = 6  # 64 px -> 384 px on screen
+CLICK_KINDS = {"left click": "left_click", "right click": "right_click", "move": "move"}
+
+
+def upscale(frame: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _version_text(engine: DemoEngine) -> str:
+    v = engine.version
+    return f"**model version {v}**" + (" (the base model)" if v == 0 else " (finetuned on what users did)")
+
+
+def _info_text(res: dict[str, Any]) -> str:
+    return f"step {res['step']} · {res['latency_ms']:.0f} ms · {res['steps']} DDIM steps"
+
+
+def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
+    with gr.Blocks(title="NeuralOS (miniature)") as demo:
+        gr.Markdown(
+            "## A miniature NeuralOS\nEvery frame below is drawn by a diffusion model from the previous frame and "
+            "your action; nothing is rendered by a real desktop. What you do is logged, replayed in a simulator "
+            "to learn what should have happened, and the model is finetuned on it while you use it."
+        )
+        session = gr.State(None)
+        with gr.Row():
+            screen = gr.Image(
+                value=upscale(engine.first_frame), interactive=False, show_label=False, elem_id="screen",
+                height=64 * SCALE, width=64 * SCALE, buttons=[],
+            )
+            with gr.Column():
+                version = gr.Markdown(_version_text(engine), elem_id="version")
+                info = gr.Markdown("click on the screen to start", elem_id="info")
+                click_kind = gr.Radio(list(CLICK_KINDS), value="left click", label="a click on the screen does")
+                with gr.Row():
+                    text = gr.Textbox(label="type (a-z, 0-9)", max_lines=1, elem_id="type-text")
+                    type_btn = gr.Button("Type", elem_id="type")
+                    enter_btn = gr.Button("Enter", elem_id="enter")
+                steps = gr.Dropdown(list(SAMPLER_STEPS), value=engine.predictor.steps, label="DDIM steps (speed vs quality)")
+                task = gr.Dropdown(["", *TASKS], value="", label="what are you doing? (optional: tags the data)")
+                new_btn = gr.Button("New session", elem_id="new-session")
+
+        def _ensure(sid: str | None, task_name: str) -> str:
+            if sid is None or sid not in engine.sessions:
+                sid = engine.new_session(task_name or None).id
+            return sid
+
+        def _do(sid: str | None, task_name: str, n_steps: int, actions: list[tuple[Any, Any, str, str | None]]) -> tuple[Any, ...]:
+            sid = _ensure(sid, task_name)
+            res: dict[str, Any] | None = None
+            try:
+                for x, y, ev, key in actions:
+                    res = engine.act(sid, x, y, ev, key, int(n_steps), task_name or None)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            if res is None:
+                return gr.skip(), sid, _version_text(engine), gr.skip()
+            return upscale(res["frame"]), sid, _version_text(engine), _info_text(res)
+
+        def on_click(sid: str | None, kind: str, n_steps: int, task_name: str, evt: gr.SelectData) -> tuple[Any, ...]:
+            x, y = (int(v) // SCALE for v in evt.index)
+            return _do(sid, task_name, n_steps, [(x, y, CLICK_KINDS[kind], None)])
+
+        def on_type(sid: str | None, chars: str, n_steps: int, task_name: str) -> tuple[Any, ...]:
+            chars = (chars or "").strip().lower()
+            bad = sorted({c for c in chars if not (c.isascii() and c.isalnum())})
+            if bad:
+                raise gr.Error(f"only a-z and 0-9 can be typed, not {''.join(bad)!r}")
+            return _do(sid, task_name, n_steps, [(None, None, "key", c) for c in chars])
+
+        def on_enter(sid: str | None, n_steps: int, task_name: str) -> tuple[Any, ...]:
+            return _do(sid, task_name, n_steps, [(None, None, "enter", None)])
+
+        def on_new(task_name: str) -> tuple[Any, ...]:
+            sid = engine.new_session(task_name or None).id
+            return upscale(engine.first_frame), sid, _version_text(engine), "new session: click on the screen"
+
+        outs = [screen, session, version, info]
+        screen.select(on_click, [session, click_kind, steps, task], outs, api_visibility="private")
+        type_btn.click(on_type, [session, text, steps, task], outs, api_visibility="private").then(lambda: "", None, text)
+        text.submit(on_type, [session, text, steps, task], outs, api_visibility="private").then(lambda: "", None, text)
+        enter_btn.click(on_enter, [session, steps, task], outs, api_visibility="private")
+        new_btn.click(on_new, [task], outs, api_visibility="private")
+        gr.Timer(version_refresh_s).tick(lambda: _version_text(engine), None, version, api_visibility="private", show_progress="hidden")
+
+        # -- the programmatic API (simulated users, scripts) ---------------------------------------
+        def new_session(task: str = "", seed: int | None = None) -> dict[str, Any]:
+            """Start a session on the desktop's first frame; ``seed`` fixes the simulator replay."""
+            try:
+                s = engine.new_session(task or None, seed)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            return {"session": s.id, "seed": s.seed, "step": 0, "version": engine.version,
+                    "frame_png": base64.b64encode(encode_png(s.frame)).decode()}
+
+        def act(session: str, x: int, y: int, event: str, key: str = "", steps: int = 0) -> dict[str, Any]:
+            """One action at screen pixel (x, y) (64x64 frame coordinates); returns the next frame as PNG (base64)."""
+            try:
+                res = engine.act(session, int(x), int(y), event, key or None, int(steps) or None)
+            except (ValueError, TypeError) as e:
+                raise gr.Error(str(e)) from None
+            return {"session": session, "step": res["step"], "version": res["version"],
+                    "latency_ms": res["latency_ms"], "frame_png": base64.b64encode(encode_png(res["frame"])).decode()}
+
+        def info_api() -> dict[str, Any]:
+            """The served model version, sampler settings and open sessions."""
+            return {"version": engine.version, "sessions": len(engine.sessions), "steps": engine.predictor.steps,
+                    "sampler_steps": list(SAMPLER_STEPS)}
+
+        gr.api(new_session, api_name="new_session")
+        gr.api(act, api_name="act")
+        gr.api(info_api, api_name="info")
+    return demo
+
+
+def serve_demo(engine: DemoEngine, host: str = "127.0.0.1", port: int | None = None, block: bool = False) -> tuple[gr.Blocks, str]:
+    """Launch the demo (threads of this process); returns the app and its URL."""
+    demo = build_demo(engine)
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(
+        server_name=host, server_port=port, prevent_thread_lock=not block, enable_monitoring=False,
+        share=False, quiet=True, show_error=True,
+    )
+    return demo, url

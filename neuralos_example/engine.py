@@ -1,0 +1,249 @@
+"""The deployed model's engine: user sessions, autoregressive frames, and the interaction log.
+
+:class:`DemoEngine` is the demo without a UI: a session starts on the desktop's first frame and
+each action produces the next frame from the model, from the model's own previous frame (as in
+NeuralOS: the user sees only generated frames). Every action becomes an interaction row
+(:func:`neuralos_example.task.interaction_schema`) handed to an :class:`InteractionLog`, which
+sends rows to the run's buffer from a background thread so a user never waits for a disk.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from neuralos_example.data import TASKS, encode_png
+from neuralos_example.model import SAMPLER_STEPS, FramePredictor, NextFrameModel
+from neuralos_example.simulator import KEYS, Action, Desktop, Event
+from neuralos_example.task import interaction_schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSession:
+    id: str
+    seed: int
+    task: str | None
+    frame: np.ndarray
+    cursor: tuple[int, int]
+    step: int = 0
+    last_seen: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def parse_event(event: str | int) -> Event:
+    """``"left_click"``, ``"LEFT_CLICK"``, ``"left click"`` or 1 -> Event.LEFT_CLICK (ValueError otherwise)."""
+    if isinstance(event, (int, np.integer)) and not isinstance(event, bool):
+        try:
+            return Event(int(event))
+        except ValueError:
+            pass
+    elif isinstance(event, str):
+        name = event.strip().upper().replace(" ", "_")
+        if name in Event.__members__:
+            return Event[name]
+    raise ValueError(f"unknown event {event!r}; events: {', '.join(e.name.lower() for e in Event)}")
+
+
+class InteractionLog:
+    """Buffers interaction rows and sends them with ``send(table, batch_id)`` from a thread.
+
+    A failed send keeps its rows (and batch id, so a retry after an unknown outcome is not
+    stored twice) and is retried; :meth:`close` flushes what is left.
+    """
+
+    def __init__(self, send: Callable[[pa.Table, str], Any], flush_s: float = 0.1) -> None:
+        self._send = send
+        self.flush_s = flush_s
+        self._rows: list[dict[str, Any]] = []
+        self._retry: tuple[pa.Table, str] | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self.sent_rows = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="interaction-log", daemon=True)
+        self._thread.start()
+
+    def add(self, row: dict[str, Any]) -> None:
+        with self._cv:
+            self._rows.append(row)
+            self._cv.notify()
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._rows) + (self._retry[0].num_rows if self._retry else 0)
+
+    def _take(self) -> tuple[pa.Table, str] | None:
+        with self._cv:
+            if self._retry is not None:
+                return self._retry
+            if not self._rows:
+                return None
+            rows, self._rows = self._rows, []
+        table = pa.Table.from_pylist(rows, schema=interaction_schema())
+        return table, f"interactions-{uuid.uuid4().hex}"
+
+    def flush(self) -> bool:
+        """Send what is buffered now; False if the send failed (the rows are kept)."""
+        item = self._take()
+        if item is None:
+            return True
+        try:
+            self._send(*item)
+        except Exception as e:  # the run may be restarting; keep the rows and retry
+            with self._cv:
+                self._retry = item
+            self.failures += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.warning("interaction log: send failed (%s); will retry", self.last_error)
+            return False
+        with self._cv:
+            self._retry = None
+        self.sent_rows += item[0].num_rows
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                if not self._stop and not self._rows and self._retry is None:
+                    self._cv.wait()
+                if self._stop:
+                    return
+            time.sleep(self.flush_s)  # gather the rows of concurrent users into one ingest
+            if not self.flush():
+                time.sleep(1.0)
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            if not self.flush():
+                time.sleep(0.5)
+
+
+class DemoEngine:
+    """Sessions of users on the model. ``model_lock`` is held for inference (the weight
+    subscriber swaps weights under the same lock); ``version`` is the served weights version."""
+
+    def __init__(
+        self,
+        model: NextFrameModel,
+        log_rows: Callable[[dict[str, Any]], None] | None = None,
+        steps: int = 4,
+        model_lock: Any = None,
+        max_sessions: int = 512,
+        seed: int = 0,
+    ) -> None:
+        self.model = model.eval()
+        self.predictor = FramePredictor(model, self._check_steps(steps), seed)
+        self.log_rows = log_rows
+        self.model_lock = model_lock if model_lock is not None else threading.RLock()
+        self.max_sessions = max_sessions
+        self.version = 0
+        self.sessions: dict[str, DemoSession] = {}
+        self._lock = threading.Lock()
+        self._seeds = np.random.default_rng(seed)
+        self.size = model.config.size
+        self.first_frame = Desktop(self.size, 0).render()
+        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    @staticmethod
+    def _check_steps(steps: int) -> int:
+        if int(steps) not in SAMPLER_STEPS:
+            raise ValueError(f"sampler steps must be one of {SAMPLER_STEPS}, got {steps!r}")
+        return int(steps)
+
+    def new_session(self, task: str | None = None, seed: int | None = None) -> DemoSession:
+        task = task or None
+        if task is not None and task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)} (or none)")
+        with self._lock:
+            if len(self.sessions) >= self.max_sessions:  # forget the longest idle one
+                oldest = min(self.sessions.values(), key=lambda s: s.last_seen)
+                del self.sessions[oldest.id]
+            s = DemoSession(
+                id=uuid.uuid4().hex[:16],
+                seed=int(self._seeds.integers(2**31)) if seed is None else int(seed),
+                task=task,
+                frame=self.first_frame,
+                cursor=(self.size // 2, self.size // 2),
+            )
+            self.sessions[s.id] = s
+        return s
+
+    def session(self, session_id: str) -> DemoSession:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise ValueError(f"unknown session {session_id!r}: start one with new_session")
+        return s
+
+    def act(
+        self,
+        session_id: str,
+        x: int | None,
+        y: int | None,
+        event: str | int,
+        key: str | None = None,
+        steps: int | None = None,
+        task: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply one action; returns the new frame and what was logged about it."""
+        s = self.session(session_id)
+        ev = parse_event(event)
+        n_steps = self.predictor.steps if steps is None else self._check_steps(steps)
+        if task:
+            if task not in TASKS:
+                raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+            s.task = task
+        with s.lock:
+            cx, cy = s.cursor
+            action = Action(cx if x is None else x, cy if y is None else y, ev, key or None)
+            action.check_bounds(self.size)
+            received = time.time()
+            t0 = time.perf_counter()
+            with self.model_lock, torch.inference_mode():
+                frame = self.predictor.predict(s.frame, action, n_steps)
+                version = self.version
+            latency = (time.perf_counter() - t0) * 1000
+            step = s.step
+            s.frame, s.cursor, s.step, s.last_seen = frame, (action.x, action.y), step + 1, time.time()
+            if self.log_rows is not None:
+                self.log_rows(
+                    {
+                        "session": s.id,
+                        "seed": s.seed,
+                        "step": step,
+                        "time": received,
+                        "x": action.x,
+                        "y": action.y,
+                        "event": int(action.event),
+                        "key_index": action.key_index,
+                        "task": s.task,
+                        "frame": encode_png(frame),
+                        "model_version": version,
+                        "latency_ms": latency,
+                        "sampler_steps": n_steps,
+                    }
+                )
+        self.latencies_ms.append(latency)
+        return {"session": s.id, "step": step + 1, "frame": frame, "version": version, "latency_ms": latency, "steps": n_steps}
+
+
+def key_of(key_index: int) -> str | None:
+    return None if key_index == 0 else KEYS[key_index - 1]

@@ -1,0 +1,209 @@
+"""The main job: a miniature NeuralOS that keeps learning from its users, on an embedded local Ray.
+
+    python -m neuralos_example.main --duration 300
+
+starts the run (controller, data buffer, trainer finetuning the shipped base model on base +
+live transitions and publishing weights), the control UI, the NeuralOS demo, the replayer that
+turns logged interactions into true transitions, and (unless ``--users 0``) simulated users
+doing the frequent tasks through the demo's API. It prints both URLs, a progress line every
+10 s, and a summary at the end (``--duration`` seconds, or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from neuralos_example.model import BASE_CHECKPOINT, SAMPLER_STEPS
+
+log = logging.getLogger("neuralos")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m neuralos_example.main", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=None, help="stop cleanly after this many seconds (default: Ctrl-C)")
+    ap.add_argument("--users", type=int, default=2, help="simulated users (0: none, only people)")
+    ap.add_argument("--name", default=None, help="run name (default: neuralos-HHMMSS)")
+    ap.add_argument("--run-dir", default=None, help="default: runs/<name>")
+    ap.add_argument("--checkpoint", default=str(BASE_CHECKPOINT), help="the base model (path without suffix)")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--publish-every", type=int, default=20, help="training steps between published weight versions")
+    ap.add_argument("--live-weight", type=float, default=1.0, help="mixture weight of live transitions (base: 1)")
+    ap.add_argument("--sampler-steps", type=int, default=4, choices=SAMPLER_STEPS, help="DDIM steps per demo frame")
+    ap.add_argument("--base-rows", type=int, default=3000)
+    ap.add_argument("--demo-port", type=int, default=None, help="default: 7860 or the next free port")
+    ap.add_argument("--ui-port", type=int, default=None)
+    ap.add_argument("--no-ui", action="store_true", help="no control UI")
+    ap.add_argument("--address", default=None, help="an existing Ray cluster (default: an embedded local one)")
+    args = ap.parse_args(argv)
+    if args.duration is not None and args.duration <= 0:
+        ap.error("--duration must be > 0 seconds")
+    if args.users < 0 or args.users > 64:
+        ap.error("--users must be 0..64")
+    if not Path(args.checkpoint).with_suffix(".safetensors").exists():
+        ap.error(f"no base model at {args.checkpoint}.safetensors (make one with python -m neuralos_example.pretrain)")
+    return args
+
+
+class Loop:
+    """Everything of the main job, started in order and stopped in reverse."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.handle: Any = None
+        self.parts: list[tuple[str, Any]] = []
+
+    def start(self) -> dict[str, str]:
+        from ray_interactive.config import RunConfig
+        from ray_interactive.launch import start_run
+
+        a = self.args
+        name = a.name or f"neuralos-{time.strftime('%H%M%S')}"
+        config = RunConfig.model_validate({
+            "name": name,
+            "run_dir": a.run_dir,
+            "task": {"target": "neuralos_example.task:NeuralOSTask",
+                     "kwargs": {"checkpoint": str(Path(a.checkpoint).resolve()), "base_rows": a.base_rows, "live_weight": a.live_weight}},
+            "batch_size": a.batch_size,
+            "lr": a.lr,
+            "publish_every": a.publish_every,
+            "checkpoint_every": 500,
+            "eval_every": 250,
+            "torch_threads": 1,
+        })
+        self.handle = start_run(config, address=a.address)
+        self.client = client = self.handle.client()
+        return self._start_serving(client, config)
+
+    def _start_serving(self, client: Any, config: Any) -> dict[str, str]:
+        import torch
+
+        from neuralos_example.demo_app import serve_demo
+        from neuralos_example.engine import DemoEngine, InteractionLog
+        from neuralos_example.model import load_model
+        from neuralos_example.replay import Replayer
+        from neuralos_example.users import UserPool
+
+        a = self.args
+        torch.set_num_threads(1)  # the trainer has the other core
+        urls: dict[str, str] = {}
+        if not a.no_ui:
+            from apps.control_ui import serve
+
+            ui, urls["control UI"] = serve(client, port=a.ui_port, block=False)
+            self.parts.append(("control UI", ui.close))
+        self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
+        self.parts.append(("interaction log", self.log_sink.close))
+        model = load_model(a.checkpoint)
+        self.engine = DemoEngine(model, self.log_sink.add, a.sampler_steps)
+
+        def swapped(entry: Any) -> None:
+            self.engine.version = entry.version
+
+        self.subscriber = client.subscribe(model, on_swap=swapped)
+        self.engine.model_lock = self.subscriber.lock
+        self.subscriber.start()
+        self.parts.append(("weight subscriber", self.subscriber.stop))
+        self.replayer = Replayer(client, Path(config.resolved_run_dir) / "replayer.json").start()
+        self.parts.append(("replayer", self._stop_replayer))
+        demo, urls["NeuralOS demo"] = serve_demo(self.engine, port=a.demo_port)
+        self.parts.append(("demo", demo.close))
+        self.users = UserPool(urls["NeuralOS demo"], a.users).start() if a.users else None
+        if self.users is not None:
+            self.parts.append(("simulated users", self.users.stop))
+        return urls
+
+    def _stop_replayer(self) -> None:
+        self.replayer.stop()
+        try:
+            self.replayer.poll()  # what the log sent last
+        except Exception as e:
+            log.warning("final replay failed: %s", e)
+
+    def line(self) -> str:
+        st = self.client.status()
+        m = self.client.metrics(keys=["loss", "mix/live"], since=max(0, st["step"] - 20))
+        loss = m.get("loss", {}).get("value") or [float("nan")]
+        live = m.get("mix/live", {}).get("value") or [0.0]
+        rep = self.replayer.stats()
+        users = self.users.stats() if self.users else {"actions": 0}
+        lat = rep["latency_p50_s"]
+        return (f"step {st['step']} loss {loss[-1]:.4f} live share {live[-1]:.2f} | demo: model version {self.engine.version}, "
+                f"{users['actions']} simulated actions, {self.log_sink.sent_rows} interactions logged | "
+                f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else ""))
+
+    def stop(self) -> int:
+        for name, fn in reversed(self.parts):
+            if name in ("simulated users", "demo", "interaction log", "replayer", "weight subscriber"):
+                try:
+                    fn()
+                except Exception as e:
+                    log.warning("stopping %s: %s", name, e)
+        code = 0
+        if self.handle is not None:
+            self.client.send("stop", source="cli", comment="the main job's duration is over")
+            try:
+                self.handle.wait(timeout=180)
+            except Exception as e:
+                print(f"run failed: {e}", file=sys.stderr)
+                code = 1
+            from ray_interactive.cli import summary
+
+            summary(self.client)
+            self.handle.shutdown()
+        for name, fn in reversed(self.parts):
+            if name == "control UI":
+                fn()
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    interrupted: list[bool] = []
+    loop = Loop(args)
+    try:
+        urls = loop.start()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for what, url in urls.items():
+        print(f"  {what}: {url}", flush=True)
+    users = f"{args.users} simulated users are using the demo" if args.users else "no simulated users: the demo waits for you"
+    until = f"for {args.duration:.0f} s" if args.duration else "until Ctrl-C"
+    print(f"running {until}; {users}; run {loop.handle.config.name!r} in {loop.handle.config.resolved_run_dir}", flush=True)
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    start = time.monotonic()
+    last = 0.0
+    ended = None
+    while not interrupted and (args.duration is None or time.monotonic() - start < args.duration):
+        try:
+            ended = loop.handle.wait(timeout=1.0)
+        except Exception as e:
+            print(f"run failed: {e}", file=sys.stderr)
+            break
+        if ended is not None:
+            break
+        if time.monotonic() - last >= 10.0:
+            last = time.monotonic()
+            try:
+                print(loop.line(), flush=True)
+            except Exception as e:  # a status line is not worth stopping for
+                log.warning("status: %s", e)
+    print("stopping: users, demo, replayer; then the run (final checkpoint) ...", flush=True)
+    rep = loop.replayer.stats()
+    code = loop.stop()
+    rep = loop.replayer.stats()
+    print(f"demo: served model version {loop.engine.version}; {loop.log_sink.sent_rows} interactions logged; "
+          f"{rep['transitions']} transitions replayed and ingested ({rep['skipped']} skipped)", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

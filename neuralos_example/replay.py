@@ -1,0 +1,158 @@
+"""Replaying logged sessions in the simulator: interaction rows in, true transitions out.
+
+The demo only shows the model's frames; what really happens after a user's actions is found by
+replaying them in the simulator (the stand-in for the real desktop), from the session's seed.
+:class:`Replayer` tails the run's ``interactions`` log in the buffer and ingests each replayed
+transition (true previous frame, action, true next frame, task tag) into the ``live`` source.
+
+Its position (interaction rows replayed) is kept in ``state_path`` after each acknowledged
+ingest; a batch is named by the rows it covers, so one sent again after a crash is recognised
+by the buffer and not stored twice. On a restart the sessions' simulator states are rebuilt by
+replaying the rows before that position without sending them.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from neuralos_example.data import encode_png, transition_schema
+from neuralos_example.simulator import KEYS, Action, Desktop, Event
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["session", "seed", "step", "time", "x", "y", "event", "key_index", "task"]
+
+
+class _Replay:
+    __slots__ = ("desktop", "frame", "png", "next_step")
+
+    def __init__(self, seed: int, size: int) -> None:
+        self.desktop = Desktop(size, seed)
+        self.frame = self.desktop.render()
+        self.png: bytes | None = None
+        self.next_step = 0
+
+
+class Replayer:
+    """``poll()`` replays new interaction rows and ingests their transitions; ``start()`` polls in a thread."""
+
+    def __init__(
+        self,
+        client: Any,
+        state_path: str | Path | None = None,
+        size: int = 64,
+        source: str = "interactions",
+        target: str = "live",
+        poll_s: float = 0.2,
+        max_rows: int = 2048,
+    ) -> None:
+        self.client, self.size, self.source, self.target = client, size, source, target
+        self.poll_s, self.max_rows = poll_s, max_rows
+        self.state_path = Path(state_path) if state_path else None
+        self.sessions: dict[str, _Replay] = {}
+        self.position = 0
+        self.transitions = 0
+        self.skipped = 0
+        self.skip_reasons: collections.deque[str] = collections.deque(maxlen=20)
+        # seconds from an interaction (received by the demo) to its transition acknowledged by the buffer
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.state_path is not None and self.state_path.exists():
+            saved = json.loads(self.state_path.read_text())["position"]
+            if saved:
+                self._replay(self.client.read_rows(self.source, 0, saved, COLUMNS), send=False)
+            self.position = saved
+
+    def _skip(self, why: str) -> None:
+        self.skipped += 1
+        self.skip_reasons.append(why)
+
+    def _replay(self, rows: pa.Table, send: bool) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in transition_schema().names}
+        for r in rows.to_pylist():
+            sid, step = r["session"], r["step"]
+            if step == 0:
+                self.sessions[sid] = _Replay(r["seed"], self.size)
+            rep = self.sessions.get(sid)
+            if rep is None or step != rep.next_step:
+                self._skip(f"session {sid}: step {step} out of order (expected {rep.next_step if rep else 0})")
+                continue
+            try:
+                key = KEYS[r["key_index"] - 1] if r["key_index"] else None
+                action = Action(r["x"], r["y"], Event(r["event"]), key)
+                nxt = rep.desktop.step(action)
+            except (ValueError, TypeError, IndexError) as e:
+                self._skip(f"session {sid} step {step}: {e}")
+                self.sessions.pop(sid, None)  # its later steps cannot be replayed faithfully
+                continue
+            rep.next_step += 1
+            if send:
+                prev_png = rep.png or encode_png(rep.frame)
+                rep.png = encode_png(nxt)
+                for k, v in (("session", sid), ("step", step), ("task", r["task"]), ("prev", prev_png), ("next", rep.png),
+                             ("x", action.x), ("y", action.y), ("event", int(action.event)), ("key_index", action.key_index)):
+                    out[k].append(v)
+            else:
+                rep.png = None
+            rep.frame = nxt
+        return out
+
+    def poll(self) -> int:
+        """Replay the interaction rows logged since the last poll; returns transitions ingested."""
+        total = self.client.sources()[self.source]["rows"]
+        if total <= self.position:
+            return 0
+        stop = min(total, self.position + self.max_rows)
+        rows = self.client.read_rows(self.source, self.position, stop, COLUMNS)
+        out = self._replay(rows, send=True)
+        n = len(out["session"])
+        if n:
+            table = pa.table(out, schema=transition_schema())
+            self.client.ingest(table, self.target, batch_id=f"replay-{self.position}-{stop}")
+            now = time.time()
+            self.latencies_s.extend(now - t for t in rows.column("time").to_pylist())
+        self.position = stop
+        self.transitions += n
+        if self.state_path is not None:
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"position": self.position, "transitions": self.transitions}))
+            tmp.replace(self.state_path)
+        return n
+
+    def start(self) -> Replayer:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="replayer", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.poll():
+                    continue  # more may be waiting
+            except Exception as e:  # the buffer may be restarting; try again
+                log.warning("replayer: %s: %s", type(e).__name__, e)
+                self._stop.wait(1.0)
+            self._stop.wait(self.poll_s)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_s)
+        pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else (lambda q: None)
+        return {"position": self.position, "transitions": self.transitions, "skipped": self.skipped,
+                "sessions": len(self.sessions), "latency_p50_s": pick(0.5), "latency_p95_s": pick(0.95)}

@@ -1,0 +1,117 @@
+"""The training task of the miniature NeuralOS: finetune the next-frame model on base + live transitions.
+
+Sources:
+
+* ``base``: transitions of the random and semi-random base users (generated from ``seed`` when
+  the buffer starts; the same rows every time);
+* ``live``: true transitions of what demo users did, from replaying their sessions in the
+  simulator (``fresh`` policy: every new transition is trained on first);
+* ``interactions``: the demo's interaction log (``log_only``: kept, never trained on directly).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from neuralos_example.data import FREQUENT_TASKS, RARE_TASKS, base_table, decode_pngs, session_arrays, task_session, transition_schema
+from neuralos_example.model import BASE_CHECKPOINT, FrameBatch, ModelConfig, NextFrameModel, diffusion_loss, load_model
+from ray_interactive.task import DataSource, Task, column_array
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024  # a 64x64 PNG frame is ~0.5 KiB; anything near this is not one
+
+
+def interaction_schema() -> pa.Schema:
+    """One row per demo interaction, as the demo logs it."""
+    return pa.schema(
+        [
+            pa.field("session", pa.string(), nullable=False),
+            pa.field("seed", pa.int64(), nullable=False),  # the simulator seed the session replays with
+            pa.field("step", pa.int32(), nullable=False),
+            pa.field("time", pa.float64(), nullable=False),  # when the action was received (unix s)
+            pa.field("x", pa.int16(), nullable=False),
+            pa.field("y", pa.int16(), nullable=False),
+            pa.field("event", pa.int8(), nullable=False),
+            pa.field("key_index", pa.int8(), nullable=False),
+            pa.field("task", pa.string()),  # what the user said they were doing, when known
+            pa.field("frame", pa.binary(), nullable=False),  # the frame the model showed after the action (PNG)
+            pa.field("model_version", pa.int64(), nullable=False),  # published weights version (0: the base)
+            pa.field("latency_ms", pa.float32(), nullable=False),
+            pa.field("sampler_steps", pa.int8(), nullable=False),
+        ]
+    )
+
+
+class NeuralOSTask(Task):
+    """Diffusion next-frame model; ``checkpoint`` (default: the shipped base) is where it starts."""
+
+    def __init__(
+        self,
+        checkpoint: str | None = str(BASE_CHECKPOINT),
+        base_rows: int = 3000,
+        seed: int = 0,
+        live_weight: float = 1.0,
+        live_policy: str = "fresh",
+        eval_sessions: int = 2,
+    ) -> None:
+        self.checkpoint, self.base_rows, self.seed = checkpoint, base_rows, seed
+        self.live_weight, self.live_policy, self.eval_sessions = live_weight, live_policy, eval_sessions
+        self._eval: dict[str, dict[str, np.ndarray]] | None = None
+
+    def build_model(self) -> nn.Module:
+        if self.checkpoint and Path(self.checkpoint).with_suffix(".safetensors").exists():
+            return load_model(self.checkpoint)
+        if self.checkpoint:
+            log.warning("no checkpoint at %s; starting from an untrained model", self.checkpoint)
+        return NextFrameModel(ModelConfig())
+
+    def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "name": "unet"}], lr=lr, weight_decay=0.0)
+
+    def data_sources(self) -> list[DataSource]:
+        limit = {"max_row_bytes": 3 * MAX_FRAME_BYTES, "max_table_bytes": 64 * 2**20}
+        return [
+            DataSource("base", base_table(self.base_rows, self.seed), policy="uniform"),
+            DataSource("live", schema=transition_schema(), weight=self.live_weight, policy=self.live_policy, **limit),  # type: ignore[arg-type]
+            DataSource("interactions", schema=interaction_schema(), log_only=True, **limit),  # type: ignore[arg-type]
+        ]
+
+    def collate(self, batch: pa.Table, device: torch.device) -> FrameBatch:
+        size = ModelConfig().size
+        return FrameBatch.from_arrays(
+            decode_pngs(batch.column("prev"), size),
+            decode_pngs(batch.column("next"), size),
+            column_array(batch, "x"),
+            column_array(batch, "y"),
+            column_array(batch, "event"),
+            column_array(batch, "key_index"),
+            ModelConfig(),
+            device,
+        )
+
+    def loss(self, model: nn.Module, batch: FrameBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        return diffusion_loss(model, batch)  # type: ignore[arg-type]
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Teacher-forced 1-step next-frame PSNR on held-out sessions of each task."""
+        from neuralos_example.pretrain import heldout_psnr
+
+        if self._eval is None:
+            self._eval = {}
+            for i, task in enumerate(FREQUENT_TASKS + RARE_TASKS):
+                parts = [session_arrays(task_session(task, 50_000 + 100 * i + j)) for j in range(self.eval_sessions)]
+                self._eval[task] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        was_training = model.training
+        out = {f"psnr_{task}": heldout_psnr(model, arrays, 1, str(device)) for task, arrays in self._eval.items()}  # type: ignore[arg-type]
+        model.train(was_training)
+        return out
+
+
