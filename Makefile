@@ -1,4 +1,4 @@
-# Two commands for a newcomer:   make demo   (the main job)    make test   (the tests)
+# Two commands for a newcomer:   make demo   (the main job: the NeuralOS loop)    make test   (the tests)
 # Each sets up what it needs first (a local .venv with torch==2.13.0 installed before
 # anything that depends on it); the second time round setup is a no-op.
 
@@ -7,14 +7,14 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 DATA     ?= ../shared/data/wikitext-2
-DURATION ?= 120
+DURATION ?= 600
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo test bench lint clean
+.PHONY: browser setup demo demo-lm test bench lint clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python -m neuralos_example.main --duration=$(DURATION) $(DEMO_ARGS)
+
+# The first demo: a small GPT-2 on WikiText-2 steered by a scripted tour of commands.
+demo-lm: $(STAMP)
 	$(BIN)/ray-interactive demo --data=$(DATA) --duration=$(DURATION) $(DEMO_ARGS)
 
 test: $(STAMP) browser

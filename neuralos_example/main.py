@@ -51,15 +51,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class Deployment:
+    """The deployed side of the loop for a run: the demo serving the model (weights followed as
+    the trainer publishes them), the interaction log into the buffer, the replayer, and the
+    simulated users. ``close()`` stops them in reverse order (the run is not touched)."""
+
+    def __init__(self, client: Any, run_dir: Path, checkpoint: str | Path = BASE_CHECKPOINT, sampler_steps: int = 4,
+                 users: int = 0, demo_port: int | None = None, replay_poll_s: float = 0.2) -> None:
+        from neuralos_example.demo_app import serve_demo
+        from neuralos_example.engine import DemoEngine, InteractionLog
+        from neuralos_example.model import load_model
+        from neuralos_example.replay import Replayer
+        from neuralos_example.users import UserPool
+
+        self._closers: list[tuple[str, Any]] = []
+        self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
+        self._closers.append(("interaction log", self.log_sink.close))
+        model = load_model(checkpoint)
+        self.engine = DemoEngine(model, self.log_sink.add, sampler_steps)
+
+        def swapped(entry: Any) -> None:
+            self.engine.version = entry.version
+
+        self.subscriber = client.subscribe(model, on_swap=swapped)
+        self.engine.model_lock = self.subscriber.lock  # inference and swaps exclude each other
+        self.subscriber.start()
+        self._closers.append(("weight subscriber", self.subscriber.stop))
+        self.replayer = Replayer(client, Path(run_dir) / "replayer.json", poll_s=replay_poll_s).start()
+        self._closers.append(("replayer", self._stop_replayer))
+        self.demo, self.url = serve_demo(self.engine, port=demo_port)
+        self._closers.append(("demo", self.demo.close))
+        self.users = UserPool(self.url, users).start() if users else None
+        if self.users is not None:
+            self._closers.append(("simulated users", self.users.stop))
+
+    def _stop_replayer(self) -> None:
+        self.replayer.stop()
+        try:
+            self.replayer.poll()  # what the log sent last
+        except Exception as e:
+            log.warning("final replay failed: %s", e)
+
+    def close(self) -> None:
+        while self._closers:
+            name, fn = self._closers.pop()
+            try:
+                fn()
+            except Exception as e:
+                log.warning("stopping %s: %s", name, e)
+
+
 class Loop:
-    """Everything of the main job, started in order and stopped in reverse."""
+    """The run, the control UI and the deployment, started in order and stopped in reverse."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.handle: Any = None
-        self.parts: list[tuple[str, Any]] = []
+        self.deployment: Deployment | None = None
+        self.ui: Any = None
 
     def start(self) -> dict[str, str]:
+        import torch
+
         from ray_interactive.config import RunConfig
         from ray_interactive.launch import start_run
 
@@ -79,72 +132,33 @@ class Loop:
         })
         self.handle = start_run(config, address=a.address)
         self.client = client = self.handle.client()
-        return self._start_serving(client, config)
-
-    def _start_serving(self, client: Any, config: Any) -> dict[str, str]:
-        import torch
-
-        from neuralos_example.demo_app import serve_demo
-        from neuralos_example.engine import DemoEngine, InteractionLog
-        from neuralos_example.model import load_model
-        from neuralos_example.replay import Replayer
-        from neuralos_example.users import UserPool
-
-        a = self.args
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:
             from apps.control_ui import serve
 
-            ui, urls["control UI"] = serve(client, port=a.ui_port, block=False)
-            self.parts.append(("control UI", ui.close))
-        self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
-        self.parts.append(("interaction log", self.log_sink.close))
-        model = load_model(a.checkpoint)
-        self.engine = DemoEngine(model, self.log_sink.add, a.sampler_steps)
-
-        def swapped(entry: Any) -> None:
-            self.engine.version = entry.version
-
-        self.subscriber = client.subscribe(model, on_swap=swapped)
-        self.engine.model_lock = self.subscriber.lock
-        self.subscriber.start()
-        self.parts.append(("weight subscriber", self.subscriber.stop))
-        self.replayer = Replayer(client, Path(config.resolved_run_dir) / "replayer.json").start()
-        self.parts.append(("replayer", self._stop_replayer))
-        demo, urls["NeuralOS demo"] = serve_demo(self.engine, port=a.demo_port)
-        self.parts.append(("demo", demo.close))
-        self.users = UserPool(urls["NeuralOS demo"], a.users).start() if a.users else None
-        if self.users is not None:
-            self.parts.append(("simulated users", self.users.stop))
+            self.ui, urls["control UI"] = serve(client, port=a.ui_port, block=False)
+        self.deployment = Deployment(client, config.resolved_run_dir, a.checkpoint, a.sampler_steps, a.users, a.demo_port)
+        urls["NeuralOS demo"] = self.deployment.url
         return urls
 
-    def _stop_replayer(self) -> None:
-        self.replayer.stop()
-        try:
-            self.replayer.poll()  # what the log sent last
-        except Exception as e:
-            log.warning("final replay failed: %s", e)
-
     def line(self) -> str:
+        d = self.deployment
+        assert d is not None
         st = self.client.status()
         m = self.client.metrics(keys=["loss", "mix/live"], since=max(0, st["step"] - 20))
         loss = m.get("loss", {}).get("value") or [float("nan")]
         live = m.get("mix/live", {}).get("value") or [0.0]
-        rep = self.replayer.stats()
-        users = self.users.stats() if self.users else {"actions": 0}
+        rep = d.replayer.stats()
+        actions = d.users.stats()["actions"] if d.users else 0
         lat = rep["latency_p50_s"]
-        return (f"step {st['step']} loss {loss[-1]:.4f} live share {live[-1]:.2f} | demo: model version {self.engine.version}, "
-                f"{users['actions']} simulated actions, {self.log_sink.sent_rows} interactions logged | "
+        return (f"step {st['step']} loss {loss[-1]:.4f} live share {live[-1]:.2f} | demo: model version {d.engine.version}, "
+                f"{actions} simulated actions, {d.log_sink.sent_rows} interactions logged | "
                 f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else ""))
 
     def stop(self) -> int:
-        for name, fn in reversed(self.parts):
-            if name in ("simulated users", "demo", "interaction log", "replayer", "weight subscriber"):
-                try:
-                    fn()
-                except Exception as e:
-                    log.warning("stopping %s: %s", name, e)
+        if self.deployment is not None:
+            self.deployment.close()
         code = 0
         if self.handle is not None:
             self.client.send("stop", source="cli", comment="the main job's duration is over")
@@ -157,9 +171,8 @@ class Loop:
 
             summary(self.client)
             self.handle.shutdown()
-        for name, fn in reversed(self.parts):
-            if name == "control UI":
-                fn()
+        if self.ui is not None:
+            self.ui.close()
         return code
 
 
@@ -197,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # a status line is not worth stopping for
                 log.warning("status: %s", e)
     print("stopping: users, demo, replayer; then the run (final checkpoint) ...", flush=True)
-    rep = loop.replayer.stats()
     code = loop.stop()
-    rep = loop.replayer.stats()
-    print(f"demo: served model version {loop.engine.version}; {loop.log_sink.sent_rows} interactions logged; "
+    d = loop.deployment
+    assert d is not None
+    rep = d.replayer.stats()
+    print(f"demo: served model version {d.engine.version}; {d.log_sink.sent_rows} interactions logged; "
           f"{rep['transitions']} transitions replayed and ingested ({rep['skipped']} skipped)", flush=True)
     return code
 

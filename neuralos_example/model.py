@@ -62,6 +62,7 @@ class ModelConfig(BaseModel):
     train_timesteps: int = Field(1000, ge=10, le=4000)
     context_noise: float = Field(0.1, ge=0.0, le=1.0, description="max std of the noise on the previous frame in training")
     cursor_sigma: float = Field(1.0, gt=0.0, le=8.0, description="cursor map blob width, in 64-grid pixels")
+    changed_weight: float = Field(10.0, ge=0.0, le=1000.0, description="extra loss weight of pixels that change")
 
 
 class NextFrameModel(nn.Module):
@@ -180,11 +181,15 @@ def diffusion_loss(model: NextFrameModel, batch: FrameBatch, generator: torch.Ge
         level = torch.rand((b, 1, 1, 1), device=dev, generator=generator) * c.context_noise
         prev = prev + level * torch.randn(prev.shape, device=dev, generator=generator)
     pred = model(noisy, t, prev, batch.cursor, batch.cls)
-    loss = F.mse_loss(pred, batch.next)
-    with torch.no_grad():  # how much of the loss is in pixels that change (what the task is about)
-        changed = (batch.next - batch.prev).abs().amax(dim=1, keepdim=True) > 1e-3
-        frac = changed.float().mean().item()
-    return loss, {"changed_frac": frac}
+    # Most pixels repeat the previous frame; the ones that change (a cursor, a menu, a window)
+    # are what the model is for, so they weigh more (about 1% of the pixels for a cursor move).
+    changed = ((batch.next - batch.prev).abs().amax(dim=1, keepdim=True) > 1e-3).float()
+    w = 1.0 + c.changed_weight * changed
+    err = (pred - batch.next) ** 2
+    loss = (w * err).mean() / w.mean()
+    with torch.no_grad():
+        mse_changed = ((err * changed).sum() / (3 * changed.sum()).clamp(min=1)).item()
+    return loss, {"changed_frac": changed.mean().item(), "mse_changed": mse_changed}
 
 
 @torch.no_grad()

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
-from neuralos_example.data import FREQUENT_TASKS, RARE_TASKS, base_table, decode_pngs, session_arrays, task_session, transition_schema
+from neuralos_example.data import (
+    FREQUENT_TASKS,
+    RARE_TASKS,
+    base_table,
+    decode_pngs,
+    session_arrays,
+    task_session,
+    transition_schema,
+)
 from neuralos_example.model import BASE_CHECKPOINT, FrameBatch, ModelConfig, NextFrameModel, diffusion_loss, load_model
 from ray_interactive.task import DataSource, Task, column_array
 

@@ -93,11 +93,11 @@ def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_clust
 
 
 @pytest.mark.slow
-def test_readme_main_command_runs_and_exits_cleanly(tmp_path: Path) -> None:
-    """`make demo` with a short duration: trains, takes the tour's commands, stops."""
+def test_lm_demo_runs_its_tour_and_exits_cleanly(tmp_path: Path) -> None:
+    """`make demo-lm` with a short duration: trains, takes the tour's commands, stops."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
-        ["make", "demo", "DURATION=25", f"DATA={SHARED_DATA / 'wikitext-2'}", f"DEMO_ARGS=--run-dir {tmp_path / 'demo'}"],
+        ["make", "demo-lm", "DURATION=25", f"DATA={SHARED_DATA / 'wikitext-2'}", f"DEMO_ARGS=--run-dir {tmp_path / 'demo'} --no-ui"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,0 +1,140 @@
+"""Measuring a next-frame model: teacher-forced PSNR and closed-loop task success.
+
+*Closed loop* is how the demo runs: the model starts from the desktop's first frame and draws
+every next frame from its own previous one, given a held-out session's actions. The task
+succeeded if the last frame shows the outcome. Deciding that from pixels is done by the
+simulator itself: the final true state is rendered as it looks with the task done (every window
+position jitter and page layout the simulator could have drawn) and as it looks without it (the
+folder missing, the page still loading at any progress, the window not open); the model's frame
+succeeds if its nearest rendering (mean absolute error over the frame) is one of the done ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuralos_example.data import Session, session_arrays
+from neuralos_example.model import FrameBatch, FramePredictor, NextFrameModel, sample_next, tensor_to_frames
+from neuralos_example.simulator import (
+    BASE,
+    JITTER,
+    N_PAGES,
+    WINDOW_GEOMETRY,
+    Desktop,
+    DesktopState,
+    render_state,
+)
+
+TASK_WINDOW = {"open_browser": "browser", "open_home": "files", "open_trash": "trash"}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 frames (mean over frames; identical frames count as 60 dB)."""
+    err = ((a.astype(np.float32) - b.astype(np.float32)) ** 2).reshape(len(a), -1).mean(axis=1)
+    return float(np.mean([60.0 if e == 0 else min(60.0, 10 * math.log10(255.0**2 / e)) for e in err]))
+
+
+def _mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def _window_variants(state: DesktopState, kind: str) -> tuple[int, list[DesktopState]]:
+    """The index of the topmost ``kind`` window and the state with it at every jittered position."""
+    idx = max(i for i, w in enumerate(state.windows) if w.kind == kind)
+    win = state.windows[idx]
+    s = state.size // BASE
+    bx, by = WINDOW_GEOMETRY[kind][:2]
+    out = []
+    for dx in range(-JITTER, JITTER + 1):
+        for dy in range(-JITTER, JITTER + 1):
+            st = state.copy()
+            st.windows[idx] = dataclasses.replace(win, x=(bx + dx) * s, y=(by + dy) * s)
+            out.append(st)
+    return idx, out
+
+
+def outcome_renderings(task: str, final: DesktopState) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """(frames with the task done, frames without), or None if the true session did not finish the task."""
+    if task == "create_folder":
+        if not final.folders:
+            return None
+        without = final.copy()
+        without.folders = without.folders[:-1]
+        return [render_state(final)], [render_state(without)]
+    kind = TASK_WINDOW[task]
+    if not any(w.kind == kind for w in final.windows):
+        return None
+    idx, variants = _window_variants(final, kind)
+    absent = final.copy()
+    del absent.windows[idx]
+    fail = [render_state(absent)]
+    done: list[np.ndarray] = []
+    if task == "open_browser":
+        if not final.windows[idx].loaded:
+            return None
+        for st in variants:
+            w = st.windows[idx]
+            for page in range(N_PAGES):
+                st2 = st.copy()
+                st2.windows[idx] = dataclasses.replace(w, page=page)
+                done.append(render_state(st2))
+            for progress in range(w.load_steps):  # still loading, at any point of the bar
+                st2 = st.copy()
+                st2.windows[idx] = dataclasses.replace(w, progress=progress)
+                fail.append(render_state(st2))
+    else:
+        done = [render_state(st) for st in variants]
+    return done, fail
+
+
+def judge(frame: np.ndarray, task: str, final: DesktopState) -> dict[str, Any]:
+    """Whether ``frame`` shows ``task`` done, given the true final state."""
+    r = outcome_renderings(task, final)
+    if r is None:
+        raise ValueError(f"the true session did not complete {task!r}; it cannot judge a rollout")
+    done, fail = r
+    d = min(_mae(frame, f) for f in done)
+    f = min(_mae(frame, g) for g in fail)
+    return {"success": d < f, "err_done": d, "err_not_done": f}
+
+
+@torch.no_grad()
+def teacher_forced_psnr(model: NextFrameModel, sessions: Sequence[Session], steps: int = 4, seed: int = 0) -> float:
+    """Next-frame PSNR with the true previous frame and action as input."""
+    parts = [session_arrays(s) for s in sessions]
+    arr = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    dev = next(model.parameters()).device
+    b = FrameBatch.from_arrays(arr["prev"], arr["next"], arr["x"], arr["y"], arr["event"], arr["key_index"], model.config, dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    model.eval()
+    out = [tensor_to_frames(sample_next(model, b.prev[i : i + 64], b.cursor[i : i + 64], b.cls[i : i + 64], steps, g)) for i in range(0, len(b), 64)]
+    return psnr(np.concatenate(out), arr["next"])
+
+
+def rollout(model: NextFrameModel, session: Session, steps: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """The model's frames for the session's actions, each from its own previous frame."""
+    pred = FramePredictor(model, steps, seed)
+    frame = Desktop(model.config.size, session.seed).render()
+    frames = [frame]
+    for a in session.actions:
+        frame = pred.predict(frame, a)
+        frames.append(frame)
+    return frames
+
+
+def closed_loop(model: NextFrameModel, task: str, sessions: Sequence[Session], steps: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Task success rate and rollout PSNR (frames vs true frames) over sessions of ``task``."""
+    wins, psnrs = [], []
+    for i, s in enumerate(sessions):
+        frames = rollout(model, s, steps, seed + i)
+        desk = Desktop(model.config.size, s.seed)
+        true = [desk.render()] + [desk.step(a) for a in s.actions]
+        wins.append(judge(frames[-1], task, desk.state)["success"])
+        psnrs.append(psnr(np.stack(frames[1:]), np.stack(true[1:])))
+    return {"success": float(np.mean(wins)), "rollout_psnr": float(np.mean(psnrs)), "n": len(sessions)}

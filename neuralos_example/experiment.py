@@ -1,0 +1,201 @@
+"""The case study, measured: does finetuning on users' replayed sessions make their tasks work?
+
+    python -m neuralos_example.experiment --steps 600 --sessions 12
+
+Three models are evaluated on held-out sessions of every task (the frequent ones demo users do,
+and the ones they rarely do):
+
+* ``base``: the shipped base model;
+* ``base-only``: the base model trained ``--steps`` more steps on base data alone;
+* ``finetuned``: the base model trained the same ``--steps`` steps on the deployment mixture:
+  half base rows, half live transitions (``fresh`` first, as the trainer draws them) from
+  simulated users doing the frequent tasks, replayed in the simulator as the demo's replayer does.
+
+Same optimizer, learning rate, batch size and step count for both arms: the only difference is
+the data. Metrics: teacher-forced next-frame PSNR, closed-loop rollout PSNR and closed-loop task
+success (see :mod:`neuralos_example.evaluation`). Writes a JSON and Markdown table and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from neuralos_example.data import (
+    FREQUENT_TASKS,
+    TASKS,
+    Session,
+    base_table,
+    sessions_table,
+    task_actions,
+    task_session,
+    transition_schema,
+)
+from neuralos_example.evaluation import closed_loop, outcome_renderings, teacher_forced_psnr
+from neuralos_example.model import BASE_CHECKPOINT, NextFrameModel, load_model
+from neuralos_example.simulator import Desktop
+from neuralos_example.task import NeuralOSTask
+from ray_interactive.buffer import DataBuffer
+from ray_interactive.task import DataSource
+
+
+def user_session(seed: int, tasks: tuple[str, ...] = FREQUENT_TASKS) -> Session:
+    """A simulated demo user's session: 1-3 frequent tasks in a row (as :class:`~neuralos_example.users.SimulatedUser`)."""
+    rng = np.random.default_rng(seed)
+    desk = Desktop(64, seed)
+    actions, tags = [], []
+    for _ in range(int(rng.integers(1, 4))):
+        task = str(rng.choice(tasks))
+        for a in task_actions(task, rng, desk):
+            desk.apply(a)
+            actions.append(a)
+            tags.append(task)
+    return Session(f"user-{seed}", seed, actions, tags)
+
+
+def heldout(task: str, n: int, seed: int = 700_000) -> list[Session]:
+    """``n`` sessions of ``task`` whose true outcome is a done task (seeds never used in training)."""
+    out: list[Session] = []
+    i = 0
+    while len(out) < n:
+        s = task_session(task, seed + 1000 * TASKS.index(task) + i, warmup=int(i % 4))
+        desk = Desktop(64, s.seed)
+        for a in s.actions:
+            desk.apply(a)
+        if outcome_renderings(task, desk.state) is not None:
+            out.append(s)
+        i += 1
+    return out
+
+
+def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, steps: int, batch: int, lr: float, seed: int, label: str) -> NextFrameModel:
+    """``steps`` steps of the task's loss on batches the run's data buffer draws: base rows
+    uniformly, and (if given) live rows ingested into a ``fresh`` live source, weights 1:1."""
+    task = NeuralOSTask(checkpoint=None)
+    sources = [DataSource("base", base_rows)]
+    if live is not None:
+        sources.append(DataSource("live", schema=transition_schema(), policy="fresh"))
+    tmp = tempfile.TemporaryDirectory(prefix="neuralos-exp-")
+    buf = DataBuffer(sources, seed=seed, directory=Path(tmp.name))
+    if live is not None:
+        buf.ingest(live, "live")
+    model = copy.deepcopy(model).train()
+    opt = task.build_optimizer(model, lr)
+    torch.manual_seed(seed)
+    for _ in tqdm(range(steps), desc=label, unit="step", file=sys.stdout, mininterval=5):
+        chunk = buf.next_batches(batch, 1)
+        assert chunk is not None
+        loss, _ = task.loss(model, task.collate(chunk.table, torch.device("cpu")))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    buf.close()
+    tmp.cleanup()
+    return model.eval()
+
+
+def evaluate(model: NextFrameModel, sets: dict[str, list[Session]], steps: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for task, sessions in sets.items():
+        r = closed_loop(model, task, sessions, steps)
+        r["teacher_forced_psnr"] = teacher_forced_psnr(model, sessions, steps)
+        out[task] = r
+    return out
+
+
+def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    arms = list(results)
+    lines = ["| task | kind | " + " | ".join(f"{a} success" for a in arms) + " | " + " | ".join(f"{a} PSNR (tf / rollout)" for a in arms) + " |",
+             "|---|---|" + "---|" * (2 * len(arms))]
+    for task in TASKS:
+        kind = "frequent" if task in FREQUENT_TASKS else "rare"
+        succ = " | ".join(f"{results[a][task]['success']:.0%}" for a in arms)
+        ps = " | ".join(f"{results[a][task]['teacher_forced_psnr']:.1f} / {results[a][task]['rollout_psnr']:.1f}" for a in arms)
+        lines.append(f"| {task} | {kind} | {succ} | {ps} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    x = np.arange(len(TASKS))
+    w = 0.8 / len(arms)
+    for ax, key, label in ((axes[0], "success", "closed-loop task success"), (axes[1], "rollout_psnr", "closed-loop rollout PSNR (dB)")):
+        for i, a in enumerate(arms):
+            vals = [results[a][t][key] * (100 if key == "success" else 1) for t in TASKS]
+            ax.bar(x + (i - (len(arms) - 1) / 2) * w, vals, w, label=a)
+        ax.set_xticks(x, [f"{t}\n({'frequent' if t in FREQUENT_TASKS else 'rare'})" for t in TASKS], fontsize=8)
+        ax.set_title(label, fontsize=10)
+        if key == "success":
+            ax.set_ylabel("%")
+            ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m neuralos_example.experiment", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default=str(BASE_CHECKPOINT))
+    ap.add_argument("--steps", type=int, default=600, help="finetuning steps of each arm")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--sessions", type=int, default=12, help="held-out sessions per task")
+    ap.add_argument("--users", type=int, default=150, help="simulated user sessions of live data")
+    ap.add_argument("--sampler-steps", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="docs/neuralos_experiment")
+    args = ap.parse_args(argv)
+    if min(args.steps, args.batch, args.sessions, args.users) < 1:
+        ap.error("--steps, --batch, --sessions and --users must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    base = load_model(args.checkpoint).eval()
+    sets = {task: heldout(task, args.sessions) for task in TASKS}
+    base_rows = base_table(3000, 0)
+    live = sessions_table([user_session(200_000 + i) for i in range(args.users)])
+    print(f"held-out: {args.sessions} sessions per task; live data: {live.num_rows} transitions from {args.users} simulated user sessions", flush=True)
+    arms: dict[str, NextFrameModel] = {"base": base}
+    arms["base-only"] = finetune(base, base_rows, None, args.steps, args.batch, args.lr, args.seed, "base-only")
+    t_ft = time.time()
+    arms["finetuned"] = finetune(base, base_rows, live, args.steps, args.batch, args.lr, args.seed, "finetuned")
+    ft_minutes = (time.time() - t_ft) / 60
+    results = {}
+    for name, model in arms.items():
+        print(f"evaluating {name} ...", flush=True)
+        results[name] = evaluate(model, sets, args.sampler_steps)
+    md = table_markdown(results)
+    print(md)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"args": vars(args), "finetune_minutes_per_arm": ft_minutes, "live_rows": live.num_rows, "total_minutes": (time.time() - t0) / 60,
+            "command": "python -m neuralos_example.experiment " + " ".join(argv if argv is not None else sys.argv[1:])}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(md + "\n")
+    plot(results, out.with_suffix(".png"), f"{args.steps} finetuning steps per arm ({ft_minutes:.1f} CPU-min), {args.sessions} held-out sessions per task, {args.sampler_steps}-step DDIM")
+    print(f"wrote {out}.json, .md, .png in {(time.time() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

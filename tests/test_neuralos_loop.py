@@ -1,0 +1,151 @@
+"""The NeuralOS loop end to end on the test cluster: a simulated user acts through the demo's HTTP
+API -> interactions are logged in the buffer -> replayed into true transitions -> the trainer
+trains on them -> it publishes weights -> the demo serves the new version. Plus the demo page in
+headless Chromium, and the main command with a duration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+from gradio_client import Client
+
+from neuralos_example.data import decode_png
+from neuralos_example.main import Deployment
+from neuralos_example.simulator import Action, Desktop
+from neuralos_example.users import SimulatedUser
+from ray_interactive.config import RunConfig, TaskSpec
+from ray_interactive.launch import start_run
+
+from .conftest import REPO, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def loop(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    run_dir = tmp_path_factory.mktemp("neuralos") / "run"
+    config = RunConfig(
+        name=f"nos-{uuid.uuid4().hex[:6]}",
+        task=TaskSpec(target="neuralos_example.task:NeuralOSTask", kwargs={"base_rows": 64}),
+        run_dir=run_dir,
+        batch_size=2,
+        lr=1e-4,
+        publish_every=3,
+        torch_threads=1,
+        trainer_num_cpus=1,
+        metrics_interval_s=0.1,
+        metrics_flush_s=0.5,
+    )
+    handle = start_run(config)
+    client = handle.client()
+    deployment = Deployment(client, run_dir, sampler_steps=1, replay_poll_s=0.05)
+    yield {"handle": handle, "client": client, "d": deployment, "run_dir": run_dir}
+    deployment.close()
+    handle.shutdown()
+
+
+def test_user_actions_become_training_data_and_new_weights_reach_the_demo(loop: dict[str, Any]) -> None:
+    client, d = loop["client"], loop["d"]
+    version_before = wait_until(lambda: d.engine.version, timeout=60, what="a first published version")
+    user = SimulatedUser(d.url, seed=5, think_s=(0.0, 0.01), tasks=("create_folder",), tasks_per_session=(1, 1))
+    user.session()
+    assert user.actions >= 5 and user.errors == 0
+
+    # every action was logged as an interaction row, with the frame shown and the version served
+    n = user.actions
+    wait_until(lambda: client.sources()["interactions"]["rows"] >= n, what="interaction rows")
+    rows = client.read_rows("interactions").to_pylist()
+    assert [r["step"] for r in rows[:n]] == list(range(n))
+    assert all(decode_png(r["frame"]).shape == (64, 64, 3) and r["model_version"] >= 1 and r["latency_ms"] > 0 for r in rows[:n])
+    assert rows[0]["task"] == "create_folder"
+
+    # replayed in the simulator: the transitions are the true frames of those actions
+    wait_until(lambda: client.sources()["live"]["rows"] >= n, what="replayed transitions")
+    live = client.read_rows("live", 0, n).to_pylist()
+    desk = Desktop(64, rows[0]["seed"])
+    for r, t in zip(rows[:n], live, strict=True):
+        prev = desk.render()
+        key = None if not r["key_index"] else "abcdefghijklmnopqrstuvwxyz0123456789"[r["key_index"] - 1]
+        nxt = desk.step(Action(r["x"], r["y"], r["event"], key))
+        assert np.array_equal(decode_png(t["prev"]), prev) and np.array_equal(decode_png(t["next"]), nxt)
+    assert desk.state.folders, "the scripted user created a folder"
+
+    # the trainer drew them into batches (fresh first) and published newer weights, which the demo now serves
+    wait_until(lambda: client.metrics(keys=["mix/live"]).get("mix/live", {}).get("value"), what="live rows in a batch")
+    assert max(client.metrics(keys=["mix/live"])["mix/live"]["value"]) > 0
+    firsts = ray.get(loop["handle"].trainer.first_use_latencies.remote())
+    assert firsts, "the trainer trained on live rows (seconds from ingest to first gradient)"
+    wait_until(lambda: d.engine.version > version_before + 1, timeout=90, what="the demo to serve a newer version")
+    info = Client(d.url, verbose=False).predict(api_name="/info")
+    assert info["version"] == d.engine.version
+    assert d.replayer.stats()["latency_p50_s"] is not None
+
+
+def test_demo_api_refuses_bad_actions_and_keeps_serving(loop: dict[str, Any]) -> None:
+    c = Client(loop["d"].url, verbose=False)
+    s = c.predict("open_browser", None, api_name="/new_session")
+    for args, msg in (
+        (("nope", 1, 1, "move", "", 0), "unknown session"),
+        ((s["session"], 99, 1, "left_click", "", 0), "outside"),
+        ((s["session"], 1, 1, "double_click", "", 0), "unknown event"),
+        ((s["session"], 1, 1, "key", "!", 0), "a KEY action"),
+        ((s["session"], 1, 1, "move", "", 3), "sampler steps"),
+    ):
+        with pytest.raises(Exception, match=msg):
+            c.predict(*args, api_name="/act")
+    out = c.predict(s["session"], 10, 10, "left_click", "", 1, api_name="/act")
+    assert out["step"] == 1
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_demo_page_click_on_the_screen_changes_the_frame(loop: dict[str, Any], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    d = loop["d"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(d.url)
+        expect(page.locator("#version")).to_contain_text("model version", timeout=30_000)
+        img = page.locator("#screen img")
+        expect(img).to_be_visible(timeout=30_000)
+        before = img.get_attribute("src")
+        sessions = len(d.engine.sessions)
+        box = img.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.3)  # on the home icon
+        expect(page.locator("#info")).to_contain_text("step 1", timeout=30_000)
+        expect(img).not_to_have_attribute("src", before or "", timeout=10_000)
+        assert len(d.engine.sessions) == sessions + 1
+        page.locator("#type-text textarea, #type-text input").first.fill("ab")
+        page.locator("#type").click()
+        expect(page.locator("#info")).to_contain_text("step 3", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "demo.png"))
+        browser.close()
+
+
+@pytest.mark.slow
+def test_main_command_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
+    """`make demo` (the README's main command) with a short duration and one simulated user."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        ["make", "demo", "DURATION=45", f"DEMO_ARGS=--run-dir {tmp_path / 'run'} --users 1"],
+        cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "control UI: http://" in text and "NeuralOS demo: http://" in text
+    assert "stopped at step" in text
+    served = int(text.split("served model version ")[1].split(";")[0])
+    replayed = int(text.split("interactions logged; ")[1].split(" transitions")[0])
+    assert served >= 1 and replayed > 0
+    assert (tmp_path / "run" / "buffer" / "live").is_dir()

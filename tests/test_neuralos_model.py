@@ -1,0 +1,171 @@
+"""The NeuralOS next-frame model, its sampler, data rows and the closed-loop judge (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from neuralos_example.data import (
+    TASKS,
+    base_session,
+    base_table,
+    decode_png,
+    encode_png,
+    sessions_table,
+    task_session,
+    transition_schema,
+)
+from neuralos_example.engine import DemoEngine, parse_event
+from neuralos_example.evaluation import judge
+from neuralos_example.model import (
+    BASE_CHECKPOINT,
+    N_CLASSES,
+    SAMPLER_STEPS,
+    FrameBatch,
+    FramePredictor,
+    ModelConfig,
+    NextFrameModel,
+    action_class,
+    action_classes,
+    cursor_maps,
+    diffusion_loss,
+    load_model,
+    sample_next,
+    save_model,
+)
+from neuralos_example.simulator import KEYS, Action, Desktop, Event, render_state
+from neuralos_example.task import NeuralOSTask
+
+torch.set_num_threads(1)
+SMALL = ModelConfig(channels=(16, 32), patch=4)
+
+
+def test_action_classes_cover_events_and_keys_without_collisions() -> None:
+    classes = [action_class(e) for e in (Event.MOVE, Event.LEFT_CLICK, Event.RIGHT_CLICK, Event.ENTER)]
+    classes += [action_class(Event.KEY, i + 1) for i in range(len(KEYS))]
+    assert sorted(classes) == list(range(N_CLASSES))
+    ev = np.array([0, 1, 2, 4, 3, 3], np.int8)
+    ki = np.array([0, 0, 0, 0, 1, 36], np.int8)
+    assert action_classes(ev, ki).tolist() == [action_class(int(e), int(k)) for e, k in zip(ev, ki, strict=True)]
+    with pytest.raises(ValueError, match="key_index"):
+        action_class(Event.KEY, 0)
+
+
+def test_model_and_sampler_shapes() -> None:
+    model = NextFrameModel(SMALL).eval()
+    b = 3
+    prev = torch.rand(b, 3, 64, 64) * 2 - 1
+    cursor = cursor_maps(np.array([0, 10, 63]), np.array([5, 20, 63]), 64)
+    assert cursor.shape == (b, 1, 64, 64)
+    assert cursor[1, 0].argmax().item() == 20 * 64 + 10  # the blob is at (x=10, y=20)
+    cls = torch.tensor([0, 5, N_CLASSES - 1])
+    out = model(torch.randn(b, 3, 64, 64), torch.tensor([0, 500, 999]), prev, cursor, cls)
+    assert out.shape == (b, 3, 64, 64)
+    for steps in (1, 4):
+        frames = sample_next(model, prev, cursor, cls, steps, torch.Generator().manual_seed(0))
+        assert frames.shape == (b, 3, 64, 64) and frames.min() >= -1 and frames.max() <= 1
+    with pytest.raises(ValueError, match="sampler steps"):
+        sample_next(model, prev, cursor, cls, 0)
+    with pytest.raises(ValueError, match="divisible"):
+        NextFrameModel(ModelConfig(size=48, channels=(16, 32, 32, 32), patch=4))
+
+
+def test_an_untrained_model_copies_the_screen_and_the_loss_trains() -> None:
+    """Output = previous frame + network output: at init (zero-ish residual) the screen stays."""
+    model = NextFrameModel(SMALL)
+    sess = base_session(3, n_steps=8)
+    table = sessions_table([sess])
+    batch = NeuralOSTask(checkpoint=None).collate(table, torch.device("cpu"))
+    assert isinstance(batch, FrameBatch) and len(batch) == 8
+    loss, metrics = diffusion_loss(model, batch, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and loss.item() > 0 and 0 <= metrics["changed_frac"] <= 1
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    first = loss.item()
+    for _ in range(15):
+        loss, _ = diffusion_loss(model, batch, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+
+
+def test_predictor_returns_frames_and_checks_actions() -> None:
+    pred = FramePredictor(NextFrameModel(SMALL), steps=2)
+    frame = Desktop().render()
+    out = pred.predict(frame, Action.left(10, 10))
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="outside"):
+        pred.predict(frame, Action.left(64, 3))
+
+
+def test_save_load_roundtrip_and_clear_error(tmp_path: Path) -> None:
+    model = NextFrameModel(SMALL)
+    save_model(model, tmp_path / "m", {"steps": 1})
+    again = load_model(tmp_path / "m")
+    assert again.config == SMALL
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-2), k  # stored as fp16
+    with pytest.raises(ValueError, match="cannot load"):
+        load_model(tmp_path / "missing")
+
+
+def test_shipped_base_checkpoint_loads() -> None:
+    model = load_model(BASE_CHECKPOINT)
+    meta = __import__("json").loads(BASE_CHECKPOINT.with_suffix(".json").read_text())["meta"]
+    assert meta["steps"] >= 1000 and "neuralos_example.pretrain" in meta["command"]
+    assert model.num_parameters() > 1_000_000
+
+
+def test_rows_frames_and_schema() -> None:
+    frame = Desktop(seed=1).render()
+    assert np.array_equal(decode_png(encode_png(frame)), frame)
+    with pytest.raises(ValueError, match="not a PNG"):
+        decode_png(b"nope")
+    with pytest.raises(ValueError, match="expected 64x64"):
+        decode_png(encode_png(frame[:32]))
+    t = base_table(50, seed=2)
+    assert t.num_rows == 50 and t.schema.equals(transition_schema())
+    assert t.equals(base_table(50, seed=2))  # deterministic
+    sizes = pa.compute.binary_length(t.column("prev")).to_numpy()
+    assert sizes.max() < 4096  # PNG keeps rows small
+
+
+def test_task_sessions_complete_their_task_and_the_judge_tells_done_from_not() -> None:
+    for i, task in enumerate(TASKS):
+        s = task_session(task, 40 + i)
+        desk = Desktop(64, s.seed)
+        for a in s.actions:
+            desk.apply(a)
+        final = desk.state
+        assert judge(render_state(final), task, final)["success"], task
+        # the first frame (nothing done yet, same cursor as the end) is judged not done
+        start = final.copy()
+        start.windows, start.folders, start.menu, start.dialog = [], [], None, None
+        assert not judge(render_state(start), task, final)["success"], task
+
+
+def test_engine_validates_input() -> None:
+    engine = DemoEngine(NextFrameModel(SMALL), steps=1)
+    assert parse_event("left click") == Event.LEFT_CLICK and parse_event(4) == Event.ENTER
+    with pytest.raises(ValueError, match="unknown event"):
+        parse_event("double_click")
+    s = engine.new_session("create_folder")
+    with pytest.raises(ValueError, match="unknown session"):
+        engine.act("nope", 1, 1, "move")
+    with pytest.raises(ValueError, match="outside"):
+        engine.act(s.id, 70, 1, "move")
+    with pytest.raises(ValueError, match="a KEY action"):
+        engine.act(s.id, 1, 1, "key", "?")
+    with pytest.raises(ValueError, match="sampler steps"):
+        engine.act(s.id, 1, 1, "move", steps=3)
+    with pytest.raises(ValueError, match="unknown task"):
+        engine.new_session("fly")
+    res = engine.act(s.id, 5, 6, "move")
+    assert res["step"] == 1 and engine.sessions[s.id].cursor == (5, 6)
+    res = engine.act(s.id, None, None, "key", "a")  # keys act at the cursor
+    assert res["step"] == 2 and engine.sessions[s.id].step == 2
+    assert set(SAMPLER_STEPS) >= {1, 4}
