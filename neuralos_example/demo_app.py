@@ -114,10 +114,11 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
             return {"session": s.id, "seed": s.seed, "step": 0, "version": engine.version,
                     "frame_png": base64.b64encode(encode_png(s.frame)).decode()}
 
-        def act(session: str, x: int, y: int, event: str, key: str = "", steps: int = 0) -> dict[str, Any]:
-            """One action at screen pixel (x, y) (64x64 frame coordinates); returns the next frame as PNG (base64)."""
+        def act(session: str, x: int, y: int, event: str, key: str = "", steps: int = 0, task: str = "") -> dict[str, Any]:
+            """One action at screen pixel (x, y) (64x64 frame coordinates); returns the next frame as PNG (base64).
+            ``task`` (optional) tags this and later actions of the session with what the user is doing."""
             try:
-                res = engine.act(session, int(x), int(y), event, key or None, int(steps) or None)
+                res = engine.act(session, int(x), int(y), event, key or None, int(steps) or None, task or None)
             except (ValueError, TypeError) as e:
                 raise gr.Error(str(e)) from None
             return {"session": session, "step": res["step"], "version": res["version"],

@@ -63,9 +63,13 @@ class InteractionLog:
     stored twice) and is retried; :meth:`close` flushes what is left.
     """
 
-    def __init__(self, send: Callable[[pa.Table, str], Any], flush_s: float = 0.1) -> None:
+    def __init__(self, send: Callable[[pa.Table, str], Any], flush_s: float = 0.1, max_rows: int = 256) -> None:
         self._send = send
         self.flush_s = flush_s
+        self.max_rows = max_rows  # per send: a backlog after an outage goes in pieces the buffer accepts
+        self.rejected_rows = 0
+        self._flush_lock = threading.Lock()
+        self._closed = False
         self._rows: list[dict[str, Any]] = []
         self._retry: tuple[pa.Table, str] | None = None
         self._cv = threading.Condition()
@@ -92,28 +96,41 @@ class InteractionLog:
                 return self._retry
             if not self._rows:
                 return None
-            rows, self._rows = self._rows, []
-        table = pa.Table.from_pylist(rows, schema=interaction_schema())
+            rows, self._rows = self._rows[: self.max_rows], self._rows[self.max_rows :]
+        try:
+            table = pa.Table.from_pylist(rows, schema=interaction_schema())
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+            self._reject(len(rows), e)
+            return None
         return table, f"interactions-{uuid.uuid4().hex}"
 
+    def _reject(self, n: int, e: BaseException) -> None:
+        self.rejected_rows += n
+        self.last_error = f"{type(e).__name__}: {e}"
+        log.error("interaction log: %d rows refused, dropped: %s", n, self.last_error)
+
     def flush(self) -> bool:
-        """Send what is buffered now; False if the send failed (the rows are kept)."""
-        item = self._take()
-        if item is None:
-            return True
-        try:
-            self._send(*item)
-        except Exception as e:  # the run may be restarting; keep the rows and retry
+        """Send one batch of what is buffered; False if the send failed (the rows are kept)."""
+        with self._flush_lock:
+            item = self._take()
+            if item is None:
+                return True
+            try:
+                self._send(*item)
+            except ValueError as e:  # refused by the buffer (schema, size): retrying cannot help
+                self._reject(item[0].num_rows, e)
+            except Exception as e:  # the run may be restarting; keep the rows and retry
+                with self._cv:
+                    self._retry = item
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("interaction log: send failed (%s); will retry", self.last_error)
+                return False
+            else:
+                self.sent_rows += item[0].num_rows
             with self._cv:
-                self._retry = item
-            self.failures += 1
-            self.last_error = f"{type(e).__name__}: {e}"
-            log.warning("interaction log: send failed (%s); will retry", self.last_error)
-            return False
-        with self._cv:
-            self._retry = None
-        self.sent_rows += item[0].num_rows
-        return True
+                self._retry = None
+            return True
 
     def _loop(self) -> None:
         while True:
@@ -123,10 +140,19 @@ class InteractionLog:
                 if self._stop:
                     return
             time.sleep(self.flush_s)  # gather the rows of concurrent users into one ingest
-            if not self.flush():
+            try:
+                ok = self.flush()
+            except Exception as e:  # never let the thread die: rows would pile up unsent
+                log.error("interaction log: %s: %s", type(e).__name__, e)
+                ok = False
+            if not ok:
                 time.sleep(1.0)
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread and send what is left (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         with self._cv:
             self._stop = True
             self._cv.notify()
@@ -155,13 +181,23 @@ class DemoEngine:
         self.log_rows = log_rows
         self.model_lock = model_lock if model_lock is not None else threading.RLock()
         self.max_sessions = max_sessions
-        self.version = 0
+        self.version_source: Callable[[], int] | None = None  # read under model_lock, see version
+        self._version = 0
         self.sessions: dict[str, DemoSession] = {}
         self._lock = threading.Lock()
         self._seeds = np.random.default_rng(seed)
         self.size = model.config.size
         self.first_frame = Desktop(self.size, 0).render()
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    @property
+    def version(self) -> int:
+        """The weights version being served (0: the base model)."""
+        return self.version_source() if self.version_source is not None else self._version
+
+    @version.setter
+    def version(self, v: int) -> None:
+        self._version = v
 
     @staticmethod
     def _check_steps(steps: int) -> int:
@@ -173,6 +209,8 @@ class DemoEngine:
         task = task or None
         if task is not None and task not in TASKS:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)} (or none)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31):
+            raise ValueError(f"seed must be an int in [0, 2**31), got {seed!r}")
         with self._lock:
             if len(self.sessions) >= self.max_sessions:  # forget the longest idle one
                 oldest = min(self.sessions.values(), key=lambda s: s.last_seen)

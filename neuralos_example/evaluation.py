@@ -66,7 +66,9 @@ def outcome_renderings(task: str, final: DesktopState) -> tuple[list[np.ndarray]
             return None
         without = final.copy()
         without.folders = without.folders[:-1]
-        return [render_state(final)], [render_state(without)]
+        typed = without.copy()  # the name typed but not confirmed: the dialog still open
+        typed.dialog = final.folders[-1].name
+        return [render_state(final)], [render_state(without), render_state(typed)]
     kind = TASK_WINDOW[task]
     if not any(w.kind == kind for w in final.windows):
         return None
@@ -74,6 +76,12 @@ def outcome_renderings(task: str, final: DesktopState) -> tuple[list[np.ndarray]
     absent = final.copy()
     del absent.windows[idx]
     fail = [render_state(absent)]
+    for other in TASK_WINDOW.values():  # the wrong window opened instead, wherever it landed
+        if other != kind:
+            wrong = final.copy()
+            wrong.windows[idx] = dataclasses.replace(final.windows[idx], kind=other, w=WINDOW_GEOMETRY[other][2] * (final.size // BASE),
+                                                     h=WINDOW_GEOMETRY[other][3] * (final.size // BASE), progress=0, load_steps=0)
+            fail += [render_state(st) for st in _window_variants(wrong, other)[1]]
     done: list[np.ndarray] = []
     if task == "open_browser":
         if not final.windows[idx].loaded:

@@ -65,30 +65,34 @@ class Deployment:
         from neuralos_example.users import UserPool
 
         self._closers: list[tuple[str, Any]] = []
-        self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
-        self._closers.append(("interaction log", self.log_sink.close))
-        model = load_model(checkpoint)
-        self.engine = DemoEngine(model, self.log_sink.add, sampler_steps)
-
-        def swapped(entry: Any) -> None:
-            self.engine.version = entry.version
-
-        self.subscriber = client.subscribe(model, on_swap=swapped)
-        self.engine.model_lock = self.subscriber.lock  # inference and swaps exclude each other
-        self.subscriber.start()
-        self._closers.append(("weight subscriber", self.subscriber.stop))
-        self.replayer = Replayer(client, Path(run_dir) / "replayer.json", poll_s=replay_poll_s).start()
-        self._closers.append(("replayer", self._stop_replayer))
-        self.demo, self.url = serve_demo(self.engine, port=demo_port)
-        self._closers.append(("demo", self.demo.close))
-        self.users = UserPool(self.url, users).start() if users else None
-        if self.users is not None:
-            self._closers.append(("simulated users", self.users.stop))
+        try:
+            self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
+            self._closers.append(("interaction log", self.log_sink.close))
+            model = load_model(checkpoint)
+            self.engine = DemoEngine(model, self.log_sink.add, sampler_steps)
+            self.subscriber = sub = client.subscribe(model)
+            # Inference and swaps exclude each other, and the version a frame is logged with is
+            # read under the same lock: it is the version that drew it.
+            self.engine.model_lock = sub.lock
+            self.engine.version_source = lambda: sub.loaded.version if sub.loaded is not None else 0
+            sub.start()
+            self._closers.append(("weight subscriber", sub.stop))
+            self.replayer = Replayer(client, Path(run_dir) / "replayer.json", size=self.engine.size, poll_s=replay_poll_s).start()
+            self._closers.append(("replayer", self._stop_replayer))
+            self.demo, self.url = serve_demo(self.engine, port=demo_port)
+            self._closers.append(("demo", self.demo.close))
+            self.users = UserPool(self.url, users).start() if users else None
+            if self.users is not None:
+                self._closers.append(("simulated users", self.users.stop))
+        except BaseException:
+            self.close()
+            raise
 
     def _stop_replayer(self) -> None:
         self.replayer.stop()
+        self.log_sink.close()  # the users and the demo are stopped: send their last rows ...
         try:
-            self.replayer.poll()  # what the log sent last
+            self.replayer.poll()  # ... and replay them
         except Exception as e:
             log.warning("final replay failed: %s", e)
 
@@ -132,6 +136,7 @@ class Loop:
         })
         self.handle = start_run(config, address=a.address)
         self.client = client = self.handle.client()
+        self.config = config
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:
@@ -157,22 +162,25 @@ class Loop:
                 f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else ""))
 
     def stop(self) -> int:
-        if self.deployment is not None:
-            self.deployment.close()
         code = 0
-        if self.handle is not None:
-            self.client.send("stop", source="cli", comment="the main job's duration is over")
-            try:
-                self.handle.wait(timeout=180)
-            except Exception as e:
-                print(f"run failed: {e}", file=sys.stderr)
-                code = 1
-            from ray_interactive.cli import summary
+        try:
+            if self.deployment is not None:
+                self.deployment.close()
+            if self.handle is not None:
+                try:
+                    self.client.send("stop", source="cli", comment="the main job's duration is over")
+                    self.handle.wait(timeout=180)
+                    from ray_interactive.cli import summary
 
-            summary(self.client)
-            self.handle.shutdown()
-        if self.ui is not None:
-            self.ui.close()
+                    summary(self.client)
+                except Exception as e:
+                    print(f"run failed: {e}", file=sys.stderr)
+                    code = 1
+        finally:
+            if self.handle is not None:
+                self.handle.shutdown()
+            if self.ui is not None:
+                self.ui.close()
         return code
 
 
@@ -183,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     loop = Loop(args)
     try:
         urls = loop.start()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        loop.stop()
         return 2
     for what, url in urls.items():
         print(f"  {what}: {url}", flush=True)

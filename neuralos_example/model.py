@@ -214,12 +214,22 @@ def sample_next(
     return x.clamp(-1, 1)
 
 
-class FramePredictor:
-    """Autoregressive next-frame prediction for one screen at a time (the demo, rollouts)."""
+KEEP_BELOW = 16  # default of FramePredictor.keep_below (0-255 levels)
 
-    def __init__(self, model: NextFrameModel, steps: int = 4, seed: int = 0) -> None:
+
+class FramePredictor:
+    """Autoregressive next-frame prediction for one screen at a time (the demo, rollouts).
+
+    ``keep_below``: a pixel whose predicted colour is within this many levels (0-255, every
+    channel) of the previous frame keeps the previous colour exactly. In closed loop the model
+    reads its own output; without this, faint residual noise in unchanged areas compounds frame
+    after frame into visible texture. Real changes (a cursor, a window) are far above it.
+    """
+
+    def __init__(self, model: NextFrameModel, steps: int = 4, seed: int = 0, keep_below: int = KEEP_BELOW) -> None:
         self.model = model.eval()
         self.steps = steps
+        self.keep_below = keep_below
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -233,8 +243,11 @@ class FramePredictor:
         prev = frames_to_tensor(frame[None], self.device)
         cursor = cursor_maps(np.array([action.x]), np.array([action.y]), c.size, c.cursor_sigma, self.device)
         cls = torch.tensor([action_class(action.event, action.key_index)], device=self.device)
-        out = sample_next(self.model, prev, cursor, cls, steps or self.steps, self.generator)
-        return tensor_to_frames(out)[0]
+        out = tensor_to_frames(sample_next(self.model, prev, cursor, cls, steps or self.steps, self.generator))[0]
+        if self.keep_below > 0:
+            same = (np.abs(out.astype(np.int16) - frame.astype(np.int16)) < self.keep_below).all(axis=2)
+            out[same] = frame[same]
+        return out
 
 
 # --------------------------------------------------------------------------- files

@@ -64,13 +64,29 @@ class Replayer:
         self.skip_reasons: collections.deque[str] = collections.deque(maxlen=20)
         # seconds from an interaction (received by the demo) to its transition acknowledged by the buffer
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.max_sessions = 4096
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one poll at a time (the thread's and a final one)
+        self._pending_stop: int | None = None  # a batch that may have been sent before a crash
         if self.state_path is not None and self.state_path.exists():
-            saved = json.loads(self.state_path.read_text())["position"]
-            if saved:
-                self._replay(self.client.read_rows(self.source, 0, saved, COLUMNS), send=False)
-            self.position = saved
+            saved = json.loads(self.state_path.read_text())
+            self.transitions = saved.get("transitions", 0)
+            self._pending_stop = saved.get("pending_stop")
+            self._rebuild(saved["position"])
+
+    def _rebuild(self, position: int) -> None:
+        """Sessions' simulator states as of interaction row ``position`` (replayed, not sent)."""
+        self.sessions = {}
+        if position:
+            self._replay(self.client.read_rows(self.source, 0, position, COLUMNS), send=False)
+        self.position = position
+
+    def _save(self, **extra: Any) -> None:
+        if self.state_path is not None:
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"position": self.position, "transitions": self.transitions, **extra}))
+            tmp.replace(self.state_path)
 
     def _skip(self, why: str) -> None:
         self.skipped += 1
@@ -81,10 +97,17 @@ class Replayer:
         for r in rows.to_pylist():
             sid, step = r["session"], r["step"]
             if step == 0:
-                self.sessions[sid] = _Replay(r["seed"], self.size)
+                try:
+                    self.sessions[sid] = _Replay(r["seed"], self.size)
+                except (ValueError, TypeError) as e:
+                    self._skip(f"session {sid}: bad seed {r['seed']!r}: {e}")
+                    continue
+                if len(self.sessions) > self.max_sessions:  # forget the oldest started
+                    del self.sessions[next(iter(self.sessions))]
             rep = self.sessions.get(sid)
             if rep is None or step != rep.next_step:
                 self._skip(f"session {sid}: step {step} out of order (expected {rep.next_step if rep else 0})")
+                self.sessions.pop(sid, None)  # its later steps cannot be replayed faithfully
                 continue
             try:
                 key = KEYS[r["key_index"] - 1] if r["key_index"] else None
@@ -107,26 +130,37 @@ class Replayer:
         return out
 
     def poll(self) -> int:
-        """Replay the interaction rows logged since the last poll; returns transitions ingested."""
-        total = self.client.sources()[self.source]["rows"]
-        if total <= self.position:
-            return 0
-        stop = min(total, self.position + self.max_rows)
-        rows = self.client.read_rows(self.source, self.position, stop, COLUMNS)
-        out = self._replay(rows, send=True)
-        n = len(out["session"])
-        if n:
-            table = pa.table(out, schema=transition_schema())
-            self.client.ingest(table, self.target, batch_id=f"replay-{self.position}-{stop}")
-            now = time.time()
-            self.latencies_s.extend(now - t for t in rows.column("time").to_pylist())
-        self.position = stop
-        self.transitions += n
-        if self.state_path is not None:
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"position": self.position, "transitions": self.transitions}))
-            tmp.replace(self.state_path)
-        return n
+        """Replay the interaction rows logged since the last poll; returns transitions ingested.
+
+        The batch's row range is saved before it is sent and reused after a crash, so its
+        batch id is the same and the buffer does not store it twice. If the send fails the
+        sessions are rebuilt as of the last acknowledged row, and the next poll sends it again.
+        """
+        with self._lock:
+            total = self.client.sources()[self.source]["rows"]
+            if total <= self.position:
+                return 0
+            stop = self._pending_stop or min(total, self.position + self.max_rows)
+            rows = self.client.read_rows(self.source, self.position, stop, COLUMNS)
+            start = self.position
+            try:
+                out = self._replay(rows, send=True)
+                n = len(out["session"])
+                if n:
+                    self._save(pending_stop=stop)
+                    table = pa.table(out, schema=transition_schema())
+                    self.client.ingest(table, self.target, batch_id=f"replay-{start}-{stop}")
+            except BaseException:
+                self._rebuild(start)
+                raise
+            if n:
+                now = time.time()
+                self.latencies_s.extend(now - t for t in rows.column("time").to_pylist())
+            self.position = stop
+            self._pending_stop = None
+            self.transitions += n
+            self._save()
+            return n
 
     def start(self) -> Replayer:
         if self._thread is None or not self._thread.is_alive():

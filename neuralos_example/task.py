@@ -72,13 +72,17 @@ class NeuralOSTask(Task):
         self.checkpoint, self.base_rows, self.seed = checkpoint, base_rows, seed
         self.live_weight, self.live_policy, self.eval_sessions = live_weight, live_policy, eval_sessions
         self._eval: dict[str, dict[str, np.ndarray]] | None = None
+        self.config = ModelConfig()
 
     def build_model(self) -> nn.Module:
         if self.checkpoint and Path(self.checkpoint).with_suffix(".safetensors").exists():
-            return load_model(self.checkpoint)
-        if self.checkpoint:
-            log.warning("no checkpoint at %s; starting from an untrained model", self.checkpoint)
-        return NextFrameModel(ModelConfig())
+            model = load_model(self.checkpoint)
+        else:
+            if self.checkpoint:
+                log.warning("no checkpoint at %s; starting from an untrained model", self.checkpoint)
+            model = NextFrameModel(ModelConfig())
+        self.config = model.config  # collate builds inputs for this model's size and cursor maps
+        return model
 
     def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "name": "unet"}], lr=lr, weight_decay=0.0)
@@ -92,7 +96,7 @@ class NeuralOSTask(Task):
         ]
 
     def collate(self, batch: pa.Table, device: torch.device) -> FrameBatch:
-        size = ModelConfig().size
+        size = self.config.size
         return FrameBatch.from_arrays(
             decode_pngs(batch.column("prev"), size),
             decode_pngs(batch.column("next"), size),
@@ -100,7 +104,7 @@ class NeuralOSTask(Task):
             column_array(batch, "y"),
             column_array(batch, "event"),
             column_array(batch, "key_index"),
-            ModelConfig(),
+            self.config,
             device,
         )
 

@@ -64,7 +64,7 @@ class SimulatedUser:
             for a in task_actions(task, self.rng, desk):
                 if self.stop_event.is_set():
                     return
-                res = c.predict(sid, a.x, a.y, a.event.name.lower(), a.key or "", 0, api_name="/act")
+                res = c.predict(sid, a.x, a.y, a.event.name.lower(), a.key or "", 0, task, api_name="/act")
                 desk.apply(a)
                 self.actions += 1
                 self.last_version = int(res["version"])

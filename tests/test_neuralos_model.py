@@ -116,7 +116,8 @@ def test_save_load_roundtrip_and_clear_error(tmp_path: Path) -> None:
 def test_shipped_base_checkpoint_loads() -> None:
     model = load_model(BASE_CHECKPOINT)
     meta = __import__("json").loads(BASE_CHECKPOINT.with_suffix(".json").read_text())["meta"]
-    assert meta["steps"] >= 1000 and "neuralos_example.pretrain" in meta["command"]
+    assert "neuralos_example.pretrain" in meta["command"]
+    assert meta["steps"] == int(meta["command"].split("--steps ")[1].split()[0])  # the finished run, not an interim save
     assert model.num_parameters() > 1_000_000
 
 
@@ -146,6 +147,16 @@ def test_task_sessions_complete_their_task_and_the_judge_tells_done_from_not() -
         start = final.copy()
         start.windows, start.folders, start.menu, start.dialog = [], [], None, None
         assert not judge(render_state(start), task, final)["success"], task
+        if task == "create_folder":  # named but not confirmed
+            typed = final.copy()
+            typed.dialog, typed.folders = final.folders[-1].name, final.folders[:-1]
+            assert not judge(render_state(typed), task, final)["success"]
+        if task == "open_home":  # the trash opened instead
+            wrong = Desktop(64, 1)
+            wrong.apply(Action.left(*wrong.icon_center("trash")))
+            st = wrong.state
+            st.cursor = final.cursor
+            assert not judge(render_state(st), task, final)["success"]
 
 
 def test_engine_validates_input() -> None:

@@ -361,3 +361,26 @@ def test_epoch_over_a_growing_source_replays_exactly_after_a_restore(tmp_path: P
     assert first.table.equals(again.table)
     ids = first.table.column("id").to_numpy()
     assert len(set(ids[:6].tolist())) == 6 and ids[:6].max() < 10  # the rest of epoch 0: old rows, each once
+
+
+def test_a_log_only_source_is_stored_and_read_but_never_drawn_or_weighted(tmp_path: Path) -> None:
+    log_schema = pa.schema([pa.field("session", pa.string(), nullable=False), pa.field("frame", pa.binary())])
+    sources = [DataSource("base", rows(0, 64)), DataSource("log", schema=log_schema, log_only=True)]
+    buf = DataBuffer(sources, seed=0, directory=tmp_path)
+    assert buf.batch_columns == ["id", "blob"]  # its columns need not match the training sources'
+    buf.ingest(pa.table({"session": ["a", "b"], "frame": [b"1", b"2"]}, schema=log_schema), "log", batch_id="l1")
+    assert buf.read("log").column("session").to_pylist() == ["a", "b"]
+    info = buf.sources()["log"]
+    assert info["log_only"] and info["weight"] == 0 and info["rows"] == 2
+    assert "log" not in buf.mixture()
+    with pytest.raises(ValueError, match="unknown data source"):
+        buf.set_mixture({"log": 1.0})
+    chunk = buf.next_batches(16, 4)
+    assert chunk is not None and chunk.table.column_names == ["id", "blob"]
+    assert set(chunk.table.column("id").to_pylist()) <= set(range(64))
+    buf.close()
+    again = DataBuffer(sources, seed=0, directory=tmp_path)  # recovered like any live source
+    assert again.read("log").num_rows == 2
+    again.close()
+    with pytest.raises(ValueError, match="log_only source is live"):
+        DataSource("bad", rows(0, 4), log_only=True)
