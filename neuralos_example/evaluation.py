@@ -113,16 +113,22 @@ def judge(frame: np.ndarray, task: str, final: DesktopState) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def teacher_forced_psnr(model: NextFrameModel, sessions: Sequence[Session], steps: int = 4, seed: int = 0) -> float:
-    """Next-frame PSNR with the true previous frame and action as input."""
-    parts = [session_arrays(s) for s in sessions]
-    arr = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def arrays_psnr(model: NextFrameModel, arr: dict[str, np.ndarray], steps: int = 4, seed: int = 0) -> float:
+    """Next-frame PSNR with the true previous frame and action as input (arrays of :func:`session_arrays`)."""
     dev = next(model.parameters()).device
     b = FrameBatch.from_arrays(arr["prev"], arr["next"], arr["x"], arr["y"], arr["event"], arr["key_index"], model.config, dev)
     g = torch.Generator(device=dev).manual_seed(seed)
+    was_training = model.training
     model.eval()
     out = [tensor_to_frames(sample_next(model, b.prev[i : i + 64], b.cursor[i : i + 64], b.cls[i : i + 64], steps, g)) for i in range(0, len(b), 64)]
+    model.train(was_training)
     return psnr(np.concatenate(out), arr["next"])
+
+
+def teacher_forced_psnr(model: NextFrameModel, sessions: Sequence[Session], steps: int = 4, seed: int = 0) -> float:
+    """Next-frame PSNR over the sessions' transitions, true previous frame and action in."""
+    parts = [session_arrays(s) for s in sessions]
+    return arrays_psnr(model, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, steps, seed)
 
 
 def rollout(model: NextFrameModel, session: Session, steps: int = 4, seed: int = 0) -> list[np.ndarray]:

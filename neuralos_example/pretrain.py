@@ -24,28 +24,8 @@ import torch
 from tqdm import tqdm
 
 from neuralos_example.data import base_session, base_stream, session_arrays
-from neuralos_example.model import FrameBatch, ModelConfig, NextFrameModel, diffusion_loss, sample_next, save_model
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 frames (mean over frames; identical frames count as 60 dB)."""
-    err = ((a.astype(np.float32) - b.astype(np.float32)) ** 2).reshape(len(a), -1).mean(axis=1)
-    return float(np.mean([60.0 if e == 0 else min(60.0, 10 * math.log10(255.0**2 / e)) for e in err]))
-
-
-@torch.no_grad()
-def heldout_psnr(model: NextFrameModel, arrays: dict[str, np.ndarray], steps: int = 1, device: str = "cpu", seed: int = 0) -> float:
-    """Teacher-forced next-frame PSNR: true previous frame and action in, sampled frame vs the true next frame."""
-    from neuralos_example.model import tensor_to_frames
-
-    model.eval()
-    b = FrameBatch.from_arrays(arrays["prev"], arrays["next"], arrays["x"], arrays["y"], arrays["event"], arrays["key_index"], model.config, device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for i in range(0, len(b), 64):
-        out.append(tensor_to_frames(sample_next(model, b.prev[i : i + 64], b.cursor[i : i + 64], b.cls[i : i + 64], steps, g)))
-    model.train()
-    return psnr(np.concatenate(out), arrays["next"])
+from neuralos_example.evaluation import arrays_psnr
+from neuralos_example.model import FrameBatch, ModelConfig, NextFrameModel, diffusion_loss, save_model
 
 
 def heldout_arrays(seed: int = 999_000, sessions: int = 8) -> dict[str, np.ndarray]:
@@ -104,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.5f}", refresh=False)
         if step % args.eval_every == 0 or step == args.steps:
-            entry = {"step": step, "loss": float(np.mean(losses[-args.eval_every :])), "psnr_1step": heldout_psnr(ema, held, 1, args.device), "minutes": (time.time() - start) / 60}
+            entry = {"step": step, "loss": float(np.mean(losses[-args.eval_every :])), "psnr_1step": arrays_psnr(ema, held, 1), "minutes": (time.time() - start) / 60}
             log.append(entry)
             bar.write(json.dumps(entry))
         if step % args.save_every == 0 or step == args.steps:

@@ -113,16 +113,13 @@ class NeuralOSTask(Task):
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Teacher-forced 1-step next-frame PSNR on held-out sessions of each task."""
-        from neuralos_example.pretrain import heldout_psnr
+        from neuralos_example.evaluation import arrays_psnr
 
         if self._eval is None:
             self._eval = {}
             for i, task in enumerate(FREQUENT_TASKS + RARE_TASKS):
                 parts = [session_arrays(task_session(task, 50_000 + 100 * i + j)) for j in range(self.eval_sessions)]
                 self._eval[task] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        was_training = model.training
-        out = {f"psnr_{task}": heldout_psnr(model, arrays, 1, str(device)) for task, arrays in self._eval.items()}  # type: ignore[arg-type]
-        model.train(was_training)
-        return out
+        return {f"psnr_{task}": arrays_psnr(model, arrays, 1) for task, arrays in self._eval.items()}  # type: ignore[arg-type]
 
 
