@@ -24,7 +24,7 @@ import torch
 
 from neuralos_example.data import TASKS, encode_png
 from neuralos_example.model import SAMPLER_STEPS, FramePredictor, NextFrameModel
-from neuralos_example.simulator import KEYS, Action, Desktop, Event
+from neuralos_example.simulator import Action, Desktop, Event
 from neuralos_example.task import interaction_schema
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,3 @@ class DemoEngine:
                 )
         self.latencies_ms.append(latency)
         return {"session": s.id, "step": step + 1, "frame": frame, "version": version, "latency_ms": latency, "steps": n_steps}
-
-
-def key_of(key_index: int) -> str | None:
-    return None if key_index == 0 else KEYS[key_index - 1]

@@ -136,7 +136,6 @@ class Loop:
         })
         self.handle = start_run(config, address=a.address)
         self.client = client = self.handle.client()
-        self.config = config
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:

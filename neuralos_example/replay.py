@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from neuralos_example.data import encode_png, transition_schema
-from neuralos_example.simulator import KEYS, Action, Desktop, Event
+from neuralos_example.simulator import Action, Desktop, Event, key_for_index
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ class Replayer:
                 self.sessions.pop(sid, None)  # its later steps cannot be replayed faithfully
                 continue
             try:
-                key = KEYS[r["key_index"] - 1] if r["key_index"] else None
-                action = Action(r["x"], r["y"], Event(r["event"]), key)
+                action = Action(r["x"], r["y"], Event(r["event"]), key_for_index(r["key_index"]))
                 nxt = rep.desktop.step(action)
             except (ValueError, TypeError, IndexError) as e:
                 self._skip(f"session {sid} step {step}: {e}")

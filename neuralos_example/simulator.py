@@ -74,6 +74,7 @@ __all__ = [
     "folder_created",
     "folder_icon_rect",
     "hit_test",
+    "key_for_index",
     "icon_rect",
     "menu_item_rect",
     "menu_open",
@@ -306,6 +307,13 @@ _FOLDER_ART_OUTLINE = (185, 135, 20)
 
 def _scale(size: int) -> int:
     return size // BASE
+
+
+def key_for_index(key_index: int) -> str | None:
+    """The inverse of :attr:`Action.key_index`: None for 0, else the key (for logged columns)."""
+    if not 0 <= key_index <= len(KEYS):
+        raise ValueError(f"key_index must be 0..{len(KEYS)}, got {key_index}")
+    return None if key_index == 0 else KEYS[key_index - 1]
 
 
 def _check_size(size: int) -> int:

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from neuralos_example.data import (
-    FREQUENT_TASKS,
-    RARE_TASKS,
+    TASKS,
     base_table,
     decode_pngs,
     session_arrays,
@@ -117,7 +116,7 @@ class NeuralOSTask(Task):
 
         if self._eval is None:
             self._eval = {}
-            for i, task in enumerate(FREQUENT_TASKS + RARE_TASKS):
+            for i, task in enumerate(TASKS):
                 parts = [session_arrays(task_session(task, 50_000 + 100 * i + j)) for j in range(self.eval_sessions)]
                 self._eval[task] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {f"psnr_{task}": arrays_psnr(model, arrays, 1) for task, arrays in self._eval.items()}  # type: ignore[arg-type]

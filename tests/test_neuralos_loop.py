@@ -20,7 +20,7 @@ from gradio_client import Client
 
 from neuralos_example.data import decode_png
 from neuralos_example.main import Deployment
-from neuralos_example.simulator import Action, Desktop
+from neuralos_example.simulator import Action, Desktop, key_for_index
 from neuralos_example.users import SimulatedUser
 from ray_interactive.config import RunConfig, TaskSpec
 from ray_interactive.launch import start_run
@@ -74,8 +74,7 @@ def test_user_actions_become_training_data_and_new_weights_reach_the_demo(loop: 
     desk = Desktop(64, rows[0]["seed"])
     for r, t in zip(rows[:n], live, strict=True):
         prev = desk.render()
-        key = None if not r["key_index"] else "abcdefghijklmnopqrstuvwxyz0123456789"[r["key_index"] - 1]
-        nxt = desk.step(Action(r["x"], r["y"], r["event"], key))
+        nxt = desk.step(Action(r["x"], r["y"], r["event"], key_for_index(r["key_index"])))
         assert np.array_equal(decode_png(t["prev"]), prev) and np.array_equal(decode_png(t["next"]), nxt)
     assert desk.state.folders, "the scripted user created a folder"
 
