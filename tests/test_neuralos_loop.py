@@ -84,8 +84,10 @@ def test_user_actions_become_training_data_and_new_weights_reach_the_demo(loop: 
     firsts = ray.get(loop["handle"].trainer.first_use_latencies.remote())
     assert firsts, "the trainer trained on live rows (seconds from ingest to first gradient)"
     wait_until(lambda: d.engine.version > version_before + 1, timeout=90, what="the demo to serve a newer version")
+    # the engine may take a newer version while /info is answered: bracket it
+    low = d.engine.version
     info = Client(d.url, verbose=False).predict(api_name="/info")
-    assert info["version"] == d.engine.version
+    assert low <= info["version"] <= d.engine.version
     assert d.replayer.stats()["latency_p50_s"] is not None
 
 
