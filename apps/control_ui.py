@@ -235,10 +235,11 @@ def serve(
     auth: tuple[str, str] | None = None,
     block: bool = True,
     refresh_s: float = 1.5,
+    command_wait_s: float = 5.0,
 ) -> tuple[gr.Blocks, str]:
     """Launch the UI for ``client``'s run; returns the app and its local URL."""
     check_bind(host, auth)
-    ui = build_ui(Dashboard(client), client.run, refresh_s)
+    ui = build_ui(Dashboard(client, command_wait_s=command_wait_s), client.run, refresh_s)
     ui.queue(default_concurrency_limit=8)
     _, url, _ = ui.launch(
         server_name=host,

@@ -77,9 +77,10 @@ def _json_value(text: str) -> Any:
 class Dashboard:
     """Reads and steers one run for the UI (and for scripts through its endpoints)."""
 
-    def __init__(self, client: Any, max_points: int = 400) -> None:
+    def __init__(self, client: Any, max_points: int = 400, command_wait_s: float = 5.0) -> None:
         self.client = client
         self.max_points = max_points
+        self.command_wait_s = command_wait_s  # how long a control waits for "applied" before answering "accepted"
         self._branches: dict[str, dict[str, Any]] = {}
 
     # -- reading ---------------------------------------------------------------------
@@ -283,7 +284,7 @@ class Dashboard:
         if rec.status.value == "rejected":
             return f"rejected: {rec.message}"
         try:
-            rec = self.client.wait(rec, timeout=5.0)
+            rec = self.client.wait(rec, timeout=self.command_wait_s)
         except Exception:  # noqa: BLE001 - still pending: the history will show the outcome
             return f"#{rec.seq} {rec.kind} accepted; waiting for the next step boundary"
         if rec.status.value == "applied":

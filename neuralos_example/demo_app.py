@@ -62,6 +62,8 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
                 new_btn = gr.Button("New session", elem_id="new-session")
 
         def _ensure(sid: str | None, task_name: str) -> str:
+            if sid is not None and sid in engine.evicted:
+                gr.Warning("Your session had been idle too long and was closed to make room; this is a new one.")
             if sid is None or sid not in engine.sessions:
                 sid = engine.new_session(task_name or None).id
             return sid
@@ -125,9 +127,9 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
                     "latency_ms": res["latency_ms"], "frame_png": base64.b64encode(encode_png(res["frame"])).decode()}
 
         def info_api() -> dict[str, Any]:
-            """The served model version, sampler settings and open sessions."""
-            return {"version": engine.version, "sessions": len(engine.sessions), "steps": engine.predictor.steps,
-                    "sampler_steps": list(SAMPLER_STEPS)}
+            """The served model version, sampler settings, open sessions and how many were evicted."""
+            return {"version": engine.version, "sessions": len(engine.sessions), "sessions_evicted": engine.evictions,
+                    "max_sessions": engine.max_sessions, "steps": engine.predictor.steps, "sampler_steps": list(SAMPLER_STEPS)}
 
         gr.api(new_session, api_name="new_session")
         gr.api(act, api_name="act")

@@ -184,6 +184,9 @@ class DemoEngine:
         self.version_source: Callable[[], int] | None = None  # read under model_lock, see version
         self._version = 0
         self.sessions: dict[str, DemoSession] = {}
+        # ids of sessions forgotten to make room, so their users are told why, not "unknown"
+        self.evicted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.evictions = 0
         self._lock = threading.Lock()
         self._seeds = np.random.default_rng(seed)
         self.size = model.config.size
@@ -215,6 +218,11 @@ class DemoEngine:
             if len(self.sessions) >= self.max_sessions:  # forget the longest idle one
                 oldest = min(self.sessions.values(), key=lambda s: s.last_seen)
                 del self.sessions[oldest.id]
+                self.evictions += 1
+                self.evicted[oldest.id] = None
+                if len(self.evicted) > 16 * self.max_sessions:
+                    self.evicted.popitem(last=False)
+                log.info("session %s evicted after %d steps (the demo keeps %d)", oldest.id, oldest.step, self.max_sessions)
             s = DemoSession(
                 id=uuid.uuid4().hex[:16],
                 seed=int(self._seeds.integers(2**31)) if seed is None else int(seed),
@@ -228,6 +236,9 @@ class DemoEngine:
     def session(self, session_id: str) -> DemoSession:
         s = self.sessions.get(session_id)
         if s is None:
+            if session_id in self.evicted:
+                raise ValueError(f"session {session_id!r} expired: the demo keeps the {self.max_sessions} most recently used "
+                                 "sessions; start a new one with new_session")
             raise ValueError(f"unknown session {session_id!r}: start one with new_session")
         return s
 

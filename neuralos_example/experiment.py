@@ -1,6 +1,6 @@
 """The case study, measured: does finetuning on users' replayed sessions make their tasks work?
 
-    python -m neuralos_example.experiment --steps 600 --sessions 12
+    python -m neuralos_example.experiment --steps 800 --sessions 24 --seeds 3
 
 Three models are evaluated on held-out sessions of every task (the frequent ones demo users do,
 and the ones they rarely do):
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -114,19 +115,41 @@ def evaluate(model: NextFrameModel, sets: dict[str, list[Session]], steps: int) 
     return out
 
 
-def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+def aggregate(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Mean, min and max of each metric of each task over replicate runs (one per seed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for task in runs[0]:
+        m: dict[str, Any] = {}
+        for key in ("success", "rollout_psnr", "teacher_forced_psnr"):
+            vals = [r[task][key] for r in runs]
+            m[key], m[f"{key}_min"], m[f"{key}_max"] = float(np.mean(vals)), float(min(vals)), float(max(vals))
+        m["per_seed_success"] = [r[task]["success"] for r in runs]
+        m["n"] = runs[0][task]["n"]
+        out[task] = m
+    return out
+
+
+def table_markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Success as mean (min-max over seeds) where an arm was replicated; PSNR as means."""
     arms = list(results)
+
+    def success(a: str, task: str) -> str:
+        m = results[a][task]
+        lo, hi = m.get("success_min", m["success"]), m.get("success_max", m["success"])
+        return f"{m['success']:.0%}" + ("" if lo == hi else f" ({lo:.0%}-{hi:.0%})")
+
     lines = ["| task | kind | " + " | ".join(f"{a} success" for a in arms) + " | " + " | ".join(f"{a} PSNR (tf / rollout)" for a in arms) + " |",
              "|---|---|" + "---|" * (2 * len(arms))]
     for task in TASKS:
         kind = "frequent" if task in FREQUENT_TASKS else "rare"
-        succ = " | ".join(f"{results[a][task]['success']:.0%}" for a in arms)
+        succ = " | ".join(success(a, task) for a in arms)
         ps = " | ".join(f"{results[a][task]['teacher_forced_psnr']:.1f} / {results[a][task]['rollout_psnr']:.1f}" for a in arms)
         lines.append(f"| {task} | {kind} | {succ} | {ps} |")
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> None:
+def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path, title: str) -> None:
+    """Bars are means over seeds; whiskers span the seeds' min to max."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,14 +160,21 @@ def plot(results: dict[str, dict[str, dict[str, float]]], path: Path, title: str
     x = np.arange(len(TASKS))
     w = 0.8 / len(arms)
     for ax, key, label in ((axes[0], "success", "closed-loop task success"), (axes[1], "rollout_psnr", "closed-loop rollout PSNR (dB)")):
+        scale = 100 if key == "success" else 1
         for i, a in enumerate(arms):
-            vals = [results[a][t][key] * (100 if key == "success" else 1) for t in TASKS]
-            ax.bar(x + (i - (len(arms) - 1) / 2) * w, vals, w, label=a)
+            m = [results[a][t] for t in TASKS]
+            vals = np.array([r[key] for r in m]) * scale
+            lo = vals - np.array([r.get(f"{key}_min", r[key]) for r in m]) * scale
+            hi = np.array([r.get(f"{key}_max", r[key]) for r in m]) * scale - vals
+            ax.bar(x + (i - (len(arms) - 1) / 2) * w, vals, w, label=a, yerr=np.stack([lo, hi]), capsize=2, error_kw={"lw": 0.8})
         ax.set_xticks(x, [f"{t}\n({'frequent' if t in FREQUENT_TASKS else 'rare'})" for t in TASKS], fontsize=8)
         ax.set_title(label, fontsize=10)
         if key == "success":
             ax.set_ylabel("%")
-            ax.set_ylim(0, 100)
+            ax.set_ylim(0, 105)
+        else:  # PSNR differences are a few dB: start the axis near the lowest whisker
+            low = min(results[a][t].get(f"{key}_min", results[a][t][key]) for a in arms for t in TASKS)
+            ax.set_ylim(bottom=max(0.0, np.floor(low) - 2))
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -160,39 +190,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--sessions", type=int, default=12, help="held-out sessions per task")
     ap.add_argument("--users", type=int, default=150, help="simulated user sessions of live data")
+    ap.add_argument("--base-rows", type=int, default=3000, help="base transitions both finetuning arms draw from")
     ap.add_argument("--sampler-steps", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the first replicate's seed")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="replicates: each finetunes both arms again with its own seed, base rows and simulated users")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="docs/neuralos_experiment")
     args = ap.parse_args(argv)
-    if min(args.steps, args.batch, args.sessions, args.users) < 1:
-        ap.error("--steps, --batch, --sessions and --users must be >= 1")
+    if min(args.steps, args.batch, args.sessions, args.users, args.seeds, args.base_rows) < 1:
+        ap.error("--steps, --batch, --sessions, --users, --seeds and --base-rows must be >= 1")
+    if args.users >= 10_000:
+        ap.error("--users must be < 10000 (replicates draw their users from disjoint seed ranges)")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     base = load_model(args.checkpoint).eval()
     sets = {task: heldout(task, args.sessions) for task in TASKS}
-    base_rows = base_table(3000, 0)
-    live = sessions_table([user_session(200_000 + i) for i in range(args.users)])
-    print(f"held-out: {args.sessions} sessions per task; live data: {live.num_rows} transitions from {args.users} simulated user sessions", flush=True)
-    arms: dict[str, NextFrameModel] = {"base": base}
-    arms["base-only"] = finetune(base, base_rows, None, args.steps, args.batch, args.lr, args.seed, "base-only")
-    t_ft = time.time()
-    arms["finetuned"] = finetune(base, base_rows, live, args.steps, args.batch, args.lr, args.seed, "finetuned")
-    ft_minutes = (time.time() - t_ft) / 60
-    results = {}
-    for name, model in arms.items():
-        print(f"evaluating {name} ...", flush=True)
-        results[name] = evaluate(model, sets, args.sampler_steps)
+    print(f"held-out: {args.sessions} sessions per task; {args.seeds} replicate(s) of {args.users} simulated user sessions each", flush=True)
+    print("evaluating base ...", flush=True)
+    base_result = evaluate(base, sets, args.sampler_steps)
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {"base-only": [], "finetuned": []}
+    ft_seconds, live_rows = [], []
+    for k in range(args.seeds):
+        seed = args.seed + k
+        # Each replicate its own base rows and users (disjoint seeds; held-out sessions are 700000+)
+        base_rows = base_table(args.base_rows, 10_000 * k)
+        live = sessions_table([user_session(200_000 + 10_000 * k + i) for i in range(args.users)])
+        live_rows.append(live.num_rows)
+        for arm, data in (("base-only", None), ("finetuned", live)):
+            t_ft = time.time()
+            model = finetune(base, base_rows, data, args.steps, args.batch, args.lr, seed, f"{arm} (seed {seed})")
+            ft_seconds.append(time.time() - t_ft)
+            print(f"evaluating {arm} (seed {seed}) ...", flush=True)
+            runs[arm].append(evaluate(model, sets, args.sampler_steps))
+    results = {"base": aggregate([base_result]), **{arm: aggregate(r) for arm, r in runs.items()}}
+    ft_minutes = float(np.median(ft_seconds)) / 60
     md = table_markdown(results)
     print(md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"args": vars(args), "finetune_minutes_per_arm": ft_minutes, "live_rows": live.num_rows, "total_minutes": (time.time() - t0) / 60,
+    meta = {"args": vars(args), "finetune_minutes_per_arm": ft_minutes, "live_rows": live_rows, "total_minutes": (time.time() - t0) / 60,
             "command": "python -m neuralos_example.experiment " + " ".join(argv if argv is not None else sys.argv[1:])}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results, "runs": runs}, indent=1) + "\n")
     out.with_suffix(".md").write_text(md + "\n")
-    plot(results, out.with_suffix(".png"), f"{args.steps} finetuning steps per arm ({ft_minutes:.1f} CPU-min), {args.sessions} held-out sessions per task, {args.sampler_steps}-step DDIM")
+    reps = f", mean of {args.seeds} seeds (whiskers: min-max)" if args.seeds > 1 else ""
+    plot(results, out.with_suffix(".png"), f"{args.steps} finetuning steps per arm ({ft_minutes:.1f} CPU-min), {args.sessions} held-out sessions per task, {args.sampler_steps}-step DDIM{reps}")
     print(f"wrote {out}.json, .md, .png in {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
 

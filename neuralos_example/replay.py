@@ -42,7 +42,10 @@ class _Replay:
 
 
 class Replayer:
-    """``poll()`` replays new interaction rows and ingests their transitions; ``start()`` polls in a thread."""
+    """``poll()`` replays new interaction rows and ingests their transitions; ``start()`` polls in a thread.
+
+    Without saved state it begins at interaction row ``from_row`` (0: the whole log).
+    """
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class Replayer:
         target: str = "live",
         poll_s: float = 0.2,
         max_rows: int = 2048,
+        from_row: int = 0,
     ) -> None:
         self.client, self.size, self.source, self.target = client, size, source, target
         self.poll_s, self.max_rows = poll_s, max_rows
@@ -74,6 +78,8 @@ class Replayer:
             self.transitions = saved.get("transitions", 0)
             self._pending_stop = saved.get("pending_stop")
             self._rebuild(saved["position"])
+        elif from_row:  # a new replayer over a log whose first rows are not its business
+            self._rebuild(from_row)
 
     def _rebuild(self, position: int) -> None:
         """Sessions' simulator states as of interaction row ``position`` (replayed, not sent)."""

@@ -16,9 +16,11 @@ def losses(client: Any, branch: str, lo: int, hi: int) -> dict[int, float]:
 
 
 def test_branch_from_checkpoint_replays_the_original_losses(tmp_path: Path, start: Any) -> None:
-    handle = start(regression_config(tmp_path))
+    # Paused until the save is queued: a 1.5 ms step would pass step 20 before it arrives.
+    handle = start(regression_config(tmp_path, start_paused=True))
     client = handle.client()
     save = client.send("save_checkpoint", tag="fork", at_step=20)  # exactly at step 20
+    client.send("resume")
     save = client.wait(save)
     assert save.status.value == "applied" and save.applied_step == 20
     ckpt = save.message.removeprefix("saved ")
@@ -89,10 +91,13 @@ def test_replaying_the_command_log_reproduces_the_run(tmp_path: Path, start: Any
     client.wait(client.send("set_grad_clip", max_norm=0.1))
     saved = client.wait(client.send("save_checkpoint", tag="x"))
     wait_until(lambda: client.status()["step"] >= saved.applied_step + 20, what="steps")
-    load = client.wait(client.send("load_checkpoint", checkpoint_id=saved.message.removeprefix("saved "), branch="again"))
+    # Sent back to back: the clip is applied on the branch at a step *below* the load's
+    # (the branch restarts from the checkpoint's step); a replay must keep the order.
+    load_cmd = client.send("load_checkpoint", checkpoint_id=saved.message.removeprefix("saved "), branch="again")
+    clip_cmd = client.send("set_grad_clip", max_norm=0.3)
+    load = client.wait(load_cmd)
     assert load.status.value == "applied", load.message
-    # Applied on the branch at a step *below* the load's: a replay must keep the order.
-    on_branch = client.wait(client.send("set_grad_clip", max_norm=0.3))
+    on_branch = client.wait(clip_cmd)
     assert on_branch.branch == "again" and on_branch.applied_step < load.applied_step
     wait_until(lambda: client.status()["step"] >= load.applied_step + 20, what="steps on the branch")
     client.stop()

@@ -57,7 +57,7 @@ def run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def ui_url(run: RunHandle) -> Iterator[str]:
-    ui, url = serve(running_client(run), port=free_port(), auth=AUTH, block=False, refresh_s=1.0)
+    ui, url = serve(running_client(run), port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)  # a loaded CI box
     yield url
     ui.close()
 

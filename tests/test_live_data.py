@@ -89,19 +89,21 @@ def test_fresh_rows_reach_a_gradient_quickly_and_freshness_is_reported(
         time.sleep(0.05)
 
     def reported() -> Any:
-        m = client.metrics(keys=["data/first_use_p50_s", "data/freshest_age_s", "data/live/rows", "mix/live"])
-        return m if len(m) == 4 and m["data/live/rows"]["value"][-1] == 80 else None
+        m = client.metrics(keys=["data/first_use_p50_s", "data/freshest_age_s", "data/live/rows", "mix/live", "data/live/ingest_rows_per_s"])
+        return m if len(m) == 5 and m["data/live/rows"]["value"][-1] == 80 else None
 
     m = wait_until(reported, timeout=30, what="freshness metrics")
     assert 0 < np.median(m["data/first_use_p50_s"]["value"]) < 2.0
     assert max(m["mix/live"]["value"]) > 0
     stats = client.data_status()["sources"]["live"]
-    assert stats["rows"] == 80 and stats["bytes"] > 0 and stats["ingest_rows_per_s"] > 0
+    assert stats["rows"] == 80 and stats["bytes"] > 0
+    # The rate covers the last 10 s, so it may be back to 0 by now; the series kept its peak.
+    assert max(m["data/live/ingest_rows_per_s"]["value"]) > 0
 
     # Rejections are counted and explained, and the run trains on.
     with pytest.raises(ValueError, match="column 'y'"):
         client.ingest(pa.table({"x": live_rows(0, 1).column("x"), "y": pa.array(["a"])}), "live")
-    status = wait_until(lambda: (s := client.data_status()) and s["rejected"] == 1 and s, timeout=10, what="rejection stats")
+    status = wait_until(lambda: (s := client.data_status()) and s["rejected"] == 1 and s, timeout=30, what="rejection stats")
     assert "column 'y'" in status["rejections"][-1]["message"]
     step = client.status()["step"]
     wait_until(lambda: client.status()["step"] > step + 5, what="training to go on")

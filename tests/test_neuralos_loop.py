@@ -5,9 +5,7 @@ headless Chromium, and the main command with a duration."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from neuralos_example.users import SimulatedUser
 from ray_interactive.config import RunConfig, TaskSpec
 from ray_interactive.launch import start_run
 
-from .conftest import REPO, wait_until
+from .conftest import wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -62,14 +60,14 @@ def test_user_actions_become_training_data_and_new_weights_reach_the_demo(loop: 
 
     # every action was logged as an interaction row, with the frame shown and the version served
     n = user.actions
-    wait_until(lambda: client.sources()["interactions"]["rows"] >= n, what="interaction rows")
+    wait_until(lambda: client.sources()["interactions"]["rows"] >= n, timeout=90, what="interaction rows")
     rows = client.read_rows("interactions").to_pylist()
     assert [r["step"] for r in rows[:n]] == list(range(n))
     assert all(decode_png(r["frame"]).shape == (64, 64, 3) and r["model_version"] >= 1 and r["latency_ms"] > 0 for r in rows[:n])
     assert rows[0]["task"] == "create_folder"
 
     # replayed in the simulator: the transitions are the true frames of those actions
-    wait_until(lambda: client.sources()["live"]["rows"] >= n, what="replayed transitions")
+    wait_until(lambda: client.sources()["live"]["rows"] >= n, timeout=90, what="replayed transitions")
     live = client.read_rows("live", 0, n).to_pylist()
     desk = Desktop(64, rows[0]["seed"])
     for r, t in zip(rows[:n], live, strict=True):
@@ -79,7 +77,7 @@ def test_user_actions_become_training_data_and_new_weights_reach_the_demo(loop: 
     assert desk.state.folders, "the scripted user created a folder"
 
     # the trainer drew them into batches (fresh first) and published newer weights, which the demo now serves
-    wait_until(lambda: client.metrics(keys=["mix/live"]).get("mix/live", {}).get("value"), what="live rows in a batch")
+    wait_until(lambda: client.metrics(keys=["mix/live"]).get("mix/live", {}).get("value"), timeout=90, what="live rows in a batch")
     assert max(client.metrics(keys=["mix/live"])["mix/live"]["value"]) > 0
     firsts = ray.get(loop["handle"].trainer.first_use_latencies.remote())
     assert firsts, "the trainer trained on live rows (seconds from ingest to first gradient)"
@@ -132,21 +130,3 @@ def test_demo_page_click_on_the_screen_changes_the_frame(loop: dict[str, Any], t
         expect(page.locator("#info")).to_contain_text("step 3", timeout=30_000)
         page.screenshot(path=str(tmp_path / "demo.png"))
         browser.close()
-
-
-@pytest.mark.slow
-def test_main_command_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
-    """`make demo` (the README's main command) with a short duration and one simulated user."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(
-        ["make", "demo", "DURATION=45", f"DEMO_ARGS=--run-dir {tmp_path / 'run'} --users 1"],
-        cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    text = out.stdout
-    assert "control UI: http://" in text and "NeuralOS demo: http://" in text
-    assert "stopped at step" in text
-    served = int(text.split("served model version ")[1].split(";")[0])
-    replayed = int(text.split("interactions logged; ")[1].split(" transitions")[0])
-    assert served >= 1 and replayed > 0
-    assert (tmp_path / "run" / "buffer" / "live").is_dir()

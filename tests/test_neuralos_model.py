@@ -180,3 +180,14 @@ def test_engine_validates_input() -> None:
     res = engine.act(s.id, None, None, "key", "a")  # keys act at the cursor
     assert res["step"] == 2 and engine.sessions[s.id].step == 2
     assert set(SAMPLER_STEPS) >= {1, 4}
+
+
+def test_engine_evicts_the_longest_idle_session_and_says_so() -> None:
+    engine = DemoEngine(NextFrameModel(SMALL), steps=1, max_sessions=2)
+    a, b = engine.new_session(), engine.new_session()
+    engine.act(a.id, 1, 1, "move")  # b is now the longest idle
+    c = engine.new_session()
+    assert set(engine.sessions) == {a.id, c.id} and engine.evictions == 1
+    with pytest.raises(ValueError, match="expired: the demo keeps the 2 most recently used"):
+        engine.act(b.id, 1, 1, "move")
+    assert engine.act(a.id, 2, 2, "move")["step"] == 2  # the others are untouched

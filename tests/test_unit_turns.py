@@ -20,14 +20,15 @@ def test_requests_are_served_in_order_and_a_new_stream_supersedes_the_old() -> N
                 await asyncio.sleep(0)  # the work, during which others queue
                 await turns.release(stream, seq)
 
+        # 0.2 s apart: a stalled event loop must not make two arrivals coincide
         await asyncio.gather(
             request(1, 1, 0.00),  # arrives before its predecessor: must wait
-            request(1, 0, 0.01),
-            request(1, 2, 0.02),
-            request(2, 1, 0.03),  # a new stream's second request, before its first
-            request(2, 0, 0.04),
-            request(1, 3, 0.05),  # late request of the old stream: stale
-            request(2, 2, 0.06),
+            request(1, 0, 0.2),
+            request(1, 2, 0.4),
+            request(2, 1, 0.6),  # a new stream's second request, before its first
+            request(2, 0, 0.8),
+            request(1, 3, 1.0),  # late request of the old stream: stale
+            request(2, 2, 1.2),
         )
         return served
 

@@ -1,0 +1,32 @@
+"""The README's main command, `make demo`, with a short duration and one simulated user.
+
+In a module of its own so that the loop tests' run is gone before it starts a second Ray cluster,
+trainer and demo on the same two cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+def test_main_command_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
+    """`make demo` (the README's main command) with a short duration and one simulated user."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        ["make", "demo", "DURATION=45", f"DEMO_ARGS=--run-dir {tmp_path / 'run'} --users 1"],
+        cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "control UI: http://" in text and "NeuralOS demo: http://" in text
+    assert "stopped at step" in text
+    served = int(text.split("served model version ")[1].split(";")[0])
+    replayed = int(text.split("interactions logged; ")[1].split(" transitions")[0])
+    assert served >= 1 and replayed > 0
+    assert (tmp_path / "run" / "buffer" / "live").is_dir()
