@@ -1,7 +1,8 @@
 """The NeuralOS loop: demo frame latency, interaction -> transition ingested, training speed.
 
 1. **Frame latency** of the demo model (the shipped base, default size) for each DDIM setting,
-   one torch thread as the demo runs it: p50/p95 over ``--frames`` autoregressive frames.
+   one torch thread as the demo runs it: p50/p95 over ``--frames`` autoregressive frames; and
+   ``--sessions`` users acting at once, their frames sampled one at a time vs batched.
 2. **The loop**: a run (trainer finetuning, batch 8) + the deployment (demo, interaction log,
    replayer, ``--users`` simulated users over HTTP) for ``--seconds``. Reported: seconds from an
    action reaching the demo to its replayed transition acknowledged by the buffer (p50/p95),
@@ -52,6 +53,51 @@ def frame_latency(frames: int) -> dict[int, dict[str, float]]:
         out[steps] = {"p50_ms": median(times), "p95_ms": percentile(times, 0.95), "fps": 1000 / median(times)}
         print(f"  {steps:2d} DDIM steps: p50 {out[steps]['p50_ms']:.0f} ms, p95 {out[steps]['p95_ms']:.0f} ms", flush=True)
     return out
+
+
+def concurrent_sessions(sessions: int, actions: int, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """``sessions`` users acting at once through one :class:`DemoEngine` (4-step DDIM), frames
+    sampled one at a time (``max_batch=1``, the engine before batching) vs together; alternating
+    rounds, medians over rounds of frames/s for the whole demo and of each action's latency."""
+    import threading
+
+    from neuralos_example.engine import DemoEngine
+
+    model = load_model(BASE_CHECKPOINT).eval()
+    session = task_session("open_browser", 5)
+    out: dict[str, dict[str, list[float]]] = {k: {"fps": [], "mean_ms": [], "p50_ms": [], "p95_ms": []} for k in ("one_at_a_time", "batched")}
+    for _ in range(rounds):
+        for name, max_batch in (("one_at_a_time", 1), ("batched", 8)):
+            engine = DemoEngine(model, steps=4, max_batch=max_batch)
+            ids = [engine.new_session(seed=i).id for i in range(sessions)]
+            engine.act(ids[0], 1, 1, "move")  # warm-up
+            start = threading.Barrier(sessions + 1)
+
+            def user(sid: str, engine: DemoEngine = engine, start: threading.Barrier = start) -> None:
+                start.wait()
+                for i in range(actions):
+                    a = session.actions[i % len(session.actions)]
+                    engine.act(sid, a.x, a.y, a.event.name, None)
+
+            threads = [threading.Thread(target=user, args=(sid,)) for sid in ids]
+            for t in threads:
+                t.start()
+            start.wait()
+            t0 = time.perf_counter()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - t0
+            engine.close()
+            lat = list(engine.latencies_ms)[1:]
+            out[name]["fps"].append(sessions * actions / elapsed)
+            out[name]["mean_ms"].append(sum(lat) / len(lat))
+            out[name]["p50_ms"].append(median(lat))
+            out[name]["p95_ms"].append(percentile(lat, 0.95))
+    res = {k: {m: median(v) for m, v in d.items()} for k, d in out.items()}
+    for k, r in res.items():
+        print(f"  {sessions} sessions at once, {k}: {r['fps']:.1f} frames/s; action latency mean {r['mean_ms']:.0f} ms, "
+              f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms", flush=True)
+    return res
 
 
 def bare_steps_per_s(batch: int, steps: int = 30) -> float:
@@ -112,15 +158,18 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--sessions", type=int, default=4, help="concurrent demo sessions for the batching measurement")
     args = ap.parse_args()
     torch.set_num_threads(1)
     m = machine()
     print("frame latency (1 thread):", flush=True)
     frames = frame_latency(args.frames)
+    print("concurrent sessions (4-step DDIM, 1 thread):", flush=True)
+    conc = concurrent_sessions(args.sessions, args.frames)
     bare = bare_steps_per_s(args.batch)
     print(f"bare PyTorch loop: {bare:.2f} steps/s (batch {args.batch}, 1 thread)", flush=True)
     lp = loop(args.seconds, args.users, args.batch)
-    result = {"machine": m, "args": vars(args), "frame_latency": frames, "bare_steps_per_s": bare, "loop": lp}
+    result = {"machine": m, "args": vars(args), "frame_latency": frames, "concurrent_sessions": conc, "bare_steps_per_s": bare, "loop": lp}
     rows = "\n".join(f"| {s} | {v['p50_ms']:.0f} | {v['p95_ms']:.0f} | {v['fps']:.1f} |" for s, v in frames.items())
     md = f"""## NeuralOS loop (`bench_neuralos.py`)
 
@@ -129,6 +178,13 @@ def main() -> None:
 | DDIM steps | frame p50 (ms) | frame p95 (ms) | frames/s |
 |---|---|---|---|
 {rows}
+
+{args.sessions} sessions acting at once (4-step DDIM, {args.frames} actions each, median of 3 alternating rounds):
+
+| frames sampled | demo frames/s | action latency mean / p50 / p95 (ms) |
+|---|---|---|
+| one at a time (a lock; whoever gets it) | {conc['one_at_a_time']['fps']:.1f} | {conc['one_at_a_time']['mean_ms']:.0f} / {conc['one_at_a_time']['p50_ms']:.0f} / {conc['one_at_a_time']['p95_ms']:.0f} |
+| together (the engine's batching) | {conc['batched']['fps']:.1f} ({conc['batched']['fps'] / conc['one_at_a_time']['fps']:.2f}x) | {conc['batched']['mean_ms']:.0f} / {conc['batched']['p50_ms']:.0f} / {conc['batched']['p95_ms']:.0f} |
 
 Loop for {args.seconds:.0f} s with {args.users} simulated users (trainer batch {args.batch}):
 

@@ -127,9 +127,11 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
                     "latency_ms": res["latency_ms"], "frame_png": base64.b64encode(encode_png(res["frame"])).decode()}
 
         def info_api() -> dict[str, Any]:
-            """The served model version, sampler settings, open sessions and how many were evicted."""
+            """The served model version, sampler settings, open sessions (and how many were evicted),
+            and how many frame batches of each size were sampled (concurrent sessions share one)."""
             return {"version": engine.version, "sessions": len(engine.sessions), "sessions_evicted": engine.evictions,
-                    "max_sessions": engine.max_sessions, "steps": engine.predictor.steps, "sampler_steps": list(SAMPLER_STEPS)}
+                    "max_sessions": engine.max_sessions, "steps": engine.predictor.steps, "sampler_steps": list(SAMPLER_STEPS),
+                    "frame_batches": {str(k): v for k, v in sorted(engine.batch_sizes.items())}}
 
         gr.api(new_session, api_name="new_session")
         gr.api(act, api_name="act")

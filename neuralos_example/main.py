@@ -70,6 +70,7 @@ class Deployment:
             self._closers.append(("interaction log", self.log_sink.close))
             model = load_model(checkpoint)
             self.engine = DemoEngine(model, self.log_sink.add, sampler_steps)
+            self._closers.append(("frame worker", self.engine.close))
             self.subscriber = sub = client.subscribe(model)
             # Inference and swaps exclude each other, and the version a frame is logged with is
             # read under the same lock: it is the version that drew it.

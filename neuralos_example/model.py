@@ -238,16 +238,22 @@ class FramePredictor:
 
     def predict(self, frame: np.ndarray, action: Action, steps: int | None = None) -> np.ndarray:
         """The model's frame after ``action`` on ``frame`` (uint8 (S, S, 3))."""
+        return self.predict_many([frame], [action], steps)[0]
+
+    def predict_many(self, frames: list[np.ndarray], actions: list[Action], steps: int | None = None) -> list[np.ndarray]:
+        """One batched sampling for several screens (the demo's concurrent sessions)."""
         c = self.model.config
-        action.check_bounds(c.size)
-        prev = frames_to_tensor(frame[None], self.device)
-        cursor = cursor_maps(np.array([action.x]), np.array([action.y]), c.size, c.cursor_sigma, self.device)
-        cls = torch.tensor([action_class(action.event, action.key_index)], device=self.device)
-        out = tensor_to_frames(sample_next(self.model, prev, cursor, cls, steps or self.steps, self.generator))[0]
+        for a in actions:
+            a.check_bounds(c.size)
+        prev = frames_to_tensor(np.stack(frames), self.device)
+        cursor = cursor_maps(np.array([a.x for a in actions]), np.array([a.y for a in actions]), c.size, c.cursor_sigma, self.device)
+        cls = torch.tensor([action_class(a.event, a.key_index) for a in actions], device=self.device)
+        outs = tensor_to_frames(sample_next(self.model, prev, cursor, cls, steps or self.steps, self.generator))
         if self.keep_below > 0:
-            same = (np.abs(out.astype(np.int16) - frame.astype(np.int16)) < self.keep_below).all(axis=2)
-            out[same] = frame[same]
-        return out
+            for out, frame in zip(outs, frames, strict=True):
+                same = (np.abs(out.astype(np.int16) - frame.astype(np.int16)) < self.keep_below).all(axis=2)
+                out[same] = frame[same]
+        return list(outs)
 
 
 # --------------------------------------------------------------------------- files

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -191,3 +194,36 @@ def test_engine_evicts_the_longest_idle_session_and_says_so() -> None:
     with pytest.raises(ValueError, match="expired: the demo keeps the 2 most recently used"):
         engine.act(b.id, 1, 1, "move")
     assert engine.act(a.id, 2, 2, "move")["step"] == 2  # the others are untouched
+
+
+def test_concurrent_sessions_share_batches_and_each_gets_its_own_frame() -> None:
+    engine = DemoEngine(NextFrameModel(SMALL), steps=1, max_batch=8)
+    # Every pixel within 256 levels keeps its colour: each output is exactly its own input, so
+    # a frame handed to the wrong session would show.
+    engine.predictor.keep_below = 256
+    sessions = [engine.new_session(seed=i) for i in range(6)]
+    for i, s in enumerate(sessions):
+        s.frame = np.full((64, 64, 3), 40 * i, np.uint8)
+    ready = threading.Barrier(len(sessions))
+    results: dict[str, dict[str, Any]] = {}
+
+    def act(s: Any, x: int) -> None:
+        ready.wait()
+        results[s.id] = engine.act(s.id, x, 10 + x, "left_click", steps=1)
+
+    threads = [threading.Thread(target=act, args=(s, 3 * i)) for i, s in enumerate(sessions)]
+    with engine.model_lock:  # as during a weight swap: the requests queue up meanwhile
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+    for t in threads:
+        t.join(60)
+    assert len(results) == 6 and all(r["step"] == 1 for r in results.values())
+    assert max(engine.batch_sizes) > 1, engine.batch_sizes  # some frames were sampled together
+    assert sum(k * v for k, v in engine.batch_sizes.items()) == 6
+    for i, s in enumerate(sessions):
+        assert (results[s.id]["frame"] == 40 * i).all()
+        assert engine.sessions[s.id].cursor == (3 * i, 10 + 3 * i)
+    engine.close()
+    with pytest.raises(ValueError, match="max_batch"):
+        DemoEngine(NextFrameModel(SMALL), steps=1, max_batch=0)
