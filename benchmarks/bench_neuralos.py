@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -66,6 +68,7 @@ def concurrent_sessions(sessions: int, actions: int, rounds: int = 3) -> dict[st
     model = load_model(BASE_CHECKPOINT).eval()
     session = task_session("open_browser", 5)
     out: dict[str, dict[str, list[float]]] = {k: {"fps": [], "mean_ms": [], "p50_ms": [], "p95_ms": []} for k in ("one_at_a_time", "batched")}
+    sizes: collections.Counter[int] = collections.Counter()
     for _ in range(rounds):
         for name, max_batch in (("one_at_a_time", 1), ("batched", 8)):
             engine = DemoEngine(model, steps=4, max_batch=max_batch)
@@ -90,10 +93,13 @@ def concurrent_sessions(sessions: int, actions: int, rounds: int = 3) -> dict[st
             engine.close()
             lat = list(engine.latencies_ms)[1:]
             out[name]["fps"].append(sessions * actions / elapsed)
+            if max_batch > 1:
+                sizes.update(engine.batch_sizes)
             out[name]["mean_ms"].append(sum(lat) / len(lat))
             out[name]["p50_ms"].append(median(lat))
             out[name]["p95_ms"].append(percentile(lat, 0.95))
-    res = {k: {m: median(v) for m, v in d.items()} for k, d in out.items()}
+    res: dict[str, Any] = {k: {m: median(v) for m, v in d.items()} for k, d in out.items()}
+    res["batched"]["batch_sizes"] = {str(k): v for k, v in sorted(sizes.items())}
     for k, r in res.items():
         print(f"  {sessions} sessions at once, {k}: {r['fps']:.1f} frames/s; action latency mean {r['mean_ms']:.0f} ms, "
               f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms", flush=True)
@@ -185,6 +191,8 @@ def main() -> None:
 |---|---|---|
 | one at a time (a lock; whoever gets it) | {conc['one_at_a_time']['fps']:.1f} | {conc['one_at_a_time']['mean_ms']:.0f} / {conc['one_at_a_time']['p50_ms']:.0f} / {conc['one_at_a_time']['p95_ms']:.0f} |
 | together (the engine's batching) | {conc['batched']['fps']:.1f} ({conc['batched']['fps'] / conc['one_at_a_time']['fps']:.2f}x) | {conc['batched']['mean_ms']:.0f} / {conc['batched']['p50_ms']:.0f} / {conc['batched']['p95_ms']:.0f} |
+
+Batches sampled (size: count, all rounds): {', '.join(f"{k}: {v}" for k, v in conc['batched']['batch_sizes'].items())}.
 
 Loop for {args.seconds:.0f} s with {args.users} simulated users (trainer batch {args.batch}):
 

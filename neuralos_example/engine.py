@@ -204,14 +204,16 @@ class DemoEngine:
         self.size = model.config.size
         self.first_frame = Desktop(self.size, 0).render()
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
-        # Frames of concurrent sessions are sampled together: a batch of 4 costs ~1.3x one frame
-        # on this CPU. Requests that arrive while a batch runs form the next (no waiting added).
+        # Frames of concurrent sessions are sampled together: on one CPU thread a batch of 4
+        # costs ~2x one frame (more on a GPU). Requests that arrive while a batch runs form the
+        # next one; a lone request waits for nothing.
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self._requests: queue.SimpleQueue[_FrameRequest | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        self._closed = False
 
     @property
     def version(self) -> int:
@@ -230,16 +232,22 @@ class DemoEngine:
 
     def _predict(self, frame: np.ndarray, action: Action, steps: int) -> tuple[np.ndarray, int]:
         """The next frame and the weights version that drew it (read under the swap's lock)."""
-        if self.max_batch == 1:
+        owned = getattr(self.model_lock, "_is_owned", lambda: False)()  # an RLock this thread holds
+        if self.max_batch == 1 or owned:  # (the worker could not take it: draw here)
             with self.model_lock, torch.inference_mode():
                 return self.predictor.predict(frame, action, steps), self.version
         req = _FrameRequest(frame, action, steps)
-        with self._lock:
+        with self._lock:  # enqueued under the lock close() takes: never behind its stop marker
+            if self._closed:
+                raise RuntimeError("the demo engine is closed")
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._serve, name="demo-frames", daemon=True)
                 self._worker.start()
-        self._requests.put(req)
-        req.done.wait()
+            worker = self._worker
+            self._requests.put(req)
+        while not req.done.wait(1.0):
+            if not worker.is_alive() and not req.done.is_set():
+                raise RuntimeError("the demo's frame worker stopped")
         if req.error is not None:
             raise req.error
         assert req.result is not None
@@ -266,7 +274,7 @@ class DemoEngine:
                         version = self.version
                     for r, f in zip(group, frames, strict=True):
                         r.result = (f, version)
-                except Exception as e:  # noqa: BLE001 - handed to the sessions that asked
+                except BaseException as e:  # noqa: BLE001 - handed to the sessions that asked
                     for r in group:
                         r.error = e
                 finally:
@@ -274,12 +282,14 @@ class DemoEngine:
                         r.done.set()
 
     def close(self) -> None:
-        """Stop the frame worker (it finishes the batch in hand)."""
+        """Stop the frame worker after the requests already queued; later ones are refused."""
         with self._lock:
+            self._closed = True
             worker, self._worker = self._worker, None
+            if worker is not None:
+                self._requests.put(None)
         if worker is not None:
-            self._requests.put(None)
-            worker.join(10)
+            worker.join(30)
 
     def new_session(self, task: str | None = None, seed: int | None = None) -> DemoSession:
         task = task or None

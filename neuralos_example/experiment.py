@@ -200,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if min(args.steps, args.batch, args.sessions, args.users, args.seeds, args.base_rows) < 1:
         ap.error("--steps, --batch, --sessions, --users, --seeds and --base-rows must be >= 1")
-    if args.users >= 10_000:
-        ap.error("--users must be < 10000 (replicates draw their users from disjoint seed ranges)")
+    if args.users >= 10_000 or args.base_rows > 400_000:
+        ap.error("--users must be < 10000 and --base-rows <= 400000 (each seed draws its data from its own seed range)")
+    if args.seed < 0 or args.seed + args.seeds > 50:
+        ap.error("--seed must be >= 0 and --seed + --seeds <= 50 (higher seeds' data would reach the held-out sessions)")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -212,11 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     base_result = evaluate(base, sets, args.sampler_steps)
     runs: dict[str, list[dict[str, dict[str, float]]]] = {"base-only": [], "finetuned": []}
     ft_seconds, live_rows = [], []
-    for k in range(args.seeds):
-        seed = args.seed + k
-        # Each replicate its own base rows and users (disjoint seeds; held-out sessions are 700000+)
-        base_rows = base_table(args.base_rows, 10_000 * k)
-        live = sessions_table([user_session(200_000 + 10_000 * k + i) for i in range(args.users)])
+    for seed in range(args.seed, args.seed + args.seeds):
+        # Each seed its own base rows and users (disjoint seed ranges; held-out sessions are 700000+)
+        base_rows = base_table(args.base_rows, 10_000 * seed)
+        live = sessions_table([user_session(200_000 + 10_000 * seed + i) for i in range(args.users)])
         live_rows.append(live.num_rows)
         for arm, data in (("base-only", None), ("finetuned", live)):
             t_ft = time.time()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ from neuralos_example.model import (
 )
 from neuralos_example.simulator import KEYS, Action, Desktop, Event, render_state
 from neuralos_example.task import NeuralOSTask
+
+from .conftest import wait_until
 
 torch.set_num_threads(1)
 SMALL = ModelConfig(channels=(16, 32), patch=4)
@@ -194,6 +195,7 @@ def test_engine_evicts_the_longest_idle_session_and_says_so() -> None:
     with pytest.raises(ValueError, match="expired: the demo keeps the 2 most recently used"):
         engine.act(b.id, 1, 1, "move")
     assert engine.act(a.id, 2, 2, "move")["step"] == 2  # the others are untouched
+    engine.close()
 
 
 def test_concurrent_sessions_share_batches_and_each_gets_its_own_frame() -> None:
@@ -215,7 +217,8 @@ def test_concurrent_sessions_share_batches_and_each_gets_its_own_frame() -> None
     with engine.model_lock:  # as during a weight swap: the requests queue up meanwhile
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        # two waiting in the queue: they join the worker's batch in hand or form the next one
+        wait_until(lambda: engine._requests.qsize() >= 2, timeout=30, what="queued requests")
     for t in threads:
         t.join(60)
     assert len(results) == 6 and all(r["step"] == 1 for r in results.values())
@@ -225,5 +228,7 @@ def test_concurrent_sessions_share_batches_and_each_gets_its_own_frame() -> None
         assert (results[s.id]["frame"] == 40 * i).all()
         assert engine.sessions[s.id].cursor == (3 * i, 10 + 3 * i)
     engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.act(sessions[0].id, 1, 1, "move")
     with pytest.raises(ValueError, match="max_batch"):
         DemoEngine(NextFrameModel(SMALL), steps=1, max_batch=0)
