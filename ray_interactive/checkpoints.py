@@ -37,6 +37,7 @@ class CheckpointInfo:
     reason: str  # "periodic", "command" or "final"
     parent: str | None = None  # the previous checkpoint on this lineage
     tag: str | None = None
+    finite: bool = True  # whether every weight was finite (a health rollback skips it if not)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

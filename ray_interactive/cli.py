@@ -41,8 +41,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``."""
+def parse_assignments(items: list[str], text_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``; keys in ``text_keys`` keep
+    their text as it is (``module=3`` names the module "3", as ``nn.Sequential`` does)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -54,8 +55,23 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise CLIError(f"{key!r} conflicts with another assignment")
-        node[leaf] = parse_value(value)
+        node[leaf] = value if key in text_keys else parse_value(value)
     return out
+
+
+def text_fields(kind: str) -> frozenset[str]:
+    """Fields of a command kind whose value is text (names, paths, ids): a CLI value for
+    one of them is never read as JSON."""
+    import typing
+
+    from ray_interactive.commands import Command
+
+    for model in typing.get_args(typing.get_args(Command)[0]):
+        if model.model_fields["kind"].default == kind:
+            return frozenset(
+                name for name, f in model.model_fields.items() if f.annotation in (str, typing.Optional[str])
+            )
+    return frozenset()
 
 
 def command_payload(kind: str, assignments: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +212,7 @@ def start_ui(client: Any, args: argparse.Namespace) -> str:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    client = _connect(args)
+    client = _connect(args, finished_ok=True)
     url = start_ui(client, args)
     print(f"control UI of run {args.run!r}: {url}  (Ctrl-C to quit; the run goes on)", flush=True)
     try:
@@ -265,7 +281,10 @@ def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, q
             tour.maybe_act(elapsed, duration, bar.write)
         if not stop_sent and (interrupted or (duration is not None and elapsed >= duration)):
             bar.write("stopping: finishing the step and writing a final checkpoint ...")
-            client.send("stop", source="cli")
+            if interrupted:  # a person pressed Ctrl-C
+                client.send("stop", source="cli", comment="Ctrl-C")
+            else:  # nobody sent this one: the run's own time limit
+                client.send("stop", source="system", comment=f"--duration {duration:g} s reached")
             stop_sent = True
     bar.close()
     summary(client)
@@ -335,17 +354,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- attach to a run ---------------------------------------------------------------------
-def _connect(args: argparse.Namespace) -> Any:
+def _connect(args: argparse.Namespace, finished_ok: bool = False) -> Any:
+    """The running run named ``args.run``; with ``finished_ok``, else its run directory
+    (``runs/<name>`` or a path) opened read-only, as a finished run."""
     from ray_interactive.client import RunNotFound, connect
+    from ray_interactive.offline import FinishedRun, find_run_dir
 
     try:
         return connect(args.run, address=args.address, namespace=args.namespace)
     except (RunNotFound, ConnectionError) as e:
-        raise CLIError(str(e)) from None
+        run_dir = find_run_dir(args.run)
+        if run_dir is None:
+            raise CLIError(f"{e} (and no run directory {args.run!r} or runs/{args.run} to read)") from None
+        if not finished_ok:
+            raise CLIError(f"{e}; {run_dir} holds it, finished: resume it with "
+                           f"`{_prog()} run --resume {run_dir}`") from None
+        print(f"(run {args.run!r} is not running: reading its run directory {run_dir})", file=sys.stderr)
+        return FinishedRun(run_dir)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _connect(args)
+    client = _connect(args, finished_ok=True)
     status = client.status()
     if args.json:
         print(json.dumps(status, indent=1))
@@ -353,6 +382,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     m = client.metrics(keys=["loss", "lr", "grad_norm"], since=max(0, status["step"] - 20))
     print(f"{status['run']}: {status['status']} | step {status['step']} | branch {status['branch']} | "
           f"{status['samples_per_s']:.1f} samples/s | last checkpoint {status['last_checkpoint']}")
+    if status.get("message"):
+        print(f"  {status['message']}")
     for key, s in m.items():
         if s["value"]:
             print(f"  {key} = {s['value'][-1]:.6g} (step {s['step'][-1]})")
@@ -365,7 +396,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     if args.kind not in COMMAND_KINDS:
         raise CLIError(f"unknown command kind {args.kind!r}; kinds: {', '.join(COMMAND_KINDS)}")
-    payload = command_payload(args.kind, parse_assignments(args.fields))
+    payload = command_payload(args.kind, parse_assignments(args.fields, text_fields(args.kind)))
     if args.comment:
         payload["comment"] = args.comment
     client = _connect(args)
@@ -380,8 +411,22 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_log(args: argparse.Namespace) -> int:
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Withdraw a pending command, named ``#12`` / ``12`` (its number) or by its id."""
+    target = args.target.removeprefix("#")
+    payload: dict[str, Any] = {"kind": "cancel", **({"seq": int(target)} if target.isdigit() else {"command_id": target})}
     client = _connect(args)
+    rec = client.submit(payload, source="cli")
+    print(f"cancel: {rec.status.value}" + (f": {rec.message}" if rec.message else ""))
+    if rec.status.value == "rejected":
+        return 1
+    rec = client.wait(rec, timeout=args.timeout)
+    print(f"cancel: {rec.status.value} at step {rec.applied_step}: {rec.message}")
+    return 0 if rec.status.value == "applied" else 1
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    client = _connect(args, finished_ok=True)
     for row in client.commands(limit=args.n):
         if args.json:
             print(json.dumps(row))
@@ -395,14 +440,17 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    client = _connect(args)
+    client = _connect(args, finished_ok=True)
     for c in client.checkpoints():
         print(f"{c['id']:30} step {c['step']:>8}  branch {c['branch']:16} {c['reason']:9} {c.get('tag') or ''}")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    client = _connect(args)
+    client = _connect(args, finished_ok=True)
+    if getattr(client, "read_only", False):
+        print(f"run {args.run!r} has ended: its data buffer is gone; the live rows it stored are in {client.run_dir / 'buffer'}")
+        return 0
     sources, stats = client.sources(), client.data_status()
     if args.json:
         print(json.dumps({"sources": sources, "stats": stats}, indent=1, default=str))
@@ -443,7 +491,7 @@ def cmd_ingest_url(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    client = _connect(args)
+    client = _connect(args, finished_ok=True)
     versions = client.weight_versions()
     if args.json:
         print(json.dumps(versions, indent=1))
@@ -509,7 +557,10 @@ def make_parser() -> argparse.ArgumentParser:
     run_options(sp)
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("demo", help="the main job: a small GPT-2 on WikiText-2, steered by a scripted tour")
+    sp = sub.add_parser(
+        "demo", help="the first demo: a small GPT-2 on WikiText-2, steered by a scripted tour (the main job is "
+        "`make demo`, the NeuralOS loop)"
+    )
     sp.add_argument("--data", default=None, help="WikiText-2 directory (default: a generated corpus)")
     sp.add_argument("--no-tour", action="store_true", help="no scripted commands; steer it yourself")
     sp.add_argument("--no-ui", action="store_true", help="do not serve the control UI")
@@ -517,15 +568,15 @@ def make_parser() -> argparse.ArgumentParser:
     run_options(sp)
     sp.set_defaults(func=cmd_demo, duration=None)
 
-    sp = sub.add_parser("ui", help="serve the control UI of a running run (Gradio)")
+    sp = sub.add_parser("ui", help="serve the control UI of a run (Gradio; a finished run read-only)")
     sp.add_argument("run")
     _ui_options(sp)
     sp.set_defaults(func=cmd_ui)
 
     for name, func, helptext in (
-        ("status", cmd_status, "a run's status and latest metrics"),
-        ("log", cmd_log, "a run's command log"),
-        ("checkpoints", cmd_checkpoints, "a run's checkpoints"),
+        ("status", cmd_status, "a run's status and latest metrics (a finished run: from runs/RUN or a RUN_DIR)"),
+        ("log", cmd_log, "a run's command log (running or finished)"),
+        ("checkpoints", cmd_checkpoints, "a run's checkpoints (running or finished)"),
         ("weights", cmd_weights, "a run's published weight versions"),
         ("data", cmd_data, "a run's data sources: rows, bytes, ingest rate, rejections"),
     ):
@@ -546,6 +597,12 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="wait until it is applied")
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.set_defaults(func=cmd_send)
+
+    sp = sub.add_parser("cancel", help="withdraw a pending command: cancel RUN '#12' (its number) or its id")
+    sp.add_argument("run")
+    sp.add_argument("target", metavar="#SEQ|ID")
+    sp.add_argument("--timeout", type=float, default=60.0)
+    sp.set_defaults(func=cmd_cancel)
 
     sp = sub.add_parser("ingest-url", help="where a run serves HTTP ingest, and its token file")
     sp.add_argument("run")

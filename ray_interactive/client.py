@@ -28,6 +28,7 @@ import torch
 from ray_interactive.commands import CommandRecord, CommandStatus
 from ray_interactive.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.launch import init_ray
+from ray_interactive.schemas import check_unique_columns
 from ray_interactive.weights import WeightVersion, unpack_state
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class RunClient:
 
     # -- queries -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Run status: running / paused / stopping / stopped / failed, step, branch, ..."""
+        """Run status: starting / running / waiting (for data) / paused / stopping / stopped /
+        failed, step, branch, a message saying why it is paused or waiting, ..."""
         return ray.get(self._controller.status.remote())
 
     def metrics(
@@ -151,6 +153,20 @@ class RunClient:
     def checkpoints(self) -> list[dict[str, Any]]:
         return ray.get(self._controller.checkpoints.remote())
 
+    def checkpoint_page(self, offset: int = 0, limit: int = 50, branch: str | None = None) -> dict[str, Any]:
+        """A page of the checkpoints, newest first: ``{"total", "offset", "rows"}``."""
+        return ray.get(self._controller.checkpoint_page.remote(offset, limit, branch))
+
+    def dashboard(
+        self, keys: list[str], since: int | None = None, until: int | None = None,
+        max_points: int | None = None, history: int = 50,
+    ) -> dict[str, Any]:
+        """What a dashboard refresh shows (status, branches, every branch's thinned series
+        of ``keys``, the newest commands, settings, data figures) in one round trip."""
+        return ray.get(
+            self._controller.dashboard.remote(keys=keys, since=since, until=until, max_points=max_points, history=history)
+        )
+
     def branches(self) -> dict[str, dict[str, Any]]:
         return ray.get(self._controller.branches.remote())
 
@@ -179,6 +195,8 @@ class RunClient:
         rows acknowledged once are never stored twice.
         """
         batch_id = batch_id or uuid.uuid4().hex
+        if isinstance(table, (pa.Table, pa.RecordBatch)):  # Ray cannot serialise duplicate names
+            check_unique_columns(table.column_names, f"source {source!r}")
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -36,6 +36,21 @@ from ray_interactive.schedules import check_args as check_schedule_args
 #: Names of branches, sources and tags: safe as file names and readable in a UI.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+#: Checkpoint ids are ``<branch>@<step>`` (``.2``, ``.3`` on repeats): never a path.
+CHECKPOINT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}@[0-9]{1,18}(\.[0-9]{1,9})?$"
+#: Command ids: short, and safe in a URL, a log line and a file name.
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+
+#: Bounds on any payload before it is even parsed: how deep it nests, how many values it
+#: holds, how long one string may be, how large JSON text may be.
+MAX_DEPTH = 6
+MAX_VALUES = 2000
+MAX_STRING = 4000
+MAX_TEXT_BYTES = 64 * 1024
+#: The furthest a command may be pinned ahead (``at_step``) when the run has no max_steps.
+MAX_AT_STEP = 10**12
+#: Largest mixture weight (weights are relative; a bound keeps their sum finite).
+MAX_WEIGHT = 1e6
 
 
 class CommandSource(str, Enum):
@@ -46,6 +61,7 @@ class CommandSource(str, Enum):
     API = "api"
     CLI = "cli"
     REPLAY = "replay"
+    SYSTEM = "system"  # the run itself: a --duration stop, the training health guard
 
 
 class CommandStatus(str, Enum):
@@ -55,6 +71,7 @@ class CommandStatus(str, Enum):
     ACCEPTED = "accepted"  # validated and queued for the trainer
     APPLIED = "applied"  # took effect at ``applied_step``
     FAILED = "failed"  # accepted, but could not be applied (reason given)
+    CANCELLED = "cancelled"  # accepted, then withdrawn by a ``cancel`` before it applied
 
     @property
     def is_final(self) -> bool:
@@ -65,7 +82,7 @@ def check_name(value: str, what: str) -> str:
     """Return ``value`` if it is a valid name, else raise ``ValueError`` naming ``what``."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ValueError(
-            f"{what} {value!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-', "
+            f"{what} {_clip(str(value), 64)!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )
     return value
@@ -76,11 +93,11 @@ class _CommandBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=COMMAND_ID_PATTERN)
     source: CommandSource = CommandSource.API
     issued_at: float = Field(default_factory=time.time)
     #: Apply exactly when the trainer has completed this many optimizer steps (replay).
-    at_step: int | None = Field(default=None, ge=0)
+    at_step: int | None = Field(default=None, ge=0, le=MAX_AT_STEP)
     #: Free text the sender wants kept with the command (an agent's reasoning, say).
     comment: str | None = Field(default=None, max_length=2000)
 
@@ -113,8 +130,8 @@ class UpdateOptimizer(_CommandBase):
     """
 
     kind: Literal["update_optimizer"] = "update_optimizer"
-    params: dict[str, Any] = Field(min_length=1, max_length=32)
-    group: str | None = None
+    params: dict[Annotated[str, Field(max_length=64)], Any] = Field(min_length=1, max_length=32)
+    group: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class SetLRSchedule(_CommandBase):
@@ -186,8 +203,15 @@ class LoadCheckpoint(_CommandBase):
     """Restore a checkpoint and continue training from it on a new branch."""
 
     kind: Literal["load_checkpoint"] = "load_checkpoint"
-    checkpoint_id: str = Field(min_length=1, max_length=128)
+    checkpoint_id: str = Field(max_length=160)
     branch: str | None = None
+
+    @field_validator("checkpoint_id")
+    @classmethod
+    def _checkpoint_id(cls, v: str) -> str:
+        if not re.match(CHECKPOINT_ID_PATTERN, v):
+            raise ValueError(f"{_clip(v)!r} is not a checkpoint id (<branch>@<step>, as listed by checkpoints())")
+        return v
 
     @field_validator("branch")
     @classmethod
@@ -211,8 +235,9 @@ class SetDataMixture(_CommandBase):
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
         for name, w in v.items():
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(f"weight of source {name!r} must be a finite number >= 0, not {w}")
+            check_name(name, "source")
+            if not math.isfinite(w) or w < 0 or w > MAX_WEIGHT:
+                raise ValueError(f"weight of source {name!r} must be a finite number >= 0 and <= {MAX_WEIGHT:g}, not {w}")
         return v
 
 
@@ -224,9 +249,9 @@ class UpdateModule(_CommandBase):
     """
 
     kind: Literal["update_module"] = "update_module"
-    module: str = Field(max_length=512)
+    module: str = Field(max_length=512, pattern=r"^[\w.\-]+$")
     op: Literal["reset_parameters", "set_attribute", "freeze", "unfreeze"]
-    attribute: str | None = Field(default=None, max_length=64)
+    attribute: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     value: float | int | bool | None = None
 
     @model_validator(mode="after")
@@ -245,6 +270,22 @@ class PublishWeights(_CommandBase):
     kind: Literal["publish_weights"] = "publish_weights"
 
 
+class Cancel(_CommandBase):
+    """Withdraw an accepted command that has not been applied yet (one waiting for its
+    ``at_step``, say), named by its id or its sequence number. It is cancelled at the
+    next step boundary; if it was applied first, the cancel fails and says so."""
+
+    kind: Literal["cancel"] = "cancel"
+    command_id: str | None = Field(default=None, pattern=COMMAND_ID_PATTERN)
+    seq: int | None = Field(default=None, ge=1, le=2**62)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Cancel:
+        if self.command_id is None and self.seq is None:
+            raise ValueError("cancel needs the command's 'command_id' or its 'seq'")
+        return self
+
+
 Command = Annotated[
     Union[
         UpdateOptimizer,
@@ -260,6 +301,7 @@ Command = Annotated[
         SetDataMixture,
         UpdateModule,
         PublishWeights,
+        Cancel,
     ],
     Field(discriminator="kind"),
 ]
@@ -285,6 +327,9 @@ class CommandRecord(BaseModel):
     applied_at: float | None = None
     applied_step: int | None = None  # completed optimizer steps when it took effect
     branch: str | None = None  # branch it was applied on
+    #: Set on entries the run made on its own (the health guard pausing it, say): not a
+    #: command anyone sent, never numbered; ``payload`` holds its kind.
+    event: str | None = None
 
     @property
     def id(self) -> str | None:
@@ -293,6 +338,12 @@ class CommandRecord(BaseModel):
         if isinstance(self.payload, dict) and isinstance(self.payload.get("id"), str):
             return self.payload["id"]
         return None
+
+    @property
+    def source(self) -> str | None:
+        if self.command is not None:
+            return self.command.source.value
+        return CommandSource.SYSTEM.value if self.event else None
 
     @property
     def kind(self) -> str | None:
@@ -309,20 +360,113 @@ class CommandRecord(BaseModel):
         return f"#{self.seq} {self.kind} [{self.status.value}{where}]{why}"
 
 
-def describe_validation_error(err: ValidationError) -> str:
-    """Turn a pydantic error into one readable sentence per problem."""
+def describe_validation_error(err: ValidationError, limit: int = 5) -> str:
+    """Turn a pydantic error into one readable sentence per problem (the first ``limit``;
+    user-given keys and values are clipped, so a message never echoes a large input)."""
     parts = []
-    for e in err.errors(include_url=False):
-        loc = ".".join(str(x) for x in e["loc"] if not _is_union_tag(x))
+    errors = err.errors(include_url=False, include_input=False)
+    for e in errors[:limit]:
+        loc = ".".join(_clip(str(x), 40) for x in e["loc"] if not _is_union_tag(x))
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown field {loc!r}")
             continue
         if e["type"] == "missing":
             parts.append(f"missing field {loc!r}")
             continue
-        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "string_pattern_mismatch":
+            parts.append(f"{loc}: {_PATTERN_HINTS.get(e['loc'][-1], 'contains characters that are not allowed')}")
+            continue
+        msg = _clip(e["msg"].removeprefix("Value error, "), 300)
         parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more problem(s)")
     return "; ".join(parts)
+
+
+_PATTERN_HINTS = {
+    "id": "use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+    "command_id": "use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+    "module": "a module path is names and indices joined by '.' (transformer.h.0.attn)",
+    "attribute": "an attribute is a Python identifier of at most 64 characters",
+}
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, saying so."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def check_payload_shape(payload: Any) -> None:
+    """Refuse, before any parsing, a payload nested deeper than ``MAX_DEPTH``, holding more
+    than ``MAX_VALUES`` values or a string over ``MAX_STRING`` characters, or a string (or
+    key) that is not valid Unicode. Iterative: a hostile nesting cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(payload, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ValueError(f"the command holds more than {MAX_VALUES} values")
+        if isinstance(value, str):
+            _check_text(value, "a string")
+        elif isinstance(value, dict):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"the command is nested more than {MAX_DEPTH} levels deep")
+            for k, v in value.items():
+                if isinstance(k, str):
+                    _check_text(k, "a key")
+                stack.append((v, depth + 1))
+        elif isinstance(value, (list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"the command is nested more than {MAX_DEPTH} levels deep")
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _check_text(text: str, what: str) -> None:
+    if len(text) > MAX_STRING:
+        raise ValueError(f"{what} in the command has {len(text)} characters; the limit is {MAX_STRING}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} in the command is not valid Unicode (a lone surrogate at position {e.start}: {_clip(repr(text), 40)})"
+        ) from None
+
+
+def loggable(payload: Any, limit: int = 2000) -> Any:
+    """A small, JSON-safe copy of an arbitrary (possibly hostile) payload, for the log and
+    the history: at most 4 levels and 32 items per level, strings clipped to 200
+    characters, invalid Unicode escaped; if it is still over ``limit`` characters of
+    JSON, a clipped text of it. Never raises, never recurses deeper than 4 levels."""
+    clean = _small_copy(payload, 0)
+    try:
+        text = json.dumps(clean)
+    except (TypeError, ValueError):
+        return "(unprintable payload)"
+    return clean if len(text) <= limit else text[:limit] + "...(truncated)"
+
+
+def _small_copy(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else _clip(str(value), 40)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (str, bytes)):
+        text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+        return _clip(text.encode("utf-8", "backslashreplace").decode("utf-8"), 200)
+    if depth >= 4:
+        return "...(nested deeper)"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {str(_small_copy(k, 4))[:64]: _small_copy(v, depth + 1) for k, v in items[:32]}
+        if len(items) > 32:
+            out["..."] = f"{len(items) - 32} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_small_copy(v, depth + 1) for v in value[:32]] + ([f"...{len(value) - 32} more"] if len(value) > 32 else [])
+    return f"<{type(value).__name__}>"
 
 
 def _is_union_tag(x: Any) -> bool:
@@ -334,14 +478,18 @@ def parse_command(payload: Any) -> Command:
 
     Raises ``ValueError`` with a readable message when it is not a valid command.
     """
-    if isinstance(payload, _CommandBase):
-        return payload  # type: ignore[return-value]
     try:
+        if isinstance(payload, _CommandBase):  # built in Python: its strings still go to the log
+            check_payload_shape(payload.model_dump())
+            return payload  # type: ignore[return-value]
         if isinstance(payload, (str, bytes)):
+            if len(payload) > MAX_TEXT_BYTES:
+                raise ValueError(f"the command is {len(payload)} bytes of text; the limit is {MAX_TEXT_BYTES}")
             try:
                 payload = json.loads(payload)
             except (ValueError, RecursionError) as e:
-                raise ValueError(f"the command is not valid JSON ({e})") from None
+                raise ValueError(f"the command is not valid JSON ({_clip(str(e), 120)})") from None
+        check_payload_shape(payload)
         if not isinstance(payload, dict):
             raise ValueError(
                 f"a command must be a JSON object with a 'kind', not {type(payload).__name__}"
@@ -351,7 +499,7 @@ def parse_command(payload: Any) -> Command:
             raise ValueError(f"the command has no 'kind'; known kinds: {', '.join(COMMAND_KINDS)}")
         if kind not in COMMAND_KINDS:
             raise ValueError(
-                f"unknown command kind {str(kind)[:64]!r}; known kinds: {', '.join(COMMAND_KINDS)}"
+                f"unknown command kind {_clip(str(kind), 64)!r}; known kinds: {', '.join(COMMAND_KINDS)}"
             )
         return COMMAND_ADAPTER.validate_python(payload)
     except ValidationError as err:

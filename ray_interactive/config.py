@@ -66,6 +66,22 @@ class HttpIngestConfig(BaseModel):
     max_body_mb: float = Field(default=64.0, gt=0.0, le=4096.0, description="largest request body accepted")
 
 
+class HealthConfig(BaseModel):
+    """The training health guard: what a run does when a step's loss or gradient norm is
+    not finite (the step itself is always skipped: its update never reaches the weights)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_non_finite: Literal["pause", "skip", "rollback"] = Field(
+        default="pause",
+        description="pause: pause with a message; skip: go on with the next batch; "
+        "rollback: load the newest checkpoint with finite weights and lower the lr",
+    )
+    max_skips: int = Field(default=20, ge=1, le=1_000_000, description="skip: consecutive skipped steps before pausing")
+    lr_factor: float = Field(default=0.5, gt=0.0, lt=1.0, description="rollback: the lr is multiplied by this")
+    max_rollbacks: int = Field(default=3, ge=1, le=1000, description="rollback: to one checkpoint, before pausing")
+
+
 class RunConfig(BaseModel):
     """Everything that defines a run. Unknown keys are errors, not silently ignored."""
 
@@ -82,6 +98,13 @@ class RunConfig(BaseModel):
     grad_accumulation: int = Field(default=1, ge=1, le=4096)
     max_steps: int | None = Field(default=None, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1, description="steps between checkpoints")
+    checkpoint_keep: int | None = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="periodic checkpoints kept per branch (tagged, saved-by-command, final and branch-point "
+        "ones are always kept); None keeps all",
+    )
     eval_every: int | None = Field(default=None, ge=1, description="steps between evaluations")
     publish_every: int | None = Field(default=None, ge=1, description="steps between weight versions published")
     weights_keep: int = Field(default=8, ge=1, le=10_000, description="weight versions the controller keeps")
@@ -99,6 +122,14 @@ class RunConfig(BaseModel):
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    trainer_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="niceness of the trainer's process: training takes the CPU the control plane (controller, "
+        "UI, buffer, demo) leaves, so steering stays responsive on a saturated machine",
+    )
 
     @field_validator("name")
     @classmethod

@@ -29,6 +29,7 @@ from typing import Any
 
 from ray_interactive.checkpoints import list_checkpoints
 from ray_interactive.commands import (
+    Cancel,
     Command,
     CommandRecord,
     CommandSource,
@@ -36,28 +37,21 @@ from ray_interactive.commands import (
     LoadCheckpoint,
     SetDataMixture,
     Stop,
+    UpdateModule,
     check_name,
+    loggable,
     parse_command,
 )
 from ray_interactive.config import RunConfig
 from ray_interactive.metrics import MetricStore
-from ray_interactive.validation import RunView, validate, validate_mixture
+from ray_interactive.validation import RunView, resolve_cancel, validate, validate_mixture
 from ray_interactive.weights import WeightRegistry
 
 log = logging.getLogger(__name__)
 
 ROOT_BRANCH = "main"
-
-
-def _loggable(payload: Any, limit: int = 2000) -> Any:
-    """A JSON-safe, bounded copy of an arbitrary (possibly hostile) payload."""
-    try:
-        text = json.dumps(payload, allow_nan=True)
-    except (TypeError, ValueError, RecursionError):
-        text = json.dumps(repr(payload)[:limit])
-    if len(text) > limit:
-        return text[:limit] + "...(truncated)"
-    return json.loads(text)
+#: Fields the controller fills in when it accepts a command: a retry may leave them out.
+_FILLED_BY_CONTROLLER = ("branch", "command_id", "seq")
 
 
 class Controller:
@@ -68,16 +62,21 @@ class Controller:
         config: RunConfig,
         deliver: Callable[[list[CommandRecord]], None] | None = None,
         recover: bool = False,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: a view of a run directory that writes nothing (a finished run
+        opened for inspection); it takes no commands and no trainer events."""
         self.config = config
         self.run_dir = config.resolved_run_dir
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._deliver = deliver or (lambda records: None)
         self._pending_mixtures: dict[int, dict[str, float]] = {}  # accepted, not yet applied
         self.records: dict[str, CommandRecord] = {}
         self._counts: dict[str, int] = {}  # records per status, kept as they change
         self.next_seq = 1
-        self.view = RunView(branches={ROOT_BRANCH})
+        self.view = RunView(branches={ROOT_BRANCH}, max_steps=config.max_steps)
         self.trainer_status: dict[str, Any] = {"status": "starting", "step": 0, "branch": ROOT_BRANCH}
         self.snapshot: dict[str, Any] = {}
         self.data_stats: dict[str, Any] = {}
@@ -89,9 +88,12 @@ class Controller:
         self.weight_registry = WeightRegistry(keep=config.weights_keep)
         self.started_at = time.time()
         self._last_flush = time.monotonic()
-        config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
         if recover:
             self._recover()
+        if read_only:
+            self._log = None
+            return
+        config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
         self._log = open(self.run_dir / "commands.jsonl", "a", encoding="utf-8")
         if recover:  # commands accepted but never applied died with the old trainer
             self._fail_pending("the run ended before it was applied")
@@ -101,21 +103,35 @@ class Controller:
         """Validate, number and queue a command; always returns its record.
 
         ``source`` overrides the payload's own (the UI stamps its commands ``ui``). A
-        command whose id was seen before is not queued twice: the first record returns.
+        command id seen before is not queued twice: the same command again (a retry) gets
+        the first record back; a different command under that id is rejected.
         """
+        if self.read_only:
+            raise ValueError("this is a read-only view of a run directory; it takes no commands")
         try:
             cmd = parse_command(payload)
             if source is not None:
                 cmd = cmd.model_copy(update={"source": CommandSource(source)})
         except ValueError as e:
-            record = CommandRecord(command=None, payload=_loggable(payload), status=CommandStatus.REJECTED, message=str(e))
+            record = CommandRecord(command=None, payload=loggable(payload), status=CommandStatus.REJECTED, message=str(e))
             self._store(record, key=uuid.uuid4().hex)
             return record
         seen = self.records.get(cmd.id)
         if seen is not None and seen.status is not CommandStatus.REJECTED:
-            return seen  # a retry of an accepted command: not queued twice
+            if _same_command(seen.command, cmd):
+                return seen  # a retry of an accepted command: not queued twice
+            message = (
+                f"command id {cmd.id!r} is already taken by #{seen.seq} {seen.kind} ({seen.status.value}) with other "
+                "arguments; a retry must repeat the same command, a new command needs a new id"
+            )
+            record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=message)
+            self._store(record, key=uuid.uuid4().hex)  # the first record keeps its id
+            return record
         try:
             validate(cmd, self.view)
+            if isinstance(cmd, Cancel):
+                target = resolve_cancel(list(self.records.values()), cmd.command_id, cmd.seq)
+                cmd = cmd.model_copy(update={"command_id": target.id, "seq": target.seq})
         except ValueError as e:
             record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=str(e))
             self._store(record)
@@ -131,6 +147,8 @@ class Controller:
             # against this, so two commands can't together zero every weight.
             self.view.mixture = validate_mixture(self.view.mixture, cmd.weights)
             self._pending_mixtures[self.next_seq] = cmd.weights
+        if isinstance(cmd, UpdateModule) and cmd.op == "freeze":
+            self.view.pending_freezes[self.next_seq] = cmd.module
         record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
         self.next_seq += 1
         self._store(record)
@@ -152,7 +170,9 @@ class Controller:
         self._counts[record.status.value] = self._counts.get(record.status.value, 0) + 1
         if record.status.is_final and record.seq is not None:
             self._pending_mixtures.pop(record.seq, None)
+            self.view.pending_freezes.pop(record.seq, None)
         self.records[key] = record  # a known key keeps its place: the dict is in submission order
+        assert self._log is not None, "read-only"
         self._log.write(record.model_dump_json() + "\n")
         self._log.flush()  # on disk (page cache) before the answer goes out
 
@@ -176,9 +196,38 @@ class Controller:
     def _trainer_events(self, events: list[tuple[str, Any]] | None) -> None:
         """Checkpoints, branches and rewinds ride along with the call that reports their
         effect (calls to a threaded actor may be reordered), so they are known first."""
-        handlers = {"checkpoint": self.checkpoint_saved, "branch": self.branch_created, "rewind": self.branch_rewound}
+        handlers = {
+            "checkpoint": self.checkpoint_saved,
+            "checkpoints_removed": self.checkpoints_removed,
+            "branch": self.branch_created,
+            "rewind": self.branch_rewound,
+            "event": self.system_event,
+        }
         for name, args in events or []:
             handlers[name](*args)
+
+    def system_event(self, event: dict[str, Any]) -> None:
+        """Something the run did on its own (the health guard paused it, say): an entry in
+        the command history (source ``system``, not numbered: the trainer never received
+        it), and the commands it asks for, submitted as ``system`` commands."""
+        message = str(event.get("message", ""))[:2000]
+        self._store(
+            CommandRecord(
+                command=None,
+                payload={"kind": str(event.get("kind", "event"))[:64]},
+                event="system",
+                status=CommandStatus.FAILED if event.get("failed") else CommandStatus.APPLIED,
+                message=message,
+                applied_at=event.get("time"),
+                applied_step=event.get("step"),
+                branch=event.get("branch"),
+            ),
+            key=uuid.uuid4().hex,
+        )
+        for payload in event.get("submit", []):
+            rec = self.submit({**payload, "comment": message}, source="system")
+            if rec.status is CommandStatus.REJECTED:
+                log.warning("system command %s rejected: %s", payload.get("kind"), rec.message)
 
     def get_command(self, command_id: str) -> CommandRecord | None:
         return self.records.get(command_id)
@@ -245,6 +294,7 @@ class Controller:
         self.view.groups = snapshot["groups"]
         self.view.modules = snapshot["modules"]
         self.view.has_eval = snapshot["has_eval"]
+        self.view.trainable = snapshot.get("trainable")
         # The trainer's mixture is the truth (a load or resume restores an older one);
         # mixture commands accepted but not yet applied still count on top of it.
         mixture = dict(snapshot["mixture"])
@@ -255,6 +305,12 @@ class Controller:
     def checkpoint_saved(self, info: dict[str, Any]) -> None:
         self.checkpoints[info["id"]] = info
         self.view.checkpoints.add(info["id"])
+
+    def checkpoints_removed(self, ids: list[str]) -> None:
+        """The retention policy deleted these checkpoints."""
+        for cid in ids:
+            self.checkpoints.pop(cid, None)
+            self.view.checkpoints.discard(cid)
 
     def branch_created(self, name: str, parent: str, checkpoint: str, step: int) -> None:
         self.branches[name] = {"parent": parent, "checkpoint": checkpoint, "fork_step": step, "created_at": time.time()}
@@ -335,6 +391,37 @@ class Controller:
     def list_checkpoints(self) -> list[dict[str, Any]]:
         return sorted(self.checkpoints.values(), key=lambda c: c["created_at"])
 
+    def checkpoint_page(self, offset: int = 0, limit: int = 50, branch: str | None = None) -> dict[str, Any]:
+        """One page of the checkpoints, newest first (optionally of one branch):
+        ``{"total": n, "offset": offset, "rows": [...]}``."""
+        rows = [c for c in self.checkpoints.values() if branch in (None, "", c["branch"])]
+        rows.sort(key=lambda c: c["created_at"], reverse=True)
+        offset = max(0, min(int(offset), max(0, len(rows) - 1)))
+        limit = max(1, min(int(limit), 500))
+        return {"total": len(rows), "offset": offset, "rows": rows[offset : offset + limit]}
+
+    def dashboard(
+        self,
+        keys: list[str],
+        since: int | None = None,
+        until: int | None = None,
+        max_points: int | None = None,
+        history: int = 50,
+    ) -> dict[str, Any]:
+        """Everything a dashboard refresh shows, in one call: status, branches, each
+        branch's thinned metric series, the newest commands, settings and data figures."""
+        return {
+            "status": self.status(),
+            "branches": self.list_branches(),
+            "metrics": {
+                b: self.metrics.query([(b, None)], keys, since, max_points, until) for b in self.branches
+            },
+            "history": self.commands(limit=history, newest_first=True),
+            "snapshot": dict(self.snapshot),
+            "data": dict(self.data_stats),
+            "metric_keys": self.metric_keys(),
+        }
+
     def list_branches(self) -> dict[str, dict[str, Any]]:
         return dict(self.branches)
 
@@ -344,13 +431,19 @@ class Controller:
             self.flush()
 
     def flush(self) -> None:
-        """Write metrics not yet on disk."""
+        """Write metrics not yet on disk, and the status (what a finished run shows)."""
+        if self.read_only:
+            return
         self._last_flush = time.monotonic()
         self.metrics.flush(self.run_dir / "metrics")
+        tmp = self.run_dir / "status.json.tmp"
+        tmp.write_text(json.dumps({**self.status(), "saved_at": time.time()}, default=str))
+        tmp.replace(self.run_dir / "status.json")
 
     def close(self) -> None:
         self.flush()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
     def _recover(self) -> None:
         """Rebuild state from the run directory (a resumed run, a restarted actor)."""
@@ -381,8 +474,12 @@ def read_command_log(path: Path) -> dict[str, CommandRecord]:
         except ValueError:
             log.warning("skipping unreadable line %d of %s", i + 1, path)
             continue
+        key = rec.id if rec.command is not None and rec.id else f"rejected-line{i}"
+        seen = records.get(key)
+        if rec.status is CommandStatus.REJECTED and seen is not None and seen.status is not CommandStatus.REJECTED:
+            key = f"rejected-line{i}"  # a reused id was refused: the first command keeps it
         # An unparseable payload may carry any id: never let it stand for a real command.
-        records[rec.id if rec.command is not None and rec.id else f"rejected-line{i}"] = rec
+        records[key] = rec
     return records
 
 
@@ -400,7 +497,11 @@ def _last_weight_version(path: Path) -> int:
 
 def replay_commands(path: Path) -> list[Command]:
     """The applied commands of a log, in order, each pinned to the step it took effect at."""
-    applied = [r for r in read_command_log(path).values() if r.status is CommandStatus.APPLIED and r.command]
+    # Entries without a number (system events: the trainer did them on its own) were not
+    # commands it received; the replayed run does them itself.
+    applied = [
+        r for r in read_command_log(path).values() if r.status is CommandStatus.APPLIED and r.command and r.seq is not None
+    ]
     applied.sort(key=lambda r: r.seq or 0)
     # A stop that later commands followed was undone by a resume: replaying it would end early.
     applied = [r for i, r in enumerate(applied) if not (isinstance(r.command, Stop) and i < len(applied) - 1)]
@@ -417,6 +518,19 @@ def replay_commands(path: Path) -> list[Command]:
     ]
 
 
+def _same_command(old: Command | None, new: Command) -> bool:
+    """Whether ``new`` repeats ``old`` (a retry): the same kind and arguments; the time it
+    was issued and fields the controller filled in on acceptance may differ."""
+    if old is None:
+        return False
+    a, b = old.model_dump(exclude={"issued_at"}), new.model_dump(exclude={"issued_at"})
+    for k in _FILLED_BY_CONTROLLER:
+        if k in b and b[k] is None:
+            a.pop(k, None)
+            b.pop(k)
+    return a == b
+
+
 def _record_row(r: CommandRecord) -> dict[str, Any]:
     """A flat, JSON-safe view of a record for tables and agents."""
     cmd = r.command
@@ -427,8 +541,8 @@ def _record_row(r: CommandRecord) -> dict[str, Any]:
         "id": r.id,
         "seq": r.seq,
         "kind": r.kind,
-        "source": cmd.source.value if cmd is not None else None,
-        "args": args if cmd is not None else r.payload,
+        "source": r.source,
+        "args": args if cmd is not None else ({} if r.event else r.payload),
         "status": r.status.value,
         "message": r.message,
         "issued_at": cmd.issued_at if cmd is not None else None,

@@ -3,9 +3,12 @@
 Ray's threaded actors do not keep call order, so commands carry the controller's sequence
 numbers and the inbox releases them in order: a command is due only when every command
 numbered before it has arrived. An ``at_step`` command is due when the step has come and
-no earlier-numbered ``at_step`` command is still waiting (so a replay applies them in the
-original order, across branches); a command without ``at_step`` is never held back by
-one that waits. A released ``load_checkpoint`` ends the batch: it moves the step.
+no earlier-numbered ``at_step`` *load_checkpoint* is still waiting: a load moves the step
+counter, so the steps of pinned commands after it count on the branch it starts (this is
+how a replay crosses branches in the original order). Nothing else holds a command back:
+a command without ``at_step`` never waits for a pinned one, and a pinned command never
+waits for another pinned command that is not a load. A released ``load_checkpoint`` ends
+the batch: it moves the step. A pending command can be withdrawn (:meth:`remove`).
 """
 
 from __future__ import annotations
@@ -49,14 +52,15 @@ class CommandInbox:
     def due(self, step: int) -> list[CommandRecord]:
         """Remove and return the commands to apply now, in sequence order."""
         with self._lock:
-            ready, waiting = [], False
+            ready, load_waiting = [], False
             for seq in sorted(self._pending):
                 if seq >= self._frontier:
                     break
                 cmd = self._pending[seq].command
                 at = None if cmd is None else cmd.at_step
-                if at is not None and (waiting or at > step):
-                    waiting = True  # later at_step commands wait behind this one
+                if at is not None and (load_waiting or at > step):
+                    if cmd is not None and cmd.kind == "load_checkpoint":
+                        load_waiting = True  # later pinned commands count steps on its branch
                     continue
                 ready.append(seq)
                 if cmd is not None and cmd.kind == "load_checkpoint":
@@ -64,6 +68,22 @@ class CommandInbox:
             records = [self._pending.pop(seq) for seq in ready]
             self._update_earliest()
             return records
+
+    def remove(self, seq: int) -> CommandRecord | None:
+        """Withdraw the pending command numbered ``seq`` (None if it is not pending)."""
+        with self._lock:
+            record = self._pending.pop(seq, None) if seq < self._frontier else None
+            self._update_earliest()
+            return record
+
+    def pending_loads(self) -> set[str]:
+        """Checkpoint ids that pending ``load_checkpoint`` commands name."""
+        with self._lock:
+            return {
+                r.command.checkpoint_id  # type: ignore[union-attr]
+                for r in self._pending.values()
+                if r.command is not None and r.command.kind == "load_checkpoint"
+            }
 
     def wait(self, timeout: float) -> None:
         """Sleep until a command arrives or ``timeout`` passes (used while paused)."""

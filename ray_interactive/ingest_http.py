@@ -41,11 +41,14 @@ from typing import Any
 import pyarrow as pa
 import ray
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ray_interactive.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.ingest_client import ARROW_STREAM, IngestRejected, IngestUnavailable, list_sources, post_table
+from ray_interactive.schemas import check_unique_columns
 
 __all__ = [
     "ARROW_STREAM",
@@ -67,6 +70,9 @@ MiB = 1 << 20
 #: Client-chosen batch ids: short, and safe in a URL, a log line and a file name.
 BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _BODY_TYPES = {"", ARROW_STREAM, "application/octet-stream"}
+#: What an Arrow IPC stream ends with (continuation marker, zero-length message).
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+ROUTES = "POST /v1/sources/{source}/ingest, GET /v1/sources, GET /healthz"
 TOKEN_FILE, URL_FILE = "ingest_token", "ingest_url"
 # Handles of the servers this process started: a named actor that is not detached is
 # destroyed when its creator drops the last handle.
@@ -173,6 +179,11 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
         raise _Reject(400, f"empty body: send the rows as an Arrow IPC stream ({ARROW_STREAM})")
     if body[:6] == b"ARROW1":
         raise _Reject(400, "the body is an Arrow IPC file; send the IPC stream format (pyarrow.ipc.new_stream)")
+    if not body.endswith(END_OF_STREAM):
+        # A stream cut off at a message boundary reads like a complete one: refuse it whole,
+        # or the batches before the cut would be stored and the upload look done.
+        raise _Reject(400, "the Arrow IPC stream has no end-of-stream marker: it was cut off (or its writer was "
+                           "not closed); nothing was stored, send the whole stream again with the same batch_id")
     batches: list[pa.RecordBatch] = []
     decoded = 0
     try:
@@ -190,6 +201,10 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
     if table.num_rows == 0:
         what = "no record batch" if not batches else "no rows"
         raise _Reject(400, f"the stream holds {what}; nothing to ingest")
+    try:
+        check_unique_columns(table.column_names, "the stream")
+    except ValueError as e:
+        raise _Reject(400, str(e)) from None
     return table
 
 
@@ -215,9 +230,32 @@ def make_ingest_app(
     buffer = _Buffer(buffer_handle, timeout=timeout)
     app = FastAPI(title="ray_interactive ingest", docs_url=None, redoc_url=None, openapi_url=None)
 
+    # Every answer that is not a success has the documented form {"error": "..."}.
     @app.exception_handler(_Reject)
     async def _rejected(request: Request, exc: _Reject) -> Response:
         return _json({"error": exc.message}, exc.status, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path[:200]}; routes: {ROUTES}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path[:200]}; routes: {ROUTES}"
+        else:
+            message = str(exc.detail)[:500]
+        return _json({"error": message}, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))[:80]}: {str(e.get('msg', ''))[:200]}" for e in exc.errors()[:5]
+        )
+        return _json({"error": f"bad request: {problems}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("ingest request failed")
+        return _json({"error": f"internal error ({type(exc).__name__}); the rows were not stored, retry later"}, 500)
 
     async def require_token(request: Request) -> None:
         header = request.headers.get("authorization")

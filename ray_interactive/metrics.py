@@ -146,6 +146,10 @@ class MetricStore:
             return None
         return int(s.steps[s.n - 1]), float(s.values[s.n - 1])
 
+    def last_step(self, branch: str) -> int:
+        """The highest step any metric of ``branch`` was logged at (0 if none)."""
+        return max((int(s.steps[s.n - 1]) for s in self.series.get(branch, {}).values() if s.n), default=0)
+
     def query(
         self,
         lineage: list[tuple[str, int | None]],

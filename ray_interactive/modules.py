@@ -96,6 +96,10 @@ def apply_module_op(model: nn.Module, optimizer: torch.optim.Optimizer, cmd: Upd
     """Apply a validated ``cmd``; return a short description of what changed."""
     module = model.get_submodule(cmd.module)
     params = list(module.parameters())
+    if cmd.op == "freeze":
+        mine = {id(p) for p in params}
+        if not any(p.requires_grad and id(p) not in mine for p in model.parameters()):
+            raise ValueError(f"freezing {cmd.module!r} would leave no trainable parameters; unfreeze something first")
     if cmd.op == "freeze" or cmd.op == "unfreeze":
         for p in params:
             p.requires_grad_(cmd.op == "unfreeze")

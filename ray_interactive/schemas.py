@@ -1,18 +1,37 @@
-"""Checking ingested Arrow tables against a source's schema."""
+"""Checking ingested Arrow tables against a source's schema.
+
+A table is cast to the source's schema only where the cast keeps every value: a wider
+integer or float, an integer a float holds exactly, a float with no fraction into an
+integer, float64 into float32 (rounded to the nearest float32, as any float32 arithmetic
+would, but never overflowing to infinity). Across kinds nothing is converted: a boolean
+or a numeric string is not a number, a number is not a string. Float values that are NaN
+or infinite are refused unless the source allows them.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema, source: str, allow_empty: bool = False) -> pa.Table:
+def conform(
+    table: pa.Table | pa.RecordBatch,
+    schema: pa.Schema,
+    source: str,
+    allow_empty: bool = False,
+    allow_non_finite: bool = False,
+) -> pa.Table:
     """Return ``table`` cast to ``schema``, or raise ``ValueError`` naming the problem.
 
-    Columns may come in any order. Safe casts (int32 -> int64, say) are done; lossy ones
-    (float -> int with a fraction, int overflow) are refused. Nulls in a non-nullable
-    column, missing and extra columns, and empty tables are refused.
+    Columns may come in any order. Exact casts (int32 -> int64, say) are done; casts that
+    lose a value (float -> int with a fraction, int overflow, a float that overflows the
+    narrower float) or change its kind (bool or string -> number) are refused, as are NaN
+    and infinite floats (unless ``allow_non_finite``), nulls in a non-nullable column,
+    missing, extra and duplicate columns, and empty tables. The message names the column
+    and, for a bad value, its row.
     """
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
@@ -20,10 +39,8 @@ def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema, source: str, al
         raise ValueError(f"source {source!r}: expected a pyarrow Table or RecordBatch, got {type(table).__name__}")
     if table.num_rows == 0 and not allow_empty:
         raise ValueError(f"source {source!r}: the table is empty")
+    check_unique_columns(table.column_names, f"source {source!r}")
     names = table.column_names
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"source {source!r}: duplicate column(s) {', '.join(dupes)}")
     missing = [f.name for f in schema if f.name not in names]
     if missing:
         raise ValueError(f"source {source!r}: missing column(s) {', '.join(missing)}")
@@ -33,18 +50,153 @@ def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema, source: str, al
     columns = []
     for field in schema:
         col = table.column(field.name)
+        where = f"source {source!r}: column {field.name!r}"
         if not col.type.equals(field.type):
+            if not same_kind(col.type, field.type):
+                raise ValueError(f"{where} has type {col.type}, expected {field.type} (no conversion between those kinds)")
             try:
-                col = pc.cast(col, field.type, safe=True)
+                cast = pc.cast(col, field.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise ValueError(
-                    f"source {source!r}: column {field.name!r} has type {col.type}, expected {field.type} "
-                    f"({str(e).splitlines()[0]})"
+                    f"{where} has type {col.type}, expected {field.type} ({str(e).splitlines()[0]})"
                 ) from None
+            overflow = first_overflow(col, cast)
+            if overflow is not None:
+                row, value = overflow
+                raise ValueError(
+                    f"{where} has type {col.type}, expected {field.type}: the value {value!r} in row {row} does "
+                    f"not fit (it would become infinite)"
+                )
+            col = cast
         if not field.nullable and col.null_count:
-            raise ValueError(f"source {source!r}: column {field.name!r} has {col.null_count} null(s) but is not nullable")
+            raise ValueError(f"{where} has {col.null_count} null(s) but is not nullable")
+        if not allow_non_finite:
+            bad = first_non_finite(col)
+            if bad is not None:
+                row, value = bad
+                raise ValueError(
+                    f"{where}, row {row} holds {value!r}: NaN and infinite values are refused "
+                    "(a source that needs them: DataSource(..., allow_non_finite=True))"
+                )
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def check_unique_columns(names: list[str], where: str) -> None:
+    """Refuse a table with two columns of one name (Ray cannot even serialise one)."""
+    seen: set[str] = set()
+    dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dupes:
+        shown = ", ".join(repr(n[:64]) for n in dupes[:10])
+        raise ValueError(f"{where}: duplicate column name(s) {shown}; every column needs its own name")
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    for name, test in (
+        ("null", pa.types.is_null),
+        ("bool", pa.types.is_boolean),
+        ("number", lambda x: pa.types.is_integer(x) or pa.types.is_floating(x)),
+        ("decimal", pa.types.is_decimal),
+        ("text", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x) or pa.types.is_string_view(x)),
+        ("bytes", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x) or pa.types.is_binary_view(x)
+         or pa.types.is_fixed_size_binary(x)),
+        ("list", lambda x: pa.types.is_list(x) or pa.types.is_large_list(x) or pa.types.is_fixed_size_list(x)
+         or pa.types.is_list_view(x) or pa.types.is_large_list_view(x)),
+        ("struct", pa.types.is_struct),
+        ("map", pa.types.is_map),
+    ):
+        if test(t):
+            return name
+    return str(t)  # temporal and other types: the same type only (up to unit, checked by the cast)
+
+
+def same_kind(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether a cast from ``src`` to ``dst`` stays within one kind of value (numbers,
+    text, bytes, lists of the same kind, ...); temporal types only to their own kind."""
+    src = src.value_type if pa.types.is_dictionary(src) else src
+    a, b = _kind(src), _kind(dst)
+    if a == "null":
+        return True  # an all-null column: the nullability check decides
+    if a in ("list", "map"):
+        return a == b and same_kind(src.value_type, dst.value_type)
+    if a == "struct":
+        if b != "struct" or src.num_fields != dst.num_fields:
+            return False
+        return all(same_kind(src.field(i).type, dst.field(i).type) for i in range(src.num_fields))
+    if a == b:
+        return True
+    return type(src) is type(dst) and a not in ("bool", "number", "decimal", "text", "bytes")
+
+
+def _float_leaves(arr: pa.Array, rows: np.ndarray | None = None) -> Iterator[tuple[pa.Array, np.ndarray | None]]:
+    """The float arrays inside ``arr`` (itself, or in its lists, structs and maps), each
+    with the top-level row of each of its values (None: the same positions)."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        yield from _float_leaves(arr.dictionary_decode(), rows)
+    elif pa.types.is_floating(t):
+        yield arr, rows
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_map(t):
+        parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+        child_rows = parents if rows is None else rows[parents]
+        values = arr.flatten()
+        if pa.types.is_map(t):  # a map flattens to its entries: key and item structs
+            yield from _float_leaves(values, child_rows)
+        else:
+            yield from _float_leaves(values, child_rows)
+    elif pa.types.is_struct(t):
+        for child in arr.flatten():
+            yield from _float_leaves(child, rows)
+
+
+def _finite_mask(arr: pa.Array) -> np.ndarray:
+    if arr.type == pa.float16():
+        arr = arr.cast(pa.float32())
+    return pc.fill_null(pc.is_finite(arr), True).to_numpy(zero_copy_only=False)
+
+
+def _chunks(col: pa.ChunkedArray | pa.Array) -> list[tuple[int, pa.Array]]:
+    """(offset of the chunk's first row, chunk)."""
+    if isinstance(col, pa.Array):
+        return [(0, col)]
+    out, start = [], 0
+    for chunk in col.chunks:
+        out.append((start, chunk))
+        start += len(chunk)
+    return out
+
+
+def first_non_finite(col: pa.ChunkedArray | pa.Array) -> tuple[int, float] | None:
+    """``(row, value)`` of the first NaN or infinite float in ``col`` (nested ones too)."""
+    best: tuple[int, float] | None = None
+    for start, chunk in _chunks(col):
+        for leaf, rows in _float_leaves(chunk):
+            bad = np.flatnonzero(~_finite_mask(leaf))
+            if len(bad):
+                i = int(bad[0])
+                row = start + (i if rows is None else int(rows[i]))
+                if best is None or row < best[0]:
+                    best = (row, leaf[i].as_py())
+        if best is not None:
+            return best
+    return None
+
+
+def first_overflow(before: pa.ChunkedArray, after: pa.ChunkedArray) -> tuple[int, float] | None:
+    """``(row, value)`` of the first value finite before a cast and infinite after it (a
+    float too large for a narrower float type)."""
+    for (start, a), (_, b) in zip(_chunks(before), _chunks(after)):
+        a_leaves, b_leaves = list(_float_leaves(a)), list(_float_leaves(b))
+        if len(a_leaves) != len(b_leaves):  # an integer became a float: exact, or the cast refused it
+            continue
+        for (la, rows), (lb, _) in zip(a_leaves, b_leaves):
+            bad = np.flatnonzero(_finite_mask(la) & ~_finite_mask(lb))
+            if len(bad):
+                i = int(bad[0])
+                return start + (i if rows is None else int(rows[i])), la[i].as_py()
+    return None
 
 
 def row_nbytes(table: pa.Table) -> np.ndarray:

@@ -57,7 +57,9 @@ class DataSource:
     * ``"fresh"`` - every row not yet trained on comes first, in ingest order; the rest of
       the source's share of a batch is uniform replay.
 
-    ``max_row_bytes`` / ``max_table_bytes`` bound what one ``ingest`` may bring.
+    ``max_row_bytes`` / ``max_table_bytes`` bound what one ``ingest`` may bring. NaN and
+    infinite floats are refused (static data at start, ingested tables whole, with the
+    column and row) unless ``allow_non_finite``: one such value in a batch makes a loss NaN.
 
     A ``log_only`` source is a live log the buffer stores durably like any other (``ingest``,
     ``read_rows``) but never draws into batches: it has no weight, takes no part in the
@@ -76,6 +78,7 @@ class DataSource:
     max_row_bytes: int | None = None
     max_table_bytes: int | None = None
     log_only: bool = False
+    allow_non_finite: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in SAMPLING_POLICIES:

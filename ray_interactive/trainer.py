@@ -1,10 +1,12 @@
 """The trainer: owns model, optimizer and schedule, and runs the step loop.
 
 The loop reads top to bottom (:meth:`Trainer.run`): apply due commands, get the next
-batch (prefetched), forward/backward over the micro-batches, clip, optimizer step,
-record metrics. Everything interactive sits in small calls around that: the inbox is
-filled by another thread, batches were requested steps ago, metrics leave in the
-background every ``metrics_interval_s``. The step never waits for another actor.
+batches (prefetched), forward/backward over the micro-batches, clip, check the step is
+finite, optimizer step, record metrics. Everything interactive sits in small calls around
+that: the inbox is filled by another thread, batches were requested steps ago, metrics
+leave in the background every ``metrics_interval_s``. The step never waits for another
+actor. A step whose loss or gradient norm is not finite never reaches the weights; the
+health guard (:mod:`ray_interactive.health`) decides what follows.
 
 The trainer talks to the controller through a :class:`Reporter` (fire-and-forget) and
 to the data through a feed (:mod:`ray_interactive.feeds`), and publishes weights through
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 import logging
 import math
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -32,11 +36,13 @@ from ray_interactive.checkpoints import (
     CheckpointInfo,
     capture_rng,
     checkpoint_id,
+    list_checkpoints,
     read_checkpoint,
     restore_rng,
     write_checkpoint,
 )
 from ray_interactive.commands import (
+    Cancel,
     CommandRecord,
     CommandStatus,
     Evaluate,
@@ -55,6 +61,7 @@ from ray_interactive.commands import (
 )
 from ray_interactive.config import RunConfig
 from ray_interactive.feeds import Batch
+from ray_interactive.health import HealthGuard, Verdict, describe_values, nonfinite_tensors
 from ray_interactive.hparams import apply_update, describe_optimizer, group_name, validate_update
 from ray_interactive.inbox import CommandInbox
 from ray_interactive.modules import apply_module_op, describe_modules, validate_module_op
@@ -119,6 +126,16 @@ class Reporter:
     def rewind(self, branch: str, step: int) -> None:
         self._events.append(("rewind", (branch, step)))
 
+    def checkpoints_removed(self, ids: list[str]) -> None:
+        self._events.append(("checkpoints_removed", (ids,)))
+
+    def event(self, kind: str, message: str, step: int, branch: str, failed: bool = False,
+              submit: list[dict[str, Any]] | None = None) -> None:
+        """Something the run did on its own, for the command history (and ``submit``: the
+        commands it asks the controller to send on its behalf, source ``system``)."""
+        info = {"kind": kind, "message": message, "step": step, "branch": branch, "time": time.time(), "failed": failed}
+        self._events.append(("event", ({**info, "submit": submit or []},)))
+
     def sync(self) -> None:
         """Wait until the recent events have reached the controller (at the end of a run)."""
         if self._wait is not None:
@@ -171,6 +188,9 @@ class Trainer:
         self.branch = "main"
         self.samples_seen = 0
         self.paused = config.start_paused
+        self.status_message: str | None = None  # why the run is paused or waiting, until it goes on
+        self.waiting_for_data = False
+        self.guard = HealthGuard(config.health)
         self.stopping: str | None = None  # why the run is ending, once it is
         self.ended: str | None = None  # "stopped" or "failed" once the loop is over
         self.last_checkpoint: str | None = None
@@ -186,6 +206,12 @@ class Trainer:
         self._last_report = 0.0
         self._throughput = 0.0
         self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
+        self._cancelled: list[CommandRecord] = []  # withdrawn by the cancel being applied
+        # The run's checkpoints (id -> info), kept as they are written and removed, and the
+        # ones branches were forked from (never removed by the retention policy).
+        self._checkpoints: dict[str, CheckpointInfo] = {c.id: c for c in list_checkpoints(self.ckpt_dir)}
+        self._removed_parents: dict[str, str | None] = {}  # removed by retention -> their parent
+        self._branch_points: set[str] = _branch_points(self.run_dir)
 
         position = None
         if resume_from is not None:
@@ -207,6 +233,7 @@ class Trainer:
             SetDataMixture: self._set_data_mixture,
             UpdateModule: self._update_module,
             PublishWeights: self._publish_weights,
+            Cancel: self._cancel,
         }
 
     # -- the loop ----------------------------------------------------------------------
@@ -228,10 +255,12 @@ class Trainer:
                 if self.config.max_steps is not None and self.step >= self.config.max_steps:
                     self.stopping = f"reached max_steps={self.config.max_steps}"
                     break
-                if not self._train_step():
-                    self.inbox.wait(0.1)  # no data yet; stay responsive to commands
+                batches = self._next_batches()
+                if batches is None:
+                    self._wait_for_data()
                     continue
-                self._after_step()
+                if self._train_step(batches):
+                    self._after_step()
             self._finish()
         except Exception as e:
             log.exception("training failed")
@@ -242,36 +271,51 @@ class Trainer:
             raise
         return self.status()
 
-    def _train_step(self) -> bool:
-        """One optimizer step over ``grad_accumulation`` micro-batches; False if no data."""
+    def _next_batches(self) -> list[Batch] | None:
+        """The ``grad_accumulation`` batches of the next step; None if there is no data."""
+        batches: list[Batch] = []
+        while len(batches) < self.grad_accumulation:
+            batch = self.feed.next()
+            if batch is None:
+                if not batches:
+                    return None
+                time.sleep(0.05)  # mid-cycle: wait for data, never apply commands
+                continue
+            batches.append(batch)
+        if self.waiting_for_data:
+            self.waiting_for_data, self.status_message = False, None
+        return batches
+
+    def _train_step(self, batches: list[Batch]) -> bool:
+        """One optimizer step over the micro-batches; False if the health guard skipped it."""
         t0 = time.perf_counter()
         self._sync_lrs()
-        losses, extras, metas = [], {}, []
-        for micro in range(self.grad_accumulation):
-            batch = self.feed.next()
-            while batch is None and micro > 0:  # mid-cycle: wait for data, never apply commands
-                time.sleep(0.05)
-                batch = self.feed.next()
-            if batch is None:
-                return False
+        losses, extras = [], {}
+        for batch in batches:
             out = self.task.loss(self.model, self.task.collate(batch.table, self.device))
             loss, extra = (out if isinstance(out, tuple) else (out, {}))
-            (loss / self.grad_accumulation).backward()
+            (loss / len(batches)).backward()
             losses.append(loss.detach())
             for k, v in extra.items():  # averaged over micro-batches, like the loss
-                extras[k] = extras.get(k, 0.0) + v / self.grad_accumulation
-            metas.append(batch.meta)
+                extras[k] = extras.get(k, 0.0) + v / len(batches)
+        loss = torch.stack(losses).mean() if len(losses) > 1 else losses[0]
         grad_norm = self._clip_gradients()
+        if not _finite(loss, grad_norm):  # never let it reach the weights
+            self.optimizer.zero_grad(set_to_none=True)
+            self._non_finite_step(loss, grad_norm)
+            return False
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.guard.good_step()
+        metas = [b.meta for b in batches]
 
-        samples = self.config.batch_size * self.grad_accumulation
+        samples = self.config.batch_size * len(batches)
         self.samples_seen += samples
         dt = time.perf_counter() - t0
         self._throughput = samples / dt if self._throughput == 0 else 0.9 * self._throughput + 0.1 * samples / dt
         row: dict[str, Any] = {
-            "loss": torch.stack(losses).mean() if len(losses) > 1 else losses[0],
+            "loss": loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": grad_norm,
             "step_time_s": dt,
@@ -310,6 +354,69 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
         return norm
 
+    def _wait_for_data(self) -> None:
+        """No source with a weight has rows: say so in the status, stay responsive."""
+        if not self.waiting_for_data:
+            weighted = [f"{k}={v:g}" for k, v in self.feed.position["weights"].items() if v > 0]
+            self.waiting_for_data = True
+            self.status_message = (
+                f"waiting for data: no source with a weight > 0 has rows yet (weights: {', '.join(weighted) or 'none'}); "
+                "ingest rows or change the mixture"
+            )
+            self._report(force=True)
+        else:
+            self._report()
+        self.inbox.wait(0.1)
+
+    # -- health ------------------------------------------------------------------------
+    def _non_finite_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """The step's loss or gradient norm was not finite (its gradients are dropped):
+        react by the run's policy and leave a trace in the status, metrics and history."""
+        what = describe_values(loss=float(loss), grad_norm=float(grad_norm))
+        weights_ok = not nonfinite_tensors(self.model.named_parameters())
+        target = self._rollback_target() if self.config.health.on_non_finite == "rollback" else None
+        verdict = self.guard.non_finite(what, self.step + 1, weights_ok, target)
+        log.warning("%s", verdict.message)
+        self._pending_rows.append((self.step, time.time(), {"health/skipped_steps": self.guard.skipped_total}))
+        if verdict.action == "skip":
+            self.status_message = verdict.message
+            if self.guard.in_a_row == 1:  # one history entry per streak, not one per step
+                self.reporter.event("skip_step", verdict.message, self.step, self.branch)
+            self._report()
+            return
+        self.paused = True
+        self.status_message = verdict.message
+        if verdict.action == "pause":
+            self.reporter.event("pause", verdict.message, self.step, self.branch)
+        else:
+            self.reporter.event("rollback", verdict.message, self.step, self.branch, submit=self._rollback_commands(verdict))
+        self._report(force=True)
+
+    def _rollback_commands(self, verdict: Verdict) -> list[dict[str, Any]]:
+        """Load the checkpoint, lower each group's lr, go on: commands the controller sends
+        as ``system`` (so they are numbered, logged and replayed like any other)."""
+        factor = self.config.health.lr_factor
+        lrs = {group_name(g, i): g["lr"] * factor for i, g in enumerate(self.optimizer.param_groups)}
+        if len(set(lrs.values())) == 1:
+            updates = [{"kind": "update_optimizer", "params": {"lr": next(iter(lrs.values()))}}]
+        else:
+            updates = [{"kind": "update_optimizer", "params": {"lr": lr}, "group": g} for g, lr in lrs.items()]
+        return [{"kind": "load_checkpoint", "checkpoint_id": verdict.target}, *updates, {"kind": "resume"}]
+
+    def _rollback_target(self) -> str | None:
+        """The newest checkpoint of this lineage with finite weights that is still on disk."""
+        cid, seen = self.last_checkpoint, set()
+        while cid is not None and cid not in seen:
+            seen.add(cid)
+            info = self._checkpoints.get(cid)
+            if info is None:
+                cid = self._removed_parents.get(cid)
+                continue
+            if info.finite and info.step <= self.step and (self.ckpt_dir / cid / "state.json").exists():
+                return cid
+            cid = info.parent
+        return None
+
     def _after_step(self) -> None:
         every = self.config.checkpoint_every
         if every and self.step % every == 0:
@@ -338,7 +445,11 @@ class Trainer:
 
     # -- reporting ---------------------------------------------------------------------
     def status(self, message: str | None = None) -> dict[str, Any]:
-        status = self.ended or ("stopping" if self.stopping else ("paused" if self.paused else "running"))
+        status = self.ended or (
+            "stopping" if self.stopping else ("paused" if self.paused else ("waiting" if self.waiting_for_data else "running"))
+        )
+        if message is None and not self.ended:
+            message = self.status_message
         return {
             "status": status,
             "step": self.step,
@@ -369,6 +480,7 @@ class Trainer:
         return {
             "groups": describe_optimizer(self.optimizer),
             "modules": self._modules(),
+            "trainable": sum(p.numel() for p in self._params),
             "has_eval": self.task.has_eval,
             "step": self.step,
             "branch": self.branch,
@@ -412,10 +524,12 @@ class Trainer:
                 record = record.model_copy(update={"status": CommandStatus.APPLIED, "message": message})
             except Exception as e:  # a command must never take the run down
                 log.warning("command %s failed: %s", record.seq, e)
-                record = record.model_copy(update={"status": CommandStatus.FAILED, "message": str(e)})
+                record = record.model_copy(update={"status": CommandStatus.FAILED, "message": str(e)[:2000]})
             done.append(
                 record.model_copy(update={"applied_at": time.time(), "applied_step": step, "branch": branch})
             )
+            done.extend(self._cancelled)
+            self._cancelled = []
         return done
 
     def _current_lrs(self) -> list[float]:
@@ -457,7 +571,20 @@ class Trainer:
 
     def _resume(self, cmd: Resume) -> str:
         was, self.paused = self.paused, False
+        if was:
+            self.status_message = None  # a health pause's message, say: the person has seen it
         return "resumed" if was else "was not paused"
+
+    def _cancel(self, cmd: Cancel) -> str:
+        assert cmd.seq is not None  # the controller names the target by number
+        target = self.inbox.remove(cmd.seq)
+        if target is None:
+            raise ValueError(f"#{cmd.seq} is no longer pending: it was applied or cancelled first")
+        message = f"cancelled at step {self.step} by command {cmd.id}"
+        self._cancelled.append(
+            target.model_copy(update={"status": CommandStatus.CANCELLED, "message": message, "applied_at": time.time()})
+        )
+        return f"cancelled #{cmd.seq} {target.kind}"
 
     def _stop(self, cmd: Stop) -> str:
         self.stopping = "stop command"
@@ -469,8 +596,10 @@ class Trainer:
     def _evaluate(self, cmd: Evaluate) -> str:
         if not self.task.has_eval:
             raise ValueError("this task has no evaluation")
-        metrics = self._run_eval()
-        return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        metrics = self._run_eval(flag=False)
+        text = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        return f"{text} (NOT FINITE: {', '.join(bad)})" if bad else text
 
     def _set_data_mixture(self, cmd: SetDataMixture) -> str:
         self.feed.reset(self.feed.position, cmd.weights)
@@ -484,13 +613,16 @@ class Trainer:
         return message
 
     def _load_checkpoint(self, cmd: LoadCheckpoint) -> str:
-        path = self.ckpt_dir / cmd.checkpoint_id
-        if not (path / "state.json").exists():
-            raise ValueError(f"no checkpoint {cmd.checkpoint_id!r} in {self.ckpt_dir}")
+        # Only a checkpoint of this run's tree, looked up by id: the id is never a path.
+        info = self._checkpoints.get(cmd.checkpoint_id)
+        if info is None or not (self.ckpt_dir / info.id / "state.json").exists():
+            raise ValueError(f"no checkpoint {cmd.checkpoint_id!r} in this run (it may have been removed)")
+        path = self.ckpt_dir / info.id
         self._report(force=True)  # rows not yet sent belong to the branch being left
         parent = self.branch
         position = self._load_or_roll_back(path)
         self.branch = cmd.branch or f"{parent}-{self.step}"
+        self._branch_points.add(info.id)
         self.feed.reset(position)
         self.reporter.branch(self.branch, parent, cmd.checkpoint_id, self.step)
         message = f"loaded {cmd.checkpoint_id} (step {self.step}) as branch {self.branch}"
@@ -513,8 +645,9 @@ class Trainer:
             return None
         try:
             return self._publish(reason)
-        except Exception:
+        except Exception as e:
             log.exception("publishing weights (%s) failed at step %d", reason, self.step)
+            self.reporter.event("publish_weights", f"{reason} publish failed: {e}"[:2000], self.step, self.branch, failed=True)
             return None
 
     def _publish(self, reason: str) -> int:
@@ -522,6 +655,11 @@ class Trainer:
         the object store off the step loop); return the version number."""
         assert self.publisher is not None
         t0, now = time.perf_counter(), time.time()
+        bad = nonfinite_tensors(self.model.state_dict().items())
+        if bad:
+            raise ValueError(
+                f"not published: the weights are not finite ({len(bad)} tensor(s) hold NaN or inf, e.g. {bad[0]!r})"
+            )
         packed = pack_state(self.model)
         version = self._next_weight_version
         meta = {
@@ -552,6 +690,7 @@ class Trainer:
             reason=reason,
             parent=self.last_checkpoint,
             tag=tag,
+            finite=not nonfinite_tensors(self.model.named_parameters()),  # a rollback skips it if not
         )
         modules = self._modules()
         state = {
@@ -568,8 +707,31 @@ class Trainer:
         write_checkpoint(self.ckpt_dir, info, self.model, self.optimizer, state)
         self.last_checkpoint = info.id
         self._checkpointed_at = (self.branch, self.step)
+        self._checkpoints[info.id] = info
         self.reporter.checkpoint(info)
+        if reason == "periodic":
+            self._prune_checkpoints()
         return info.id
+
+    def _prune_checkpoints(self) -> None:
+        """Retention: keep the newest ``checkpoint_keep`` periodic checkpoints of this
+        branch; tagged, saved-by-command, final and branch-point ones, the ones pending
+        loads name and the rollback target always stay."""
+        keep = self.config.checkpoint_keep
+        if keep is None:
+            return
+        periodic = sorted(
+            (c for c in self._checkpoints.values() if c.branch == self.branch and c.reason == "periodic" and c.tag is None),
+            key=lambda c: (c.step, c.created_at),
+        )
+        protected = self._branch_points | self.inbox.pending_loads() | {self.last_checkpoint, self._rollback_target()}
+        removed = [c.id for c in periodic[:-keep] if c.id not in protected]
+        for cid in removed:
+            shutil.rmtree(self.ckpt_dir / cid, ignore_errors=True)
+            # its parent link stays: later checkpoints' lineage still leads through it
+            self._removed_parents[cid] = self._checkpoints.pop(cid).parent
+        if removed:
+            self.reporter.checkpoints_removed(removed)
 
     def _load_or_roll_back(self, path: Path) -> dict[str, Any]:
         """:meth:`_load`, but a checkpoint that fails half way leaves the run as it was."""
@@ -619,16 +781,38 @@ class Trainer:
         self.last_checkpoint = path.name
         return state["data_position"]
 
-    def _run_eval(self) -> dict[str, float]:
+    def _run_eval(self, flag: bool = True) -> dict[str, float]:
+        """Evaluate and log ``eval/*``; a non-finite result is flagged (a metric, and with
+        ``flag`` an entry in the history: an evaluate command says so in its own outcome)."""
         self.model.eval()
         try:
             with torch.no_grad():
                 metrics = {f"eval/{k}": float(v) for k, v in self.task.evaluate(self.model, self.device).items()}
         finally:
             self.model.train()
-        self._pending_rows.append((self.step, time.time(), metrics))
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        self._pending_rows.append((self.step, time.time(), {**metrics, "health/eval_non_finite": float(len(bad))}))
+        if bad:
+            message = "evaluation returned non-finite " + ", ".join(f"{k}={v}" for k, v in bad.items())
+            log.warning("%s at step %d", message, self.step)
+            if flag:
+                self.reporter.event("evaluate", message, self.step, self.branch, failed=True)
         self._report(force=True)
         return metrics
+
+
+def _finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    """Whether a step's loss and gradient norm are finite (one host sync)."""
+    return bool(torch.isfinite(torch.stack([loss.float(), grad_norm.to(loss.device).float()])).all())
+
+
+def _branch_points(run_dir: Path) -> set[str]:
+    """The checkpoints the run's branches were forked from (``branches.json``)."""
+    try:
+        branches = json.loads((run_dir / "branches.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {b["checkpoint"] for b in branches.values() if isinstance(b, dict) and b.get("checkpoint")}
 
 
 def _rows_to_floats(rows: list[tuple[int, float, dict[str, Any]]]) -> list[tuple[int, float, dict[str, float]]]:

@@ -13,6 +13,8 @@ from typing import Any
 
 from ray_interactive.commands import (
     Command,
+    CommandRecord,
+    CommandStatus,
     Evaluate,
     LoadCheckpoint,
     SetDataMixture,
@@ -36,6 +38,9 @@ class RunView:
     checkpoints: set[str] = field(default_factory=set)
     branches: set[str] = field(default_factory=set)
     mixture: dict[str, float] | None = None  # source -> weight; None if unknown
+    max_steps: int | None = None
+    trainable: int | None = None  # trainable parameters (elements) the trainer last reported
+    pending_freezes: dict[int, str] = field(default_factory=dict)  # seq -> module, accepted not applied
 
 
 def validate(cmd: Command, view: RunView) -> None:
@@ -44,8 +49,11 @@ def validate(cmd: Command, view: RunView) -> None:
         raise ValueError(f"the run has {view.status}; it takes no more commands")
     if view.stopping:
         raise ValueError("the run is stopping; it takes no more commands")
-    if cmd.at_step is not None and cmd.at_step < view.step:
-        raise ValueError(f"at_step {cmd.at_step} has already passed (the run is at step {view.step})")
+    if cmd.at_step is not None:
+        if cmd.at_step < view.step:
+            raise ValueError(f"at_step {cmd.at_step} has already passed (the run is at step {view.step})")
+        if view.max_steps is not None and cmd.at_step > view.max_steps:
+            raise ValueError(f"at_step {cmd.at_step} is past the run's max_steps ({view.max_steps}): it would never apply")
     needs_trainer = isinstance(cmd, (UpdateOptimizer, UpdateModule))
     if needs_trainer and (view.groups is None or view.modules is None):
         raise ValueError("the trainer is still starting; send the command again in a moment")
@@ -53,6 +61,8 @@ def validate(cmd: Command, view: RunView) -> None:
         validate_update(view.groups or [], cmd.params, cmd.group)
     elif isinstance(cmd, UpdateModule):
         validate_module_op(view.modules or {}, cmd)
+        if cmd.op == "freeze":
+            check_something_trains(view.modules or {}, view.trainable, [*view.pending_freezes.values(), cmd.module])
     elif isinstance(cmd, Evaluate) and not view.has_eval:
         raise ValueError("this task has no evaluation (its Task does not define evaluate())")
     elif isinstance(cmd, LoadCheckpoint):
@@ -69,6 +79,44 @@ def validate(cmd: Command, view: RunView) -> None:
         validate_mixture(view.mixture, cmd.weights)
 
 
+def check_something_trains(modules: dict[str, dict[str, Any]], trainable: int | None, frozen: list[str]) -> None:
+    """Refuse freezes that, together, would leave no trainable parameter: the last one of
+    ``frozen`` is the new command, the others are accepted freezes not yet applied.
+
+    Counts come from the trainer's description of the model; a module nested in another
+    frozen one adds nothing. (Parameters shared between two separate modules can make
+    this over-count; the trainer checks exactly when it applies a freeze.)"""
+    if not trainable:
+        return
+    paths = set(frozen)
+    outer = [p for p in paths if not any(p != q and p.startswith(q + ".") for q in paths)]
+    covered = sum(modules.get(p, {}).get("trainable", 0) for p in outer)
+    if covered >= trainable:
+        others = "" if len(paths) == 1 else f" (with the freeze(s) of {', '.join(sorted(paths - {frozen[-1]}))} not yet applied)"
+        raise ValueError(
+            f"freezing {frozen[-1]!r} would leave no trainable parameters{others}; unfreeze something first"
+        )
+
+
+def resolve_cancel(records: list[CommandRecord], command_id: str | None, seq: int | None) -> CommandRecord:
+    """The accepted, not yet applied command a ``cancel`` names, or ``ValueError`` why not."""
+    what = f"#{seq}" if seq is not None else f"id {command_id!r}"
+    target = next(
+        (r for r in records if r.command is not None and (r.seq == seq if seq is not None else r.id == command_id) and r.seq),
+        None,
+    )
+    if target is None:
+        raise ValueError(f"no accepted command with {what}")
+    if command_id is not None and seq is not None and (target.id != command_id):
+        raise ValueError(f"#{seq} has id {target.id!r}, not {command_id!r}")
+    if target.status is not CommandStatus.ACCEPTED:
+        step = f" at step {target.applied_step}" if target.applied_step is not None else ""
+        raise ValueError(f"#{target.seq} {target.kind} is no longer pending: it was {target.status.value}{step}")
+    if target.kind == "cancel":
+        raise ValueError("a cancel cannot be cancelled")
+    return target
+
+
 def validate_mixture(current: dict[str, float] | None, weights: dict[str, float]) -> dict[str, float]:
     """Check new weights against the known sources; return the resulting full mixture."""
     if current is None:
@@ -79,6 +127,6 @@ def validate_mixture(current: dict[str, float] | None, weights: dict[str, float]
             f"unknown data source(s) {', '.join(map(repr, unknown))}; sources: {', '.join(current)}"
         )
     merged = {**current, **weights}
-    if sum(merged.values()) <= 0:
+    if not sum(merged.values()) > 0:
         raise ValueError("at least one source must keep a weight > 0")
     return merged

@@ -1,0 +1,461 @@
+"""Inputs that used to break or stall a run, at the level of the plain classes (no Ray):
+strange command payloads, commands fatal together, non-finite numbers in data and in
+training, checkpoint ids that are paths, reused command ids, and the trainer's answers to
+each (refused with a reason, the run alive)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from ray_interactive.buffer import DataBuffer
+from ray_interactive.cli import parse_assignments, text_fields
+from ray_interactive.commands import (
+    Cancel,
+    CommandRecord,
+    CommandStatus,
+    LoadCheckpoint,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    SetGradClip,
+    Stop,
+    UpdateModule,
+    UpdateOptimizer,
+    loggable,
+    parse_command,
+)
+from ray_interactive.config import HealthConfig, RunConfig, TaskSpec
+from ray_interactive.controller import Controller, read_command_log, replay_commands
+from ray_interactive.examples.regression import RegressionTask, live_schema
+from ray_interactive.feeds import LocalFeed
+from ray_interactive.health import HealthGuard, nonfinite_tensors
+from ray_interactive.hparams import describe_optimizer
+from ray_interactive.inbox import CommandInbox
+from ray_interactive.modules import describe_modules
+from ray_interactive.task import DataSource
+from ray_interactive.trainer import Reporter, Trainer
+
+from .conftest import regression_config
+
+REGRESSION = "ray_interactive.examples.regression:RegressionTask"
+
+
+def rejected(payload: Any) -> str:
+    with pytest.raises(ValueError) as e:
+        parse_command(payload)
+    return str(e.value)
+
+
+def nest(depth: int) -> Any:
+    value: Any = 1.0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# -- 3. input that is merely strange ---------------------------------------------------------
+def test_deeply_nested_payloads_are_refused_with_a_short_message_and_never_recurse() -> None:
+    for payload in (
+        {"kind": "update_optimizer", "params": {"lr": nest(10)}},
+        {"kind": "pause", "comment": "x", "extra": nest(100_000)},  # deeper than the stack
+        nest(50_000),
+    ):
+        message = rejected(payload)
+        assert "nested more than 6 levels deep" in message and len(message) < 200
+
+
+def test_huge_and_invalid_strings_are_refused_without_echoing_them() -> None:
+    assert "has 1000000 characters; the limit is 4000" in rejected({"kind": "pause", "comment": "x" * 1_000_000})
+    message = rejected({"kind": "pause", "comment": "fine \ud800 text"})
+    assert "not valid Unicode (a lone surrogate at position 5" in message
+    assert "not valid Unicode" in rejected({"kind": "set_data_mixture", "weights": {"\udfff": 1.0}})
+    assert "the limit is 65536" in rejected("[" * 100_000)
+    assert "more than 2000 values" in rejected({"kind": "update_optimizer", "params": {"lr": list(range(5000))}})
+    message = rejected({"kind": "set_data_mixture", "weights": {"n" * 3000: 1.0}})
+    assert "is not a valid name" in message and len(message) < 400
+    assert "comment" in rejected({"kind": "pause", "comment": "y" * 2001})
+    # a command model cannot even be built with one; one built unvalidated is still checked
+    with pytest.raises(ValueError, match="unicode"):
+        Pause(comment="\ud83d")
+    assert "not valid Unicode" in rejected(Pause.model_construct(comment="\ud83d"))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"kind": "pause", "id": "a b"}, "id: use 1-64 letters"),
+        ({"kind": "pause", "id": "x" * 65}, "id: use 1-64 letters"),
+        ({"kind": "update_optimizer", "params": {"lr": 1e-3}, "group": "g" * 65}, "group"),
+        ({"kind": "update_optimizer", "params": {"l" * 65: 1e-3}}, "params"),
+        ({"kind": "update_module", "module": "a/b", "op": "freeze"}, "a module path is names and indices"),
+        ({"kind": "update_module", "module": "0", "op": "set_attribute", "attribute": "p;x", "value": 0.1}, "attribute is a Python identifier"),
+        ({"kind": "load_checkpoint", "checkpoint_id": "../../../etc@1"}, "is not a checkpoint id"),
+        ({"kind": "load_checkpoint", "checkpoint_id": "/tmp/other-run/checkpoints/main@20"}, "is not a checkpoint id"),
+        ({"kind": "load_checkpoint", "checkpoint_id": "main@20/../../x"}, "is not a checkpoint id"),
+        ({"kind": "set_data_mixture", "weights": {"base": 1e308, "live": 1e308}}, "must be a finite number >= 0 and <= 1e+06"),
+        ({"kind": "pause", "at_step": 10**13}, "at_step"),
+        ({"kind": "cancel"}, "cancel needs the command's 'command_id' or its 'seq'"),
+        ({"kind": "set_grad_clip", "max_norm": 1.0, **{f"k{i}": i for i in range(20)}}, "and 15 more problem(s)"),
+    ],
+)
+def test_limits_on_free_form_fields(payload: dict[str, Any], reason: str) -> None:
+    assert reason in rejected(payload)
+
+
+def test_a_logged_hostile_payload_is_small_json_safe_and_keeps_simple_ones_as_they_are() -> None:
+    assert loggable({"kind": "nope"}) == {"kind": "nope"}
+    for hostile in (nest(900), {"k" * 10_000: "v" * 10_000}, ["\ud800"] * 10, {"a": list(range(10_000))}, object()):
+        small = loggable(hostile)
+        text = json.dumps(small)
+        text.encode("utf-8")  # no lone surrogate survives
+        assert len(text) < 2100
+
+
+def test_cli_values_of_text_fields_stay_text() -> None:
+    """``update_module module=3`` names nn.Sequential's module "3" (JSON would make it 3)."""
+    fields = parse_assignments(["module=3", "op=set_attribute", "attribute=p", "value=0.2"], text_fields("update_module"))
+    assert fields == {"module": "3", "op": "set_attribute", "attribute": "p", "value": 0.2}
+    cmd = parse_command({"kind": "update_module", **fields})
+    assert isinstance(cmd, UpdateModule) and cmd.module == "3"
+    assert parse_assignments(["tag=2024", "branch=7"], text_fields("save_checkpoint")) == {"tag": "2024", "branch": 7}
+    assert parse_assignments(["seq=12"], text_fields("cancel")) == {"seq": 12}
+
+
+# -- 2. commands valid alone, fatal together: the controller ------------------------------------
+@pytest.fixture
+def controller(tmp_path: Path) -> Any:
+    task = RegressionTask(in_dim=4, width=8, depth=1)
+    model = task.build_model()
+    c = Controller(RunConfig(name="unit", task=TaskSpec(target=REGRESSION), run_dir=tmp_path / "run", max_steps=1000))
+    c.trainer_snapshot(
+        {
+            "groups": describe_optimizer(task.build_optimizer(model, 1e-3)),
+            "modules": describe_modules(model),
+            "trainable": sum(p.numel() for p in model.parameters()),
+            "has_eval": True,
+            "mixture": {"base": 1.0},
+        }
+    )
+    yield c
+    c.close()
+
+
+def test_freezes_that_together_leave_nothing_to_train_are_refused_at_submission(controller: Controller) -> None:
+    # the model: 0 Linear, 1 LayerNorm, 2 GELU, 3 Dropout, 4 Linear
+    assert controller.submit(UpdateModule(module="0", op="freeze")).status is CommandStatus.ACCEPTED
+    assert controller.submit(UpdateModule(module="1", op="freeze")).status is CommandStatus.ACCEPTED
+    rec = controller.submit(UpdateModule(module="4", op="freeze"))
+    assert rec.status is CommandStatus.REJECTED
+    assert "freezing '4' would leave no trainable parameters (with the freeze(s) of 0, 1 not yet applied)" in rec.message
+
+
+def test_pinned_commands_past_max_steps_are_refused(controller: Controller) -> None:
+    rec = controller.submit(Pause(at_step=1001))
+    assert rec.status is CommandStatus.REJECTED
+    assert "at_step 1001 is past the run's max_steps (1000): it would never apply" in rec.message
+    assert controller.submit(Pause(at_step=1000)).status is CommandStatus.ACCEPTED
+
+
+def test_a_reused_id_is_an_idempotent_retry_only_with_the_same_command(controller: Controller, tmp_path: Path) -> None:
+    first = controller.submit({"id": "agent-42", "kind": "set_grad_clip", "max_norm": 1.0})
+    again = controller.submit({"id": "agent-42", "kind": "set_grad_clip", "max_norm": 1.0, "issued_at": 5.0})
+    assert again == first and again.status is CommandStatus.ACCEPTED  # the earlier record, not queued twice
+    other = controller.submit({"id": "agent-42", "kind": "set_grad_clip", "max_norm": 9.0})
+    assert other.status is CommandStatus.REJECTED and other.seq is None
+    assert "command id 'agent-42' is already taken by #1 set_grad_clip (accepted) with other arguments" in other.message
+    assert controller.get_command("agent-42") == first  # the first command is untouched
+    assert [r["status"] for r in controller.commands()] == ["accepted", "rejected"]
+    # after a restart the log still maps the id to the first command
+    records = read_command_log(tmp_path / "run" / "commands.jsonl")
+    assert records["agent-42"].status is CommandStatus.ACCEPTED and records["agent-42"].command.max_norm == 1.0
+
+
+def test_cancel_names_a_pending_command_by_number_or_id(controller: Controller) -> None:
+    pinned = controller.submit(SetGradClip(max_norm=0.5, at_step=900))
+    assert "no accepted command with #99" in controller.submit(Cancel(seq=99)).message
+    rec = controller.submit(Cancel(seq=pinned.seq))
+    assert rec.status is CommandStatus.ACCEPTED and rec.command.command_id == pinned.id
+    done = pinned.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 900})
+    controller.command_outcomes([done.model_dump(mode="json")])
+    late = controller.submit(Cancel(command_id=pinned.id))
+    assert late.status is CommandStatus.REJECTED
+    assert f"#{pinned.seq} set_grad_clip is no longer pending: it was applied at step 900" in late.message
+    assert "a cancel cannot be cancelled" in controller.submit(Cancel(seq=rec.seq)).message
+
+
+def test_the_history_stays_readable_whatever_was_sent(controller: Controller) -> None:
+    for payload in (nest(5), {"kind": "pause", "x": nest(4)}, {"kind": "\ud800"}, {"kind": "update_optimizer", "params": nest(3)}):
+        assert controller.submit(payload).status is CommandStatus.REJECTED
+    rows = controller.commands(newest_first=True)
+    text = json.dumps(rows)  # what the CLI's log and the UI's history print
+    text.encode("utf-8")
+    assert len(rows) == 4 and len(text) < 8000
+
+
+def test_system_events_are_logged_unnumbered_and_not_replayed(controller: Controller, tmp_path: Path) -> None:
+    controller.submit(Pause())
+    controller.system_event({"kind": "pause", "message": "health guard paused the run", "step": 7, "branch": "main"})
+    row = controller.commands(newest_first=True)[0]
+    assert (row["source"], row["kind"], row["status"], row["seq"], row["applied_step"]) == ("system", "pause", "applied", None, 7)
+    applied = controller.records[next(iter(controller.records))].model_copy(
+        update={"status": CommandStatus.APPLIED, "applied_step": 3}
+    )
+    controller.command_outcomes([applied.model_dump(mode="json")])
+    replayed = replay_commands(tmp_path / "run" / "commands.jsonl")
+    assert [c.kind for c in replayed] == ["pause"] and replayed[0].at_step == 3
+
+
+# -- the inbox: one pending command never blocks others ---------------------------------------
+def rec(seq: int, command: Any) -> CommandRecord:
+    return CommandRecord(command=command, seq=seq, status=CommandStatus.ACCEPTED)
+
+
+def test_a_far_future_pinned_command_does_not_hold_back_later_pinned_ones() -> None:
+    inbox = CommandInbox()
+    inbox.put([rec(1, Pause(at_step=10**9)), rec(2, SetGradClip(max_norm=0.5, at_step=5)), rec(3, Resume())])
+    assert [r.seq for r in inbox.due(5)] == [2, 3]
+    assert inbox.pending_loads() == set()
+    assert inbox.remove(1) is not None and inbox.remove(1) is None  # cancelled once
+    assert not inbox.has_due(10**9)
+
+
+# -- 1. non-finite numbers: data ------------------------------------------------------------------
+@pytest.fixture
+def live() -> DataBuffer:
+    return DataBuffer([DataSource("base", RegressionTask(in_dim=4).data_sources()[0].table.slice(0, 8)),
+                       DataSource("live", schema=live_schema(4))])
+
+
+def live_table(**override: Any) -> pa.Table:
+    x = np.ones((3, 4), np.float32)
+    cols = {"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 4), "y": pa.array([0.5, 1.0, 2.0], pa.float32())}
+    cols.update(override)
+    return pa.table(cols)
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("y", pa.array([0.5, math.nan, 1.0], pa.float32()), "column 'y', row 1 holds nan: NaN and infinite values are refused"),
+        ("y", pa.array([0.5, 1.0, -math.inf]), "column 'y', row 2 holds -inf"),
+        ("y", pa.array([1e39, 1.0, 2.0]), "the value 1e+39 in row 0 does not fit (it would become infinite)"),
+        ("y", pa.array([True, False, True]), "column 'y' has type bool, expected float (no conversion between those kinds)"),
+        ("y", pa.array(["1.5", "2", "3"]), "column 'y' has type string, expected float (no conversion"),
+        ("x", pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 9 + [math.nan] + [1.0] * 2, pa.float32()), 4),
+         "column 'x', row 2 holds nan"),
+    ],
+)
+def test_non_finite_values_and_inexact_casts_are_refused_with_column_and_row(
+    live: DataBuffer, column: str, values: pa.Array, message: str
+) -> None:
+    with pytest.raises(ValueError) as e:
+        live.ingest(live_table(**{column: values}), "live")
+    assert message in str(e.value)
+    assert live.sources()["live"]["rows"] == 0 and live.sources()["live"]["rejected"] == 1
+
+
+def test_a_source_may_opt_in_to_non_finite_values_but_never_to_overflowing_casts() -> None:
+    buf = DataBuffer([DataSource("live", schema=live_schema(4), allow_non_finite=True)])
+    assert buf.ingest(live_table(y=pa.array([0.5, math.nan, math.inf], pa.float32())), "live")["rows"] == 3
+    with pytest.raises(ValueError, match="does not fit"):
+        buf.ingest(live_table(y=pa.array([1e39, 1.0, 2.0])), "live")
+    assert buf.ingest(live_table(y=pa.array([1, 2, 3])), "live")["rows"] == 3  # exact int -> float
+
+
+def test_non_finite_static_data_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="column 'v', row 1 holds nan"):
+        DataBuffer([DataSource("base", pa.table({"v": [1.0, math.nan]}))])
+
+
+def test_duplicate_columns_are_refused_by_name() -> None:
+    buf = DataBuffer([DataSource("live", schema=pa.schema([pa.field("a", pa.int64())]))])
+    with pytest.raises(ValueError, match="duplicate column name"):
+        buf.ingest(pa.table([pa.array([1]), pa.array([2])], names=["a", "a"]), "live")
+
+
+# -- 1. non-finite numbers: training ---------------------------------------------------------------
+def test_health_guard_policies() -> None:
+    pause = HealthGuard(HealthConfig())
+    assert pause.non_finite("loss=nan", 5, True, None).action == "pause"
+    skip = HealthGuard(HealthConfig(on_non_finite="skip", max_skips=3))
+    assert [skip.non_finite("loss=nan", s, True, None).action for s in (1, 2)] == ["skip", "skip"]
+    skip.good_step()
+    assert [skip.non_finite("loss=nan", s, True, None).action for s in (3, 4, 5)] == ["skip", "skip", "pause"]
+    assert "Skipping cannot help" in HealthGuard(HealthConfig(on_non_finite="skip")).non_finite("x", 1, False, None).message
+    back = HealthGuard(HealthConfig(on_non_finite="rollback", max_rollbacks=2))
+    assert "No checkpoint with finite weights" in back.non_finite("x", 1, True, None).message
+    verdicts = [back.non_finite("x", 9, True, "main@5") for _ in range(3)]
+    assert [v.action for v in verdicts] == ["rollback", "rollback", "pause"]
+    assert verdicts[0].target == "main@5" and "after 2 rollback(s) to main@5" in verdicts[2].message
+
+
+def test_nonfinite_tensors_names_the_bad_ones() -> None:
+    good, bad = torch.ones(3, dtype=torch.float16) * 60000, torch.tensor([1.0, math.nan])
+    assert nonfinite_tensors([("good", good), ("bad", bad), ("int", torch.tensor([1]))]) == ["bad"]
+    assert nonfinite_tensors([("inf", torch.tensor([math.inf], dtype=torch.bfloat16))]) == ["inf"]
+
+
+class Events:
+    """A reporter that keeps what the trainer tells the controller."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.reporter = Reporter(lambda *a: self.calls.append(a))
+
+    def events(self, name: str = "event") -> list[Any]:
+        out = []
+        for call in self.calls:
+            if call[0] not in ("trainer_progress", "command_outcomes"):
+                continue
+            for ev_name, args in call[-1] or []:
+                if ev_name == name:
+                    out.append(args[0])
+        return out
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return [r for call in self.calls if call[0] == "command_outcomes" for r in call[1]]
+
+
+def in_process(tmp_path: Path, sources: list[DataSource] | None = None, **config: Any) -> tuple[Trainer, Events]:
+    cfg = regression_config(tmp_path, task_kwargs={"width": 8, "depth": 1, "rows": 256}, **config)
+    task = RegressionTask(width=8, depth=1, rows=256)
+    events = Events()
+    buffer = DataBuffer(sources or task.data_sources(), seed=0)
+    return Trainer(cfg, task, lambda _: LocalFeed(buffer, 16), events.reporter), events
+
+
+def command(seq: int, cmd: Any) -> CommandRecord:
+    return CommandRecord(command=cmd, seq=seq, status=CommandStatus.ACCEPTED)
+
+
+def test_an_exploding_step_never_reaches_the_weights_and_the_run_pauses_saying_why(tmp_path: Path) -> None:
+    trainer, events = in_process(tmp_path, max_steps=200)
+    trainer.deliver([command(1, UpdateOptimizer(params={"lr": 10.0, "weight_decay": 10.0}, at_step=10))])
+    thread = threading.Thread(target=trainer.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not trainer.paused and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert trainer.status()["status"] == "paused"
+    assert "health guard paused the run: non-finite" in trainer.status()["message"]
+    assert not nonfinite_tensors(trainer.model.named_parameters())  # the bad update never landed
+    [event] = events.events()
+    assert event["kind"] == "pause" and event["step"] == trainer.step
+    trainer.deliver([command(2, Stop())])
+    thread.join(30)
+    rows = [r for call in events.calls if call[0] == "trainer_progress" for r in call[3]]
+    assert all(math.isfinite(v) for _, _, row in rows for k, v in row.items() if k == "loss")
+
+
+def test_non_finite_weights_are_never_published_or_rolled_back_to(tmp_path: Path) -> None:
+    from ray_interactive.weights import WeightRegistry
+
+    class Publisher:
+        registry = WeightRegistry(keep=4)
+
+        def publish(self, meta: dict[str, Any], packed: Any) -> None:
+            self.registry.add(meta, packed)
+
+        def flush(self, timeout: float | None = None) -> None:
+            pass
+
+    trainer, events = in_process(tmp_path, max_steps=3, checkpoint_every=1)
+    trainer.publisher = Publisher()  # type: ignore[assignment]
+    trainer.run()
+    good = trainer.last_checkpoint
+    with torch.no_grad():
+        next(trainer.model.parameters())[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"not published: the weights are not finite \(1 tensor\(s\) hold NaN or inf, e.g. '0.weight'\)"):
+        trainer._publish("command")
+    assert trainer._try_publish("periodic") is None
+    trainer._report(force=True)  # events ride along with the next report
+    assert events.events()[-1]["kind"] == "publish_weights" and events.events()[-1]["failed"]
+    trainer.step += 1
+    bad = trainer._checkpoint("periodic")
+    assert not trainer._checkpoints[bad].finite
+    assert trainer._rollback_target() == good
+
+
+def test_rollback_policy_asks_for_a_load_a_lower_lr_and_a_resume(tmp_path: Path) -> None:
+    trainer, events = in_process(tmp_path, max_steps=300, health={"on_non_finite": "rollback"})
+    trainer.deliver([command(1, SaveCheckpoint(at_step=10)),
+                     command(2, UpdateOptimizer(params={"lr": 10.0, "weight_decay": 10.0}, at_step=12))])
+    thread = threading.Thread(target=trainer.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not events.events() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [event] = events.events()
+    assert event["kind"] == "rollback" and "Rolling back to main@10 with the lr times 0.5" in event["message"]
+    assert [c["kind"] for c in event["submit"]] == ["load_checkpoint", "update_optimizer", "resume"]
+    assert event["submit"][0]["checkpoint_id"] == "main@10"
+    assert event["submit"][1]["params"]["lr"] == pytest.approx(5.0)
+    assert trainer.paused  # held until the controller's commands arrive
+    trainer.deliver([command(3, Stop())])
+    thread.join(30)
+
+
+def test_freezing_the_last_trainable_module_fails_at_application_and_training_goes_on(tmp_path: Path) -> None:
+    trainer, events = in_process(tmp_path, max_steps=20)
+    trainer.deliver([command(1, UpdateModule(module="0", op="freeze")), command(2, UpdateModule(module="1", op="freeze")),
+                     command(3, UpdateModule(module="4", op="freeze"))])
+    assert trainer.run()["status"] == "stopped" and trainer.step == 20
+    outcomes = {r["seq"]: r for r in events.outcomes()}
+    assert outcomes[1]["status"] == outcomes[2]["status"] == "applied"
+    assert outcomes[3]["status"] == "failed"
+    assert "freezing '4' would leave no trainable parameters" in outcomes[3]["message"]
+
+
+def test_a_load_names_a_checkpoint_of_this_run_never_a_path(tmp_path: Path) -> None:
+    other = tmp_path / "other" / "checkpoints" / "main@3"
+    other.mkdir(parents=True)
+    (other / "state.json").write_text("{}")
+    trainer, events = in_process(tmp_path, max_steps=6, checkpoint_every=3)
+    trainer.deliver([command(1, LoadCheckpoint(checkpoint_id="main@2", branch="b", at_step=4))])
+    trainer.run()
+    [outcome] = events.outcomes()
+    assert outcome["status"] == "failed" and "no checkpoint 'main@2' in this run" in outcome["message"]
+
+
+def test_a_pending_pinned_command_can_be_cancelled(tmp_path: Path) -> None:
+    trainer, events = in_process(tmp_path, max_steps=10)
+    trainer.deliver([command(1, SetGradClip(max_norm=0.25, at_step=8)), command(2, Cancel(seq=1, command_id="x"))])
+    trainer.run()
+    outcomes = {r["seq"]: r for r in events.outcomes()}
+    assert outcomes[1]["status"] == "cancelled" and "cancelled at step 0" in outcomes[1]["message"]
+    assert outcomes[2]["status"] == "applied" and outcomes[2]["message"] == "cancelled #1 set_grad_clip"
+    assert trainer.grad_clip != 0.25
+
+
+def test_a_run_whose_weighted_sources_are_empty_says_it_is_waiting(tmp_path: Path) -> None:
+    sources = [DataSource("live", schema=live_schema(32))]
+    trainer, events = in_process(tmp_path, sources=sources)
+    thread = threading.Thread(target=trainer.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while trainer.status()["status"] != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status = trainer.status()
+    assert status["status"] == "waiting" and "waiting for data: no source with a weight > 0 has rows yet (weights: live=1)" in status["message"]
+    trainer.deliver([command(1, Stop())])
+    thread.join(30)
+
+
+def test_retention_keeps_the_newest_periodic_and_every_tagged_final_and_branch_point(tmp_path: Path) -> None:
+    trainer, events = in_process(tmp_path, max_steps=40, checkpoint_every=2, checkpoint_keep=3)
+    trainer.deliver([command(1, SaveCheckpoint(tag="keep-me", at_step=5))])
+    trainer.run()
+    ids = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ids == sorted(["main@5", "main@36", "main@38", "main@40"])  # tagged, newest 3 periodic (40 is final too)
+    removed = [cid for batch in events.events("checkpoints_removed") for cid in batch]
+    assert "main@2" in removed and "main@36" not in removed and "main@5" not in removed
