@@ -1,9 +1,16 @@
-"""What the control UI shows and does, as plain methods over a :class:`RunClient`.
+"""What the control UI shows and does, as plain methods over a run client.
 
 The Gradio app (:mod:`apps.control_ui`) is a thin layer over this class: every control is
 one method that sends one command through the run's command API and returns a message a
 person can read (the rejection reason included). Nothing here raises to the UI: bad
 input becomes a message, and the run never sees anything the controller did not accept.
+
+A refresh is one call to the controller (:meth:`RunClient.dashboard`): status, branches,
+every branch's thinned series, the newest commands, settings and data figures. Plots are
+Plotly figures built as plain JSON (Gradio ships plotly.js): named axes, real log ticks,
+hover values of every branch at once, zoom kept across refreshes, a note where a plot
+has nothing to show yet. When the run ends, the dashboard goes on reading its run
+directory (:class:`~ray_interactive.offline.FinishedRun`) and says so.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,26 +26,43 @@ import pandas as pd
 
 from ray_interactive.commands import CommandRecord
 
-#: The fixed plots: panel -> metric keys drawn in it.
-PANELS: dict[str, list[str]] = {
-    "loss": ["loss"],
-    "eval": ["eval/loss"],
-    "lr": ["lr"],
-    "grad_norm": ["grad_norm"],
-    "throughput": ["samples_per_s"],
-    "freshness": ["data/freshest_age_s", "data/mean_age_s", "data/first_use_p50_s", "data/first_use_p95_s"],
+
+@dataclass(frozen=True)
+class Panel:
+    """One plot: the metric keys it draws and how."""
+
+    keys: tuple[str, ...]
+    title: str
+    y_title: str
+    smooth: bool = True  # a step change (the lr) must stay a step, not become a curve
+    shape: str = "linear"  # "hv": drawn as steps
+    empty: str = "nothing logged yet"
+
+
+#: The fixed plots (the "custom" one shows any logged metric a person picks).
+PANELS: dict[str, Panel] = {
+    "loss": Panel(("loss",), "train loss", "loss"),
+    "eval": Panel(
+        ("eval/loss",), "eval loss", "eval loss",
+        empty="no evaluation yet: runs every eval_every steps, or press 'evaluate' (Run & checkpoints)",
+    ),
+    "lr": Panel(("lr",), "learning rate (first param group)", "lr", smooth=False, shape="hv"),
+    "grad_norm": Panel(("grad_norm",), "gradient norm (before clipping)", "grad norm"),
+    "throughput": Panel(("samples_per_s",), "throughput", "samples / s"),
+    "freshness": Panel(
+        ("data/freshest_age_s", "data/mean_age_s", "data/first_use_p50_s", "data/first_use_p95_s"),
+        "data freshness", "seconds", smooth=False,
+        empty="no live rows trained on yet: ingest rows into a live source",
+    ),
 }
 #: One colour per branch (in order of creation); a branch's raw line is a paler shade of it.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+X_TITLES = {"step": "step (optimizer steps)", "time": "wall time (s since the first point)"}
 
 
 def _paler(hex_colour: str, amount: float = 0.6) -> str:
     rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
     return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
-
-
-def _empty() -> pd.DataFrame:
-    return pd.DataFrame({"x": pd.Series(dtype=float), "y": pd.Series(dtype=float), "series": pd.Series(dtype=str)})
 
 
 def ema(values: np.ndarray, weight: float) -> np.ndarray:
@@ -74,42 +99,119 @@ def _json_value(text: str) -> Any:
         return text
 
 
+def _clean(values: list[Any]) -> list[float | None]:
+    """JSON numbers; NaN and infinities become gaps (Plotly draws None as a break)."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
+def _last(series: dict[str, Any], key: str) -> str:
+    """The newest finite value of a series, for a table."""
+    values = [v for v in series.get(key, {}).get("value", []) if v is not None and math.isfinite(v)]
+    return f"{values[-1]:.4g}" if values else "—"
+
+
+@dataclass(frozen=True)
+class View:
+    """How the plots are to be drawn: the refresh inputs."""
+
+    x_axis: str = "step"
+    smoothing: float = 0.0
+    log_y: bool = False
+    x_min: float | None = None
+    x_max: float | None = None
+    custom: str | None = None
+
+    @property
+    def zoomed(self) -> bool:
+        return self.x_min is not None and self.x_max is not None and self.x_max > self.x_min
+
+
 class Dashboard:
     """Reads and steers one run for the UI (and for scripts through its endpoints)."""
 
-    def __init__(self, client: Any, max_points: int = 400, command_wait_s: float = 5.0) -> None:
+    def __init__(self, client: Any, max_points: int = 400, command_wait_s: float = 5.0, history: int = 50) -> None:
         self.client = client
         self.max_points = max_points
         self.command_wait_s = command_wait_s  # how long a control waits for "applied" before answering "accepted"
-        self._branches: dict[str, dict[str, Any]] = {}
+        self.history_rows = history
+        self._run_dir: str | None = None
+        self.ended_note: str | None = None  # set once the run's actors are gone and its directory is read
+        self.state: dict[str, Any] = {}
 
     # -- reading ---------------------------------------------------------------------
-    def status_markdown(self) -> str:
+    @property
+    def read_only(self) -> bool:
+        return bool(getattr(self.client, "read_only", False))
+
+    def fetch(self, view: View | None = None) -> dict[str, Any]:
+        """One round trip: everything a refresh shows (kept in :attr:`state`). If the run's
+        controller is gone, the dashboard switches to reading its run directory."""
+        view = view or View()
+        panels = self._panels(view)
+        keys = sorted({k for p in panels.values() for k in p.keys})
+        since = until = None
+        if view.x_axis == "step" and view.zoomed:
+            since, until = int(math.floor(view.x_min)), int(math.ceil(view.x_max))  # type: ignore[arg-type]
         try:
-            s = self.client.status()
-        except Exception as e:  # noqa: BLE001 - the run may be gone; say so
-            return f"**run unreachable**: {e}"
-        state = s.get("status", "?")
+            self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
+                                               history=self.history_rows)
+        except Exception:
+            if not self._switch_to_run_dir():
+                raise
+            self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
+                                               history=self.history_rows)
+        self._run_dir = self.state.get("status", {}).get("run_dir") or self._run_dir
+        return self.state
+
+    def _switch_to_run_dir(self) -> bool:
+        """The live run is unreachable: read its directory instead, if it is known."""
+        from ray_interactive.offline import FinishedRun
+
+        if self.read_only or not self._run_dir:
+            return False
+        try:
+            self.client = FinishedRun(self._run_dir)
+        except (OSError, ValueError):
+            return False
+        self.ended_note = f"the run has stopped; this page now shows its run directory {self._run_dir} (read-only)"
+        return True
+
+    def status_markdown(self, state: dict[str, Any] | None = None) -> str:
+        if state is None:
+            try:
+                state = self.fetch()
+            except Exception as e:  # noqa: BLE001 - the run may be gone; say so
+                return f"**RUN UNREACHABLE**: {str(e).splitlines()[0][:300]}"
+        s = state.get("status", {})
+        status = s.get("status", "?")
         weights = s.get("weights_version")
         parts = [
-            f"**{state.upper()}**",
+            f"**{status.upper()}**",
             f"step **{s.get('step', 0)}**",
             f"branch **{s.get('branch')}**",
-            f"{s.get('samples_per_s', 0):.1f} samples/s",
+            f"{s.get('samples_per_s') or 0:.1f} samples/s",
             f"last checkpoint {s.get('last_checkpoint') or '—'}",
             f"weights v{weights}" if weights else "no weights published",
         ]
-        if s.get("message") and state == "failed":
-            parts.append(f"error: {str(s['message']).splitlines()[-1][:200]}")
-        return " · ".join(parts)
+        line = " · ".join(parts)
+        message = s.get("message")
+        if message and status in ("paused", "waiting", "failed", "ended", "stopped"):
+            line += f"\n\n{'⚠️ ' if status in ('paused', 'waiting', 'failed', 'ended') else ''}{str(message).strip().splitlines()[-1][:400]}"
+        if self.ended_note or self.read_only:
+            line += f"\n\n*{self.ended_note or 'a finished run, read from its run directory (read-only)'}*"
+        return line
 
-    def branches(self) -> dict[str, dict[str, Any]]:
-        self._branches = self.client.branches()  # kept for color_map
-        return self._branches
+    def _branch_order(self, state: dict[str, Any]) -> list[str]:
+        branches = state.get("branches", {})
+        return sorted(branches, key=lambda b: branches[b].get("created_at", 0))
 
-    def branch_tree(self) -> str:
+    def colour(self, state: dict[str, Any], branch: str) -> str:
+        order = self._branch_order(state)
+        return PALETTE[(order.index(branch) if branch in order else len(order)) % len(PALETTE)]
+
+    def branch_tree(self, state: dict[str, Any]) -> str:
         """The branches as an indented tree: where each forked from."""
-        branches = self.branches()
+        branches = state.get("branches", {})
         children: dict[str | None, list[str]] = {}
         for name, b in branches.items():
             children.setdefault(b.get("parent"), []).append(name)
@@ -125,86 +227,115 @@ class Dashboard:
         walk(None, 0)
         return "\n".join(lines) or "—"
 
-    def plot_frames(
-        self,
-        x_axis: str = "step",
-        smoothing: float = 0.0,
-        log_y: bool = False,
-        x_min: float | None = None,
-        x_max: float | None = None,
-        custom: str | None = None,
-    ) -> dict[str, pd.DataFrame]:
-        """One long-format frame (x, y, series) per panel, every branch in its own colour.
+    def branch_table(self, state: dict[str, Any]) -> pd.DataFrame:
+        """Branches side by side: where each forked, how far it got, its latest numbers."""
+        rows = []
+        for name in self._branch_order(state):
+            b = state["branches"][name]
+            m = state.get("metrics", {}).get(name, {})
+            steps = m.get("loss", {}).get("step", [])
+            rows.append({
+                "branch": name,
+                "forked from": f"{b['checkpoint']}" if b.get("checkpoint") else "—",
+                "last step": steps[-1] if steps else "—",
+                "loss": _last(m, "loss"),
+                "eval loss": _last(m, "eval/loss"),
+                "lr": _last(m, "lr"),
+            })
+        return pd.DataFrame(rows, columns=["branch", "forked from", "last step", "loss", "eval loss", "lr"])
 
-        Each series is thinned on the server (min/max per bucket) to ``max_points`` over
-        the visible step range; with smoothing the raw line stays, as "<branch> raw".
-        """
+    def _panels(self, view: View) -> dict[str, Panel]:
         panels = dict(PANELS)
-        if custom:
-            panels["custom"] = [custom]
-        keys = sorted({k for ks in panels.values() for k in ks})
-        if x_min is None or x_max is None or not x_max > x_min:  # an empty range means "all"
-            x_min = x_max = None
-        since = until = None
-        if x_axis == "step":
-            since = int(math.floor(x_min)) if x_min is not None else None
-            until = int(math.ceil(x_max)) if x_max is not None else None
-        frames: dict[str, list[pd.DataFrame]] = {p: [] for p in panels}
+        panels["custom"] = Panel((view.custom,), view.custom, view.custom) if view.custom else Panel(
+            (), "any logged metric", "", empty="pick a metric in the box above (the list refreshes with ↻)"
+        )
+        return panels
+
+    def figures(self, state: dict[str, Any], view: View) -> dict[str, dict[str, Any]]:
+        """A Plotly figure (plain JSON) per panel: every branch in its own colour, with
+        smoothing its raw line paler beside it."""
+        metrics: dict[str, dict[str, Any]] = state.get("metrics", {})
         t0 = None
-        for branch in self.branches():
-            data = self.client.metrics(keys=keys, branch=branch, since=since, until=until, max_points=self.max_points)
-            for panel, pkeys in panels.items():
-                for key in pkeys:
-                    d = data.get(key)
+        if view.x_axis == "time":
+            starts = [min(s["time"]) for m in metrics.values() for s in m.values() if s.get("time")]
+            t0 = min(starts, default=0.0)
+        out = {}
+        for name, panel in self._panels(view).items():
+            traces = []
+            for branch in self._branch_order(state):
+                for key in panel.keys:
+                    d = metrics.get(branch, {}).get(key)
                     if not d or not d["value"]:
                         continue
-                    xs = np.asarray(d["step"] if x_axis == "step" else d["time"], np.float64)
-                    if x_axis != "step":
-                        t0 = xs.min() if t0 is None else min(t0, xs.min())
+                    xs = np.asarray(d["step"] if view.x_axis == "step" else d["time"], np.float64)
+                    if t0 is not None:
+                        xs = xs - t0
                     ys = np.asarray(d["value"], np.float64)
-                    name = branch if len(pkeys) == 1 else f"{branch}: {key.removeprefix('data/')}"
-                    for label, values in self._lines(name, ys, smoothing):
-                        frames[panel].append(pd.DataFrame({"x": xs, "y": values, "series": label}))
-        out = {}
-        for panel, parts in frames.items():
-            df = pd.concat(parts, ignore_index=True) if parts else _empty()
-            if x_axis != "step" and len(df) and t0 is not None:
-                df["x"] = df["x"] - t0  # seconds since the first point
-                if x_min is not None or x_max is not None:
-                    lo, hi = x_min if x_min is not None else -np.inf, x_max if x_max is not None else np.inf
-                    df = df[(df["x"] >= lo) & (df["x"] <= hi)]
-            if log_y and len(df):
-                df = df[df["y"] > 0].assign(y=lambda f: np.log10(f["y"]))
-            out[panel] = df.reset_index(drop=True)
-        return out
-
-    def color_map(self, series: list[str]) -> dict[str, str]:
-        """Colours of plot series: by branch (creation order), the raw line paler; a panel
-        with several metrics per branch (freshness) gives each metric its own colour."""
-        order = {b: i for i, b in enumerate(sorted(self._branches, key=lambda b: self._branches[b].get("created_at", 0)))}
-        out: dict[str, str] = {}
-        for i, name in enumerate(sorted(series)):
-            base, raw = (name[:-4], True) if name.endswith(" raw") else (name, False)
-            colour = PALETTE[order[base] % len(PALETTE)] if base in order else PALETTE[i % len(PALETTE)]
-            out[name] = _paler(colour) if raw else colour
+                    label = branch if len(panel.keys) == 1 else f"{branch}: {key.removeprefix('data/')}"
+                    colour = self.colour(state, branch)
+                    if len(panel.keys) > 1:  # several metrics per branch: one colour each
+                        colour = PALETTE[(panel.keys.index(key) + 4 * self._branch_order(state).index(branch)) % len(PALETTE)]
+                    traces.extend(self._traces(label, xs, ys, colour, panel, view))
+            out[name] = self._figure(name, panel, traces, view)
         return out
 
     @staticmethod
-    def _lines(name: str, ys: np.ndarray, smoothing: float) -> list[tuple[str, np.ndarray]]:
-        if smoothing <= 0:
-            return [(name, ys)]
-        return [(f"{name} raw", ys), (name, ema(ys, min(smoothing, 0.999)))]
+    def _traces(label: str, xs: np.ndarray, ys: np.ndarray, colour: str, panel: Panel, view: View) -> list[dict[str, Any]]:
+        x = xs.tolist()
+        base = {"type": "scatter", "mode": "lines", "x": x, "hovertemplate": "%{y:.4g}"}
+        line = {"color": colour, "width": 2, "shape": panel.shape}
+        if view.smoothing <= 0 or not panel.smooth:
+            return [{**base, "name": label, "uid": label, "y": _clean(ys.tolist()), "line": line}]
+        smooth = ema(ys, min(view.smoothing, 0.999))
+        return [
+            {**base, "name": f"{label} raw", "uid": f"{label} raw", "y": _clean(ys.tolist()), "showlegend": False,
+             "line": {**line, "color": _paler(colour), "width": 1}},
+            {**base, "name": label, "uid": label, "y": _clean(smooth.tolist()), "line": line},
+        ]
+
+    @staticmethod
+    def _figure(name: str, panel: Panel, traces: list[dict[str, Any]], view: View) -> dict[str, Any]:
+        xaxis: dict[str, Any] = {"title": {"text": X_TITLES.get(view.x_axis, view.x_axis)}, "zeroline": False}
+        if view.zoomed:
+            xaxis["range"] = [view.x_min, view.x_max]
+        yaxis: dict[str, Any] = {"title": {"text": panel.y_title}, "zeroline": False, "exponentformat": "e"}
+        if view.log_y:
+            yaxis["type"] = "log"  # real log ticks: 1e-3, 1e-2, ...
+        layout: dict[str, Any] = {
+            "title": {"text": panel.title, "x": 0.01, "xanchor": "left", "y": 0.98, "font": {"size": 14}},
+            "xaxis": xaxis,
+            "yaxis": yaxis,
+            "height": 270,
+            "margin": {"l": 60, "r": 10, "t": 40, "b": 40},
+            "hovermode": "x unified",
+            "legend": {"title": {"text": "branch"}, "orientation": "h", "x": 1, "xanchor": "right", "y": 1.0,
+                       "yanchor": "bottom", "font": {"size": 11}},
+            # Keeps a person's zoom and legend clicks across refreshes (a new view resets them).
+            "uirevision": f"{name}|{view.x_axis}|{view.log_y}|{view.x_min}|{view.x_max}|{view.custom}",
+            "template": {"layout": {"plot_bgcolor": "#ffffff", "paper_bgcolor": "#ffffff",
+                                    "xaxis": {"gridcolor": "#eeeeee"}, "yaxis": {"gridcolor": "#eeeeee"}}},
+        }
+        if not traces:
+            layout["annotations"] = [{"text": panel.empty, "showarrow": False, "xref": "paper", "yref": "paper",
+                                      "x": 0.5, "y": 0.5, "font": {"size": 13, "color": "#777777"}}]
+            layout["xaxis"]["visible"] = layout["yaxis"]["visible"] = False
+        elif len(traces) > 1 or any(t.get("showlegend") is False for t in traces):
+            layout["showlegend"] = True
+        return {"data": traces, "layout": layout}
 
     def metric_keys(self) -> list[str]:
-        try:
-            return sorted(self.client.metric_keys())
-        except Exception:  # noqa: BLE001
-            return []
+        keys = self.state.get("metric_keys")
+        if keys is None:
+            try:
+                keys = self.client.metric_keys()
+            except Exception:  # noqa: BLE001
+                keys = []
+        return sorted(keys)
 
-    def data_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def data_tables(self, state: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Sources (rows, weight as set and as drawn, rate, rejected) and recent rejections."""
-        sources = self.client.sources()
-        status = self.client.data_status()
+        sources = {} if self.read_only else self.client.sources()
+        status = (state or self.state).get("data") or (self.client.data_status() if state is None else {})
         stats = status.get("sources", {})
         rows = []
         for name, info in sources.items():
@@ -227,15 +358,21 @@ class Dashboard:
             {"time": time.strftime("%H:%M:%S", time.localtime(r["time"])), "source": r["source"], "reason": r["message"]}
             for r in reversed(status.get("rejections", [])[-20:])
         ]
-        return pd.DataFrame(rows), pd.DataFrame(rejections, columns=["time", "source", "reason"])
+        columns = ["source", "kind", "policy", "rows", "weight", "drawn share", "rows/s", "MiB", "rejected", "note"]
+        return pd.DataFrame(rows, columns=columns), pd.DataFrame(rejections, columns=["time", "source", "reason"])
 
-    def history(self, limit: int = 50) -> pd.DataFrame:
+    def history(self, state: dict[str, Any] | None = None) -> pd.DataFrame:
         """Commands, newest first: who, what, status with step or reason."""
         rows = []
-        for r in self.client.commands(limit=limit, newest_first=True):
+        commands = (state or self.state).get("history")
+        if commands is None:
+            commands = self.client.commands(limit=self.history_rows, newest_first=True)
+        for r in commands:
             status = r["status"]
             if status == "applied":
                 status = f"applied at step {r['applied_step']}"
+            elif status == "accepted" and r.get("at_step") is not None:
+                status = f"pending until step {r['at_step']}"
             rows.append(
                 {
                     "#": r["seq"] or "",
@@ -249,9 +386,11 @@ class Dashboard:
             )
         return pd.DataFrame(rows, columns=["#", "time", "source", "command", "status", "message", "args"])
 
-    def optimizer_table(self) -> pd.DataFrame:
+    def optimizer_table(self, state: dict[str, Any] | None = None) -> pd.DataFrame:
         """The live hyperparameters of every param group, read from the optimizer."""
-        snap = self.client.snapshot()
+        snap = (state or self.state).get("snapshot")
+        if snap is None:
+            snap = self.client.snapshot()
         rows = [
             {"group": g["name"], "param": k, "value": json.dumps(v)}
             for g in snap.get("groups", [])
@@ -260,9 +399,13 @@ class Dashboard:
         return pd.DataFrame(rows, columns=["group", "param", "value"])
 
     def settings(self) -> dict[str, Any]:
-        """Current schedule, clipping, accumulation, mixture, groups, modules, checkpoints."""
+        """Current schedule, clipping, accumulation, mixture, groups, modules, the newest
+        checkpoints (and every tagged one), and the commands still pending."""
         snap = self.client.snapshot()
         groups = snap.get("groups", [])
+        page = self.client.checkpoint_page(0, 50)["rows"]
+        tagged = [c for c in self.client.checkpoints() if c.get("tag")] if len(page) == 50 else []
+        ids = list(dict.fromkeys([c["id"] for c in page] + [c["id"] for c in reversed(tagged)]))
         return {
             "groups": [g["name"] for g in groups],
             "params": sorted({k for g in groups for k in g["hparams"]}),
@@ -271,8 +414,41 @@ class Dashboard:
             "grad_accumulation": snap.get("grad_accumulation"),
             "mixture": snap.get("mixture", {}),
             "modules": snap.get("modules", {}),
-            "checkpoints": [c["id"] for c in reversed(self.client.checkpoints())],
+            "checkpoints": ids,
+            "pending": self.pending(),
         }
+
+    def pending(self) -> list[str]:
+        """Accepted commands not applied yet, as ``#12 pause (at step 5000)``."""
+        out = []
+        for r in self.client.commands(limit=500, newest_first=True):
+            if r["status"] == "accepted" and r["seq"]:
+                at = f" (at step {r['at_step']})" if r.get("at_step") is not None else ""
+                out.append(f"#{r['seq']} {r['kind']}{at}")
+        return out
+
+    def checkpoint_page(self, page: Any = 1, per_page: int = 20) -> tuple[pd.DataFrame, str]:
+        """One page of the checkpoint table (newest first) and a line saying which."""
+        try:
+            page = max(1, int(_number(page or 1, "page")))
+        except ValueError:
+            page = 1
+        doc = self.client.checkpoint_page((page - 1) * per_page, per_page)
+        total = doc["total"]
+        pages = max(1, math.ceil(total / per_page))
+        rows = [
+            {
+                "id": c["id"],
+                "step": c["step"],
+                "branch": c["branch"],
+                "reason": c["reason"],
+                "tag": c.get("tag") or "",
+                "saved": time.strftime("%H:%M:%S", time.localtime(c["created_at"])),
+            }
+            for c in doc["rows"]
+        ]
+        table = pd.DataFrame(rows, columns=["id", "step", "branch", "reason", "tag", "saved"])
+        return table, f"page {min(page, pages)} of {pages} · {total} checkpoint(s), newest first · click a row to pick it"
 
     # -- steering (each returns a message for the person who clicked) ------------------
     def send(self, payload: dict[str, Any]) -> str:
@@ -280,7 +456,9 @@ class Dashboard:
         try:
             rec: CommandRecord = self.client.submit(payload, source="ui")
         except Exception as e:  # noqa: BLE001 - the UI must not fall over
-            return f"failed to send: {e}"
+            if self._switch_to_run_dir():
+                return f"not sent: {self.ended_note}"
+            return f"failed to send: {str(e).splitlines()[0][:300]}"
         if rec.status.value == "rejected":
             return f"rejected: {rec.message}"
         try:
@@ -289,8 +467,8 @@ class Dashboard:
             return f"#{rec.seq} {rec.kind} accepted; waiting for the next step boundary"
         if rec.status.value == "applied":
             return f"#{rec.seq} {rec.kind} applied at step {rec.applied_step}" + (f": {rec.message}" if rec.message else "")
-        if rec.status.value == "failed":
-            return f"#{rec.seq} {rec.kind} failed: {rec.message}"
+        if rec.status.value in ("failed", "cancelled"):
+            return f"#{rec.seq} {rec.kind} {rec.status.value}: {rec.message}"
         return f"#{rec.seq} {rec.kind} {rec.status.value}"
 
     def _guard(self, build: Any) -> str:
@@ -345,10 +523,18 @@ class Dashboard:
         return self.send({"kind": "save_checkpoint", **({"tag": tag} if tag else {})})
 
     def load_checkpoint(self, checkpoint_id: str, branch: str) -> str:
+        checkpoint_id = (checkpoint_id or "").strip()
         if not checkpoint_id:
             return "not sent: pick a checkpoint"
         branch = (branch or "").strip()
         return self.send({"kind": "load_checkpoint", "checkpoint_id": checkpoint_id, **({"branch": branch} if branch else {})})
+
+    def cancel(self, pending: str) -> str:
+        """Cancel a pending command, given as ``#12 ...`` (its number first) or ``12``."""
+        first = str(pending or "").strip().split(" ")[0].removeprefix("#")
+        if not first.isdigit():
+            return "not sent: pick a pending command (#number)"
+        return self.send({"kind": "cancel", "seq": int(first)})
 
     def set_mixture(self, text: str) -> str:
         """``base=0.7 live=0.3`` (commas or spaces between)."""
@@ -359,7 +545,7 @@ class Dashboard:
                 name, sep, w = item.partition("=")
                 if not sep or not name:
                     raise ValueError(f"write weights as source=weight, e.g. base=0.7 live=0.3 (got {item[:40]!r})")
-                weights[name] = _number(w, f"weight of {name!r}")
+                weights[name] = _number(w, f"weight of {name[:40]!r}")
             if not weights:
                 raise ValueError("no weights given")
             return {"kind": "set_data_mixture", "weights": weights}

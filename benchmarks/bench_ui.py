@@ -1,4 +1,5 @@
-"""Control UI refresh cost for runs with 1k, 10k and 100k logged steps.
+"""Control UI refresh cost for runs with 1k, 10k and 100k logged steps, and how the UI
+answers while training saturates the machine.
 
 For each size a run's controller actor is given that many steps of metrics (the keys a
 real run logs: loss, lr, grad_norm, samples_per_s, step_time_s, eval/loss every 10th
@@ -9,7 +10,14 @@ The series are thinned on the server to 400 points per branch and key, so the co
 should hardly grow with the run's length. For scale: ``raw`` is the same refresh with
 thinning off (every point sent).
 
-    python benchmarks/bench_ui.py [--sizes 1000 10000 100000] [--calls 20]
+Under load: a run whose trainer uses every core (an MLP with 2 torch threads, a checkpoint
+every 10 steps, so hundreds pile up) is steered through the UI's endpoints while it trains,
+once with the trainer at the priority of everything else (``trainer_nice=0``, how runs
+started before) and once at the default (``trainer_nice=5``): the time a refresh takes,
+an lr change from click to "applied", the lists (``/choices``) and a checkpoint page; and
+the trainer's steps/s meanwhile (what the control plane's share costs training).
+
+    python benchmarks/bench_ui.py [--sizes 1000 10000 100000] [--calls 20] [--load-s 60]
 """
 
 from __future__ import annotations
@@ -68,11 +76,65 @@ def measure(url: str, calls: int) -> tuple[list[float], list[int]]:
     return times, sizes
 
 
+def under_load(tmp: Path, nice: int, seconds: float) -> dict[str, float]:
+    """Steer a saturating run through the UI for ``seconds``; times of each kind of call."""
+    from gradio_client import Client
+
+    config = RunConfig(
+        name=f"bench-ui-load-{nice}",
+        task=TaskSpec(target="ray_interactive.examples.regression:RegressionTask", kwargs={"width": 512, "depth": 4}),
+        run_dir=tmp / f"load-{nice}",
+        torch_threads=os.cpu_count() or 2,  # every core: the machine is saturated
+        checkpoint_every=10,
+        checkpoint_keep=None,  # they pile up, as in the report that prompted this
+        trainer_nice=nice,
+    )
+    handle = start_run(config)
+    client = handle.client()
+    ui = build_ui(Dashboard(client), config.name, refresh_s=3600)
+    ui.queue(default_concurrency_limit=8)
+    _, url, _ = ui.launch(prevent_thread_lock=True, quiet=True, enable_monitoring=False)
+    try:
+        time.sleep(10)  # training is under way, checkpoints are piling up
+        gc = Client(url, verbose=False)
+        times: dict[str, list[float]] = {"refresh": [], "lr_applied": [], "choices": [], "checkpoint_page": []}
+        step0, t_start = client.status()["step"], time.monotonic()
+        lr = 1e-3
+        while time.monotonic() - t_start < seconds:
+            for name, call in (
+                ("refresh", lambda: gc.predict("step", 0.6, False, None, None, None, api_name="/refresh")),
+                ("lr_applied", lambda lr=lr: gc.predict("all", "lr", f"{lr:g}", api_name="/update_optimizer")),
+                ("choices", lambda: gc.predict(api_name="/choices")),
+                ("checkpoint_page", lambda: gc.predict(1, api_name="/checkpoints")),
+            ):
+                t0 = time.perf_counter()
+                out = call()
+                times[name].append(time.perf_counter() - t0)
+                if name == "lr_applied":
+                    assert "applied at step" in out, out
+                    lr = 2e-3 if lr == 1e-3 else 1e-3
+            time.sleep(0.5)
+        steps_per_s = (client.status()["step"] - step0) / (time.monotonic() - t_start)
+        checkpoints = len(client.checkpoints())
+    finally:
+        ui.close()
+        handle.shutdown()
+    out: dict[str, float] = {"steps_per_s": steps_per_s, "checkpoints": checkpoints, "calls": len(times["refresh"])}
+    for name, ts in times.items():
+        out[f"{name}_median_s"] = median(ts)
+        out[f"{name}_p95_s"] = percentile(ts, 0.95)
+        out[f"{name}_max_s"] = max(ts)
+    print(f"nice {nice}: " + ", ".join(f"{k} {v:.3g}" for k, v in out.items()), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--load-s", type=float, default=60.0, help="seconds of steering per priority under load")
     args = ap.parse_args()
+    load_before = machine()["loadavg_1m_at_start"]
     tmp = Path(tempfile.mkdtemp(prefix="bench-ui-"))
     results = {}
     for steps in args.sizes:
@@ -99,8 +161,10 @@ def main() -> None:
             print(f"{steps} steps {mode}: {per[mode]['median_s'] * 1000:.0f} ms, {per[mode]['bytes'] / 1024:.0f} KiB", flush=True)
         results[steps] = per
         handle.shutdown()
+    loaded = {nice: under_load(tmp, nice, args.load_s) for nice in (0, 5)} if args.load_s > 0 else {}
 
-    result = {"machine": machine(), "args": vars(args), "sizes": results}
+    result = {"machine": {**machine(), "loadavg_1m_at_start": load_before}, "args": vars(args), "sizes": results,
+              "under_load": loaded}
     m = result["machine"]
     lines = [
         "## Control UI refresh cost (`bench_ui.py`)",
@@ -118,6 +182,22 @@ def main() -> None:
             f"| {steps:,} | {t['median_s'] * 1000:.0f} ms | {t['p95_s'] * 1000:.0f} ms | {t['bytes'] / 1024:.0f} KiB "
             f"| {r['median_s'] * 1000:.0f} ms | {r['bytes'] / 1024:.0f} KiB |"
         )
+    if loaded:
+        lines += [
+            "",
+            f"**While training saturates the machine** (an MLP on {m['cpus']} torch threads, a checkpoint every 10 steps;",
+            f"{args.load_s:g} s of steering per row, each call over HTTP as the browser makes it): median / p95 / max.",
+            "",
+            "| trainer priority | refresh | lr change -> applied | lists (/choices) | checkpoint page | checkpoints | trainer steps/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for nice, r in loaded.items():
+            cells = [
+                f"{r[f'{k}_median_s'] * 1000:.0f} / {r[f'{k}_p95_s'] * 1000:.0f} / {r[f'{k}_max_s'] * 1000:.0f} ms"
+                for k in ("refresh", "lr_applied", "choices", "checkpoint_page")
+            ]
+            label = "nice 0 (as before)" if nice == 0 else f"nice {nice} (the default now)"
+            lines.append(f"| {label} | {' | '.join(cells)} | {r['checkpoints']:.0f} | {r['steps_per_s']:.1f} |")
     lines += ["", f"Measured {m['date']} on {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start."]
     save("ui", result, "\n".join(lines))
 

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from apps.access import check_bind
 from neuralos_example.data import TASKS, encode_png
 from neuralos_example.engine import DemoEngine
 from neuralos_example.model import SAMPLER_STEPS
@@ -139,12 +140,22 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
     return demo
 
 
-def serve_demo(engine: DemoEngine, host: str = "127.0.0.1", port: int | None = None, block: bool = False) -> tuple[gr.Blocks, str]:
-    """Launch the demo (threads of this process); returns the app and its URL."""
+def serve_demo(
+    engine: DemoEngine,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    block: bool = False,
+    auth: tuple[str, str] | None = None,
+) -> tuple[gr.Blocks, str]:
+    """Launch the demo (threads of this process); returns the app and its URL.
+
+    The control UI's rule (:mod:`apps.access`): loopback only, unless a login is given;
+    any other ``host`` without ``auth`` is refused before anything is served."""
+    check_bind(host, auth, "the NeuralOS demo")
     demo = build_demo(engine)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(
         server_name=host, server_port=port, prevent_thread_lock=not block, enable_monitoring=False,
-        share=False, quiet=True, show_error=True,
+        share=False, quiet=True, show_error=True, auth=[auth] if auth else None,
     )
     return demo, url

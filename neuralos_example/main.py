@@ -38,7 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sampler-steps", type=int, default=4, choices=SAMPLER_STEPS, help="DDIM steps per demo frame")
     ap.add_argument("--base-rows", type=int, default=3000)
     ap.add_argument("--demo-port", type=int, default=None, help="default: 7860 or the next free port")
+    ap.add_argument("--demo-host", default="127.0.0.1", help="bind the demo here (not loopback: needs a login)")
     ap.add_argument("--ui-port", type=int, default=None)
+    ap.add_argument("--ui-host", default="127.0.0.1", help="bind the control UI here (not loopback: needs a login)")
+    ap.add_argument("--auth-file", default=None,
+                    help="one line user:password for the demo and the control UI (or set RI_UI_AUTH)")
     ap.add_argument("--no-ui", action="store_true", help="no control UI")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (default: an embedded local one)")
     args = ap.parse_args(argv)
@@ -48,6 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--users must be 0..64")
     if not Path(args.checkpoint).with_suffix(".safetensors").exists():
         ap.error(f"no base model at {args.checkpoint}.safetensors (make one with python -m neuralos_example.pretrain)")
+    from apps.access import check_bind, read_auth
+
+    try:
+        args.auth = read_auth(args.auth_file)
+        check_bind(args.demo_host, args.auth, "the NeuralOS demo")
+        check_bind(args.ui_host, args.auth, "the control UI")
+    except (OSError, ValueError) as e:
+        ap.error(str(e))
     return args
 
 
@@ -57,7 +69,8 @@ class Deployment:
     simulated users. ``close()`` stops them in reverse order (the run is not touched)."""
 
     def __init__(self, client: Any, run_dir: Path, checkpoint: str | Path = BASE_CHECKPOINT, sampler_steps: int = 4,
-                 users: int = 0, demo_port: int | None = None, replay_poll_s: float = 0.2) -> None:
+                 users: int = 0, demo_port: int | None = None, replay_poll_s: float = 0.2,
+                 demo_host: str = "127.0.0.1", auth: tuple[str, str] | None = None) -> None:
         from neuralos_example.demo_app import serve_demo
         from neuralos_example.engine import DemoEngine, InteractionLog
         from neuralos_example.model import load_model
@@ -80,9 +93,9 @@ class Deployment:
             self._closers.append(("weight subscriber", sub.stop))
             self.replayer = Replayer(client, Path(run_dir) / "replayer.json", size=self.engine.size, poll_s=replay_poll_s).start()
             self._closers.append(("replayer", self._stop_replayer))
-            self.demo, self.url = serve_demo(self.engine, port=demo_port)
+            self.demo, self.url = serve_demo(self.engine, host=demo_host, port=demo_port, auth=auth)
             self._closers.append(("demo", self.demo.close))
-            self.users = UserPool(self.url, users).start() if users else None
+            self.users = UserPool(self.url, users, auth=auth).start() if users else None
             if self.users is not None:
                 self._closers.append(("simulated users", self.users.stop))
         except BaseException:
@@ -142,8 +155,9 @@ class Loop:
         if not a.no_ui:
             from apps.control_ui import serve
 
-            self.ui, urls["control UI"] = serve(client, port=a.ui_port, block=False)
-        self.deployment = Deployment(client, config.resolved_run_dir, a.checkpoint, a.sampler_steps, a.users, a.demo_port)
+            self.ui, urls["control UI"] = serve(client, host=a.ui_host, port=a.ui_port, auth=a.auth, block=False)
+        self.deployment = Deployment(client, config.resolved_run_dir, a.checkpoint, a.sampler_steps, a.users, a.demo_port,
+                                     demo_host=a.demo_host, auth=a.auth)
         urls["NeuralOS demo"] = self.deployment.url
         return urls
 
@@ -161,14 +175,17 @@ class Loop:
                 f"{actions} simulated actions, {d.log_sink.sent_rows} interactions logged | "
                 f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else ""))
 
-    def stop(self) -> int:
+    def stop(self, interrupted: bool = False) -> int:
         code = 0
         try:
             if self.deployment is not None:
                 self.deployment.close()
             if self.handle is not None:
                 try:
-                    self.client.send("stop", source="cli", comment="the main job's duration is over")
+                    if interrupted:  # a person pressed Ctrl-C
+                        self.client.send("stop", source="cli", comment="Ctrl-C")
+                    else:  # the run's own time limit: nobody sent it
+                        self.client.send("stop", source="system", comment="the main job's --duration is over")
                     self.handle.wait(timeout=180)
                     from ray_interactive.cli import summary
 
@@ -184,6 +201,17 @@ class Loop:
         return code
 
 
+def banner(urls: dict[str, str]) -> str:
+    """The demo's own URLs, framed, after whatever Ray and Gradio printed while starting."""
+    what = {"NeuralOS demo": "use it: click on the screen, type", "control UI": "watch and steer the training run"}
+    names = sorted(urls, key=lambda n: n != "NeuralOS demo")  # the demo first: it is what to open
+    heads = [f"  {name}: {urls[name]}" for name in names]
+    pad = max(len(h) for h in heads) + 2
+    lines = [f"{h:{pad}}<- {what.get(name, '')}" for h, name in zip(heads, names)]
+    width = max(len(x) for x in lines) + 2
+    return "\n".join(["", "=" * width, "  OPEN THESE:", *lines, "=" * width, ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -195,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         loop.stop()
         return 2
-    for what, url in urls.items():
-        print(f"  {what}: {url}", flush=True)
+    print(banner(urls), flush=True)
     users = f"{args.users} simulated users are using the demo" if args.users else "no simulated users: the demo waits for you"
     until = f"for {args.duration:.0f} s" if args.duration else "until Ctrl-C"
     print(f"running {until}; {users}; run {loop.handle.config.name!r} in {loop.handle.config.resolved_run_dir}", flush=True)
@@ -219,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # a status line is not worth stopping for
                 log.warning("status: %s", e)
     print("stopping: users, demo, replayer; then the run (final checkpoint) ...", flush=True)
-    code = loop.stop()
+    code = loop.stop(interrupted=bool(interrupted))
     d = loop.deployment
     assert d is not None
     rep = d.replayer.stats()

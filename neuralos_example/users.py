@@ -34,8 +34,10 @@ class SimulatedUser:
         think_s: tuple[float, float] = (0.05, 0.3),
         tasks_per_session: tuple[int, int] = (1, 3),
         stop: threading.Event | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.url, self.tasks, self.think_s, self.tasks_per_session = url, tasks, think_s, tasks_per_session
+        self.auth = auth
         self.rng = np.random.default_rng(seed)
         self.stop_event = stop or threading.Event()
         self.actions = 0
@@ -47,7 +49,7 @@ class SimulatedUser:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.url, verbose=False)
+            self._client = Client(self.url, auth=self.auth, verbose=False)
         return self._client
 
     def session(self, size: int = 64) -> None:

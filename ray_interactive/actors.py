@@ -74,6 +74,9 @@ class ControllerActor:
     def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
         return self._call("submit", payload, source)
 
+    def refuse(self, payload: Any, message: str) -> CommandRecord:
+        return self._call("refuse", payload, message)
+
     def wait_command(self, command_id: str, timeout: float = 30.0) -> CommandRecord | None:
         """Block until the command is applied, failed or rejected (or ``timeout``)."""
         deadline = time.monotonic() + min(timeout, 300.0)

@@ -191,11 +191,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _ui_auth(args: argparse.Namespace) -> tuple[str, str] | None:
-    from apps.control_ui import parse_auth
+    from apps.access import read_auth
 
     try:
-        text = Path(args.auth_file).read_text() if getattr(args, "auth_file", None) else os.environ.get("RI_UI_AUTH")
-        return parse_auth(text)
+        return read_auth(getattr(args, "auth_file", None))
     except (OSError, ValueError) as e:
         raise CLIError(f"UI authentication: {e}") from None
 
@@ -506,15 +505,22 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """Running runs (by name), then the finished ones under ./runs (their directories)."""
     from ray_interactive.client import list_runs
     from ray_interactive.launch import init_ray
 
+    running: list[str] = []
     try:
         init_ray(args.address, namespace=args.namespace, default="auto")
+        running = list_runs(args.namespace)
     except ConnectionError as e:
-        raise CLIError(str(e)) from None
-    for name in list_runs(args.namespace):
+        print(f"({e})", file=sys.stderr)
+    for name in running:
         print(name)
+    root = Path("runs")
+    finished = sorted(d.name for d in root.iterdir() if (d / "config.json").is_file() and d.name not in running) if root.is_dir() else []
+    if finished:
+        print(f"finished, in {root}/ (status, log, checkpoints and ui read them): {', '.join(finished)}")
     return 0
 
 
@@ -609,7 +615,7 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_ingest_url)
 
-    sp = sub.add_parser("runs", help="list running runs")
+    sp = sub.add_parser("runs", help="list running runs, and the finished ones in ./runs")
     sp.set_defaults(func=cmd_runs)
     return p
 

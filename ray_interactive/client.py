@@ -24,8 +24,9 @@ from typing import Any
 import pyarrow as pa
 import ray
 import torch
+from pydantic import BaseModel
 
-from ray_interactive.commands import CommandRecord, CommandStatus
+from ray_interactive.commands import CommandRecord, CommandStatus, check_payload_shape, loggable
 from ray_interactive.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.launch import init_ray
 from ray_interactive.schemas import check_unique_columns
@@ -80,6 +81,11 @@ class RunClient:
         Returns the record at once: ``accepted`` with its sequence number, or
         ``rejected`` with the reason. Invalid input never raises here.
         """
+        if not isinstance(command, BaseModel):
+            try:  # a payload too deep or large to be worth sending (or to pickle) is refused here,
+                check_payload_shape(command)  # and logged by the controller as a clipped copy
+            except ValueError as e:
+                return ray.get(self._controller.refuse.remote(loggable(command), str(e)))
         return ray.get(self._controller.submit.remote(command, source))
 
     def send(self, kind: str, source: str | None = None, **fields: Any) -> CommandRecord:

@@ -113,9 +113,7 @@ class Controller:
             if source is not None:
                 cmd = cmd.model_copy(update={"source": CommandSource(source)})
         except ValueError as e:
-            record = CommandRecord(command=None, payload=loggable(payload), status=CommandStatus.REJECTED, message=str(e))
-            self._store(record, key=uuid.uuid4().hex)
-            return record
+            return self.refuse(payload, str(e))
         seen = self.records.get(cmd.id)
         if seen is not None and seen.status is not CommandStatus.REJECTED:
             if _same_command(seen.command, cmd):
@@ -153,6 +151,12 @@ class Controller:
         self.next_seq += 1
         self._store(record)
         self._deliver([record])
+        return record
+
+    def refuse(self, payload: Any, message: str) -> CommandRecord:
+        """Log a payload that is not a command (a clipped copy) as rejected, with why."""
+        record = CommandRecord(command=None, payload=loggable(payload), status=CommandStatus.REJECTED, message=message[:2000])
+        self._store(record, key=uuid.uuid4().hex)
         return record
 
     def _new_branch_name(self, checkpoint_id: str) -> str:

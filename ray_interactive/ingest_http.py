@@ -179,11 +179,6 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
         raise _Reject(400, f"empty body: send the rows as an Arrow IPC stream ({ARROW_STREAM})")
     if body[:6] == b"ARROW1":
         raise _Reject(400, "the body is an Arrow IPC file; send the IPC stream format (pyarrow.ipc.new_stream)")
-    if not body.endswith(END_OF_STREAM):
-        # A stream cut off at a message boundary reads like a complete one: refuse it whole,
-        # or the batches before the cut would be stored and the upload look done.
-        raise _Reject(400, "the Arrow IPC stream has no end-of-stream marker: it was cut off (or its writer was "
-                           "not closed); nothing was stored, send the whole stream again with the same batch_id")
     batches: list[pa.RecordBatch] = []
     decoded = 0
     try:
@@ -198,6 +193,11 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
     except (pa.ArrowException, ValueError, OSError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise _Reject(400, f"the body is not a valid Arrow IPC stream: {first}") from None
+    if not body.endswith(END_OF_STREAM):
+        # A stream cut off at a message boundary reads like a complete one: refuse it whole,
+        # or the batches before the cut would be stored and the upload look done.
+        raise _Reject(400, "the Arrow IPC stream has no end-of-stream marker: it was cut off (or its writer was "
+                           "not closed); nothing was stored, send the whole stream again with the same batch_id")
     if table.num_rows == 0:
         what = "no record batch" if not batches else "no rows"
         raise _Reject(400, f"the stream holds {what}; nothing to ingest")

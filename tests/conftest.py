@@ -18,6 +18,13 @@ import ray  # noqa: E402
 from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
 from ray_interactive.launch import RunHandle, start_run  # noqa: E402
 
+try:  # CI and users run on busy machines: no browser check gives up after Playwright's default 5 s
+    from playwright.sync_api import expect as _expect
+
+    _expect.set_options(timeout=60_000)
+except ImportError:
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RI_SHARED_DATA", REPO.parent / "shared" / "data"))
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"

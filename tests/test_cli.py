@@ -3,6 +3,7 @@ And the README's main command, end to end, with a short duration."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -125,3 +126,36 @@ def test_resume_from_the_cli_extends_max_steps(ray_cluster: dict[str, Any], tmp_
     assert "stopped at step 35" in again.stdout
     out = cli(*addr, "run", "--resume", str(run_dir), "--name", "other", timeout=60)
     assert out.returncode == 2 and "cannot be renamed" in out.stderr
+
+
+def test_a_finished_run_is_read_from_its_directory_and_a_duration_stop_is_the_systems(
+    ray_cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    """After a run has ended its actors are gone: status, log and checkpoints read its run
+    directory (by name under ./runs, or by path, with or without a cluster)."""
+    run_dir = tmp_path / "runs" / "done-run"
+    addr = ["--address", ray_cluster["address"]]
+    first = cli(*addr, "run", "--example", "regression", "--name", "done-run", "--duration", "6", "--quiet",
+                "--run-dir", str(run_dir), "--checkpoint-every", "50", "--set", "torch_threads=1",
+                "--set", "trainer_num_cpus=0", timeout=240)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    def here(*args: str) -> subprocess.CompletedProcess[str]:  # from the directory that holds runs/
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=os.environ.copy())
+
+    out = here(*addr, "status", "done-run")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"done-run: stopped \| step \d+ \| branch main", out.stdout), out.stdout
+    assert "is not running: reading its run directory" in out.stderr
+    out = here(*addr, "log", "done-run")
+    assert out.returncode == 0 and re.search(r"#\d+ system stop +applied", out.stdout), out.stdout
+    rows = [json.loads(x) for x in here(*addr, "log", "done-run", "--json").stdout.splitlines()]
+    assert [(r["source"], r["comment"]) for r in rows if r["kind"] == "stop"] == [("system", "--duration 6 s reached")]
+    out = here(*addr, "checkpoints", "done-run")
+    assert out.returncode == 0 and "final" in out.stdout
+    # No cluster at all (nothing listens at that address): the directory still answers.
+    out = here("--address", "127.0.0.1:9", "status", str(run_dir))
+    assert out.returncode == 0 and "done-run: stopped" in out.stdout, out.stderr
+    # It cannot be steered, and says how to go on.
+    out = here(*addr, "send", "done-run", "pause")
+    assert out.returncode == 2 and "resume it with" in out.stderr and str(run_dir) in out.stderr

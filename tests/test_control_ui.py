@@ -3,6 +3,7 @@ gradio_client (the same endpoints scripts and agents use)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -36,6 +37,8 @@ ENDPOINTS = {
     "load_checkpoint",
     "set_data_mixture",
     "update_module",
+    "cancel",
+    "checkpoints",
 }
 
 
@@ -84,10 +87,24 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
 
     out = gc.predict("step", 0.6, False, None, None, None, api_name="/refresh")
     assert "RUNNING" in out[0]
-    colours, loss = out[1]["color_map"], out[1]["value"]  # a plot update: data plus its colours
+    loss = json.loads(out[1]["plot"])  # a Plotly figure: one trace per line, each with its colour
+    lines = {t["name"]: t for t in loss["data"]}
+    colours = {name: t["line"]["color"] for name, t in lines.items()}
     assert colours["main"] != colours["main raw"] and colours["main raw"] > colours["main"]  # the raw line is paler
-    assert loss["data"] and {row[2] for row in loss["data"]} >= {"main", "main raw"}
-    assert len([r for r in loss["data"] if r[2] == "main raw"]) <= 400  # thinned on the server
+    assert lines["main"]["y"] and set(lines) >= {"main", "main raw"}
+    assert len(lines["main raw"]["x"]) <= 400  # thinned on the server
+    # Legible: named axes and legend, the lr drawn as steps and never smoothed, real log axes,
+    # and a panel with nothing to show says why.
+    layout = loss["layout"]
+    assert layout["xaxis"]["title"]["text"].startswith("step") and layout["yaxis"]["title"]["text"] == "loss"
+    assert layout["legend"]["title"]["text"] == "branch" and layout["hovermode"] == "x unified"
+    lr = json.loads(out[3]["plot"])
+    assert [t["name"] for t in lr["data"]] == ["main"] and lr["data"][0]["line"]["shape"] == "hv"
+    fresh = json.loads(out[6]["plot"])
+    assert not fresh["data"] and "no live rows trained on yet" in fresh["layout"]["annotations"][0]["text"]
+    logged = gc.predict("time", 0.0, True, None, None, None, api_name="/refresh")
+    layout = json.loads(logged[1]["plot"])["layout"]
+    assert layout["yaxis"]["type"] == "log" and layout["xaxis"]["title"]["text"].startswith("wall time")
 
     assert "applied at step" in gc.predict("all", "lr", "4e-4", api_name="/update_optimizer")
     assert all(g["hparams"]["lr"] == pytest.approx(4e-4) for g in client.snapshot()["groups"])
@@ -122,6 +139,25 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
     assert any(r["status"] == "rejected" and r["kind"] == "set_lr_schedule" for r in rows)
 
 
+def test_pending_commands_are_cancelled_and_checkpoints_paged_from_the_ui(ui_url: str, run: RunHandle) -> None:
+    from gradio_client import Client
+
+    gc = Client(ui_url, auth=AUTH, verbose=False)
+    client = running_client(run)
+    ckpt = client.wait(client.send("save_checkpoint", tag="paged", source="ui")).message.split("saved ")[1]
+    far = client.send("set_grad_clip", max_norm=0.5, at_step=client.status()["step"] + 10**8, source="ui")
+    choices = gc.predict(api_name="/choices")  # the lists change when asked (↻), never under a cursor
+    pending = [c[0] if isinstance(c, (list, tuple)) else c for c in choices[5]["choices"]]
+    label = f"#{far.seq} set_grad_clip (at step {far.command.at_step})"
+    assert label in pending
+    msg = gc.predict(label, api_name="/cancel")
+    assert "cancel applied at step" in msg and f"cancelled #{far.seq} set_grad_clip" in msg
+    assert client.command(far.id).status.value == "cancelled"
+    assert "not sent: pick a pending command" in gc.predict("", api_name="/cancel")
+    table, info, number = gc.predict(1, api_name="/checkpoints")
+    assert number == 1 and "newest first" in info and ckpt in json.dumps(table)
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
 def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -143,7 +179,7 @@ def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) 
             status = page.locator("#status")
             expect(status).to_contain_text("RUNNING")
             plot = page.locator("#plot-loss")
-            expect(plot.locator("canvas, svg").first).to_be_visible()
+            expect(plot.locator("svg.main-svg, canvas").first).to_be_visible()  # Plotly has drawn it
             page.wait_for_timeout(1500)
             page.screenshot(path=str(ARTIFACTS / "control_ui_start.png"), full_page=True)
             first = plot.screenshot()
@@ -191,3 +227,46 @@ def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) 
             browser.close()
     assert (ARTIFACTS / "control_ui.png").stat().st_size > 10_000
     assert os.path.getsize(ARTIFACTS / "control_ui.png") > 0
+
+
+def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_server(
+    ray_cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    from gradio_client import Client
+
+    handle = start_run(regression_config(tmp_path, checkpoint_every=20))
+    client = handle.client()
+    wait_until(lambda: client.status()["step"] > 30, what="training")
+    ui, url = serve(client, port=free_port(), block=False, refresh_s=3600, command_wait_s=30.0)  # we refresh by hand
+    try:
+        gc = Client(url, verbose=False)
+        assert "RUNNING" in gc.predict("step", 0.0, False, None, None, None, api_name="/refresh")[0]
+        client.wait(client.send("save_checkpoint", tag="before-the-end"))
+        client.stop()
+        handle.shutdown()  # the run's actors are gone: what a finished run is
+        out = gc.predict("step", 0.0, False, None, None, None, api_name="/refresh")
+        assert "**STOPPED**" in out[0] and "read-only" in out[0], out[0]
+        assert json.loads(out[1]["plot"])["data"][0]["y"]  # the loss is still there, from the run dir
+        assert "save_checkpoint" in json.dumps(out[10])  # and the command history
+        assert "has ended" in gc.predict(api_name="/pause") and "resume it with" in gc.predict(api_name="/pause")
+        table, info, _ = gc.predict(1, api_name="/checkpoints")
+        assert "before-the-end" in json.dumps(table)
+        if not Path(CHROMIUM).exists():
+            return
+        from playwright.sync_api import expect, sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(60_000)
+                page.goto(url)
+                expect(page.locator("#status")).to_contain_text("STOPPED", timeout=60_000)
+                ui.close()  # the process serving the page goes away
+                banner = page.locator("#ri-stopped")
+                expect(banner).to_contain_text("UI server has stopped", timeout=60_000)
+                expect(banner).to_contain_text(f"ray-interactive ui {handle.config.resolved_run_dir}", timeout=60_000)
+            finally:
+                browser.close()
+    finally:
+        ui.close()

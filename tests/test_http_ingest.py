@@ -167,6 +167,53 @@ def test_bad_bodies_are_rejected_and_nothing_is_stored(served: Served) -> None:
     assert {name: s["rows"] for name, s in served.client.sources().items()} == before
 
 
+def cut_at_a_batch_boundary(table: pa.Table) -> bytes:
+    """An IPC stream of two batches whose writer never wrote its end marker: what a client
+    killed half way through an upload sends. It reads like a complete, shorter stream."""
+    sink = pa.BufferOutputStream()
+    writer = pa.ipc.new_stream(sink, table.schema)
+    half = table.num_rows // 2
+    writer.write_batch(table.slice(0, half).combine_chunks().to_batches()[0])
+    body_after_first = sink.getvalue().to_pybytes()
+    writer.write_batch(table.slice(half).combine_chunks().to_batches()[0])
+    writer.close()
+    return body_after_first
+
+
+def test_strange_tables_and_requests_get_a_reason_in_the_documented_form(served: Served) -> None:
+    good = rows(6)
+    dupes = pa.table([good.column("x"), good.column("y"), good.column("y")], names=["x", "y", "y"])
+    nan_y = good.set_column(1, "y", pa.array([0.0, 1.0, float("nan"), 0.0, 0.0, 0.0], pa.float32()))
+    overflow = good.set_column(1, "y", pa.array([0.0, 1e39, 0.0, 0.0, 0.0, 0.0], pa.float64()))
+    booleans = good.set_column(1, "y", pa.array([True, False] * 3))
+    before = served.rows()
+    cases = [
+        ("duplicate columns", to_ipc_stream(dupes), 400, "duplicate column name(s) 'y'"),
+        ("cut off at a batch boundary", cut_at_a_batch_boundary(good), 400, "no end-of-stream marker: it was cut off"),
+        ("NaN", to_ipc_stream(nan_y), 400, "column 'y', row 2 holds nan"),
+        ("overflowing cast", to_ipc_stream(overflow), 400, "the value 1e+39 in row 1 does not fit"),
+        ("a boolean is not a float", to_ipc_stream(booleans), 400, "column 'y' has type bool, expected float"),
+    ]
+    for what, body, status, message in cases:
+        r = httpx.post(ingest_url(served), content=body, headers=served.auth(), timeout=30)
+        assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+        assert message in r.json()["error"], f"{what}: {r.json()}"
+    assert served.rows() == before  # a cut-off stream is refused whole: not even its first batch
+    # Every refusal, malformed requests and unknown routes included, is {"error": ...}.
+    for method, path, status, message in [
+        ("GET", "/nope", 404, "no route GET /nope; routes: POST /v1/sources/{source}/ingest"),
+        ("DELETE", "/v1/sources", 405, "DELETE is not allowed on /v1/sources"),
+        ("GET", "/v1/sources/live/ingest", 405, "GET is not allowed"),
+        ("POST", "/v1/sources/live/ingest?batch_id=%ZZ", 400, "batch_id must be"),
+    ]:
+        r = httpx.request(method, served.url + path, headers=served.auth(), timeout=30)
+        assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
+        assert r.headers["content-type"].startswith("application/json") and message in r.json()["error"], r.text
+    # Ray itself cannot carry a table with duplicate names: the client says so first.
+    with pytest.raises(ValueError, match="duplicate column name"):
+        served.client.ingest(dupes, "live")
+
+
 def test_a_retried_batch_id_is_acknowledged_as_a_duplicate_and_stored_once(served: Served) -> None:
     before = served.rows()
     body = to_ipc_stream(rows(7, seed=2))

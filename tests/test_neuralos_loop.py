@@ -114,19 +114,56 @@ def test_demo_page_click_on_the_screen_changes_the_frame(loop: dict[str, Any], t
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(d.url)
-        expect(page.locator("#version")).to_contain_text("model version", timeout=30_000)
+        expect(page.locator("#version")).to_contain_text("model version", timeout=90_000)
         img = page.locator("#screen img")
-        expect(img).to_be_visible(timeout=30_000)
+        expect(img).to_be_visible(timeout=90_000)
         before = img.get_attribute("src")
         sessions = len(d.engine.sessions)
         box = img.bounding_box()
         assert box is not None
         page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.3)  # on the home icon
-        expect(page.locator("#info")).to_contain_text("step 1", timeout=30_000)
-        expect(img).not_to_have_attribute("src", before or "", timeout=10_000)
+        expect(page.locator("#info")).to_contain_text("step 1", timeout=90_000)
+        expect(img).not_to_have_attribute("src", before or "", timeout=60_000)
         assert len(d.engine.sessions) == sessions + 1
         page.locator("#type-text textarea, #type-text input").first.fill("ab")
         page.locator("#type").click()
-        expect(page.locator("#info")).to_contain_text("step 3", timeout=30_000)
+        expect(page.locator("#info")).to_contain_text("step 3", timeout=90_000)
         page.screenshot(path=str(tmp_path / "demo.png"))
         browser.close()
+
+
+def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_one(loop: dict[str, Any]) -> None:
+    """The control UI's rule: loopback needs nothing; any other address needs a login."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from neuralos_example.demo_app import serve_demo
+
+    engine = loop["d"].engine
+    with pytest.raises(ValueError, match="refusing to bind the NeuralOS demo to 0.0.0.0 without authentication"):
+        serve_demo(engine, host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        serve_demo(engine, host="0.0.0.0", auth=("user", "short"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    auth = ("tester", "correct-horse-battery")
+    demo, url = serve_demo(engine, host="0.0.0.0", port=port, auth=auth)
+    try:
+        local = f"http://127.0.0.1:{port}/"
+        with pytest.raises(ValueError):
+            Client(local, verbose=False)  # no login: refused
+        assert httpx.get(local + "gradio_api/info", timeout=30).status_code in (401, 403)
+        info = Client(local, auth=auth, verbose=False).predict(api_name="/info")
+        assert info["version"] == engine.version
+        assert httpx.get(local + "monitoring", timeout=30).status_code in (401, 403, 404)
+    finally:
+        demo.close()
+    # The main job says so before it starts anything.
+    out = subprocess.run([sys.executable, "-m", "neuralos_example.main", "--demo-host", "0.0.0.0", "--duration", "5"],
+                         capture_output=True, text=True, timeout=120, env={k: v for k, v in __import__("os").environ.items()
+                                                                          if k != "RI_UI_AUTH"})
+    assert out.returncode == 2 and "refusing to bind the NeuralOS demo to 0.0.0.0 without authentication" in out.stderr

@@ -142,3 +142,68 @@ def test_after_fuzzing_the_run_still_trains(fuzz_run: RunHandle) -> None:
     wait_until(lambda: client.status()["step"] > step + 5, what="training after fuzzing")
     assert client.status()["status"] == "running"
     assert all(r["status"] != "accepted" for r in client.commands()[:-1])  # nothing left hanging
+
+
+# -- hostile payloads, reused ids and combinations (the hardening issue) -------------------------
+def _nest(depth: int) -> Any:
+    value: Any = {"kind": "pause"}
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+hostile_strings = st.sampled_from(["\ud800", "ok\udfffok", "x" * 5000, "../../etc@1", "/abs@2", "a b", "", "é" * 70])
+hostile = st.one_of(
+    st.integers(7, 3000).map(_nest),
+    st.builds(lambda k, v: {"kind": k, "comment": v}, st.sampled_from(["pause", "resume"]), hostile_strings),
+    st.builds(lambda v: {"kind": "set_data_mixture", "weights": {v: 1.0}}, hostile_strings),
+    st.builds(lambda v: {"kind": "load_checkpoint", "checkpoint_id": v, "at_step": 10**9}, hostile_strings),
+    st.builds(lambda v: {"kind": "update_module", "module": v, "op": "freeze"}, hostile_strings),
+    st.builds(lambda v: {"kind": "save_checkpoint", "tag": v, "id": v}, hostile_strings),
+    st.builds(lambda w: {"kind": "set_data_mixture", "weights": {"base": w}}, st.sampled_from([1e308, 1e7, -0.0, 0.0])),
+    st.builds(lambda n: {"kind": "update_optimizer", "params": {"lr": list(range(n))}}, st.integers(3000, 6000)),
+)
+# A few fixed ids, so that examples reuse them with the same or another payload.
+reused = st.builds(
+    lambda cid, clip: {"id": cid, "kind": "set_grad_clip", "max_norm": clip},
+    st.sampled_from(["agent-1", "agent-2"]),
+    st.sampled_from([0.5, 1.0, 2.0]),
+)
+# Valid commands that together could freeze everything, pin far ahead, or cancel each other.
+combo_step = st.one_of(
+    st.builds(lambda m: {"kind": "update_module", "module": m, "op": "freeze"}, st.sampled_from(["0", "1", "4", "5", "8"])),
+    st.builds(lambda m: {"kind": "update_module", "module": m, "op": "unfreeze"}, st.sampled_from(["0", "4", "8"])),
+    st.builds(lambda d: {"kind": "set_grad_clip", "max_norm": 1.0, "at_step": d}, st.integers(10**6, 10**11)),
+    st.builds(lambda s: {"kind": "cancel", "seq": s}, st.integers(1, 400)),
+    st.just({"kind": "set_data_mixture", "weights": {"base": 1.0}}),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payloads=st.lists(hostile | reused | combo_step, min_size=1, max_size=5))
+def test_hostile_payloads_reused_ids_and_combinations_never_break_the_run(fuzz_run: RunHandle, payloads: list[Any]) -> None:
+    client = fuzz_run.client()
+    for payload in payloads:
+        rec = client.submit(payload)
+        retry = isinstance(payload, dict) and str(payload.get("id", "")).startswith("agent-")
+        assert rec.status.value in (("accepted", "rejected", "applied", "failed", "cancelled") if retry else ("accepted", "rejected"))
+        if rec.status.value == "rejected":
+            assert rec.message and len(rec.message) < 1200, rec.message
+    # Withdraw what is still pending (far-pinned commands), which exercises cancel too.
+    for row in client.commands(limit=50, newest_first=True):
+        if row["status"] == "accepted" and row["kind"] != "cancel":
+            client.send("cancel", seq=row["seq"])
+    json.dumps(client.commands(newest_first=True, limit=100)).encode("utf-8")  # the history stays readable
+
+
+def test_after_hostile_fuzzing_the_run_trains_and_nothing_trainable_was_lost(fuzz_run: RunHandle) -> None:
+    client = fuzz_run.client()
+    for m in ("0", "1", "4", "5", "8"):
+        client.wait(client.send("update_module", module=m, op="unfreeze"), timeout=60)
+    client.wait(client.send("resume"))
+    step = client.status()["step"]
+    wait_until(lambda: client.status()["step"] > step + 5, timeout=60, what="training after fuzzing")
+    assert client.status()["status"] == "running"
+    assert client.snapshot()["trainable"] > 0
+    wait_until(lambda: not [r for r in client.commands(limit=400) if r["status"] == "accepted"], timeout=60,
+               what="every accepted command to be applied, failed or cancelled")
