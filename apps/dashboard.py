@@ -295,10 +295,12 @@ class Dashboard:
 
     @staticmethod
     def _figure(name: str, panel: Panel, traces: list[dict[str, Any]], view: View) -> dict[str, Any]:
-        xaxis: dict[str, Any] = {"title": {"text": X_TITLES.get(view.x_axis, view.x_axis)}, "zeroline": False}
+        xaxis: dict[str, Any] = {"title": {"text": X_TITLES.get(view.x_axis, view.x_axis)}, "zeroline": False,
+                                 "automargin": True}
         if view.zoomed:
             xaxis["range"] = [view.x_min, view.x_max]
-        yaxis: dict[str, Any] = {"title": {"text": panel.y_title}, "zeroline": False, "exponentformat": "e"}
+        yaxis: dict[str, Any] = {"title": {"text": panel.y_title}, "zeroline": False, "exponentformat": "e",
+                                 "automargin": True}
         if view.log_y:
             yaxis["type"] = "log"  # real log ticks: 1e-3, 1e-2, ...
         layout: dict[str, Any] = {
@@ -436,6 +438,7 @@ class Dashboard:
         doc = self.client.checkpoint_page((page - 1) * per_page, per_page)
         total = doc["total"]
         pages = max(1, math.ceil(total / per_page))
+        page = doc["offset"] // per_page + 1  # a page past the end shows the last one
         rows = [
             {
                 "id": c["id"],
@@ -448,7 +451,7 @@ class Dashboard:
             for c in doc["rows"]
         ]
         table = pd.DataFrame(rows, columns=["id", "step", "branch", "reason", "tag", "saved"])
-        return table, f"page {min(page, pages)} of {pages} · {total} checkpoint(s), newest first · click a row to pick it"
+        return table, f"page {page} of {pages} · {total} checkpoint(s), newest first · click a row to pick it"
 
     # -- steering (each returns a message for the person who clicked) ------------------
     def send(self, payload: dict[str, Any]) -> str:

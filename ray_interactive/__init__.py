@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ray_interactive.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
     from ray_interactive.config import BufferConfig, RunConfig, ScheduleConfig, TaskSpec
     from ray_interactive.launch import RunHandle, start_run
+    from ray_interactive.offline import FinishedRun
     from ray_interactive.task import DataSource, Task
     from ray_interactive.weights import WeightVersion, pack_state, unpack_state
 
@@ -36,6 +37,7 @@ _EXPORTS = {
     "commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "parse_command"),
     "config": ("BufferConfig", "RunConfig", "ScheduleConfig", "TaskSpec"),
     "launch": ("RunHandle", "start_run"),
+    "offline": ("FinishedRun",),
     "task": ("DataSource", "Task"),
     "weights": ("WeightVersion", "pack_state", "unpack_state"),
 }
@@ -58,6 +60,7 @@ __all__ = [
     "CommandSource",
     "CommandStatus",
     "DataSource",
+    "FinishedRun",
     "RunClient",
     "RunConfig",
     "RunHandle",

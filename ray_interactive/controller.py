@@ -400,8 +400,10 @@ class Controller:
         ``{"total": n, "offset": offset, "rows": [...]}``."""
         rows = [c for c in self.checkpoints.values() if branch in (None, "", c["branch"])]
         rows.sort(key=lambda c: c["created_at"], reverse=True)
-        offset = max(0, min(int(offset), max(0, len(rows) - 1)))
         limit = max(1, min(int(limit), 500))
+        offset = max(0, int(offset))
+        if offset >= len(rows):  # past the end: the last page
+            offset = max(0, (len(rows) - 1) // limit * limit)
         return {"total": len(rows), "offset": offset, "rows": rows[offset : offset + limit]}
 
     def dashboard(

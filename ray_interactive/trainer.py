@@ -207,6 +207,7 @@ class Trainer:
         self._throughput = 0.0
         self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
         self._cancelled: list[CommandRecord] = []  # withdrawn by the cancel being applied
+        self._step_started = time.perf_counter()
         # The run's checkpoints (id -> info), kept as they are written and removed, and the
         # ones branches were forked from (never removed by the retention policy).
         self._checkpoints: dict[str, CheckpointInfo] = {c.id: c for c in list_checkpoints(self.ckpt_dir)}
@@ -273,6 +274,7 @@ class Trainer:
 
     def _next_batches(self) -> list[Batch] | None:
         """The ``grad_accumulation`` batches of the next step; None if there is no data."""
+        self._step_started = time.perf_counter()  # a step's time includes waiting for its data
         batches: list[Batch] = []
         while len(batches) < self.grad_accumulation:
             batch = self.feed.next()
@@ -288,7 +290,7 @@ class Trainer:
 
     def _train_step(self, batches: list[Batch]) -> bool:
         """One optimizer step over the micro-batches; False if the health guard skipped it."""
-        t0 = time.perf_counter()
+        t0 = self._step_started
         self._sync_lrs()
         losses, extras = [], {}
         for batch in batches:

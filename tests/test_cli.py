@@ -136,7 +136,7 @@ def test_a_finished_run_is_read_from_its_directory_and_a_duration_stop_is_the_sy
     run_dir = tmp_path / "runs" / "done-run"
     addr = ["--address", ray_cluster["address"]]
     first = cli(*addr, "run", "--example", "regression", "--name", "done-run", "--duration", "6", "--quiet",
-                "--run-dir", str(run_dir), "--checkpoint-every", "50", "--set", "torch_threads=1",
+                "--run-dir", str(run_dir), "--set", "torch_threads=1",
                 "--set", "trainer_num_cpus=0", timeout=240)
     assert first.returncode == 0, first.stderr[-2000:]
 
