@@ -104,6 +104,15 @@ def _clean(values: list[Any]) -> list[float | None]:
     return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
 
 
+def _run_is_gone(error: BaseException) -> bool:
+    """Whether a failed call means the run's controller is gone (not a passing hiccup)."""
+    try:
+        import ray
+    except ImportError:
+        return False
+    return isinstance(error, ray.exceptions.RayActorError)
+
+
 def _last(series: dict[str, Any], key: str) -> str:
     """The newest finite value of a series, for a table."""
     values = [v for v in series.get(key, {}).get("value", []) if v is not None and math.isfinite(v)]
@@ -155,8 +164,8 @@ class Dashboard:
         try:
             self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
                                                history=self.history_rows)
-        except Exception:
-            if not self._switch_to_run_dir():
+        except Exception as e:
+            if not (_run_is_gone(e) and self._switch_to_run_dir()):
                 raise
             self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
                                                history=self.history_rows)
@@ -459,7 +468,7 @@ class Dashboard:
         try:
             rec: CommandRecord = self.client.submit(payload, source="ui")
         except Exception as e:  # noqa: BLE001 - the UI must not fall over
-            if self._switch_to_run_dir():
+            if _run_is_gone(e) and self._switch_to_run_dir():
                 return f"not sent: {self.ended_note}"
             return f"failed to send: {str(e).splitlines()[0][:300]}"
         if rec.status.value == "rejected":

@@ -77,9 +77,9 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def interactive() -> None:
-        trainer._train_step()
-        trainer._after_step()
+    def interactive() -> None:  # one turn of Trainer.run's loop (the health guard's check included)
+        if trainer._train_step(trainer._next_batches()):
+            trainer._after_step()
 
     def sample() -> None:
         buffer.next_batches(64, 1)

@@ -173,6 +173,8 @@ def first_non_finite(col: pa.ChunkedArray | pa.Array) -> tuple[int, float] | Non
     best: tuple[int, float] | None = None
     for start, chunk in _chunks(col):
         for leaf, rows in _float_leaves(chunk):
+            if pc.all(pc.is_finite(leaf if leaf.type != pa.float16() else leaf.cast(pa.float32()))).as_py() is not False:
+                continue  # the common case, in two kernels: nothing to find
             bad = np.flatnonzero(~_finite_mask(leaf))
             if len(bad):
                 i = int(bad[0])
