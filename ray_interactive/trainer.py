@@ -804,8 +804,12 @@ class Trainer:
 
 
 def _finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-    """Whether a step's loss and gradient norm are finite (one host sync)."""
-    return bool(torch.isfinite(torch.stack([loss.float(), grad_norm.to(loss.device).float()])).all())
+    """Whether a step's loss and gradient norm are finite: two scalar reads on the CPU, one
+    host sync on an accelerator (NaN and inf survive the float64 sum; finite values can't
+    overflow it)."""
+    if loss.device.type == "cpu" and grad_norm.device.type == "cpu":
+        return math.isfinite(loss.item()) and math.isfinite(grad_norm.item())
+    return bool(torch.isfinite(loss.double() + grad_norm.to(loss.device).double()))
 
 
 def _branch_points(run_dir: Path) -> set[str]:
