@@ -12,8 +12,8 @@ thinning off (every point sent).
 
 Under load: a run whose trainer uses every core (an MLP with 2 torch threads, a checkpoint
 every 10 steps, so hundreds pile up) is steered through the UI's endpoints while it trains,
-once with the trainer at the priority of everything else (``trainer_nice=0``, how runs
-started before) and once at the default (``trainer_nice=5``): the time a refresh takes,
+once with the trainer at the priority of everything else (``trainer_nice=0``, the
+default) and once below it (``trainer_nice=5``): the time a refresh takes,
 an lr change from click to "applied", the lists (``/choices``) and a checkpoint page; and
 the trainer's steps/s meanwhile (what the control plane's share costs training).
 
@@ -196,7 +196,7 @@ def main() -> None:
                 f"{r[f'{k}_median_s'] * 1000:.0f} / {r[f'{k}_p95_s'] * 1000:.0f} / {r[f'{k}_max_s'] * 1000:.0f} ms"
                 for k in ("refresh", "lr_applied", "choices", "checkpoint_page")
             ]
-            label = "nice 0 (as before)" if nice == 0 else f"nice {nice} (the default now)"
+            label = "nice 0 (the default)" if nice == 0 else f"nice {nice}"
             lines.append(f"| {label} | {' | '.join(cells)} | {r['checkpoints']:.0f} | {r['steps_per_s']:.1f} |")
     lines += ["", f"Measured {m['date']} on {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start."]
     save("ui", result, "\n".join(lines))

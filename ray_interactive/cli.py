@@ -213,7 +213,8 @@ def start_ui(client: Any, args: argparse.Namespace) -> str:
 def cmd_ui(args: argparse.Namespace) -> int:
     client = _connect(args, finished_ok=True)
     url = start_ui(client, args)
-    print(f"control UI of run {args.run!r}: {url}  (Ctrl-C to quit; the run goes on)", flush=True)
+    what = "a finished run, read-only" if getattr(client, "read_only", False) else "the run goes on"
+    print(f"control UI of run {args.run!r}: {url}  (Ctrl-C to quit; {what})", flush=True)
     try:
         while True:
             time.sleep(1.0)

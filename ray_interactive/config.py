@@ -124,11 +124,11 @@ class RunConfig(BaseModel):
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
     health: HealthConfig = Field(default_factory=HealthConfig)
     trainer_nice: int = Field(
-        default=5,
+        default=0,
         ge=0,
         le=19,
-        description="niceness of the trainer's process: training takes the CPU the control plane (controller, "
-        "UI, buffer, demo) leaves, so steering stays responsive on a saturated machine",
+        description="niceness of the trainer's process (e.g. 5: training takes the CPU the controller, UI, buffer "
+        "and a demo leave; but also less than its share beside other busy processes)",
     )
 
     @field_validator("name")

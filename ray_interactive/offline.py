@@ -11,7 +11,6 @@ Commands are refused with a message that says how to continue the run.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -141,4 +140,4 @@ class FinishedRun:
         raise TimeoutError(f"run {self.run!r} has ended; nothing will be applied")
 
     def __repr__(self) -> str:
-        return f"FinishedRun({str(self.run_dir)!r}, opened {time.strftime('%H:%M:%S')})"
+        return f"FinishedRun({str(self.run_dir)!r})"

@@ -193,3 +193,27 @@ def test_the_cli_sends_numeric_module_paths_as_the_readme_shows(run: RunHandle, 
               "attribute=p", "value=0.2", "--wait")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "update_module: applied at step" in out.stdout and "p: 0.1 -> 0.2" in out.stdout
+
+
+def test_checkpoints_are_retained_by_policy_and_the_controller_knows_which(
+    ray_cluster: dict[str, Any], tmp_path: Path, start: Any
+) -> None:
+    handle = start(regression_config(tmp_path, checkpoint_every=5, checkpoint_keep=3))
+    client = handle.client()
+    wait_until(lambda: client.status()["step"] >= 12, what="training")
+    tagged = client.wait(client.send("save_checkpoint", tag="keep")).message.split("saved ")[1]
+    wait_until(lambda: client.status()["step"] >= 80, what="more periodic checkpoints")
+    client.wait(client.send("pause"))
+
+    def agree() -> Any:
+        listed = {c["id"]: c for c in client.checkpoints()}
+        on_disk = {p.name for p in (handle.config.resolved_run_dir / "checkpoints").iterdir()}
+        return listed if set(listed) == on_disk else None
+
+    listed = wait_until(agree, timeout=60, what="the controller's list to match the files")
+    periodic = sorted(c["step"] for c in listed.values() if c["reason"] == "periodic")
+    assert len(periodic) == 3 and periodic == sorted(periodic)[-3:] and periodic[-1] >= 80
+    assert tagged in listed  # tagged: never removed
+    page = client.checkpoint_page(0, 2)
+    assert page["total"] == len(listed) and len(page["rows"]) == 2
+    assert page["rows"][0]["created_at"] >= page["rows"][1]["created_at"]  # newest first

@@ -459,3 +459,28 @@ def test_retention_keeps_the_newest_periodic_and_every_tagged_final_and_branch_p
     assert ids == sorted(["main@5", "main@36", "main@38", "main@40"])  # tagged, newest 3 periodic (40 is final too)
     removed = [cid for batch in events.events("checkpoints_removed") for cid in batch]
     assert "main@2" in removed and "main@36" not in removed and "main@5" not in removed
+
+
+class DivergedEvalTask(RegressionTask):
+    """Its evaluation returns NaN, as a diverged model's would."""
+
+    def evaluate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        return {"loss": math.nan, "accuracy": 0.5}
+
+
+def test_a_non_finite_evaluation_is_flagged(tmp_path: Path) -> None:
+    cfg = regression_config(tmp_path, max_steps=6, eval_every=3, task_kwargs={"width": 8, "depth": 1, "rows": 256})
+    task = DivergedEvalTask(width=8, depth=1, rows=256)
+    events = Events()
+    trainer = Trainer(cfg, task, lambda _: LocalFeed(DataBuffer(task.data_sources(), seed=0), 16), events.reporter)
+    from ray_interactive.commands import Evaluate
+
+    trainer.deliver([command(1, Evaluate(at_step=4))])
+    trainer.run()
+    [outcome] = events.outcomes()
+    assert outcome["status"] == "applied" and "(NOT FINITE: eval/loss)" in outcome["message"]
+    flagged = events.events()
+    assert [e["kind"] for e in flagged] == ["evaluate", "evaluate"]  # the periodic ones at 3 and 6
+    assert all(e["failed"] and "evaluation returned non-finite eval/loss=nan" in e["message"] for e in flagged)
+    rows = [r for call in events.calls if call[0] == "trainer_progress" for r in call[3]]
+    assert [row["health/eval_non_finite"] for _, _, row in rows if "health/eval_non_finite" in row] == [1.0, 1.0, 1.0]
