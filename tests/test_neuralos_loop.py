@@ -157,8 +157,9 @@ def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_o
         with pytest.raises(ValueError):
             Client(local, verbose=False)  # no login: refused
         assert httpx.get(local + "gradio_api/info", timeout=30).status_code in (401, 403)
+        before = engine.version  # the trainer keeps publishing: bracket the answer
         info = Client(local, auth=auth, verbose=False).predict(api_name="/info")
-        assert info["version"] == engine.version
+        assert before <= info["version"] <= engine.version
         assert httpx.get(local + "monitoring", timeout=30).status_code in (401, 403, 404)
     finally:
         demo.close()
