@@ -64,7 +64,7 @@ def _owned(table: pa.Table) -> pa.Table:
 
 
 def check_batch_id(batch_id: Any) -> str:
-    if not isinstance(batch_id, str) or not _BATCH_ID_RE.match(batch_id):
+    if not isinstance(batch_id, str) or not _BATCH_ID_RE.fullmatch(batch_id):
         raise ValueError(f"batch_id {str(batch_id)[:80]!r} is not valid: use 1-128 letters, digits, '.', '_', ':' or '-'")
     return batch_id
 

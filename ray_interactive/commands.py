@@ -80,7 +80,7 @@ class CommandStatus(str, Enum):
 
 def check_name(value: str, what: str) -> str:
     """Return ``value`` if it is a valid name, else raise ``ValueError`` naming ``what``."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):  # fullmatch: "$" lets a "\n" through
         raise ValueError(
             f"{what} {_clip(str(value), 64)!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
@@ -209,7 +209,7 @@ class LoadCheckpoint(_CommandBase):
     @field_validator("checkpoint_id")
     @classmethod
     def _checkpoint_id(cls, v: str) -> str:
-        if not re.match(CHECKPOINT_ID_PATTERN, v):
+        if not re.fullmatch(CHECKPOINT_ID_PATTERN, v):
             raise ValueError(f"{_clip(v)!r} is not a checkpoint id (<branch>@<step>, as listed by checkpoints())")
         return v
 

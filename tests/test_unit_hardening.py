@@ -102,6 +102,8 @@ def test_huge_and_invalid_strings_are_refused_without_echoing_them() -> None:
         ({"kind": "load_checkpoint", "checkpoint_id": "../../../etc@1"}, "is not a checkpoint id"),
         ({"kind": "load_checkpoint", "checkpoint_id": "/tmp/other-run/checkpoints/main@20"}, "is not a checkpoint id"),
         ({"kind": "load_checkpoint", "checkpoint_id": "main@20/../../x"}, "is not a checkpoint id"),
+        ({"kind": "load_checkpoint", "checkpoint_id": "main@20\n"}, "is not a checkpoint id"),
+        ({"kind": "save_checkpoint", "tag": "ok\n"}, "is not a valid name"),
         ({"kind": "set_data_mixture", "weights": {"base": 1e308, "live": 1e308}}, "must be a finite number >= 0 and <= 1e+06"),
         ({"kind": "pause", "at_step": 10**13}, "at_step"),
         ({"kind": "cancel"}, "cancel needs the command's 'command_id' or its 'seq'"),
