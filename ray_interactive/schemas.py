@@ -49,37 +49,48 @@ def conform(
         raise ValueError(f"source {source!r}: unexpected column(s) {', '.join(extra)}")
     columns = []
     for field in schema:
-        col = table.column(field.name)
-        where = f"source {source!r}: column {field.name!r}"
-        if not col.type.equals(field.type):
-            if not same_kind(col.type, field.type):
-                raise ValueError(f"{where} has type {col.type}, expected {field.type} (no conversion between those kinds)")
-            try:
-                cast = pc.cast(col, field.type, safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise ValueError(
-                    f"{where} has type {col.type}, expected {field.type} ({str(e).splitlines()[0]})"
-                ) from None
-            overflow = first_overflow(col, cast)
-            if overflow is not None:
-                row, value = overflow
-                raise ValueError(
-                    f"{where} has type {col.type}, expected {field.type}: the value {value!r} in row {row} does "
-                    f"not fit (it would become infinite)"
-                )
-            col = cast
-        if not field.nullable and col.null_count:
-            raise ValueError(f"{where} has {col.null_count} null(s) but is not nullable")
-        if not allow_non_finite:
-            bad = first_non_finite(col)
-            if bad is not None:
-                row, value = bad
-                raise ValueError(
-                    f"{where}, row {row} holds {value!r}: NaN and infinite values are refused "
-                    "(a source that needs them: DataSource(..., allow_non_finite=True))"
-                )
-        columns.append(col)
+        try:
+            columns.append(_conform_column(table.column(field.name), field, source, allow_non_finite))
+        except (pa.ArrowException, NotImplementedError, TypeError, AttributeError, IndexError) as e:
+            # A type this check has not met: refuse the table with the reason, never fail the buffer.
+            raise ValueError(
+                f"source {source!r}: column {field.name!r} ({table.column(field.name).type}) could not be checked "
+                f"against {field.type}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            ) from None
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _conform_column(col: pa.ChunkedArray, field: pa.Field, source: str, allow_non_finite: bool) -> pa.ChunkedArray:
+    """One column cast to its field and checked (see :func:`conform`)."""
+    where = f"source {source!r}: column {field.name!r}"
+    if not col.type.equals(field.type):
+        if not same_kind(col.type, field.type):
+            raise ValueError(f"{where} has type {col.type}, expected {field.type} (no conversion between those kinds)")
+        try:
+            cast = pc.cast(col, field.type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(
+                f"{where} has type {col.type}, expected {field.type} ({str(e).splitlines()[0]})"
+            ) from None
+        overflow = first_overflow(col, cast)
+        if overflow is not None:
+            row, value = overflow
+            raise ValueError(
+                f"{where} has type {col.type}, expected {field.type}: the value {value!r} in row {row} does "
+                f"not fit (it would become infinite)"
+            )
+        col = cast
+    if not field.nullable and col.null_count:
+        raise ValueError(f"{where} has {col.null_count} null(s) but is not nullable")
+    if not allow_non_finite:
+        bad = first_non_finite(col)
+        if bad is not None:
+            row, value = bad
+            raise ValueError(
+                f"{where}, row {row} holds {value!r}: NaN and infinite values are refused "
+                "(a source that needs them: DataSource(..., allow_non_finite=True))"
+            )
+    return col
 
 
 def check_unique_columns(names: list[str], where: str) -> None:
@@ -119,8 +130,10 @@ def same_kind(src: pa.DataType, dst: pa.DataType) -> bool:
     a, b = _kind(src), _kind(dst)
     if a == "null":
         return True  # an all-null column: the nullability check decides
-    if a in ("list", "map"):
-        return a == b and same_kind(src.value_type, dst.value_type)
+    if a == "map":
+        return b == "map" and same_kind(src.key_type, dst.key_type) and same_kind(src.item_type, dst.item_type)
+    if a == "list":
+        return b == "list" and same_kind(src.value_type, dst.value_type)
     if a == "struct":
         if b != "struct" or src.num_fields != dst.num_fields:
             return False
@@ -138,14 +151,12 @@ def _float_leaves(arr: pa.Array, rows: np.ndarray | None = None) -> Iterator[tup
         yield from _float_leaves(arr.dictionary_decode(), rows)
     elif pa.types.is_floating(t):
         yield arr, rows
-    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_map(t):
+    elif pa.types.is_map(t):  # list_parent_indices aborts the process on a map (a C++ check): go by list<struct>
+        yield from _float_leaves(arr.cast(pa.list_(pa.struct([t.key_field, t.item_field]))), rows)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
         child_rows = parents if rows is None else rows[parents]
-        values = arr.flatten()
-        if pa.types.is_map(t):  # a map flattens to its entries: key and item structs
-            yield from _float_leaves(values, child_rows)
-        else:
-            yield from _float_leaves(values, child_rows)
+        yield from _float_leaves(arr.flatten(), child_rows)
     elif pa.types.is_struct(t):
         for child in arr.flatten():
             yield from _float_leaves(child, rows)

@@ -486,3 +486,16 @@ def test_a_non_finite_evaluation_is_flagged(tmp_path: Path) -> None:
     assert all(e["failed"] and "evaluation returned non-finite eval/loss=nan" in e["message"] for e in flagged)
     rows = [r for call in events.calls if call[0] == "trainer_progress" for r in call[3]]
     assert [row["health/eval_non_finite"] for _, _, row in rows if "health/eval_non_finite" in row] == [1.0, 1.0, 1.0]
+
+
+def test_map_columns_are_checked_without_taking_the_process_down() -> None:
+    """pyarrow's list_parent_indices aborts the whole process on a map array (a C++ check):
+    the finite check must go another way, or one ingest would kill the buffer actor."""
+    m = pa.array([[("a", 1.0)], [("b", math.nan), ("c", 2.0)]], pa.map_(pa.string(), pa.float64()))
+    buf = DataBuffer([DataSource("live", schema=pa.schema([pa.field("m", pa.map_(pa.string(), pa.float32()))]))])
+    with pytest.raises(ValueError, match="column 'm', row 1 holds nan"):
+        buf.ingest(pa.table({"m": m}), "live")
+    big = pa.array([[("a", 1e39)]], pa.map_(pa.string(), pa.float64()))
+    with pytest.raises(ValueError, match="the value 1e[+]39 in row 0 does not fit"):
+        buf.ingest(pa.table({"m": big}), "live")
+    assert buf.ingest(pa.table({"m": m.slice(0, 1)}), "live")["rows"] == 1
