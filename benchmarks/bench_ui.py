@@ -11,11 +11,9 @@ should hardly grow with the run's length. For scale: ``raw`` is the same refresh
 thinning off (every point sent).
 
 Under load: a run whose trainer uses every core (an MLP with 2 torch threads, a checkpoint
-every 10 steps, so hundreds pile up) is steered through the UI's endpoints while it trains,
-once with the trainer at the priority of everything else (``trainer_nice=0``, the
-default) and once below it (``trainer_nice=5``): the time a refresh takes,
-an lr change from click to "applied", the lists (``/choices``) and a checkpoint page; and
-the trainer's steps/s meanwhile (what the control plane's share costs training).
+every 10 steps, so hundreds pile up) is steered through the UI's endpoints while it trains:
+the time a refresh takes, an lr change from click to "applied", the lists (``/choices``)
+and a checkpoint page; and the trainer's steps/s meanwhile.
 
     python benchmarks/bench_ui.py [--sizes 1000 10000 100000] [--calls 20] [--load-s 60]
 """
@@ -76,18 +74,17 @@ def measure(url: str, calls: int) -> tuple[list[float], list[int]]:
     return times, sizes
 
 
-def under_load(tmp: Path, nice: int, seconds: float) -> dict[str, float]:
+def under_load(tmp: Path, seconds: float) -> dict[str, float]:
     """Steer a saturating run through the UI for ``seconds``; times of each kind of call."""
     from gradio_client import Client
 
     config = RunConfig(
-        name=f"bench-ui-load-{nice}",
+        name="bench-ui-load",
         task=TaskSpec(target="ray_interactive.examples.regression:RegressionTask", kwargs={"width": 512, "depth": 4}),
-        run_dir=tmp / f"load-{nice}",
+        run_dir=tmp / "load",
         torch_threads=os.cpu_count() or 2,  # every core: the machine is saturated
         checkpoint_every=10,
         checkpoint_keep=None,  # they pile up, as in the report that prompted this
-        trainer_nice=nice,
     )
     handle = start_run(config)
     client = handle.client()
@@ -124,7 +121,7 @@ def under_load(tmp: Path, nice: int, seconds: float) -> dict[str, float]:
         out[f"{name}_median_s"] = median(ts)
         out[f"{name}_p95_s"] = percentile(ts, 0.95)
         out[f"{name}_max_s"] = max(ts)
-    print(f"nice {nice}: " + ", ".join(f"{k} {v:.3g}" for k, v in out.items()), flush=True)
+    print("under load: " + ", ".join(f"{k} {v:.3g}" for k, v in out.items()), flush=True)
     return out
 
 
@@ -132,7 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
     ap.add_argument("--calls", type=int, default=20)
-    ap.add_argument("--load-s", type=float, default=60.0, help="seconds of steering per priority under load")
+    ap.add_argument("--load-s", type=float, default=60.0, help="seconds of steering under load (0: skip)")
     args = ap.parse_args()
     load_before = machine()["loadavg_1m_at_start"]
     tmp = Path(tempfile.mkdtemp(prefix="bench-ui-"))
@@ -161,7 +158,7 @@ def main() -> None:
             print(f"{steps} steps {mode}: {per[mode]['median_s'] * 1000:.0f} ms, {per[mode]['bytes'] / 1024:.0f} KiB", flush=True)
         results[steps] = per
         handle.shutdown()
-    loaded = {nice: under_load(tmp, nice, args.load_s) for nice in (0, 5)} if args.load_s > 0 else {}
+    loaded = under_load(tmp, args.load_s) if args.load_s > 0 else {}
 
     result = {"machine": {**machine(), "loadavg_1m_at_start": load_before}, "args": vars(args), "sizes": results,
               "under_load": loaded}
@@ -183,21 +180,20 @@ def main() -> None:
             f"| {r['median_s'] * 1000:.0f} ms | {r['bytes'] / 1024:.0f} KiB |"
         )
     if loaded:
+        r = loaded
+        cells = [
+            f"{r[f'{k}_median_s'] * 1000:.0f} / {r[f'{k}_p95_s'] * 1000:.0f} / {r[f'{k}_max_s'] * 1000:.0f} ms"
+            for k in ("refresh", "lr_applied", "choices", "checkpoint_page")
+        ]
         lines += [
             "",
             f"**While training saturates the machine** (an MLP on {m['cpus']} torch threads, a checkpoint every 10 steps;",
-            f"{args.load_s:g} s of steering per row, each call over HTTP as the browser makes it): median / p95 / max.",
+            f"{args.load_s:g} s of steering, each call over HTTP as the browser makes it): median / p95 / max.",
             "",
-            "| trainer priority | refresh | lr change -> applied | lists (/choices) | checkpoint page | checkpoints | trainer steps/s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| refresh | lr change -> applied | lists (/choices) | checkpoint page | checkpoints | trainer steps/s |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {' | '.join(cells)} | {r['checkpoints']:.0f} | {r['steps_per_s']:.1f} |",
         ]
-        for nice, r in loaded.items():
-            cells = [
-                f"{r[f'{k}_median_s'] * 1000:.0f} / {r[f'{k}_p95_s'] * 1000:.0f} / {r[f'{k}_max_s'] * 1000:.0f} ms"
-                for k in ("refresh", "lr_applied", "choices", "checkpoint_page")
-            ]
-            label = "nice 0 (the default)" if nice == 0 else f"nice {nice}"
-            lines.append(f"| {label} | {' | '.join(cells)} | {r['checkpoints']:.0f} | {r['steps_per_s']:.1f} |")
     lines += ["", f"Measured {m['date']} on {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start."]
     save("ui", result, "\n".join(lines))
 

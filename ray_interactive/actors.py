@@ -225,7 +225,6 @@ class TrainerActor:
         publisher = BackgroundPublisher(
             put=ray.put, report=lambda meta, ref: controller.weights_published.remote(meta, [ref]), wait=ray.get
         )
-        self._nice = cfg.trainer_nice
         self._t = Trainer(
             cfg,
             task,
@@ -239,7 +238,6 @@ class TrainerActor:
 
     @ray.method(concurrency_group="loop")
     def run(self) -> dict[str, Any]:
-        lower_priority(self._nice)
         return self._t.run()
 
     @ray.method(concurrency_group="control")
@@ -254,22 +252,6 @@ class TrainerActor:
     @ray.method(concurrency_group="control")
     def ready(self) -> bool:
         return True
-
-
-def lower_priority(nice: int) -> None:
-    """Make every thread of this process (and the ones it starts) at least ``nice``: the
-    step loop then takes the CPU the control plane leaves, instead of competing with it."""
-    if nice <= 0:
-        return
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # not Linux: the calling thread (the loop) only
-        tids = [0]
-    for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-        except OSError:  # a thread that just ended, or no permission: nothing to lose
-            pass
 
 
 class _Turns:

@@ -123,13 +123,6 @@ class RunConfig(BaseModel):
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
     health: HealthConfig = Field(default_factory=HealthConfig)
-    trainer_nice: int = Field(
-        default=0,
-        ge=0,
-        le=19,
-        description="niceness of the trainer's process (e.g. 5: training takes the CPU the controller, UI, buffer "
-        "and a demo leave; but also less than its share beside other busy processes)",
-    )
 
     @field_validator("name")
     @classmethod

@@ -11,6 +11,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Ray starts its workers at nice 15: on a busy machine (CI) any other process would starve
+# the test runs' actors. The test cluster's workers run at the normal priority instead.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest  # noqa: E402
 import ray  # noqa: E402
