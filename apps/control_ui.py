@@ -27,7 +27,6 @@ from gradio.components.plot import PlotData  # noqa: E402
 from apps.access import LOCAL_HOSTS, check_bind, parse_auth  # noqa: E402,F401 - re-exported
 from apps.dashboard import PANELS, Dashboard, View  # noqa: E402
 
-PLOTS = [*PANELS, "custom"]
 SIMPLE_ACTIONS = ("pause", "resume", "stop", "evaluate", "publish_weights")
 CSS = """
 #history table th, #branch-table table th, #ckpt-table table th { white-space: nowrap; }
@@ -54,7 +53,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
         )
 
         plots: dict[str, gr.Plot] = {}
-        fixed = [p for p in PLOTS if p != "custom"]
+        fixed = list(PANELS)  # three to a row; the "custom" plot sits beside the branches
         for i in range(0, len(fixed), 3):
             with gr.Row():
                 for name in fixed[i : i + 3]:
@@ -192,9 +191,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
         ui.load(choices, None, choice_outputs, show_progress="hidden")
 
         def show_page(p: Any) -> tuple[Any, Any, Any]:
-            table, info = _safe(lambda: dash.checkpoint_page(p), (None, "checkpoints unavailable"))
-            number = int(info.split()[1]) if info.startswith("page ") else 1
-            return (table if table is not None else gr.skip()), info, number
+            return _safe(lambda: dash.checkpoint_page(p), (gr.skip(), "checkpoints unavailable", gr.skip()))
 
         page_outputs = [ckpt_table, page_info, page]
         ui.load(show_page, page, page_outputs, show_progress="hidden")
@@ -228,7 +225,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
         load.click(dash.load_checkpoint, [ckpt, new_branch], ckpt_msg, api_name="load_checkpoint")
         mixture_apply.click(dash.set_mixture, mixture, mixture_msg, api_name="set_data_mixture")
         module_apply.click(dash.update_module, [module, op, attribute, attr_value], module_msg, api_name="update_module")
-        module.change(lambda m: _safe(lambda: dash.settings()["modules"].get(m), None), module, module_info, api_name=False)
+        module.change(lambda m: _safe(lambda: dash.module_info(m), None), module, module_info, api_name=False)
     return ui
 
 

@@ -429,6 +429,10 @@ class Dashboard:
             "pending": self.pending(),
         }
 
+    def module_info(self, path: str | None) -> dict[str, Any] | None:
+        """What the trainer last said about one module (type, parameters, settable attributes)."""
+        return self.client.snapshot().get("modules", {}).get(path) if path else None
+
     def pending(self) -> list[str]:
         """Accepted commands not applied yet, as ``#12 pause (at step 5000)``."""
         out = []
@@ -438,8 +442,9 @@ class Dashboard:
                 out.append(f"#{r['seq']} {r['kind']}{at}")
         return out
 
-    def checkpoint_page(self, page: Any = 1, per_page: int = 20) -> tuple[pd.DataFrame, str]:
-        """One page of the checkpoint table (newest first) and a line saying which."""
+    def checkpoint_page(self, page: Any = 1, per_page: int = 20) -> tuple[pd.DataFrame, str, int]:
+        """One page of the checkpoint table (newest first), a line saying which, and the
+        page shown (a page past the end shows the last one)."""
         try:
             page = max(1, int(_number(page or 1, "page")))
         except ValueError:
@@ -460,7 +465,7 @@ class Dashboard:
             for c in doc["rows"]
         ]
         table = pd.DataFrame(rows, columns=["id", "step", "branch", "reason", "tag", "saved"])
-        return table, f"page {page} of {pages} · {total} checkpoint(s), newest first · click a row to pick it"
+        return table, f"page {page} of {pages} · {total} checkpoint(s), newest first · click a row to pick it", page
 
     # -- steering (each returns a message for the person who clicked) ------------------
     def send(self, payload: dict[str, Any]) -> str:
