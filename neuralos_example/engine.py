@@ -27,6 +27,7 @@ from neuralos_example.data import TASKS, encode_png
 from neuralos_example.model import SAMPLER_STEPS, FramePredictor, NextFrameModel
 from neuralos_example.simulator import Action, Desktop, Event
 from neuralos_example.task import interaction_schema
+from ray_interactive.retry import call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,17 @@ def parse_event(event: str | int) -> Event:
     raise ValueError(f"unknown event {event!r}; events: {', '.join(e.name.lower() for e in Event)}")
 
 
+class _Unsent(Exception):
+    """The interaction log's send failed; its rows are kept."""
+
+
 class InteractionLog:
     """Buffers interaction rows and sends them with ``send(table, batch_id)`` from a thread.
 
     A failed send keeps its rows (and batch id, so a retry after an unknown outcome is not
-    stored twice) and is retried; :meth:`close` flushes what is left.
+    stored twice) and is retried: the thread is a queue that never drops rows a send failed
+    on, so it keeps going (a pause of 1 s after a failure) rather than giving up like a
+    bounded retry. :meth:`close` flushes what is left, retrying until its timeout.
     """
 
     def __init__(self, send: Callable[[pa.Table, str], Any], flush_s: float = 0.1, max_rows: int = 256) -> None:
@@ -169,9 +176,19 @@ class InteractionLog:
             self._cv.notify()
         self._thread.join(timeout)
         deadline = time.monotonic() + timeout
-        while self.pending and time.monotonic() < deadline:
-            if not self.flush():
-                time.sleep(0.5)
+
+        def drain() -> None:  # a failed send keeps its rows (and batch id) for the retry
+            while self.pending and time.monotonic() < deadline:
+                if not self.flush():
+                    raise _Unsent(self.last_error or "send failed")
+
+        try:
+            call_with_retry(drain, "interaction log: final flush", deadline_s=max(0.0, deadline - time.monotonic()),
+                            on=_Unsent, base_delay=0.25, max_delay=1.0, logger=log, level=logging.INFO)
+        except _Unsent:
+            pass  # the rows stay pending, said below
+        if self.pending:
+            log.error("interaction log: %d rows not sent at close: %s", self.pending, self.last_error)
 
 
 class DemoEngine:

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from ray_interactive.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
     from ray_interactive.config import BufferConfig, RunConfig, ScheduleConfig, TaskSpec
     from ray_interactive.launch import RunHandle, start_run
+    from ray_interactive.loop import Session, steer
     from ray_interactive.offline import FinishedRun
+    from ray_interactive.state import RunStatus, TrainState
+    from ray_interactive.steering import Steering
     from ray_interactive.task import DataSource, Task
     from ray_interactive.weights import WeightVersion, pack_state, unpack_state
 
@@ -37,6 +40,9 @@ _EXPORTS = {
     "commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "parse_command"),
     "config": ("BufferConfig", "RunConfig", "ScheduleConfig", "TaskSpec"),
     "launch": ("RunHandle", "start_run"),
+    "loop": ("Session", "steer"),
+    "state": ("RunStatus", "TrainState"),
+    "steering": ("Steering",),
     "offline": ("FinishedRun",),
     "task": ("DataSource", "Task"),
     "weights": ("WeightVersion", "pack_state", "unpack_state"),
@@ -44,7 +50,15 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
+#: Submodules reached as attributes: ``ri.hf.steer(trainer, run=...)`` (imports transformers).
+_SUBMODULES = ("hf",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = value
+        return value
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -65,6 +79,10 @@ __all__ = [
     "RunConfig",
     "RunHandle",
     "RunNotFound",
+    "RunStatus",
+    "Session",
+    "Steering",
+    "TrainState",
     "ScheduleConfig",
     "Task",
     "TaskSpec",
@@ -75,6 +93,7 @@ __all__ = [
     "pack_state",
     "parse_command",
     "start_run",
+    "steer",
     "unpack_state",
 ]
 

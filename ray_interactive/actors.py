@@ -47,19 +47,46 @@ class ControllerActor:
         self._trainer: Any = None
         self._buffer: Any = None
         self._undelivered: list[CommandRecord] = []
+        self._pull = False  # the loop runs in another process and pulls its commands
+        self._outbox: list[CommandRecord] = []  # delivered, not yet pulled
         self._weight_waiters = 0  # threads blocked in wait_weights
         self._c = Controller(RunConfig.model_validate(config), self._deliver, recover=recover)
 
-    def attach(self, trainer: Any, buffer: Any) -> None:
-        """Connect the trainer and buffer once they exist."""
+    def attach(self, trainer: Any, buffer: Any, pull: bool = False) -> int:
+        """Connect the trainer and buffer once they exist; with ``pull``, the training loop
+        runs in a driver process (Hugging Face, a plain loop) and fetches its commands
+        with :meth:`pull_commands`. Returns the number of the first command the trainer
+        gets (commands may be accepted before it is attached)."""
         with self._cond:
-            self._trainer, self._buffer = trainer, buffer
+            self._trainer, self._buffer, self._pull = trainer, buffer, pull
+            first = min((r.seq for r in self._undelivered if r.seq is not None), default=self._c.next_seq)
             if self._undelivered:
-                trainer.deliver.remote(self._undelivered)
+                if pull:
+                    self._outbox.extend(self._undelivered)
+                else:
+                    trainer.deliver.remote(self._undelivered)
                 self._undelivered = []
+            self._cond.notify_all()
+            return first
+
+    def pull_commands(self, after_seq: int, timeout: float = 5.0) -> list[CommandRecord]:
+        """Accepted commands numbered above ``after_seq`` (which acknowledges the ones
+        before), waiting up to ``timeout`` for one: a long poll, answered the moment a
+        command is accepted."""
+        deadline = time.monotonic() + min(timeout, 60.0)
+        with self._cond:
+            self._outbox = [r for r in self._outbox if r.seq is not None and r.seq > after_seq]
+            while not self._outbox:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._cond.wait(left)
+            return list(self._outbox)
 
     def _deliver(self, records: list[CommandRecord]) -> None:
-        if self._trainer is None:
+        if self._pull:
+            self._outbox.extend(records)
+        elif self._trainer is None:
             self._undelivered.extend(records)
         else:
             self._trainer.deliver.remote(records)  # fire-and-forget

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from ray_interactive.commands import CommandRecord, CommandStatus, check_payload_shape, loggable
 from ray_interactive.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.launch import init_ray
+from ray_interactive.retry import actor_restarting, call_with_retry
 from ray_interactive.schemas import check_unique_columns
 from ray_interactive.weights import WeightVersion, unpack_state
 
@@ -203,8 +204,8 @@ class RunClient:
         batch_id = batch_id or uuid.uuid4().hex
         if isinstance(table, (pa.Table, pa.RecordBatch)):  # Ray cannot serialise duplicate names
             check_unique_columns(table.column_names, f"source {source!r}")
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def once() -> dict[str, Any]:
             try:
                 return ray.get(self._buffer_handle().ingest.remote(table, source, batch_id))
             except ray.exceptions.RayTaskError as e:
@@ -212,10 +213,9 @@ class RunClient:
                 if cause is not None:
                     raise ValueError(str(cause)) from None
                 raise
-            except ray.exceptions.RayActorError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+
+        return call_with_retry(once, f"ingest into {source!r} (batch {batch_id})", deadline_s=timeout,
+                               on=actor_restarting, base_delay=0.2, max_delay=1.0, logger=log)
 
     def read_rows(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
         """Stored rows of a source in ingest order (sequence numbers ``start..stop-1``)."""

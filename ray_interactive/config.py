@@ -88,7 +88,9 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    task: TaskSpec
+    task: TaskSpec | None = Field(
+        default=None, description="the task our Trainer actor trains; None for a loop steered in-process (ri.steer, ri.hf)"
+    )
     run_dir: Path | None = Field(default=None, description="default: runs/<name>")
     seed: int = 0
     batch_size: int = Field(default=32, ge=1, le=1_000_000)

@@ -299,6 +299,7 @@ class Controller:
         self.view.modules = snapshot["modules"]
         self.view.has_eval = snapshot["has_eval"]
         self.view.trainable = snapshot.get("trainable")
+        self.view.unsupported = dict(snapshot.get("unsupported") or {})
         # The trainer's mixture is the truth (a load or resume restores an older one);
         # mixture commands accepted but not yet applied still count on top of it.
         mixture = dict(snapshot["mixture"])
@@ -509,8 +510,10 @@ def replay_commands(path: Path) -> list[Command]:
         r for r in read_command_log(path).values() if r.status is CommandStatus.APPLIED and r.command and r.seq is not None
     ]
     applied.sort(key=lambda r: r.seq or 0)
-    # A stop that later commands followed was undone by a resume: replaying it would end early.
-    applied = [r for i, r in enumerate(applied) if not (isinstance(r.command, Stop) and i < len(applied) - 1)]
+    # A stop that commands applied after it followed was undone by a resume of the run:
+    # replaying it would end early. (A pinned stop sent before the last commands is not.)
+    last_applied = max((r.applied_at or 0.0 for r in applied), default=0.0)
+    applied = [r for r in applied if not (isinstance(r.command, Stop) and (r.applied_at or 0.0) < last_applied)]
     return [
         r.command.model_copy(  # type: ignore[union-attr]
             update={

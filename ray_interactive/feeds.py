@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from ray_interactive.buffer import BatchChunk, DataBuffer
+from ray_interactive.retry import actor_restarting, call_with_retry
 from ray_interactive.validation import validate_mixture
 
 log = logging.getLogger(__name__)
@@ -154,18 +155,16 @@ class RayFeed(_FeedBase):
         disk), put its sampler back where the last batch handed out left it."""
         log.warning("data buffer unavailable; waiting for Ray to restart it")
         self._pending.clear()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ray.get(self.buffer.ready.remote(), timeout=10)
-                self.reset(self.position)
-                self.restarts += 1
-                log.warning("data buffer back; continuing from batch %s", self.position.get("batches"))
-                return
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+
+        def back() -> None:
+            ray.get(self.buffer.ready.remote(), timeout=10)
+            self.reset(self.position)
+
+        call_with_retry(back, "waiting for the data buffer to restart", deadline_s=timeout,
+                        on=lambda e: actor_restarting(e) or isinstance(e, ray.exceptions.GetTimeoutError),
+                        base_delay=0.2, max_delay=1.0, logger=log, level=logging.INFO)
+        self.restarts += 1
+        log.warning("data buffer back; continuing from batch %s", self.position.get("batches"))
 
     def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None:
         """Drop prefetched batches and continue from ``position`` (optionally with new

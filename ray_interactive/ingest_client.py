@@ -1,8 +1,8 @@
 """Post Arrow rows to a run's HTTP ingest endpoint from any process: no Ray needed.
 
-Only the standard library and pyarrow; importing this module does not import Ray, so a
-deployed app (a web service, a labelling tool, a batch job on another network) can feed a
-run without being a Ray driver::
+Only the standard library, pyarrow and tenacity (via :mod:`ray_interactive.retry`);
+importing this module does not import Ray, so a deployed app (a web service, a labelling
+tool, a batch job on another network) can feed a run without being a Ray driver::
 
     from ray_interactive.ingest_client import post_table
     ack = post_table("http://10.0.0.5:8123", "live", table, token=os.environ["RI_INGEST_TOKEN"])
@@ -11,7 +11,8 @@ run without being a Ray driver::
 Each call carries a ``batch_id`` (a fresh one if not given) and is retried on connection
 errors and 5xx answers: the buffer acknowledges a repeated ``batch_id`` with the first
 answer (``duplicate: true``) instead of storing the rows again, so a retry after a lost
-answer stores the rows once. A 4xx answer (bad token, bad body) is not retried: it raises
+answer stores the rows once (waits between attempts: 0.2 s doubling up to 2 s, with jitter;
+each retry is logged). A 4xx answer (bad token, bad body) is not retried: it raises
 :class:`IngestRejected` with the server's message.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
+import logging
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,8 +29,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from ray_interactive.retry import call_with_retry
+
 #: The media type of an Arrow IPC stream (what the endpoint expects).
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+log = logging.getLogger(__name__)
 
 
 class IngestRejected(Exception):
@@ -83,27 +88,38 @@ def list_sources(url: str, token: str, timeout: float = 10.0, retries: int = 3) 
     return _request("GET", f"{url.rstrip('/')}/v1/sources", {"Authorization": f"Bearer {token}"}, None, timeout, retries)
 
 
+class _Unanswered(Exception):
+    """One attempt without an answer (connection error or 5xx): retried."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
 def _request(
     method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float, retries: int
 ) -> dict[str, Any]:
-    last = ""
-    status: int | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+    def once() -> dict[str, Any]:
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
-            status, last = e.code, _error_message(e)
             if e.code < 500:
-                raise IngestRejected(e.code, last) from None
+                raise IngestRejected(e.code, _error_message(e)) from None
+            raise _Unanswered(_error_message(e), e.code) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             # connection refused/reset, timeouts, a dropped connection: the request may or
             # may not have been applied; the same batch_id makes the retry safe
-            status, last = None, str(getattr(e, "reason", None) or e)
-    raise IngestUnavailable(f"{method} {url.split('?')[0]} failed after {retries + 1} attempt(s): {last}", status)
+            raise _Unanswered(str(getattr(e, "reason", None) or e), None) from None
+
+    attempts = max(1, retries + 1)
+    try:
+        return call_with_retry(once, f"{method} {url.split('?')[0]}", attempts=attempts, on=_Unanswered,
+                               base_delay=0.2, max_delay=2.0, logger=log)
+    except _Unanswered as e:
+        raise IngestUnavailable(f"{method} {url.split('?')[0]} failed after {attempts} attempt(s): {e.message}",
+                                e.status) from None
 
 
 def _error_message(e: urllib.error.HTTPError) -> str:

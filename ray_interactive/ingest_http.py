@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException
 
 from ray_interactive.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.ingest_client import ARROW_STREAM, IngestRejected, IngestUnavailable, list_sources, post_table
+from ray_interactive.retry import actor_restarting, call_with_retry
 from ray_interactive.schemas import check_unique_columns
 
 __all__ = [
@@ -106,23 +107,22 @@ class _Buffer:
         Safe for ingest: every call carries a batch_id, so a call that was stored before
         the crash is acknowledged as a duplicate the second time.
         """
-        deadline = time.monotonic() + self.retry_for
-        attempt = 0
-        while True:
+        def once() -> Any:
             try:
                 return ray.get(call(), timeout=self.timeout)
             except ray.exceptions.GetTimeoutError:
                 raise _Reject(504, f"the data buffer did not answer within {self.timeout:g} s; "
                                    "retry with the same batch_id") from None
-            except ray.exceptions.RayTaskError:
+
+        try:
+            return call_with_retry(once, "data buffer call", deadline_s=self.retry_for, on=actor_restarting,
+                                   base_delay=0.1, max_delay=1.0, logger=log, level=logging.INFO)
+        except ray.exceptions.RayActorError as e:
+            if not actor_restarting(e):
                 raise
-            except ray.exceptions.RayActorError as e:  # ActorUnavailableError too: a restart
-                if time.monotonic() >= deadline:
-                    raise _Reject(503, f"the data buffer is unavailable: {str(e).splitlines()[0]}; "
-                                       "retry with the same batch_id") from None
-                log.info("buffer unavailable (%s); retrying", type(e).__name__)
-                time.sleep(min(0.1 * 2**attempt, 1.0))
-                attempt += 1
+            # still unavailable at the deadline
+            raise _Reject(503, f"the data buffer is unavailable: {str(e).splitlines()[0]}; "
+                               "retry with the same batch_id") from None
 
     def sources(self) -> dict[str, Any]:
         doc = self._get(lambda: self.handle.sources.remote())

@@ -123,23 +123,14 @@ def start_run(
     With ``resume``, the run continues from its latest checkpoint (or ``resume_from``,
     a checkpoint id) in ``config.run_dir``, with its command log, metrics and branches.
     """
+    if config.task is None:
+        raise ValueError("a run of our Trainer needs a task (config.task); a loop of your own is steered in-process "
+                         "with ri.steer(...) or ri.hf.steer(trainer, ...)")
     init_ray(address, namespace=config.namespace)
     ns = config.namespace
-    name = actor_name(config.name, "controller")
-    if name in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns}:
-        raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
+    checkpoint_path = check_new_run(config, resume, resume_from)
     run_dir = config.resolved_run_dir
-    checkpoint_path: str | None = None
-    if resume:
-        ckpts = list_checkpoints(run_dir / "checkpoints")
-        if resume_from is not None:
-            ckpts = [c for c in ckpts if c.id == resume_from]
-        if not ckpts:
-            what = f"checkpoint {resume_from!r}" if resume_from else "checkpoints"
-            raise ValueError(f"cannot resume: no {what} in {run_dir / 'checkpoints'}")
-        checkpoint_path = str(run_dir / "checkpoints" / ckpts[-1].id)
-    elif (run_dir / "commands.jsonl").exists():
-        raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
+    name = actor_name(config.name, "controller")
 
     lifetime = "detached" if detached else None
     cfg = config.model_dump(mode="json")
@@ -163,8 +154,30 @@ def start_run(
     ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
     ray.get(controller.attach.remote(trainer, buffer))
     loop = trainer.run.remote()
-    _wait_for_snapshot(controller)
+    wait_for_snapshot(controller)
     return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, loop, ingest_url)
+
+
+def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | None = None) -> str | None:
+    """Refuse a name that is running or a directory that holds a run (unless resuming);
+    return the checkpoint directory to resume from."""
+    ns = config.namespace
+    if actor_name(config.name, "controller") in {
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns
+    }:
+        raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
+    run_dir = config.resolved_run_dir
+    if resume:
+        ckpts = list_checkpoints(run_dir / "checkpoints")
+        if resume_from is not None:
+            ckpts = [c for c in ckpts if c.id == resume_from]
+        if not ckpts:
+            what = f"checkpoint {resume_from!r}" if resume_from else "checkpoints"
+            raise ValueError(f"cannot resume: no {what} in {run_dir / 'checkpoints'}")
+        return str(run_dir / "checkpoints" / ckpts[-1].id)
+    if (run_dir / "commands.jsonl").exists():
+        raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
+    return None
 
 
 def _start_http_ingest(config: RunConfig, run_dir: Path, detached: bool, actors: tuple[Any, ...]) -> str | None:
@@ -187,7 +200,7 @@ def _start_http_ingest(config: RunConfig, run_dir: Path, detached: bool, actors:
     return url
 
 
-def _wait_for_snapshot(controller: Any, timeout: float = 60.0) -> None:
+def wait_for_snapshot(controller: Any, timeout: float = 60.0) -> None:
     """Return once the trainer has described itself, so commands validate right away."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

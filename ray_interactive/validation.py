@@ -41,6 +41,7 @@ class RunView:
     max_steps: int | None = None
     trainable: int | None = None  # trainable parameters (elements) the trainer last reported
     pending_freezes: dict[int, str] = field(default_factory=dict)  # seq -> module, accepted not applied
+    unsupported: dict[str, str] = field(default_factory=dict)  # kinds the run's front-end cannot apply -> why
 
 
 def validate(cmd: Command, view: RunView) -> None:
@@ -49,6 +50,9 @@ def validate(cmd: Command, view: RunView) -> None:
         raise ValueError(f"the run has {view.status}; it takes no more commands")
     if view.stopping:
         raise ValueError("the run is stopping; it takes no more commands")
+    why = view.unsupported.get(cmd.kind)
+    if why is not None:
+        raise ValueError(why)
     if cmd.at_step is not None:
         if cmd.at_step < view.step:
             raise ValueError(f"at_step {cmd.at_step} has already passed (the run is at step {view.step})")

@@ -372,20 +372,20 @@ def test_non_finite_weights_are_never_published_or_rolled_back_to(tmp_path: Path
             pass
 
     trainer, events = in_process(tmp_path, max_steps=3, checkpoint_every=1)
-    trainer.publisher = Publisher()  # type: ignore[assignment]
+    trainer.core.publisher = Publisher()  # type: ignore[assignment]
     trainer.run()
-    good = trainer.last_checkpoint
+    good = trainer.state.last_checkpoint
     with torch.no_grad():
         next(trainer.model.parameters())[0, 0] = math.nan
     with pytest.raises(ValueError, match=r"not published: the weights are not finite \(1 tensor\(s\) hold NaN or inf, e.g. '0.weight'\)"):
-        trainer._publish("command")
-    assert trainer._try_publish("periodic") is None
-    trainer._report(force=True)  # events ride along with the next report
+        trainer.core.publish("command")
+    assert trainer.core.try_publish("periodic") is None
+    trainer.core.report(force=True)  # events ride along with the next report
     assert events.events()[-1]["kind"] == "publish_weights" and events.events()[-1]["failed"]
-    trainer.step += 1
-    bad = trainer._checkpoint("periodic")
-    assert not trainer._checkpoints[bad].finite
-    assert trainer._rollback_target() == good
+    trainer.state.step += 1
+    bad = trainer.core.checkpoint("periodic")
+    assert not trainer.core.checkpoints[bad].finite
+    assert trainer.core.rollback_target() == good
 
 
 def test_rollback_policy_asks_for_a_load_a_lower_lr_and_a_resume(tmp_path: Path) -> None:
@@ -436,7 +436,7 @@ def test_a_pending_pinned_command_can_be_cancelled(tmp_path: Path) -> None:
     outcomes = {r["seq"]: r for r in events.outcomes()}
     assert outcomes[1]["status"] == "cancelled" and "cancelled at step 0" in outcomes[1]["message"]
     assert outcomes[2]["status"] == "applied" and outcomes[2]["message"] == "cancelled #1 set_grad_clip"
-    assert trainer.grad_clip != 0.25
+    assert trainer.state.grad_clip != 0.25
 
 
 def test_a_run_whose_weighted_sources_are_empty_says_it_is_waiting(tmp_path: Path) -> None:

@@ -1,0 +1,240 @@
+"""Steering loops that are not ours: a plain PyTorch loop (``ri.steer``) and Hugging Face's
+``Trainer`` (``ri.hf``), on the real local Ray, with the same checks: an lr command is used
+by the very next optimizer step (and logged so); pause holds the loop; evaluate; save and
+load as a branch; stop; and the command log replays the run with the same losses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ray_interactive as ri
+from ray_interactive.offline import FinishedRun
+
+from .conftest import SHARED_DATA, wait_until
+
+NEW_LR = 0.00123
+
+
+def client_of(name: str) -> Any:
+    """The run's client once its controller is up (the loop may be holding, paused, at its start)."""
+    try:
+        return ri.connect(name)
+    except ri.RunNotFound:
+        return None
+
+
+def losses(run_dir: Path, branch: str) -> dict[int, float]:
+    m = FinishedRun(run_dir).metrics(keys=["loss"], branch=branch).get("loss", {"step": [], "value": []})
+    return dict(zip(m["step"], m["value"]))
+
+
+def metric(run_dir: Path, key: str, branch: str = "main") -> dict[int, float]:
+    m = FinishedRun(run_dir).metrics(keys=[key], branch=branch).get(key, {"step": [], "value": []})
+    return dict(zip(m["step"], m["value"]))
+
+
+def steer_through_the_tour(client: Any, outcomes: dict[str, Any]) -> None:
+    """The same commands for every front-end (the run starts paused at step 0)."""
+    client.send("pause", at_step=10)
+    client.wait(client.send("resume"))
+    wait_until(lambda: client.status()["status"] == "paused" and client.status()["step"] == 10, timeout=120,
+               what="the pinned pause at step 10")
+    outcomes["lr"] = client.wait(client.send("update_optimizer", params={"lr": NEW_LR}))
+    outcomes["evaluate"] = client.wait(client.send("evaluate"), timeout=120)
+    outcomes["save"] = client.wait(client.send("save_checkpoint", tag="fork"))
+    time.sleep(0.3)  # paused: the loop must not step meanwhile
+    outcomes["paused_step"] = client.status()["step"]
+    outcomes["rejected"] = client.send("set_data_mixture", weights={"x": 1.0})
+    client.send("pause", at_step=20)
+    client.wait(client.send("resume"))
+    wait_until(lambda: client.status()["step"] == 20 and client.status()["status"] == "paused", timeout=120,
+               what="the pinned pause at step 20")
+    outcomes["load"] = client.wait(client.send("load_checkpoint", checkpoint_id="main@10", branch="b"))
+    outcomes["clip"] = client.wait(client.send("set_grad_clip", max_norm=0.5))
+    outcomes["stop"] = client.send("stop", at_step=25)
+    client.wait(client.send("resume"))
+
+
+def run_with_driver(session_client: Callable[[], Any], train: Callable[[], None]) -> dict[str, Any]:
+    """Train in this thread while another one steers through the tour."""
+    outcomes: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            client = wait_until(session_client, timeout=120, what="the run to start")
+            steer_through_the_tour(client, outcomes)
+        except BaseException as e:  # surfaced in the test's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    train()
+    thread.join(60)
+    if errors:
+        raise errors[0]
+    return outcomes
+
+
+def check_tour(outcomes: dict[str, Any], run_dir: Path, lr_used: dict[int, float]) -> None:
+    lr = outcomes["lr"]
+    assert lr.status.value == "applied" and lr.applied_step == 10
+    assert lr_used[11] == NEW_LR  # the very next optimizer step used exactly the new lr
+    assert metric(run_dir, "lr")[11] == pytest.approx(NEW_LR)
+    assert outcomes["evaluate"].status.value == "applied" and outcomes["evaluate"].message.startswith("eval/loss=")
+    assert outcomes["save"].message == "saved main@10"
+    assert outcomes["paused_step"] == 10
+    assert outcomes["rejected"].status.value == "rejected" and "reads its own data" in outcomes["rejected"].message
+    load = outcomes["load"]
+    assert load.status.value == "applied" and load.message.startswith("loaded main@10 (step 10) as branch b")
+    assert outcomes["clip"].status.value == "applied"
+    status = FinishedRun(run_dir).status()
+    assert status["status"] == "stopped" and status["branch"] == "b" and status["step"] == 25
+    main, b = losses(run_dir, "main"), losses(run_dir, "b")
+    assert sorted(main) == list(range(1, 21)) and sorted(b) == list(range(11, 26))
+    assert metric(run_dir, "eval/loss")[10] > 0
+
+
+# -- a plain PyTorch loop ------------------------------------------------------------------
+def plain_loop(tmp_path: Path, name: str, **steer: Any) -> tuple[Path, dict[int, float], dict[str, Any]]:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    data = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 1, generator=data)
+    valid = torch.randn(256, 8, generator=data)
+    lr_used: dict[int, float] = {}
+    run_dir = tmp_path / name
+
+    def train() -> None:
+        with ri.steer(name, model, opt, run_dir=run_dir, max_steps=100, metrics_interval_s=0.1,
+                      evaluate=lambda m: {"loss": float((m(valid) - valid @ w).pow(2).mean())}, **steer) as s:
+            opt.register_step_pre_hook(lambda o, a, k: lr_used.__setitem__(s.state.step + 1, o.param_groups[0]["lr"]))
+            while s.running:
+                x = torch.randn(32, 8, generator=data)
+                loss = (model(x) - x @ w).pow(2).mean()
+                loss.backward()
+                s.step(loss=loss)
+
+    outcomes: dict[str, Any] = {}
+    if steer.get("replay") is None:
+        outcomes = run_with_driver(lambda: client_of(name), train)
+    else:
+        train()
+    return run_dir, lr_used, outcomes
+
+
+def test_a_plain_loop_is_steered_like_any_run_and_its_log_replays_it(tmp_path: Path, ray_cluster: Any) -> None:
+    run_dir, lr_used, outcomes = plain_loop(tmp_path, "plain", start_paused=True)
+    check_tour(outcomes, run_dir, lr_used)
+    assert FinishedRun(run_dir).status()["frontend"] == "loop"
+
+    replay_dir, replay_lr, _ = plain_loop(tmp_path, "plain-replay", replay=run_dir)
+    assert losses(replay_dir, "main") == losses(run_dir, "main")  # bit-identical on the CPU
+    assert losses(replay_dir, "b") == losses(run_dir, "b")
+    assert replay_lr == lr_used
+
+
+def test_steer_refuses_bad_config_and_a_taken_name(tmp_path: Path, ray_cluster: Any) -> None:
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="grad_accumulation"):
+        ri.steer("bad", model, opt, grad_accumulation=0)
+    with pytest.raises(ValueError, match="no 'task' or 'lr' here"):
+        ri.steer("bad", model, opt, lr=0.1)
+    with ri.steer("taken", model, opt, run_dir=tmp_path / "a", max_steps=1) as s:
+        with pytest.raises(ValueError, match="a run named 'taken' is already running"):
+            ri.steer("taken", model, opt, run_dir=tmp_path / "b").start()
+        while s.running:
+            model(torch.ones(1, 2)).sum().backward()
+            s.step()
+
+
+def test_a_loop_that_cannot_be_edited_is_steered_at_optimizer_step(tmp_path: Path, ray_cluster: Any) -> None:
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ri.steer("wrapped", model, opt, run_dir=tmp_path / "w", max_steps=30, grad_accumulation=2).wrap_optimizer() as s:
+        for _ in range(60):  # the user's loop, untouched: backward, optimizer.step()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        assert s.state.step == 30  # two micro-batches per step
+    assert FinishedRun(tmp_path / "w").status()["step"] == 30
+
+
+# -- Hugging Face transformers.Trainer -----------------------------------------------------
+def hf_run(tmp_path: Path, name: str, **steer: Any) -> tuple[Path, dict[int, float], dict[str, Any], Any]:
+    from transformers import TrainerCallback
+
+    from ray_interactive.examples.hf_wikitext import build_trainer
+
+    torch.set_num_threads(1)
+    lr_used: dict[int, float] = {}
+
+    class ReadLr(TrainerCallback):  # what the optimizer step really uses
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kw: Any) -> None:
+            lr_used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    trainer = build_trainer(SHARED_DATA, tmp_path / f"{name}-out", max_steps=100, n_layer=1, n_embd=32, block=32,
+                            batch_size=4, train_chars=100_000, eval_chars=8_000, callbacks=[ReadLr()])
+    run_dir = tmp_path / name
+    ri.hf.steer(trainer, run=name, run_dir=run_dir, metrics_interval_s=0.1, **steer)
+    outcomes: dict[str, Any] = {}
+    if steer.get("replay") is None:
+        outcomes = run_with_driver(lambda: client_of(name), trainer.train)
+    else:
+        trainer.train()
+    return run_dir, lr_used, outcomes, trainer
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2").exists(), reason="needs ../shared/data")
+def test_a_hugging_face_trainer_is_steered_by_callbacks_and_its_log_replays_it(tmp_path: Path, ray_cluster: Any) -> None:
+    run_dir, lr_used, outcomes, trainer = hf_run(tmp_path, "hf", start_paused=True)
+    check_tour(outcomes, run_dir, lr_used)
+    logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    assert logged[11] == NEW_LR  # HF's own log says so too
+    assert lr_used[12] < NEW_LR  # and HF's linear decay goes on from it
+    status = FinishedRun(run_dir).status()
+    assert status["frontend"] == "hf"
+    rejected = outcomes["rejected"].message
+    assert "Hugging Face Trainer reads its own dataset" in rejected
+
+    replay_dir, replay_lr, _, _ = hf_run(tmp_path, "hf-replay", replay=run_dir)
+    assert losses(replay_dir, "main") == losses(run_dir, "main")
+    assert losses(replay_dir, "b") == losses(run_dir, "b")
+    assert replay_lr == lr_used
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2").exists(), reason="needs ../shared/data")
+def test_a_hugging_face_run_refuses_what_hf_cannot_do(tmp_path: Path, ray_cluster: Any) -> None:
+    from ray_interactive.examples.hf_wikitext import build_trainer
+
+    trainer = build_trainer(SHARED_DATA, tmp_path / "out", max_steps=200, n_layer=1, n_embd=32, block=32, batch_size=4,
+                            train_chars=50_000, eval_chars=4_000)
+    with pytest.raises(ValueError, match="'lr' is the Trainer's own"):
+        ri.hf.steer(trainer, run="hf-bad", lr=0.1)
+    ri.hf.steer(trainer, run="hf-refuse", run_dir=tmp_path / "r", start_paused=True)
+    seen: dict[str, Any] = {}
+
+    def drive() -> None:
+        client = wait_until(lambda: client_of("hf-refuse"), timeout=120)
+        wait_until(lambda: client.status()["status"] == "paused", timeout=120, what="the run to describe itself")
+        seen["accumulation"] = client.send("set_grad_accumulation", steps=4)
+        seen["stop"] = client.wait(client.send("stop"))
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    trainer.train()
+    thread.join(30)
+    assert seen["accumulation"].status.value == "rejected"
+    assert "HF fixes gradient_accumulation_steps" in seen["accumulation"].message
+    # HF checks should_training_stop only after a step: a stop before the first one ends after it
+    assert seen["stop"].status.value == "applied" and FinishedRun(tmp_path / "r").status()["step"] == 1
