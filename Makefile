@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_neuralos.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check ray_interactive tests benchmarks
+	$(BIN)/ruff check ray_interactive tests benchmarks neuralos_example
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

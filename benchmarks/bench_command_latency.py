@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
-from ray_interactive.launch import start_run  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.runtime.launch import start_run  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"
 SIZES = {

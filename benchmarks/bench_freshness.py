@@ -27,9 +27,9 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
 from ray_interactive.examples.regression import live_schema, make_table  # noqa: E402
-from ray_interactive.launch import start_run  # noqa: E402
+from ray_interactive.runtime.launch import start_run  # noqa: E402
 
 TASK = {"in_dim": 64, "width": 256, "depth": 2, "rows": 8192, "live_source": True}
 

@@ -36,7 +36,7 @@ from transformers import TrainerCallback  # noqa: E402
 import ray_interactive as ri  # noqa: E402
 from ray_interactive.examples.hf_wikitext import build_trainer  # noqa: E402
 
-MODEL = {"n_layer": 2, "n_embd": 128, "block": 128, "batch_size": 8, "train_chars": 600_000, "eval_chars": 8_000}
+MODEL = {"n_layer": 2, "n_embd": 32, "block": 32, "batch_size": 8, "train_chars": 300_000, "eval_chars": 8_000}
 
 
 class StepClock(TrainerCallback):

@@ -42,11 +42,11 @@ import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 from _common import machine, median, save  # noqa: E402
 
-from ray_interactive.buffer import DataBuffer  # noqa: E402
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.task import DataSource  # noqa: E402
+from ray_interactive.data.buffer import DataBuffer  # noqa: E402
 from ray_interactive.examples.ingest_sink import EVENT_SCHEMA  # noqa: E402
-from ray_interactive.launch import start_run  # noqa: E402
-from ray_interactive.task import DataSource  # noqa: E402
+from ray_interactive.runtime.launch import start_run  # noqa: E402
 
 SCHEMA = EVENT_SCHEMA
 

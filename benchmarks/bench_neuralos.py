@@ -127,8 +127,8 @@ def bare_steps_per_s(batch: int, steps: int = 30) -> float:
 
 def loop(seconds: float, users: int, batch: int) -> dict[str, float]:
     from neuralos_example.main import Deployment
-    from ray_interactive.config import RunConfig, TaskSpec
-    from ray_interactive.launch import start_run
+    from ray_interactive.core.config import RunConfig, TaskSpec
+    from ray_interactive.runtime.launch import start_run
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-neuralos-"))
     config = RunConfig(

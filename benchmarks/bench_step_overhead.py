@@ -30,12 +30,12 @@ import torch.nn.functional as F  # noqa: E402
 from _common import machine, percentile, save  # noqa: E402
 
 import ray_interactive as ri  # noqa: E402
-from ray_interactive.buffer import DataBuffer  # noqa: E402
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.task import load_task  # noqa: E402
+from ray_interactive.data.buffer import DataBuffer  # noqa: E402
+from ray_interactive.data.feeds import LocalFeed  # noqa: E402
 from ray_interactive.examples.regression import columns_to_tensors  # noqa: E402
-from ray_interactive.feeds import LocalFeed  # noqa: E402
-from ray_interactive.task import load_task  # noqa: E402
-from ray_interactive.trainer import Reporter, Trainer  # noqa: E402
+from ray_interactive.train.trainer import Reporter, Trainer  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"
 ROUNDS = 15

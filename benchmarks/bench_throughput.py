@@ -33,9 +33,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
 from ray_interactive.examples.regression import RegressionTask, columns_to_tensors  # noqa: E402
-from ray_interactive.launch import start_run  # noqa: E402
+from ray_interactive.runtime.launch import start_run  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"
 SIZES = {  # ~5 ms and ~50 ms steps on one thread of the 2-core dev machine

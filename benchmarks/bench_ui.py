@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
-from apps.control_ui import build_ui  # noqa: E402
-from apps.dashboard import Dashboard  # noqa: E402
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
-from ray_interactive.launch import start_run  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.runtime.launch import start_run  # noqa: E402
+from ray_interactive.ui.control_ui import build_ui  # noqa: E402
+from ray_interactive.ui.dashboard import Dashboard  # noqa: E402
 
 
 def fill(controller: object, steps: int) -> None:

@@ -70,13 +70,13 @@ def main() -> None:
     args = ap.parse_args()
     load_before = machine()["loadavg_1m_at_start"]
 
-    import apps
-    from apps.control_ui import build_ui
-    from apps.dashboard import Dashboard
-    from ray_interactive.config import RunConfig, TaskSpec
-    from ray_interactive.launch import start_run
+    import ray_interactive
+    from ray_interactive.core.config import RunConfig, TaskSpec
+    from ray_interactive.runtime.launch import start_run
+    from ray_interactive.ui.control_ui import build_ui
+    from ray_interactive.ui.dashboard import Dashboard
 
-    code = str(Path(apps.__file__).resolve().parents[1])
+    code = str(Path(ray_interactive.__file__).resolve().parents[1])
     doc = {
         "name": "bench-ui-browser",
         "task": TaskSpec(target="ray_interactive.examples.regression:RegressionTask", kwargs={"width": 512, "depth": 4}),

@@ -2,7 +2,7 @@
 
 A run trains a ~10M-parameter MLP (the regression example, width 1800, depth 4). A
 subscriber in another process (a Ray actor that attaches with ``ri.connect`` and runs a
-:class:`~ray_interactive.client.WeightSubscriber` in the background) holds the same
+:class:`~ray_interactive.runtime.client.WeightSubscriber` in the background) holds the same
 model. The driver sends ``publish_weights`` every ``--interval`` s; for each version the
 latency is the subscriber's wall time once ``load_state_dict`` has returned minus the
 version's ``time`` (when the trainer started its copy), split into: the trainer's copy
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
-from ray_interactive.launch import start_run  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.runtime.launch import start_run  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"
 MODEL = {"in_dim": 256, "width": 1800, "depth": 4, "rows": 8192}

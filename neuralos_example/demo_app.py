@@ -15,10 +15,10 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from apps.access import check_bind
 from neuralos_example.data import TASKS, encode_png
 from neuralos_example.engine import DemoEngine
 from neuralos_example.model import SAMPLER_STEPS
+from ray_interactive.ui.access import check_bind
 
 SCALE = 6  # 64 px -> 384 px on screen
 CLICK_KINDS = {"left click": "left_click", "right click": "right_click", "move": "move"}
@@ -149,7 +149,7 @@ def serve_demo(
 ) -> tuple[gr.Blocks, str]:
     """Launch the demo (threads of this process); returns the app and its URL.
 
-    The control UI's rule (:mod:`apps.access`): loopback only, unless a login is given;
+    The control UI's rule (:mod:`ray_interactive.ui.access`): loopback only, unless a login is given;
     any other ``host`` without ``auth`` is refused before anything is served."""
     check_bind(host, auth, "the NeuralOS demo")
     demo = build_demo(engine)

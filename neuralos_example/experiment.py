@@ -46,8 +46,8 @@ from neuralos_example.evaluation import closed_loop, outcome_renderings, teacher
 from neuralos_example.model import BASE_CHECKPOINT, NextFrameModel, load_model
 from neuralos_example.simulator import Desktop
 from neuralos_example.task import NeuralOSTask
-from ray_interactive.buffer import DataBuffer
-from ray_interactive.task import DataSource
+from ray_interactive.core.task import DataSource
+from ray_interactive.data.buffer import DataBuffer
 
 
 def user_session(seed: int, tasks: tuple[str, ...] = FREQUENT_TASKS) -> Session:

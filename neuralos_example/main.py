@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--users must be 0..64")
     if not Path(args.checkpoint).with_suffix(".safetensors").exists():
         ap.error(f"no base model at {args.checkpoint}.safetensors (make one with python -m neuralos_example.pretrain)")
-    from apps.access import check_bind, read_auth
+    from ray_interactive.ui.access import check_bind, read_auth
 
     try:
         args.auth = read_auth(args.auth_file)
@@ -131,8 +131,8 @@ class Loop:
     def start(self) -> dict[str, str]:
         import torch
 
-        from ray_interactive.config import RunConfig
-        from ray_interactive.launch import start_run
+        from ray_interactive.core.config import RunConfig
+        from ray_interactive.runtime.launch import start_run
 
         a = self.args
         name = a.name or f"neuralos-{time.strftime('%H%M%S')}"
@@ -153,7 +153,7 @@ class Loop:
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:
-            from apps.control_ui import serve
+            from ray_interactive.ui.control_ui import serve
 
             self.ui, urls["control UI"] = serve(client, host=a.ui_host, port=a.ui_port, auth=a.auth, block=False)
         self.deployment = Deployment(client, config.resolved_run_dir, a.checkpoint, a.sampler_steps, a.users, a.demo_port,

@@ -28,7 +28,7 @@ from neuralos_example.data import (
     transition_schema,
 )
 from neuralos_example.model import BASE_CHECKPOINT, FrameBatch, ModelConfig, NextFrameModel, diffusion_loss, load_model
-from ray_interactive.task import DataSource, Task, column_array
+from ray_interactive.core.task import DataSource, Task, column_array
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """ray_interactive: steer a training run while it runs, on Ray.
 
-The pieces: :mod:`~ray_interactive.commands` (what can be asked of a run),
-:mod:`~ray_interactive.controller`, :mod:`~ray_interactive.trainer` and
-:mod:`~ray_interactive.buffer` (the three actors' logic), :mod:`~ray_interactive.client`
+The pieces: :mod:`~ray_interactive.core.commands` (what can be asked of a run),
+:mod:`~ray_interactive.core.controller`, :mod:`~ray_interactive.train.trainer` and
+:mod:`~ray_interactive.data.buffer` (the three actors' logic), :mod:`~ray_interactive.runtime.client`
 (attach to a run from any process) and :mod:`~ray_interactive.cli`.
 """
 
@@ -22,41 +22,41 @@ if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and (Path.home
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ray_interactive.client import RunClient, RunNotFound, WeightSubscriber, connect, list_runs
-    from ray_interactive.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
-    from ray_interactive.config import BufferConfig, RunConfig, ScheduleConfig, TaskSpec
-    from ray_interactive.launch import RunHandle, start_run
-    from ray_interactive.loop import Session, steer
-    from ray_interactive.offline import FinishedRun
-    from ray_interactive.state import RunStatus, TrainState
-    from ray_interactive.steering import Steering
-    from ray_interactive.task import DataSource, Task
-    from ray_interactive.weights import WeightVersion, pack_state, unpack_state
+    from ray_interactive.core.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
+    from ray_interactive.core.config import BufferConfig, RunConfig, ScheduleConfig, TaskSpec
+    from ray_interactive.core.state import RunStatus, TrainState
+    from ray_interactive.core.steering import Steering
+    from ray_interactive.core.task import DataSource, Task
+    from ray_interactive.runtime.client import RunClient, RunNotFound, WeightSubscriber, connect, list_runs
+    from ray_interactive.runtime.launch import RunHandle, start_run
+    from ray_interactive.runtime.offline import FinishedRun
+    from ray_interactive.serve.weights import WeightVersion, pack_state, unpack_state
+    from ray_interactive.train.loop import Session, steer
 
-# Imported on first use, so that `ray_interactive.ingest_client` (an app that posts rows
+# Imported on first use, so that `ray_interactive.serve.ingest_client` (an app that posts rows
 # over HTTP) imports neither Ray nor torch.
 _EXPORTS = {
-    "client": ("RunClient", "RunNotFound", "WeightSubscriber", "connect", "list_runs"),
-    "commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "parse_command"),
-    "config": ("BufferConfig", "RunConfig", "ScheduleConfig", "TaskSpec"),
-    "launch": ("RunHandle", "start_run"),
-    "loop": ("Session", "steer"),
-    "state": ("RunStatus", "TrainState"),
-    "steering": ("Steering",),
-    "offline": ("FinishedRun",),
-    "task": ("DataSource", "Task"),
-    "weights": ("WeightVersion", "pack_state", "unpack_state"),
+    "runtime.client": ("RunClient", "RunNotFound", "WeightSubscriber", "connect", "list_runs"),
+    "core.commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "parse_command"),
+    "core.config": ("BufferConfig", "RunConfig", "ScheduleConfig", "TaskSpec"),
+    "runtime.launch": ("RunHandle", "start_run"),
+    "train.loop": ("Session", "steer"),
+    "core.state": ("RunStatus", "TrainState"),
+    "core.steering": ("Steering",),
+    "runtime.offline": ("FinishedRun",),
+    "core.task": ("DataSource", "Task"),
+    "serve.weights": ("WeightVersion", "pack_state", "unpack_state"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
-#: Submodules reached as attributes: ``ri.hf.steer(trainer, run=...)`` (imports transformers).
-_SUBMODULES = ("hf",)
+#: Modules reached as attributes: ``ri.hf.steer(trainer, run=...)`` (imports transformers).
+_SUBMODULES = {"hf": "train.hf"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
+        value = importlib.import_module(f"{__name__}.{_SUBMODULES[name]}")
         globals()[name] = value
         return value
     module = _WHERE.get(name)

@@ -64,7 +64,7 @@ def text_fields(kind: str) -> frozenset[str]:
     one of them is never read as JSON."""
     import typing
 
-    from ray_interactive.commands import Command
+    from ray_interactive.core.commands import Command
 
     for model in typing.get_args(typing.get_args(Command)[0]):
         if model.model_fields["kind"].default == kind:
@@ -89,7 +89,7 @@ def command_payload(kind: str, assignments: dict[str, Any]) -> dict[str, Any]:
 
 # -- run / demo --------------------------------------------------------------------------
 def build_config(args: argparse.Namespace) -> Any:
-    from ray_interactive.config import RunConfig
+    from ray_interactive.core.config import RunConfig
 
     doc: dict[str, Any] = {}
     if args.resume:  # the run's own config; flags and --set still override (e.g. --max-steps)
@@ -157,7 +157,7 @@ def _merge(doc: dict[str, Any], updates: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ray_interactive.launch import replay_run, start_run
+    from ray_interactive.runtime.launch import replay_run, start_run
 
     try:
         if getattr(args, "replay", None):
@@ -191,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _ui_auth(args: argparse.Namespace) -> tuple[str, str] | None:
-    from apps.access import read_auth
+    from ray_interactive.ui.access import read_auth
 
     try:
         return read_auth(getattr(args, "auth_file", None))
@@ -201,7 +201,7 @@ def _ui_auth(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def start_ui(client: Any, args: argparse.Namespace) -> str:
     """Serve the control UI from this process (threads) and return its URL."""
-    from apps.control_ui import serve
+    from ray_interactive.ui.control_ui import serve
 
     try:
         _, url = serve(client, host=args.ui_host, port=args.ui_port, auth=_ui_auth(args), block=False)
@@ -357,8 +357,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace, finished_ok: bool = False) -> Any:
     """The running run named ``args.run``; with ``finished_ok``, else its run directory
     (``runs/<name>`` or a path) opened read-only, as a finished run."""
-    from ray_interactive.client import RunNotFound, connect
-    from ray_interactive.offline import FinishedRun, find_run_dir
+    from ray_interactive.runtime.client import RunNotFound, connect
+    from ray_interactive.runtime.offline import FinishedRun, find_run_dir
 
     try:
         return connect(args.run, address=args.address, namespace=args.namespace)
@@ -392,7 +392,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from ray_interactive.commands import COMMAND_KINDS
+    from ray_interactive.core.commands import COMMAND_KINDS
 
     if args.kind not in COMMAND_KINDS:
         raise CLIError(f"unknown command kind {args.kind!r}; kinds: {', '.join(COMMAND_KINDS)}")
@@ -472,7 +472,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest_url(args: argparse.Namespace) -> int:
-    from ray_interactive.ingest_http import ingest_info
+    from ray_interactive.serve.ingest_http import ingest_info
 
     _connect(args)
     try:
@@ -507,8 +507,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """Running runs (by name), then the finished ones under ./runs (their directories)."""
-    from ray_interactive.client import list_runs
-    from ray_interactive.launch import init_ray
+    from ray_interactive.runtime.client import list_runs
+    from ray_interactive.runtime.connection import init_ray
 
     running: list[str] = []
     try:
@@ -526,7 +526,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from ray_interactive.config import DEFAULT_NAMESPACE
+    from ray_interactive.core.config import DEFAULT_NAMESPACE
 
     p = argparse.ArgumentParser(prog="ray-interactive", description="Steer training runs on Ray while they run.")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")

@@ -18,8 +18,8 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 import pytest  # noqa: E402
 import ray  # noqa: E402
 
-from ray_interactive.config import RunConfig, TaskSpec  # noqa: E402
-from ray_interactive.launch import RunHandle, start_run  # noqa: E402
+from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.runtime.launch import RunHandle, start_run  # noqa: E402
 
 try:  # CI and users run on busy machines: no browser check gives up after Playwright's default 5 s
     from playwright.sync_api import expect as _expect
@@ -72,6 +72,21 @@ def start(ray_cluster: dict[str, Any]) -> Iterator[Callable[..., RunHandle]]:
     yield _start
     for h in handles:
         h.shutdown()
+
+
+def snapshot_of(model: Any, optimizer: Any, **fields: Any) -> dict[str, Any]:
+    """A trainer snapshot (the typed message) of a model and optimizer, as a trainer at step 0 sends it."""
+    from ray_interactive.core.hparams import describe_optimizer
+    from ray_interactive.core.messages import Snapshot
+    from ray_interactive.core.modules import describe_modules
+
+    doc: dict[str, Any] = {
+        "groups": describe_optimizer(optimizer), "modules": describe_modules(model),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "has_eval": True,
+        "step": 0, "branch": "main", "schedule": {"kind": "constant"}, "grad_clip": None, "grad_accumulation": 1,
+        "paused": False, "mixture": {"base": 1.0}, "frontend": "trainer",
+    }
+    return Snapshot.model_validate({**doc, **fields}).model_dump(mode="json")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_interactive.config import RunConfig
+from ray_interactive.core.config import RunConfig
 
 from .conftest import regression_config, wait_until
 
@@ -82,7 +82,7 @@ def test_stop_finishes_the_step_and_writes_a_final_checkpoint(tmp_path: Path, st
 
 
 def test_replaying_the_command_log_reproduces_the_run(tmp_path: Path, start: Any) -> None:
-    from ray_interactive.launch import replay_run
+    from ray_interactive.runtime.launch import replay_run
 
     original = start(regression_config(tmp_path / "orig", name="orig", checkpoint_every=25))
     client = original.client()

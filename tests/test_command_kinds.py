@@ -17,8 +17,8 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from ray_interactive.client import RunClient
-from ray_interactive.launch import RunHandle, start_run
+from ray_interactive.runtime.client import RunClient
+from ray_interactive.runtime.launch import RunHandle, start_run
 
 from .conftest import regression_config, running_client, wait_until
 

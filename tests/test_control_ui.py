@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from apps.control_ui import check_bind, serve
-from ray_interactive.launch import RunHandle, start_run
+from ray_interactive.runtime.launch import RunHandle, start_run
+from ray_interactive.ui.control_ui import check_bind, serve
 
 from .conftest import REPO, regression_config, running_client, wait_until
 
@@ -131,7 +131,7 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
     assert "rejected: no module named" in gc.predict("no.such", "freeze", "", "", api_name="/update_module")
     choices = gc.predict(api_name="/choices")
     assert ["api-tag", "api-tag"] not in choices[2]["choices"] and any(ckpt in c for c in choices[2]["choices"])
-    assert "unknown action" in __import__("apps.dashboard", fromlist=["Dashboard"]).Dashboard(client).simple("explode")
+    assert "unknown action" in __import__("ray_interactive.ui.dashboard", fromlist=["Dashboard"]).Dashboard(client).simple("explode")
     rows = client.commands(limit=30)
     # Every control went through the command API, stamped "ui" (a payload that did not
     # even parse, like steps=-5, is logged without a source).

@@ -5,6 +5,8 @@ load as a branch; stop; and the command log replays the run with the same losses
 
 from __future__ import annotations
 
+import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,11 +17,12 @@ import pytest
 import torch
 
 import ray_interactive as ri
-from ray_interactive.offline import FinishedRun
+from ray_interactive.runtime.offline import FinishedRun
 
 from .conftest import SHARED_DATA, wait_until
 
 NEW_LR = 0.00123
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def client_of(name: str) -> Any:
@@ -238,3 +241,72 @@ def test_a_hugging_face_run_refuses_what_hf_cannot_do(tmp_path: Path, ray_cluste
     assert "HF fixes gradient_accumulation_steps" in seen["accumulation"].message
     # HF checks should_training_stop only after a step: a stop before the first one ends after it
     assert seen["stop"].status.value == "applied" and FinishedRun(tmp_path / "r").status()["step"] == 1
+
+
+# -- the control UI, unchanged, on both --------------------------------------------------
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.parametrize("frontend", ["loop", "hf"])
+def test_the_control_ui_steers_a_loop_and_a_hugging_face_trainer(frontend: str, tmp_path: Path, ray_cluster: Any) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from ray_interactive.ui.control_ui import serve
+
+    name = f"ui-{frontend}"
+    errors: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            if frontend == "loop":
+                model = torch.nn.Linear(8, 1)
+                opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+                with ri.steer(name, model, opt, run_dir=tmp_path / name, metrics_interval_s=0.2) as s:
+                    while s.running:
+                        model(torch.randn(16, 8)).pow(2).mean().backward()
+                        s.step(loss=None)
+                        time.sleep(0.01)  # a step of a real model
+            else:
+                from ray_interactive.examples.hf_wikitext import build_trainer
+
+                trainer = build_trainer(SHARED_DATA, tmp_path / "out", max_steps=100_000, n_layer=1, n_embd=32,
+                                        block=32, batch_size=4, train_chars=50_000, eval_chars=4_000)
+                ri.hf.steer(trainer, run=name, run_dir=tmp_path / name, metrics_interval_s=0.2)
+                trainer.train()
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    client = wait_until(lambda: client_of(name), timeout=120, what="the run to start")
+    wait_until(lambda: client.status()["status"] == "running", timeout=120, what="the run to run")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ui, url = serve(client, port=port, block=False, refresh_s=1.0, command_wait_s=30.0)
+    label = "plain PyTorch loop" if frontend == "loop" else "Hugging Face Trainer"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            status = page.locator("#status")
+            expect(status).to_contain_text("RUNNING")
+            expect(status).to_contain_text(label)
+            page.locator("#opt-value textarea, #opt-value input").first.fill("3e-4")
+            page.locator("#opt-apply").click()
+            expect(page.locator("#opt-msg")).to_contain_text("applied at step", timeout=60_000)
+            page.get_by_role("tab", name="Run & checkpoints").click()
+            page.locator("#btn-pause").click()
+            expect(status).to_contain_text("PAUSED", timeout=60_000)
+            page.locator("#btn-save").click()
+            expect(page.locator("#ckpt-msg")).to_contain_text("saved", timeout=60_000)
+            page.locator("#btn-resume").click()
+            expect(status).to_contain_text("RUNNING", timeout=60_000)
+            browser.close()
+        assert client.snapshot()["groups"][0]["hparams"]["lr"] == pytest.approx(3e-4, rel=0.5)  # decays under HF
+    finally:
+        client.send("stop")
+        thread.join(120)
+        ui.close()
+    assert not errors, errors
+    assert FinishedRun(tmp_path / name).status()["status"] == "stopped"

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_interactive.ingest_client import to_ipc_stream
-from ray_interactive.launch import RunHandle, start_run
+from ray_interactive.runtime.launch import RunHandle, start_run
+from ray_interactive.serve.ingest_client import to_ipc_stream
 
 from .conftest import regression_config, wait_until
 

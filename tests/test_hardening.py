@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from ray_interactive.examples.regression import live_schema
-from ray_interactive.launch import RunHandle, start_run
+from ray_interactive.runtime.launch import RunHandle, start_run
 
 from .conftest import REPO, regression_config, running_client, wait_until
 

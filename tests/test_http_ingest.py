@@ -24,11 +24,11 @@ from fastapi import FastAPI
 
 import ray_interactive as ri
 from ray_interactive.cli import CLIError, parse_host_port
-from ray_interactive.client import RunClient
 from ray_interactive.examples.regression import make_table
-from ray_interactive.ingest_client import IngestRejected, list_sources, post_table, to_ipc_stream
-from ray_interactive.ingest_http import make_ingest_app, serve_in_thread, start_ingest_server
-from ray_interactive.launch import RunHandle, start_run
+from ray_interactive.runtime.client import RunClient
+from ray_interactive.runtime.launch import RunHandle, start_run
+from ray_interactive.serve.ingest_client import IngestRejected, list_sources, post_table, to_ipc_stream
+from ray_interactive.serve.ingest_http import make_ingest_app, serve_in_thread, start_ingest_server
 
 from .conftest import REPO, regression_config, wait_until
 
@@ -229,7 +229,7 @@ CLIENT_SCRIPT = """
 import json, os, sys
 import numpy as np
 import pyarrow as pa
-from ray_interactive.ingest_client import IngestRejected, list_sources, post_table
+from ray_interactive.serve.ingest_client import IngestRejected, list_sources, post_table
 
 x = np.random.default_rng(0).standard_normal((20, 32), dtype=np.float32)
 table = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32),

@@ -20,8 +20,8 @@ from neuralos_example.data import decode_png
 from neuralos_example.main import Deployment
 from neuralos_example.simulator import Action, Desktop, key_for_index
 from neuralos_example.users import SimulatedUser
-from ray_interactive.config import RunConfig, TaskSpec
-from ray_interactive.launch import start_run
+from ray_interactive.core.config import RunConfig, TaskSpec
+from ray_interactive.runtime.launch import start_run
 
 from .conftest import wait_until
 

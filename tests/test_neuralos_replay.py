@@ -26,8 +26,8 @@ from neuralos_example.data import decode_png, encode_png, task_session
 from neuralos_example.replay import Replayer
 from neuralos_example.simulator import Action, Desktop, Event, key_for_index
 from neuralos_example.task import interaction_schema
-from ray_interactive.config import RunConfig, TaskSpec
-from ray_interactive.launch import start_run
+from ray_interactive.core.config import RunConfig, TaskSpec
+from ray_interactive.runtime.launch import start_run
 
 from .conftest import REPO, wait_until
 
@@ -128,7 +128,7 @@ def test_a_batch_acknowledged_but_not_recorded_is_not_stored_twice(run: dict[str
 REPLAYER_PROCESS = """
 import sys, time
 from neuralos_example.replay import Replayer
-from ray_interactive.client import connect
+from ray_interactive.runtime.client import connect
 
 run, address, state, from_row = sys.argv[1:5]
 replayer = Replayer(connect(run, address=address), state_path=state, max_rows=2, from_row=int(from_row))

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_interactive.commands import COMMAND_KINDS
-from ray_interactive.launch import RunHandle, start_run
+from ray_interactive.core.commands import COMMAND_KINDS
+from ray_interactive.runtime.launch import RunHandle, start_run
 
 from .conftest import regression_config, wait_until
 

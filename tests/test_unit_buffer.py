@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ray_interactive.buffer import DataBuffer
-from ray_interactive.task import DataSource
+from ray_interactive.core.task import DataSource
+from ray_interactive.data.buffer import DataBuffer
 
 B_OFFSET = 1_000_000
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ray_interactive.checkpoints import (
+from ray_interactive.core.checkpoints import (
     CheckpointInfo,
     checkpoint_id,
     list_checkpoints,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ray_interactive.commands import (
+from ray_interactive.core.commands import (
     CommandRecord,
     CommandStatus,
     LoadCheckpoint,
@@ -19,11 +19,11 @@ from ray_interactive.commands import (
     UpdateModule,
     UpdateOptimizer,
 )
-from ray_interactive.config import RunConfig, TaskSpec
-from ray_interactive.controller import Controller
+from ray_interactive.core.config import RunConfig, TaskSpec
+from ray_interactive.core.controller import Controller
 from ray_interactive.examples.regression import RegressionTask
-from ray_interactive.hparams import describe_optimizer
-from ray_interactive.modules import describe_modules
+
+from .conftest import snapshot_of
 
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"
 
@@ -37,7 +37,7 @@ def snapshot() -> dict[str, Any]:
     task = RegressionTask(in_dim=4, width=8, depth=1)
     model = task.build_model()
     opt = task.build_optimizer(model, 1e-3)
-    return {"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True, "mixture": {"base": 1.0}}
+    return snapshot_of(model, opt)
 
 
 class Harness:
@@ -243,9 +243,7 @@ def test_a_rejected_command_can_be_retried_with_the_same_id(tmp_path: Path) -> N
     assert c.submit(cmd).status is CommandStatus.REJECTED  # no trainer snapshot yet
     model = RegressionTask().build_model()
     opt = RegressionTask().build_optimizer(model, 1e-3)
-    c.trainer_snapshot(
-        {"groups": describe_optimizer(opt), "modules": describe_modules(model), "has_eval": True, "mixture": {"base": 1.0}}
-    )
+    c.trainer_snapshot(snapshot_of(model, opt))
     again = c.submit(cmd)
     assert again.status is CommandStatus.ACCEPTED and again.seq == 1
     assert c.submit(cmd) is again  # but an accepted one is not queued twice

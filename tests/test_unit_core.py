@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from ray_interactive.commands import (
+from ray_interactive.core.commands import (
     Cancel,
     Command,
     CommandRecord,
@@ -31,12 +31,12 @@ from ray_interactive.commands import (
     UpdateModule,
     UpdateOptimizer,
 )
-from ray_interactive.config import RunConfig
-from ray_interactive.hf import HFSchedule
-from ray_interactive.schedules import Schedule
-from ray_interactive.state import OwnSchedule, RunStatus, TrainState
-from ray_interactive.steering import EFFECTS, Frontend, Reporter, Steering
-from ray_interactive.weights import WeightRegistry
+from ray_interactive.core.config import RunConfig
+from ray_interactive.core.schedules import Schedule
+from ray_interactive.core.state import OwnSchedule, RunStatus, TrainState
+from ray_interactive.core.steering import EFFECTS, Frontend, Reporter, Steering
+from ray_interactive.serve.weights import WeightRegistry
+from ray_interactive.train.hf import HFSchedule
 
 
 class Calls:

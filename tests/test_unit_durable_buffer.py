@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_interactive.buffer import DataBuffer
-from ray_interactive.config import BufferConfig
-from ray_interactive.task import DataSource
+from ray_interactive.core.config import BufferConfig
+from ray_interactive.core.task import DataSource
+from ray_interactive.data.buffer import DataBuffer
 
 SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.binary())])
 

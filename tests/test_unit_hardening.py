@@ -17,9 +17,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ray_interactive.buffer import DataBuffer
 from ray_interactive.cli import parse_assignments, text_fields
-from ray_interactive.commands import (
+from ray_interactive.core.commands import (
     Cancel,
     CommandRecord,
     CommandStatus,
@@ -34,18 +33,17 @@ from ray_interactive.commands import (
     loggable,
     parse_command,
 )
-from ray_interactive.config import HealthConfig, RunConfig, TaskSpec
-from ray_interactive.controller import Controller, read_command_log, replay_commands
+from ray_interactive.core.config import HealthConfig, RunConfig, TaskSpec
+from ray_interactive.core.controller import Controller, read_command_log, replay_commands
+from ray_interactive.core.health import HealthGuard, nonfinite_tensors
+from ray_interactive.core.inbox import CommandInbox
+from ray_interactive.core.task import DataSource
+from ray_interactive.data.buffer import DataBuffer
+from ray_interactive.data.feeds import LocalFeed
 from ray_interactive.examples.regression import RegressionTask, live_schema
-from ray_interactive.feeds import LocalFeed
-from ray_interactive.health import HealthGuard, nonfinite_tensors
-from ray_interactive.hparams import describe_optimizer
-from ray_interactive.inbox import CommandInbox
-from ray_interactive.modules import describe_modules
-from ray_interactive.task import DataSource
-from ray_interactive.trainer import Reporter, Trainer
+from ray_interactive.train.trainer import Reporter, Trainer
 
-from .conftest import regression_config
+from .conftest import regression_config, snapshot_of
 
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"
 
@@ -139,15 +137,7 @@ def controller(tmp_path: Path) -> Any:
     task = RegressionTask(in_dim=4, width=8, depth=1)
     model = task.build_model()
     c = Controller(RunConfig(name="unit", task=TaskSpec(target=REGRESSION), run_dir=tmp_path / "run", max_steps=1000))
-    c.trainer_snapshot(
-        {
-            "groups": describe_optimizer(task.build_optimizer(model, 1e-3)),
-            "modules": describe_modules(model),
-            "trainable": sum(p.numel() for p in model.parameters()),
-            "has_eval": True,
-            "mixture": {"base": 1.0},
-        }
-    )
+    c.trainer_snapshot(snapshot_of(model, task.build_optimizer(model, 1e-3)))
     yield c
     c.close()
 
@@ -206,7 +196,7 @@ def test_the_history_stays_readable_whatever_was_sent(controller: Controller) ->
 
 def test_system_events_are_logged_unnumbered_and_not_replayed(controller: Controller, tmp_path: Path) -> None:
     controller.submit(Pause())
-    controller.system_event({"kind": "pause", "message": "health guard paused the run", "step": 7, "branch": "main"})
+    controller.system_event({"kind": "pause", "message": "health guard paused the run", "step": 7, "branch": "main", "time": 1.0})
     row = controller.commands(newest_first=True)[0]
     assert (row["source"], row["kind"], row["status"], row["seq"], row["applied_step"]) == ("system", "pause", "applied", None, 7)
     applied = controller.records[next(iter(controller.records))].model_copy(
@@ -360,7 +350,7 @@ def test_an_exploding_step_never_reaches_the_weights_and_the_run_pauses_saying_w
 
 
 def test_non_finite_weights_are_never_published_or_rolled_back_to(tmp_path: Path) -> None:
-    from ray_interactive.weights import WeightRegistry
+    from ray_interactive.serve.weights import WeightRegistry
 
     class Publisher:
         registry = WeightRegistry(keep=4)
@@ -475,7 +465,7 @@ def test_a_non_finite_evaluation_is_flagged(tmp_path: Path) -> None:
     task = DivergedEvalTask(width=8, depth=1, rows=256)
     events = Events()
     trainer = Trainer(cfg, task, lambda _: LocalFeed(DataBuffer(task.data_sources(), seed=0), 16), events.reporter)
-    from ray_interactive.commands import Evaluate
+    from ray_interactive.core.commands import Evaluate
 
     trainer.deliver([command(1, Evaluate(at_step=4))])
     trainer.run()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ray_interactive.hparams import apply_update, describe_optimizer, validate_update
+from ray_interactive.core.hparams import apply_update, describe_optimizer, validate_update
 
 
 @pytest.fixture

@@ -5,8 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
-from ray_interactive.commands import CommandRecord, CommandStatus, Evaluate, LoadCheckpoint, Pause, Resume, SetGradClip
-from ray_interactive.inbox import CommandInbox
+from ray_interactive.core.commands import (
+    CommandRecord,
+    CommandStatus,
+    Evaluate,
+    LoadCheckpoint,
+    Pause,
+    Resume,
+    SetGradClip,
+)
+from ray_interactive.core.inbox import CommandInbox
 
 
 def rec(seq: int, command=None) -> CommandRecord:  # noqa: ANN001

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_interactive.metrics import MetricStore, Series, thin_minmax
+from ray_interactive.core.metrics import MetricStore, Series, thin_minmax
 
 N_POINTS = 100_000
 UP_SPIKES = [5_000 + 10_000 * k for k in range(10)]

@@ -1,4 +1,4 @@
-"""ray_interactive.retry: the one retry policy (bounded, backoff with jitter, logged, last error raised)."""
+"""ray_interactive.runtime.retry: the one retry policy (bounded, backoff with jitter, logged, last error raised)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ray_interactive.retry import actor_restarting, call_with_retry, retrying
+from ray_interactive.runtime.retry import actor_restarting, call_with_retry, retrying
 
 
 class Flaky:
@@ -189,7 +189,7 @@ def test_actor_restarting_retries_actor_errors_but_not_task_errors() -> None:
 
 
 def test_the_ingest_client_still_imports_neither_ray_nor_torch() -> None:
-    code = ("import sys, ray_interactive.ingest_client, ray_interactive.retry; "
+    code = ("import sys, ray_interactive.serve.ingest_client, ray_interactive.runtime.retry; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
@@ -241,7 +241,7 @@ class _Server:
 @pytest.fixture
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The client's retries without their waits (the waits are recorded)."""
-    import ray_interactive.ingest_client as ic
+    import ray_interactive.serve.ingest_client as ic
 
     slept: list[float] = []
     real = ic.call_with_retry
@@ -256,7 +256,7 @@ def _table() -> Any:
 
 
 def test_ingest_client_retries_5xx_with_the_same_batch_id(no_sleep: list[float]) -> None:
-    from ray_interactive.ingest_client import post_table
+    from ray_interactive.serve.ingest_client import post_table
 
     ack = {"source": "live", "rows": 3, "first": 0, "last": 2, "batch_id": "b-7", "duplicate": True}
     server = _Server([(503, {"error": "the data buffer is unavailable"}), (502, {"error": "bad gateway"}), (200, ack)])
@@ -269,7 +269,7 @@ def test_ingest_client_retries_5xx_with_the_same_batch_id(no_sleep: list[float])
 
 
 def test_ingest_client_gives_up_with_the_last_5xx_message_and_status(no_sleep: list[float]) -> None:
-    from ray_interactive.ingest_client import IngestUnavailable, post_table
+    from ray_interactive.serve.ingest_client import IngestUnavailable, post_table
 
     server = _Server([(503, {"error": f"unavailable {i}"}) for i in range(3)])
     try:
@@ -283,7 +283,7 @@ def test_ingest_client_gives_up_with_the_last_5xx_message_and_status(no_sleep: l
 
 
 def test_ingest_client_does_not_retry_a_4xx(no_sleep: list[float]) -> None:
-    from ray_interactive.ingest_client import IngestRejected, list_sources
+    from ray_interactive.serve.ingest_client import IngestRejected, list_sources
 
     server = _Server([(401, {"error": "bad token"}), (200, {})])
     try:
@@ -297,7 +297,7 @@ def test_ingest_client_does_not_retry_a_4xx(no_sleep: list[float]) -> None:
 def test_ingest_client_retries_a_refused_connection_then_says_so(no_sleep: list[float]) -> None:
     import socket
 
-    from ray_interactive.ingest_client import IngestUnavailable, list_sources
+    from ray_interactive.serve.ingest_client import IngestUnavailable, list_sources
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ray_interactive.schedules import Schedule, factor, lr_at, rescale, start
+from ray_interactive.core.schedules import Schedule, factor, lr_at, rescale, start
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ray_interactive.core.task import column_array
 from ray_interactive.examples.regression import make_table
-from ray_interactive.task import column_array
 
 
 def test_column_array_of_a_sliced_fixed_size_list_batch_is_exact_and_writable() -> None:

@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ray_interactive.client import RunClient
-from ray_interactive.config import RunConfig, TaskSpec
-from ray_interactive.controller import Controller
+from ray_interactive.core.config import RunConfig, TaskSpec
+from ray_interactive.core.controller import Controller
 from ray_interactive.examples.regression import RegressionTask
-from ray_interactive.launch import RunHandle, start_run
-from ray_interactive.weights import (
+from ray_interactive.runtime.client import RunClient
+from ray_interactive.runtime.launch import RunHandle, start_run
+from ray_interactive.serve.weights import (
     BackgroundPublisher,
     LocalPublisher,
     PackedState,
@@ -154,10 +154,10 @@ def test_background_publisher_keeps_order_and_flushes() -> None:
 
 
 def test_an_in_process_trainer_publishes_through_a_local_publisher(tmp_path: Path) -> None:
-    from ray_interactive.buffer import DataBuffer
-    from ray_interactive.commands import CommandRecord, CommandStatus, PublishWeights
-    from ray_interactive.feeds import LocalFeed
-    from ray_interactive.trainer import Reporter, Trainer
+    from ray_interactive.core.commands import CommandRecord, CommandStatus, PublishWeights
+    from ray_interactive.data.buffer import DataBuffer
+    from ray_interactive.data.feeds import LocalFeed
+    from ray_interactive.train.trainer import Reporter, Trainer
 
     cfg = regression_config(tmp_path, max_steps=12, publish_every=5, task_kwargs={"width": 8, "depth": 1, "rows": 256})
     task = RegressionTask(width=8, depth=1, rows=256)
@@ -321,7 +321,7 @@ SUBSCRIBER = textwrap.dedent(
 def test_many_waiting_subscribers_leave_the_controller_responsive(run: RunHandle, client: RunClient) -> None:
     import ray
 
-    from ray_interactive.actors import MAX_WEIGHT_WAITERS
+    from ray_interactive.runtime.actors import MAX_WEIGHT_WAITERS
 
     never = 10**9
     t0 = time.monotonic()

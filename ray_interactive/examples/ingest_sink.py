@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_interactive.task import DataSource, Task, column_array
+from ray_interactive.core.task import DataSource, Task, column_array
 
 EVENT_SCHEMA = pa.schema(
     [pa.field("id", pa.int64(), nullable=False), pa.field("t", pa.float64(), nullable=False), pa.field("payload", pa.binary())]

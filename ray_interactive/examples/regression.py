@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_interactive.task import DataSource, Task, column_array
+from ray_interactive.core.task import DataSource, Task, column_array
 
 
 def make_table(rows: int, in_dim: int, seed: int) -> pa.Table:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_interactive.task import DataSource, Task, column_array
+from ray_interactive.core.task import DataSource, Task, column_array
 
 log = logging.getLogger(__name__)
 

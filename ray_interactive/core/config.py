@@ -1,0 +1,164 @@
+"""A run's configuration: plain, validated data, saved as ``config.json`` in the run dir."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ray_interactive.core.commands import check_name
+from ray_interactive.core.schedules import check_args
+
+#: Namespace every run's named actors live in.
+DEFAULT_NAMESPACE = "ray_interactive"
+
+
+class TaskSpec(BaseModel):
+    """Which task to train: an import path and keyword arguments (JSON values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="'package.module:TaskClass'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(BaseModel):
+    """The learning-rate schedule a run starts with (see :mod:`ray_interactive.core.schedules`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["constant", "linear", "cosine", "step"] = "constant"
+    steps: int | None = Field(default=None, ge=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _steps_needed(self) -> ScheduleConfig:
+        check_args(self.kind, self.steps)
+        return self
+
+
+class BufferConfig(BaseModel):
+    """How the data buffer stores live rows (see :mod:`ray_interactive.data.segments`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fsync: bool = Field(default=True, description="fsync each ingest before acknowledging it")
+    segment_mb: float = Field(default=64.0, gt=0.0, le=65536.0, description="segment files roll at this size")
+    memory_mb: float = Field(
+        default=1024.0, gt=0.0, description="live rows held in memory; older ones are read from the memory-mapped segments"
+    )
+    memory_rows: int | None = Field(default=None, ge=1, description="optional cap on live rows held in memory")
+    stats_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0, description="buffer -> controller metrics")
+
+
+class HttpIngestConfig(BaseModel):
+    """Serve ingest over HTTP for apps that are not Ray drivers (see :mod:`ray_interactive.serve.ingest_http`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to accept other machines")
+    port: int = Field(default=0, ge=0, le=65535, description="0: a free port (see <run_dir>/ingest_url)")
+    max_body_mb: float = Field(default=64.0, gt=0.0, le=4096.0, description="largest request body accepted")
+
+
+class HealthConfig(BaseModel):
+    """The training health guard: what a run does when a step's loss or gradient norm is
+    not finite (the step itself is always skipped: its update never reaches the weights)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_non_finite: Literal["pause", "skip", "rollback"] = Field(
+        default="pause",
+        description="pause: pause with a message; skip: go on with the next batch; "
+        "rollback: load the newest checkpoint with finite weights and lower the lr",
+    )
+    max_skips: int = Field(default=20, ge=1, le=1_000_000, description="skip: consecutive skipped steps before pausing")
+    lr_factor: float = Field(default=0.5, gt=0.0, lt=1.0, description="rollback: the lr is multiplied by this")
+    max_rollbacks: int = Field(default=3, ge=1, le=1000, description="rollback: to one checkpoint, before pausing")
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. Unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    task: TaskSpec | None = Field(
+        default=None, description="the task our Trainer actor trains; None for a loop steered in-process (ri.steer, ri.hf)"
+    )
+    run_dir: Path | None = Field(default=None, description="default: runs/<name>")
+    seed: int = 0
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    grad_accumulation: int = Field(default=1, ge=1, le=4096)
+    max_steps: int | None = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1, description="steps between checkpoints")
+    checkpoint_keep: int | None = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="periodic checkpoints kept per branch (tagged, saved-by-command, final and branch-point "
+        "ones are always kept); None keeps all",
+    )
+    eval_every: int | None = Field(default=None, ge=1, description="steps between evaluations")
+    publish_every: int | None = Field(default=None, ge=1, description="steps between weight versions published")
+    weights_keep: int = Field(default=8, ge=1, le=10_000, description="weight versions the controller keeps")
+    start_paused: bool = Field(default=False, description="wait for a resume before the first step")
+    mixture: dict[str, float] | None = Field(default=None, description="initial source weights")
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    metrics_interval_s: float = Field(default=0.5, gt=0.0, le=60.0, description="trainer -> controller")
+    metrics_flush_s: float = Field(default=5.0, gt=0.0, le=3600.0, description="controller -> disk")
+    batches_per_request: int | None = Field(
+        default=None, ge=1, le=1024, description="batches per buffer call; default: ~50 ms of training"
+    )
+    requests_in_flight: int = Field(default=2, ge=1, le=64, description="buffer calls kept in flight")
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    trainer_num_cpus: float = Field(default=1.0, ge=0.0)
+    namespace: str = DEFAULT_NAMESPACE
+    http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "run name")
+
+    @field_validator("lr")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("lr must be finite")
+        return v
+
+    @field_validator("mixture")
+    @classmethod
+    def _mixture(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            for k, w in v.items():
+                if not math.isfinite(w) or w < 0:
+                    raise ValueError(f"mixture weight of {k!r} must be finite and >= 0")
+        return v
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return (self.run_dir or Path("runs") / self.name).resolve()
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.model_validate(json.loads(path.read_text()))
+
+
+def actor_name(run: str, role: Literal["controller", "trainer", "buffer", "ingest"]) -> str:
+    """The Ray name of one of a run's actors."""
+    return f"{run}.{role}"

@@ -1,0 +1,643 @@
+"""The data buffer: named sources of Arrow rows and mixture sampling of training batches.
+
+* A *static* source is a base dataset, used where it lies (a table, a memory-mapped Arrow
+  IPC file, a Hugging Face dataset) or decoded once (Parquet).
+* A *live* source grows by :meth:`DataBuffer.ingest`. With a ``directory`` every accepted
+  table is on disk (:mod:`ray_interactive.data.segments`, fsync by default) before it is
+  acknowledged, a repeated ``batch_id`` is acknowledged without storing the rows twice,
+  and a new buffer over the same directory (a restarted actor, a resumed run) recovers
+  every acknowledged row. Recent rows are held in memory up to a cap; older ones are
+  served from the memory-mapped segments.
+
+Batches hold the columns every source shares (the *batch columns*), so a batch mixes rows
+of several sources. The sampler's whole state (generator, epoch and fresh cursors,
+weights) is the *data position*: it comes with every batch and goes into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_interactive.core.commands import check_name
+from ray_interactive.core.config import BufferConfig
+from ray_interactive.core.messages import BufferStats
+from ray_interactive.core.task import DataSource
+from ray_interactive.core.validation import validate_mixture
+from ray_interactive.data.sampling import (
+    draw_counts,
+    draw_recent,
+    draw_uniform,
+    effective_weights,
+    epoch_permutation,
+    take_fresh,
+)
+from ray_interactive.data.schemas import check_limits, conform
+from ray_interactive.data.segments import Segment, SegmentWriter, read_segment, recover_source
+
+log = logging.getLogger(__name__)
+
+_BATCH_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MERGE_BYTES = 256 << 10  # small hot tables are merged up to this size (fewer blocks to search)
+_RATE_WINDOW_S = 10.0
+_MIN_EARLY_ROLL = 4 << 20  # the open segment is closed early (memory cap) only from this size
+
+
+def _owned(table: pa.Table) -> pa.Table:
+    """``table`` in memory this process owns. A table that came as a Ray argument may be
+    a view of the object store, where holding it would pin memory the cap doesn't see."""
+    batches = table.to_batches()
+    if len(batches) != 1 or table.nbytes < 64 << 10:  # small ones are merged (copied) soon anyway
+        return table
+    return pa.Table.from_batches([pa.ipc.read_record_batch(batches[0].serialize(), table.schema)])
+
+
+def check_batch_id(batch_id: Any) -> str:
+    if not isinstance(batch_id, str) or not _BATCH_ID_RE.fullmatch(batch_id):
+        raise ValueError(f"batch_id {str(batch_id)[:80]!r} is not valid: use 1-128 letters, digits, '.', '_', ':' or '-'")
+    return batch_id
+
+
+@dataclass
+class BatchChunk:
+    """``len(positions)`` consecutive batches of ``batch_size`` rows in one table.
+
+    ``positions[i]`` is the data position right after batch ``i``; ``meta[i]`` says where
+    its rows came from and when the live ones were ingested.
+    """
+
+    table: pa.Table
+    batch_size: int
+    positions: list[dict[str, Any]]
+    meta: list[dict[str, Any]]
+
+
+class _Grow:
+    """A growable numpy array (amortised O(1) appends)."""
+
+    def __init__(self, dtype: Any) -> None:
+        self._a = np.zeros(1024, dtype)
+        self.n = 0
+
+    def fill(self, value: Any, count: int) -> None:
+        if self.n + count > len(self._a):
+            bigger = np.zeros(max(2 * len(self._a), self.n + count), self._a.dtype)
+            bigger[: self.n] = self._a[: self.n]
+            self._a = bigger
+        self._a[self.n : self.n + count] = value
+        self.n += count
+
+    def view(self) -> np.ndarray:
+        return self._a[: self.n]
+
+
+def _select(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns of ``schema``, labelled with it (nullability may differ between
+    sources; the types are the same, so this copies nothing)."""
+    return table.select(schema.names).cast(schema)
+
+
+@dataclass
+class _Block:
+    """Consecutive rows ``[start, start + rows)`` held in memory."""
+
+    start: int
+    table: pa.Table
+    nbytes: int
+    _selected: pa.Table | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+    def select(self, schema: pa.Schema) -> pa.Table:
+        if self._selected is None or not self._selected.schema.equals(schema):
+            self._selected = _select(self.table, schema)
+        return self._selected
+
+
+class _Source:
+    """One source's rows: a cold prefix (static table or closed segments, mapped) and a
+    hot suffix of recent live rows in memory."""
+
+    def __init__(self, spec: DataSource, directory: Path | None, cfg: BufferConfig) -> None:
+        check_name(spec.name, "source")
+        self.name = spec.name
+        self.policy = spec.policy
+        self.half_life = spec.half_life
+        self.max_row_bytes = spec.max_row_bytes
+        self.max_table_bytes = spec.max_table_bytes
+        self.allow_non_finite = spec.allow_non_finite
+        static = spec.static_table()
+        self.live = static is None
+        self.log_only = spec.log_only
+        self.schema = spec.resolved_schema(static)
+        self.segments: list[Segment] = []
+        self.hot: list[_Block] = []
+        self._hot_starts: np.ndarray | None = None  # cache of the blocks' starts, for take()
+        self.hot_bytes = 0
+        self.times = _Grow(np.float64)  # ingest time of each live row
+        self.used = _Grow(np.bool_)  # whether a live row was drawn into a batch yet
+        self.rejected = 0
+        self.writer: SegmentWriter | None = None
+        self.broken: str | None = None  # set when the segment files can no longer be trusted
+        self._cold: pa.Table | None = None
+        self._cold_selected: pa.Table | None = None
+        self.batch_ids: list[tuple[str, int, int]] = []  # recovered (batch_id, first, rows)
+        if static is not None:
+            self._cold = conform(static, self.schema, self.name, allow_empty=True, allow_non_finite=spec.allow_non_finite)
+            self.rows = self.cold_rows = self._cold.num_rows
+            self.disk_bytes = self._cold.nbytes
+            return
+        self.rows = self.cold_rows = 0
+        self.disk_bytes = 0
+        if directory is not None:
+            sdir = directory / self.name
+            self.segments = recover_source(sdir, self.schema)
+            for seg in self.segments:
+                self.disk_bytes += seg.path.stat().st_size
+                for rec in seg.batches:
+                    self.times.fill(rec.time, rec.rows)
+                    self.batch_ids.append((rec.batch_id, rec.first, rec.rows))
+            self.rows = self.cold_rows = sum(seg.rows for seg in self.segments)
+            self.used.fill(True, self.rows)  # recovered rows are not "fresh" to this buffer
+            self.writer = SegmentWriter(sdir, self.schema, int(cfg.segment_mb * 2**20), cfg.fsync)
+
+    # -- storage -----------------------------------------------------------------------
+    @property
+    def hot_rows(self) -> int:
+        return self.rows - self.cold_rows
+
+    @property
+    def durable_rows(self) -> int:
+        """Rows in closed segments (readable through a memory map)."""
+        return sum(seg.rows for seg in self.segments)
+
+    def append(self, table: pa.Table, batch_id: str, t: float, sync: bool = True) -> int:
+        """Store an accepted table (on disk first, if the buffer has a directory); returns
+        the sequence number of its first row. Raises ``OSError`` with nothing stored."""
+        if self.broken:
+            raise OSError(f"source {self.name!r}: its storage failed ({self.broken}); restart the buffer to recover")
+        first = self.rows
+        table = _owned(table.combine_chunks())  # one record batch per ingest in the segment
+        if self.writer is not None:
+            try:
+                self.disk_bytes += self.writer.append(table.to_batches()[0], batch_id, first, t, sync)
+            except BaseException:
+                self._after_failed_write()
+                raise
+        self.hot.append(_Block(first, table, table.nbytes))
+        self.hot_bytes += table.nbytes
+        self._merge_small_blocks()
+        self.rows += table.num_rows
+        self.times.fill(t, table.num_rows)
+        self.used.fill(False, table.num_rows)
+        if self.writer is not None and self.writer.full:
+            self._roll()
+        return first
+
+    def _after_failed_write(self) -> None:
+        """The writer cut its segment back to the last whole batch and closed it: keep
+        that segment's earlier batches readable, or stop storing if that is impossible."""
+        assert self.writer is not None
+        if self.writer.broken:
+            self.broken = self.writer.broken
+        elif self.writer.rows and self.writer.path is not None:
+            try:
+                self._add_segment(read_segment(self.writer.path, self.schema, repair=False))
+            except Exception as e:  # noqa: BLE001 - recorded; ingests refused until a restart
+                self.broken = f"{type(e).__name__}: {e}"
+
+    def _roll(self) -> None:
+        assert self.writer is not None
+        try:
+            closed = self.writer.close()
+        except Exception as e:  # noqa: BLE001 - the rows are written; a restart re-reads them
+            log.exception("closing segment %s failed", self.writer.path)
+            self.broken = f"closing a segment failed: {type(e).__name__}: {e}"
+            return
+        if closed is not None:
+            self._add_segment(closed)
+
+    def _add_segment(self, seg: Segment) -> None:
+        self.segments.append(seg)
+        self._cold = self._cold_selected = None
+
+    def _merge_small_blocks(self) -> None:
+        # Binary-counter merging keeps O(log n) small blocks; the copy also makes the
+        # buffer the owner of rows that arrived in a caller's memory.
+        hot = self.hot
+        while len(hot) >= 2 and hot[-1].rows >= hot[-2].rows and hot[-1].nbytes + hot[-2].nbytes <= _MERGE_BYTES:
+            b, a = hot.pop(), hot.pop()
+            hot.append(_Block(a.start, pa.concat_tables([a.table, b.table]).combine_chunks(), a.nbytes + b.nbytes))
+        self._hot_starts = None
+
+    def evict_oldest(self) -> bool:
+        """Serve the oldest in-memory rows from the segments instead; False if it can't."""
+        if not self.hot or self.writer is None or self.broken:
+            return False
+        block = self.hot[0]
+        if block.start + block.rows > self.durable_rows:
+            # Still in the open segment: close it early, unless it is small (a tiny cap
+            # would otherwise make a segment, and a memory map, per ingest).
+            if self.writer.size < min(self.writer.segment_bytes, _MIN_EARLY_ROLL):
+                return False
+            self._roll()
+            if block.start + block.rows > self.durable_rows:
+                return False
+        self.hot.pop(0)
+        self.hot_bytes -= block.nbytes
+        self._hot_starts = None
+        self.cold_rows = block.start + block.rows
+        return True
+
+    def _cold_table(self, schema: pa.Schema) -> pa.Table:
+        if self._cold_selected is None or not self._cold_selected.schema.equals(schema):
+            if self._cold is None:
+                tables = [seg.table for seg in self.segments]
+                self._cold = pa.concat_tables(tables) if tables else self.schema.empty_table()
+            self._cold_selected = _select(self._cold, schema)
+        return self._cold_selected
+
+    def take(self, idx: np.ndarray, schema: pa.Schema) -> list[pa.Table]:
+        """Rows ``idx`` with the columns of ``schema`` (grouped by where they live, not in
+        ``idx`` order)."""
+        parts = []
+        cold = idx < self.cold_rows
+        if cold.all():
+            return [self._cold_table(schema).take(idx)]
+        if cold.any():
+            parts.append(self._cold_table(schema).take(idx[cold]))
+            idx = idx[~cold]
+        if self._hot_starts is None:
+            self._hot_starts = np.fromiter((blk.start for blk in self.hot), np.int64, len(self.hot))
+        which = np.searchsorted(self._hot_starts, idx, side="right") - 1
+        for b in np.unique(which):
+            block = self.hot[b]
+            parts.append(block.select(schema).take(idx[which == b] - block.start))
+        return parts
+
+    def close(self) -> None:
+        if self.writer is not None and not self.broken:
+            self._roll()
+
+
+class DataBuffer:
+    """Sources, durable ingestion with schema checks, and deterministic mixture sampling."""
+
+    def __init__(
+        self,
+        sources: list[DataSource],
+        seed: int = 0,
+        mixture: dict[str, float] | None = None,
+        directory: Path | None = None,
+        config: BufferConfig | None = None,
+    ) -> None:
+        self.seed = seed
+        self.directory = directory
+        self.config = config or BufferConfig()
+        self._sources: dict[str, _Source] = {}
+        self._weights: dict[str, float] = {}
+        self._acks: dict[str, tuple[str, int, int]] = {}  # batch_id -> (source, first, rows)
+        self._rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self._rejected_total = 0
+        self._recent: collections.deque[tuple[float, str, int, int]] = collections.deque()  # (t, source, rows, bytes)
+        self.started_at = time.time()
+        self.batch_columns: list[str] = []
+        self.batch_schema = pa.schema([])
+        for s in sources:
+            self.register(s)
+        if mixture:
+            self._weights = validate_mixture(self._weights, mixture)
+        self._rng = np.random.default_rng(seed)
+        self._cursors: dict[str, list[int]] = {}  # epoch source -> [epoch, position]
+        self._fresh: dict[str, int] = {}  # fresh-first source -> first row never drawn
+        self._perms: dict[tuple[str, int, int], np.ndarray] = {}
+        self._batches = 0
+        self.batch_columns = self._common_columns()
+        self.batch_schema = self._batch_schema()
+
+    # -- sources -----------------------------------------------------------------------
+    def register(self, source: DataSource) -> None:
+        """Add a source; a static one brings its rows, a live one its stored segments."""
+        check_name(source.name, "source")
+        if source.name in self._sources:
+            raise ValueError(f"source {source.name!r} is already registered")
+        s = _Source(source, self.directory, self.config)
+        self._sources[source.name] = s
+        if not source.log_only:
+            self._weights[source.name] = float(source.weight)
+        for batch_id, first, rows in s.batch_ids:
+            self._acks[batch_id] = (s.name, first, rows)
+        s.batch_ids = []
+        self.batch_columns = self._common_columns()
+        self.batch_schema = self._batch_schema()
+
+    def _batch_schema(self) -> pa.Schema:
+        """The shared columns; nullable where any source's column is."""
+        fields = []
+        for name in self.batch_columns:
+            fs = [s.schema.field(name) for s in self._sources.values() if not s.log_only]
+            fields.append(fs[0].with_nullable(any(f.nullable for f in fs)))
+        return pa.schema(fields)
+
+    def _common_columns(self) -> list[str]:
+        schemas = [s.schema for s in self._sources.values() if not s.log_only]
+        if not schemas:
+            return []
+        common = [f.name for f in schemas[0] if all(sc.get_field_index(f.name) >= 0 for sc in schemas)]
+        for name in common:
+            types = {str(sc.field(name).type) for sc in schemas}
+            if len(types) > 1:
+                raise ValueError(f"column {name!r} has different types across sources: {', '.join(sorted(types))}")
+        if not common:
+            raise ValueError("the data sources share no column, so no batch can mix them")
+        return common
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Per source: rows, weight (as set and as drawn), policy, live or not, schema."""
+        eff = effective_weights(self._weights, {n: s.rows for n, s in self._sources.items()})
+        return {
+            name: {
+                "rows": s.rows,
+                "weight": self._weights.get(name, 0.0),
+                "effective_weight": eff.get(name, 0.0),
+                "waiting_for_data": s.rows == 0 and self._weights.get(name, 0.0) > 0,
+                "log_only": s.log_only,
+                "policy": s.policy,
+                "live": s.live,
+                "rejected": s.rejected,
+                "schema": str(s.schema),
+            }
+            for name, s in self._sources.items()
+        }
+
+    # -- ingestion ---------------------------------------------------------------------
+    def ingest(
+        self, table: pa.Table | pa.RecordBatch, source: str, batch_id: str | None = None, sync: bool = True
+    ) -> dict[str, Any]:
+        """Check ``table`` against the source's schema, store it durably, acknowledge it.
+
+        With ``sync=False`` the rows are written but not yet fsync'ed: the caller must run
+        :meth:`sync_job` before it passes the acknowledgement on (group commit).
+
+        Raises ``ValueError`` (nothing stored) for an unknown or static source or a table
+        that does not fit. A ``batch_id`` seen before is acknowledged again (``duplicate``
+        is True) without storing anything. Returns ``{"source", "rows", "first", "last",
+        "batch_id", "duplicate", "time"}``; ``first..last`` are the rows' sequence numbers.
+        """
+        s = self._sources.get(source)
+        try:
+            if s is None:
+                raise ValueError(f"unknown source {str(source)[:80]!r}; sources: {', '.join(self._sources)}")
+            if not s.live:
+                raise ValueError(f"source {source!r} is a static dataset; only live sources take ingested rows")
+            if batch_id is not None:
+                check_batch_id(batch_id)
+                seen = self._acks.get(batch_id)
+                if seen is not None:
+                    if seen[0] != source:
+                        raise ValueError(f"batch_id {batch_id!r} was already used for source {seen[0]!r}")
+                    return self._ack(batch_id, duplicate=True)
+            clean = conform(table, s.schema, source, allow_non_finite=s.allow_non_finite)
+            check_limits(clean, source, s.max_row_bytes, s.max_table_bytes)
+        except ValueError as e:
+            self._reject(s, source, str(e))
+            raise
+        batch_id = batch_id or uuid.uuid4().hex
+        t = time.time()
+        first = s.append(clean, batch_id, t, sync)  # an OSError here stored nothing
+        self._acks[batch_id] = (source, first, clean.num_rows)
+        self._recent.append((t, source, clean.num_rows, clean.nbytes))
+        self._enforce_memory()
+        return self._ack(batch_id, duplicate=False, t=t)
+
+    def sync_job(self) -> Callable[[], None]:
+        """A function that makes every write so far durable (fsync of each segment with
+        unsynced writes); it may run on another thread while ingestion goes on."""
+        fds = [fd for s in self._sources.values() if s.writer is not None and (fd := s.writer.sync_fd()) is not None]
+
+        def job() -> None:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        return job
+
+    def _ack(self, batch_id: str, duplicate: bool, t: float | None = None) -> dict[str, Any]:
+        source, first, rows = self._acks[batch_id]
+        return {
+            "source": source,
+            "rows": rows,
+            "first": first,
+            "last": first + rows - 1,
+            "batch_id": batch_id,
+            "duplicate": duplicate,
+            "time": t,
+        }
+
+    def _reject(self, s: _Source | None, source: Any, message: str) -> None:
+        if s is not None:
+            s.rejected += 1
+        self._rejected_total += 1
+        self._rejections.append({"time": time.time(), "source": str(source)[:80], "message": message[:500]})
+
+    def _enforce_memory(self) -> None:
+        cap_bytes = self.config.memory_mb * 2**20
+        cap_rows = self.config.memory_rows
+        live = [s for s in self._sources.values() if s.live]
+        while True:
+            hot_bytes = sum(s.hot_bytes for s in live)
+            hot_rows = sum(s.hot_rows for s in live)
+            if hot_bytes <= cap_bytes and (cap_rows is None or hot_rows <= cap_rows):
+                return
+            candidates = [s for s in live if s.hot and s.writer is not None]
+            if not candidates:
+                return  # memory-only buffer (no directory): nothing to fall back on
+            oldest = min(candidates, key=lambda s: s.times.view()[s.hot[0].start])
+            if not oldest.evict_oldest():
+                return  # over the cap until the open segment is big enough to close
+
+    # -- mixture -----------------------------------------------------------------------
+    def mixture(self) -> dict[str, float]:
+        return dict(self._weights)
+
+    def set_mixture(self, weights: dict[str, float]) -> dict[str, float]:
+        """Change some sources' weights (effective from the next batch drawn)."""
+        self._weights = validate_mixture(self._weights, weights)
+        return dict(self._weights)
+
+    # -- position ----------------------------------------------------------------------
+    def position(self) -> dict[str, Any]:
+        """The sampler state: enough to draw the same batches again."""
+        return {
+            "rng": copy.deepcopy(self._rng.bit_generator.state),
+            "cursors": {k: list(v) for k, v in self._cursors.items()},
+            "fresh": dict(self._fresh),
+            "weights": dict(self._weights),
+            "batches": self._batches,
+        }
+
+    def restore(self, position: dict[str, Any]) -> None:
+        """Go back (or forward) to a position from :meth:`position`."""
+        rng = np.random.default_rng()
+        rng.bit_generator.state = position["rng"]
+        self._rng = rng
+        self._cursors = {k: list(v) for k, v in position["cursors"].items()}
+        self._fresh = {k: int(v) for k, v in position.get("fresh", {}).items()}
+        self._weights = {**self._weights, **{k: v for k, v in position["weights"].items() if k in self._weights}}
+        self._batches = int(position["batches"])
+
+    # -- sampling ----------------------------------------------------------------------
+    def _take_epoch(self, s: _Source, k: int) -> np.ndarray:
+        # The cursor keeps the epoch's size: a live source grows, but an epoch is over the
+        # rows there were when it began (later ones join the next), also after a restore.
+        epoch, pos, *rest = self._cursors.get(s.name, [0, 0])
+        size = int(rest[0]) if rest else s.rows
+        out = []
+        while k > 0:
+            key = (s.name, epoch, size)
+            perm = self._perms.get(key)
+            if perm is None:
+                self._perms = {kk: v for kk, v in self._perms.items() if kk[0] != s.name}
+                perm = self._perms[key] = epoch_permutation(self.seed, s.name, epoch, size)
+            take = min(k, len(perm) - pos)
+            out.append(perm[pos : pos + take])
+            pos += take
+            k -= take
+            if pos >= len(perm):
+                epoch, pos, size = epoch + 1, 0, s.rows
+        self._cursors[s.name] = [epoch, pos, size]
+        return np.concatenate(out)
+
+    def _indices(self, s: _Source, k: int) -> np.ndarray:
+        if s.policy == "epoch":
+            return self._take_epoch(s, k)
+        if s.policy == "recency":
+            return draw_recent(self._rng, s.rows, k, s.half_life)
+        if s.policy == "fresh":
+            cursor = min(self._fresh.get(s.name, 0), s.rows)  # rows lost in a crash were never acknowledged
+            new, self._fresh[s.name] = take_fresh(cursor, s.rows, k)
+            if len(new) == k:
+                return new
+            return np.concatenate([new, draw_uniform(self._rng, s.rows, k - len(new))])
+        return draw_uniform(self._rng, s.rows, k)
+
+    def _draw_one(self, n: int, weights: dict[str, float]) -> tuple[list[pa.Table], dict[str, Any]]:
+        counts = draw_counts(self._rng, n, weights)
+        parts: list[pa.Table] = []
+        live_times, first_use = [], []
+        for name, k in counts.items():
+            s = self._sources[name]
+            idx = self._indices(s, k)
+            parts.extend(s.take(idx, self.batch_schema))
+            if s.live:
+                live_times.append(s.times.view()[idx])
+                used = s.used.view()
+                new = np.unique(idx[~used[idx]])
+                if len(new):
+                    used[new] = True
+                    first_use.append(s.times.view()[new])
+        self._batches += 1
+        meta: dict[str, Any] = {"counts": counts}
+        if live_times:  # when the live rows were ingested: the trainer turns these into ages
+            t = np.concatenate(live_times)
+            meta["live_rows"] = len(t)
+            meta["newest_time"] = float(t.max())
+            meta["mean_time"] = float(t.mean())
+            if first_use:
+                meta["first_use_times"] = np.concatenate(first_use)
+        return parts, meta
+
+    def next_batches(self, batch_size: int, count: int = 1, position: dict[str, Any] | None = None) -> BatchChunk | None:
+        """Draw ``count`` batches of ``batch_size`` rows (from ``position``, if given);
+        None while no source has data.
+
+        A source with a weight but no rows yet (a live source before its first ingest)
+        is left out and the others are renormalised; ``sources()`` shows it waiting.
+        """
+        if position is not None:
+            self.restore(position)
+        sizes = {name: s.rows for name, s in self._sources.items()}
+        weights = effective_weights(self._weights, sizes)  # fixed for the whole call
+        if not any(weights.values()):
+            return None
+        parts, positions, metas = [], [], []
+        for _ in range(count):
+            p, meta = self._draw_one(batch_size, weights)
+            parts.extend(p)
+            positions.append(self.position())
+            metas.append(meta)
+        table = pa.concat_tables(parts).combine_chunks()
+        return BatchChunk(table, batch_size, positions, metas)
+
+    def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows ``start..stop-1`` of a source in ingest order (for inspection, not training)."""
+        s = self._sources.get(source)
+        if s is None:
+            raise ValueError(f"unknown source {str(source)[:80]!r}; sources: {', '.join(self._sources)}")
+        stop = s.rows if stop is None else min(stop, s.rows)
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad row range {start}..{stop} of source {source!r} ({s.rows} rows)")
+        columns = columns or s.schema.names
+        unknown = [c for c in columns if s.schema.get_field_index(c) < 0]
+        if unknown:
+            raise ValueError(f"source {source!r} has no column(s) {', '.join(unknown)}")
+        schema = pa.schema([s.schema.field(c) for c in columns])
+        idx = np.arange(start, stop, dtype=np.int64)
+        parts = s.take(idx, schema) if len(idx) else [schema.empty_table()]
+        return pa.concat_tables(parts)  # blocks come in row order for a contiguous range
+
+    # -- stats -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Freshness and volume figures: per source rows, bytes, ingest rate, rejections."""
+        now = time.time()
+        while self._recent and self._recent[0][0] < now - _RATE_WINDOW_S:
+            self._recent.popleft()
+        window = min(_RATE_WINDOW_S, max(now - self.started_at, 1e-3))
+        rates: dict[str, list[float]] = {}
+        for _, name, rows, nbytes in self._recent:
+            r = rates.setdefault(name, [0.0, 0.0])
+            r[0] += rows / window
+            r[1] += nbytes / window
+        per_source = {}
+        for name, s in self._sources.items():
+            r = rates.get(name, [0.0, 0.0])
+            per_source[name] = {
+                "rows": s.rows,
+                "bytes": s.disk_bytes,
+                "memory_bytes": s.hot_bytes if s.live else 0,
+                "memory_rows": s.hot_rows if s.live else 0,
+                "ingest_rows_per_s": r[0],
+                "ingest_bytes_per_s": r[1],
+                "rejected": s.rejected,
+                "live": s.live,
+                "storage_error": s.broken,  # set: ingests refused until the buffer restarts
+            }
+        return BufferStats.model_validate({
+            "time": now,
+            "sources": per_source,
+            "memory_bytes": sum(s.hot_bytes for s in self._sources.values() if s.live),
+            "rejected": self._rejected_total,
+            "rejections": list(self._rejections),
+        }).model_dump(mode="json")
+
+    def close(self) -> None:
+        """Close open segments (an end-of-stream marker each); nothing is lost without it."""
+        for s in self._sources.values():
+            s.close()

@@ -1,0 +1,463 @@
+"""The Ray actors of a run: thin shells around the plain classes, all in one place.
+
+* :class:`ControllerActor` - threaded, so a client can block in :meth:`wait_command`
+  while others submit; one lock serialises access to the plain :class:`Controller`.
+* :class:`TrainerActor` - threaded with two concurrency groups: ``loop`` runs the step
+  loop, ``control`` receives commands while the loop runs (FIELD-NOTES: ~2 ms answers).
+* :class:`BufferActor` - an async actor: ingests share fsyncs (group commit) and the
+  trainer's numbered batch requests are served in order; restarted by Ray if it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ray_interactive.core.commands import CommandRecord
+from ray_interactive.core.config import RunConfig, actor_name
+from ray_interactive.core.controller import Controller
+from ray_interactive.core.task import load_task
+from ray_interactive.data.buffer import DataBuffer
+from ray_interactive.data.feeds import RayFeed
+from ray_interactive.serve.weights import BackgroundPublisher
+from ray_interactive.train.trainer import Reporter, Trainer
+
+log = logging.getLogger(__name__)
+
+
+#: Calls that may block in ControllerActor.wait_weights at once (of its 32 threads).
+MAX_WEIGHT_WAITERS = 16
+
+
+@ray.remote(num_cpus=0, max_concurrency=32)
+class ControllerActor:
+    """Ray shell of :class:`~ray_interactive.core.controller.Controller`."""
+
+    def __init__(self, config: dict[str, Any], recover: bool = False) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._cond = threading.Condition()
+        self._trainer: Any = None
+        self._buffer: Any = None
+        self._undelivered: list[CommandRecord] = []
+        self._pull = False  # the loop runs in another process and pulls its commands
+        self._outbox: list[CommandRecord] = []  # delivered, not yet pulled
+        self._weight_waiters = 0  # threads blocked in wait_weights
+        self._c = Controller(RunConfig.model_validate(config), self._deliver, recover=recover)
+
+    def attach(self, trainer: Any, buffer: Any, pull: bool = False) -> int:
+        """Connect the trainer and buffer once they exist; with ``pull``, the training loop
+        runs in a driver process (Hugging Face, a plain loop) and fetches its commands
+        with :meth:`pull_commands`. Returns the number of the first command the trainer
+        gets (commands may be accepted before it is attached)."""
+        with self._cond:
+            self._trainer, self._buffer, self._pull = trainer, buffer, pull
+            first = min((r.seq for r in self._undelivered if r.seq is not None), default=self._c.next_seq)
+            if self._undelivered:
+                if pull:
+                    self._outbox.extend(self._undelivered)
+                else:
+                    trainer.deliver.remote(self._undelivered)
+                self._undelivered = []
+            self._cond.notify_all()
+            return first
+
+    def pull_commands(self, after_seq: int, timeout: float = 5.0) -> list[CommandRecord]:
+        """Accepted commands numbered above ``after_seq`` (which acknowledges the ones
+        before), waiting up to ``timeout`` for one: a long poll, answered the moment a
+        command is accepted."""
+        deadline = time.monotonic() + min(timeout, 60.0)
+        with self._cond:
+            self._outbox = [r for r in self._outbox if r.seq is not None and r.seq > after_seq]
+            while not self._outbox:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._cond.wait(left)
+            return list(self._outbox)
+
+    def _deliver(self, records: list[CommandRecord]) -> None:
+        if self._pull:
+            self._outbox.extend(records)
+        elif self._trainer is None:
+            self._undelivered.extend(records)
+        else:
+            self._trainer.deliver.remote(records)  # fire-and-forget
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._cond:
+            result = getattr(self._c, method)(*args, **kwargs)
+            self._cond.notify_all()
+            return result
+
+    # commands
+    def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
+        return self._call("submit", payload, source)
+
+    def refuse(self, payload: Any, message: str) -> CommandRecord:
+        return self._call("refuse", payload, message)
+
+    def wait_command(self, command_id: str, timeout: float = 30.0) -> CommandRecord | None:
+        """Block until the command is applied, failed or rejected (or ``timeout``)."""
+        deadline = time.monotonic() + min(timeout, 300.0)
+        with self._cond:
+            while True:
+                rec = self._c.get_command(command_id)
+                left = deadline - time.monotonic()
+                if rec is None or rec.status.is_final or left <= 0:
+                    return rec
+                self._cond.wait(left)
+
+    def get_command(self, command_id: str) -> CommandRecord | None:
+        return self._call("get_command", command_id)
+
+    def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        return self._call("commands", limit, newest_first)
+
+    # trainer events (fire-and-forget from the trainer)
+    def command_outcomes(
+        self,
+        records: list[dict[str, Any]],
+        snapshot: dict[str, Any] | None = None,
+        status: dict[str, Any] | None = None,
+        events: list[Any] | None = None,
+    ) -> None:
+        self._call("command_outcomes", records, snapshot, status, events)
+
+    def trainer_progress(self, branch: str, status: dict[str, Any], rows: list[Any], events: list[Any] | None = None) -> None:
+        self._call("trainer_progress", branch, status, rows, events)
+
+    def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self._call("trainer_snapshot", snapshot)
+
+    def mark_failed(self, message: str) -> None:
+        self._call("mark_failed", message)
+
+    def buffer_stats(self, stats: dict[str, Any]) -> None:
+        self._call("buffer_stats", stats)
+
+    def data_status(self) -> dict[str, Any]:
+        return self._call("data_status")
+
+    # published weights
+    def weights_published(self, meta: dict[str, Any], refs: list[Any]) -> None:
+        self._call("weights_published", meta, refs)
+
+    def weights(self, version: int | None = None) -> tuple[dict[str, Any], list[Any]] | None:
+        """``(metadata, [ref])``: the ref travels inside a list, so callers get the reference."""
+        found = self._call("weights", version)
+        return None if found is None else (found[0], [found[1]])
+
+    def wait_weights(self, after_version: int | None = None, timeout: float = 30.0) -> tuple[dict[str, Any], list[Any]] | None:
+        """Block until a version newer than ``after_version`` (any, for None) is published,
+        then return the latest as :meth:`weights` does (None after ``timeout``).
+
+        At most ``MAX_WEIGHT_WAITERS`` calls block at once, so that many subscribers cannot
+        take every thread of this actor; the others get None at once and poll.
+        """
+        deadline = time.monotonic() + min(timeout, 300.0)
+        with self._cond:
+            entry = self._c.weight_registry.newer_than(after_version)
+            if entry is None and self._weight_waiters >= MAX_WEIGHT_WAITERS:
+                return None
+            self._weight_waiters += 1
+            try:
+                while entry is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._cond.wait(left)
+                    entry = self._c.weight_registry.newer_than(after_version)
+                return entry.to_dict(), [entry.ref]
+            finally:
+                self._weight_waiters -= 1
+
+    def weight_versions(self) -> list[dict[str, Any]]:
+        return self._call("weight_versions")
+
+    def next_weight_version(self) -> int:
+        return self._call("next_weight_version")
+
+    # queries
+    def status(self) -> dict[str, Any]:
+        return self._call("status")
+
+    def metrics(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("get_metrics", **kwargs)
+
+    def metric_keys(self, branch: str | None = None) -> list[str]:
+        return self._call("metric_keys", branch)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self._call("list_checkpoints")
+
+    def checkpoint_page(self, offset: int = 0, limit: int = 50, branch: str | None = None) -> dict[str, Any]:
+        return self._call("checkpoint_page", offset, limit, branch)
+
+    def dashboard(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("dashboard", **kwargs)
+
+    def branches(self) -> dict[str, Any]:
+        return self._call("list_branches")
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            return dict(self._c.snapshot)
+
+    def next_seq(self) -> int:
+        with self._cond:
+            return self._c.next_seq
+
+    def config(self) -> dict[str, Any]:
+        return self._c.config.model_dump(mode="json")
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+
+@ray.remote(concurrency_groups={"loop": 1, "control": 2})
+class TrainerActor:
+    """Ray shell of :class:`~ray_interactive.train.trainer.Trainer`."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        controller: Any,
+        buffer: Any,
+        next_seq: int = 1,
+        resume_from: str | None = None,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO)
+        cfg = RunConfig.model_validate(config)
+        task = load_task(cfg.task.target, cfg.task.kwargs)
+
+        def feed_factory(position: dict[str, Any] | None) -> RayFeed:
+            if position is None:
+                position = ray.get(buffer.position.remote())
+            return RayFeed(buffer, cfg.batch_size, cfg.batches_per_request, cfg.requests_in_flight, position)
+
+        reporter = Reporter(lambda method, *args: getattr(controller, method).remote(*args), ray.get)
+        # Weights go into the object store (this process owns them) and their refs to the
+        # controller, on a background thread: the step loop only takes the CPU copy.
+        publisher = BackgroundPublisher(
+            put=ray.put, report=lambda meta, ref: controller.weights_published.remote(meta, [ref]), wait=ray.get
+        )
+        self._t = Trainer(
+            cfg,
+            task,
+            feed_factory,
+            reporter,
+            next_seq=next_seq,
+            resume_from=Path(resume_from) if resume_from else None,
+            publisher=publisher,
+            next_weight_version=ray.get(controller.next_weight_version.remote()),
+        )
+
+    @ray.method(concurrency_group="loop")
+    def run(self) -> dict[str, Any]:
+        return self._t.run()
+
+    @ray.method(concurrency_group="control")
+    def deliver(self, records: list[CommandRecord]) -> None:
+        self._t.deliver(records)
+
+    @ray.method(concurrency_group="control")
+    def first_use_latencies(self) -> list[float]:
+        """Seconds from ingest to first gradient of the latest (up to 100k) fresh rows."""
+        return list(self._t.first_use_log)
+
+    @ray.method(concurrency_group="control")
+    def ready(self) -> bool:
+        return True
+
+
+class _Turns:
+    """Serves numbered requests of one *stream* strictly in order (an async actor does not
+    promise call order); a newer stream, opened by its request 0, supersedes the old one,
+    whose late requests are answered as stale."""
+
+    def __init__(self, timeout: float = 120.0) -> None:
+        self.stream = -1
+        self.next = 0
+        self.timeout = timeout
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, stream: int, seq: int) -> bool:
+        """Wait for this request's turn; False if its stream was superseded."""
+        async with asyncio.timeout(self.timeout), self._cond:
+            verdict = await self._cond.wait_for(lambda: self._ready(stream, seq))
+            if verdict == "stale":
+                return False
+            if stream > self.stream:
+                self.stream, self.next = stream, 0
+                self._cond.notify_all()  # waiters of the old stream are now stale
+            return True
+
+    def _ready(self, stream: int, seq: int) -> str | None:
+        if stream < self.stream:
+            return "stale"
+        if (stream > self.stream and seq == 0) or (stream == self.stream and seq == self.next):
+            return "go"
+        return None
+
+    async def release(self, stream: int, seq: int) -> None:
+        async with self._cond:
+            if stream == self.stream and seq == self.next:  # not a superseded stream's late turn
+                self.next += 1
+                self._cond.notify_all()
+
+
+class _GroupCommit:
+    """One fsync for every ingest written while the previous fsync ran (group commit):
+    concurrent ingests share the cost; each is acknowledged only once it is on disk."""
+
+    def __init__(self, buffer: DataBuffer) -> None:
+        self.buffer = buffer
+        self.written = 0  # ingests written so far
+        self.durable = 0  # ingests covered by the last finished fsync
+        self._task: asyncio.Future[None] | None = None
+
+    async def wait(self, upto: int) -> None:
+        while self.durable < upto:
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._sync())
+            await asyncio.shield(self._task)
+
+    async def _sync(self) -> None:
+        try:
+            upto, job = self.written, self.buffer.sync_job()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, job)
+            except OSError:
+                # After a failed fsync the kernel may have dropped the dirty pages: what is
+                # on disk is unknown. Die, so Ray restarts the actor and it recovers from what
+                # the segments really hold; clients retry their unacknowledged batch_ids.
+                log.critical("fsync failed; restarting the buffer to recover from disk", exc_info=True)
+                os._exit(70)
+            self.durable = max(self.durable, upto)
+        finally:
+            self._task = None
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class BufferActor:
+    """Ray shell of :class:`~ray_interactive.data.buffer.DataBuffer`.
+
+    An async actor: ingests are written at once and acknowledged after a shared fsync
+    (:class:`_GroupCommit`), and the trainer's batch requests, numbered, are served in
+    order (:class:`_Turns`). Everything else runs on the event loop between awaits, so
+    the plain buffer is never entered by two calls at once.
+
+    Ray restarts it if its process dies (``max_restarts``); the constructor then rebuilds
+    every acknowledged row from the run's segments. Calls in flight at the crash fail
+    (no automatic retry: the trainer restores its data position first, and ``ingest``
+    retries are made safe by ``batch_id``)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO)
+        cfg = RunConfig.model_validate(config)
+        task = load_task(cfg.task.target, cfg.task.kwargs)
+        self._cfg = cfg
+        self._b = DataBuffer(
+            task.data_sources(),
+            seed=cfg.seed,
+            mixture=cfg.mixture,
+            directory=cfg.resolved_run_dir / "buffer",
+            config=cfg.buffer,
+        )
+        with warnings.catch_warnings():  # Ray's own property trips its actor_id deprecation warning
+            warnings.simplefilter("ignore")
+            self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._controller: Any = None
+        self._last_stats = 0.0
+        self._turns = _Turns()
+        self._commit = _GroupCommit(self._b)
+
+    def _report(self, force: bool = False) -> None:
+        """Freshness figures to the controller, at most every ``stats_interval_s``
+        (fire-and-forget, riding on calls the buffer gets anyway)."""
+        now = time.monotonic()
+        if not force and now - self._last_stats < self._cfg.buffer.stats_interval_s:
+            return
+        self._last_stats = now
+        try:
+            if self._controller is None:
+                self._controller = ray.get_actor(actor_name(self._cfg.name, "controller"), namespace=self._cfg.namespace)
+            self._controller.buffer_stats.remote({**self._b.stats(), "restarted": self._restarted})
+        except ValueError:  # no controller (a buffer used on its own)
+            pass
+
+    async def ingest(self, table: Any, source: str, batch_id: str | None = None) -> dict[str, Any]:
+        group = self._cfg.buffer.fsync
+        try:
+            ack = self._b.ingest(table, source, batch_id, sync=not group)
+        finally:
+            self._report()
+        if group:  # a duplicate waits too: its first copy may not be on disk yet
+            self._commit.written += 1
+            await self._commit.wait(self._commit.written)
+        return ack
+
+    async def next_batches(
+        self,
+        batch_size: int,
+        count: int = 1,
+        stream: int | None = None,
+        seq: int = 0,
+        position: dict[str, Any] | None = None,
+    ) -> Any:
+        """Draw batches; with ``stream``/``seq`` (the trainer's feed) requests are served in
+        order and the first of a stream restores ``position`` first. A request of a
+        superseded stream returns ``{"stale": current stream}``."""
+        if stream is None:
+            chunk = self._b.next_batches(batch_size, count, position)
+        else:
+            if not await self._turns.acquire(stream, seq):
+                return {"stale": self._turns.stream}
+            try:
+                chunk = self._b.next_batches(batch_size, count, position)
+            finally:
+                await self._turns.release(stream, seq)
+        self._report()
+        return chunk
+
+    async def position(self) -> dict[str, Any]:
+        return self._b.position()
+
+    async def restore(self, position: dict[str, Any]) -> None:
+        self._b.restore(position)
+
+    async def mixture(self) -> dict[str, float]:
+        return self._b.mixture()
+
+    async def set_mixture(self, weights: dict[str, float]) -> dict[str, float]:
+        return self._b.set_mixture(weights)
+
+    async def sources(self) -> dict[str, Any]:
+        return self._b.sources()
+
+    async def stats(self) -> dict[str, Any]:
+        return {**self._b.stats(), "restarted": self._restarted}
+
+    async def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> Any:
+        return self._b.read(source, start, stop, columns)
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def close(self) -> None:
+        self._report(force=True)
+        self._b.close()
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,471 @@
+"""The client: how any process (UI, agent, demo, script, CLI) talks to a running run.
+
+    import ray_interactive as ri
+    run = ri.connect("my-run")
+    rec = run.send("update_optimizer", params={"lr": 1e-4})
+    print(rec.status, rec.message)            # accepted / rejected with the reason
+    rec = run.wait(rec)                       # applied at step N (or failed)
+    run.metrics(keys=["loss"], max_points=500)
+
+    sub = run.subscribe(model).start()        # a deployed model follows the published weights
+    with sub.lock:
+        y = model(x)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import ray
+import torch
+from pydantic import BaseModel
+
+from ray_interactive.core.commands import CommandRecord, CommandStatus, check_payload_shape, loggable
+from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
+from ray_interactive.data.schemas import check_unique_columns
+from ray_interactive.runtime.connection import init_ray
+from ray_interactive.runtime.retry import actor_restarting, call_with_retry
+from ray_interactive.serve.weights import WeightVersion, unpack_state
+
+log = logging.getLogger(__name__)
+
+
+class RunNotFound(LookupError):
+    """No run with that name is running in the namespace."""
+
+
+def list_runs(namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+    """Names of the runs whose controllers are alive in ``namespace``."""
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(
+        a["name"].removesuffix(".controller")
+        for a in actors
+        if a["namespace"] == namespace and a["name"].endswith(".controller")
+    )
+
+
+def connect(run: str, address: str | None = None, namespace: str = DEFAULT_NAMESPACE) -> RunClient:
+    """Attach to the run named ``run`` (connecting to Ray first if needed).
+
+    ``address`` defaults to RAY_ADDRESS, else ``"auto"`` (a cluster started on this machine).
+    """
+    if not ray.is_initialized():
+        init_ray(address, namespace=namespace, default="auto")
+    try:
+        controller = ray.get_actor(actor_name(run, "controller"), namespace=namespace)
+    except ValueError:
+        running = list_runs(namespace)
+        hint = f"running: {', '.join(running)}" if running else "no run is running"
+        raise RunNotFound(f"no run named {run!r} in namespace {namespace!r} ({hint})") from None
+    return RunClient(run, namespace, controller)
+
+
+class RunClient:
+    """Commands, queries and data ingestion for one run."""
+
+    def __init__(self, run: str, namespace: str, controller: Any) -> None:
+        self.run = run
+        self.namespace = namespace
+        self._controller = controller
+        self._buffer: Any = None
+
+    # -- commands ----------------------------------------------------------------------
+    def submit(self, command: Any, source: str | None = None) -> CommandRecord:
+        """Submit a command (a model from :mod:`ray_interactive.core.commands`, a dict or JSON).
+
+        Returns the record at once: ``accepted`` with its sequence number, or
+        ``rejected`` with the reason. Invalid input never raises here.
+        """
+        if not isinstance(command, BaseModel):
+            try:  # a payload too deep or large to be worth sending (or to pickle) is refused here,
+                check_payload_shape(command)  # and logged by the controller as a clipped copy
+            except ValueError as e:
+                return ray.get(self._controller.refuse.remote(loggable(command), str(e)))
+        return ray.get(self._controller.submit.remote(command, source))
+
+    def send(self, kind: str, source: str | None = None, **fields: Any) -> CommandRecord:
+        """``send("update_optimizer", params={"lr": 1e-4})``: build and submit a command."""
+        return self.submit({"kind": kind, **fields}, source=source)
+
+    def wait(self, command: CommandRecord | str, timeout: float = 60.0) -> CommandRecord:
+        """Wait until a command is applied, failed or rejected; raises ``TimeoutError``."""
+        cid = command if isinstance(command, str) else command.id
+        if cid is None:
+            raise ValueError("that record has no id (its payload was not a command)")
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            rec = ray.get(self._controller.wait_command.remote(cid, max(0.0, min(left, 30.0))))
+            if rec is None:
+                raise KeyError(f"no command with id {cid!r}")
+            if rec.status is not CommandStatus.ACCEPTED:
+                return rec
+            if left <= 0:
+                raise TimeoutError(f"command {cid} was not applied within {timeout:g}s (status: {rec.status.value})")
+
+    def command(self, command_id: str) -> CommandRecord | None:
+        return ray.get(self._controller.get_command.remote(command_id))
+
+    def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+        """The command log as flat dicts."""
+        return ray.get(self._controller.commands.remote(limit, newest_first))
+
+    def stop(self, wait: bool = True, timeout: float = 120.0) -> CommandRecord:
+        """Ask the run to stop (final checkpoint); optionally wait until it has."""
+        rec = self.send("stop")
+        if wait and rec.status is CommandStatus.ACCEPTED:
+            rec = self.wait(rec, timeout)
+            deadline = time.monotonic() + timeout
+            while self.status()["status"] not in ("stopped", "failed") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return rec
+
+    # -- queries -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Run status: starting / running / waiting (for data) / paused / stopping / stopped /
+        failed, step, branch, a message saying why it is paused or waiting, ..."""
+        return ray.get(self._controller.status.remote())
+
+    def metrics(
+        self,
+        keys: list[str] | None = None,
+        branch: str | None = None,
+        since: int | None = None,
+        max_points: int | None = None,
+        include_ancestors: bool = False,
+        until: int | None = None,
+    ) -> dict[str, dict[str, list[Any]]]:
+        """``{key: {"step": [...], "time": [...], "value": [...]}}`` of one branch, steps
+        ``since..until``, thinned to ``max_points`` (min/max per bucket) if given."""
+        return ray.get(
+            self._controller.metrics.remote(
+                branch=branch,
+                keys=keys,
+                since=since,
+                max_points=max_points,
+                include_ancestors=include_ancestors,
+                until=until,
+            )
+        )
+
+    def metric_keys(self, branch: str | None = None) -> list[str]:
+        return ray.get(self._controller.metric_keys.remote(branch))
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return ray.get(self._controller.checkpoints.remote())
+
+    def checkpoint_page(self, offset: int = 0, limit: int = 50, branch: str | None = None) -> dict[str, Any]:
+        """A page of the checkpoints, newest first: ``{"total", "offset", "rows"}``."""
+        return ray.get(self._controller.checkpoint_page.remote(offset, limit, branch))
+
+    def dashboard(
+        self, keys: list[str], since: int | None = None, until: int | None = None,
+        max_points: int | None = None, history: int = 50,
+    ) -> dict[str, Any]:
+        """What a dashboard refresh shows (status, branches, every branch's thinned series
+        of ``keys``, the newest commands, settings, data figures) in one round trip."""
+        return ray.get(
+            self._controller.dashboard.remote(keys=keys, since=since, until=until, max_points=max_points, history=history)
+        )
+
+    def branches(self) -> dict[str, dict[str, Any]]:
+        return ray.get(self._controller.branches.remote())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The trainer's last self-description: param groups, modules, schedule, ..."""
+        return ray.get(self._controller.snapshot.remote())
+
+    # -- data --------------------------------------------------------------------------
+    def _buffer_handle(self) -> Any:
+        if self._buffer is None:
+            self._buffer = ray.get_actor(actor_name(self.run, "buffer"), namespace=self.namespace)
+        return self._buffer
+
+    def ingest(
+        self,
+        table: pa.Table | pa.RecordBatch,
+        source: str,
+        batch_id: str | None = None,
+        timeout: float = 120.0,
+    ) -> dict[str, Any]:
+        """Add rows to a live source; returns the acknowledgement once they are on disk.
+
+        The table goes by value (the buffer owns it). ``ValueError`` with the reason if it
+        does not fit the source's schema. If the buffer actor is restarting, the call is
+        retried with the same ``batch_id`` (one is made up if not given) until ``timeout``:
+        rows acknowledged once are never stored twice.
+        """
+        batch_id = batch_id or uuid.uuid4().hex
+        if isinstance(table, (pa.Table, pa.RecordBatch)):  # Ray cannot serialise duplicate names
+            check_unique_columns(table.column_names, f"source {source!r}")
+
+        def once() -> dict[str, Any]:
+            try:
+                return ray.get(self._buffer_handle().ingest.remote(table, source, batch_id))
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if isinstance(e.cause, ValueError) else None
+                if cause is not None:
+                    raise ValueError(str(cause)) from None
+                raise
+
+        return call_with_retry(once, f"ingest into {source!r} (batch {batch_id})", deadline_s=timeout,
+                               on=actor_restarting, base_delay=0.2, max_delay=1.0, logger=log)
+
+    def read_rows(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Stored rows of a source in ingest order (sequence numbers ``start..stop-1``)."""
+        try:
+            return ray.get(self._buffer_handle().read.remote(source, start, stop, columns))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, ValueError):
+                raise ValueError(str(e.cause)) from None
+            raise
+
+    def data_status(self) -> dict[str, Any]:
+        """The buffer's latest figures (rows, bytes, ingest rate per source; rejections)."""
+        return ray.get(self._controller.data_status.remote())
+
+    def sources(self) -> dict[str, Any]:
+        return ray.get(self._buffer_handle().sources.remote())
+
+    # -- published weights -------------------------------------------------------------
+    def weight_versions(self) -> list[dict[str, Any]]:
+        """Metadata of the weight versions the run keeps, oldest first."""
+        return ray.get(self._controller.weight_versions.remote())
+
+    def weight_version(self, version: int | None = None) -> WeightVersion | None:
+        """The latest version (None if none yet) or ``version`` (``ValueError`` naming the
+        kept ones if it is not kept): metadata, with its ObjectRef in ``.ref``. No weights move."""
+        try:
+            found = ray.get(self._controller.weights.remote(version))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, ValueError):
+                raise ValueError(str(e.cause)) from None
+            raise
+        return None if found is None else WeightVersion.from_dict(found[0], found[1][0])
+
+    def _wait_weights_call(self, after: int | None, timeout: float) -> Any:
+        return self._controller.wait_weights.remote(after, timeout)
+
+    def wait_weight_version(self, after: int | None = None, timeout: float = 30.0) -> WeightVersion | None:
+        """Wait until a version newer than ``after`` (any, for None) is published; the latest
+        then, or None after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            t0 = time.monotonic()
+            found = ray.get(self._wait_weights_call(after, max(0.0, min(left, 30.0))))
+            if found is not None:
+                return WeightVersion.from_dict(found[0], found[1][0])
+            if left <= 0:
+                return None
+            if time.monotonic() - t0 < min(left, 30.0) / 2:  # the controller has too many waiters: poll
+                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    def fetch_weights(self, entry: WeightVersion) -> dict[str, torch.Tensor]:
+        """The state dict of a version (zero-copy, read-only views of the object store)."""
+        try:
+            packed = ray.get(entry.ref)
+        except ray.exceptions.ObjectLostError:
+            raise LookupError(
+                f"weights version {entry.version} are no longer available: the trainer that published them has ended"
+            ) from None
+        return unpack_state(packed)
+
+    def latest_weights(
+        self, after: int | None = None, timeout: float | None = None
+    ) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
+        """``(version, state_dict)`` of the newest version, if newer than ``after``; with a
+        ``timeout``, wait that long for one. None if there is none (yet).
+
+        ``model.load_state_dict(state)`` loads it (the tensors are read-only views of the
+        object store: clone one before changing it).
+        """
+        entry = self.wait_weight_version(after, timeout) if timeout else self.weight_version()
+        if entry is None or (after is not None and entry.version <= after):
+            return None
+        return entry, self.fetch_weights(entry)
+
+    def weights(self, version: int) -> tuple[WeightVersion, dict[str, torch.Tensor]]:
+        """``(version, state_dict)`` of one kept version (``ValueError`` if not kept)."""
+        entry = self.weight_version(version)
+        assert entry is not None
+        return entry, self.fetch_weights(entry)
+
+    def subscribe(
+        self,
+        module: torch.nn.Module,
+        pin: int | None = None,
+        on_swap: Callable[[WeightVersion], Any] | None = None,
+        strict: bool = True,
+    ) -> WeightSubscriber:
+        """A :class:`WeightSubscriber` that keeps ``module`` on the run's published weights."""
+        return WeightSubscriber(self, module, pin=pin, on_swap=on_swap, strict=strict)
+
+
+class WeightSubscriber:
+    """Keeps a module on a run's published weights: follows the latest, or is pinned.
+
+    ``refresh()`` loads the newest version (when following) or the pinned one;
+    ``start()`` does that in a background thread as soon as a version appears. Weights
+    are swapped with ``module.load_state_dict`` while holding :attr:`lock`, so inference
+    that holds the lock never sees half a swap::
+
+        sub = run.subscribe(model).start()
+        with sub.lock:
+            y = model(x)
+
+    ``pin(v)`` loads version ``v`` and stays there; ``follow()`` goes back to the latest;
+    ``rollback()`` pins the version loaded before the current one. The subscriber keeps
+    the references of the loaded and the previous version, so both stay loadable even
+    after the run stops keeping them (while the trainer that published them lives).
+    ``on_swap(version)`` is called after each swap, from the thread that made it.
+    """
+
+    def __init__(
+        self,
+        client: RunClient,
+        module: torch.nn.Module,
+        pin: int | None = None,
+        on_swap: Callable[[WeightVersion], Any] | None = None,
+        strict: bool = True,
+        wait_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.module = module
+        self.on_swap = on_swap
+        self.strict = strict
+        self.wait_s = wait_s
+        self.lock = threading.RLock()  # held while the weights are swapped; hold it for inference
+        self._ops = threading.RLock()  # one refresh / pin / rollback / background load at a time
+        self._pin = pin
+        self.loaded: WeightVersion | None = None
+        self.previous: WeightVersion | None = None
+        self.last_swap: dict[str, float] = {}  # times of the last swap (seen, fetched, loaded)
+        self.last_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if pin is not None:
+            self.pin(pin)
+
+    @property
+    def pinned(self) -> int | None:
+        return self._pin
+
+    def _known(self, version: int) -> WeightVersion | None:
+        for entry in (self.loaded, self.previous):
+            if entry is not None and entry.version == version:
+                return entry
+        return None
+
+    def _load(self, entry: WeightVersion) -> WeightVersion:
+        seen = time.time()
+        state = self.client.fetch_weights(entry)
+        fetched = time.time()
+        with self.lock:
+            self.module.load_state_dict(state, strict=self.strict)
+            if self.loaded is not None and self.loaded.version != entry.version:
+                self.previous = self.loaded
+            self.loaded = entry
+        del state
+        self.last_swap = {"version": entry.version, "seen_at": seen, "fetched_at": fetched, "loaded_at": time.time()}
+        if self.on_swap is not None:
+            self.on_swap(entry)
+        return entry
+
+    def refresh(self) -> WeightVersion | None:
+        """Load the newest version if following and it is newer than the loaded one, or the
+        pinned version if it is not loaded; return what was loaded (None: nothing new)."""
+        with self._ops:
+            if self._pin is not None:
+                if self.loaded is not None and self.loaded.version == self._pin:
+                    return None
+                entry = self._known(self._pin) or self.client.weight_version(self._pin)
+            else:
+                entry = self.client.weight_version()
+                if entry is None or (self.loaded is not None and entry.version <= self.loaded.version):
+                    return None
+            assert entry is not None
+            return self._load(entry)
+
+    def pin(self, version: int) -> WeightVersion:
+        """Load ``version`` (if it is not loaded) and stay on it."""
+        with self._ops:
+            entry = self._known(version) or self.client.weight_version(version)
+            assert entry is not None
+            self._pin = version
+            if self.loaded is None or self.loaded.version != version:
+                self._load(entry)
+            return entry
+
+    def follow(self) -> WeightVersion | None:
+        """Unpin: load the latest version now (and follow new ones if started)."""
+        with self._ops:
+            self._pin = None
+            self.refresh()
+            return self.loaded
+
+    def rollback(self) -> WeightVersion:
+        """Back to the version loaded before the current one, pinned there."""
+        with self._ops:
+            if self.previous is None:
+                raise ValueError("nothing to roll back to: only one version has been loaded")
+            return self.pin(self.previous.version)
+
+    # -- background ----------------------------------------------------------------------
+    def start(self) -> WeightSubscriber:
+        """Follow new versions in a background thread (loads the latest first)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="weight-subscriber", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> WeightSubscriber:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        pending: Any = None  # an outstanding wait_weights call
+        sent = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._pin is not None:
+                    pending = None
+                    self._stop.wait(0.2)
+                    continue
+                if pending is None:
+                    after = self.loaded.version if self.loaded is not None else None
+                    pending, sent = self.client._wait_weights_call(after, self.wait_s), time.monotonic()
+                ready, _ = ray.wait([pending], timeout=0.2)  # short, so stop() is quick
+                if not ready:
+                    continue
+                found, pending = ray.get(pending), None
+                if found is None:
+                    if time.monotonic() - sent < self.wait_s / 2:  # the controller has too many waiters: poll
+                        self._stop.wait(0.25)
+                    continue
+                entry = WeightVersion.from_dict(found[0], found[1][0])
+                with self._ops:
+                    newer = self.loaded is None or entry.version > self.loaded.version
+                    if self._pin is None and newer:
+                        self._load(entry)
+                self.last_error = None
+            except Exception as e:  # the run may be gone, or a version lost: keep trying
+                if not isinstance(e, type(self.last_error)):
+                    log.warning("weight subscriber: %s", e)
+                self.last_error, pending = e, None
+                self._stop.wait(1.0)

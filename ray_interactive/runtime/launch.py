@@ -1,0 +1,195 @@
+"""Starting a run: create its named actors on the local or a remote Ray cluster."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ray_interactive.core.checkpoints import list_checkpoints
+from ray_interactive.core.config import RunConfig, actor_name
+from ray_interactive.runtime.actors import BufferActor, ControllerActor, TrainerActor
+from ray_interactive.runtime.client import RunClient
+from ray_interactive.runtime.connection import init_ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunHandle:
+    """The actors of a run started by this process, and the ref of its training loop."""
+
+    config: RunConfig
+    controller: Any
+    trainer: Any
+    buffer: Any
+    loop: Any  # ObjectRef of TrainerActor.run()
+    ingest_url: str | None = None  # where the run serves HTTP ingest (config.http_ingest)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Wait for the loop to end; returns the final status (None on timeout).
+
+        If the trainer failed, the controller is told (so clients see ``failed``) and
+        the error is raised here.
+        """
+        ready, _ = ray.wait([self.loop], timeout=timeout)
+        if not ready:
+            return None
+        try:
+            return ray.get(self.loop)
+        except Exception as e:
+            try:
+                ray.get(self.controller.mark_failed.remote(f"{type(e).__name__}: {e}"[:4000]), timeout=10)
+            except Exception:  # the controller may be gone too; the original error matters
+                log.warning("could not tell the controller that the trainer failed")
+            raise
+
+    def client(self) -> Any:
+        return RunClient(self.config.name, self.config.namespace, self.controller)
+
+    def shutdown(self) -> None:
+        """Flush the controller, then kill the run's actors."""
+        try:
+            ray.get(self.controller.close.remote(), timeout=30)
+        except Exception:
+            log.warning("controller did not close cleanly")
+        try:
+            ray.get(self.buffer.close.remote(), timeout=30)  # end-of-stream marks; data is safe without
+        except Exception:
+            log.warning("buffer did not close cleanly")
+        if self.ingest_url is not None:
+            from ray_interactive.serve.ingest_http import stop_ingest_server
+
+            stop_ingest_server(self.config.name, self.config.namespace)
+        for actor in (self.trainer, self.buffer, self.controller):
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+
+
+def start_run(
+    config: RunConfig,
+    resume: bool = False,
+    resume_from: str | None = None,
+    detached: bool = False,
+    address: str | None = None,
+) -> RunHandle:
+    """Create the run's controller, buffer and trainer and start training.
+
+    With ``resume``, the run continues from its latest checkpoint (or ``resume_from``,
+    a checkpoint id) in ``config.run_dir``, with its command log, metrics and branches.
+    """
+    if config.task is None:
+        raise ValueError("a run of our Trainer needs a task (config.task); a loop of your own is steered in-process "
+                         "with ri.steer(...) or ri.hf.steer(trainer, ...)")
+    init_ray(address, namespace=config.namespace)
+    ns = config.namespace
+    checkpoint_path = check_new_run(config, resume, resume_from)
+    run_dir = config.resolved_run_dir
+    name = actor_name(config.name, "controller")
+
+    lifetime = "detached" if detached else None
+    cfg = config.model_dump(mode="json")
+    cfg["run_dir"] = str(run_dir)  # actors may run elsewhere: pass the absolute path
+    controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime).remote(cfg, recover=resume)
+    buffer = BufferActor.options(name=actor_name(config.name, "buffer"), namespace=ns, lifetime=lifetime).remote(cfg)
+    next_seq = ray.get(controller.next_seq.remote())
+    # Inside the actor its one GPU is cuda:0 whatever the config named ("cuda:1" picks none).
+    wants_gpu = config.device == "auto" or config.device.startswith("cuda")
+    gpus = 1 if wants_gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    if gpus and config.device.startswith("cuda:"):
+        cfg["device"] = "cuda"
+    trainer = TrainerActor.options(
+        name=actor_name(config.name, "trainer"),
+        namespace=ns,
+        lifetime=lifetime,
+        num_cpus=config.trainer_num_cpus,
+        num_gpus=gpus,
+    ).remote(cfg, controller, buffer, next_seq, checkpoint_path)
+    ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
+    ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
+    ray.get(controller.attach.remote(trainer, buffer))
+    loop = trainer.run.remote()
+    wait_for_snapshot(controller)
+    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, loop, ingest_url)
+
+
+def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | None = None) -> str | None:
+    """Refuse a name that is running or a directory that holds a run (unless resuming);
+    return the checkpoint directory to resume from."""
+    ns = config.namespace
+    if actor_name(config.name, "controller") in {
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns
+    }:
+        raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
+    run_dir = config.resolved_run_dir
+    if resume:
+        ckpts = list_checkpoints(run_dir / "checkpoints")
+        if resume_from is not None:
+            ckpts = [c for c in ckpts if c.id == resume_from]
+        if not ckpts:
+            what = f"checkpoint {resume_from!r}" if resume_from else "checkpoints"
+            raise ValueError(f"cannot resume: no {what} in {run_dir / 'checkpoints'}")
+        return str(run_dir / "checkpoints" / ckpts[-1].id)
+    if (run_dir / "commands.jsonl").exists():
+        raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
+    return None
+
+
+def _start_http_ingest(config: RunConfig, run_dir: Path, detached: bool, actors: tuple[Any, ...]) -> str | None:
+    """Serve HTTP ingest if the config asks for it; if that fails, the run's actors go too."""
+    if config.http_ingest is None:
+        return None
+    from ray_interactive.serve.ingest_http import MiB, start_ingest_server
+
+    h = config.http_ingest
+    try:
+        url, _ = start_ingest_server(
+            config.name, h.host, h.port, namespace=config.namespace, run_dir=run_dir,
+            max_body_bytes=int(h.max_body_mb * MiB), detached=detached,
+        )
+    except ValueError:
+        for actor in actors:
+            ray.kill(actor)
+        raise
+    log.info("HTTP ingest at %s (bearer token in %s)", url, run_dir / "ingest_token")
+    return url
+
+
+def wait_for_snapshot(controller: Any, timeout: float = 60.0) -> None:
+    """Return once the trainer has described itself, so commands validate right away."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.get(controller.snapshot.remote()):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the trainer did not start within a minute")
+
+
+def replay_run(source_dir: Path, name: str, run_dir: Path | None = None, address: str | None = None) -> RunHandle:
+    """Start a new run with ``source_dir``'s config and replay its applied commands.
+
+    The new run starts paused, receives every applied command pinned to the step where it
+    took effect (``at_step``), then resumes; on the CPU it reproduces the original losses.
+    """
+    from ray_interactive.core.controller import replay_commands
+
+    source_dir = Path(source_dir)
+    if not (source_dir / "config.json").exists():
+        raise ValueError(f"{source_dir} is not a run directory (no config.json)")
+    config = RunConfig.load(source_dir / "config.json").model_copy(
+        update={"name": name, "run_dir": run_dir, "start_paused": True}
+    )
+    handle = start_run(config, address=address)
+    client = handle.client()
+    for cmd in replay_commands(source_dir / "commands.jsonl"):
+        rec = client.submit(cmd)
+        if rec.status.value == "rejected":
+            log.warning("replay: %s rejected: %s", cmd.kind, rec.message)
+    client.send("resume", source="replay")  # not pinned: pinned commands keep their order
+    return handle

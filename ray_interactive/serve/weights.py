@@ -1,0 +1,292 @@
+"""Weights published by the trainer, for deployed models to load while the run trains.
+
+The trainer takes one CPU copy of its ``state_dict`` at a step boundary
+(:func:`pack_state`: numpy arrays, which the Ray object store serves back zero-copy), and
+a background thread puts it in the object store and tells the controller
+(:class:`BackgroundPublisher`), so the step loop is held only for the copy. The
+controller keeps the last few versions in a :class:`WeightRegistry`; a subscriber
+(:class:`ray_interactive.runtime.client.WeightSubscriber`) loads one with
+``module.load_state_dict(unpack_state(packed))``.
+
+Everything here is plain Python: no Ray, no actors. ``BackgroundPublisher`` is given
+``put`` and ``report`` callables (``ray.put`` and the controller's method under Ray).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Torch dtypes that ``Tensor.numpy()`` supports; others travel as a same-width integer view.
+_NUMPY_DTYPES = {
+    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bool,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64,
+}
+_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@dataclass
+class PackedState:
+    """A ``state_dict`` as CPU numpy arrays: what goes into the object store.
+
+    ``dtypes`` names the torch dtype of arrays stored as an integer view (bfloat16,
+    float8, ...); ``aliases`` maps a tied entry to the entry holding its data; ``extras``
+    holds non-tensor entries (``_extra_state``) as they are.
+    """
+
+    arrays: dict[str, np.ndarray]
+    dtypes: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    @property
+    def num_params(self) -> int:
+        """Elements of all tensors (parameters and buffers), tied ones counted once."""
+        return sum(a.size for a in self.arrays.values())
+
+
+def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
+    """One contiguous CPU copy (device -> host, or a clone of a CPU tensor)."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t.clone(memory_format=torch.contiguous_format)
+    return t.to("cpu").contiguous()  # a new tensor already: no second copy
+
+
+def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any]) -> PackedState:
+    """A CPU copy of every tensor of ``module.state_dict()`` (or of a state dict) as numpy.
+
+    One copy per tensor; tied weights (one tensor under two names) are copied once.
+    """
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
+    packed = PackedState(arrays={})
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            packed.extras[name] = value
+            continue
+        key = (value.device, value.untyped_storage().data_ptr(), value.storage_offset(), value.dtype,
+               tuple(value.shape), tuple(value.stride()))
+        if value.numel() > 0 and key in seen:
+            packed.aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        t = _cpu_copy(value)
+        if t.dtype not in _NUMPY_DTYPES:
+            packed.dtypes[name] = str(t.dtype).removeprefix("torch.")
+            t = t.view(_INT_OF_WIDTH[t.element_size()])
+        packed.arrays[name] = t.numpy()
+    return packed
+
+
+def unpack_state(packed: PackedState) -> dict[str, Any]:
+    """The state dict of a :class:`PackedState`, for ``module.load_state_dict``.
+
+    The tensors share the arrays' memory: arrays from the object store are read-only
+    views of it (``load_state_dict`` copies them; ``clone()`` one before changing it).
+    """
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():  # read-only arrays from the object store: we never write to them
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        for name, arr in packed.arrays.items():
+            t = torch.from_numpy(arr)
+            if name in packed.dtypes:
+                t = t.view(getattr(torch, packed.dtypes[name]))
+            out[name] = t
+    for name, target in packed.aliases.items():
+        out[name] = out[target]
+    out.update(packed.extras)
+    return out
+
+
+@dataclass
+class WeightVersion:
+    """One published version of the weights. ``ref`` (the ObjectRef of its
+    :class:`PackedState`) is not part of :meth:`to_dict`."""
+
+    version: int
+    step: int
+    branch: str
+    time: float  # when the trainer took the copy (wall clock)
+    reason: str  # "start" | "periodic" | "command" | "load_checkpoint"
+    num_params: int = 0
+    nbytes: int = 0
+    hold_s: float = 0.0  # how long the step loop was held for it
+    published_at: float | None = None  # when it was in the object store
+    ref: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ref"}
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any], ref: Any = None) -> WeightVersion:
+        names = {f.name for f in dataclasses.fields(cls)} - {"ref"}
+        unknown = sorted(set(meta) - names)
+        if unknown:  # a renamed field fails here, not as a missing value in a UI
+            raise ValueError(f"unknown weight version field(s) {', '.join(unknown)}")
+        return cls(**dict(meta), ref=ref)
+
+
+class WeightRegistry:
+    """The last ``keep`` published versions, by number (the controller keeps one).
+
+    Numbers come with the metadata (the trainer assigns them, so a command's message can
+    name its version) or are assigned here; either way they only grow. Versions may be
+    added out of order (calls to a threaded actor can be reordered): the highest is the
+    latest. Dropping an old version drops its ref, so the object store can free it.
+    """
+
+    def __init__(self, keep: int = 8, next_version: int = 1) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.keep = keep
+        self.next_version = next_version
+        self._versions: dict[int, WeightVersion] = {}
+
+    def add(self, meta: Mapping[str, Any], ref: Any) -> WeightVersion:
+        meta = dict(meta)
+        version = meta.get("version")
+        if version is None:
+            version = meta["version"] = self.next_version
+        if version in self._versions:
+            raise ValueError(f"weights version {version} was already published")
+        entry = WeightVersion.from_dict(meta, ref)
+        self._versions[version] = entry
+        self.next_version = max(self.next_version, version + 1)
+        while len(self._versions) > self.keep:
+            del self._versions[min(self._versions)]
+        return entry
+
+    def latest(self) -> WeightVersion | None:
+        return self._versions[max(self._versions)] if self._versions else None
+
+    def newer_than(self, version: int | None) -> WeightVersion | None:
+        """The latest version if it is newer than ``version`` (any, for None)."""
+        latest = self.latest()
+        if latest is None or (version is not None and latest.version <= version):
+            return None
+        return latest
+
+    def get(self, version: int) -> WeightVersion:
+        entry = self._versions.get(version)
+        if entry is not None:
+            return entry
+        have = sorted(self._versions)
+        available = f"available: {', '.join(map(str, have))}" if have else "none is available"
+        if version < self.next_version:
+            why = f"it is no longer kept (the run keeps the last {self.keep})"
+        else:
+            why = "it has not been published yet"
+        raise ValueError(f"no weights version {version}: {why}; {available}")
+
+    def versions(self) -> list[dict[str, Any]]:
+        """JSON-safe metadata of the kept versions, oldest first."""
+        return [self._versions[v].to_dict() for v in sorted(self._versions)]
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+
+class Publisher(Protocol):
+    """Where the trainer hands its packed weights (see :class:`BackgroundPublisher`)."""
+
+    def publish(self, meta: dict[str, Any], packed: PackedState) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+
+class LocalPublisher:
+    """In-process: versions go straight into a :class:`WeightRegistry` (no Ray; tests)."""
+
+    def __init__(self, registry: WeightRegistry | None = None) -> None:
+        self.registry = registry or WeightRegistry()
+
+    def publish(self, meta: dict[str, Any], packed: PackedState) -> None:
+        self.registry.add({**meta, "published_at": time.time()}, packed)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+class BackgroundPublisher:
+    """Puts packed states in the object store and reports them, on one background thread.
+
+    ``put(packed) -> ref`` (``ray.put``) and ``report(meta, ref) -> reply`` (the
+    controller's ``weights_published``) run off the step loop, in publishing order. At
+    most ``max_pending`` copies wait for the thread; beyond that :meth:`publish` blocks,
+    so a run that publishes faster than the store takes copies slows down instead of
+    filling memory. ``wait(replies)`` (``ray.get``) is used by :meth:`flush`.
+    """
+
+    def __init__(
+        self,
+        put: Callable[[PackedState], Any],
+        report: Callable[[dict[str, Any], Any], Any],
+        wait: Callable[[list[Any]], Any] | None = None,
+        max_pending: int = 2,
+    ) -> None:
+        self._put, self._report, self._wait = put, report, wait
+        self._room = threading.Semaphore(max_pending)
+        self._queue: queue.Queue[tuple[dict[str, Any], PackedState] | None] = queue.Queue()
+        self._replies: list[Any] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="weights-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, meta: dict[str, Any], packed: PackedState) -> None:
+        """Queue a copy; blocks (and adds the wait to ``meta["hold_s"]``) while
+        ``max_pending`` copies are already waiting."""
+        t0 = time.perf_counter()
+        self._room.acquire()
+        meta = {**meta, "hold_s": meta.get("hold_s", 0.0) + time.perf_counter() - t0}
+        self._queue.put((meta, packed))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            meta, packed = item
+            try:
+                ref = self._put(packed)
+                del packed, item  # the object store has its copy now
+                reply = self._report({**meta, "published_at": time.time()}, ref)
+                with self._lock:
+                    self._replies = [*self._replies[-15:], reply]
+            except Exception:  # a lost version must not take the trainer down
+                log.exception("publishing weights version %s failed", meta.get("version"))
+            finally:
+                self._room.release()
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every version handed over so far has reached the controller."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("weights still being published after %.0f s", timeout)
+                return
+            time.sleep(0.01)
+        with self._lock:
+            replies, self._replies = self._replies, []
+        if self._wait is not None and replies:
+            self._wait(replies)
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join(timeout=10)

@@ -1,0 +1,258 @@
+"""Our trainer: owns model, optimizer and data feed, and runs the step loop.
+
+The loop reads top to bottom (:meth:`Trainer.run`): apply due commands, get the next
+batches (prefetched), forward/backward over the micro-batches, clip, check the step is
+finite, optimizer step, record metrics. Everything a command does, the train state,
+checkpoints, health and reporting are the steering core's
+(:class:`~ray_interactive.core.steering.Steering`, shared with the Hugging Face and plain-loop
+front-ends); what is left here is the loop and its data. The step never waits for
+another actor: the inbox is filled by another thread, batches were requested steps ago,
+metrics leave in the background every ``metrics_interval_s``.
+
+The trainer talks to the controller through a :class:`Reporter` (fire-and-forget), to
+the data through a feed (:mod:`ray_interactive.data.feeds`), and publishes weights through a
+publisher (:mod:`ray_interactive.serve.weights`), so this class has no Ray in it and unit tests
+drive it in-process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ray_interactive.core.commands import CommandRecord
+from ray_interactive.core.config import RunConfig
+from ray_interactive.core.state import OwnSchedule, TrainState
+from ray_interactive.core.steering import Frontend, Reporter, Steering, finite
+from ray_interactive.core.task import Task
+from ray_interactive.data.feeds import Batch
+from ray_interactive.serve.weights import Publisher
+
+__all__ = ["Feed", "Reporter", "Trainer", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+class Feed(Protocol):
+    """Where batches come from (see :mod:`ray_interactive.data.feeds`)."""
+
+    position: dict[str, Any]
+
+    def next(self) -> Batch | None: ...
+
+    def reset(self, position: dict[str, Any], weights: dict[str, float] | None = None) -> None: ...
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+class Trainer:
+    """Model, optimizer, data feed and the interactive step loop."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Task,
+        feed_factory: Callable[[dict[str, Any] | None], Feed],
+        reporter: Reporter,
+        *,
+        next_seq: int = 1,
+        resume_from: Path | None = None,
+        publisher: Publisher | None = None,
+        next_weight_version: int = 1,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.device = resolve_device(config.device)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(config.seed)
+
+        model = task.build_model().to(self.device)
+        optimizer = task.build_optimizer(model, config.lr)
+        sc = config.schedule
+        state = TrainState(
+            schedule=OwnSchedule.starting(optimizer, sc.kind, sc.steps, sc.min_lr_ratio, sc.gamma, sc.warmup_steps),
+            grad_clip=config.grad_clip,
+            grad_accumulation=config.grad_accumulation,
+            paused=config.start_paused,
+        )
+        frontend = Frontend("trainer", evaluate=self._evaluate if task.has_eval else None)
+        self.core = Steering(
+            config, model, optimizer, state, reporter, frontend,
+            next_seq=next_seq, publisher=publisher, next_weight_version=next_weight_version, device=self.device,
+        )
+        self.core.on_report.append(self._first_use_summary)
+        self._first_use: list[np.ndarray] = []  # seconds from ingest to first gradient, since the last report
+        self.first_use_log: collections.deque[float] = collections.deque(maxlen=100_000)  # the same, kept for benchmarks
+        self._step_started = time.perf_counter()
+
+        position = None
+        if resume_from is not None:
+            position = self.core.load(resume_from)["data_position"]
+            reporter.rewind(state.branch, state.step + 1)
+        self.feed = feed_factory(position)
+        frontend.data = self.feed
+
+    # The model and the state, as the loop and tests read them.
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.core.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.core.optimizer
+
+    @property
+    def state(self) -> TrainState:
+        return self.core.state
+
+    @property
+    def step(self) -> int:
+        return self.core.state.step
+
+    @property
+    def paused(self) -> bool:
+        return self.core.state.paused
+
+    def deliver(self, records: list[CommandRecord]) -> None:
+        """Called from the control thread: queue accepted commands."""
+        self.core.deliver(records)
+
+    def status(self, message: str | None = None) -> dict[str, Any]:
+        return self.core.status(message)
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until stopped (command, ``max_steps``) or failed; return the final status."""
+        core, state = self.core, self.core.state
+        core.start()
+        try:
+            while True:
+                core.poll()
+                if state.stopping:
+                    break
+                if state.paused:
+                    core.inbox.wait(0.2)
+                    continue
+                if core.reached_max_steps():
+                    break
+                batches = self._next_batches()
+                if batches is None:
+                    self._wait_for_data()
+                    continue
+                if self._train_step(batches):
+                    core.after_step()
+            return core.finish()
+        except Exception as e:
+            log.exception("training failed")
+            core.fail(e, traceback.format_exc(limit=8))
+            raise
+
+    def _next_batches(self) -> list[Batch] | None:
+        """The ``grad_accumulation`` batches of the next step; None if there is no data."""
+        self._step_started = time.perf_counter()  # a step's time includes waiting for its data
+        batches: list[Batch] = []
+        state = self.core.state
+        while len(batches) < state.grad_accumulation:
+            batch = self.feed.next()
+            if batch is None:
+                if not batches:
+                    return None
+                time.sleep(0.05)  # mid-cycle: wait for data, never apply commands
+                continue
+            batches.append(batch)
+        if state.waiting_for_data:
+            state.waiting_for_data, state.message = False, None
+        return batches
+
+    def _train_step(self, batches: list[Batch]) -> bool:
+        """One optimizer step over the micro-batches; False if the health guard skipped it."""
+        core = self.core
+        core.begin_step()
+        losses, extras = [], {}
+        for batch in batches:
+            out = self.task.loss(core.model, self.task.collate(batch.table, self.device))
+            loss, extra = (out if isinstance(out, tuple) else (out, {}))
+            (loss / len(batches)).backward()
+            losses.append(loss.detach())
+            for k, v in extra.items():  # averaged over micro-batches, like the loss
+                extras[k] = extras.get(k, 0.0) + v / len(batches)
+        loss = torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+        grad_norm = core.clip()
+        if not finite(loss, grad_norm):  # never let it reach the weights
+            core.optimizer.zero_grad(set_to_none=True)
+            core.non_finite_step(loss, grad_norm)
+            return False
+        core.optimizer.step()
+        core.optimizer.zero_grad(set_to_none=True)
+        samples = self.config.batch_size * len(batches)
+        row = core.record_step(samples, self._step_started, loss=loss, grad_norm=grad_norm, **extras)
+        metas = [b.meta for b in batches]
+        for m in metas:  # what the mixture actually delivered
+            for source, count in m["counts"].items():
+                row[f"mix/{source}"] = row.get(f"mix/{source}", 0.0) + count / samples
+        self._freshness(metas, row)
+        return True
+
+    def _freshness(self, metas: list[dict[str, Any]], row: dict[str, Any]) -> None:
+        """How old the live rows of this step are, now that they reach a gradient; and for
+        rows used for the first time, how long they took (p50/p95 at each report)."""
+        live = [m for m in metas if m.get("live_rows")]
+        if not live:
+            return
+        now = time.time()
+        row["data/freshest_age_s"] = now - max(m["newest_time"] for m in live)
+        rows = sum(m["live_rows"] for m in live)
+        row["data/mean_age_s"] = now - sum(m["mean_time"] * m["live_rows"] for m in live) / rows
+        for m in live:
+            if "first_use_times" in m:
+                lat = now - np.asarray(m["first_use_times"])
+                self._first_use.append(lat)
+                self.first_use_log.extend(lat.tolist())
+
+    def _wait_for_data(self) -> None:
+        """No source with a weight has rows: say so in the status, stay responsive."""
+        state = self.core.state
+        if not state.waiting_for_data:
+            weighted = [f"{k}={v:g}" for k, v in self.feed.position["weights"].items() if v > 0]
+            state.waiting_for_data = True
+            state.message = (
+                f"waiting for data: no source with a weight > 0 has rows yet (weights: {', '.join(weighted) or 'none'}); "
+                "ingest rows or change the mixture"
+            )
+            self.core.report(force=True)
+        else:
+            self.core.report()
+        self.core.inbox.wait(0.1)
+
+
+    def _first_use_summary(self) -> None:
+        """p50/p95 of first-use latency since the last report, on its newest row."""
+        rows = self.core.pending_rows
+        if self._first_use and rows:
+            lat = np.concatenate(self._first_use)
+            self._first_use = []
+            row = rows[-1][2]
+            row["data/first_use_p50_s"], row["data/first_use_p95_s"] = np.percentile(lat, [50, 95]).tolist()
+            row["data/first_used_rows"] = len(lat)
+
+    def _evaluate(self) -> dict[str, float]:
+        model = self.core.model
+        model.eval()
+        try:
+            with torch.no_grad():
+                return {k: float(v) for k, v in self.task.evaluate(model, self.device).items()}
+        finally:
+            model.train()

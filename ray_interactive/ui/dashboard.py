@@ -1,0 +1,589 @@
+"""What the control UI shows and does, as plain methods over a run client.
+
+The Gradio app (:mod:`ray_interactive.ui.control_ui`) is a thin layer over this class: every control is
+one method that sends one command through the run's command API and returns a message a
+person can read (the rejection reason included). Nothing here raises to the UI: bad
+input becomes a message, and the run never sees anything the controller did not accept.
+
+A refresh is one call to the controller (:meth:`RunClient.dashboard`): status, branches,
+every branch's thinned series, the newest commands, settings and data figures. Plots are
+Plotly figures built as plain JSON (Gradio ships plotly.js): named axes, real log ticks,
+hover values of every branch at once, zoom kept across refreshes, a note where a plot
+has nothing to show yet. When the run ends, the dashboard goes on reading its run
+directory (:class:`~ray_interactive.runtime.offline.FinishedRun`) and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ray_interactive.core.commands import CommandRecord
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One plot: the metric keys it draws and how."""
+
+    keys: tuple[str, ...]
+    title: str
+    y_title: str
+    smooth: bool = True  # a step change (the lr) must stay a step, not become a curve
+    shape: str = "linear"  # "hv": drawn as steps
+    empty: str = "nothing logged yet"
+
+
+#: The fixed plots (the "custom" one shows any logged metric a person picks).
+PANELS: dict[str, Panel] = {
+    "loss": Panel(("loss",), "train loss", "loss"),
+    "eval": Panel(
+        ("eval/loss",), "eval loss", "eval loss",
+        empty="no evaluation yet: runs every eval_every steps, or press 'evaluate' (Run & checkpoints)",
+    ),
+    "lr": Panel(("lr",), "learning rate (first param group)", "lr", smooth=False, shape="hv"),
+    "grad_norm": Panel(("grad_norm",), "gradient norm (before clipping)", "grad norm"),
+    "throughput": Panel(("samples_per_s",), "throughput", "samples / s"),
+    "freshness": Panel(
+        ("data/freshest_age_s", "data/mean_age_s", "data/first_use_p50_s", "data/first_use_p95_s"),
+        "data freshness", "seconds", smooth=False,
+        empty="no live rows trained on yet: ingest rows into a live source",
+    ),
+}
+#: One colour per branch (in order of creation); a branch's raw line is a paler shade of it.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+X_TITLES = {"step": "step (optimizer steps)", "time": "wall time (s since the first point)"}
+
+
+def _paler(hex_colour: str, amount: float = 0.6) -> str:
+    rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard-style exponential smoothing with bias correction (0 = none)."""
+    if weight <= 0 or len(values) == 0:
+        return values
+    out = np.empty_like(values)
+    acc, norm = 0.0, 0.0
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            out[i] = v
+            continue
+        acc = weight * acc + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out[i] = acc / norm
+    return out
+
+
+def _number(text: Any, what: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a number, not {str(text)[:40]!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite")
+    return value
+
+
+def _json_value(text: str) -> Any:
+    """``1e-4`` -> 1e-4, ``[0.9, 0.95]`` -> list, ``true`` -> True; anything else: the text."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def _clean(values: list[Any]) -> list[float | None]:
+    """JSON numbers; NaN and infinities become gaps (Plotly draws None as a break)."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
+def _run_is_gone(error: BaseException) -> bool:
+    """Whether a failed call means the run's controller is gone (not a passing hiccup)."""
+    try:
+        import ray
+    except ImportError:
+        return False
+    return isinstance(error, ray.exceptions.RayActorError)
+
+
+def _last(series: dict[str, Any], key: str) -> str:
+    """The newest finite value of a series, for a table."""
+    values = [v for v in series.get(key, {}).get("value", []) if v is not None and math.isfinite(v)]
+    return f"{values[-1]:.4g}" if values else "—"
+
+
+@dataclass(frozen=True)
+class View:
+    """How the plots are to be drawn: the refresh inputs."""
+
+    x_axis: str = "step"
+    smoothing: float = 0.0
+    log_y: bool = False
+    x_min: float | None = None
+    x_max: float | None = None
+    custom: str | None = None
+
+    @property
+    def zoomed(self) -> bool:
+        return self.x_min is not None and self.x_max is not None and self.x_max > self.x_min
+
+
+#: How the status line names a run's front-end (our Trainer needs no label).
+FRONTENDS = {"trainer": "", "hf": "Hugging Face Trainer", "loop": "plain PyTorch loop"}
+
+
+class Dashboard:
+    """Reads and steers one run for the UI (and for scripts through its endpoints)."""
+
+    def __init__(self, client: Any, max_points: int = 400, command_wait_s: float = 5.0, history: int = 50) -> None:
+        self.client = client
+        self.max_points = max_points
+        self.command_wait_s = command_wait_s  # how long a control waits for "applied" before answering "accepted"
+        self.history_rows = history
+        self._run_dir: str | None = None
+        self.ended_note: str | None = None  # set once the run's actors are gone and its directory is read
+        self.state: dict[str, Any] = {}
+
+    # -- reading ---------------------------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        return bool(getattr(self.client, "read_only", False))
+
+    def fetch(self, view: View | None = None) -> dict[str, Any]:
+        """One round trip: everything a refresh shows (kept in :attr:`state`). If the run's
+        controller is gone, the dashboard switches to reading its run directory."""
+        view = view or View()
+        panels = self._panels(view)
+        keys = sorted({k for p in panels.values() for k in p.keys})
+        since = until = None
+        if view.x_axis == "step" and view.zoomed:
+            since, until = int(math.floor(view.x_min)), int(math.ceil(view.x_max))  # type: ignore[arg-type]
+        try:
+            self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
+                                               history=self.history_rows)
+        except Exception as e:
+            if not (_run_is_gone(e) and self._switch_to_run_dir()):
+                raise
+            self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
+                                               history=self.history_rows)
+        self._run_dir = self.state.get("status", {}).get("run_dir") or self._run_dir
+        return self.state
+
+    def _switch_to_run_dir(self) -> bool:
+        """The live run is unreachable: read its directory instead, if it is known."""
+        from ray_interactive.runtime.offline import FinishedRun
+
+        if self.read_only or not self._run_dir:
+            return False
+        try:
+            self.client = FinishedRun(self._run_dir)
+        except (OSError, ValueError):
+            return False
+        self.ended_note = f"the run has stopped; this page now shows its run directory {self._run_dir} (read-only)"
+        return True
+
+    def status_markdown(self, state: dict[str, Any] | None = None) -> str:
+        if state is None:
+            try:
+                state = self.fetch()
+            except Exception as e:  # noqa: BLE001 - the run may be gone; say so
+                return f"**RUN UNREACHABLE**: {str(e).splitlines()[0][:300]}"
+        s = state.get("status", {})
+        status = s.get("status", "?")
+        weights = s.get("weights_version")
+        parts = [
+            f"**{status.upper()}**",
+            f"step **{s.get('step', 0)}**",
+            f"branch **{s.get('branch')}**",
+            f"{s.get('samples_per_s') or 0:.1f} samples/s",
+            f"last checkpoint {s.get('last_checkpoint') or '—'}",
+            f"weights v{weights}" if weights else "no weights published",
+        ]
+        frontend = FRONTENDS.get(s.get("frontend") or "trainer")
+        if frontend:
+            parts.append(frontend)
+        line = " · ".join(parts)
+        message = s.get("message")
+        if message and status in ("paused", "waiting", "failed", "ended", "stopped"):
+            line += f"\n\n{'⚠️ ' if status in ('paused', 'waiting', 'failed', 'ended') else ''}{str(message).strip().splitlines()[-1][:400]}"
+        if self.ended_note or self.read_only:
+            line += f"\n\n*{self.ended_note or 'a finished run, read from its run directory (read-only)'}*"
+        return line
+
+    def _branch_order(self, state: dict[str, Any]) -> list[str]:
+        branches = state.get("branches", {})
+        return sorted(branches, key=lambda b: branches[b].get("created_at", 0))
+
+    def colour(self, state: dict[str, Any], branch: str) -> str:
+        order = self._branch_order(state)
+        return PALETTE[(order.index(branch) if branch in order else len(order)) % len(PALETTE)]
+
+    def branch_tree(self, state: dict[str, Any]) -> str:
+        """The branches as an indented tree: where each forked from."""
+        branches = state.get("branches", {})
+        children: dict[str | None, list[str]] = {}
+        for name, b in branches.items():
+            children.setdefault(b.get("parent"), []).append(name)
+        lines: list[str] = []
+
+        def walk(parent: str | None, depth: int) -> None:
+            for name in sorted(children.get(parent, []), key=lambda n: branches[n].get("created_at", 0)):
+                b = branches[name]
+                fork = f" ← {b['checkpoint']} (step {b['fork_step']})" if b.get("checkpoint") else ""
+                lines.append(f"{'    ' * depth}- `{name}`{fork}")
+                walk(name, depth + 1)
+
+        walk(None, 0)
+        return "\n".join(lines) or "—"
+
+    def branch_table(self, state: dict[str, Any]) -> pd.DataFrame:
+        """Branches side by side: where each forked, how far it got, its latest numbers."""
+        rows = []
+        for name in self._branch_order(state):
+            b = state["branches"][name]
+            m = state.get("metrics", {}).get(name, {})
+            steps = m.get("loss", {}).get("step", [])
+            rows.append({
+                "branch": name,
+                "forked from": f"{b['checkpoint']}" if b.get("checkpoint") else "—",
+                "last step": steps[-1] if steps else "—",
+                "loss": _last(m, "loss"),
+                "eval loss": _last(m, "eval/loss"),
+                "lr": _last(m, "lr"),
+            })
+        return pd.DataFrame(rows, columns=["branch", "forked from", "last step", "loss", "eval loss", "lr"])
+
+    def _panels(self, view: View) -> dict[str, Panel]:
+        panels = dict(PANELS)
+        panels["custom"] = Panel((view.custom,), view.custom, view.custom) if view.custom else Panel(
+            (), "any logged metric", "", empty="pick a metric in the box above (the list refreshes with ↻)"
+        )
+        return panels
+
+    def figures(self, state: dict[str, Any], view: View) -> dict[str, dict[str, Any]]:
+        """A Plotly figure (plain JSON) per panel: every branch in its own colour, with
+        smoothing its raw line paler beside it."""
+        metrics: dict[str, dict[str, Any]] = state.get("metrics", {})
+        t0 = None
+        if view.x_axis == "time":
+            starts = [min(s["time"]) for m in metrics.values() for s in m.values() if s.get("time")]
+            t0 = min(starts, default=0.0)
+        out = {}
+        for name, panel in self._panels(view).items():
+            traces = []
+            for branch in self._branch_order(state):
+                for key in panel.keys:
+                    d = metrics.get(branch, {}).get(key)
+                    if not d or not d["value"]:
+                        continue
+                    xs = np.asarray(d["step"] if view.x_axis == "step" else d["time"], np.float64)
+                    if t0 is not None:
+                        xs = xs - t0
+                    ys = np.asarray(d["value"], np.float64)
+                    label = branch if len(panel.keys) == 1 else f"{branch}: {key.removeprefix('data/')}"
+                    colour = self.colour(state, branch)
+                    if len(panel.keys) > 1:  # several metrics per branch: one colour each
+                        colour = PALETTE[(panel.keys.index(key) + 4 * self._branch_order(state).index(branch)) % len(PALETTE)]
+                    traces.extend(self._traces(label, xs, ys, colour, panel, view))
+            out[name] = self._figure(name, panel, traces, view)
+        return out
+
+    @staticmethod
+    def _traces(label: str, xs: np.ndarray, ys: np.ndarray, colour: str, panel: Panel, view: View) -> list[dict[str, Any]]:
+        x = xs.tolist()
+        base = {"type": "scatter", "mode": "lines", "x": x, "hovertemplate": "%{y:.4g}"}
+        line = {"color": colour, "width": 2, "shape": panel.shape}
+        if view.smoothing <= 0 or not panel.smooth:
+            return [{**base, "name": label, "uid": label, "y": _clean(ys.tolist()), "line": line}]
+        smooth = ema(ys, min(view.smoothing, 0.999))
+        return [
+            {**base, "name": f"{label} raw", "uid": f"{label} raw", "y": _clean(ys.tolist()), "showlegend": False,
+             "line": {**line, "color": _paler(colour), "width": 1}},
+            {**base, "name": label, "uid": label, "y": _clean(smooth.tolist()), "line": line},
+        ]
+
+    @staticmethod
+    def _figure(name: str, panel: Panel, traces: list[dict[str, Any]], view: View) -> dict[str, Any]:
+        xaxis: dict[str, Any] = {"title": {"text": X_TITLES.get(view.x_axis, view.x_axis)}, "zeroline": False,
+                                 "automargin": True}
+        if view.zoomed:
+            xaxis["range"] = [view.x_min, view.x_max]
+        yaxis: dict[str, Any] = {"title": {"text": panel.y_title}, "zeroline": False, "exponentformat": "e",
+                                 "automargin": True}
+        if view.log_y:
+            yaxis["type"] = "log"  # real log ticks: 1e-3, 1e-2, ...
+        layout: dict[str, Any] = {
+            "title": {"text": panel.title, "x": 0.01, "xanchor": "left", "y": 0.98, "font": {"size": 14}},
+            "xaxis": xaxis,
+            "yaxis": yaxis,
+            "height": 270,
+            "margin": {"l": 60, "r": 10, "t": 40, "b": 40},
+            "hovermode": "x unified",
+            "legend": {"title": {"text": "branch"}, "orientation": "h", "x": 1, "xanchor": "right", "y": 1.0,
+                       "yanchor": "bottom", "font": {"size": 11}},
+            # Keeps a person's zoom and legend clicks across refreshes (a new view resets them).
+            "uirevision": f"{name}|{view.x_axis}|{view.log_y}|{view.x_min}|{view.x_max}|{view.custom}",
+            "template": {"layout": {"plot_bgcolor": "#ffffff", "paper_bgcolor": "#ffffff",
+                                    "xaxis": {"gridcolor": "#eeeeee"}, "yaxis": {"gridcolor": "#eeeeee"}}},
+        }
+        if not traces:
+            layout["annotations"] = [{"text": panel.empty, "showarrow": False, "xref": "paper", "yref": "paper",
+                                      "x": 0.5, "y": 0.5, "font": {"size": 13, "color": "#777777"}}]
+            layout["xaxis"]["visible"] = layout["yaxis"]["visible"] = False
+        elif len(traces) > 1 or any(t.get("showlegend") is False for t in traces):
+            layout["showlegend"] = True
+        return {"data": traces, "layout": layout}
+
+    def metric_keys(self) -> list[str]:
+        keys = self.state.get("metric_keys")
+        if keys is None:
+            try:
+                keys = self.client.metric_keys()
+            except Exception:  # noqa: BLE001
+                keys = []
+        return sorted(keys)
+
+    def data_tables(self, state: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Sources (rows, weight as set and as drawn, rate, rejected) and recent rejections."""
+        sources = {} if self.read_only else self.client.sources()
+        status = (state or self.state).get("data") or (self.client.data_status() if state is None else {})
+        stats = status.get("sources", {})
+        rows = []
+        for name, info in sources.items():
+            st = stats.get(name, {})
+            rows.append(
+                {
+                    "source": name,
+                    "kind": "live" if info["live"] else "static",
+                    "policy": info["policy"],
+                    "rows": info["rows"],
+                    "weight": info["weight"],
+                    "drawn share": round(info["effective_weight"], 3),
+                    "rows/s": round(st.get("ingest_rows_per_s", 0.0), 1),
+                    "MiB": round(st.get("bytes", 0) / 2**20, 2),
+                    "rejected": info["rejected"],
+                    "note": "no data yet" if info["waiting_for_data"] else (st.get("storage_error") or ""),
+                }
+            )
+        rejections = [
+            {"time": time.strftime("%H:%M:%S", time.localtime(r["time"])), "source": r["source"], "reason": r["message"]}
+            for r in reversed(status.get("rejections", [])[-20:])
+        ]
+        columns = ["source", "kind", "policy", "rows", "weight", "drawn share", "rows/s", "MiB", "rejected", "note"]
+        return pd.DataFrame(rows, columns=columns), pd.DataFrame(rejections, columns=["time", "source", "reason"])
+
+    def history(self, state: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Commands, newest first: who, what, status with step or reason."""
+        rows = []
+        commands = (state or self.state).get("history")
+        if commands is None:
+            commands = self.client.commands(limit=self.history_rows, newest_first=True)
+        for r in commands:
+            status = r["status"]
+            if status == "applied":
+                status = f"applied at step {r['applied_step']}"
+            elif status == "accepted" and r.get("at_step") is not None:
+                status = f"pending until step {r['at_step']}"
+            rows.append(
+                {
+                    "#": r["seq"] or "",
+                    "time": time.strftime("%H:%M:%S", time.localtime(r["received_at"])),
+                    "source": r["source"] or "?",
+                    "command": r["kind"] or "?",
+                    "status": status,
+                    "message": (r["message"] or "")[:300],
+                    "args": json.dumps(r["args"])[:120],
+                }
+            )
+        return pd.DataFrame(rows, columns=["#", "time", "source", "command", "status", "message", "args"])
+
+    def optimizer_table(self, state: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The live hyperparameters of every param group, read from the optimizer."""
+        snap = (state or self.state).get("snapshot")
+        if snap is None:
+            snap = self.client.snapshot()
+        rows = [
+            {"group": g["name"], "param": k, "value": json.dumps(v)}
+            for g in snap.get("groups", [])
+            for k, v in g["hparams"].items()
+        ]
+        return pd.DataFrame(rows, columns=["group", "param", "value"])
+
+    def settings(self) -> dict[str, Any]:
+        """Current schedule, clipping, accumulation, mixture, groups, modules, the newest
+        checkpoints (and every tagged one), and the commands still pending."""
+        snap = self.client.snapshot()
+        groups = snap.get("groups", [])
+        page = self.client.checkpoint_page(0, 50)["rows"]
+        tagged = [c for c in self.client.checkpoints() if c.get("tag")] if len(page) == 50 else []
+        ids = list(dict.fromkeys([c["id"] for c in page] + [c["id"] for c in reversed(tagged)]))
+        return {
+            "groups": [g["name"] for g in groups],
+            "params": sorted({k for g in groups for k in g["hparams"]}),
+            "schedule": snap.get("schedule"),
+            "grad_clip": snap.get("grad_clip"),
+            "grad_accumulation": snap.get("grad_accumulation"),
+            "mixture": snap.get("mixture", {}),
+            "modules": snap.get("modules", {}),
+            "checkpoints": ids,
+            "pending": self.pending(),
+        }
+
+    def module_info(self, path: str | None) -> dict[str, Any] | None:
+        """What the trainer last said about one module (type, parameters, settable attributes)."""
+        return self.client.snapshot().get("modules", {}).get(path) if path else None
+
+    def pending(self) -> list[str]:
+        """Accepted commands not applied yet, as ``#12 pause (at step 5000)``."""
+        out = []
+        for r in self.client.commands(limit=500, newest_first=True):
+            if r["status"] == "accepted" and r["seq"]:
+                at = f" (at step {r['at_step']})" if r.get("at_step") is not None else ""
+                out.append(f"#{r['seq']} {r['kind']}{at}")
+        return out
+
+    def checkpoint_page(self, page: Any = 1, per_page: int = 20) -> tuple[pd.DataFrame, str, int]:
+        """One page of the checkpoint table (newest first), a line saying which, and the
+        page shown (a page past the end shows the last one)."""
+        try:
+            page = max(1, int(_number(page or 1, "page")))
+        except ValueError:
+            page = 1
+        doc = self.client.checkpoint_page((page - 1) * per_page, per_page)
+        total = doc["total"]
+        pages = max(1, math.ceil(total / per_page))
+        page = doc["offset"] // per_page + 1  # a page past the end shows the last one
+        rows = [
+            {
+                "id": c["id"],
+                "step": c["step"],
+                "branch": c["branch"],
+                "reason": c["reason"],
+                "tag": c.get("tag") or "",
+                "saved": time.strftime("%H:%M:%S", time.localtime(c["created_at"])),
+            }
+            for c in doc["rows"]
+        ]
+        table = pd.DataFrame(rows, columns=["id", "step", "branch", "reason", "tag", "saved"])
+        return table, f"page {page} of {pages} · {total} checkpoint(s), newest first · click a row to pick it", page
+
+    # -- steering (each returns a message for the person who clicked) ------------------
+    def send(self, payload: dict[str, Any]) -> str:
+        """Submit one command from the UI and wait briefly for its outcome."""
+        try:
+            rec: CommandRecord = self.client.submit(payload, source="ui")
+        except Exception as e:  # noqa: BLE001 - the UI must not fall over
+            if _run_is_gone(e) and self._switch_to_run_dir():
+                return f"not sent: {self.ended_note}"
+            return f"failed to send: {str(e).splitlines()[0][:300]}"
+        if rec.status.value == "rejected":
+            return f"rejected: {rec.message}"
+        try:
+            rec = self.client.wait(rec, timeout=self.command_wait_s)
+        except Exception:  # noqa: BLE001 - still pending: the history will show the outcome
+            return f"#{rec.seq} {rec.kind} accepted; waiting for the next step boundary"
+        if rec.status.value == "applied":
+            return f"#{rec.seq} {rec.kind} applied at step {rec.applied_step}" + (f": {rec.message}" if rec.message else "")
+        if rec.status.value in ("failed", "cancelled"):
+            return f"#{rec.seq} {rec.kind} {rec.status.value}: {rec.message}"
+        return f"#{rec.seq} {rec.kind} {rec.status.value}"
+
+    def _guard(self, build: Any) -> str:
+        try:
+            payload = build()
+        except ValueError as e:
+            return f"not sent: {e}"
+        return self.send(payload)
+
+    def update_optimizer(self, group: str, param: str, value: str) -> str:
+        def build() -> dict[str, Any]:
+            if not param:
+                raise ValueError("pick a hyperparameter")
+            parsed = _json_value(str(value).strip())
+            if isinstance(parsed, str):
+                raise ValueError(f"{param} must be a number (or a list like [0.9, 0.95]), not {parsed[:40]!r}")
+            return {"kind": "update_optimizer", "params": {param: parsed}, "group": None if group in ("", "all", None) else group}
+
+        return self._guard(build)
+
+    def set_schedule(self, kind: str, steps: Any, warmup: Any, min_lr_ratio: Any, gamma: Any) -> str:
+        def build() -> dict[str, Any]:
+            payload: dict[str, Any] = {"kind": "set_lr_schedule", "schedule": kind}
+            if steps not in (None, ""):
+                payload["steps"] = int(_number(steps, "steps"))
+            if warmup not in (None, ""):
+                payload["warmup_steps"] = int(_number(warmup, "warmup steps"))
+            if min_lr_ratio not in (None, ""):
+                payload["min_lr_ratio"] = _number(min_lr_ratio, "min lr ratio")
+            if gamma not in (None, ""):
+                payload["gamma"] = _number(gamma, "gamma")
+            return payload
+
+        return self._guard(build)
+
+    def set_grad_clip(self, max_norm: Any) -> str:
+        return self._guard(
+            lambda: {"kind": "set_grad_clip", "max_norm": None if max_norm in (None, "", "off", "none") else _number(max_norm, "max norm")}
+        )
+
+    def set_grad_accumulation(self, steps: Any) -> str:
+        return self._guard(lambda: {"kind": "set_grad_accumulation", "steps": int(_number(steps, "accumulation steps"))})
+
+    def simple(self, kind: str) -> str:
+        """pause, resume, stop, evaluate, publish_weights."""
+        if kind not in ("pause", "resume", "stop", "evaluate", "publish_weights"):
+            return f"not sent: unknown action {kind[:40]!r}"
+        return self.send({"kind": kind})
+
+    def save_checkpoint(self, tag: str) -> str:
+        tag = (tag or "").strip()
+        return self.send({"kind": "save_checkpoint", **({"tag": tag} if tag else {})})
+
+    def load_checkpoint(self, checkpoint_id: str, branch: str) -> str:
+        checkpoint_id = (checkpoint_id or "").strip()
+        if not checkpoint_id:
+            return "not sent: pick a checkpoint"
+        branch = (branch or "").strip()
+        return self.send({"kind": "load_checkpoint", "checkpoint_id": checkpoint_id, **({"branch": branch} if branch else {})})
+
+    def cancel(self, pending: str) -> str:
+        """Cancel a pending command, given as ``#12 ...`` (its number first) or ``12``."""
+        first = str(pending or "").strip().split(" ")[0].removeprefix("#")
+        if not first.isdigit():
+            return "not sent: pick a pending command (#number)"
+        return self.send({"kind": "cancel", "seq": int(first)})
+
+    def set_mixture(self, text: str) -> str:
+        """``base=0.7 live=0.3`` (commas or spaces between)."""
+
+        def build() -> dict[str, Any]:
+            weights = {}
+            for item in str(text).replace(",", " ").split():
+                name, sep, w = item.partition("=")
+                if not sep or not name:
+                    raise ValueError(f"write weights as source=weight, e.g. base=0.7 live=0.3 (got {item[:40]!r})")
+                weights[name] = _number(w, f"weight of {name[:40]!r}")
+            if not weights:
+                raise ValueError("no weights given")
+            return {"kind": "set_data_mixture", "weights": weights}
+
+        return self._guard(build)
+
+    def update_module(self, module: str, op: str, attribute: str, value: Any) -> str:
+        def build() -> dict[str, Any]:
+            if not module:
+                raise ValueError("pick a module")
+            payload: dict[str, Any] = {"kind": "update_module", "module": module, "op": op}
+            if op == "set_attribute":
+                payload["attribute"] = (attribute or "").strip()
+                payload["value"] = _number(value, "value")
+            return payload
+
+        return self._guard(build)
