@@ -183,8 +183,8 @@ def hf_run(tmp_path: Path, name: str, **steer: Any) -> tuple[Path, dict[int, flo
     lr_used: dict[int, float] = {}
 
     class ReadLr(TrainerCallback):  # what the optimizer step really uses
-        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kw: Any) -> None:
-            lr_used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kw: Any) -> None:
+            lr_used[state.global_step + 1] = optimizer.param_groups[0]["lr"]  # before HF's scheduler steps
 
     trainer = build_trainer(SHARED_DATA, tmp_path / f"{name}-out", max_steps=100, n_layer=1, n_embd=32, block=32,
                             batch_size=4, train_chars=100_000, eval_chars=8_000, callbacks=[ReadLr()])

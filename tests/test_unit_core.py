@@ -248,3 +248,18 @@ def test_hf_schedule_takes_an_lr_at_the_next_step_and_round_trips(tmp_path: Path
     lr.load_dict(saved)  # back to HF's own lambda at the saved epoch
     assert hf_step() == pytest.approx(nxt[2] * (20 - 9) / (20 - 8))
     assert math.isclose(hf_step(), nxt[2] * (20 - 10) / (20 - 8))
+
+
+def test_lr_commands_reach_the_step_being_computed_but_wait_behind_other_kinds(tmp_path: Path) -> None:
+    core, calls = core_for(tmp_path)
+    core.deliver([CommandRecord(command=UpdateOptimizer(params={"lr": 0.005}), seq=1, status=CommandStatus.ACCEPTED)])
+    core.poll_before_step()  # gradients are ready: this optimizer step uses the new lr
+    assert core.optimizer.param_groups[0]["lr"] == 0.005
+    core.deliver([CommandRecord(command=SaveCheckpoint(), seq=2, status=CommandStatus.ACCEPTED),
+                  CommandRecord(command=UpdateOptimizer(params={"lr": 0.001}), seq=3, status=CommandStatus.ACCEPTED)])
+    core.poll_before_step()  # a save (not an optimizer setting) comes first: both wait, in order
+    assert core.optimizer.param_groups[0]["lr"] == 0.005 and core.state.last_checkpoint is None
+    core.poll()  # between steps: both, in order
+    assert core.optimizer.param_groups[0]["lr"] == 0.001 and core.state.last_checkpoint == "main@0"
+    applied = [r["seq"] for call in calls.calls if call[0] == "command_outcomes" for r in call[1]]
+    assert applied == [1, 2, 3]

@@ -14,6 +14,7 @@ the batch: it moves the step. A pending command can be withdrawn (:meth:`remove`
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ray_interactive.core.commands import CommandRecord
 
@@ -49,8 +50,10 @@ class CommandInbox:
         ats = [-1 if r.command is None or r.command.at_step is None else r.command.at_step for r in self._pending.values()]
         self._earliest = min(ats, default=None)
 
-    def due(self, step: int) -> list[CommandRecord]:
-        """Remove and return the commands to apply now, in sequence order."""
+    def due(self, step: int, only: Callable[[CommandRecord], bool] | None = None) -> list[CommandRecord]:
+        """Remove and return the commands to apply now, in sequence order. With ``only``,
+        just the leading due commands it accepts: the first due one it does not accept,
+        and everything after it, wait for the next call without it (order is kept)."""
         with self._lock:
             ready, load_waiting = [], False
             for seq in sorted(self._pending):
@@ -62,6 +65,8 @@ class CommandInbox:
                     if cmd is not None and cmd.kind == "load_checkpoint":
                         load_waiting = True  # later pinned commands count steps on its branch
                     continue
+                if only is not None and not only(self._pending[seq]):
+                    break
                 ready.append(seq)
                 if cmd is not None and cmd.kind == "load_checkpoint":
                     break

@@ -160,15 +160,21 @@ class Frontend:
 
 #: The effect of each command kind: one method of :class:`Steering`, registered by ``@effect``.
 EFFECTS: dict[type, Callable[[Any, Any], str]] = {}
+#: Kinds that only change how the optimizer steps (lr, its settings): also applied just
+#: before an optimizer step, so the very step being computed uses them.
+BEFORE_STEP: set[str] = set()
 _Effect = TypeVar("_Effect", bound=Callable[..., str])
 
 
-def effect(kind: type) -> Callable[[_Effect], _Effect]:
-    """Register a :class:`Steering` method as what commands of ``kind`` do."""
+def effect(kind: type, before_step: bool = False) -> Callable[[_Effect], _Effect]:
+    """Register a :class:`Steering` method as what commands of ``kind`` do; ``before_step``:
+    it touches nothing the step's gradients depend on (see :meth:`Steering.poll_before_step`)."""
 
     def register(method: _Effect) -> _Effect:
         assert kind not in EFFECTS, f"{kind.__name__} has two effects"
         EFFECTS[kind] = method
+        if before_step:
+            BEFORE_STEP.add(kind.model_fields["kind"].default)
         return method
 
     return register
@@ -233,6 +239,19 @@ class Steering:
         """Apply the commands due at this step (cheap when there are none)."""
         if self.inbox.has_due(self.state.step):
             self.apply_due_commands()
+
+    def poll_before_step(self) -> None:
+        """Just before the optimizer step: apply the due lr and optimizer-setting commands
+        (``BEFORE_STEP``), in order, up to the first due command of another kind. The step
+        whose gradients are ready then uses them: a command is used by the next optimizer
+        step even if it arrived during that step's forward and backward. (The step counter
+        has not moved yet, so a replay pins them to the same step: same result.)"""
+        if self.inbox.has_due(self.state.step):
+            done = []
+            while due := self.inbox.due(self.state.step, only=_before_step):
+                done.extend(self._apply(due))
+            if done:
+                self.reporter.outcomes(done, self.snapshot(), self.status())
 
     def hold(self) -> None:
         """While paused (and not stopping): wait for commands, apply them, keep reporting."""
@@ -460,7 +479,7 @@ class Steering:
         return EFFECTS[type(cmd)](self, cmd)
 
     # -- the effect of each command kind -----------------------------------------------
-    @effect(UpdateOptimizer)
+    @effect(UpdateOptimizer, before_step=True)
     def _update_optimizer(self, cmd: UpdateOptimizer) -> str:
         targets, values = validate_update(describe_optimizer(self.optimizer), cmd.params, cmd.group)
         if "lr" in values:
@@ -469,7 +488,7 @@ class Steering:
         names = ", ".join(group_name(self.optimizer.param_groups[t], t) for t in targets)
         return f"set {', '.join(f'{k}={v}' for k, v in values.items())} on {names}"
 
-    @effect(SetLRSchedule)
+    @effect(SetLRSchedule, before_step=True)
     def _set_lr_schedule(self, cmd: SetLRSchedule) -> str:
         return self.state.schedule.start(
             cmd.schedule, self.state.step, cmd.steps, cmd.min_lr_ratio, cmd.gamma, cmd.warmup_steps
@@ -718,6 +737,10 @@ class Steering:
                 self.reporter.event("evaluate", message, s.step, s.branch, failed=True)
         self.report(force=True)
         return metrics
+
+
+def _before_step(record: CommandRecord) -> bool:
+    return record.command is not None and record.command.kind in BEFORE_STEP
 
 
 def finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:

@@ -6,10 +6,11 @@
     trainer.train()
 
 The run then shows in ``runs``, the control UI, the CLI and the Python client like any
-other; HF's training loop is untouched (no copy of it here). The control point is
-``on_step_end``: HF has stepped the optimizer and its lr scheduler, and the next step has
-not begun, so a command applied there is used by the very next optimizer step
-(FIELD-NOTES: HF's hook order). What each command does is the steering core's
+other; HF's training loop is untouched (no copy of it here). The control points are
+``on_pre_optimizer_step`` (gradients ready, clipped: lr and optimizer settings apply there,
+so the step being computed uses them) and ``on_step_end`` (HF has stepped the optimizer and
+its lr scheduler and the next step has not begun: every other command applies there, and a
+pause holds there) - FIELD-NOTES: HF's hook order. What each command does is the steering core's
 (:mod:`ray_interactive.core.steering`); this module only maps it onto HF's objects:
 
 * the lr lives in HF's own ``LambdaLR`` (linear, cosine, constant ... with warmup): a new
@@ -228,6 +229,10 @@ class InteractiveCallback(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0 = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.core is not None:  # an lr that arrived during this step's backward is used by it
+            self.core.poll_before_step()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if optimizer is not None:

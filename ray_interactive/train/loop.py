@@ -9,10 +9,10 @@
             s.step(loss=loss)          # clip, optimizer step, lr schedule, commands
 
 ``s.step`` does what our Trainer's loop does around the forward/backward: it clips by the
-run's ``grad_clip``, checks the step is finite (the health guard), steps the optimizer at
-the lr the run's schedule and commands say, zeroes the gradients, records metrics, and
-applies the commands due - between optimizer steps, as every front-end does; while the
-run is paused it waits there. With ``grad_accumulation`` = k (a config value or a
+run's ``grad_clip``, checks the step is finite (the health guard), applies due lr and
+optimizer-setting commands, steps the optimizer at the lr the run's schedule and commands
+say, zeroes the gradients, records metrics, and applies the other due commands - between
+optimizer steps, as every front-end does; while the run is paused it waits there. With ``grad_accumulation`` = k (a config value or a
 command) only every k-th call steps, with the gradients averaged. A loop that cannot be
 edited can be steered at ``optimizer.step`` instead: :meth:`Session.wrap_optimizer`.
 
@@ -186,6 +186,7 @@ class Session:
             core.non_finite_step(checked, grad_norm)
             self._control_point()
             return False
+        core.poll_before_step()  # an lr that arrived during this step's backward is used by it
         optimizer_step()
         self._optimizer.zero_grad(set_to_none=True)
         values = {"grad_norm": grad_norm, **metrics}

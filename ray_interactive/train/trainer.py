@@ -195,6 +195,7 @@ class Trainer:
             core.optimizer.zero_grad(set_to_none=True)
             core.non_finite_step(loss, grad_norm)
             return False
+        core.poll_before_step()  # an lr that arrived during this step's backward is used by it
         core.optimizer.step()
         core.optimizer.zero_grad(set_to_none=True)
         samples = self.config.batch_size * len(batches)
