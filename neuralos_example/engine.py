@@ -229,6 +229,7 @@ class DemoEngine:
         self.max_batch = max_batch
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self._requests: queue.SimpleQueue[_FrameRequest | None] = queue.SimpleQueue()
+        self.requested = 0  # frames handed to the worker so far
         self._worker: threading.Thread | None = None
         self._closed = False
 
@@ -262,6 +263,7 @@ class DemoEngine:
                 self._worker.start()
             worker = self._worker
             self._requests.put(req)
+            self.requested += 1
         while not req.done.wait(1.0):
             if not worker.is_alive() and not req.done.is_set():
                 raise RuntimeError("the demo's frame worker stopped")

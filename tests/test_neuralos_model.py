@@ -217,8 +217,9 @@ def test_concurrent_sessions_share_batches_and_each_gets_its_own_frame() -> None
     with engine.model_lock:  # as during a weight swap: the requests queue up meanwhile
         for t in threads:
             t.start()
-        # two waiting in the queue: they join the worker's batch in hand or form the next one
-        wait_until(lambda: engine._requests.qsize() >= 2, timeout=30, what="queued requests")
+        # all six handed over while the model is held: in the worker's batch in hand or queued
+        # behind it (the worker may have taken one, or all of them, before it blocked)
+        wait_until(lambda: engine.requested == 6, timeout=60, what="all six requests handed to the worker")
     for t in threads:
         t.join(60)
     assert len(results) == 6 and all(r["step"] == 1 for r in results.values())
