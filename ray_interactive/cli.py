@@ -505,6 +505,48 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Run a ray-interactive command on a cluster as a Ray job (``ray job submit``), with the
+    project directory as its ``working_dir`` (``.rayignore`` keeps .venv, runs/ ... out)."""
+    import shlex
+    import urllib.parse
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    rest = [a for a in args.command if a != "--"] if args.command else []
+    if not rest or rest[0] not in COMMANDS:
+        raise CLIError("say what to run after '--', e.g.: ray-interactive submit -- run --example tiny-lm --name exp1")
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
+    if "://" not in address:
+        address = f"http://{address}"
+    host = urllib.parse.urlparse(address).hostname or ""
+    # The job's driver runs on the head: this interpreter only if the head is this machine.
+    python = args.python or (sys.executable if host in ("127.0.0.1", "localhost", "::1") else "python")
+    working_dir = Path(args.working_dir).resolve()
+    if not (working_dir / "ray_interactive").is_dir() and not args.no_working_dir:
+        raise CLIError(f"{working_dir} is not the project directory (no ray_interactive/ in it); give --working-dir")
+    entrypoint = shlex.join([python, "-m", "ray_interactive.cli", *rest])
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; say which server
+        raise CLIError(f"cannot reach a Ray job server at {address}: {str(e).splitlines()[0]} "
+                       "(a cluster's dashboard port, e.g. through `ray dashboard ray_cluster.yaml`)") from None
+    runtime_env = {} if args.no_working_dir else {"working_dir": str(working_dir)}
+    job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=args.job_id)
+    print(f"submitted job {job} to {address}: {entrypoint}")
+    print(f"  logs:   ray job logs {job} --address {address} --follow")
+    print(f"  stop:   ray job stop {job} --address {address}   (or `ray-interactive send RUN stop`)")
+    if not args.wait:
+        return 0
+    status = client.get_job_status(job)
+    while not status.is_terminal():
+        time.sleep(1.0)
+        status = client.get_job_status(job)
+    print(client.get_job_logs(job)[-4000:])
+    print(f"job {job}: {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     """Running runs (by name), then the finished ones under ./runs (their directories)."""
     from ray_interactive.runtime.client import list_runs
@@ -618,7 +660,26 @@ def make_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("runs", help="list running runs, and the finished ones in ./runs")
     sp.set_defaults(func=cmd_runs)
+
+    sp = sub.add_parser(
+        "submit", help="run a command on a Ray cluster as a job: submit [--address URL] -- run --example tiny-lm ..."
+    )
+    sp.add_argument("--address", help="the job server (the dashboard's http address); default RAY_API_SERVER_ADDRESS "
+                    "or http://127.0.0.1:8265")
+    sp.add_argument("--python", help="the interpreter on the head that runs it (default: this one for a local head, "
+                    "else `python`, the one ray_cluster.yaml installs the project into)")
+    sp.add_argument("--working-dir", default=".", help="the project directory to upload (default: .)")
+    sp.add_argument("--no-working-dir", action="store_true", help="do not upload: the head has the project installed")
+    sp.add_argument("--job-id", help="a submission id of your choosing")
+    sp.add_argument("--wait", action="store_true", help="wait for the job to end; print its logs; exit 1 unless it succeeded")
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- then a ray-interactive command")
+    sp.set_defaults(func=cmd_submit)
+    COMMANDS.update(sub.choices)
     return p
+
+
+#: The subcommands (filled in by make_parser): what `submit` may run on a cluster.
+COMMANDS: dict[str, Any] = {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,8 +37,9 @@ REGRESSION = "ray_interactive.examples.regression:RegressionTask"
 def ray_cluster() -> Iterator[dict[str, Any]]:
     """A local Ray cluster for the whole session (starting one takes seconds)."""
     # More logical CPUs than cores: several small runs share 2 real cores in tests.
-    ctx = ray.init(num_cpus=8, include_dashboard=False, namespace="ray_interactive", log_to_driver=False)
-    yield {"address": ctx.address_info["gcs_address"]}
+    # With the dashboard: its job server is what `ray job submit` talks to (tests/test_cluster.py).
+    ctx = ray.init(num_cpus=8, include_dashboard=True, namespace="ray_interactive", log_to_driver=False)
+    yield {"address": ctx.address_info["gcs_address"], "jobs": f"http://{ctx.dashboard_url}"}
     ray.shutdown()
 
 
