@@ -134,6 +134,18 @@ class TrainState:
     message: str | None = _runtime(None)  # why the run is paused or waiting, until it goes on
 
     @classmethod
+    def starting(cls, config: Any, optimizer: torch.optim.Optimizer) -> TrainState:
+        """The state a run begins in, from its :class:`~ray_interactive.core.config.RunConfig`
+        (our schedule over the optimizer's lrs)."""
+        sc = config.schedule
+        return cls(
+            schedule=OwnSchedule.starting(optimizer, sc.kind, sc.steps, sc.min_lr_ratio, sc.gamma, sc.warmup_steps),
+            grad_clip=config.grad_clip,
+            grad_accumulation=config.grad_accumulation,
+            paused=config.start_paused,
+        )
+
+    @classmethod
     def persisted(cls) -> list[str]:
         return [f.name for f in fields(cls) if f.metadata.get("persist")]
 

@@ -27,6 +27,7 @@ import logging
 import math
 import shutil
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,11 +248,7 @@ class Steering:
         step even if it arrived during that step's forward and backward. (The step counter
         has not moved yet, so a replay pins them to the same step: same result.)"""
         if self.inbox.has_due(self.state.step):
-            done = []
-            while due := self.inbox.due(self.state.step, only=_before_step):
-                done.extend(self._apply(due))
-            if done:
-                self.reporter.outcomes(done, self.snapshot(), self.status())
+            self.apply_due_commands(only=_before_step)
 
     def hold(self) -> None:
         """While paused (and not stopping): wait for commands, apply them, keep reporting."""
@@ -326,10 +323,19 @@ class Steering:
         self.reporter.sync()
         return self.status()
 
-    def fail(self, error: BaseException, trace: str) -> None:
+    def end(self, reason: str) -> dict[str, Any]:
+        """:meth:`finish` for a front-end whose loop ended (``reason``, unless a stop or
+        max_steps said why first); the final status if the run had already ended."""
+        if self.state.ended is not None:
+            return self.status()
+        self.state.stopping = self.state.stopping or reason
+        return self.finish()
+
+    def fail(self, error: BaseException) -> None:
+        """The loop raised: status ``failed``, with the error's traceback as the message."""
         self.state.stopping = f"failed: {type(error).__name__}: {error}"
         self.state.ended = RunStatus.FAILED
-        self.report(force=True, message=trace)
+        self.report(force=True, message="".join(traceback.format_exception(error, limit=8)))
         self.reporter.sync()
 
     # -- health ------------------------------------------------------------------------
@@ -443,14 +449,17 @@ class Steering:
         """Called from any thread: queue accepted commands."""
         self.inbox.put(records)
 
-    def apply_due_commands(self) -> None:
+    def apply_due_commands(self, only: Callable[[CommandRecord], bool] | None = None) -> None:
+        """Apply the due commands (``only``: just the leading ones it accepts) and report
+        their outcomes; between steps, a progress report follows at once."""
         done = []
-        while due := self.inbox.due(self.state.step):  # again after a load: it moves the step
+        while due := self.inbox.due(self.state.step, only=only):  # again after a load: it moves the step
             done.extend(self._apply(due))
         if not done:
             return
         self.reporter.outcomes(done, self.snapshot(), self.status())
-        self.report(force=True)  # status may have changed (paused, new branch, ...)
+        if only is None:
+            self.report(force=True)  # status may have changed (paused, new branch, ...)
 
     def _apply(self, due: list[CommandRecord]) -> list[CommandRecord]:
         done = []
@@ -737,6 +746,18 @@ class Steering:
                 self.reporter.event("evaluate", message, s.step, s.branch, failed=True)
         self.report(force=True)
         return metrics
+
+
+def evaluate_model(model: torch.nn.Module, evaluate: Callable[[], dict[str, Any]]) -> dict[str, float]:
+    """``evaluate()`` with the model in eval mode and no autograd, as floats; the model's
+    mode is put back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return {k: float(v) for k, v in evaluate().items()}
+    finally:
+        model.train(was_training)
 
 
 def _before_step(record: CommandRecord) -> bool:

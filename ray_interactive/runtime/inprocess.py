@@ -20,11 +20,10 @@ import ray
 
 from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig, actor_name
-from ray_interactive.core.controller import replay_commands
 from ray_interactive.core.steering import Reporter, Steering
 from ray_interactive.runtime.actors import ControllerActor
 from ray_interactive.runtime.connection import init_ray
-from ray_interactive.runtime.launch import check_new_run, wait_for_snapshot
+from ray_interactive.runtime.launch import check_new_run, submit_replay, wait_for_snapshot
 from ray_interactive.serve.weights import BackgroundPublisher
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,7 @@ class InProcessRun:
         if not (source / "commands.jsonl").exists():
             raise ValueError(f"{source} is not a run directory (no commands.jsonl)")
         wait_for_snapshot(self.controller)  # commands are checked against the run's description
-        accepted = 0
-        for cmd in replay_commands(source / "commands.jsonl"):
-            rec: CommandRecord = ray.get(self.controller.submit.remote(cmd.model_dump(mode="json"), "replay"))
-            if rec.status.value == "rejected":
-                log.warning("replay: %s rejected: %s", cmd.kind, rec.message)
-            else:
-                accepted += 1
-        return accepted
+        return submit_replay(self.client(), source)
 
     def connect(self, core: Steering) -> None:
         """Hand the core every command accepted so far, then keep feeding it from a thread."""

@@ -177,8 +177,6 @@ def replay_run(source_dir: Path, name: str, run_dir: Path | None = None, address
     The new run starts paused, receives every applied command pinned to the step where it
     took effect (``at_step``), then resumes; on the CPU it reproduces the original losses.
     """
-    from ray_interactive.core.controller import replay_commands
-
     source_dir = Path(source_dir)
     if not (source_dir / "config.json").exists():
         raise ValueError(f"{source_dir} is not a run directory (no config.json)")
@@ -187,9 +185,21 @@ def replay_run(source_dir: Path, name: str, run_dir: Path | None = None, address
     )
     handle = start_run(config, address=address)
     client = handle.client()
-    for cmd in replay_commands(source_dir / "commands.jsonl"):
+    submit_replay(client, source_dir)
+    client.send("resume", source="replay")  # not pinned: pinned commands keep their order
+    return handle
+
+
+def submit_replay(client: RunClient, source_dir: Path) -> int:
+    """Submit ``source_dir``'s applied commands to ``client``'s run, each pinned to the step
+    where it took effect (a rejected one is logged); returns how many were accepted."""
+    from ray_interactive.core.controller import replay_commands
+
+    accepted = 0
+    for cmd in replay_commands(Path(source_dir) / "commands.jsonl"):
         rec = client.submit(cmd)
         if rec.status.value == "rejected":
             log.warning("replay: %s rejected: %s", cmd.kind, rec.message)
-    client.send("resume", source="replay")  # not pinned: pinned commands keep their order
-    return handle
+        else:
+            accepted += 1
+    return accepted

@@ -276,22 +276,18 @@ class InteractiveCallback(TrainerCallback):
         if core is None or run is None:
             return
         try:
-            if core.state.ended is None:
-                core.state.stopping = core.state.stopping or "the Trainer finished"
-                core.finish()
+            core.end("the Trainer finished")
         finally:
             run.close()
             self.run = None
 
     def fail(self, error: BaseException) -> None:
         """The Trainer raised: the run is ``failed`` with the error (``steer`` calls this)."""
-        import traceback
-
         core, run = self.core, self.run
         if core is None or run is None:
             return
         try:
-            core.fail(error, "".join(traceback.format_exception(error, limit=8)))
+            core.fail(error)
         finally:
             run.close()
             self.run = None

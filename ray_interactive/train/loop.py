@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from typing import Any
 import torch
 
 from ray_interactive.core.config import RunConfig
-from ray_interactive.core.state import OwnSchedule, TrainState
-from ray_interactive.core.steering import Frontend, Steering, finite
+from ray_interactive.core.state import TrainState
+from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
 from ray_interactive.runtime.inprocess import InProcessRun
 
 log = logging.getLogger(__name__)
@@ -62,13 +61,7 @@ class Session:
         self._replay = replay
         self._address = address
         self._samples = samples_per_step or config.batch_size
-        sc = config.schedule
-        state = TrainState(
-            schedule=OwnSchedule.starting(optimizer, sc.kind, sc.steps, sc.min_lr_ratio, sc.gamma, sc.warmup_steps),
-            grad_clip=config.grad_clip,
-            grad_accumulation=config.grad_accumulation,
-            paused=config.start_paused,
-        )
+        state = TrainState.starting(config, optimizer)
         self._frontend = Frontend(
             "loop", evaluate=self._evaluate if evaluate is not None else None, unsupported={"set_data_mixture": NO_MIXTURE}
         )
@@ -120,17 +113,14 @@ class Session:
             self._optimizer.step = self._unwrapped  # type: ignore[method-assign]
             self._unwrapped = None
         try:
-            if core.state.ended is None:
-                core.state.stopping = core.state.stopping or "the loop ended"
-                return core.finish()
-            return core.status()
+            return core.end("the loop ended")
         finally:
             run.close()
 
     def fail(self, error: BaseException) -> None:
         core, run = self._require()
         try:
-            core.fail(error, "".join(traceback.format_exception(error, limit=8)))
+            core.fail(error)
         finally:
             run.close()
 
@@ -219,15 +209,9 @@ class Session:
         return self
 
     def _evaluate(self) -> dict[str, float]:
-        assert self._evaluate_fn is not None
-        model = self._model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return {k: float(v) for k, v in self._evaluate_fn(model).items()}
-        finally:
-            model.train(was_training)
+        fn = self._evaluate_fn
+        assert fn is not None
+        return evaluate_model(self._model, lambda: fn(self._model))
 
 
 def steer(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,8 +29,8 @@ import torch
 
 from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig
-from ray_interactive.core.state import OwnSchedule, TrainState
-from ray_interactive.core.steering import Frontend, Reporter, Steering, finite
+from ray_interactive.core.state import TrainState
+from ray_interactive.core.steering import Frontend, Reporter, Steering, evaluate_model, finite
 from ray_interactive.core.task import Task
 from ray_interactive.data.feeds import Batch
 from ray_interactive.serve.weights import Publisher
@@ -81,13 +80,7 @@ class Trainer:
 
         model = task.build_model().to(self.device)
         optimizer = task.build_optimizer(model, config.lr)
-        sc = config.schedule
-        state = TrainState(
-            schedule=OwnSchedule.starting(optimizer, sc.kind, sc.steps, sc.min_lr_ratio, sc.gamma, sc.warmup_steps),
-            grad_clip=config.grad_clip,
-            grad_accumulation=config.grad_accumulation,
-            paused=config.start_paused,
-        )
+        state = TrainState.starting(config, optimizer)
         frontend = Frontend("trainer", evaluate=self._evaluate if task.has_eval else None)
         self.core = Steering(
             config, model, optimizer, state, reporter, frontend,
@@ -157,7 +150,7 @@ class Trainer:
             return core.finish()
         except Exception as e:
             log.exception("training failed")
-            core.fail(e, traceback.format_exc(limit=8))
+            core.fail(e)
             raise
 
     def _next_batches(self) -> list[Batch] | None:
@@ -251,9 +244,4 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         model = self.core.model
-        model.eval()
-        try:
-            with torch.no_grad():
-                return {k: float(v) for k, v in self.task.evaluate(model, self.device).items()}
-        finally:
-            model.train()
+        return evaluate_model(model, lambda: self.task.evaluate(model, self.device))
