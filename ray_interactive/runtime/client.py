@@ -120,10 +120,15 @@ class RunClient:
         """Ask the run to stop (final checkpoint); optionally wait until it has."""
         rec = self.send("stop")
         if wait and rec.status is CommandStatus.ACCEPTED:
-            rec = self.wait(rec, timeout)
-            deadline = time.monotonic() + timeout
-            while self.status()["status"] not in ("stopped", "failed") and time.monotonic() < deadline:
-                time.sleep(0.1)
+            try:
+                rec = self.wait(rec, timeout)
+                deadline = time.monotonic() + timeout
+                while self.status()["status"] not in ("stopped", "failed") and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            except ray.exceptions.RayActorError:
+                # The process that owns a run shuts its actors down once the run has stopped
+                # (a job's driver, `ray-interactive run`): the controller gone is the end.
+                log.info("run %s: its controller was shut down after the stop", self.run)
         return rec
 
     # -- queries -----------------------------------------------------------------------
