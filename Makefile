@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_command_latency.py
 	$(BIN)/python benchmarks/bench_step_overhead.py
 	$(BIN)/python benchmarks/bench_hf.py
+	$(BIN)/python benchmarks/bench_recovery.py
 	$(BIN)/python benchmarks/bench_weights.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_freshness.py

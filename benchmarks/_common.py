@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ def machine() -> dict[str, Any]:
     import torch
 
     load1, load5, _ = os.getloadavg()
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
     return {
+        "commit": commit,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

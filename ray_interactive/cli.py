@@ -463,8 +463,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"{name:16} {kind:6} {info['policy']:8} {info['rows']:>10} rows  weight {info['weight']:.3g} "
               f"(drawn {info['effective_weight']:.2f})  {st.get('bytes', 0) / 2**20:8.1f} MiB  "
               f"{st.get('ingest_rows_per_s', 0):8.1f} rows/s  {info['rejected']} rejected{waiting}")
-        if st.get("storage_error"):
-            print(f"  STORAGE FAILED, ingests refused until the buffer restarts: {st['storage_error']}")
+        if info.get("storage_error") or st.get("storage_error"):
+            print(f"  STORAGE FAILED, ingests refused: {info.get('storage_error') or st['storage_error']}")
     for r in stats.get("rejections", [])[-10:]:
         when = time.strftime("%H:%M:%S", time.localtime(r["time"]))
         print(f"  rejected {when} {r['source']}: {r['message']}")

@@ -248,3 +248,126 @@ def test_a_rejected_command_can_be_retried_with_the_same_id(tmp_path: Path) -> N
     assert again.status is CommandStatus.ACCEPTED and again.seq == 1
     assert c.submit(cmd) is again  # but an accepted one is not queued twice
     c.close()
+
+
+def status_at(step: int, status: str = "running", branch: str = "main") -> dict[str, Any]:
+    import time
+
+    return {"status": status, "step": step, "branch": branch, "time": time.time()}
+
+
+def applied(rec: CommandRecord, step: int) -> dict[str, Any]:
+    import time
+
+    return rec.model_copy(update={
+        "status": CommandStatus.APPLIED, "applied_step": step, "applied_at": time.time(), "branch": "main",
+    }).model_dump(mode="json")
+
+
+def test_a_trainer_restart_reapplies_what_followed_the_checkpoint_and_holds_new_commands(
+    harness: Harness, snapshot: dict[str, Any]
+) -> None:
+    import time
+
+    from ray_interactive.core.checkpoints import CheckpointInfo
+
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    c.trainer_progress("main", status_at(5), [])
+    before = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
+    c.command_outcomes([applied(before, 5)])
+    time.sleep(0.01)
+    ckpt = CheckpointInfo(id="main@10", branch="main", step=10, created_at=time.time(), reason="periodic")
+    (c.run_dir / "checkpoints" / ckpt.id).mkdir(parents=True)
+    (c.run_dir / "checkpoints" / ckpt.id / "state.json").write_text(json.dumps({"info": ckpt.to_dict()}))
+    time.sleep(0.01)
+    after = c.submit(UpdateOptimizer(params={"lr": 2e-4}))
+    c.command_outcomes([applied(after, 12)])
+    pending = c.submit(Pause())  # accepted, never applied: the trainer died
+    c.trainer_progress("main", status_at(15), [])
+    harness.delivered.clear()
+
+    path, again, next_seq = c.begin_recovery("SIGKILL")
+    assert path == str(c.run_dir / "checkpoints" / "main@10") and next_seq == 4
+    assert [(r.id, r.command.at_step) for r in again] == [(after.id, 12)]  # type: ignore[union-attr]
+    assert c.status()["status"] == "recovering" and "main@10" in c.status()["message"]
+    held = c.submit(UpdateOptimizer(params={"lr": 3e-4}))
+    assert held.status is CommandStatus.ACCEPTED and harness.delivered == []  # waits
+    lines = len(log_lines(c.run_dir))
+
+    # The re-applied command comes back: nothing is logged for it; back at step 15 it ends.
+    c.command_outcomes([applied(again[0], 12)], status=status_at(12))
+    assert len(log_lines(c.run_dir)) == lines and c.recovery is not None
+    c.trainer_progress("main", status_at(15), [])
+    assert c.recovery is None and c.status()["status"] == "running"
+    assert [r.id for r in c.released] == [pending.id, held.id]  # in order, to the trainer
+    kinds = [r["kind"] for r in c.commands() if r["source"] == "system"]
+    assert kinds == ["trainer_lost", "recovered"]
+
+
+def test_a_re_applied_pause_ends_the_recovery_where_it_holds_the_trainer(harness: Harness, snapshot: dict[str, Any]) -> None:
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    pause = c.submit(Pause())
+    c.command_outcomes([applied(pause, 8)], status=status_at(8, "paused"))
+    c.trainer_progress("main", status_at(8, "paused"), [])
+    _, again, _ = c.begin_recovery("lost")  # no checkpoint: everything again, from the start
+    assert [r.id for r in again] == [pause.id]
+    c.trainer_progress("main", status_at(3), [])
+    assert c.recovery is not None
+    c.command_outcomes([applied(again[0], 8)], status=status_at(8, "paused"))
+    assert c.recovery is None
+
+
+def test_a_run_that_says_running_but_makes_no_step_is_stalled(tmp_path: Path) -> None:
+    import time
+
+    c = Controller(make_config(tmp_path / "run").model_copy(update={"stall_after_s": 0.2}))
+    c.trainer_progress("main", status_at(3), [])
+    assert c.status()["status"] == "running"
+    time.sleep(0.3)
+    c.trainer_progress("main", status_at(3), [])  # reports, but the step does not move
+    st = c.status()
+    assert st["status"] == "stalled" and "no step has completed" in st["message"] and st["samples_per_s"] == 0.0
+    c.trainer_progress("main", status_at(4), [])
+    assert c.status()["status"] == "running"
+    c.close()
+
+
+def test_a_stop_for_a_failed_run_is_applied_at_once_and_asks_for_its_release(harness: Harness) -> None:
+    c = harness.controller
+    c.mark_failed("trainer lost")
+    rec = c.submit(Stop())
+    assert rec.status is CommandStatus.APPLIED and "already ended" in (rec.message or "")
+    assert c.stop_requested and harness.delivered == []
+
+
+def test_the_command_log_never_keeps_half_a_line_when_the_disk_is_full(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        c = Controller(make_config(mnt / "run"))
+        accepted = []
+        for i in range(2000):
+            rec = c.submit(Pause(comment="x" * 200))
+            if rec.status is CommandStatus.REJECTED:
+                assert "cannot be written" in (rec.message or "") and rec.seq is None
+                break
+            accepted.append(rec)
+            c.command_outcomes([applied(rec, i)])  # (some of these may be memory-only near the end)
+        else:
+            pytest.fail("the disk never filled")
+        lines = log_lines(mnt / "run")  # every line parses: nothing half-written
+        assert {r["command"]["id"] for r in lines if r["status"] == "accepted"} == {r.id for r in accepted}
+        assert c.storage_error and "command log" in c.storage_error
+        assert c.submit(Stop()).status is CommandStatus.ACCEPTED  # a stop works even now
+        c.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

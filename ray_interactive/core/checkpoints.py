@@ -26,6 +26,10 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (nothing of it is left on disk)."""
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """Where a checkpoint sits in the run's tree."""
@@ -92,14 +96,21 @@ def write_checkpoint(
     tmp = root / f"{info.id}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng_plain, rng_tensors = capture_rng()
-    save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-    doc = {"info": info.to_dict(), "state": state, "rng": rng_plain, "written_at": time.time()}
-    (tmp / "state.json").write_text(json.dumps(doc))
-    tmp.rename(final)
+    try:
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        rng_plain, rng_tensors = capture_rng()
+        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
+        doc = {"info": info.to_dict(), "state": state, "rng": rng_plain, "written_at": time.time()}
+        (tmp / "state.json").write_text(json.dumps(doc))
+        tmp.rename(final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written checkpoint
+        if isinstance(e, Exception) and not isinstance(e, OSError):
+            # torch and safetensors report a failed write as RuntimeError and their own types
+            raise CheckpointWriteError(f"{type(e).__name__}: {e}") from e
+        raise
     return final
 
 

@@ -100,6 +100,13 @@ class RunConfig(BaseModel):
     grad_accumulation: int = Field(default=1, ge=1, le=4096)
     max_steps: int | None = Field(default=None, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1, description="steps between checkpoints")
+    checkpoint_interval_s: float | None = Field(
+        default=300.0,
+        gt=0.0,
+        le=7 * 86400.0,
+        description="seconds between periodic checkpoints (on by default, so a crash loses minutes, not the run; "
+        "None: only checkpoint_every and commands)",
+    )
     checkpoint_keep: int | None = Field(
         default=10,
         ge=1,
@@ -125,6 +132,13 @@ class RunConfig(BaseModel):
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
     health: HealthConfig = Field(default_factory=HealthConfig)
+    max_restarts: int = Field(
+        default=3, ge=0, le=1000,
+        description="times a lost trainer is restarted from the newest checkpoint before the run fails",
+    )
+    stall_after_s: float = Field(
+        default=120.0, gt=0.0, le=86400.0, description="status 'stalled' when no step completes for this long"
+    )
 
     @field_validator("name")
     @classmethod

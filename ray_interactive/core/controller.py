@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from ray_interactive.core.commands import (
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.messages import BufferStats, RunEvent, Snapshot, TrainerStatus
 from ray_interactive.core.metrics import MetricStore
+from ray_interactive.core.recovery import Recovery, reapply_records
 from ray_interactive.core.validation import RunView, resolve_cancel, validate, validate_mixture
 from ray_interactive.serve.weights import WeightRegistry
 
@@ -62,10 +64,13 @@ class Controller:
         self,
         config: RunConfig,
         deliver: Callable[[list[CommandRecord]], None] | None = None,
-        recover: bool = False,
+        recover: bool | str = False,
         read_only: bool = False,
     ) -> None:
-        """``read_only``: a view of a run directory that writes nothing (a finished run
+        """``recover``: rebuild from the run directory - ``True``/``"resume"`` for a resumed
+        run (commands the old trainer never applied fail), ``"restart"`` for a controller
+        restarted under a live trainer (they are still on their way: nothing fails).
+        ``read_only``: a view of a run directory that writes nothing (a finished run
         opened for inspection); it takes no commands and no trainer events."""
         self.config = config
         self.run_dir = config.resolved_run_dir
@@ -89,14 +94,20 @@ class Controller:
         self.weight_registry = WeightRegistry(keep=config.weights_keep)
         self.started_at = time.time()
         self._last_flush = time.monotonic()
+        self.recovery: Recovery | None = None  # the trainer is being restarted
+        self.released: list[CommandRecord] = []  # held during a recovery, now due to the trainer
+        self.stop_requested = False  # a stop came for a run that had already ended: release it
+        self.storage_error: str | None = None  # the run directory could not be written
+        self._last_step_seen = (0, time.monotonic())  # (step, when it was first reported): a stall shows
         if recover:
             self._recover()
         if read_only:
-            self._log = None
+            self._log: _CommandLog | None = None
             return
-        config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
-        self._log = open(self.run_dir / "commands.jsonl", "a", encoding="utf-8")
-        if recover:  # commands accepted but never applied died with the old trainer
+        if recover != "restart":
+            config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
+        self._log = _CommandLog(self.run_dir / "commands.jsonl")
+        if recover and recover != "restart":  # commands accepted but never applied died with the old trainer
             self._fail_pending("the run ended before it was applied")
 
     # -- commands ----------------------------------------------------------------------
@@ -126,6 +137,8 @@ class Controller:
             record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=message)
             self._store(record, key=uuid.uuid4().hex)  # the first record keeps its id
             return record
+        if isinstance(cmd, Stop) and self.view.status in ("failed", "stopped"):
+            return self._stop_ended_run(cmd)
         try:
             validate(cmd, self.view)
             if isinstance(cmd, Cancel):
@@ -149,10 +162,44 @@ class Controller:
         if isinstance(cmd, UpdateModule) and cmd.op == "freeze":
             self.view.pending_freezes[self.next_seq] = cmd.module
         record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
+        try:
+            self._store(record)
+        except OSError as e:
+            if not isinstance(cmd, Stop):  # not in the log, so not a command: nothing is sent on
+                return self._unlogged(cmd, e)
+            # A stop must work on a full disk: kept in memory, it ends the run cleanly.
+            self._store_outcome(record)
         self.next_seq += 1
-        self._store(record)
-        self._deliver([record])
+        if self.recovery is not None:
+            self.recovery.held.append(record)  # goes out once the trainer is back where it died
+        else:
+            self._deliver([record])
         return record
+
+    def _stop_ended_run(self, cmd: Stop) -> CommandRecord:
+        """A stop for a run whose trainer has ended (failed, say): nothing to send it to;
+        it is applied here, and the run's owner releases its actors."""
+        now = time.time()
+        record = CommandRecord(
+            command=cmd, seq=self.next_seq, status=CommandStatus.APPLIED, applied_at=now,
+            applied_step=int(self.trainer_status.get("step", 0)), branch=self.trainer_status.get("branch"),
+            message=f"the run had already ended ({self.trainer_status.get('status')}); its actors are released",
+        )
+        try:
+            self._store(record)
+        except OSError as e:
+            return self._unlogged(cmd, e)
+        self.next_seq += 1
+        self.stop_requested = True
+        return record
+
+    def _unlogged(self, cmd: Command, error: OSError) -> CommandRecord:
+        self.storage_error = f"the command log could not be written: {error}"
+        log.error(self.storage_error)
+        return CommandRecord(
+            command=cmd, status=CommandStatus.REJECTED,
+            message=f"refused: the run directory cannot be written ({error}); free space and send it again",
+        )
 
     def refuse(self, payload: Any, message: str) -> CommandRecord:
         """Log a payload that is not a command (a clipped copy) as rejected, with why."""
@@ -168,7 +215,14 @@ class Controller:
         return check_name(f"{base}-{n}", "branch")
 
     def _store(self, record: CommandRecord, key: str | None = None) -> None:
+        """Log the record, then keep it (a record that cannot be logged raises ``OSError``
+        and is not kept: what clients see is what the log holds)."""
         key = key or record.id or uuid.uuid4().hex
+        assert self._log is not None, "read-only"
+        self._log.append(record.model_dump_json())
+        self._keep(record, key)
+
+    def _keep(self, record: CommandRecord, key: str) -> None:
         old = self.records.get(key)
         if old is not None:
             self._counts[old.status.value] -= 1
@@ -177,9 +231,6 @@ class Controller:
             self._pending_mixtures.pop(record.seq, None)
             self.view.pending_freezes.pop(record.seq, None)
         self.records[key] = record  # a known key keeps its place: the dict is in submission order
-        assert self._log is not None, "read-only"
-        self._log.write(record.model_dump_json() + "\n")
-        self._log.flush()  # on disk (page cache) before the answer goes out
 
     def command_outcomes(
         self,
@@ -192,7 +243,13 @@ class Controller:
         ``events`` (checkpoints written, branches made) are what they left behind."""
         self._trainer_events(events)
         for record in records:
-            self._store(CommandRecord.model_validate(record))
+            rec = CommandRecord.model_validate(record)
+            if self.recovery is not None and rec.id in self.recovery.reapply:
+                self.recovery.reapply.discard(rec.id)  # applied again: the log has it already
+                if rec.status is not CommandStatus.APPLIED:
+                    log.warning("re-applying #%s %s after a restart failed: %s", rec.seq, rec.kind, rec.message)
+                continue
+            self._store_outcome(rec)
         if snapshot is not None:
             self.trainer_snapshot(snapshot)
         if status is not None:
@@ -217,7 +274,7 @@ class Controller:
         it), and the commands it asks for, submitted as ``system`` commands."""
         ev = RunEvent.model_validate(event)
         message = ev.message[:2000]
-        self._store(
+        self._store_outcome(
             CommandRecord(
                 command=None,
                 payload={"kind": ev.kind[:64]},
@@ -283,19 +340,74 @@ class Controller:
         """The buffer's latest figures: rows, bytes and ingest rate per source, rejections."""
         return dict(self.data_stats)
 
+    def _store_outcome(self, record: CommandRecord, key: str | None = None) -> None:
+        """What the trainer did is kept even when the log cannot take it (a full disk):
+        clients see the truth, and the error is in the status."""
+        try:
+            self._store(record, key)
+        except OSError as e:
+            self.storage_error = f"the command log could not be written: {e}"
+            log.error("%s (#%s %s kept in memory only)", self.storage_error, record.seq, record.kind)
+            self._keep(record, key or record.id or uuid.uuid4().hex)
+
     def _update_status(self, status: dict[str, Any]) -> None:
         st = TrainerStatus.model_validate(status)
         if st.time >= self.trainer_status.get("time", 0):  # calls may arrive out of order
             self.trainer_status = st.model_dump(mode="json")
             self.view.status = st.status.value
             self.view.step = st.step
+            if st.step != self._last_step_seen[0]:
+                self._last_step_seen = (st.step, time.monotonic())
             if st.status.is_final:
                 self._fail_pending(f"the run {st.status.value} before it was applied ({st.message or ''})")
+            self._maybe_end_recovery()
 
     def _fail_pending(self, message: str) -> None:
         """Accepted commands that can no longer be applied: the trainer is gone."""
         for r in [r for r in self.records.values() if r.status is CommandStatus.ACCEPTED]:
-            self._store(r.model_copy(update={"status": CommandStatus.FAILED, "message": message[:500]}))
+            self._store_outcome(r.model_copy(update={"status": CommandStatus.FAILED, "message": message[:500]}))
+
+    # -- trainer restarts --------------------------------------------------------------
+    def begin_recovery(self, reason: str) -> tuple[str | None, list[CommandRecord], int]:
+        """The trainer died and is being restarted. Returns the checkpoint directory it
+        restarts from (None: the start), the commands it applies again (pinned to their
+        steps) and the number of the first command it has not seen. Until it is back where
+        it died, the status says ``recovering`` and new commands wait."""
+        ckpts = list_checkpoints(self.run_dir / "checkpoints")
+        ckpt = ckpts[-1] if ckpts else None
+        again = reapply_records(list(self.records.values()), ckpt, self.run_dir / "checkpoints")
+        pending = sorted((r for r in self.records.values() if r.status is CommandStatus.ACCEPTED), key=lambda r: r.seq or 0)
+        died_at = (str(self.trainer_status.get("branch", ROOT_BRANCH)), int(self.trainer_status.get("step", 0)))
+        self.recovery = Recovery(reason, ckpt, died_at, {r.id for r in again if r.id}, held=pending)
+        where = f"checkpoint {ckpt.id}" if ckpt else "the start (no checkpoint yet)"
+        self.system_event({
+            "kind": "trainer_lost", "message": f"trainer lost ({reason}); restarting from {where}, applying "
+            f"{len(again)} command(s) again", "step": died_at[1], "branch": died_at[0], "time": time.time(), "failed": True,
+        })
+        path = str(self.run_dir / "checkpoints" / ckpt.id) if ckpt else None
+        return path, again, self.next_seq
+
+    def _maybe_end_recovery(self) -> None:
+        rec = self.recovery
+        st = self.trainer_status
+        if rec is None or not rec.caught_up(str(st.get("status")), str(st.get("branch")), int(st.get("step", 0))):
+            return
+        self.recovery = None
+        took = time.time() - rec.started
+        self.system_event({
+            "kind": "recovered", "message": f"recovered in {took:.1f} s: back at step {st.get('step')} on "
+            f"{st.get('branch')} after the trainer was lost ({rec.reason})", "step": int(st.get("step", 0)),
+            "branch": str(st.get("branch")), "time": time.time(),
+        })
+        held = [self.records.get(r.id or "", r) for r in rec.held]
+        # A cancel may have withdrawn one. Numbered before the commands the restarted trainer
+        # was given, they are handed over as such (the actor takes ``released``).
+        self.released.extend(r for r in held if r.status is CommandStatus.ACCEPTED)
+
+    def recovery_failed(self, message: str) -> None:
+        """The trainer could not be restarted: the run has failed, with why."""
+        self.recovery = None
+        self.mark_failed(message)
 
     def trainer_snapshot(self, snapshot: dict[str, Any]) -> None:
         snap = Snapshot.model_validate(snapshot)
@@ -356,13 +468,29 @@ class Controller:
         self._update_status({**self.trainer_status, "status": "failed", "message": message, "time": time.time()})
         self.flush()
 
+    def stalled_for(self) -> float | None:
+        """Seconds since the step last moved, if the run says ``running`` and that is longer
+        than ``stall_after_s`` (a hung or stopped trainer process); else None."""
+        if self.trainer_status.get("status") != "running" or self.recovery is not None:
+            return None
+        idle = time.monotonic() - self._last_step_seen[1]
+        return idle if idle >= self.config.stall_after_s else None
+
     # -- queries -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         counts = {k: v for k, v in self._counts.items() if v}
+        trainer = dict(self.trainer_status)
+        if self.recovery is not None:
+            trainer.update(status="recovering", message=self.recovery.describe())
+        elif (idle := self.stalled_for()) is not None:
+            trainer.update(status="stalled", samples_per_s=0.0, message=(
+                f"no step has completed for {idle:.0f} s (last: step {self._last_step_seen[0]}); the trainer "
+                "may be hung or its process stopped"))
         return {
             "run": self.config.name,
             "run_dir": str(self.run_dir),
-            **self.trainer_status,
+            **trainer,
+            "storage_error": self.storage_error,
             "started_at": self.started_at,
             "commands": counts,
             "checkpoints": len(self.checkpoints),
@@ -447,10 +575,16 @@ class Controller:
         if self.read_only:
             return
         self._last_flush = time.monotonic()
-        self.metrics.flush(self.run_dir / "metrics")
         tmp = self.run_dir / "status.json.tmp"
-        tmp.write_text(json.dumps({**self.status(), "saved_at": time.time()}, default=str))
-        tmp.replace(self.run_dir / "status.json")
+        try:
+            self.metrics.flush(self.run_dir / "metrics")
+            tmp.write_text(json.dumps({**self.status(), "saved_at": time.time()}, default=str))
+            tmp.replace(self.run_dir / "status.json")
+            self.storage_error = None
+        except OSError as e:  # a full disk: metrics stay in memory and are written at the next flush
+            tmp.unlink(missing_ok=True)
+            self.storage_error = f"metrics and status could not be written: {e}"
+            log.error(self.storage_error)
 
     def close(self) -> None:
         self.flush()
@@ -473,6 +607,31 @@ class Controller:
         self.metrics = MetricStore.load(self.run_dir / "metrics")
         # The weights died with the old trainer; their numbers are not reused.
         self.weight_registry.next_version = _last_weight_version(self.run_dir / "weights.jsonl") + 1
+
+
+class _CommandLog:
+    """``commands.jsonl``, appended one whole line at a time: a write that fails half way
+    (a full disk) is cut back off, so the log never holds half a record."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "ab", buffering=0)  # noqa: SIM115 - open for the run's life
+
+    def append(self, line: str) -> None:
+        data = (line + "\n").encode()
+        end = self._f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._f.write(view) or 0 :]
+        except OSError:
+            try:
+                os.ftruncate(self._f.fileno(), end)
+            except OSError:
+                log.critical("could not cut a half-written line off %s", self._f.name)
+            raise
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def read_command_log(path: Path) -> dict[str, CommandRecord]:

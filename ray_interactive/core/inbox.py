@@ -29,12 +29,13 @@ class CommandInbox:
         self._frontier = next_seq  # lowest sequence number not yet received
         self._earliest: int | None = None  # smallest at_step pending (-1: one is due now)
 
-    def put(self, records: list[CommandRecord]) -> None:
-        """Add records (called from the control thread)."""
+    def put(self, records: list[CommandRecord], replayed: bool = False) -> None:
+        """Add records (called from the control thread). ``replayed``: commands applied
+        before a restart, given again with their old numbers (below the frontier)."""
         with self._lock:
             for r in records:
                 assert r.seq is not None
-                if r.seq >= self._frontier:  # below it: a duplicate delivery
+                if replayed or r.seq >= self._frontier:  # below it: a duplicate delivery
                     self._pending[r.seq] = r
             while self._frontier in self._pending:
                 self._frontier += 1

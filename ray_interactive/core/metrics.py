@@ -198,8 +198,12 @@ class MetricStore:
         table = pa.table([pa.array(c) for c in cols], schema=_PART_SCHEMA)
         path = directory / f"part-{number:06d}.parquet"
         tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)  # a reader never sees half a part
+        try:
+            pq.write_table(table, tmp)
+            tmp.replace(path)  # a reader never sees half a part
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the points stay unflushed: the next flush writes them
+            raise
         self._unflushed.clear()
         return path
 

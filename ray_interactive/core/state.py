@@ -37,6 +37,9 @@ class RunStatus(enum.StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    # Said by the controller, never by a trainer:
+    RECOVERING = "recovering"  # the trainer died and is being restarted from a checkpoint
+    STALLED = "stalled"  # "running", but no step has completed for stall_after_s
 
     @property
     def is_final(self) -> bool:

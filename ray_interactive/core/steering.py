@@ -213,6 +213,7 @@ class Steering:
         self._next_weight_version = next_weight_version
         self._published_at: tuple[str, int] | None = None  # (branch, step) of the last version
         self._checkpointed_at: tuple[str, int] | None = None
+        self._checkpoint_clock = time.monotonic()  # when the last checkpoint was written (or the run began)
         self.params = self.trainable()
         self.pending_rows: list[Row] = []
         self.on_report: list[Callable[[], None]] = []  # front-end additions to a report's newest row
@@ -293,8 +294,10 @@ class Steering:
     def after_step(self) -> None:
         """Periodic checkpoint, evaluation and weight version; a report when one is due."""
         step, cfg = self.state.step, self.config
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            self.checkpoint("periodic")
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
+            cfg.checkpoint_interval_s and time.monotonic() - self._checkpoint_clock >= cfg.checkpoint_interval_s
+        ):
+            self.try_checkpoint("periodic")
         if cfg.eval_every and self.frontend.evaluate is not None and step % cfg.eval_every == 0:
             self.run_eval()
         if cfg.publish_every and step % cfg.publish_every == 0:
@@ -311,7 +314,7 @@ class Steering:
         """Final checkpoint and status: the run can be resumed from here."""
         s = self.state
         if self._checkpointed_at != (s.branch, s.step):  # not twice at one step
-            self.checkpoint("final")
+            self.try_checkpoint("final")
         if self.config.publish_every and self._published_at != (s.branch, s.step):
             self.try_publish("final")
         if self.publisher is not None:
@@ -649,6 +652,7 @@ class Steering:
             "data_position": copy.deepcopy(data.position) if data is not None else None,
             "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad],
             "module_attributes": {k: v["attributes"] for k, v in modules.items() if v["attributes"]},
+            "paused": self.state.paused,  # not restored by a load; a restarted trainer resumes in this state
         }
 
     def restore_doc(self, doc: dict[str, Any], reset_data: bool = True) -> None:
@@ -679,6 +683,7 @@ class Steering:
             finite=not nonfinite_tensors(self.model.named_parameters()),  # a rollback skips it if not
         )
         write_checkpoint(self.ckpt_dir, info, self.model, self.optimizer, self.checkpoint_doc())
+        self._checkpoint_clock = time.monotonic()
         s.last_checkpoint = info.id
         self._checkpointed_at = (s.branch, s.step)
         self.checkpoints[info.id] = info
@@ -686,6 +691,20 @@ class Steering:
         if reason == "periodic":
             self._prune_checkpoints()
         return info.id
+
+    def try_checkpoint(self, reason: str) -> str | None:
+        """A checkpoint the run takes on its own (periodic, final): one that cannot be
+        written (a full disk, say) is an entry in the history with the reason, and
+        training goes on; the next one is tried at the next interval."""
+        try:
+            return self.checkpoint(reason)
+        except OSError as e:
+            self._checkpoint_clock = time.monotonic()
+            s = self.state
+            message = f"{reason} checkpoint at step {s.step} not written: {type(e).__name__}: {e}"
+            log.error(message)
+            self.reporter.event("checkpoint_failed", message, s.step, s.branch, failed=True)
+            return None
 
     def _prune_checkpoints(self) -> None:
         """Retention: keep the newest ``checkpoint_keep`` periodic checkpoints of this

@@ -153,6 +153,7 @@ class _Source:
         self.rejected = 0
         self.writer: SegmentWriter | None = None
         self.broken: str | None = None  # set when the segment files can no longer be trusted
+        self.write_error: str | None = None  # the newest ingest's write failed (a full disk): why
         self._cold: pa.Table | None = None
         self._cold_selected: pa.Table | None = None
         self.batch_ids: list[tuple[str, int, int]] = []  # recovered (batch_id, first, rows)
@@ -271,23 +272,33 @@ class _Source:
             self._cold_selected = _select(self._cold, schema)
         return self._cold_selected
 
-    def take(self, idx: np.ndarray, schema: pa.Schema) -> list[pa.Table]:
-        """Rows ``idx`` with the columns of ``schema`` (grouped by where they live, not in
-        ``idx`` order)."""
-        parts = []
+    def take(self, idx: np.ndarray, schema: pa.Schema) -> pa.Table:
+        """Rows ``idx``, in ``idx`` order, with the columns of ``schema``.
+
+        The order never depends on where rows live (memory or segments): a buffer rebuilt
+        from its segments after a restart or resume yields the very batches it would have.
+        """
         cold = idx < self.cold_rows
         if cold.all():
-            return [self._cold_table(schema).take(idx)]
+            return self._cold_table(schema).take(idx)
+        parts, order = [], []
         if cold.any():
             parts.append(self._cold_table(schema).take(idx[cold]))
-            idx = idx[~cold]
+            order.append(np.flatnonzero(cold))
         if self._hot_starts is None:
             self._hot_starts = np.fromiter((blk.start for blk in self.hot), np.int64, len(self.hot))
-        which = np.searchsorted(self._hot_starts, idx, side="right") - 1
+        hot_pos = np.flatnonzero(~cold)
+        which = np.searchsorted(self._hot_starts, idx[hot_pos], side="right") - 1
         for b in np.unique(which):
             block = self.hot[b]
-            parts.append(block.select(schema).take(idx[which == b] - block.start))
-        return parts
+            mine = hot_pos[which == b]
+            parts.append(block.select(schema).take(idx[mine] - block.start))
+            order.append(mine)
+        if len(parts) == 1:
+            return parts[0]
+        # Gathered by where the rows live; put them back in the order they were drawn.
+        gathered = pa.concat_tables(parts)
+        return gathered.take(np.argsort(np.concatenate(order), kind="stable"))
 
     def close(self) -> None:
         if self.writer is not None and not self.broken:
@@ -379,6 +390,7 @@ class DataBuffer:
                 "policy": s.policy,
                 "live": s.live,
                 "rejected": s.rejected,
+                "storage_error": s.broken or s.write_error,
                 "schema": str(s.schema),
             }
             for name, s in self._sources.items()
@@ -418,7 +430,14 @@ class DataBuffer:
             raise
         batch_id = batch_id or uuid.uuid4().hex
         t = time.time()
-        first = s.append(clean, batch_id, t, sync)  # an OSError here stored nothing
+        try:
+            first = s.append(clean, batch_id, t, sync)  # an OSError here stored nothing
+        except OSError as e:
+            s.write_error = f"{type(e).__name__}: {e}"
+            message = f"storage: could not write the rows ({e}); nothing was stored - free space and send them again"
+            self._reject(s, source, message)
+            raise OSError(f"source {source!r}: {message}") from e
+        s.write_error = None
         self._acks[batch_id] = (source, first, clean.num_rows)
         self._recent.append((t, source, clean.num_rows, clean.nbytes))
         self._enforce_memory()
@@ -545,7 +564,7 @@ class DataBuffer:
         for name, k in counts.items():
             s = self._sources[name]
             idx = self._indices(s, k)
-            parts.extend(s.take(idx, self.batch_schema))
+            parts.append(s.take(idx, self.batch_schema))
             if s.live:
                 live_times.append(s.times.view()[idx])
                 used = s.used.view()
@@ -600,8 +619,7 @@ class DataBuffer:
             raise ValueError(f"source {source!r} has no column(s) {', '.join(unknown)}")
         schema = pa.schema([s.schema.field(c) for c in columns])
         idx = np.arange(start, stop, dtype=np.int64)
-        parts = s.take(idx, schema) if len(idx) else [schema.empty_table()]
-        return pa.concat_tables(parts)  # blocks come in row order for a contiguous range
+        return s.take(idx, schema) if len(idx) else schema.empty_table()
 
     # -- stats -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -627,7 +645,8 @@ class DataBuffer:
                 "ingest_bytes_per_s": r[1],
                 "rejected": s.rejected,
                 "live": s.live,
-                "storage_error": s.broken,  # set: ingests refused until the buffer restarts
+                # broken: ingests refused until the buffer restarts; write_error: the last write failed
+                "storage_error": s.broken or s.write_error,
             }
         return BufferStats.model_validate({
             "time": now,

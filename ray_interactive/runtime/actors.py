@@ -1,7 +1,10 @@
 """The Ray actors of a run: thin shells around the plain classes, all in one place.
 
 * :class:`ControllerActor` - threaded, so a client can block in :meth:`wait_command`
-  while others submit; one lock serialises access to the plain :class:`Controller`.
+  while others submit; one lock serialises access to the plain :class:`Controller`. It
+  runs the trainer's loop and watches it: a trainer whose process dies is restarted by
+  Ray (``max_restarts``) and recovered from the newest checkpoint here. Ray restarts the
+  controller itself too; it rebuilds from the run directory and takes up its trainer.
 * :class:`TrainerActor` - threaded with two concurrency groups: ``loop`` runs the step
   loop, ``control`` receives commands while the loop runs (FIELD-NOTES: ~2 ms answers).
 * :class:`BufferActor` - an async actor: ingests share fsyncs (group commit) and the
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -27,6 +31,7 @@ from ray_interactive.core.controller import Controller
 from ray_interactive.core.task import load_task
 from ray_interactive.data.buffer import DataBuffer
 from ray_interactive.data.feeds import RayFeed
+from ray_interactive.runtime.retry import actor_restarting, call_with_retry
 from ray_interactive.serve.weights import BackgroundPublisher
 from ray_interactive.train.trainer import Reporter, Trainer
 
@@ -37,9 +42,17 @@ log = logging.getLogger(__name__)
 MAX_WEIGHT_WAITERS = 16
 
 
-@ray.remote(num_cpus=0, max_concurrency=32)
+#: How long a restarted trainer (or controller) may take to come back before the run fails.
+RESTART_DEADLINE_S = 120.0
+
+
+@ray.remote(num_cpus=0, max_concurrency=32, max_restarts=-1, max_task_retries=-1)
 class ControllerActor:
-    """Ray shell of :class:`~ray_interactive.core.controller.Controller`."""
+    """Ray shell of :class:`~ray_interactive.core.controller.Controller`.
+
+    Ray restarts it if its process dies, and retries calls made meanwhile (a repeated
+    ``submit`` is answered from the log: commands carry their id). The restarted actor
+    rebuilds from the run directory and takes up the run's trainer and buffer by name."""
 
     def __init__(self, config: dict[str, Any], recover: bool = False) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -50,13 +63,51 @@ class ControllerActor:
         self._pull = False  # the loop runs in another process and pulls its commands
         self._outbox: list[CommandRecord] = []  # delivered, not yet pulled
         self._weight_waiters = 0  # threads blocked in wait_weights
-        self._c = Controller(RunConfig.model_validate(config), self._deliver, recover=recover)
+        self._ended: tuple[str, Any] | None = None  # ("stopped", final status) / ("failed", why)
+        self._closing = False
+        self._restarts = 0
+        with warnings.catch_warnings():  # Ray's own property trips its actor_id deprecation warning
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._c = Controller(RunConfig.model_validate(config), self._deliver, recover="restart" if restarted else recover)
+        if restarted:
+            self._take_up_run()
 
-    def attach(self, trainer: Any, buffer: Any, pull: bool = False) -> int:
+    def _take_up_run(self) -> None:
+        """After a restart: find the run's trainer and buffer, hand the trainer every
+        command still pending (its inbox drops the ones it has) and watch its loop again."""
+        cfg = self._c.config
+        found = {}
+        for role in ("trainer", "buffer"):
+            try:
+                found[role] = ray.get_actor(actor_name(cfg.name, role), namespace=cfg.namespace)
+            except ValueError:
+                found[role] = None
+        pending = sorted((r for r in self._c.records.values() if r.status.value == "accepted"), key=lambda r: r.seq or 0)
+        if found["trainer"] is None:  # the loop is in a driver process: it pulls (and dedupes) its commands
+            self._trainer, self._buffer, self._pull, self._outbox = None, found["buffer"], True, pending
+            log.warning("controller restarted; the run's loop pulls its commands")
+            return
+        self._trainer, self._buffer = found["trainer"], found["buffer"]
+        if pending:
+            self._trainer.deliver.remote(pending)
+        try:  # commands are checked against the trainer's description: have it before serving any
+            described = ray.get(self._trainer.describe.remote(), timeout=60)
+        except Exception:  # noqa: BLE001 - a trainer being restarted itself: its recovery describes it
+            log.warning("the trainer did not describe itself to the restarted controller", exc_info=True)
+            described = None
+        if described is not None:
+            self._c.trainer_snapshot(described[0])
+            self._c.command_outcomes([], status=described[1])
+        log.warning("controller restarted; took up trainer and buffer of run %s", cfg.name)
+        threading.Thread(target=self._supervise, name="supervise", daemon=True).start()
+
+    def attach(self, trainer: Any, buffer: Any, pull: bool = False, supervise: bool = False) -> int:
         """Connect the trainer and buffer once they exist; with ``pull``, the training loop
         runs in a driver process (Hugging Face, a plain loop) and fetches its commands
-        with :meth:`pull_commands`. Returns the number of the first command the trainer
-        gets (commands may be accepted before it is attached)."""
+        with :meth:`pull_commands`; with ``supervise``, this actor starts the trainer's
+        loop and restarts a trainer that dies. Returns the number of the first command the
+        trainer gets (commands may be accepted before it is attached)."""
         with self._cond:
             self._trainer, self._buffer, self._pull = trainer, buffer, pull
             first = min((r.seq for r in self._undelivered if r.seq is not None), default=self._c.next_seq)
@@ -67,7 +118,74 @@ class ControllerActor:
                     trainer.deliver.remote(self._undelivered)
                 self._undelivered = []
             self._cond.notify_all()
-            return first
+        if supervise:
+            threading.Thread(target=self._supervise, name="supervise", daemon=True).start()
+        return first
+
+    # -- the trainer's loop ------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Run the trainer's loop until it ends; restart the trainer when its process dies."""
+        while True:
+            try:
+                result = ray.get(self._trainer.run.remote())
+                self._end("stopped", result)
+                return
+            except ray.exceptions.RayTaskError as e:  # the loop raised: the trainer reported why
+                self._end("failed", f"{type(e.cause).__name__ if e.cause else 'error'}: {e.cause or e}"[:4000])
+                return
+            except ray.exceptions.RayActorError as e:  # its process is gone
+                if self._closing:
+                    return
+                reason = _death_reason(e)
+                if self._restarts >= self._c.config.max_restarts:
+                    self._fail(f"the trainer was lost ({reason}) and max_restarts={self._c.config.max_restarts} "
+                               "restarts are spent; resume the run from its newest checkpoint")
+                    return
+                self._restarts += 1
+                if not self._restart_trainer(reason):
+                    return
+
+    def _restart_trainer(self, reason: str) -> bool:
+        """Wait for Ray to bring the trainer back, then restore it; False if it could not."""
+        log.warning("trainer lost (%s); recovering (restart %d)", reason, self._restarts)
+        with self._cond:
+            path, again, next_seq = self._c.begin_recovery(reason)
+            self._c.weight_registry.forget()  # its weights lived in the dead process
+            self._cond.notify_all()
+        try:
+            call_with_retry(lambda: ray.get(self._trainer.ready.remote(), timeout=30), "trainer restart",
+                            deadline_s=RESTART_DEADLINE_S, on=actor_restarting)
+            ray.get(self._trainer.recover.remote(path, again, next_seq))
+        except Exception as e:  # noqa: BLE001 - any failure here ends the run, with why
+            self._fail(f"the trainer was lost ({reason}) and could not be restarted: {type(e).__name__}: {e}"[:4000])
+            return False
+        return True
+
+    def _end(self, how: str, what: Any) -> None:
+        with self._cond:
+            if how == "failed" and self._c.trainer_status.get("status") != "failed":
+                self._c.mark_failed(str(what))
+            self._ended = (how, what)
+            self._cond.notify_all()
+
+    def _fail(self, message: str) -> None:
+        log.error(message)
+        with self._cond:
+            self._c.recovery_failed(message)
+            self._ended = ("failed", message)
+            self._cond.notify_all()
+
+    def wait_end(self, timeout: float = 30.0) -> tuple[str, Any] | None:
+        """Block until the run's loop ends: ``("stopped", final status)`` or ``("failed",
+        why)``; None after ``timeout``."""
+        deadline = time.monotonic() + min(timeout, 300.0)
+        with self._cond:
+            while self._ended is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._ended
 
     def pull_commands(self, after_seq: int, timeout: float = 5.0) -> list[CommandRecord]:
         """Accepted commands numbered above ``after_seq`` (which acknowledges the ones
@@ -94,12 +212,26 @@ class ControllerActor:
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._cond:
             result = getattr(self._c, method)(*args, **kwargs)
+            if self._c.released:  # a recovery ended: commands held meanwhile go out
+                released, self._c.released = self._c.released, []
+                self._trainer.deliver.remote(released, replayed=True)
             self._cond.notify_all()
             return result
 
     # commands
     def submit(self, payload: Any, source: str | None = None) -> CommandRecord:
-        return self._call("submit", payload, source)
+        record = self._call("submit", payload, source)
+        if self._c.stop_requested:  # a stop for a run that had ended: release its actors
+            self._c.stop_requested = False
+            threading.Thread(target=self._release, daemon=True).start()
+        return record
+
+    def _release(self) -> None:
+        """End a run whose trainer is gone: close, kill its other actors, then this one."""
+        time.sleep(0.5)  # the stop's answer goes out first
+        release_run(self._c.config.name, self._c.config.namespace, keep_controller=True)
+        self.close()
+        ray.kill(ray.get_runtime_context().current_actor)
 
     def refuse(self, payload: Any, message: str) -> CommandRecord:
         return self._call("refuse", payload, message)
@@ -218,16 +350,39 @@ class ControllerActor:
     def config(self) -> dict[str, Any]:
         return self._c.config.model_dump(mode="json")
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def flush(self) -> None:
         self._call("flush")
 
     def close(self) -> None:
+        self._closing = True
         self._call("close")
+
+
+def _death_reason(e: BaseException) -> str:
+    first = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {first[0][:300]}" if first else type(e).__name__
+
+
+def release_run(name: str, namespace: str, keep_controller: bool = False) -> None:
+    """Kill whatever actors of run ``name`` are left (trainer, buffer, ingest server and,
+    unless ``keep_controller``, its controller); data on disk is untouched."""
+    roles = ("trainer", "buffer", "ingest") + (() if keep_controller else ("controller",))
+    for role in roles:
+        try:
+            ray.kill(ray.get_actor(actor_name(name, role), namespace=namespace))  # type: ignore[arg-type]
+        except ValueError:
+            pass  # not there
 
 
 @ray.remote(concurrency_groups={"loop": 1, "control": 2})
 class TrainerActor:
-    """Ray shell of :class:`~ray_interactive.train.trainer.Trainer`."""
+    """Ray shell of :class:`~ray_interactive.train.trainer.Trainer`.
+
+    Started with ``max_restarts``: when its process dies Ray starts a new one, which waits
+    for the controller to :meth:`recover` it from a checkpoint before its loop runs."""
 
     def __init__(
         self,
@@ -238,12 +393,23 @@ class TrainerActor:
         resume_from: str | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
-        cfg = RunConfig.model_validate(config)
+        self._cfg = RunConfig.model_validate(config)
+        self._controller, self._buffer = controller, buffer
+        self._result: tuple[bool, Any] | None = None  # how the loop ended: (ok, status or error)
+        self._t: Trainer | None = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if not restarted:  # a restarted trainer is built by recover(), from the checkpoint the controller names
+            self._t = self._build(next_seq, resume_from, None)
+
+    def _build(self, next_seq: int, resume_from: str | None, start_position: dict[str, Any] | None) -> Trainer:
+        cfg, controller, buffer = self._cfg, self._controller, self._buffer
         task = load_task(cfg.task.target, cfg.task.kwargs)
 
         def feed_factory(position: dict[str, Any] | None) -> RayFeed:
             if position is None:
-                position = ray.get(buffer.position.remote())
+                position = start_position or ray.get(buffer.position.remote())
             return RayFeed(buffer, cfg.batch_size, cfg.batches_per_request, cfg.requests_in_flight, position)
 
         reporter = Reporter(lambda method, *args: getattr(controller, method).remote(*args), ray.get)
@@ -252,7 +418,7 @@ class TrainerActor:
         publisher = BackgroundPublisher(
             put=ray.put, report=lambda meta, ref: controller.weights_published.remote(meta, [ref]), wait=ray.get
         )
-        self._t = Trainer(
+        return Trainer(
             cfg,
             task,
             feed_factory,
@@ -263,22 +429,61 @@ class TrainerActor:
             next_weight_version=ray.get(controller.next_weight_version.remote()),
         )
 
+    @ray.method(concurrency_group="control")
+    def recover(self, resume_from: str | None, records: list[CommandRecord], next_seq: int) -> None:
+        """Build the trainer of a restarted process from ``resume_from`` (None: the run's
+        start) and queue ``records`` - commands applied again, pinned to their steps."""
+        start = None if resume_from else ray.get(self._buffer.initial_position.remote())
+        self._t = self._build(next_seq, resume_from, start)
+        # Paused as the run was when the checkpoint was written (start_paused is for the
+        # run's start); the pauses and resumes since then are among ``records``.
+        state = self._t.state
+        state.paused = bool(json.loads((Path(resume_from) / "state.json").read_text())["state"].get("paused")) \
+            if resume_from else self._cfg.start_paused
+        self._t.core.inbox.put(records, replayed=True)
+
     @ray.method(concurrency_group="loop")
     def run(self) -> dict[str, Any]:
-        return self._t.run()
+        """Train until the run ends; called again (by a restarted controller) it waits for
+        the loop already running and returns how that ended."""
+        if self._result is None:
+            if self._t is None:
+                raise RuntimeError("this trainer was restarted and has not been recovered")
+            try:
+                self._result = (True, self._t.run())
+            except Exception as e:
+                self._result = (False, e)
+        ok, value = self._result
+        if not ok:
+            raise value
+        return value
 
     @ray.method(concurrency_group="control")
-    def deliver(self, records: list[CommandRecord]) -> None:
-        self._t.deliver(records)
+    def deliver(self, records: list[CommandRecord], replayed: bool = False) -> None:
+        """Queue accepted commands; ``replayed``: held through a recovery, numbered below
+        the commands the restarted trainer was given."""
+        if self._t is not None:  # a restarted trainer gets its commands with recover()
+            self._t.core.inbox.put(records, replayed=replayed)
+
+    @ray.method(concurrency_group="control")
+    def describe(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The run's snapshot and status, for a restarted controller (None before recovery)."""
+        if self._t is None:
+            return None
+        return self._t.core.snapshot(), self._t.core.status()
 
     @ray.method(concurrency_group="control")
     def first_use_latencies(self) -> list[float]:
         """Seconds from ingest to first gradient of the latest (up to 100k) fresh rows."""
-        return list(self._t.first_use_log)
+        return list(self._t.first_use_log) if self._t is not None else []
 
     @ray.method(concurrency_group="control")
     def ready(self) -> bool:
         return True
+
+    @ray.method(concurrency_group="control")
+    def pid(self) -> int:
+        return os.getpid()
 
 
 class _Turns:
@@ -382,6 +587,7 @@ class BufferActor:
         self._last_stats = 0.0
         self._turns = _Turns()
         self._commit = _GroupCommit(self._b)
+        self._initial = self._b.position()  # where a run's draws begin (the same after a restart)
 
     def _report(self, force: bool = False) -> None:
         """Freshness figures to the controller, at most every ``stats_interval_s``
@@ -433,6 +639,11 @@ class BufferActor:
 
     async def position(self) -> dict[str, Any]:
         return self._b.position()
+
+    async def initial_position(self) -> dict[str, Any]:
+        """The position a run starts drawing from (a trainer restarted before its first
+        checkpoint begins here again)."""
+        return self._initial
 
     async def restore(self, position: dict[str, Any]) -> None:
         self._b.restore(position)

@@ -87,6 +87,10 @@ class RunClient:
                 check_payload_shape(command)  # and logged by the controller as a clipped copy
             except ValueError as e:
                 return ray.get(self._controller.refuse.remote(loggable(command), str(e)))
+            if isinstance(command, dict) and "id" not in command:
+                # Named here, so that Ray's retry of this call across a controller restart
+                # is answered from the log instead of queued twice.
+                command = {**command, "id": uuid.uuid4().hex}
         return ray.get(self._controller.submit.remote(command, source))
 
     def send(self, kind: str, source: str | None = None, **fields: Any) -> CommandRecord:

@@ -12,41 +12,42 @@ import ray
 
 from ray_interactive.core.checkpoints import list_checkpoints
 from ray_interactive.core.config import RunConfig, actor_name
-from ray_interactive.runtime.actors import BufferActor, ControllerActor, TrainerActor
+from ray_interactive.runtime.actors import BufferActor, ControllerActor, TrainerActor, release_run
 from ray_interactive.runtime.client import RunClient
 from ray_interactive.runtime.connection import init_ray
 
 log = logging.getLogger(__name__)
 
 
+class RunFailed(RuntimeError):
+    """The run's trainer failed (its loop raised, or it was lost and not restarted)."""
+
+
 @dataclass
 class RunHandle:
-    """The actors of a run started by this process, and the ref of its training loop."""
+    """The actors of a run started by this process (the controller runs and watches the
+    training loop, restarting a lost trainer)."""
 
     config: RunConfig
     controller: Any
     trainer: Any
     buffer: Any
-    loop: Any  # ObjectRef of TrainerActor.run()
     ingest_url: str | None = None  # where the run serves HTTP ingest (config.http_ingest)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """Wait for the loop to end; returns the final status (None on timeout).
-
-        If the trainer failed, the controller is told (so clients see ``failed``) and
-        the error is raised here.
-        """
-        ready, _ = ray.wait([self.loop], timeout=timeout)
-        if not ready:
-            return None
-        try:
-            return ray.get(self.loop)
-        except Exception as e:
-            try:
-                ray.get(self.controller.mark_failed.remote(f"{type(e).__name__}: {e}"[:4000]), timeout=10)
-            except Exception:  # the controller may be gone too; the original error matters
-                log.warning("could not tell the controller that the trainer failed")
-            raise
+        """Wait for the loop to end; returns the final status (None on timeout). A run
+        that failed raises :class:`RunFailed` with why."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            ended = ray.get(self.controller.wait_end.remote(min(left, 60.0)))
+            if ended is not None:
+                how, what = ended
+                if how == "failed":
+                    raise RunFailed(what)
+                return what
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
     def client(self) -> Any:
         return RunClient(self.config.name, self.config.namespace, self.controller)
@@ -110,13 +111,19 @@ def start_run(
         lifetime=lifetime,
         num_cpus=config.trainer_num_cpus,
         num_gpus=gpus,
+        max_restarts=config.max_restarts,  # recovered from the newest checkpoint by the controller
+        max_task_retries=0,
     ).remote(cfg, controller, buffer, next_seq, checkpoint_path)
-    ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
+    try:
+        ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
+    except Exception:
+        for actor in (trainer, buffer, controller):
+            ray.kill(actor)
+        raise
     ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
-    ray.get(controller.attach.remote(trainer, buffer))
-    loop = trainer.run.remote()
+    ray.get(controller.attach.remote(trainer, buffer, supervise=True))
     wait_for_snapshot(controller)
-    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, loop, ingest_url)
+    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, ingest_url)
 
 
 def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | None = None) -> str | None:
@@ -126,7 +133,12 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
     if actor_name(config.name, "controller") in {
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns
     }:
-        raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
+        status = _status_of(config.name, ns)
+        if status not in ("stopped", "failed"):
+            raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
+        log.info("run %s had ended (%s); releasing its actors", config.name, status)
+        release_run(config.name, ns)  # a detached run that ended: nothing of it is still at work
+        _wait_gone(config.name, ns)
     run_dir = config.resolved_run_dir
     if resume:
         ckpts = list_checkpoints(run_dir / "checkpoints")
@@ -139,6 +151,27 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
     if (run_dir / "commands.jsonl").exists():
         raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
     return None
+
+
+def _status_of(name: str, namespace: str) -> str | None:
+    """The status a run's controller reports (None if it does not answer)."""
+    try:
+        controller = ray.get_actor(actor_name(name, "controller"), namespace=namespace)
+        return str(ray.get(controller.status.remote(), timeout=30)["status"])
+    except Exception:  # noqa: BLE001 - gone or not answering: treated as running, refused
+        return None
+
+
+def _wait_gone(name: str, namespace: str, timeout: float = 30.0) -> None:
+    """Until the run's named actors are gone (ray.kill is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    prefix = f"{name}."
+    while time.monotonic() < deadline:
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace}
+        if not any(n.startswith(prefix) for n in names):
+            return
+        time.sleep(0.1)
+    raise ValueError(f"the actors of the ended run {name!r} did not go away within {timeout:g} s")
 
 
 def _start_http_ingest(config: RunConfig, run_dir: Path, detached: bool, actors: tuple[Any, ...]) -> str | None:

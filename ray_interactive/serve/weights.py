@@ -176,6 +176,11 @@ class WeightRegistry:
     def latest(self) -> WeightVersion | None:
         return self._versions[max(self._versions)] if self._versions else None
 
+    def forget(self) -> None:
+        """Drop every kept version (their owner, the trainer process, is gone); the numbers
+        go on from where they were."""
+        self._versions.clear()
+
     def newer_than(self, version: int | None) -> WeightVersion | None:
         """The latest version if it is newer than ``version`` (any, for None)."""
         latest = self.latest()

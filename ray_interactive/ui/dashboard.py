@@ -211,8 +211,11 @@ class Dashboard:
             parts.append(frontend)
         line = " · ".join(parts)
         message = s.get("message")
-        if message and status in ("paused", "waiting", "failed", "ended", "stopped"):
-            line += f"\n\n{'⚠️ ' if status in ('paused', 'waiting', 'failed', 'ended') else ''}{str(message).strip().splitlines()[-1][:400]}"
+        if message and status in ("paused", "waiting", "failed", "ended", "stopped", "recovering", "stalled"):
+            warn = status in ("paused", "waiting", "failed", "ended", "recovering", "stalled")
+            line += f"\n\n{'⚠️ ' if warn else ''}{str(message).strip().splitlines()[-1][:400]}"
+        if s.get("storage_error"):
+            line += f"\n\n⚠️ storage: {str(s['storage_error'])[:400]}"
         if self.ended_note or self.read_only:
             line += f"\n\n*{self.ended_note or 'a finished run, read from its run directory (read-only)'}*"
         return line
@@ -369,7 +372,7 @@ class Dashboard:
                     "rows/s": round(st.get("ingest_rows_per_s", 0.0), 1),
                     "MiB": round(st.get("bytes", 0) / 2**20, 2),
                     "rejected": info["rejected"],
-                    "note": "no data yet" if info["waiting_for_data"] else (st.get("storage_error") or ""),
+                    "note": "no data yet" if info["waiting_for_data"] else (info.get("storage_error") or st.get("storage_error") or ""),
                 }
             )
         rejections = [
