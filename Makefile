@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step_overhead.py
 	$(BIN)/python benchmarks/bench_hf.py
 	$(BIN)/python benchmarks/bench_recovery.py
+	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_weights.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_freshness.py

@@ -110,7 +110,8 @@ def build_config(args: argparse.Namespace) -> Any:
         raise CLIError("say what to train: --example NAME, --task package.module:Class or --config FILE")
     doc["task"].setdefault("kwargs", {}).update(parse_assignments(args.task_arg or []))
     _merge(doc, parse_assignments(args.set or []))
-    for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every", "publish_every"):
+    for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every", "publish_every",
+                "workers"):
         value = getattr(args, key, None)
         if value is not None:
             doc[key] = value
@@ -583,6 +584,8 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--lr", type=float)
         sp.add_argument("--batch-size", type=int, dest="batch_size")
         sp.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
+        sp.add_argument("--workers", type=int, dest="workers",
+                        help="data-parallel workers (DDP under Ray Train; each takes trainer_num_cpus and a GPU if any)")
         sp.add_argument("--eval-every", type=int, dest="eval_every")
         sp.add_argument("--publish-every", type=int, dest="publish_every", help="publish weights every N steps")
         sp.add_argument("--run-dir", dest="run_dir")

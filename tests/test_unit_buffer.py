@@ -243,3 +243,23 @@ def test_duplicate_source_and_bad_names_are_refused() -> None:
         buf.register(DataSource("a", pa.table({"x": [2]})))
     with pytest.raises(ValueError, match="not a valid name"):
         buf.register(DataSource("bad name", pa.table({"x": [2]})))
+
+
+def test_ranks_draw_disjoint_shares_of_an_epoch_and_of_fresh_rows_each_with_its_own_rng() -> None:
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False)])
+    table = pa.table({"id": np.arange(40, dtype=np.int64)}, schema=schema)
+    buf = DataBuffer([DataSource("base", table, policy="epoch")], seed=1)
+    ids = []
+    for rank in range(2):
+        chunk = buf.next_batches(10, 2, position=buf.initial_position(rank, 2))
+        assert chunk is not None
+        ids.append(set(chunk.table.column("id").to_pylist()))
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 40  # one epoch, split between the ranks
+    live = DataBuffer([DataSource("live", schema=schema, policy="fresh")], seed=1)
+    live.ingest(pa.table({"id": np.arange(20, dtype=np.int64)}, schema=schema), "live")
+    got = [live.next_batches(5, 1, position=live.initial_position(r, 2)).table.column("id").to_pylist() for r in range(2)]
+    assert got == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]  # fresh rows: rank r takes r, r + 2, ...
+    a, b = live.initial_position(0, 2), live.initial_position(1, 2)
+    assert a["rng"] != b["rng"] and live.initial_position(0, 1)["rng"] == DataBuffer([], seed=1).position()["rng"]
+    with pytest.raises(ValueError, match="rank 2"):
+        live.initial_position(2, 2)

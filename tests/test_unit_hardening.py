@@ -489,3 +489,15 @@ def test_map_columns_are_checked_without_taking_the_process_down() -> None:
     with pytest.raises(ValueError, match="the value 1e[+]39 in row 0 does not fit"):
         buf.ingest(pa.table({"m": big}), "live")
     assert buf.ingest(pa.table({"m": m.slice(0, 1)}), "live")["rows"] == 1
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tmp_path: Path) -> None:
+    trainer, _ = in_process(tmp_path, max_steps=5, autocast="bf16", device="cpu")
+    seen: list[torch.dtype] = []
+    layer = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    layer.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    trainer.run()
+    assert torch.bfloat16 in seen and trainer.step == 5
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    with pytest.raises(ValueError, match="autocast"):
+        RunConfig(name="x", autocast="fp8")  # type: ignore[arg-type]

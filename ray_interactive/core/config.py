@@ -127,6 +127,13 @@ class RunConfig(BaseModel):
     )
     requests_in_flight: int = Field(default=2, ge=1, le=64, description="buffer calls kept in flight")
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    workers: int = Field(
+        default=1, ge=1, le=4096,
+        description="data-parallel training processes (DDP under Ray Train: gloo on CPU, NCCL on GPU); 1: one trainer",
+    )
+    autocast: Literal["bf16"] | None = Field(
+        default=None, description="run forward and loss under torch.autocast in this dtype (weights stay float32)"
+    )
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
     namespace: str = DEFAULT_NAMESPACE

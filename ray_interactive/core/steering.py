@@ -157,6 +157,8 @@ class Frontend:
     data: DataControl | None = None  # None: the front-end reads its own data
     unsupported: dict[str, str] = field(default_factory=dict)  # command kind -> why it cannot apply here
     samples_per_batch: int = 1  # for samples/s (a batch's rows)
+    writes_checkpoints: bool = True  # False: a rank other than 0 (it takes part, rank 0 writes)
+    timed_checkpoints: bool = True  # False: the interval is kept by someone else (rank 0 of many)
 
 
 #: The effect of each command kind: one method of :class:`Steering`, registered by ``@effect``.
@@ -221,6 +223,7 @@ class Steering:
         self.throughput = 0.0
         self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
         self._cancelled: list[CommandRecord] = []  # withdrawn by the cancel being applied
+        self.on_checkpoint: list[Callable[[], None]] = []  # after each checkpoint is taken
         self.before_load: list[Callable[[], None]] = []  # front-ends settle the branch being left
         self.after_load: list[Callable[[dict[str, Any] | None], None]] = []  # ... and follow a load
         # The run's checkpoints (id -> info), kept as they are written and removed, and the
@@ -295,7 +298,7 @@ class Steering:
         """Periodic checkpoint, evaluation and weight version; a report when one is due."""
         step, cfg = self.state.step, self.config
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
-            cfg.checkpoint_interval_s and time.monotonic() - self._checkpoint_clock >= cfg.checkpoint_interval_s
+            self.frontend.timed_checkpoints and self.checkpoint_due_by_time()
         ):
             self.try_checkpoint("periodic")
         if cfg.eval_every and self.frontend.evaluate is not None and step % cfg.eval_every == 0:
@@ -303,6 +306,10 @@ class Steering:
         if cfg.publish_every and step % cfg.publish_every == 0:
             self.try_publish("periodic")
         self.report()
+
+    def checkpoint_due_by_time(self) -> bool:
+        interval = self.config.checkpoint_interval_s
+        return bool(interval) and time.monotonic() - self._checkpoint_clock >= interval  # type: ignore[operator]
 
     def reached_max_steps(self) -> bool:
         if self.config.max_steps is not None and self.state.step >= self.config.max_steps:
@@ -574,6 +581,8 @@ class Steering:
     def _load_checkpoint(self, cmd: LoadCheckpoint) -> str:
         # Only a checkpoint of this run's tree, looked up by id: the id is never a path.
         info = self.checkpoints.get(cmd.checkpoint_id)
+        if info is None and not self.frontend.writes_checkpoints:  # rank 0 wrote it: read its info
+            info = next((c for c in list_checkpoints(self.ckpt_dir) if c.id == cmd.checkpoint_id), None)
         if info is None or not (self.ckpt_dir / info.id / "state.json").exists():
             raise ValueError(f"no checkpoint {cmd.checkpoint_id!r} in this run (it may have been removed)")
         for settle in self.before_load:
@@ -649,7 +658,8 @@ class Steering:
         data = self.frontend.data
         return {
             **self.state.to_checkpoint(),
-            "data_position": copy.deepcopy(data.position) if data is not None else None,
+            "data_position": copy.deepcopy(getattr(data, "checkpoint_position", lambda: data.position)())
+            if data is not None else None,
             "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad],
             "module_attributes": {k: v["attributes"] for k, v in modules.items() if v["attributes"]},
             "paused": self.state.paused,  # not restored by a load; a restarted trainer resumes in this state
@@ -682,14 +692,18 @@ class Steering:
             tag=tag,
             finite=not nonfinite_tensors(self.model.named_parameters()),  # a rollback skips it if not
         )
-        write_checkpoint(self.ckpt_dir, info, self.model, self.optimizer, self.checkpoint_doc())
+        doc = self.checkpoint_doc()  # with many ranks every one takes part (their data positions)
+        if self.frontend.writes_checkpoints:
+            write_checkpoint(self.ckpt_dir, info, self.model, self.optimizer, doc)
         self._checkpoint_clock = time.monotonic()
         s.last_checkpoint = info.id
         self._checkpointed_at = (s.branch, s.step)
         self.checkpoints[info.id] = info
         self.reporter.checkpoint(info)
-        if reason == "periodic":
+        if reason == "periodic" and self.frontend.writes_checkpoints:
             self._prune_checkpoints()
+        for follow in self.on_checkpoint:
+            follow()
         return info.id
 
     def try_checkpoint(self, reason: str) -> str | None:

@@ -335,8 +335,10 @@ class DataBuffer:
         self._rng = np.random.default_rng(seed)
         self._cursors: dict[str, list[int]] = {}  # epoch source -> [epoch, position]
         self._fresh: dict[str, int] = {}  # fresh-first source -> first row never drawn
-        self._perms: dict[tuple[str, int, int], np.ndarray] = {}
+        self._perms: dict[tuple[str, int, int, int, int], np.ndarray] = {}
         self._batches = 0
+        self._shard = (0, 1)  # (rank, world): the share of epoch and fresh rows this position draws
+        self._initial_weights = dict(self._weights)
         self.batch_columns = self._common_columns()
         self.batch_schema = self._batch_schema()
 
@@ -504,13 +506,30 @@ class DataBuffer:
     # -- position ----------------------------------------------------------------------
     def position(self) -> dict[str, Any]:
         """The sampler state: enough to draw the same batches again."""
-        return {
+        pos = {
             "rng": copy.deepcopy(self._rng.bit_generator.state),
             "cursors": {k: list(v) for k, v in self._cursors.items()},
             "fresh": dict(self._fresh),
             "weights": dict(self._weights),
             "batches": self._batches,
         }
+        if self._shard != (0, 1):
+            pos["shard"] = list(self._shard)
+        return pos
+
+    def initial_position(self, rank: int = 0, world: int = 1) -> dict[str, Any]:
+        """Where a run's draws begin; with ``world`` > 1, rank ``rank``'s own stream: its
+        own random draws and a disjoint share of every epoch and of the fresh rows."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world}")
+        rng = np.random.default_rng(self.seed if world == 1 else [self.seed, rank, world])
+        pos: dict[str, Any] = {
+            "rng": rng.bit_generator.state, "cursors": {}, "fresh": {}, "weights": dict(self._initial_weights),
+            "batches": 0,
+        }
+        if world > 1:
+            pos["shard"] = [rank, world]
+        return pos
 
     def restore(self, position: dict[str, Any]) -> None:
         """Go back (or forward) to a position from :meth:`position`."""
@@ -521,6 +540,8 @@ class DataBuffer:
         self._fresh = {k: int(v) for k, v in position.get("fresh", {}).items()}
         self._weights = {**self._weights, **{k: v for k, v in position["weights"].items() if k in self._weights}}
         self._batches = int(position["batches"])
+        rank, world = position.get("shard", (0, 1))
+        self._shard = (int(rank), int(world))
 
     # -- sampling ----------------------------------------------------------------------
     def _take_epoch(self, s: _Source, k: int) -> np.ndarray:
@@ -528,13 +549,17 @@ class DataBuffer:
         # rows there were when it began (later ones join the next), also after a restore.
         epoch, pos, *rest = self._cursors.get(s.name, [0, 0])
         size = int(rest[0]) if rest else s.rows
+        rank, world = self._shard
         out = []
         while k > 0:
-            key = (s.name, epoch, size)
+            key = (s.name, epoch, size, rank, world)
             perm = self._perms.get(key)
             if perm is None:
-                self._perms = {kk: v for kk, v in self._perms.items() if kk[0] != s.name}
-                perm = self._perms[key] = epoch_permutation(self.seed, s.name, epoch, size)
+                self._perms = {kk: v for kk, v in self._perms.items() if kk[0] != s.name or kk[3:] != (rank, world)}
+                # every rank walks the same permutation, each its own slice: disjoint shares
+                perm = self._perms[key] = epoch_permutation(self.seed, s.name, epoch, size)[rank::world]
+                if len(perm) == 0:  # fewer rows than ranks
+                    perm = self._perms[key] = epoch_permutation(self.seed, s.name, epoch, size)
             take = min(k, len(perm) - pos)
             out.append(perm[pos : pos + take])
             pos += take
@@ -550,8 +575,12 @@ class DataBuffer:
         if s.policy == "recency":
             return draw_recent(self._rng, s.rows, k, s.half_life)
         if s.policy == "fresh":
-            cursor = min(self._fresh.get(s.name, 0), s.rows)  # rows lost in a crash were never acknowledged
-            new, self._fresh[s.name] = take_fresh(cursor, s.rows, k)
+            # Rank r of w takes rows r, r + w, ...: the cursor counts in that share.
+            rank, world = self._shard
+            share = max(0, (s.rows - rank + world - 1) // world)
+            cursor = min(self._fresh.get(s.name, 0), share)  # rows lost in a crash were never acknowledged
+            new, self._fresh[s.name] = take_fresh(cursor, share, k)
+            new = new * world + rank
             if len(new) == k:
                 return new
             return np.concatenate([new, draw_uniform(self._rng, s.rows, k - len(new))])

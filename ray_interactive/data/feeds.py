@@ -92,9 +92,11 @@ class RayFeed(_FeedBase):
         in_flight: int,
         position: dict[str, Any],
         window_s: float = 0.05,
+        lane: int = 0,
     ) -> None:
         super().__init__(batch_size, position)
         self.buffer = buffer
+        self.lane = lane  # the buffer keeps one sampler state per lane (a rank of a multi-worker run)
         self.fixed = per_request
         self.per_request = per_request or 1
         self.in_flight = in_flight
@@ -119,7 +121,9 @@ class RayFeed(_FeedBase):
             self.per_request = max(1, min(256, round(self.window_s / self._interval)))
         while len(self._pending) < self.in_flight:
             position, self._carry = self._carry, None
-            ref = self.buffer.next_batches.remote(self.batch_size, self.per_request, self._stream, self._seq, position)
+            ref = self.buffer.next_batches.remote(
+                self.batch_size, self.per_request, self._stream, self._seq, position, self.lane
+            )
             self._pending.append(ref)
             self._seq += 1
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ class ControllerActor:
         self._undelivered: list[CommandRecord] = []
         self._pull = False  # the loop runs in another process and pulls its commands
         self._outbox: list[CommandRecord] = []  # delivered, not yet pulled
+        self._released: list[CommandRecord] = []  # held through a recovery, not yet pulled
         self._weight_waiters = 0  # threads blocked in wait_weights
         self._ended: tuple[str, Any] | None = None  # ("stopped", final status) / ("failed", why)
         self._closing = False
@@ -84,9 +86,11 @@ class ControllerActor:
             except ValueError:
                 found[role] = None
         pending = sorted((r for r in self._c.records.values() if r.status.value == "accepted"), key=lambda r: r.seq or 0)
-        if found["trainer"] is None:  # the loop is in a driver process: it pulls (and dedupes) its commands
-            self._trainer, self._buffer, self._pull, self._outbox = None, found["buffer"], True, pending
+        if found["trainer"] is None or cfg.workers > 1:  # the loop pulls (and dedupes) its commands
+            self._trainer, self._buffer, self._pull, self._outbox = found["trainer"], found["buffer"], True, pending
             log.warning("controller restarted; the run's loop pulls its commands")
+            if found["trainer"] is not None:
+                threading.Thread(target=self._supervise, name="supervise", daemon=True).start()
             return
         self._trainer, self._buffer = found["trainer"], found["buffer"]
         if pending:
@@ -161,6 +165,20 @@ class ControllerActor:
             return False
         return True
 
+    def begin_worker_recovery(self, reason: str) -> tuple[str | None, list[CommandRecord], int]:
+        """A worker of a multi-worker run was lost: where the worker group restarts from
+        (see :meth:`Controller.begin_recovery`); raises once ``max_restarts`` are spent."""
+        if self._restarts >= self._c.config.max_restarts:
+            raise RuntimeError(f"a worker was lost ({reason}) and max_restarts={self._c.config.max_restarts} restarts "
+                               "are spent; resume the run from its newest checkpoint")
+        self._restarts += 1
+        with self._cond:
+            self._outbox = []  # the new rank 0 gets these again from the recovery
+            found = self._c.begin_recovery(reason)
+            self._c.weight_registry.forget()
+            self._cond.notify_all()
+            return found
+
     def _end(self, how: str, what: Any) -> None:
         with self._cond:
             if how == "failed" and self._c.trainer_status.get("status") != "failed":
@@ -194,12 +212,14 @@ class ControllerActor:
         deadline = time.monotonic() + min(timeout, 60.0)
         with self._cond:
             self._outbox = [r for r in self._outbox if r.seq is not None and r.seq > after_seq]
-            while not self._outbox:
+            while not self._outbox and not self._released:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []
                 self._cond.wait(left)
-            return list(self._outbox)
+            # held through a recovery: numbered below after_seq, given once
+            released, self._released = self._released, []
+            return released + list(self._outbox)
 
     def _deliver(self, records: list[CommandRecord]) -> None:
         if self._pull:
@@ -214,7 +234,10 @@ class ControllerActor:
             result = getattr(self._c, method)(*args, **kwargs)
             if self._c.released:  # a recovery ended: commands held meanwhile go out
                 released, self._c.released = self._c.released, []
-                self._trainer.deliver.remote(released, replayed=True)
+                if self._pull:
+                    self._released.extend(released)
+                else:
+                    self._trainer.deliver.remote(released, replayed=True)
             self._cond.notify_all()
             return result
 
@@ -366,6 +389,11 @@ def _death_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[0][:300]}" if first else type(e).__name__
 
 
+def paused_at(checkpoint: str) -> bool:
+    """Whether the run was paused when the checkpoint was written."""
+    return bool(json.loads((Path(checkpoint) / "state.json").read_text())["state"].get("paused"))
+
+
 def release_run(name: str, namespace: str, keep_controller: bool = False) -> None:
     """Kill whatever actors of run ``name`` are left (trainer, buffer, ingest server and,
     unless ``keep_controller``, its controller); data on disk is untouched."""
@@ -397,10 +425,17 @@ class TrainerActor:
         self._controller, self._buffer = controller, buffer
         self._result: tuple[bool, Any] | None = None  # how the loop ended: (ok, status or error)
         self._t: Trainer | None = None
+        # Many workers: this actor runs them under Ray Train (train/distributed.py) and
+        # recovers them when one is lost; these say where the next start begins.
+        self._start: dict[str, Any] | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        if not restarted:  # a restarted trainer is built by recover(), from the checkpoint the controller names
+        if restarted:  # built by recover(), from the checkpoint the controller names
+            return
+        if self._cfg.workers > 1:
+            self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": [], "paused": None}
+        else:
             self._t = self._build(next_seq, resume_from, None)
 
     def _build(self, next_seq: int, resume_from: str | None, start_position: dict[str, Any] | None) -> Trainer:
@@ -433,13 +468,15 @@ class TrainerActor:
     def recover(self, resume_from: str | None, records: list[CommandRecord], next_seq: int) -> None:
         """Build the trainer of a restarted process from ``resume_from`` (None: the run's
         start) and queue ``records`` - commands applied again, pinned to their steps."""
-        start = None if resume_from else ray.get(self._buffer.initial_position.remote())
-        self._t = self._build(next_seq, resume_from, start)
         # Paused as the run was when the checkpoint was written (start_paused is for the
         # run's start); the pauses and resumes since then are among ``records``.
-        state = self._t.state
-        state.paused = bool(json.loads((Path(resume_from) / "state.json").read_text())["state"].get("paused")) \
-            if resume_from else self._cfg.start_paused
+        paused = paused_at(resume_from) if resume_from else self._cfg.start_paused
+        if self._cfg.workers > 1:
+            self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": records, "paused": paused}
+            return
+        start = None if resume_from else ray.get(self._buffer.initial_position.remote())
+        self._t = self._build(next_seq, resume_from, start)
+        self._t.state.paused = paused
         self._t.core.inbox.put(records, replayed=True)
 
     @ray.method(concurrency_group="loop")
@@ -447,16 +484,39 @@ class TrainerActor:
         """Train until the run ends; called again (by a restarted controller) it waits for
         the loop already running and returns how that ended."""
         if self._result is None:
-            if self._t is None:
-                raise RuntimeError("this trainer was restarted and has not been recovered")
             try:
-                self._result = (True, self._t.run())
+                if self._start is not None:
+                    self._result = (True, self._run_workers())
+                elif self._t is None:
+                    raise RuntimeError("this trainer was restarted and has not been recovered")
+                else:
+                    self._result = (True, self._t.run())
             except Exception as e:
                 self._result = (False, e)
         ok, value = self._result
         if not ok:
             raise value
         return value
+
+    def _run_workers(self) -> dict[str, Any]:
+        """Run the ranks under Ray Train until the run ends; when a worker is lost, recover
+        them all from the newest checkpoint (as the controller does for one trainer)."""
+        from ray_interactive.train.distributed import fit
+
+        while True:
+            assert self._start is not None
+            try:
+                fit(self._cfg, self._controller, self._buffer, **self._start)
+                return ray.get(self._controller.status.remote())
+            except Exception as e:  # noqa: BLE001 - a lost worker, or a loop that raised
+                status = ray.get(self._controller.status.remote())
+                if status["status"] in ("failed", "stopped"):  # a rank said why, or it had ended
+                    raise
+                reason = _death_reason(e)
+                log.warning("a worker was lost (%s); recovering the worker group", reason)
+                path, again, next_seq = ray.get(self._controller.begin_worker_recovery.remote(reason))
+                self._start = {"next_seq": next_seq, "resume_from": path, "records": again,
+                               "paused": paused_at(path) if path else self._cfg.start_paused}
 
     @ray.method(concurrency_group="control")
     def deliver(self, records: list[CommandRecord], replayed: bool = False) -> None:
@@ -585,9 +645,12 @@ class BufferActor:
             self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._controller: Any = None
         self._last_stats = 0.0
-        self._turns = _Turns()
+        # One sampler state and one order of requests per lane: each rank of a multi-worker
+        # run draws its own stream (lane = its rank); a single trainer uses lane 0.
+        self._turns: dict[int, _Turns] = collections.defaultdict(_Turns)
+        self._lanes: dict[int, dict[str, Any]] = {}  # positions of the lanes not drawing now
+        self._lane = 0
         self._commit = _GroupCommit(self._b)
-        self._initial = self._b.position()  # where a run's draws begin (the same after a restart)
 
     def _report(self, force: bool = False) -> None:
         """Freshness figures to the controller, at most every ``stats_interval_s``
@@ -621,29 +684,39 @@ class BufferActor:
         stream: int | None = None,
         seq: int = 0,
         position: dict[str, Any] | None = None,
+        lane: int = 0,
     ) -> Any:
         """Draw batches; with ``stream``/``seq`` (the trainer's feed) requests are served in
         order and the first of a stream restores ``position`` first. A request of a
         superseded stream returns ``{"stale": current stream}``."""
         if stream is None:
-            chunk = self._b.next_batches(batch_size, count, position)
+            chunk = self._draw(lane, batch_size, count, position)
         else:
-            if not await self._turns.acquire(stream, seq):
-                return {"stale": self._turns.stream}
+            turns = self._turns[lane]
+            if not await turns.acquire(stream, seq):
+                return {"stale": turns.stream}
             try:
-                chunk = self._b.next_batches(batch_size, count, position)
+                chunk = self._draw(lane, batch_size, count, position)
             finally:
-                await self._turns.release(stream, seq)
+                await turns.release(stream, seq)
         self._report()
         return chunk
+
+    def _draw(self, lane: int, batch_size: int, count: int, position: dict[str, Any] | None) -> Any:
+        if lane != self._lane:  # switch the sampler to this lane's state
+            self._lanes[self._lane] = self._b.position()
+            if position is None and lane in self._lanes:
+                self._b.restore(self._lanes.pop(lane))
+            self._lane = lane
+        return self._b.next_batches(batch_size, count, position)
 
     async def position(self) -> dict[str, Any]:
         return self._b.position()
 
-    async def initial_position(self) -> dict[str, Any]:
-        """The position a run starts drawing from (a trainer restarted before its first
-        checkpoint begins here again)."""
-        return self._initial
+    async def initial_position(self, rank: int = 0, world: int = 1) -> dict[str, Any]:
+        """The position a run (or rank ``rank`` of ``world``) starts drawing from; a
+        trainer restarted before its first checkpoint begins here again."""
+        return self._b.initial_position(rank, world)
 
     async def restore(self, position: dict[str, Any]) -> None:
         self._b.restore(position)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -102,14 +103,15 @@ def start_run(
     next_seq = ray.get(controller.next_seq.remote())
     # Inside the actor its one GPU is cuda:0 whatever the config named ("cuda:1" picks none).
     wants_gpu = config.device == "auto" or config.device.startswith("cuda")
-    gpus = 1 if wants_gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # Many workers: the GPUs go to Ray Train's workers; this actor only runs them.
+    gpus = 1 if wants_gpu and config.workers == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     if gpus and config.device.startswith("cuda:"):
         cfg["device"] = "cuda"
     trainer = TrainerActor.options(
         name=actor_name(config.name, "trainer"),
         namespace=ns,
         lifetime=lifetime,
-        num_cpus=config.trainer_num_cpus,
+        num_cpus=config.trainer_num_cpus if config.workers == 1 else 0,
         num_gpus=gpus,
         max_restarts=config.max_restarts,  # recovered from the newest checkpoint by the controller
         max_task_retries=0,
@@ -121,7 +123,8 @@ def start_run(
             ray.kill(actor)
         raise
     ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
-    ray.get(controller.attach.remote(trainer, buffer, supervise=True))
+    # Many workers: rank 0 pulls its commands (an actor cannot call into Ray Train's workers).
+    ray.get(controller.attach.remote(trainer, buffer, pull=config.workers > 1, supervise=True))
     wait_for_snapshot(controller)
     return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, ingest_url)
 
@@ -147,10 +150,21 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
         if not ckpts:
             what = f"checkpoint {resume_from!r}" if resume_from else "checkpoints"
             raise ValueError(f"cannot resume: no {what} in {run_dir / 'checkpoints'}")
-        return str(run_dir / "checkpoints" / ckpts[-1].id)
+        path = run_dir / "checkpoints" / ckpts[-1].id
+        check_workers(path, config.workers)
+        return str(path)
     if (run_dir / "commands.jsonl").exists():
         raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
     return None
+
+
+def check_workers(checkpoint: Path, workers: int) -> None:
+    """A checkpoint holds one data position per worker: resume it with as many."""
+    position = json.loads((checkpoint / "state.json").read_text())["state"].get("data_position") or {}
+    saved = len(position["ranks"]) if "ranks" in position else 1
+    if saved != workers:
+        raise ValueError(f"cannot resume: checkpoint {checkpoint.name} was written by {saved} worker(s) (one data "
+                         f"position each); resume it with --workers {saved}, not {workers}")
 
 
 def _status_of(name: str, namespace: str) -> str | None:

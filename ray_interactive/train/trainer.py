@@ -18,6 +18,7 @@ drive it in-process.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -97,6 +98,11 @@ class Trainer:
             reporter.rewind(state.branch, state.step + 1)
         self.feed = feed_factory(position)
         frontend.data = self.feed
+        self.forward_model: torch.nn.Module = model  # what the loss runs through (DDP wraps it)
+        self._autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if config.autocast == "bf16"
+            else contextlib.nullcontext
+        )
 
     # The model and the state, as the loop and tests read them.
     @property
@@ -176,29 +182,45 @@ class Trainer:
         core.begin_step()
         losses, extras = [], {}
         for batch in batches:
-            out = self.task.loss(core.model, self.task.collate(batch.table, self.device))
+            with self._autocast():
+                out = self.task.loss(self.forward_model, self.task.collate(batch.table, self.device))
             loss, extra = (out if isinstance(out, tuple) else (out, {}))
             (loss / len(batches)).backward()
             losses.append(loss.detach())
             for k, v in extra.items():  # averaged over micro-batches, like the loss
                 extras[k] = extras.get(k, 0.0) + v / len(batches)
         loss = torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+        self._after_backward(loss)
         grad_norm = core.clip()
-        if not finite(loss, grad_norm):  # never let it reach the weights
+        if not self._finite(loss, grad_norm):  # never let it reach the weights
             core.optimizer.zero_grad(set_to_none=True)
             core.non_finite_step(loss, grad_norm)
             return False
-        core.poll_before_step()  # an lr that arrived during this step's backward is used by it
+        self._before_optimizer_step()
         core.optimizer.step()
         core.optimizer.zero_grad(set_to_none=True)
         samples = self.config.batch_size * len(batches)
         row = core.record_step(samples, self._step_started, loss=loss, grad_norm=grad_norm, **extras)
+        self._after_record(row)
         metas = [b.meta for b in batches]
         for m in metas:  # what the mixture actually delivered
             for source, count in m["counts"].items():
                 row[f"mix/{source}"] = row.get(f"mix/{source}", 0.0) + count / samples
         self._freshness(metas, row)
         return True
+
+    # Points a multi-worker trainer (train/distributed.py) fills in; nothing here.
+    def _after_backward(self, loss: torch.Tensor) -> None:
+        pass
+
+    def _finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        return finite(loss, grad_norm)
+
+    def _before_optimizer_step(self) -> None:
+        self.core.poll_before_step()  # an lr that arrived during this step's backward is used by it
+
+    def _after_record(self, row: dict[str, Any]) -> None:
+        pass
 
     def _freshness(self, metas: list[dict[str, Any]], row: dict[str, Any]) -> None:
         """How old the live rows of this step are, now that they reach a gradient; and for

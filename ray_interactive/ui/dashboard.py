@@ -136,7 +136,7 @@ class View:
 
 
 #: How the status line names a run's front-end (our Trainer needs no label).
-FRONTENDS = {"trainer": "", "hf": "Hugging Face Trainer", "loop": "plain PyTorch loop"}
+FRONTENDS = {"trainer": "", "hf": "Hugging Face Trainer", "loop": "plain PyTorch loop", "ddp": "Ray Train DDP"}
 
 
 class Dashboard:
