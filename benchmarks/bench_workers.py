@@ -2,9 +2,10 @@
 arrive, and 2 workers against 1 on this machine.
 
 1. Per-step cost of same-step command delivery (the ``ddp/sync_ms`` metric: the time a
-   step spends in the steering machinery - the boundary check, the 2-float all-reduce of
-   the "anything due?" flag and the loss, and the broadcast and application when
-   something is due), on steps with nothing due and on steps where a command was due.
+   step spends delivering commands - launching and waiting for the 3-float all-reduce of
+   the flag, the loss and the size of the due commands, and when something is due the
+   broadcast of their bytes; applying a command costs what it costs with one trainer), on
+   steps with nothing due and on steps where a command was due.
 2. Command latency with 2 workers: submission -> applied on every rank (``applied_at``),
    for ``update_optimizer`` commands sent at random moments; p50 / p99.
 3. Throughput, 1 worker (our trainer) against 2 (DDP), the same MLP and per-rank batch:
@@ -119,10 +120,12 @@ def main() -> None:
         "",
         f"**Same-step command delivery, added cost per step** (`ddp/sync_ms`, {len(idle)} steps with nothing due): "
         f"median **{statistics.median(idle):.3f} ms**, p99 {percentile(idle, 0.99):.3f} ms; on the {len(due)} steps "
-        f"where a command was due (broadcast + apply): median **{statistics.median(due):.2f} ms**, p99 "
-        f"{percentile(due, 0.99):.2f} ms (target <= 2 ms). A step with nothing due pays one asynchronous 2-float "
-        f"all-reduce (flag + loss, for the mean loss across ranks), overlapped with the optimizer step; steps were "
-        f"{statistics.median(cmd['step_ms']):.1f} ms (median).",
+        f"where a command was due (+ one broadcast of its bytes): median **{statistics.median(due):.2f} ms**, p99 "
+        f"{percentile(due, 0.99):.2f} ms (target <= 2 ms). A step with nothing due pays one asynchronous 3-float "
+        f"all-reduce (flag, loss for the mean across ranks, size of the due commands), overlapped with the "
+        f"optimizer step; what is left is mostly the wait for the other rank on these 2 shared cores. Steps were "
+        f"{statistics.median(cmd['step_ms']):.1f} ms (median). Applying a command (and reporting its outcome) "
+        "costs what it does with one trainer and is not in these figures.",
         "",
         f"**Command latency** with 2 workers, {len(lat)} `update_optimizer` commands at random moments (submitted -> "
         f"applied on every rank): p50 **{percentile(lat, 0.5):.0f} ms**, p99 **{percentile(lat, 0.99):.0f} ms**, max "

@@ -108,6 +108,16 @@ def test_a_lost_worker_is_recovered_from_the_newest_checkpoint(tmp_path: Path, s
     rec = client.wait(client.send("update_optimizer", params={"lr": 4e-4}), timeout=60)
     assert rec.status.value == "applied"
     assert set(rank_pids().values()).isdisjoint({pids[1]})
+
+    # A branch from a checkpoint: every rank loads it (its own data position) and goes on.
+    fork = client.checkpoints()[0]
+    load = client.wait(client.send("load_checkpoint", checkpoint_id=fork["id"], branch="b"), timeout=60)
+    assert load.status.value == "applied", load.message
+    wait_until(lambda: (s := client.status())["branch"] == "b" and s["step"] > fork["step"] + 10, what="branch b")
+    save = client.wait(client.send("save_checkpoint", tag="on-b"), timeout=60)
+    ckpt = Path(handle.config.resolved_run_dir) / "checkpoints" / save.message.removeprefix("saved ")
+    ranks = json.loads((ckpt / "state.json").read_text())["state"]["data_position"]["rank_states"]
+    assert ranks[0] == ranks[1] and ranks[0]["branch"] == "b" and ranks[0]["lrs"] == [1e-3, 1e-3]  # as at the fork
     client.stop()
     assert handle.wait(timeout=120)["status"] == "stopped"
     assert ray.get(handle.controller.status.remote())["frontend"] == "ddp"

@@ -3,12 +3,13 @@ CPU, NCCL on GPU), steered exactly like one trainer.
 
 **Every rank applies every command at the same optimizer step.** Only rank 0 hears from
 the controller (it long-polls :meth:`ControllerActor.pull_commands`). After each backward,
-all ranks start one small asynchronous all-reduce of ``[flag, loss]``: rank 0's flag says
-whether a command is due (1) or a timed checkpoint is (2); the sum of the losses gives the
-mean loss across ranks. It runs while the optimizer steps; at the next step boundary, only
-when the flag is set, rank 0 broadcasts the due commands (``broadcast_object_list``) and
-every rank applies them there, in order. A step with nothing due costs one 2-float
-all-reduce, overlapped with the optimizer step; nothing is pickled.
+all ranks start one small asynchronous all-reduce of ``[flag, loss, size]``: rank 0 takes
+the commands due at the coming boundary out of its inbox and pickles them (``size``: their
+bytes), its flag says whether a timed checkpoint is due, and the sum of the losses gives
+the mean loss across ranks. It runs while the optimizer steps; at the boundary, only when
+``size`` > 0, one broadcast of those bytes reaches every rank and each applies them
+there, in order. A step with nothing due costs one 3-float all-reduce, overlapped with the
+optimizer step.
 
 **Data**: each rank draws its own deterministic stream from the one buffer actor (its lane,
 seeded by rank; disjoint shares of every epoch and of the fresh rows). **Checkpoints** are
@@ -22,6 +23,7 @@ While paused, the ranks meet every 0.1 s to hear whether something is due (no tr
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -41,7 +43,7 @@ from ray_interactive.train.trainer import Feed, Trainer
 
 log = logging.getLogger(__name__)
 
-COMMANDS_DUE, CHECKPOINT_DUE = 1, 2
+CHECKPOINT_DUE = 2  # a flag bit: rank 0's clock says a timed checkpoint is due
 #: Why a kind cannot be applied by many workers (refused at submission, with this reason).
 UNSUPPORTED = {
     "update_module": "freezing or changing modules under DDP needs the worker group rebuilt; not supported with "
@@ -121,7 +123,9 @@ class DistributedTrainer(Trainer):
             model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None
         )
         self._reduce: tuple[Any, torch.Tensor] | None = None
-        self._flag = 0  # what the last all-reduce said (rank 0's flag)
+        self._flag = 0  # what the last all-reduce said: rank 0's flag ...
+        self._size = 0  # ... and the size of the commands it will broadcast
+        self._payload = b""  # rank 0: those commands, pickled
         self._sync_s = 0.0  # time this step spent in the command machinery (the metric ddp/sync_ms)
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -172,42 +176,67 @@ class DistributedTrainer(Trainer):
             core.fail(e)
             raise
 
-    def _my_flag(self, step: int) -> float:
-        if self.rank != 0:
-            return 0.0
-        flag = COMMANDS_DUE if self.core.inbox.has_due(step) else 0
-        if self.config.checkpoint_interval_s and self.core.checkpoint_due_by_time():
-            flag |= CHECKPOINT_DUE
-        return float(flag)
+    def _ask(self, step: int, loss: float) -> torch.Tensor:
+        """What this rank adds to the boundary's all-reduce: ``[flag, loss, payload bytes]``.
+        Rank 0 takes the commands due at ``step`` out of its inbox now and pickles them;
+        every rank learns their size from the sum, and the bytes follow in one broadcast."""
+        flag, size = 0, 0
+        if self.rank == 0:
+            due = self.core.inbox.due(step)
+            self._payload = pickle.dumps(due) if due else b""
+            size = len(self._payload)
+            if self.config.checkpoint_interval_s and self.core.checkpoint_due_by_time():
+                flag |= CHECKPOINT_DUE
+        return torch.tensor([float(flag), loss, float(size)], dtype=torch.float64)
+
+    def _heard(self, buf: torch.Tensor) -> None:
+        self._flag, self._size = int(buf[0].item()), int(buf[2].item())
 
     def _sync(self) -> None:
         """The step boundary: what rank 0 said is due happens here, on every rank."""
         t0 = time.perf_counter()
         try:
-            self._settle_boundary()
+            if self._reduce is None:  # paused, or the first step: ask now (a blocking all-reduce)
+                buf = self._ask(self.core.state.step, 0.0)
+                dist.all_reduce(buf)
+                self._heard(buf)
+            self._reduce = None
+            flag, size, self._flag, self._size = self._flag, self._size, 0, 0
+            if flag & CHECKPOINT_DUE:
+                self.core.try_checkpoint("periodic")
+            due = self._receive(size) if size else []
         finally:
             self._sync_s += time.perf_counter() - t0
+        # Taken for step + 1, but a skipped (non-finite) step left the count where it was:
+        # what is pinned further on goes back to rank 0's inbox, on every rank alike.
+        step = self.core.state.step
+        later = [r for r in due if r.command is not None and (r.command.at_step or 0) > step]
+        if later:
+            due = [r for r in due if r not in later]
+            if self.rank == 0:
+                self.core.inbox.put(later, replayed=True)
+        if due:
+            self._apply_all(due)
 
-    def _settle_boundary(self) -> None:
-        if self._reduce is None:  # paused, or the first step: ask now (a blocking all-reduce)
-            buf = torch.tensor([self._my_flag(self.core.state.step), 0.0])
-            dist.all_reduce(buf)
-            self._flag = int(buf[0].item())
-        flag, self._flag = self._flag, 0
-        self._reduce = None
-        if flag & CHECKPOINT_DUE:
-            self.core.try_checkpoint("periodic")
-        if flag & COMMANDS_DUE:
-            self._apply_broadcast()
+    def _receive(self, size: int) -> list[CommandRecord]:
+        """The due commands, from rank 0, as one broadcast of their pickled bytes."""
+        data = torch.empty(size, dtype=torch.uint8)
+        if self.rank == 0:
+            data.copy_(torch.frombuffer(bytearray(self._payload), dtype=torch.uint8))
+        dist.broadcast(data, src=0)
+        return pickle.loads(data.numpy().tobytes())  # noqa: S301 - our own rank 0's commands
 
-    def _apply_broadcast(self) -> None:
-        core, done = self.core, []
-        while True:  # again after a load: it moves the step, and more may be due there
+    def _apply_all(self, due: list[CommandRecord]) -> None:
+        core = self.core
+        done = core._apply(due)
+        # A load moves the step: commands pinned to steps of the branch it starts may be due
+        # right there (as with one trainer). Rare: these go by broadcast_object_list.
+        while any(r.command is not None and r.command.kind == "load_checkpoint" for r in due):
+            t0 = time.perf_counter()
             box: list[Any] = [core.inbox.due(core.state.step) if self.rank == 0 else None]
             dist.broadcast_object_list(box, src=0)
-            due: list[CommandRecord] = box[0] or []
-            if not due:
-                break
+            self._sync_s += time.perf_counter() - t0
+            due = box[0] or []
             done.extend(core._apply(due))
         if done and self.rank == 0:
             core.reporter.outcomes(done, core.snapshot(), core.status())
@@ -217,7 +246,7 @@ class DistributedTrainer(Trainer):
     def _after_backward(self, loss: torch.Tensor) -> None:
         t0 = time.perf_counter()
         # The boundary after this step comes at step + 1.
-        buf = torch.tensor([self._my_flag(self.core.state.step + 1), float(loss.detach().float().item())])
+        buf = self._ask(self.core.state.step + 1, float(loss.detach().float().item()))
         self._reduce = (dist.all_reduce(buf, async_op=True), buf)
         self._sync_s += time.perf_counter() - t0
 
@@ -234,10 +263,12 @@ class DistributedTrainer(Trainer):
         t0 = time.perf_counter()
         work, buf = self._reduce
         work.wait()
-        self._flag = int(buf[0].item())
+        self._heard(buf)
         row["loss/rank0"] = row["loss"]
         row["loss"] = buf[1].item() / self.world
-        # this step's boundary (before it) and its all-reduce: what steering costs a step
+        # What delivering commands cost this step: its boundary (before it: the broadcast,
+        # when something was due; applying them costs what it does with one trainer) and
+        # the wait for its all-reduce.
         row["ddp/sync_ms"] = (self._sync_s + time.perf_counter() - t0) * 1e3
         self._sync_s = 0.0
 
@@ -246,7 +277,7 @@ class DistributedTrainer(Trainer):
         if not ok and self._reduce is not None:  # a skipped step still settles its all-reduce
             work, buf = self._reduce
             work.wait()
-            self._flag = int(buf[0].item())
+            self._heard(buf)
         return ok
 
 
