@@ -218,6 +218,7 @@ class Steering:
         self._checkpoint_clock = time.monotonic()  # when the last checkpoint was written (or the run began)
         self.params = self.trainable()
         self.pending_rows: list[Row] = []
+        self.unsettled_rows = 0  # how many of the newest pending rows a report must hold back
         self.on_report: list[Callable[[], None]] = []  # front-end additions to a report's newest row
         self._last_report = 0.0
         self.throughput = 0.0
@@ -422,7 +423,8 @@ class Steering:
         self._last_report = now
         for add in self.on_report:
             add()
-        rows, self.pending_rows = self.pending_rows, []
+        keep = self.unsettled_rows  # the newest rows still waiting for a value (a mean across ranks)
+        rows, self.pending_rows = self.pending_rows[: len(self.pending_rows) - keep], self.pending_rows[len(self.pending_rows) - keep :]
         self.reporter.progress(self.state.branch, self.status(message), rows_to_floats(rows))
 
     def snapshot(self) -> dict[str, Any]:

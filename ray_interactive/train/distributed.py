@@ -127,6 +127,8 @@ class DistributedTrainer(Trainer):
         self._size = 0  # ... and the size of the commands it will broadcast
         self._payload = b""  # rank 0: those commands, pickled
         self._sync_s = 0.0  # time this step spent in the command machinery (the metric ddp/sync_ms)
+        self._t_sync = 0.0  # when the current boundary began
+        self._row: dict[str, Any] | None = None  # the newest step's row, until its mean loss is known
 
     def _fingerprint(self) -> dict[str, Any]:
         state = self.core.state
@@ -194,19 +196,22 @@ class DistributedTrainer(Trainer):
 
     def _sync(self) -> None:
         """The step boundary: what rank 0 said is due happens here, on every rank."""
-        t0 = time.perf_counter()
+        self._t_sync = time.perf_counter()
+        if self._reduce is None:  # paused, or the first step: ask now (a blocking all-reduce)
+            buf = self._ask(self.core.state.step, 0.0)
+            dist.all_reduce(buf)
+            self._heard(buf)
+        else:
+            self._settle()  # the step just done: its costs go to its row
+        self._reduce = None
+        t0 = time.perf_counter()  # from here on: the next step's
+        flag, size, self._flag, self._size = self._flag, self._size, 0, 0
         try:
-            if self._reduce is None:  # paused, or the first step: ask now (a blocking all-reduce)
-                buf = self._ask(self.core.state.step, 0.0)
-                dist.all_reduce(buf)
-                self._heard(buf)
-            self._reduce = None
-            flag, size, self._flag, self._size = self._flag, self._size, 0, 0
-            if flag & CHECKPOINT_DUE:
-                self.core.try_checkpoint("periodic")
             due = self._receive(size) if size else []
         finally:
             self._sync_s += time.perf_counter() - t0
+        if flag & CHECKPOINT_DUE:
+            self.core.try_checkpoint("periodic")
         # Taken for step + 1, but a skipped (non-finite) step left the count where it was:
         # what is pinned further on goes back to rank 0's inbox, on every rank alike.
         step = self.core.state.step
@@ -259,26 +264,27 @@ class DistributedTrainer(Trainer):
         pass  # commands apply at the step boundary, on every rank at once
 
     def _after_record(self, row: dict[str, Any]) -> None:
+        # The all-reduce finishes while the step is wrapped up and the next batch is
+        # taken; the row waits for its mean loss at the next boundary (held back from
+        # reports until then).
+        self._row = row
+        self.core.unsettled_rows = 1
+
+    def _settle(self) -> None:
+        """Wait for this step's all-reduce; fill in its row (what delivering commands cost
+        the step: this wait, its launch and, when something was due, the broadcast before
+        it - applying them costs what it does with one trainer)."""
         assert self._reduce is not None
-        t0 = time.perf_counter()
         work, buf = self._reduce
         work.wait()
         self._heard(buf)
-        row["loss/rank0"] = row["loss"]
-        row["loss"] = buf[1].item() / self.world
-        # What delivering commands cost this step: its boundary (before it: the broadcast,
-        # when something was due; applying them costs what it does with one trainer) and
-        # the wait for its all-reduce.
-        row["ddp/sync_ms"] = (self._sync_s + time.perf_counter() - t0) * 1e3
+        row, self._row = self._row, None
+        if row is not None:
+            row["loss/rank0"] = row["loss"]
+            row["loss"] = buf[1].item() / self.world
+            row["ddp/sync_ms"] = (self._sync_s + time.perf_counter() - self._t_sync) * 1e3
+            self.core.unsettled_rows = 0
         self._sync_s = 0.0
-
-    def _train_step(self, batches: list[Any]) -> bool:
-        ok = super()._train_step(batches)
-        if not ok and self._reduce is not None:  # a skipped step still settles its all-reduce
-            work, buf = self._reduce
-            work.wait()
-            self._heard(buf)
-        return ok
 
 
 def worker_loop(args: dict[str, Any]) -> None:
