@@ -1,15 +1,16 @@
 """Many workers: our trainer on every rank of a Ray Train ``TorchTrainer`` (DDP; gloo on
 CPU, NCCL on GPU), steered exactly like one trainer.
 
-**Every rank applies every command at the same optimizer step.** Only rank 0 hears from
-the controller (it long-polls :meth:`ControllerActor.pull_commands`). After each backward,
-all ranks start one small asynchronous all-reduce of ``[flag, loss, size]``: rank 0 takes
-the commands due at the coming boundary out of its inbox and pickles them (``size``: their
-bytes), its flag says whether a timed checkpoint is due, and the sum of the losses gives
-the mean loss across ranks. It runs while the optimizer steps; at the boundary, only when
-``size`` > 0, one broadcast of those bytes reaches every rank and each applies them
-there, in order. A step with nothing due costs one 3-float all-reduce, overlapped with the
-optimizer step.
+**Every rank applies every command at the same optimizer step**, and a step with nothing
+due pays no extra communication. Only rank 0 hears from the controller (it long-polls
+:meth:`ControllerActor.pull_commands`). Before each step, rank 0 takes the commands due at
+the boundary after it out of its inbox and pickles them. The model is wrapped with a
+3-element control parameter that DDP all-reduces with the gradients anyway: each rank adds
+``[flag, loss, size]`` to its gradient (rank 0's flag says a timed checkpoint is due,
+``size`` is the pickled commands' bytes, the losses average into the mean loss across
+ranks). After backward every rank reads the sums; at the boundary, only when ``size`` > 0,
+one broadcast of those bytes reaches every rank and each applies them there, in order.
+The control parameter is not in the optimizer and adds nothing to the loss.
 
 **Data**: each rank draws its own deterministic stream from the one buffer actor (its lane,
 seeded by rank; disjoint shares of every epoch and of the fresh rows). **Checkpoints** are
@@ -17,7 +18,8 @@ written once, by rank 0, with every rank's data position (gathered when it is wr
 always at a step all ranks share); a run saved with N workers resumes with N. **Metrics**
 are rank 0's, with ``loss`` the mean over ranks (``loss/rank0`` its own).
 
-While paused, the ranks meet every 0.1 s to hear whether something is due (no training).
+While paused (and before the first step), the ranks meet every 0.1 s in a small all-reduce
+to hear whether something is due (no training).
 """
 
 from __future__ import annotations
@@ -118,17 +120,19 @@ class DistributedTrainer(Trainer):
             fe.evaluate = None  # rank 0 evaluates; the others go on to the next step's all-reduce
         fe.data = self.data = RankData(self.feed, rank, world, self._fingerprint)
         self.core.on_checkpoint.append(self._check_agreement)
-        model = self.core.model
+        self.control = _Controlled(self.core.model)
+        self.control.owner = self  # type: ignore[assignment]
         self.forward_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None
+            self.control, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None
         )
-        self._reduce: tuple[Any, torch.Tensor] | None = None
-        self._flag = 0  # what the last all-reduce said: rank 0's flag ...
+        self._flag = 0  # what the ranks heard: rank 0's flag ...
         self._size = 0  # ... and the size of the commands it will broadcast
+        self._heard_step = False  # whether they heard it in this step's backward
+        self._said: tuple[int, int] | None = None  # what this rank says in the step under way
+        self._mine = torch.zeros(3)  # ... as added to the control parameter's gradient
+        self._mean_loss = 0.0
         self._payload = b""  # rank 0: those commands, pickled
-        self._sync_s = 0.0  # time this step spent in the command machinery (the metric ddp/sync_ms)
-        self._t_sync = 0.0  # when the current boundary began
-        self._row: dict[str, Any] | None = None  # the newest step's row, until its mean loss is known
+        self._sync_s = 0.0  # time this step spent delivering commands (the metric ddp/sync_ms)
 
     def _fingerprint(self) -> dict[str, Any]:
         state = self.core.state
@@ -178,33 +182,26 @@ class DistributedTrainer(Trainer):
             core.fail(e)
             raise
 
-    def _ask(self, step: int, loss: float) -> torch.Tensor:
-        """What this rank adds to the boundary's all-reduce: ``[flag, loss, payload bytes]``.
-        Rank 0 takes the commands due at ``step`` out of its inbox now and pickles them;
-        every rank learns their size from the sum, and the bytes follow in one broadcast."""
-        flag, size = 0, 0
-        if self.rank == 0:
-            due = self.core.inbox.due(step)
-            self._payload = pickle.dumps(due) if due else b""
-            size = len(self._payload)
-            if self.config.checkpoint_interval_s and self.core.checkpoint_due_by_time():
-                flag |= CHECKPOINT_DUE
-        return torch.tensor([float(flag), loss, float(size)], dtype=torch.float64)
-
-    def _heard(self, buf: torch.Tensor) -> None:
-        self._flag, self._size = int(buf[0].item()), int(buf[2].item())
+    def _ask(self, step: int) -> tuple[int, int]:
+        """Rank 0: take the commands due at ``step`` out of the inbox and pickle them;
+        returns what it tells the others, ``(flag, size)`` (other ranks: zeros)."""
+        if self.rank != 0:
+            return 0, 0
+        due = self.core.inbox.due(step)
+        self._payload = pickle.dumps(due) if due else b""
+        flag = CHECKPOINT_DUE if self.config.checkpoint_interval_s and self.core.checkpoint_due_by_time() else 0
+        return flag, len(self._payload)
 
     def _sync(self) -> None:
         """The step boundary: what rank 0 said is due happens here, on every rank."""
-        self._t_sync = time.perf_counter()
-        if self._reduce is None:  # paused, or the first step: ask now (a blocking all-reduce)
-            buf = self._ask(self.core.state.step, 0.0)
+        t0 = time.perf_counter()
+        if not self._heard_step:  # paused, or before the first step: ask now (a small blocking all-reduce)
+            flag, size = self._ask(self.core.state.step)
+            buf = torch.tensor([float(flag), float(size)], dtype=torch.float64)
             dist.all_reduce(buf)
-            self._heard(buf)
-        else:
-            self._settle()  # the step just done: its costs go to its row
-        self._reduce = None
-        t0 = time.perf_counter()  # from here on: the next step's
+            self._flag, self._size = int(buf[0].item()), int(buf[1].item())
+            t0 = time.perf_counter()  # the wait above is the pause's, not a step's
+        self._heard_step = False
         flag, size, self._flag, self._size = self._flag, self._size, 0, 0
         try:
             due = self._receive(size) if size else []
@@ -248,12 +245,25 @@ class DistributedTrainer(Trainer):
             core.report(force=True)
 
     # -- the step's hooks --------------------------------------------------------------
+    def _to_backward(self, loss: torch.Tensor, value: torch.Tensor, micro_batches: int) -> torch.Tensor:
+        """The control parameter joins the backward (with a zero weight); what this rank
+        says is added to its gradient, and DDP's all-reduce of the gradients carries it."""
+        if self._said is None:  # the step's first micro-batch: what rank 0 will broadcast
+            t0 = time.perf_counter()
+            self._said = self._ask(self.core.state.step + 1)  # the boundary after this step
+            self._sync_s += time.perf_counter() - t0
+        flag, size = self._said
+        self._mine = torch.tensor([flag, float(value.float()), size], device=self.control.ctrl.device) / micro_batches
+        return loss + 0.0 * self.control.ctrl.sum()
+
     def _after_backward(self, loss: torch.Tensor) -> None:
-        t0 = time.perf_counter()
-        # The boundary after this step comes at step + 1.
-        buf = self._ask(self.core.state.step + 1, float(loss.detach().float().item()))
-        self._reduce = (dist.all_reduce(buf, async_op=True), buf)
-        self._sync_s += time.perf_counter() - t0
+        grad = self.control.ctrl.grad
+        assert grad is not None
+        mean = grad.detach().double().cpu()  # the mean over ranks of what each said
+        self._flag, self._size = round(mean[0].item() * self.world), round(mean[2].item() * self.world)
+        self._mean_loss = mean[1].item()
+        self.control.ctrl.grad = None
+        self._said, self._heard_step = None, True
 
     def _finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         # The gradients were all-reduced, so their norm is the same on every rank: every
@@ -264,27 +274,27 @@ class DistributedTrainer(Trainer):
         pass  # commands apply at the step boundary, on every rank at once
 
     def _after_record(self, row: dict[str, Any]) -> None:
-        # The all-reduce finishes while the step is wrapped up and the next batch is
-        # taken; the row waits for its mean loss at the next boundary (held back from
-        # reports until then).
-        self._row = row
-        self.core.unsettled_rows = 1
-
-    def _settle(self) -> None:
-        """Wait for this step's all-reduce; fill in its row (what delivering commands cost
-        the step: this wait, its launch and, when something was due, the broadcast before
-        it - applying them costs what it does with one trainer)."""
-        assert self._reduce is not None
-        work, buf = self._reduce
-        work.wait()
-        self._heard(buf)
-        row, self._row = self._row, None
-        if row is not None:
-            row["loss/rank0"] = row["loss"]
-            row["loss"] = buf[1].item() / self.world
-            row["ddp/sync_ms"] = (self._sync_s + time.perf_counter() - self._t_sync) * 1e3
-            self.core.unsettled_rows = 0
+        row["loss/rank0"] = row["loss"]
+        row["loss"] = self._mean_loss
+        # What delivering commands cost this step: taking them out and pickling them
+        # (rank 0) and, at the boundary before it, the broadcast when something was due.
+        # Applying them costs what it does with one trainer.
+        row["ddp/sync_ms"] = self._sync_s * 1e3
         self._sync_s = 0.0
+
+
+class _Controlled(torch.nn.Module):
+    """The model, plus a control parameter whose gradient carries the ranks' messages."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        device = next(iter(model.parameters()), torch.zeros(())).device
+        self.ctrl = torch.nn.Parameter(torch.zeros(3, device=device))
+        self.ctrl.register_hook(lambda g: g + self.owner._mine)  # type: ignore[attr-defined]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
 
 
 def worker_loop(args: dict[str, Any]) -> None:

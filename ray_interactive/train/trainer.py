@@ -185,7 +185,7 @@ class Trainer:
             with self._autocast():
                 out = self.task.loss(self.forward_model, self.task.collate(batch.table, self.device))
             loss, extra = (out if isinstance(out, tuple) else (out, {}))
-            (loss / len(batches)).backward()
+            self._to_backward(loss / len(batches), loss.detach(), len(batches)).backward()
             losses.append(loss.detach())
             for k, v in extra.items():  # averaged over micro-batches, like the loss
                 extras[k] = extras.get(k, 0.0) + v / len(batches)
@@ -210,6 +210,9 @@ class Trainer:
         return True
 
     # Points a multi-worker trainer (train/distributed.py) fills in; nothing here.
+    def _to_backward(self, loss: torch.Tensor, value: torch.Tensor, micro_batches: int) -> torch.Tensor:
+        return loss
+
     def _after_backward(self, loss: torch.Tensor) -> None:
         pass
 
