@@ -209,8 +209,9 @@ def main() -> None:
         f"**{statistics.median(ratio):.2f}** median (range {min(ratio):.2f}-{max(ratio):.2f}). This machine has 2 "
         "cores for both ranks, Ray and the buffer, so no speed-up is possible here; what the ratio shows is DDP's "
         "gradient all-reduce over loopback plus our machinery. On a real node (a core or GPU per rank) the cost "
-        "that does not shrink is the gradient all-reduce (DDP overlaps it with backward); ours is the 2-float "
-        "all-reduce above, overlapped with the optimizer step, so scaling is DDP's own.",
+        "that does not shrink is the gradient all-reduce (DDP overlaps it with backward); ours rides in it "
+        "(3 floats more) and a broadcast only when a command is due, so the scaling to expect is DDP's own: "
+        "near-linear while the gradient all-reduce stays below the backward it overlaps.",
         "",
         "Leaves out: GPUs and NCCL (no GPU was lent), more than 2 ranks, and the ~13 s Ray Train takes to start "
         "a worker group (not in the step times).",
