@@ -56,8 +56,19 @@ def one_pass(root: Path, i: int) -> dict[str, float]:
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         wait(lambda: c.status()["status"] == "recovering", every=0.005)
-        seen = c.status()["step"]
-        wait(lambda: (s := c.status())["status"] == "recovering" and s["step"] != seen, every=0.005)
+        restored: list[int] = []
+
+        def trains_again() -> bool:
+            # A step completed after the restore: the step moved off the checkpoint's (seen
+            # once the restarted trainer reports), or the recovery is already over.
+            s = c.status()
+            if s["status"] != "recovering":
+                return True
+            if s["step"] < died:
+                restored.append(s["step"])
+            return bool(restored) and s["step"] != restored[0]
+
+        wait(trains_again, every=0.005)
         training = time.monotonic() - t0
         wait(lambda: [r for r in c.commands(limit=5) if r["kind"] == "recovered"], every=0.005)
         caught_up = time.monotonic() - t0
