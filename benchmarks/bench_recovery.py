@@ -5,6 +5,7 @@ controller, on a real local Ray (this machine).
   170): seconds from the kill until the restarted trainer completes a
   step again ("training again"), and until it is back at the step it died at with the
   commands held meanwhile released ("caught up": the recovery event).
+* One of 2 DDP workers killed: seconds until the worker group is back where it died.
 * Controller killed: seconds from the kill until a client's status call is answered again
   (issued right after the kill; Ray retries it on the restarted actor), and until a
   command submitted after the kill has been applied.
@@ -87,17 +88,44 @@ def one_pass(root: Path, i: int) -> dict[str, float]:
         h.shutdown()
 
 
+def worker_pass(root: Path, i: int) -> float:
+    """2 DDP workers; rank 1's process SIGKILLed: seconds until the worker group is back
+    where it died (the recovery event)."""
+    from ray.util.state import list_actors
+
+    cfg = RunConfig(
+        name=f"bench-recovery-w-{os.getpid()}-{i}", workers=2,
+        task=TaskSpec(target="ray_interactive.examples.regression:RegressionTask"),
+        run_dir=root / f"w{i}", batch_size=16, torch_threads=1, checkpoint_every=50, metrics_interval_s=0.1,
+    )
+    h = start_run(cfg)
+    c = h.client()
+    try:
+        wait(lambda: c.status()["step"] >= 170)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        t0 = time.monotonic()
+        os.kill(max(a["pid"] for a in workers), signal.SIGKILL)
+        wait(lambda: [r for r in c.commands(limit=5) if r["kind"] == "recovered"], timeout=300, every=0.02)
+        return time.monotonic() - t0
+    finally:
+        h.shutdown()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--passes", type=int, default=5)
+    p.add_argument("--worker-passes", type=int, default=2)
     a = p.parse_args()
     info = machine()
-    ray.init(num_cpus=4, include_dashboard=False, namespace="ray_interactive", log_to_driver=False)
-    passes = []
+    ray.init(num_cpus=4, include_dashboard=True, namespace="ray_interactive", log_to_driver=False)
+    passes, workers = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.passes):
             passes.append(one_pass(Path(tmp), i))
             print(passes[-1], flush=True)
+        for i in range(a.worker_passes):
+            workers.append(worker_pass(Path(tmp), i))
+            print(f"2 workers, rank lost -> recovered: {workers[-1]:.1f} s", flush=True)
 
     def col(k: str) -> str:
         xs = [q[k] for q in passes]
@@ -116,11 +144,14 @@ def main() -> None:
         "Target <= 30 s.",
         f"- Controller SIGKILLed -> a client's status call answered: {col('controller_served_s')}; "
         f"-> a command sent after the kill applied: {col('controller_command_applied_s')}.",
+        *([f"- 2 DDP workers, one worker process SIGKILLed -> the worker group back where it died: "
+           f"{', '.join(f'{w:.1f}' for w in workers)} s ({len(workers)} passes; most of it is Ray Train starting "
+           "a new worker group, ~13 s here)."] if workers else []),
         "",
         "Leaves out: a lost node (Ray must also find a place for the actor), a big model's checkpoint load, "
         "and restarts with a GPU; the restart time is mostly Ray starting a worker process and importing torch.",
     ])
-    save("recovery", {"machine": info, "passes": passes}, md)
+    save("recovery", {"machine": info, "passes": passes, "workers_recovered_s": workers}, md)
 
 
 if __name__ == "__main__":
