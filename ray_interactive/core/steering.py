@@ -423,8 +423,8 @@ class Steering:
         self._last_report = now
         for add in self.on_report:
             add()
-        keep = self.unsettled_rows  # the newest rows still waiting for a value (a mean across ranks)
-        rows, self.pending_rows = self.pending_rows[: len(self.pending_rows) - keep], self.pending_rows[len(self.pending_rows) - keep :]
+        cut = len(self.pending_rows) - self.unsettled_rows  # the newest may still wait for a value
+        rows, self.pending_rows = self.pending_rows[:cut], self.pending_rows[cut:]
         self.reporter.progress(self.state.branch, self.status(message), rows_to_floats(rows))
 
     def snapshot(self) -> dict[str, Any]:
