@@ -412,17 +412,13 @@ class TrainerActor:
     Started with ``max_restarts``: when its process dies Ray starts a new one, which waits
     for the controller to :meth:`recover` it from a checkpoint before its loop runs."""
 
-    def __init__(
-        self,
-        config: dict[str, Any],
-        controller: Any,
-        buffer: Any,
-        next_seq: int = 1,
-        resume_from: str | None = None,
-    ) -> None:
+    def __init__(self, config: dict[str, Any], next_seq: int = 1, resume_from: str | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
-        self._cfg = RunConfig.model_validate(config)
-        self._controller, self._buffer = controller, buffer
+        self._cfg = cfg = RunConfig.model_validate(config)
+        # Found by name, not passed in: a restartable actor's arguments must not hold handles
+        # (Ray keeps those in the object store, where a restart may not find them).
+        self._controller = ray.get_actor(actor_name(cfg.name, "controller"), namespace=cfg.namespace)
+        self._buffer = ray.get_actor(actor_name(cfg.name, "buffer"), namespace=cfg.namespace)
         self._result: tuple[bool, Any] | None = None  # how the loop ended: (ok, status or error)
         self._t: Trainer | None = None
         # Many workers: this actor runs them under Ray Train (train/distributed.py) and

@@ -115,7 +115,7 @@ def start_run(
         num_gpus=gpus,
         max_restarts=config.max_restarts,  # recovered from the newest checkpoint by the controller
         max_task_retries=0,
-    ).remote(cfg, controller, buffer, next_seq, checkpoint_path)
+    ).remote(cfg, next_seq, checkpoint_path)
     try:
         ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
     except Exception:
