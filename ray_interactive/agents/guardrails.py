@@ -1,0 +1,81 @@
+"""Guardrails of the agent runtime: what any policy (rules, an LLM) may send, checked before
+a command leaves. Policies propose; :func:`vet` refuses with a reason (journalled), so a
+policy - or a model's reply - never needs to be trusted.
+
+* only the command kinds in ``allowed``;
+* an lr change of at most ``lr_factor_max`` up and ``lr_factor_min`` down per decision,
+  and never outside ``[lr_min, lr_max]``;
+* at most one command every ``min_interval_s`` (a rate limit);
+* never ``resume`` a run that a person (UI, CLI, API) paused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Sources that are a person (or a person's script): a pause by one of them is theirs to lift.
+PERSON_SOURCES = frozenset({"ui", "cli", "api"})
+
+
+class Guardrails(BaseModel):
+    """The limits every agent decision is checked against (validated config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed: frozenset[str] = Field(
+        default=frozenset({"update_optimizer", "set_lr_schedule", "set_grad_clip", "load_checkpoint",
+                           "save_checkpoint", "evaluate", "pause", "resume"}),
+        description="command kinds an agent may send",
+    )
+    lr_factor_min: float = Field(default=0.5, gt=0.0, le=1.0, description="smallest lr multiplier per decision")
+    lr_factor_max: float = Field(default=2.0, ge=1.0, le=100.0, description="largest lr multiplier per decision")
+    lr_min: float = Field(default=1e-7, gt=0.0, description="the lr never goes below this")
+    lr_max: float = Field(default=1.0, gt=0.0, le=10.0, description="the lr never goes above this")
+    min_interval_s: float = Field(default=10.0, ge=0.0, le=86400.0, description="at most one command this often")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Guardrails:
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min {self.lr_min} is above lr_max {self.lr_max}")
+        return self
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the guardrails need to know about the run when a decision is checked."""
+
+    lrs: list[float]  # the current lr of each param group
+    paused_by: str | None  # source of the pause in force (None: not paused)
+    seconds_since_last: float | None  # since this agent's last command (None: never sent one)
+
+
+def vet(payload: dict[str, object], facts: RunFacts, rails: Guardrails) -> str | None:
+    """Why ``payload`` may not be sent (None: it may)."""
+    kind = payload.get("kind")
+    if kind not in rails.allowed:
+        return f"{kind!r} is not among the kinds this agent may send ({', '.join(sorted(rails.allowed))})"
+    if facts.seconds_since_last is not None and facts.seconds_since_last < rails.min_interval_s:
+        return (f"rate limit: the last command was {facts.seconds_since_last:.1f} s ago, at most one every "
+                f"{rails.min_interval_s:g} s")
+    if kind == "resume" and facts.paused_by in PERSON_SOURCES:
+        return f"the run was paused by a person ({facts.paused_by}); only they resume it"
+    if kind == "update_optimizer":
+        params = payload.get("params")
+        lr = params.get("lr") if isinstance(params, dict) else None
+        if lr is not None:
+            return _vet_lr(lr, facts.lrs, rails)
+    return None
+
+
+def _vet_lr(lr: object, current: list[float], rails: Guardrails) -> str | None:
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or not lr > 0:
+        return f"lr must be a positive number, not {lr!r}"
+    if not rails.lr_min <= lr <= rails.lr_max:
+        return f"lr {lr:g} is outside [{rails.lr_min:g}, {rails.lr_max:g}]"
+    for now in current:
+        if now > 0 and not rails.lr_factor_min <= lr / now <= rails.lr_factor_max:
+            return (f"lr {lr:g} is {lr / now:.3g}x the current {now:g}; one decision may change it by "
+                    f"{rails.lr_factor_min:g}x to {rails.lr_factor_max:g}x")
+    return None
