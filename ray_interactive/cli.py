@@ -447,6 +447,33 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run an agent on a run in the foreground until Ctrl-C or the run ends."""
+    from ray_interactive.agents.guardrails import Guardrails
+    from ray_interactive.agents.runtime import AgentRunner, RulePolicy
+
+    if args.every < 1:
+        raise CLIError("--every must be >= 1")
+    client = _connect(args)
+    try:
+        rails = Guardrails(min_interval_s=args.min_interval)
+    except ValueError as e:
+        raise CLIError(f"guardrails: {e}") from None
+    def show(entry: dict[str, Any]) -> None:
+        acted = ", ".join(f"{s['command']['kind']} -> {s['status']}" for s in entry["sent"]) or "no action"
+        refused = "".join(f"; refused {r['command']['kind']}: {r['why']}" for r in entry["refused"])
+        print(f"step {entry['step']}: {acted} ({entry.get('rationale') or entry.get('error')}){refused}", flush=True)
+
+    runner = AgentRunner(client, RulePolicy(), rails, every=args.every, on_tick=show)
+    print(f"agent {runner.name!r} on run {args.run!r}, every {args.every} steps; journal: {runner.journal.path}",
+          flush=True)
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     client = _connect(args, finished_ok=True)
     if getattr(client, "read_only", False):
@@ -640,6 +667,14 @@ def make_parser() -> argparse.ArgumentParser:
             sp.add_argument("-n", type=int, default=None, help="only the last N")
             sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=func)
+
+    sp = sub.add_parser("agent", help="an agent that watches a run and steers it through commands (journal in the run dir)")
+    sp.add_argument("run")
+    sp.add_argument("--policy", choices=["rule"], default="rule", help="rule: oscillation, divergence, plateau")
+    sp.add_argument("--every", type=int, default=50, help="decide every N steps")
+    sp.add_argument("--min-interval", type=float, default=10.0, dest="min_interval",
+                    help="guardrail: at most one command this often (s)")
+    sp.set_defaults(func=cmd_agent)
 
     sp = sub.add_parser("send", help="send a command: send RUN KIND key=value ...")
     sp.add_argument("run")

@@ -1,0 +1,222 @@
+"""The agent runtime: watch a run, ask a policy, check its proposal, act, keep a journal.
+
+An agent attaches to a run by name like any client and acts only through the command API
+(source ``agent``, its rationale in the command's ``comment``), so it works on every
+front-end. Each *tick* (every ``every`` steps, or at each new evaluation) it
+
+1. observes: status, the loss / eval / lr histories, and its own past actions;
+2. asks its policy for a :class:`Decision` (commands + why);
+3. vets each command against the :class:`~ray_interactive.agents.guardrails.Guardrails`;
+4. sends the ones that pass and writes everything - what it saw, what it proposed, what
+   was refused and why, what the run answered - as one line of ``agent-<name>.jsonl`` in
+   the run directory (a journal the UI and people can read).
+
+A policy that raises, or proposes nonsense, is journalled and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ray_interactive.agents.detectors import diagnose
+from ray_interactive.agents.guardrails import Guardrails, RunFacts, vet
+
+log = logging.getLogger(__name__)
+
+#: How many of the newest points of each series an observation carries.
+HISTORY = 200
+
+
+@dataclass
+class Observation:
+    """What a policy sees at a tick."""
+
+    step: int
+    status: str
+    branch: str
+    lr: float | None
+    loss: list[float]  # newest last
+    loss_steps: list[int]  # the step of each loss point
+    eval_loss: list[float]
+    paused_by: str | None
+    checkpoints: list[dict[str, Any]]  # oldest first
+    own_actions: list[dict[str, Any]]  # this agent's commands so far (newest last)
+
+    def facts(self, seconds_since_last: float | None) -> RunFacts:
+        return RunFacts(lrs=[self.lr] if self.lr else [], paused_by=self.paused_by,
+                        seconds_since_last=seconds_since_last)
+
+
+@dataclass
+class Decision:
+    """What a policy proposes: command payloads (possibly none) and why."""
+
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    rationale: str = ""
+    finding: dict[str, Any] | None = None
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, obs: Observation) -> Decision: ...
+
+
+class RulePolicy:
+    """The rule agent: the detectors on the loss history, each mapped to an action.
+
+    * non-finite or diverging loss -> load the newest finite checkpoint and halve the lr;
+    * oscillation -> halve the lr;
+    * plateau -> halve the lr (a decay step).
+
+    Only the points since its last action count, so it sees the effect of what it did
+    before it acts again.
+    """
+
+    name = "rule"
+
+    def __init__(self, factor: float = 0.5, min_points: int = 20) -> None:
+        self.factor, self.min_points = factor, min_points
+        self._since_step = -1  # the step of its last action: older points are not looked at
+
+    def decide(self, obs: Observation) -> Decision:
+        if obs.status != "running" or obs.lr is None:
+            return Decision(rationale=f"nothing to do while the run is {obs.status}")
+        fresh = [v for s, v in zip(obs.loss_steps, obs.loss) if s > self._since_step]
+        if len(fresh) < self.min_points and not (fresh and not math.isfinite(fresh[-1])):
+            return Decision(rationale=f"waiting for {self.min_points} points since the last action ({len(fresh)} so far)")
+        found = diagnose(fresh)
+        if found is None:
+            return Decision(rationale="the loss looks healthy: no oscillation, divergence or plateau")
+        lr = obs.lr * self.factor
+        commands: list[dict[str, Any]] = []
+        if found.pattern in ("non_finite", "diverging"):
+            good = [c for c in obs.checkpoints if c.get("finite", True) and c.get("branch") == obs.branch]
+            if good:
+                commands.append({"kind": "load_checkpoint", "checkpoint_id": good[-1]["id"]})
+        commands.append({"kind": "update_optimizer", "params": {"lr": lr}})
+        self._since_step = obs.step
+        what = {"non_finite": "reload the last good checkpoint and halve the lr",
+                "diverging": "reload the last good checkpoint and halve the lr",
+                "oscillating": "halve the lr", "plateau": "halve the lr (a decay step)"}[found.pattern]
+        return Decision(commands, f"{found.pattern}: {found.reason}; {what} ({obs.lr:.3g} -> {lr:.3g})",
+                        {"pattern": found.pattern, **found.figures})
+
+
+class Journal:
+    """``agent-<name>.jsonl`` in the run directory: one whole line per tick."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, default=str) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+class AgentRunner:
+    """Runs a policy against one run (a :class:`~ray_interactive.runtime.client.RunClient`)."""
+
+    def __init__(
+        self, client: Any, policy: Policy, rails: Guardrails | None = None, every: int = 50,
+        journal: Journal | None = None, name: str | None = None,
+        on_tick: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.client, self.policy, self.rails, self.every = client, policy, rails or Guardrails(), every
+        self.on_tick = on_tick  # sees each journal entry (the CLI prints it)
+        self.name = name or policy.name
+        run_dir = Path(client.status()["run_dir"])
+        self.journal = journal or Journal(run_dir / f"agent-{self.name}.jsonl")
+        self._last_sent: float | None = None
+        self._last_step = -1
+        self._stop = threading.Event()
+
+    def observe(self) -> Observation:
+        st = self.client.status()
+        m = self.client.metrics(keys=["loss", "eval/loss", "lr"])
+        cmds = self.client.commands(limit=200)
+        return Observation(
+            step=int(st.get("step", 0)), status=str(st.get("status")), branch=str(st.get("branch")),
+            lr=(m.get("lr", {}).get("value") or [None])[-1],
+            loss=list(m.get("loss", {}).get("value", []))[-HISTORY:],
+            loss_steps=list(m.get("loss", {}).get("step", []))[-HISTORY:],
+            eval_loss=list(m.get("eval/loss", {}).get("value", []))[-HISTORY:],
+            paused_by=_paused_by(cmds) if st.get("status") == "paused" else None,
+            checkpoints=self.client.checkpoints(),
+            own_actions=[c for c in cmds if c["source"] == "agent" and (c.get("comment") or "").startswith(f"[{self.name}]")],
+        )
+
+    def tick(self) -> dict[str, Any]:
+        """One observe / decide / vet / act cycle; returns its journal entry."""
+        obs = self.observe()
+        entry: dict[str, Any] = {"time": time.time(), "agent": self.name, "step": obs.step, "status": obs.status,
+                                 "lr": obs.lr, "loss_tail": obs.loss[-5:], "sent": [], "refused": []}
+        try:
+            decision = self.policy.decide(obs)
+        except Exception as e:  # noqa: BLE001 - a policy's failure is journalled, never the run's
+            log.warning("agent %s: policy failed: %s", self.name, e)
+            entry.update(rationale=None, error=f"{type(e).__name__}: {e}"[:2000])
+            self.journal.write(entry)
+            return entry
+        entry.update(rationale=decision.rationale, finding=decision.finding)
+        for payload in decision.commands:
+            since = None if self._last_sent is None else time.monotonic() - self._last_sent
+            # one decision is one action: the rate limit applies between decisions
+            why = vet(payload, obs.facts(None if entry["sent"] else since), self.rails)
+            if why is not None:
+                entry["refused"].append({"command": payload, "why": why})
+                continue
+            rec = self.client.submit({**payload, "comment": f"[{self.name}] {decision.rationale}"[:2000]}, source="agent")
+            entry["sent"].append({"command": payload, "seq": rec.seq, "status": rec.status.value, "message": rec.message,
+                                  "id": rec.id})
+        if entry["sent"]:
+            self._last_sent = time.monotonic()
+        self.journal.write(entry)
+        if self.on_tick is not None:
+            self.on_tick(entry)
+        return entry
+
+    def run(self, poll_s: float = 0.5) -> None:
+        """Tick every ``every`` steps until :meth:`stop` or the run ends."""
+        while not self._stop.is_set():
+            st = self.client.status()
+            if st.get("status") in ("stopped", "failed"):
+                return
+            step = int(st.get("step", 0))
+            if self._last_step < 0 or step - self._last_step >= self.every:
+                self._last_step = step
+                self.tick()
+            self._stop.wait(poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _paused_by(commands: list[dict[str, Any]]) -> str | None:
+    """Who paused the run: the source of the newest applied pause (after any resume)."""
+    for c in reversed(commands):
+        if c["status"] == "applied" and c["kind"] in ("pause", "resume"):
+            return c["source"] if c["kind"] == "pause" else None
+    return None
+
+
+def journal_entries(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    return Journal(Path(run_dir) / f"agent-{name}.jsonl").read()
+
+
+__all__ = ["AgentRunner", "Decision", "Journal", "Observation", "Policy", "RulePolicy", "journal_entries"]

@@ -1,0 +1,45 @@
+"""The rule agent's policy on synthetic observations: what each pattern makes it propose,
+that it waits to see the effect of an action, and that it leaves a healthy run alone."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ray_interactive.agents.runtime import Observation, RulePolicy
+
+
+def obs(loss: list[float], step: int | None = None, status: str = "running", lr: float = 1e-3,
+        checkpoints: list[dict[str, object]] | None = None) -> Observation:
+    step = len(loss) if step is None else step
+    return Observation(step=step, status=status, branch="main", lr=lr, loss=list(loss),
+                       loss_steps=list(range(step - len(loss) + 1, step + 1)), eval_loss=[], paused_by=None,
+                       checkpoints=checkpoints or [], own_actions=[])
+
+
+zigzag = list(2.0 + 0.3 * (-1.0) ** np.arange(40))
+healthy = list(3.0 * np.exp(-np.arange(60) / 20) + 1.0)
+
+
+def test_oscillation_halves_the_lr_and_then_it_waits_for_new_points() -> None:
+    policy = RulePolicy()
+    d = policy.decide(obs(zigzag))
+    assert d.commands == [{"kind": "update_optimizer", "params": {"lr": 5e-4}}]
+    assert d.rationale.startswith("oscillating:") and d.finding and d.finding["pattern"] == "oscillating"
+    again = policy.decide(obs(zigzag + zigzag[:5], lr=5e-4))  # 5 new points since: too few to judge
+    assert again.commands == [] and "waiting for" in again.rationale
+
+
+def test_divergence_reloads_the_newest_finite_checkpoint_of_the_branch_and_halves_the_lr() -> None:
+    ckpts = [{"id": "main@10", "branch": "main", "finite": True}, {"id": "main@20", "branch": "main", "finite": False},
+             {"id": "b@5", "branch": "b", "finite": True}]
+    d = RulePolicy().decide(obs([*healthy[:30], math.nan], checkpoints=ckpts))
+    assert d.commands == [{"kind": "load_checkpoint", "checkpoint_id": "main@10"},
+                          {"kind": "update_optimizer", "params": {"lr": 5e-4}}]
+    assert d.rationale.startswith("non_finite")
+
+
+def test_a_healthy_or_paused_run_is_left_alone() -> None:
+    assert RulePolicy().decide(obs(healthy)).commands == []
+    assert RulePolicy().decide(obs(zigzag, status="paused")).commands == []
