@@ -75,14 +75,14 @@ def test_a_killed_trainer_is_restarted_from_its_checkpoint_and_continues_with_th
     os.kill(trainer_pid, signal.SIGKILL)
     resume = client.send("resume")  # sent meanwhile: waits until the trainer is back where it died
     assert resume.status.value == "accepted"
-    wait_until(lambda: events(client, "recovered"), timeout=90, what="the recovery to finish")
+    wait_until(lambda: events(client, "recovered"), timeout=150, what="the recovery to finish")
     assert client.wait(resume, timeout=60).status.value == "applied"
     final = healed.wait(timeout=120)
     assert final is not None and final["step"] == 80
 
     assert ray.get(healed.trainer.pid.remote()) != trainer_pid  # really a new process
-    lost = events(client, "trainer_lost")
-    assert len(lost) == 1 and "checkpoint main@40" in lost[0]["message"], lost
+    lost = events(client, "trainer_lost")  # (twice if a restarted instance stayed silent and was restarted again)
+    assert lost and all("checkpoint main@40" in e["message"] for e in lost), lost
     assert losses(client, "main", 41, 80) == expected  # bit-identical, live rows included
     # The log: the pinned lr change and pause were applied once each (re-applying them
     # after the restart wrote nothing); the resume sent meanwhile was applied once, at 50.

@@ -85,12 +85,14 @@ class RulePolicy:
 
     def __init__(self, factor: float = 0.5, min_points: int = 20) -> None:
         self.factor, self.min_points = factor, min_points
-        self._since_step = -1  # the step of its last action: older points are not looked at
+        self._since: tuple[str, int] = ("", -1)  # (branch, step) of its last action: older points are not looked at
 
     def decide(self, obs: Observation) -> Decision:
         if obs.status != "running" or obs.lr is None:
             return Decision(rationale=f"nothing to do while the run is {obs.status}")
-        fresh = [v for s, v in zip(obs.loss_steps, obs.loss) if s > self._since_step]
+        # a load it asked for starts a new branch: its own points are all new
+        since = self._since[1] if obs.branch == self._since[0] else -1
+        fresh = [v for s, v in zip(obs.loss_steps, obs.loss) if s > since]
         if len(fresh) < self.min_points and not (fresh and not math.isfinite(fresh[-1])):
             return Decision(rationale=f"waiting for {self.min_points} points since the last action ({len(fresh)} so far)")
         found = diagnose(fresh)
@@ -103,7 +105,7 @@ class RulePolicy:
             if good:
                 commands.append({"kind": "load_checkpoint", "checkpoint_id": good[-1]["id"]})
         commands.append({"kind": "update_optimizer", "params": {"lr": lr}})
-        self._since_step = obs.step
+        self._since = (obs.branch, obs.step)
         what = {"non_finite": "reload the last good checkpoint and halve the lr",
                 "diverging": "reload the last good checkpoint and halve the lr",
                 "oscillating": "halve the lr", "plateau": "halve the lr (a decay step)"}[found.pattern]

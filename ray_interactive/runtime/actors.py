@@ -45,6 +45,8 @@ MAX_WEIGHT_WAITERS = 16
 
 #: How long a restarted trainer (or controller) may take to come back before the run fails.
 RESTART_DEADLINE_S = 120.0
+#: How long a recovered trainer may run its loop without a word before it is restarted again.
+SILENT_RESTART_S = 30.0
 
 
 @ray.remote(num_cpus=0, max_concurrency=32, max_restarts=-1, max_task_retries=-1)
@@ -131,7 +133,9 @@ class ControllerActor:
         """Run the trainer's loop until it ends; restart the trainer when its process dies."""
         while True:
             try:
-                result = ray.get(self._trainer.run.remote())
+                ref = self._trainer.run.remote()
+                self._watch_recovery(ref)
+                result = ray.get(ref)
                 self._end("stopped", result)
                 return
             except ray.exceptions.RayTaskError as e:  # the loop raised: the trainer reported why
@@ -148,6 +152,21 @@ class ControllerActor:
                 self._restarts += 1
                 if not self._restart_trainer(reason):
                     return
+
+    def _watch_recovery(self, ref: Any) -> None:
+        """While a restarted trainer recovers: if it has not reported within
+        ``SILENT_RESTART_S`` of being given its loop, restart it again (Ray's restart of a
+        busy worker has been seen to leave an instance that never runs its loop)."""
+        started = time.time()
+        while self._c.recovery is not None and not self._closing:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            if ready:
+                return
+            heard = float(self._c.trainer_status.get("time", 0.0)) > started
+            if not heard and time.time() - started > SILENT_RESTART_S:
+                log.warning("the restarted trainer has not reported in %.0f s; restarting it again", SILENT_RESTART_S)
+                ray.kill(self._trainer, no_restart=False)  # ray.get(ref) then raises: the loop restarts it
+                return
 
     def _restart_trainer(self, reason: str) -> bool:
         """Wait for Ray to bring the trainer back, then restore it; False if it could not."""
