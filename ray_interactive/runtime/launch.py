@@ -72,6 +72,10 @@ class RunHandle:
                 ray.kill(actor)
             except Exception:
                 pass
+        try:  # ray.kill is asynchronous: the names are free (for a resume) when this returns
+            _wait_gone(self.config.name, self.config.namespace)
+        except ValueError:
+            log.warning("the actors of run %s are still going away", self.config.name)
 
 
 def start_run(
@@ -136,12 +140,19 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
     if actor_name(config.name, "controller") in {
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns
     }:
+        running = f"a run named {config.name!r} is already running; pick another --name or stop it first"
         status = _status_of(config.name, ns)
-        if status not in ("stopped", "failed"):
-            raise ValueError(f"a run named {config.name!r} is already running; pick another --name or stop it first")
-        log.info("run %s had ended (%s); releasing its actors", config.name, status)
-        release_run(config.name, ns)  # a detached run that ended: nothing of it is still at work
-        _wait_gone(config.name, ns)
+        if status is None:  # not answering: perhaps going away (a shutdown just killed it)
+            try:
+                _wait_gone(config.name, ns, timeout=15.0)
+            except ValueError:
+                raise ValueError(running) from None
+        elif status not in ("stopped", "failed"):
+            raise ValueError(running)
+        else:
+            log.info("run %s had ended (%s); releasing its actors", config.name, status)
+            release_run(config.name, ns)  # a detached run that ended: nothing of it is still at work
+            _wait_gone(config.name, ns)
     run_dir = config.resolved_run_dir
     if resume:
         ckpts = list_checkpoints(run_dir / "checkpoints")
