@@ -6,8 +6,6 @@ goes on, a stop still ends the run cleanly, and nothing on disk is left half-wri
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,21 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .conftest import wait_until
+from .conftest import small_tmpfs, wait_until
 from .test_cli import cli
 from .test_live_data import live_config, live_rows
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with small_tmpfs(tmp_path / "fs", "8m") as mnt:
+        yield mnt
 
 
 def fill(fs: Path) -> Path:

@@ -343,16 +343,9 @@ def test_a_stop_for_a_failed_run_is_applied_at_once_and_asks_for_its_release(har
 
 
 def test_the_command_log_never_keeps_half_a_line_when_the_disk_is_full(tmp_path: Path) -> None:
-    import os
-    import subprocess
+    from .conftest import small_tmpfs
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "fs", "64k") as mnt:
         c = Controller(make_config(mnt / "run"))
         accepted = []
         for i in range(2000):
@@ -369,5 +362,3 @@ def test_the_command_log_never_keeps_half_a_line_when_the_disk_is_full(tmp_path:
         assert c.storage_error and "command log" in c.storage_error
         assert c.submit(Stop()).status is CommandStatus.ACCEPTED  # a stop works even now
         c.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
