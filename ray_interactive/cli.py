@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -464,13 +465,59 @@ def cmd_agent(args: argparse.Namespace) -> int:
         refused = "".join(f"; refused {r['command']['kind']}: {r['why']}" for r in entry["refused"])
         print(f"step {entry['step']}: {acted} ({entry.get('rationale') or entry.get('error')}){refused}", flush=True)
 
-    runner = AgentRunner(client, RulePolicy(), rails, every=args.every, on_tick=show)
-    print(f"agent {runner.name!r} on run {args.run!r}, every {args.every} steps; journal: {runner.journal.path}",
-          flush=True)
+    server = None
+    if args.policy == "llm":
+        policy, server = _llm_policy(args)
+    else:
+        policy = RulePolicy()
+    runner = AgentRunner(client, policy, rails, every=args.every, on_tick=show, at_eval=args.at_eval)
+    cadence = "at each evaluation" if args.at_eval else f"every {args.every} steps"
+    print(f"agent {runner.name!r} on run {args.run!r}, {cadence}; journal: {runner.journal.path}", flush=True)
     try:
         runner.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        if server is not None:
+            server.close()
+    return 0
+
+
+def _llm_policy(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The LLM policy against --llm-url / OPENAI_BASE_URL, or the local model served here."""
+    import os
+
+    from ray_interactive.agents.llm import ChatClient, LLMPolicy
+    from ray_interactive.agents.llm_server import LocalServer, load_smollm2
+
+    server = None
+    url = args.llm_url or os.environ.get("OPENAI_BASE_URL")
+    if not url:
+        print("loading the local model (SmolLM2-135M-Instruct) and serving it on localhost ...", flush=True)
+        try:
+            server = LocalServer(load_smollm2())
+        except FileNotFoundError as e:
+            raise CLIError(str(e)) from None
+        url = server.url
+    # a hosted endpoint may reject the non-standard guided_choice: constrain only our own server by default
+    constrain = args.llm_constrain if args.llm_constrain is not None else server is not None
+    return LLMPolicy(ChatClient(url, model=args.llm_model), constrain=constrain, task=args.task), server
+
+
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    """Serve the local model over the OpenAI protocol until Ctrl-C (one model for many agents)."""
+    from ray_interactive.agents.llm_server import LocalServer, load_smollm2
+
+    try:
+        backend = load_smollm2()
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+    with LocalServer(backend, host=args.host, port=args.port) as server:
+        print(f"serving {backend.name} at {server.url} (OpenAI chat completions; guided_choice supported)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -670,11 +717,25 @@ def make_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("agent", help="an agent that watches a run and steers it through commands (journal in the run dir)")
     sp.add_argument("run")
-    sp.add_argument("--policy", choices=["rule"], default="rule", help="rule: oscillation, divergence, plateau")
+    sp.add_argument("--policy", choices=["rule", "llm"], default="rule",
+                    help="rule: oscillation, divergence, plateau detectors; llm: a chat model picks an action")
     sp.add_argument("--every", type=int, default=50, help="decide every N steps")
+    sp.add_argument("--at-eval", action="store_true", dest="at_eval", help="decide at each evaluation instead")
+    sp.add_argument("--llm-url", default=None, dest="llm_url",
+                    help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else the local SmolLM2 served here)")
+    sp.add_argument("--llm-model", default=None, dest="llm_model", help="model name sent to the endpoint")
+    sp.add_argument("--llm-constrain", default=None, dest="llm_constrain", action=argparse.BooleanOptionalAction,
+                    help="send guided_choice so the reply is one of the actions (default: only for the local model)")
+    sp.add_argument("--task", default="train a language model; lower validation loss is better",
+                    help="what the run trains, as the LLM's prompt says it")
     sp.add_argument("--min-interval", type=float, default=10.0, dest="min_interval",
                     help="guardrail: at most one command this often (s)")
     sp.set_defaults(func=cmd_agent)
+
+    sp = sub.add_parser("llm-serve", help="serve the local LLM (SmolLM2-135M-Instruct) over the OpenAI protocol")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.set_defaults(func=cmd_llm_serve)
 
     sp = sub.add_parser("send", help="send a command: send RUN KIND key=value ...")
     sp.add_argument("run")

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ray_interactive.agents.guardrails import Guardrails
 from ray_interactive.agents.runtime import AgentRunner, Decision, Observation, RulePolicy
 
@@ -103,3 +105,72 @@ def test_the_cli_runs_an_agent_from_another_process(tmp_path: Path, start: Any, 
     assert any(e["sent"] for e in entries)
     assert any(r["source"] == "agent" for r in client.commands())
     assert os.path.getsize(journal) > 0 and time.time() - entries[-1]["time"] < 120
+
+
+def test_the_llm_agent_over_http_refuses_bad_replies_and_acts_on_a_good_one(tmp_path: Path, start: Any) -> None:
+    from ray_interactive.agents.llm import ChatClient, LLMPolicy
+    from ray_interactive.agents.llm_server import LocalServer, ScriptedBackend
+
+    handle, client = oscillating_run(tmp_path, start)
+    backend = ScriptedBackend([
+        "The loss is bouncing, I'd lower the learning rate.",  # not JSON
+        '{"action": "triple", "explanation": "go faster"}',  # not an allowed action
+        '{"action": "half", "explanation": "the training loss oscillates"}',
+    ])
+    with LocalServer(backend) as server:
+        runner = AgentRunner(client, LLMPolicy(ChatClient(server.url, model="stand-in")),
+                             Guardrails(min_interval_s=0.0))
+        before = len(client.commands())
+        for why in ("not JSON", "names action 'triple'"):
+            entry = runner.tick()
+            assert entry["sent"] == [] and why in entry["rationale"] and entry["finding"]["refused"]
+        assert len(client.commands()) == before
+        step = client.status()["step"]
+        wait_until(lambda: client.status()["step"] > step + 5, what="the run to go on after refused replies")
+        good = runner.tick()
+    [sent] = good["sent"]
+    assert sent["command"] == {"kind": "update_optimizer", "params": {"lr": 0.15}}
+    assert client.wait(sent["id"]).status.value == "applied"
+    row = next(r for r in client.commands() if r["id"] == sent["id"])
+    assert row["source"] == "agent" and row["comment"] == "[llm] half: the training loss oscillates"
+    assert [bool(e["sent"]) for e in runner.journal.read()] == [False, False, True]
+    assert runner.journal.path.name == "agent-llm.jsonl"
+    # the model was shown the run's own histories
+    prompt = backend.requests[-1]["messages"][1]["content"]
+    assert "Current learning rate: 0.3" in prompt and "Training loss history: " in prompt
+
+
+@pytest.mark.slow
+def test_the_cli_llm_agent_runs_the_local_model_over_http(
+    tmp_path: Path, start: Any, ray_cluster: dict[str, Any]
+) -> None:
+    from ray_interactive.agents.llm import DEFAULT_ACTIONS
+    from ray_interactive.agents.llm_server import smollm2_path
+
+    try:
+        smollm2_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    handle, client = oscillating_run(tmp_path, start)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_interactive.cli", "--address", ray_cluster["address"], "agent", handle.config.name,
+         "--policy", "llm", "--every", "20", "--min-interval", "0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    journal = Path(handle.config.resolved_run_dir) / "agent-llm.jsonl"
+    try:  # loading the model takes 15-40 s on 2 cores
+        wait_until(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 2, timeout=240,
+                   what="two ticks of the local model")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "serving it on localhost" in out and "agent 'llm' on run" in out
+    entries = [json.loads(x) for x in journal.read_text().splitlines()]
+    ran = [e for e in entries if e.get("finding") and "scores" in e["finding"]]
+    assert ran, entries
+    for e in ran:  # a constrained answer is always one of the actions, scored by the real model
+        assert e["finding"]["model"] == "SmolLM2-135M-Instruct" and e["finding"]["action"] in DEFAULT_ACTIONS
+        assert set(e["finding"]["scores"]) == set(DEFAULT_ACTIONS)
+    for s in (s for e in entries for s in e["sent"]):
+        assert s["status"] in ("accepted", "applied", "rejected")
+    assert any(r["source"] == "agent" for r in client.commands()) or all(not e["sent"] for e in entries)

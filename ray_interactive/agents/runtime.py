@@ -49,6 +49,8 @@ class Observation:
     paused_by: str | None
     checkpoints: list[dict[str, Any]]  # oldest first
     own_actions: list[dict[str, Any]]  # this agent's commands so far (newest last)
+    lr_history: list[float] = field(default_factory=list)  # the lr at each logged step (newest last)
+    health: dict[str, float] = field(default_factory=dict)  # newest value of each health/* metric
 
     def facts(self, seconds_since_last: float | None) -> RunFacts:
         return RunFacts(lrs=[self.lr] if self.lr else [], paused_by=self.paused_by,
@@ -137,9 +139,13 @@ class AgentRunner:
     def __init__(
         self, client: Any, policy: Policy, rails: Guardrails | None = None, every: int = 50,
         journal: Journal | None = None, name: str | None = None,
-        on_tick: Callable[[dict[str, Any]], None] | None = None,
+        on_tick: Callable[[dict[str, Any]], None] | None = None, at_eval: bool = False,
     ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1 step, not {every}")
         self.client, self.policy, self.rails, self.every = client, policy, rails or Guardrails(), every
+        self.at_eval = at_eval  # tick at each new evaluation instead of every ``every`` steps
+        self._last_eval = -1
         self.on_tick = on_tick  # sees each journal entry (the CLI prints it)
         self.name = name or policy.name
         run_dir = Path(client.status()["run_dir"])
@@ -151,6 +157,9 @@ class AgentRunner:
     def observe(self) -> Observation:
         st = self.client.status()
         m = self.client.metrics(keys=["loss", "eval/loss", "lr"])
+        hkeys = [k for k in self.client.metric_keys() if k.startswith("health/")]
+        step = int(st.get("step", 0))
+        health = self.client.metrics(keys=hkeys, since=max(0, step - 5000)) if hkeys else {}
         cmds = self.client.commands(limit=200)
         return Observation(
             step=int(st.get("step", 0)), status=str(st.get("status")), branch=str(st.get("branch")),
@@ -161,6 +170,8 @@ class AgentRunner:
             paused_by=_paused_by(cmds) if st.get("status") == "paused" else None,
             checkpoints=self.client.checkpoints(),
             own_actions=[c for c in cmds if c["source"] == "agent" and (c.get("comment") or "").startswith(f"[{self.name}]")],
+            lr_history=list(m.get("lr", {}).get("value", []))[-HISTORY:],
+            health={k: v["value"][-1] for k, v in health.items() if v.get("value")},
         )
 
     def tick(self) -> dict[str, Any]:
@@ -194,16 +205,26 @@ class AgentRunner:
         return entry
 
     def run(self, poll_s: float = 0.5) -> None:
-        """Tick every ``every`` steps until :meth:`stop` or the run ends."""
+        """Tick every ``every`` steps (or at each evaluation) until :meth:`stop` or the run ends."""
         while not self._stop.is_set():
             st = self.client.status()
             if st.get("status") in ("stopped", "failed"):
                 return
-            step = int(st.get("step", 0))
-            if self._last_step < 0 or step - self._last_step >= self.every:
-                self._last_step = step
+            if self._due(int(st.get("step", 0))):
                 self.tick()
             self._stop.wait(poll_s)
+
+    def _due(self, step: int) -> bool:
+        if self.at_eval:
+            steps = self.client.metrics(keys=["eval/loss"], since=self._last_eval + 1).get("eval/loss", {}).get("step", [])
+            if not steps:
+                return False
+            self._last_eval = int(steps[-1])
+            return True
+        if self._last_step < 0 or step - self._last_step >= self.every:
+            self._last_step = step
+            return True
+        return False
 
     def stop(self) -> None:
         self._stop.set()
