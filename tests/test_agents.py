@@ -174,3 +174,67 @@ def test_the_cli_llm_agent_runs_the_local_model_over_http(
     for s in (s for e in entries for s in e["sent"]):
         assert s["status"] in ("accepted", "applied", "rejected")
     assert any(r["source"] == "agent" for r in client.commands()) or all(not e["sent"] for e in entries)
+
+
+def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_module_health(
+    tmp_path: Path, start: Any
+) -> None:
+    from .test_control_ui import AUTH, CHROMIUM, free_port
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from ray_interactive.ui.control_ui import serve
+
+    handle = start(regression_config(tmp_path, lr=0.3, grad_clip=None, checkpoint_interval_s=None,
+                                     diagnostics_every=5, metrics_interval_s=0.2))
+    client = handle.client()
+    wait_until(lambda: client.status()["step"] >= 40, what="steps")
+    ui, url = serve(client, port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(60_000)
+            try:
+                page.goto(url)
+                page.get_by_label("Username").fill(AUTH[0])
+                page.get_by_label("Password").fill(AUTH[1])
+                page.get_by_role("button", name="Login").click()
+                expect(page.locator("#status")).to_contain_text("RUNNING")
+
+                page.get_by_role("tab", name="Agents").click()
+                page.locator("#agent-every input").first.fill("20")
+                page.locator("#agent-interval input").first.fill("0")
+                page.locator("#btn-agent-start").click()
+                expect(page.locator("#agent-msg")).to_contain_text("rule agent starting: every 20 steps")
+                expect(page.locator("#agent-status")).to_contain_text("running, every 20 steps", timeout=60_000)
+                journal = page.locator("#agent-journal")
+                expect(journal).to_contain_text("rule", timeout=60_000)
+                # the oscillating lr is halved by the agent: the history shows why
+                wait_until(lambda: any(r["source"] == "agent" for r in client.commands()), timeout=120,
+                           what="the agent's command")
+                expect(page.locator("#history")).to_contain_text("why: [rule]", timeout=60_000)
+                expect(journal).to_contain_text("update_optimizer", timeout=60_000)
+                page.locator("#btn-agent-stop").click()
+                expect(page.locator("#agent-msg")).to_contain_text("rule agent stopped", timeout=60_000)
+                expect(page.locator("#agent-status")).to_contain_text("stopped")
+
+                page.get_by_role("tab", name="Health").click()
+                health = page.locator("#plot-health")
+                expect(health.locator("svg.main-svg").first).to_be_visible()
+                expect(health).to_contain_text("per-module update ratio", timeout=60_000)
+                page.screenshot(path=str(REPO / "test-artifacts" / "control_ui_agents.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        ui.close()
+    keys = client.metric_keys()
+    assert {"health/0/update_ratio", "health/0/grad_norm", "health/0/act_std"} <= set(keys), keys
+    assert any(k.endswith("/dead") for k in keys)
+    steps = client.metrics(keys=["health/0/update_ratio"])["health/0/update_ratio"]["step"]
+    assert steps and all(s % 5 == 0 for s in steps)
+    agents = [r for r in client.commands() if r["source"] == "agent"]
+    assert agents and agents[0]["comment"].startswith("[rule] ")

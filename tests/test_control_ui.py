@@ -39,6 +39,8 @@ ENDPOINTS = {
     "update_module",
     "cancel",
     "checkpoints",
+    "start_agent",
+    "stop_agent",
 }
 
 
@@ -85,7 +87,7 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
     assert ENDPOINTS <= {name.lstrip("/") for name in gc.view_api(print_info=False, return_format="dict")["named_endpoints"]}
     client = running_client(run)
 
-    out = gc.predict("step", 0.6, False, None, None, None, api_name="/refresh")
+    out = gc.predict("step", 0.6, False, None, None, None, "update_ratio", api_name="/refresh")
     assert "RUNNING" in out[0]
     loss = json.loads(out[1]["plot"])  # a Plotly figure: one trace per line, each with its colour
     lines = {t["name"]: t for t in loss["data"]}
@@ -102,7 +104,7 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
     assert [t["name"] for t in lr["data"]] == ["main"] and lr["data"][0]["line"]["shape"] == "hv"
     fresh = json.loads(out[6]["plot"])
     assert not fresh["data"] and "no live rows trained on yet" in fresh["layout"]["annotations"][0]["text"]
-    logged = gc.predict("time", 0.0, True, None, None, None, api_name="/refresh")
+    logged = gc.predict("time", 0.0, True, None, None, None, "update_ratio", api_name="/refresh")
     layout = json.loads(logged[1]["plot"])["layout"]
     assert layout["yaxis"]["type"] == "log" and layout["xaxis"]["title"]["text"].startswith("wall time")
 
@@ -240,11 +242,11 @@ def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_serve
     ui, url = serve(client, port=free_port(), block=False, refresh_s=3600, command_wait_s=30.0)  # we refresh by hand
     try:
         gc = Client(url, verbose=False)
-        assert "RUNNING" in gc.predict("step", 0.0, False, None, None, None, api_name="/refresh")[0]
+        assert "RUNNING" in gc.predict("step", 0.0, False, None, None, None, "update_ratio", api_name="/refresh")[0]
         client.wait(client.send("save_checkpoint", tag="before-the-end"))
         client.stop()
         handle.shutdown()  # the run's actors are gone: what a finished run is
-        out = gc.predict("step", 0.0, False, None, None, None, api_name="/refresh")
+        out = gc.predict("step", 0.0, False, None, None, None, "update_ratio", api_name="/refresh")
         assert "**STOPPED**" in out[0] and "read-only" in out[0], out[0]
         assert json.loads(out[1]["plot"])["data"][0]["y"]  # the loss is still there, from the run dir
         assert "save_checkpoint" in json.dumps(out[10])  # and the command history

@@ -119,3 +119,11 @@ def test_guided_choice_scores_every_allowed_answer_with_a_real_model() -> None:
 def test_nothing_is_asked_while_the_run_is_paused() -> None:
     policy = LLMPolicy(ChatClient("http://127.0.0.1:1/v1"))  # nothing listens there: it must not be called
     assert policy.decide(obs(status="paused")).commands == []
+
+
+def test_per_module_health_reaches_the_prompt_when_sampled() -> None:
+    [_, user] = build_messages(obs(health={"health/transformer.h.0/update_ratio": 0.031,
+                                           "health/transformer.h.0/dead": 0.2}), ("same", "half"), "t")
+    assert "Update-to-weight ratio per module (newest sample): transformer.h.0 0.031" in user["content"]
+    [_, bare] = build_messages(obs(), ("same", "half"), "t")
+    assert "Update-to-weight" not in bare["content"]

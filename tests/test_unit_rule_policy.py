@@ -43,3 +43,13 @@ def test_divergence_reloads_the_newest_finite_checkpoint_of_the_branch_and_halve
 def test_a_healthy_or_paused_run_is_left_alone() -> None:
     assert RulePolicy().decide(obs(healthy)).commands == []
     assert RulePolicy().decide(obs(zigzag, status="paused")).commands == []
+
+
+def test_sampled_module_health_names_where_the_updates_are_largest() -> None:
+    o = obs(zigzag)
+    o.health = {"health/h.0/update_ratio": 0.01, "health/h.1/update_ratio": 0.2, "health/h.1/dead": 0.5,
+                "health/skipped_steps": 0.0}
+    d = RulePolicy().decide(o)
+    assert d.finding and d.finding["largest_update_ratio"] == {"module": "h.1", "value": 0.2}
+    assert "largest update/weight ratio in h.1 (0.2)" in d.rationale
+    assert "largest_update_ratio" not in (RulePolicy().decide(obs(zigzag)).finding or {})

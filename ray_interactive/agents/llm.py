@@ -76,18 +76,26 @@ def _series(values: Sequence[float | None]) -> str:
     return ", ".join("nan" if v is None or not math.isfinite(v) else f"{v:.4g}" for v in tail) or "(none yet)"
 
 
+def _health(health: dict[str, float]) -> str:
+    ratios = sorted((k.removeprefix("health/").removesuffix("/update_ratio"), v) for k, v in health.items()
+                    if k.endswith("/update_ratio"))
+    return ", ".join(f"{k} {v:.3g}" for k, v in ratios[:12])
+
+
 def build_messages(obs: Observation, actions: Sequence[str], task: str) -> list[dict[str, str]]:
     """The paper's prompt: task, step and lr, the histories, the allowed actions, a JSON answer."""
     menu = "\n".join(f"- {name}: {ACTIONS[name].meaning}" for name in actions)
     system = ("You are an expert in training neural networks. You watch a training run and decide how to change "
               "its learning rate. You answer with JSON only.")
+    health = _health(obs.health)
     user = (
         f"Task: {task}\n"
         f"Current step: {obs.step}. Current learning rate: {obs.lr if obs.lr is not None else 'unknown'}.\n"
         f"Learning rate history: {_series(obs.lr_history)}\n"
         f"Training loss history: {_series(obs.loss)}\n"
         f"Validation loss history: {_series(obs.eval_loss)}\n"
-        f"Actions:\n{menu}\n"
+        + (f"Update-to-weight ratio per module (newest sample): {health}\n" if health else "")
+        + f"Actions:\n{menu}\n"
         f'Answer as JSON: {{"action": one of {", ".join(actions)}, "explanation": a short reason}}.'
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -111,8 +111,19 @@ class RulePolicy:
         what = {"non_finite": "reload the last good checkpoint and halve the lr",
                 "diverging": "reload the last good checkpoint and halve the lr",
                 "oscillating": "halve the lr", "plateau": "halve the lr (a decay step)"}[found.pattern]
-        return Decision(commands, f"{found.pattern}: {found.reason}; {what} ({obs.lr:.3g} -> {lr:.3g})",
-                        {"pattern": found.pattern, **found.figures})
+        finding = {"pattern": found.pattern, **found.figures}
+        where = hottest_module(obs.health)
+        if where is not None:  # per-module health, when sampled, says where the updates are largest
+            finding["largest_update_ratio"] = {"module": where[0], "value": where[1]}
+            what += f"; largest update/weight ratio in {where[0]} ({where[1]:.3g})"
+        return Decision(commands, f"{found.pattern}: {found.reason}; {what} ({obs.lr:.3g} -> {lr:.3g})", finding)
+
+
+def hottest_module(health: dict[str, float]) -> tuple[str, float] | None:
+    """The module with the largest sampled update-to-weight ratio (None: not sampled)."""
+    ratios = {k.removeprefix("health/").removesuffix("/update_ratio"): v for k, v in health.items()
+              if k.endswith("/update_ratio") and v is not None and math.isfinite(v)}
+    return max(ratios.items(), key=lambda kv: kv[1]) if ratios else None
 
 
 class Journal:

@@ -139,6 +139,12 @@ class RunConfig(BaseModel):
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
     health: HealthConfig = Field(default_factory=HealthConfig)
+    diagnostics_every: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="sample per-module health metrics (health/<module>/act_std, dead, grad_norm, update_ratio) "
+        "every N steps; None: off",
+    )
+    diagnostics_groups: int = Field(default=8, ge=1, le=256, description="at most this many module groups")
     max_restarts: int = Field(
         default=3, ge=0, le=1000,
         description="times a lost trainer is restarted from the newest checkpoint before the run fails",

@@ -68,6 +68,7 @@ from ray_interactive.core.health import HealthGuard, Verdict, describe_values, n
 from ray_interactive.core.hparams import apply_update, describe_optimizer, group_name, validate_update
 from ray_interactive.core.inbox import CommandInbox
 from ray_interactive.core.messages import RunEvent, Snapshot, TrainerStatus
+from ray_interactive.core.module_health import ModuleHealth
 from ray_interactive.core.modules import apply_module_op, describe_modules, validate_module_op
 from ray_interactive.core.state import RunStatus, TrainState
 from ray_interactive.serve.weights import Publisher, pack_state
@@ -211,6 +212,8 @@ class Steering:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.inbox = CommandInbox(next_seq)
         self.guard = HealthGuard(config.health)
+        self.diagnostics = (ModuleHealth(model, config.diagnostics_every, config.diagnostics_groups)
+                            if config.diagnostics_every else None)
         self.publisher = publisher  # None: weights are not published (in-process use)
         self._next_weight_version = next_weight_version
         self._published_at: tuple[str, int] | None = None  # (branch, step) of the last version
@@ -238,6 +241,7 @@ class Steering:
         """Describe the run to the controller; publish the first weights if asked to."""
         self.reporter.snapshot(self.snapshot())
         self.report(force=True)
+        self._arm_diagnostics()
         if self.config.publish_every:  # a deployed model following the run gets weights at once
             self.try_publish("start")
 
@@ -275,7 +279,17 @@ class Steering:
         norm = torch.nn.utils.get_total_norm(grads)
         if self.state.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.state.grad_clip, norm)
+        self.grads_ready()
         return norm
+
+    def grads_ready(self) -> None:
+        """The step's final gradients are in place (front-ends that clip by themselves call it)."""
+        if self.diagnostics is not None:
+            self.diagnostics.grads_ready()
+
+    def _arm_diagnostics(self) -> None:
+        if self.diagnostics is not None:
+            self.diagnostics.arm_for(self.state.step + 1)
 
     def record_step(self, samples: int, started: float, **values: Any) -> dict[str, Any]:
         """Count a finished optimizer step and queue its metric row (returned: the front-end
@@ -292,6 +306,8 @@ class Steering:
             "step_time_s": dt,
             "samples_per_s": samples / dt,
         }
+        if self.diagnostics is not None and self.diagnostics.armed:
+            row.update(self.diagnostics.collect())
         self.pending_rows.append((s.step, time.time(), row))
         return row
 
@@ -307,6 +323,7 @@ class Steering:
         if cfg.publish_every and step % cfg.publish_every == 0:
             self.try_publish("periodic")
         self.report()
+        self._arm_diagnostics()  # after evaluation: only the next training step's forward is sampled
 
     def checkpoint_due_by_time(self) -> bool:
         interval = self.config.checkpoint_interval_s
@@ -360,6 +377,9 @@ class Steering:
         verdict = self.guard.non_finite(what, s.step + 1, weights_ok, target)
         log.warning("%s", verdict.message)
         self.pending_rows.append((s.step, time.time(), {"health/skipped_steps": self.guard.skipped_total}))
+        if self.diagnostics is not None:  # sample the step that is tried next instead
+            self.diagnostics.disarm()
+            self._arm_diagnostics()
         if verdict.action == "skip":
             s.message = verdict.message
             if self.guard.in_a_row == 1:  # one history entry per streak, not one per step
@@ -756,6 +776,9 @@ class Steering:
             doc = read_checkpoint(path, self.model, self.optimizer, self.device)
             self.restore_doc(doc)
             self.state.last_checkpoint = path.name
+            if self.diagnostics is not None:  # the weights a sample compares against changed
+                self.diagnostics.disarm()
+                self._arm_diagnostics()
             return doc
         except Exception:
             weights, opt_state, doc, rng = backup

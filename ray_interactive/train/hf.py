@@ -233,6 +233,7 @@ class InteractiveCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.core is not None:  # an lr that arrived during this step's backward is used by it
             self.core.poll_before_step()
+            self.core.grads_ready()  # HF has clipped them by now
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if optimizer is not None:

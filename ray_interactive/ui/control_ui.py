@@ -25,6 +25,7 @@ import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402
 
 from ray_interactive.ui.access import LOCAL_HOSTS, check_bind, parse_auth  # noqa: E402,F401 - re-exported
+from ray_interactive.ui.agents_panel import AgentPanel, journal_table  # noqa: E402
 from ray_interactive.ui.dashboard import PANELS, Dashboard, View  # noqa: E402
 
 SIMPLE_ACTIONS = ("pause", "resume", "stop", "evaluate", "publish_weights")
@@ -34,8 +35,9 @@ CSS = """
 """
 
 
-def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
+def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPanel | None = None) -> gr.Blocks:
     """The Blocks app for one run (not launched)."""
+    agents = agents or AgentPanel(dash.client)
     with gr.Blocks(title=f"ray_interactive · {run}") as ui:
         gr.Markdown(f"### ray_interactive · `{run}`")
         status = gr.Markdown("connecting ...", elem_id="status")
@@ -142,12 +144,40 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
                 module_info = gr.JSON(label="module")
                 module_msg = gr.Markdown()
 
-        # -- refresh -------------------------------------------------------------------
-        view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key]
-        view_outputs = [status, *plots.values(), tree, branch_table, history, opt_table, sources, rejections]
+            with gr.Tab("Health"):
+                health_kind = gr.Radio(["update_ratio", "grad_norm", "act_std", "dead"], value="update_ratio",
+                                       label="per-module indicator (sampled every diagnostics_every steps)",
+                                       elem_id="health-kind")
+                plots["health"] = gr.Plot(show_label=False, elem_id="plot-health")
 
-        def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None) -> list[Any]:
-            view = View(xa or "step", float(sm or 0.0), bool(ly), lo, hi, key or None)
+            with gr.Tab("Agents"):
+                gr.Markdown(
+                    "An agent watches the run and acts only through commands (source `agent`, its reason in the "
+                    "command's comment), within guardrails: lr ×0.5–×2 per decision, a rate limit, never resuming "
+                    "a run a person paused. *rule*: oscillation / divergence / plateau detectors. *llm*: a chat "
+                    "model picks an action (the local SmolLM2-135M unless an OpenAI-compatible URL is given)."
+                )
+                with gr.Row():
+                    agent_policy = gr.Radio(["rule", "llm"], value="rule", label="policy", elem_id="agent-policy")
+                    agent_every = gr.Number(value=50, label="decide every N steps", precision=0, elem_id="agent-every")
+                    agent_interval = gr.Number(value=10, label="at most one command every (s)", elem_id="agent-interval")
+                    agent_url = gr.Textbox(label="LLM base URL (optional)", placeholder="http://host:8000/v1")
+                with gr.Row():
+                    agent_start = gr.Button("Start agent", variant="primary", elem_id="btn-agent-start")
+                    agent_stop = gr.Button("Stop agent", elem_id="btn-agent-stop")
+                agent_msg = gr.Markdown(elem_id="agent-msg")
+                agent_status = gr.Markdown(elem_id="agent-status")
+                journal = gr.Dataframe(label="agent journal (newest first): what each agent decided, why, and what "
+                                       "it sent or was refused", interactive=False, wrap=True, elem_id="agent-journal")
+
+        # -- refresh -------------------------------------------------------------------
+        view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind]
+        view_outputs = [status, *plots.values(), tree, branch_table, history, opt_table, sources, rejections,
+                        journal, agent_status]
+
+        def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None,
+                    hk: str | None) -> list[Any]:
+            view = View(xa or "step", float(sm or 0.0), bool(ly), lo, hi, key or None, hk or "update_ratio")
             try:
                 state = dash.fetch(view)
             except Exception as e:  # noqa: BLE001 - the run may be gone: say so, keep the rest
@@ -163,12 +193,14 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
                 dash.optimizer_table(state),
                 data[0] if data[0] is not None else gr.skip(),
                 data[1] if data[1] is not None else gr.skip(),
+                _safe(lambda: journal_table(dash.run_dir), gr.skip()),
+                agents.status(),
             ]
 
         timer = gr.Timer(refresh_s)
         timer.tick(refresh, view_inputs, view_outputs, api_name="refresh", show_progress="hidden")
         ui.load(refresh, view_inputs, view_outputs, show_progress="hidden")
-        for control in (x_axis, log_y, x_min, x_max, custom_key):
+        for control in (x_axis, log_y, x_min, x_max, custom_key, health_kind):
             control.change(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         smoothing.release(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         reset_zoom.click(lambda: (None, None), None, [x_min, x_max], api_name=False)
@@ -226,6 +258,9 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5) -> gr.Blocks:
         mixture_apply.click(dash.set_mixture, mixture, mixture_msg, api_name="set_data_mixture")
         module_apply.click(dash.update_module, [module, op, attribute, attr_value], module_msg, api_name="update_module")
         module.change(lambda m: _safe(lambda: dash.module_info(m), None), module, module_info, api_name=False)
+        agent_start.click(agents.start, [agent_policy, agent_every, agent_interval, agent_url], agent_msg,
+                          api_name="start_agent")
+        agent_stop.click(agents.stop, agent_policy, agent_msg, api_name="stop_agent")
     return ui
 
 

@@ -37,6 +37,7 @@ class Panel:
     smooth: bool = True  # a step change (the lr) must stay a step, not become a curve
     shape: str = "linear"  # "hv": drawn as steps
     empty: str = "nothing logged yet"
+    label_strip: tuple[str, str] = ("data/", "")  # a key's prefix and suffix left out of its legend label
 
 
 #: The fixed plots (the "custom" one shows any logged metric a person picks).
@@ -129,6 +130,7 @@ class View:
     x_min: float | None = None
     x_max: float | None = None
     custom: str | None = None
+    health: str = "update_ratio"  # which per-module indicator the health plot shows
 
     @property
     def zoomed(self) -> bool:
@@ -152,6 +154,11 @@ class Dashboard:
         self.state: dict[str, Any] = {}
 
     # -- reading ---------------------------------------------------------------------
+    @property
+    def run_dir(self) -> str | None:
+        """The run's directory (known after the first refresh)."""
+        return self._run_dir
+
     @property
     def read_only(self) -> bool:
         return bool(getattr(self.client, "read_only", False))
@@ -268,6 +275,12 @@ class Dashboard:
         panels["custom"] = Panel((view.custom,), view.custom, view.custom) if view.custom else Panel(
             (), "any logged metric", "", empty="pick a metric in the box above (the list refreshes with ↻)"
         )
+        keys = tuple(k for k in self.state.get("metric_keys", []) if k.startswith("health/")
+                     and k.endswith(f"/{view.health}") and k != "health/skipped_steps")
+        panels["health"] = Panel(
+            keys, f"per-module {view.health.replace('_', ' ')}", view.health, label_strip=("health/", f"/{view.health}"),
+            empty="no per-module health metrics: start the run with diagnostics_every=N "
+                  "(e.g. --set diagnostics_every=50)")
         return panels
 
     def figures(self, state: dict[str, Any], view: View) -> dict[str, dict[str, Any]]:
@@ -290,7 +303,8 @@ class Dashboard:
                     if t0 is not None:
                         xs = xs - t0
                     ys = np.asarray(d["value"], np.float64)
-                    label = branch if len(panel.keys) == 1 else f"{branch}: {key.removeprefix('data/')}"
+                    short = key.removeprefix(panel.label_strip[0]).removesuffix(panel.label_strip[1])
+                    label = branch if len(panel.keys) == 1 else f"{branch}: {short}"
                     colour = self.colour(state, branch)
                     if len(panel.keys) > 1:  # several metrics per branch: one colour each
                         colour = PALETTE[(panel.keys.index(key) + 4 * self._branch_order(state).index(branch)) % len(PALETTE)]
@@ -401,7 +415,8 @@ class Dashboard:
                     "source": r["source"] or "?",
                     "command": r["kind"] or "?",
                     "status": status,
-                    "message": (r["message"] or "")[:300],
+                    # an agent's (or a person's) reason travels in the comment: show it with the outcome
+                    "message": (f"why: {r['comment']} · " if r.get("comment") else "") + (r["message"] or "")[:300],
                     "args": json.dumps(r["args"])[:120],
                 }
             )
