@@ -14,7 +14,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-lm test bench lint clean
+.PHONY: browser setup demo demo-lm test bench lint clean case-studies
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium fonts-liberation >/dev/null; } || \
 		echo "note: could not install chromium (not root?); the browser test will be skipped"
+
+# The paper's case studies 1 and 2, CPU-sized (~80 s a run, 30 runs: about 45 minutes on 2 cores).
+SEEDS ?= 0 1 2
+case-studies: $(STAMP)
+	$(BIN)/python studies/case_studies.py --study 1 --seeds $(SEEDS) --skip-done
+	$(BIN)/python studies/case_studies.py --study 2 --seeds $(SEEDS) --skip-done --reuse docs/case_study_1.json
+	$(BIN)/python studies/plot_case_studies.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_throughput.py
