@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_neuralos.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check ray_interactive tests benchmarks neuralos_example
+	$(BIN)/ruff check ray_interactive tests benchmarks neuralos_example studies
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -310,3 +310,35 @@ def test_the_control_ui_steers_a_loop_and_a_hugging_face_trainer(frontend: str, 
         ui.close()
     assert not errors, errors
     assert FinishedRun(tmp_path / name).status()["status"] == "stopped"
+
+
+# -- per-module health, from the steering core, on every front-end -------------------------
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2").exists(), reason="needs ../shared/data")
+@pytest.mark.parametrize("frontend", ["loop", "hf"])
+def test_per_module_health_is_sampled_on_a_loop_and_a_hugging_face_trainer(
+    frontend: str, tmp_path: Path, ray_cluster: Any
+) -> None:
+    name = f"health-{frontend}"
+    if frontend == "loop":
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        with ri.steer(name, model, opt, run_dir=tmp_path / name, max_steps=20, diagnostics_every=5) as s:
+            while s.running:
+                loss = model(torch.randn(16, 8)).pow(2).mean()
+                loss.backward()
+                s.step(loss=loss)
+        group = "0"
+    else:
+        from ray_interactive.examples.hf_wikitext import build_trainer
+
+        trainer = build_trainer(SHARED_DATA, tmp_path / "out", max_steps=20, n_layer=1, n_embd=32, block=32,
+                                batch_size=4, train_chars=50_000, eval_chars=4_000)
+        ri.hf.steer(trainer, run=name, run_dir=tmp_path / name, diagnostics_every=5)
+        trainer.train()
+        group = "transformer.h.0.mlp"  # one layer: the tree is cut a level deeper (7 groups <= 8)
+    m = FinishedRun(tmp_path / name).metrics(keys=[f"health/{group}/{k}" for k in ("grad_norm", "update_ratio", "act_std")])
+    for k, series in m.items():
+        assert series["step"] == [5, 10, 15, 20], k
+        assert all(v > 0 for v in series["value"]), k
+    assert len(m) == 3
