@@ -196,7 +196,8 @@ class Agent:
 
 
 # -- one run ---------------------------------------------------------------------------
-def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any) -> dict[str, Any]:
+def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
+            keep_checkpoints: bool = False) -> dict[str, Any]:
     from ray_interactive.runtime.launch import start_run
 
     cfg = run_config(arm, seed, setup, runs, study)
@@ -227,10 +228,15 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any)
     finally:
         if steerer is not None:
             steerer.stop()
-    m = client.metrics(keys=["loss", "eval/loss", "lr", "step_time_s"])
+    # the final branch with its ancestors: an agent's load starts a new branch from a checkpoint
+    m = client.metrics(keys=["loss", "eval/loss", "lr", "step_time_s"], include_ancestors=True)
     commands = [c for c in client.commands() if c["source"] in ("agent", "ui")]
     status = client.status()
     handle.shutdown()
+    if not keep_checkpoints:  # ~80 MB each; the metrics, command log and journals stay
+        import shutil
+
+        shutil.rmtree(cfg.run_dir / "checkpoints", ignore_errors=True)
     ev = m.get("eval/loss", {"step": [], "value": []})
     loss = m.get("loss", {"step": [], "value": []})
     every = max(1, len(loss["step"]) // 200)
@@ -238,7 +244,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any)
     return {
         "arm": arm.name, "seed": seed, "label": arm.label, "lr": arm.lr, "optimizer": arm.optimizer,
         "schedule": arm.schedule, "steerer": arm.steerer, "status": status.get("status"),
-        "steps": status.get("step"), "wall_s": round(time.monotonic() - t0, 1),
+        "steps": status.get("step"), "branch": status.get("branch"), "wall_s": round(time.monotonic() - t0, 1),
         "step_time_p50_s": step_times[len(step_times) // 2] if step_times else None,
         "eval": {"step": ev["step"], "loss": ev["value"]},
         "final_eval_loss": ev["value"][-1] if ev["value"] else None,
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "case_studies")
     p.add_argument("--out", type=Path, default=None, help="default: docs/case_study_<n>.json")
     p.add_argument("--skip-done", action="store_true", help="keep the arm/seed pairs already in --out")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints (~250 MB a run)")
     p.add_argument("--reuse", type=Path, nargs="*", default=[],
                    help="results JSON of another study: its runs of an identical static arm are taken, not re-run")
     p.add_argument("--llm-url", default=None, help="an OpenAI-compatible endpoint instead of the local model")
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 if any(r["arm"] == arm.name and r["seed"] == seed for r in done):
                     continue
                 log.info("study %d: arm %s, seed %d", args.study, arm.name, seed)
-                result = run_arm(arm, seed, setup, args.runs, args.study, llm)
+                result = run_arm(arm, seed, setup, args.runs, args.study, llm, args.keep_checkpoints)
                 log.info("  -> final eval loss %s in %.0f s, %d interventions", result["final_eval_loss"],
                          result["wall_s"], len(result["interventions"]))
                 done = [r for r in done if not (r["arm"] == arm.name and r["seed"] == seed)] + [result]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -125,3 +126,29 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def ui_page(url: str, auth: tuple[str, str] | None = None) -> Iterator[Any]:
+    """Debian's headless Chromium on a control UI at ``url``, logged in with ``auth`` if given
+    (a tall viewport, and Playwright waits of 60 s: CI machines are busy)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            if auth is not None:
+                page.get_by_label("Username").fill(auth[0])
+                page.get_by_label("Password").fill(auth[1])
+                page.get_by_role("button", name="Login").click()
+            yield page
+        finally:
+            browser.close()

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from ray_interactive.agents.guardrails import Guardrails
 from ray_interactive.agents.runtime import AgentRunner, Decision, Observation, RulePolicy
 
-from .conftest import REPO, regression_config, wait_until
+from .conftest import CHROMIUM, REPO, regression_config, ui_page, wait_until
 
 
 def oscillating_run(tmp_path: Path, start: Any) -> Any:
@@ -179,11 +180,11 @@ def test_the_cli_llm_agent_runs_the_local_model_over_http(
 def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_module_health(
     tmp_path: Path, start: Any
 ) -> None:
-    from .test_control_ui import AUTH, CHROMIUM, free_port
+    from .test_control_ui import AUTH, free_port
 
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from ray_interactive.ui.control_ui import serve
 
@@ -192,43 +193,33 @@ def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_m
     client = handle.client()
     wait_until(lambda: client.status()["step"] >= 40, what="steps")
     ui, url = serve(client, port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(60_000)
-            try:
-                page.goto(url)
-                page.get_by_label("Username").fill(AUTH[0])
-                page.get_by_label("Password").fill(AUTH[1])
-                page.get_by_role("button", name="Login").click()
-                expect(page.locator("#status")).to_contain_text("RUNNING")
+        with ui_page(url, AUTH) as page:
+            expect(page.locator("#status")).to_contain_text("RUNNING")
 
-                page.get_by_role("tab", name="Agents").click()
-                page.locator("#agent-every input").first.fill("20")
-                page.locator("#agent-interval input").first.fill("0")
-                page.locator("#btn-agent-start").click()
-                expect(page.locator("#agent-msg")).to_contain_text("rule agent starting: every 20 steps")
-                expect(page.locator("#agent-status")).to_contain_text("running, every 20 steps", timeout=60_000)
-                journal = page.locator("#agent-journal")
-                expect(journal).to_contain_text("rule", timeout=60_000)
-                # the oscillating lr is halved by the agent: the history shows why
-                wait_until(lambda: any(r["source"] == "agent" for r in client.commands()), timeout=120,
-                           what="the agent's command")
-                expect(page.locator("#history")).to_contain_text("why: [rule]", timeout=60_000)
-                expect(journal).to_contain_text("update_optimizer", timeout=60_000)
-                page.locator("#btn-agent-stop").click()
-                expect(page.locator("#agent-msg")).to_contain_text("rule agent stopped", timeout=60_000)
-                expect(page.locator("#agent-status")).to_contain_text("stopped")
+            page.get_by_role("tab", name="Agents").click()
+            page.locator("#agent-every input").first.fill("20")
+            page.locator("#agent-interval input").first.fill("0")
+            page.locator("#btn-agent-start").click()
+            expect(page.locator("#agent-msg")).to_contain_text("rule agent starting: every 20 steps")
+            expect(page.locator("#agent-status")).to_contain_text("running, every 20 steps", timeout=60_000)
+            journal = page.locator("#agent-journal")
+            expect(journal).to_contain_text("rule", timeout=60_000)
+            # the oscillating lr is halved by the agent: the history shows why
+            wait_until(lambda: any(r["source"] == "agent" for r in client.commands()), timeout=120,
+                       what="the agent's command")
+            expect(page.locator("#history")).to_contain_text("why: [rule]", timeout=60_000)
+            expect(journal).to_contain_text("update_optimizer", timeout=60_000)
+            page.locator("#btn-agent-stop").click()
+            expect(page.locator("#agent-msg")).to_contain_text("rule agent stopped", timeout=60_000)
+            expect(page.locator("#agent-status")).to_contain_text("stopped")
 
-                page.get_by_role("tab", name="Health").click()
-                health = page.locator("#plot-health")
-                expect(health.locator("svg.main-svg").first).to_be_visible()
-                expect(health).to_contain_text("per-module update ratio", timeout=60_000)
-                page.screenshot(path=str(REPO / "test-artifacts" / "control_ui_agents.png"), full_page=True)
-            finally:
-                browser.close()
+            page.get_by_role("tab", name="Health").click()
+            health = page.locator("#plot-health")
+            expect(health.locator("svg.main-svg").first).to_be_visible()
+            expect(health).to_contain_text("per-module update ratio", timeout=60_000)
+            (REPO / "test-artifacts").mkdir(exist_ok=True)
+            page.screenshot(path=str(REPO / "test-artifacts" / "control_ui_agents.png"), full_page=True)
     finally:
         ui.close()
     keys = client.metric_keys()
@@ -238,3 +229,22 @@ def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_m
     assert steps and all(s % 5 == 0 for s in steps)
     agents = [r for r in client.commands() if r["source"] == "agent"]
     assert agents and agents[0]["comment"].startswith("[rule] ")
+
+
+def test_an_agent_at_each_evaluation_decides_once_per_evaluation(tmp_path: Path, start: Any) -> None:
+    handle = start(regression_config(tmp_path, eval_every=40, checkpoint_interval_s=None))
+    client = handle.client()
+    runner = AgentRunner(client, RulePolicy(), Guardrails(min_interval_s=0.0), at_eval=True)
+    thread = threading.Thread(target=runner.run, kwargs={"poll_s": 0.1}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(runner.journal.read()) >= 3, timeout=120, what="three evaluations")
+    finally:
+        runner.stop()
+        thread.join(30)
+    evals = client.metrics(keys=["eval/loss"])["eval/loss"]["step"]
+    ticks = [e["step"] for e in runner.journal.read()]
+    assert all(s % 40 == 0 for s in evals) and len(ticks) <= len(evals)
+    # each tick came after a new evaluation and before the one after it had been seen twice
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)
+    assert all(t >= evals[0] for t in ticks)

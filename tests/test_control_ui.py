@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 from ray_interactive.runtime.launch import RunHandle, start_run
 from ray_interactive.ui.control_ui import check_bind, serve
 
-from .conftest import REPO, regression_config, running_client, wait_until
+from .conftest import CHROMIUM, REPO, regression_config, running_client, ui_page, wait_until
 
 AUTH = ("tester", "correct-horse-battery")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 ENDPOINTS = {
     "refresh",
@@ -162,71 +160,58 @@ def test_pending_commands_are_cancelled_and_checkpoints_paged_from_the_ui(ui_url
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
 def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     client = running_client(run)
     ARTIFACTS.mkdir(exist_ok=True)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.set_default_timeout(60_000)
-        try:
-            page.goto(ui_url)
-            page.get_by_label("Username").fill(AUTH[0])
-            page.get_by_label("Password").fill(AUTH[1])
-            page.get_by_role("button", name="Login").click()
+    with ui_page(ui_url, AUTH) as page:
+        status = page.locator("#status")
+        expect(status).to_contain_text("RUNNING")
+        plot = page.locator("#plot-loss")
+        expect(plot.locator("svg.main-svg, canvas").first).to_be_visible()  # Plotly has drawn it
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "control_ui_start.png"), full_page=True)
+        first = plot.screenshot()
+        wait_until(lambda: plot.screenshot() != first, timeout=30, interval=1.0, what="the loss plot to change")
 
-            status = page.locator("#status")
-            expect(status).to_contain_text("RUNNING")
-            plot = page.locator("#plot-loss")
-            expect(plot.locator("svg.main-svg, canvas").first).to_be_visible()  # Plotly has drawn it
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(ARTIFACTS / "control_ui_start.png"), full_page=True)
-            first = plot.screenshot()
-            wait_until(lambda: plot.screenshot() != first, timeout=30, interval=1.0, what="the loss plot to change")
+        # Change the lr: the message and the history row say "applied at step N".
+        page.locator("#opt-value textarea, #opt-value input").first.fill("3e-4")
+        page.locator("#opt-apply").click()
+        expect(page.locator("#opt-msg")).to_contain_text("applied at step", timeout=30_000)
+        history = page.locator("#history")
+        expect(history).to_contain_text("update_optimizer")
+        expect(history).to_contain_text("applied at step")
+        assert all(g["hparams"]["lr"] == pytest.approx(3e-4) for g in client.snapshot()["groups"])
 
-            # Change the lr: the message and the history row say "applied at step N".
-            page.locator("#opt-value textarea, #opt-value input").first.fill("3e-4")
-            page.locator("#opt-apply").click()
-            expect(page.locator("#opt-msg")).to_contain_text("applied at step", timeout=30_000)
-            history = page.locator("#history")
-            expect(history).to_contain_text("update_optimizer")
-            expect(history).to_contain_text("applied at step")
-            assert all(g["hparams"]["lr"] == pytest.approx(3e-4) for g in client.snapshot()["groups"])
+        # An invalid lr: the reason next to the control, and training goes on.
+        page.locator("#opt-value textarea, #opt-value input").first.fill("-0.5")
+        page.locator("#opt-apply").click()
+        expect(page.locator("#opt-msg")).to_contain_text("rejected: lr must be in (0, 10]")
+        step = client.status()["step"]
+        wait_until(lambda: client.status()["step"] > step + 5, what="training to go on")
 
-            # An invalid lr: the reason next to the control, and training goes on.
-            page.locator("#opt-value textarea, #opt-value input").first.fill("-0.5")
-            page.locator("#opt-apply").click()
-            expect(page.locator("#opt-msg")).to_contain_text("rejected: lr must be in (0, 10]")
-            step = client.status()["step"]
-            wait_until(lambda: client.status()["step"] > step + 5, what="training to go on")
+        # Pause and resume.
+        page.get_by_role("tab", name="Run & checkpoints").click()
+        page.locator("#btn-pause").click()
+        expect(status).to_contain_text("PAUSED", timeout=30_000)
+        page.locator("#btn-resume").click()
+        expect(status).to_contain_text("RUNNING", timeout=30_000)
 
-            # Pause and resume.
-            page.get_by_role("tab", name="Run & checkpoints").click()
-            page.locator("#btn-pause").click()
-            expect(status).to_contain_text("PAUSED", timeout=30_000)
-            page.locator("#btn-resume").click()
-            expect(status).to_contain_text("RUNNING", timeout=30_000)
-
-            # Save a checkpoint and load it as a new branch: the branch shows up.
-            page.locator("#btn-save").click()
-            expect(page.locator("#ckpt-msg")).to_contain_text("saved")
-            ckpt = page.locator("#ckpt-msg").inner_text().split("saved ")[1].split()[0]
-            box = page.locator("#ckpt-select input").first
-            box.fill(ckpt)
-            box.press("Enter")
-            page.locator("#branch-name textarea, #branch-name input").first.fill("ui-branch")
-            page.locator("#btn-load").click()
-            expect(page.locator("#ckpt-msg")).to_contain_text("as branch ui-branch", timeout=30_000)
-            expect(page.locator("#branch-tree")).to_contain_text("ui-branch")
-            expect(status).to_contain_text("ui-branch")
-            wait_until(lambda: client.metrics(keys=["loss"], branch="ui-branch").get("loss"), what="the branch's loss")
-            page.wait_for_timeout(2500)  # a refresh draws the new branch's line
-            page.screenshot(path=str(ARTIFACTS / "control_ui.png"), full_page=True)
-        finally:
-            browser.close()
+        # Save a checkpoint and load it as a new branch: the branch shows up.
+        page.locator("#btn-save").click()
+        expect(page.locator("#ckpt-msg")).to_contain_text("saved")
+        ckpt = page.locator("#ckpt-msg").inner_text().split("saved ")[1].split()[0]
+        box = page.locator("#ckpt-select input").first
+        box.fill(ckpt)
+        box.press("Enter")
+        page.locator("#branch-name textarea, #branch-name input").first.fill("ui-branch")
+        page.locator("#btn-load").click()
+        expect(page.locator("#ckpt-msg")).to_contain_text("as branch ui-branch", timeout=30_000)
+        expect(page.locator("#branch-tree")).to_contain_text("ui-branch")
+        expect(status).to_contain_text("ui-branch")
+        wait_until(lambda: client.metrics(keys=["loss"], branch="ui-branch").get("loss"), what="the branch's loss")
+        page.wait_for_timeout(2500)  # a refresh draws the new branch's line
+        page.screenshot(path=str(ARTIFACTS / "control_ui.png"), full_page=True)
     assert (ARTIFACTS / "control_ui.png").stat().st_size > 10_000
     assert os.path.getsize(ARTIFACTS / "control_ui.png") > 0
 

@@ -53,3 +53,17 @@ def test_sampled_module_health_names_where_the_updates_are_largest() -> None:
     assert d.finding and d.finding["largest_update_ratio"] == {"module": "h.1", "value": 0.2}
     assert "largest update/weight ratio in h.1 (0.2)" in d.rationale
     assert "largest_update_ratio" not in (RulePolicy().decide(obs(zigzag)).finding or {})
+
+
+def test_a_flat_noisy_training_loss_is_not_decayed_while_the_validation_loss_still_falls() -> None:
+    rng = np.random.default_rng(0)
+    flat = list(6.0 + 0.3 * rng.standard_normal(60))  # a small batch's loss: flat within its noise
+    improving = obs(flat)
+    improving.eval_loss = [6.4, 6.2]  # -3.1 %
+    d = RulePolicy().decide(improving)
+    assert d.commands == [] and "validation loss still fell 3.1%" in d.rationale
+    assert d.finding and d.finding["overruled_by"] == "eval/loss"
+    stalled = obs(flat)
+    stalled.eval_loss = [6.2, 6.19]  # -0.2 %: learning has stopped
+    assert RulePolicy().decide(stalled).commands == [{"kind": "update_optimizer", "params": {"lr": 5e-4}}]
+    assert RulePolicy().decide(obs(flat)).commands  # no evaluations: the training loss decides

@@ -77,7 +77,10 @@ class RulePolicy:
 
     * non-finite or diverging loss -> load the newest finite checkpoint and halve the lr;
     * oscillation -> halve the lr;
-    * plateau -> halve the lr (a decay step).
+    * plateau -> halve the lr (a decay step), unless the run evaluates and its validation
+      loss fell by more than ``eval_progress`` (1 %) between its two newest evaluations: a
+      small batch's training loss looks flat within its noise long before learning stops
+      (case study 2: without this check the agent decayed a still-improving run too early).
 
     Only the points since its last action count, so it sees the effect of what it did
     before it acts again.
@@ -85,8 +88,8 @@ class RulePolicy:
 
     name = "rule"
 
-    def __init__(self, factor: float = 0.5, min_points: int = 20) -> None:
-        self.factor, self.min_points = factor, min_points
+    def __init__(self, factor: float = 0.5, min_points: int = 20, eval_progress: float = 0.01) -> None:
+        self.factor, self.min_points, self.eval_progress = factor, min_points, eval_progress
         self._since: tuple[str, int] = ("", -1)  # (branch, step) of its last action: older points are not looked at
 
     def decide(self, obs: Observation) -> Decision:
@@ -100,6 +103,13 @@ class RulePolicy:
         found = diagnose(fresh)
         if found is None:
             return Decision(rationale="the loss looks healthy: no oscillation, divergence or plateau")
+        if found.pattern == "plateau" and len(obs.eval_loss) >= 2:
+            prev, last = obs.eval_loss[-2], obs.eval_loss[-1]
+            if math.isfinite(prev) and math.isfinite(last) and prev > 0 and last < prev * (1 - self.eval_progress):
+                return Decision(
+                    rationale=(f"the training loss is flat within its noise, but the validation loss still fell "
+                               f"{1 - last / prev:.1%} ({prev:.4g} -> {last:.4g}) at the last evaluation: keep the lr"),
+                    finding={"pattern": "plateau", "overruled_by": "eval/loss", **found.figures})
         lr = obs.lr * self.factor
         commands: list[dict[str, Any]] = []
         if found.pattern in ("non_finite", "diverging"):
@@ -156,7 +166,7 @@ class AgentRunner:
             raise ValueError(f"every must be at least 1 step, not {every}")
         self.client, self.policy, self.rails, self.every = client, policy, rails or Guardrails(), every
         self.at_eval = at_eval  # tick at each new evaluation instead of every ``every`` steps
-        self._last_eval = -1
+        self._last_eval, self._eval_branch = -1, ""
         self.on_tick = on_tick  # sees each journal entry (the CLI prints it)
         self.name = name or policy.name
         run_dir = Path(client.status()["run_dir"])
@@ -221,12 +231,14 @@ class AgentRunner:
             st = self.client.status()
             if st.get("status") in ("stopped", "failed"):
                 return
-            if self._due(int(st.get("step", 0))):
+            if self._due(int(st.get("step", 0)), str(st.get("branch"))):
                 self.tick()
             self._stop.wait(poll_s)
 
-    def _due(self, step: int) -> bool:
+    def _due(self, step: int, branch: str) -> bool:
         if self.at_eval:
+            if branch != self._eval_branch:  # a load began a new branch: its evaluations count afresh
+                self._eval_branch, self._last_eval = branch, -1
             steps = self.client.metrics(keys=["eval/loss"], since=self._last_eval + 1).get("eval/loss", {}).get("step", [])
             if not steps:
                 return False
