@@ -110,6 +110,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         table(doc),
         "",
+        *sorted({r["note"] for r in doc["runs"] if r.get("note")}),
+        "",
         f"![curves](case_study_{doc['study']}.png)",
     ])
 

@@ -234,7 +234,7 @@ def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_serve
         out = gc.predict("step", 0.0, False, None, None, None, "update_ratio", api_name="/refresh")
         assert "**STOPPED**" in out[0] and "read-only" in out[0], out[0]
         assert json.loads(out[1]["plot"])["data"][0]["y"]  # the loss is still there, from the run dir
-        assert "save_checkpoint" in json.dumps(out[10])  # and the command history
+        assert "save_checkpoint" in json.dumps(out[11])  # and the command history (after 8 plots, tree, branches)
         assert "has ended" in gc.predict(api_name="/pause") and "resume it with" in gc.predict(api_name="/pause")
         table, info, _ = gc.predict(1, api_name="/checkpoints")
         assert "before-the-end" in json.dumps(table)
