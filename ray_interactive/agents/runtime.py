@@ -252,6 +252,11 @@ class AgentRunner:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (rather than the run ending)."""
+        return self._stop.is_set()
+
 
 def _paused_by(commands: list[dict[str, Any]]) -> str | None:
     """Who paused the run: the source of the newest applied pause (after any resume)."""

@@ -112,7 +112,7 @@ class AgentPanel:
                 self._agents[policy] = (runner, self._agents[policy][1])
             self._notes[policy] = f"running, every {every} steps"
             runner.run()
-            self._notes[policy] = "stopped" if runner._stop.is_set() else "the run ended"
+            self._notes[policy] = "stopped" if runner.stopped else "the run ended"
         except Exception as e:  # noqa: BLE001 - an agent's failure is shown, never the UI's
             self._notes[policy] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         finally:
@@ -135,10 +135,6 @@ class AgentPanel:
         if not self._notes:
             return "no agent started from this page (agents started elsewhere still show in the journal)"
         return " · ".join(f"**{p}**: {note}" for p, note in sorted(self._notes.items()))
-
-    def stop_all(self) -> None:
-        for policy in list(self._agents):
-            self.stop(policy)
 
 
 __all__ = ["AgentPanel", "journal_table"]
