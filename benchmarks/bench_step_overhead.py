@@ -50,6 +50,45 @@ def per_step_us(fn: Callable[[], object], steps: int = 2000) -> float:
     return (time.perf_counter() - t0) / steps * 1e6
 
 
+def gpt2_sampled_step(rounds: int = 5, steps: int = 6) -> dict[str, float]:
+    """A sampled step's cost on the case studies' GPT-2 (6.8M parameters, batch 8 x 32 tokens):
+    the same bare step with and without ModuleHealth sampling it, alternating rounds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ray_interactive.core.module_health import ModuleHealth
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=128, n_layer=2, n_head=4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    health = ModuleHealth(model, every=1)
+    x = torch.randint(0, 50257, (8, 33))
+
+    def one(sampled: bool) -> None:
+        if sampled:
+            health.arm_for(1)
+        loss = model(input_ids=x[:, :-1], labels=x[:, 1:]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if sampled:
+            health.grads_ready()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sampled:
+            for v in health.collect().values():
+                float(v)  # read back, as a report does
+
+    bare, sampled = [], []
+    for _ in range(rounds):
+        for flag, out in ((False, bare), (True, sampled)):
+            one(flag)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                one(flag)
+            out.append((time.perf_counter() - t0) / steps * 1e3)
+    return {"bare_ms": statistics.median(bare), "sampled_ms": statistics.median(sampled),
+            "added_ms": statistics.median([s - b for s, b in zip(sampled, bare)]), "groups": len(health.groups)}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     info = machine()
@@ -135,13 +174,14 @@ def main() -> None:
     loop_extra = statistics.median(loop_deltas)
     l1, l3 = percentile(loop_deltas, 0.25), percentile(loop_deltas, 0.75)
     h50, h1 = statistics.median(h50_deltas), statistics.median(h1_deltas)
+    gpt2 = gpt2_sampled_step()
     groups = len(sampled[1].core.diagnostics.groups)  # type: ignore[union-attr]
     md = "\n".join(
         [
             "## Per-step cost of the interactive machinery (trainer thread, in-process)",
             "",
             f"`python benchmarks/bench_step_overhead.py` on {info['cpus']} CPUs, load {info['loadavg_1m_at_start']}, "
-            f"{info['date']}. A tiny model (16-8-1 MLP, batch 64) so the fixed cost shows; {ROUNDS} alternating rounds "
+            f"{info['date']}, commit {info['commit']}. A tiny model (16-8-1 MLP, batch 64) so the fixed cost shows; {ROUNDS} alternating rounds "
             "of 1000 steps each; the added cost is the median (and quartiles) of the per-round differences.",
             "",
             "| loop | bare step | steered step | added per step (p25-p75) | as share of a 5 ms step | of a 50 ms step |",
@@ -163,8 +203,12 @@ def main() -> None:
             "",
             f"Per-module health here covers {groups} module groups (4 indicators each); a sampled step attaches "
             "forward hooks, copies the weights once and computes the norms; between samples it costs one "
-            "integer test. A sampled step's cost grows with the parameter count (the weight copy and norms); "
-            "this tiny model shows the fixed part.",
+            "integer test. A sampled step's cost grows with the parameter count (the weight copy and norms): on "
+            f"the case studies' GPT-2 (6.8M parameters, {gpt2['groups']} groups, batch 8 x 32 tokens, in-process) "
+            f"a bare step takes {gpt2['bare_ms']:.0f} ms and a sampled one {gpt2['sampled_ms']:.0f} ms "
+            f"(+{gpt2['added_ms']:.1f} ms, {gpt2['added_ms'] / gpt2['bare_ms']:.1%}; medians of 5 alternating rounds "
+            f"of 6 steps), i.e. {gpt2['added_ms'] / gpt2['bare_ms'] / 50:.2%} of the run's time when sampled every "
+            "50 steps.",
             "",
             f"Buffer sampling per batch (done by the buffer actor in its own process, not in the step): "
             f"{med['sampling']:.0f} µs. The bare loop clips too (`clip_grad_norm_`), so clipping is not counted as "
@@ -174,7 +218,7 @@ def main() -> None:
     save("step_overhead", {"machine": info, "us": res, "median_us": med, "added_us": extra, "deltas_us": deltas,
                            "plain_loop_added_us": loop_extra, "plain_loop_deltas_us": loop_deltas,
                            "health_50_added_us": h50, "health_1_added_us": h1, "health_50_deltas_us": h50_deltas,
-                           "health_1_deltas_us": h1_deltas}, md)
+                           "health_1_deltas_us": h1_deltas, "gpt2_sampled_step": gpt2}, md)
 
 
 if __name__ == "__main__":
