@@ -6,7 +6,6 @@ is journalled, while the run goes on; the CLI runs an agent from another process
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,24 @@ from ray_interactive.agents.guardrails import Guardrails
 from ray_interactive.agents.runtime import AgentRunner, Decision, Observation, RulePolicy
 
 from .conftest import CHROMIUM, REPO, regression_config, ui_page, wait_until
+
+
+def cli_agent(handle: Any, address: str, *flags: str, ticks: int = 2, timeout: float = 90) -> tuple[str, list[dict]]:
+    """``ray-interactive agent RUN flags...`` in another process until it has journalled
+    ``ticks`` ticks, then Ctrl-C: (its output, its journal entries)."""
+    policy = flags[flags.index("--policy") + 1] if "--policy" in flags else "rule"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_interactive.cli", "--address", address, "agent", handle.config.name, *flags],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    journal = Path(handle.config.resolved_run_dir) / f"agent-{policy}.jsonl"
+    try:
+        wait_until(lambda: journal.exists() and len(journal.read_text().splitlines()) >= ticks, timeout=timeout,
+                   what=f"{ticks} ticks of the {policy} agent")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    return out, [json.loads(x) for x in journal.read_text().splitlines()]
 
 
 def oscillating_run(tmp_path: Path, start: Any) -> Any:
@@ -90,23 +107,11 @@ def test_guardrails_refuse_out_of_bounds_proposals_and_a_failing_policy_is_journ
 
 def test_the_cli_runs_an_agent_from_another_process(tmp_path: Path, start: Any, ray_cluster: dict[str, Any]) -> None:
     handle, client = oscillating_run(tmp_path, start)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_interactive.cli", "--address", ray_cluster["address"], "agent", handle.config.name,
-         "--every", "20", "--min-interval", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    journal = Path(handle.config.resolved_run_dir) / "agent-rule.jsonl"
-    try:
-        wait_until(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 2, timeout=90,
-                   what="two agent ticks")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+    out, entries = cli_agent(handle, ray_cluster["address"], "--every", "20", "--min-interval", "0")
     assert "agent 'rule' on run" in out and "step " in out
-    entries = [json.loads(x) for x in journal.read_text().splitlines()]
     assert any(e["sent"] for e in entries)
     assert any(r["source"] == "agent" for r in client.commands())
-    assert os.path.getsize(journal) > 0 and time.time() - entries[-1]["time"] < 120
+    assert len(entries) >= 2 and time.time() - entries[-1]["time"] < 120  # a journal, written just now
 
 
 def test_the_llm_agent_over_http_refuses_bad_replies_and_acts_on_a_good_one(tmp_path: Path, start: Any) -> None:
@@ -154,20 +159,10 @@ def test_the_cli_llm_agent_runs_the_local_model_over_http(
     except FileNotFoundError as e:
         pytest.skip(str(e))
     handle, client = oscillating_run(tmp_path, start)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_interactive.cli", "--address", ray_cluster["address"], "agent", handle.config.name,
-         "--policy", "llm", "--every", "20", "--min-interval", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    journal = Path(handle.config.resolved_run_dir) / "agent-llm.jsonl"
-    try:  # loading the model takes 15-40 s on 2 cores
-        wait_until(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 2, timeout=240,
-                   what="two ticks of the local model")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+    # loading the model takes 15-40 s on 2 cores
+    out, entries = cli_agent(handle, ray_cluster["address"], "--policy", "llm", "--every", "20", "--min-interval", "0",
+                             timeout=240)
     assert "serving it on localhost" in out and "agent 'llm' on run" in out
-    entries = [json.loads(x) for x in journal.read_text().splitlines()]
     ran = [e for e in entries if e.get("finding") and "scores" in e["finding"]]
     assert ran, entries
     for e in ran:  # a constrained answer is always one of the actions, scored by the real model
