@@ -485,20 +485,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def _llm_policy(args: argparse.Namespace) -> tuple[Any, Any]:
     """The LLM policy against --llm-url / OPENAI_BASE_URL, or the local model served here."""
-    import os
-
     from ray_interactive.agents.llm import ChatClient, LLMPolicy
-    from ray_interactive.agents.llm_server import LocalServer, load_smollm2
+    from ray_interactive.agents.llm_server import endpoint
 
-    server = None
-    url = args.llm_url or os.environ.get("OPENAI_BASE_URL")
-    if not url:
+    given = args.llm_url or os.environ.get("OPENAI_BASE_URL")
+    if not given:
         print("loading the local model (SmolLM2-135M-Instruct) and serving it on localhost ...", flush=True)
-        try:
-            server = LocalServer(load_smollm2())
-        except FileNotFoundError as e:
-            raise CLIError(str(e)) from None
-        url = server.url
+    try:
+        url, server = endpoint(given)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
     # a hosted endpoint may reject the non-standard guided_choice: constrain only our own server by default
     constrain = args.llm_constrain if args.llm_constrain is not None else server is not None
     return LLMPolicy(ChatClient(url, model=args.llm_model), constrain=constrain, task=args.task), server

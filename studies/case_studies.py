@@ -293,21 +293,16 @@ def main(argv: list[str] | None = None) -> int:
                     d["arm"] == r["arm"] and d["seed"] == r["seed"] for d in done):
                 done.append({**r, "label": arm.label, "reused_from": str(other)})  # type: ignore[union-attr]
     server = None
-    policy_cache: dict[str, Any] = {}
+    url: str | None = None
 
-    def llm() -> Any:
-        nonlocal server
+    def llm() -> Any:  # one endpoint (the local model loaded once) for every run of the study
+        nonlocal server, url
         from ray_interactive.agents.llm import ChatClient, LLMPolicy
+        from ray_interactive.agents.llm_server import endpoint
 
-        if "url" not in policy_cache:
-            url = args.llm_url
-            if url is None:
-                from ray_interactive.agents.llm_server import LocalServer, load_smollm2
-
-                server = LocalServer(load_smollm2())
-                url = server.url
-            policy_cache["url"] = url
-        return LLMPolicy(ChatClient(policy_cache["url"], model=args.llm_model), constrain=args.llm_url is None,
+        if url is None:
+            url, server = endpoint(args.llm_url)
+        return LLMPolicy(ChatClient(url, model=args.llm_model), constrain=server is not None,
                          task="train a small GPT-2 language model on WikiText-2; lower validation loss is better")
 
     import ray

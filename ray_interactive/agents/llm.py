@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from ray_interactive.agents.runtime import Decision, Observation
+from ray_interactive.agents.runtime import Decision, Observation, update_ratios
 
 #: Points of each history the prompt shows (the paper's agent saw about 20).
 PROMPT_POINTS = 20
@@ -77,9 +77,7 @@ def _series(values: Sequence[float | None]) -> str:
 
 
 def _health(health: dict[str, float]) -> str:
-    ratios = sorted((k.removeprefix("health/").removesuffix("/update_ratio"), v) for k, v in health.items()
-                    if k.endswith("/update_ratio"))
-    return ", ".join(f"{k} {v:.3g}" for k, v in ratios[:12])
+    return ", ".join(f"{k} {v:.3g}" for k, v in sorted(update_ratios(health).items())[:12])
 
 
 def build_messages(obs: Observation, actions: Sequence[str], task: str) -> list[dict[str, str]]:

@@ -140,6 +140,15 @@ def load_smollm2() -> TransformersBackend:
     return TransformersBackend(model, tokenizer, SMOLLM2_NAME)
 
 
+def endpoint(url: str | None) -> tuple[str, LocalServer | None]:
+    """``url`` itself, or (None) the local model served here on a free port; the server is the
+    caller's to close. Only our own server honours ``guided_choice``: constrain when it is set."""
+    if url:
+        return url, None
+    server = LocalServer(load_smollm2())
+    return server.url, server
+
+
 def make_app(backend: Backend) -> Any:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -204,5 +213,5 @@ class LocalServer:
         self.close()
 
 
-__all__ = ["Backend", "ChatRequest", "LocalServer", "ScriptedBackend", "TransformersBackend", "load_smollm2",
+__all__ = ["Backend", "ChatRequest", "LocalServer", "endpoint", "ScriptedBackend", "TransformersBackend", "load_smollm2",
            "make_app", "smollm2_path"]

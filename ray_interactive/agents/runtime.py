@@ -129,10 +129,15 @@ class RulePolicy:
         return Decision(commands, f"{found.pattern}: {found.reason}; {what} ({obs.lr:.3g} -> {lr:.3g})", finding)
 
 
+def update_ratios(health: dict[str, float]) -> dict[str, float]:
+    """``{module: update-to-weight ratio}`` from the newest ``health/<module>/update_ratio`` values."""
+    return {k.removeprefix("health/").removesuffix("/update_ratio"): v for k, v in health.items()
+            if k.endswith("/update_ratio") and v is not None and math.isfinite(v)}
+
+
 def hottest_module(health: dict[str, float]) -> tuple[str, float] | None:
     """The module with the largest sampled update-to-weight ratio (None: not sampled)."""
-    ratios = {k.removeprefix("health/").removesuffix("/update_ratio"): v for k, v in health.items()
-              if k.endswith("/update_ratio") and v is not None and math.isfinite(v)}
+    ratios = update_ratios(health)
     return max(ratios.items(), key=lambda kv: kv[1]) if ratios else None
 
 
@@ -148,10 +153,25 @@ class Journal:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, tail_bytes: int | None = None) -> list[dict[str, Any]]:
+        """The entries, oldest first; with ``tail_bytes`` only those in the file's last bytes (a
+        long run's journal grows; a refresh needs its end). A line being written is skipped."""
         if not self.path.exists():
             return []
-        return [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        with open(self.path, "rb") as f:
+            size = f.seek(0, 2)
+            start = 0 if tail_bytes is None else max(0, size - tail_bytes)
+            f.seek(start)
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+        if start > 0:
+            lines = lines[1:]  # the first line of a cut tail is partial
+        entries = []
+        for x in lines:
+            try:
+                entries.append(json.loads(x))
+            except json.JSONDecodeError:
+                continue
+        return entries
 
 
 class AgentRunner:
@@ -183,7 +203,7 @@ class AgentRunner:
         health = self.client.metrics(keys=hkeys, since=max(0, step - 5000)) if hkeys else {}
         cmds = self.client.commands(limit=200)
         return Observation(
-            step=int(st.get("step", 0)), status=str(st.get("status")), branch=str(st.get("branch")),
+            step=step, status=str(st.get("status")), branch=str(st.get("branch")),
             lr=(m.get("lr", {}).get("value") or [None])[-1],
             loss=list(m.get("loss", {}).get("value", []))[-HISTORY:],
             loss_steps=list(m.get("loss", {}).get("step", []))[-HISTORY:],
@@ -266,8 +286,5 @@ def _paused_by(commands: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def journal_entries(run_dir: Path, name: str) -> list[dict[str, Any]]:
-    return Journal(Path(run_dir) / f"agent-{name}.jsonl").read()
-
-
-__all__ = ["AgentRunner", "Decision", "Journal", "Observation", "Policy", "RulePolicy", "journal_entries"]
+__all__ = ["AgentRunner", "Decision", "Journal", "Observation", "Policy", "RulePolicy", "hottest_module",
+           "update_ratios"]

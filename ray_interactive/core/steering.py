@@ -291,6 +291,12 @@ class Steering:
         if self.diagnostics is not None:
             self.diagnostics.arm_for(self.state.step + 1)
 
+    def _rearm_diagnostics(self) -> None:
+        """Drop a sample in progress and arm again for the next step."""
+        if self.diagnostics is not None:
+            self.diagnostics.disarm()
+            self._arm_diagnostics()
+
     def record_step(self, samples: int, started: float, **values: Any) -> dict[str, Any]:
         """Count a finished optimizer step and queue its metric row (returned: the front-end
         may add to it). ``values`` are tensors or numbers (read in bulk at report time)."""
@@ -377,9 +383,7 @@ class Steering:
         verdict = self.guard.non_finite(what, s.step + 1, weights_ok, target)
         log.warning("%s", verdict.message)
         self.pending_rows.append((s.step, time.time(), {"health/skipped_steps": self.guard.skipped_total}))
-        if self.diagnostics is not None:  # sample the step that is tried next instead
-            self.diagnostics.disarm()
-            self._arm_diagnostics()
+        self._rearm_diagnostics()  # sample the step that is tried next instead
         if verdict.action == "skip":
             s.message = verdict.message
             if self.guard.in_a_row == 1:  # one history entry per streak, not one per step
@@ -776,9 +780,7 @@ class Steering:
             doc = read_checkpoint(path, self.model, self.optimizer, self.device)
             self.restore_doc(doc)
             self.state.last_checkpoint = path.name
-            if self.diagnostics is not None:  # the weights a sample compares against changed
-                self.diagnostics.disarm()
-                self._arm_diagnostics()
+            self._rearm_diagnostics()  # the weights a sample compares against changed
             return doc
         except Exception:
             weights, opt_state, doc, rng = backup

@@ -17,32 +17,18 @@ from typing import Any
 import pandas as pd
 
 from ray_interactive.agents.guardrails import Guardrails
-from ray_interactive.agents.runtime import AgentRunner, RulePolicy
+from ray_interactive.agents.runtime import AgentRunner, Journal, RulePolicy
 
 #: How much of each journal's end a refresh reads (a long run's journal can grow large).
 TAIL_BYTES = 256 * 1024
 COLUMNS = ["time", "agent", "step", "decision (why)", "sent", "refused"]
 
 
-def _tail_lines(path: Path, limit: int = TAIL_BYTES) -> list[str]:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - limit))
-        data = f.read().decode("utf-8", errors="replace")
-    lines = data.splitlines()
-    return lines[1:] if size > limit else lines  # the first line of a cut tail is partial
-
-
 def journal_table(run_dir: str | Path | None, rows: int = 30) -> pd.DataFrame:
     """The newest ``rows`` journal entries of all agents of the run, newest first."""
     entries: list[dict[str, Any]] = []
     for path in sorted(Path(run_dir).glob("agent-*.jsonl")) if run_dir else []:
-        for line in _tail_lines(path)[-rows:]:
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written
+        entries.extend(Journal(path).read(tail_bytes=TAIL_BYTES)[-rows:])
     entries.sort(key=lambda e: e.get("time", 0.0), reverse=True)
     out = []
     for e in entries[:rows]:
@@ -97,14 +83,13 @@ class AgentPanel:
         try:
             if policy == "llm":
                 from ray_interactive.agents.llm import ChatClient, LLMPolicy
-                from ray_interactive.agents.llm_server import LocalServer, load_smollm2
+                from ray_interactive.agents.llm_server import endpoint
 
                 self._notes[policy] = "loading the local model ..." if not llm_url else "connecting ..."
-                url = llm_url
-                if url is None:
-                    self._servers[policy] = server = LocalServer(load_smollm2())
-                    url = server.url
-                chosen: Any = LLMPolicy(ChatClient(url), constrain=llm_url is None)
+                url, server = endpoint(llm_url)
+                if server is not None:
+                    self._servers[policy] = server
+                chosen: Any = LLMPolicy(ChatClient(url), constrain=server is not None)
             else:
                 chosen = RulePolicy()
             runner = AgentRunner(self.client, chosen, rails, every=every)
