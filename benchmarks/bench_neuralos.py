@@ -1,9 +1,16 @@
-"""The NeuralOS loop: demo frame latency, interaction -> transition ingested, training speed.
+"""The NeuralOS loop: demo frame latency, closed-loop stability, interaction -> transition
+ingested, training speed; for the shipped base ("after") and, measured in the same run, the base
+of an earlier commit with the demo settings of its day ("before": ``--before-commit``, its
+checkpoint read from git, 4 DDIM steps, frames not snapped to the palette).
 
-1. **Frame latency** of the demo model (the shipped base, default size) for each DDIM setting,
-   one torch thread as the demo runs it: p50/p95 over ``--frames`` autoregressive frames; and
+1. **Frame latency** of the demo model (default size) for each DDIM setting, one torch thread as
+   the demo runs it: p50/p95 over ``--frames`` autoregressive frames; and (after only)
    ``--sessions`` users acting at once, their frames sampled one at a time vs batched.
-2. **The loop**: a run (trainer finetuning, batch 8) + the deployment (demo, interaction log,
+2. **Closed-loop stability**: 20 actions of held-out users (half base users, half demo users
+   doing the frequent tasks), every frame drawn from the model's own previous one at the
+   default sampler setting: PSNR against the simulator's true frame and the fraction of pixels
+   off the desktop's palette, per action index (the shown frames; and the sampler's raw output).
+3. **The loop**: a run (trainer finetuning, batch 8) + the deployment (demo, interaction log,
    replayer, ``--users`` simulated users over HTTP) for ``--seconds``. Reported: seconds from an
    action reaching the demo to its replayed transition acknowledged by the buffer (p50/p95),
    training steps/s during the loop, and, measured in the same process before the loop, steps/s
@@ -11,7 +18,7 @@
    advance): the ratio says what the trainer gets of a core while the demo and users share the
    machine.
 
-    python benchmarks/bench_neuralos.py [--seconds 60] [--users 2] [--frames 30]
+    python benchmarks/bench_neuralos.py [--seconds 60] [--users 2] [--frames 30] [--before-commit 5fc06ff]
 """
 
 from __future__ import annotations
@@ -33,17 +40,18 @@ import torch  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
 from neuralos_example.data import base_table, task_session  # noqa: E402
-from neuralos_example.model import BASE_CHECKPOINT, SAMPLER_STEPS, FramePredictor, load_model  # noqa: E402
+from neuralos_example.evaluation import closed_loop_curves, probe_sessions  # noqa: E402
+from neuralos_example.model import BASE_CHECKPOINT, DEFAULT_STEPS, SAMPLER_STEPS, FramePredictor, load_model  # noqa: E402
 from neuralos_example.simulator import Desktop  # noqa: E402
 from neuralos_example.task import NeuralOSTask  # noqa: E402
 
 
-def frame_latency(frames: int) -> dict[int, dict[str, float]]:
-    model = load_model(BASE_CHECKPOINT).eval()
+def frame_latency(frames: int, checkpoint: Path = BASE_CHECKPOINT, snap: bool = True) -> dict[int, dict[str, float]]:
+    model = load_model(checkpoint).eval()
     session = task_session("create_folder", 3)
     out = {}
     for steps in SAMPLER_STEPS:
-        pred = FramePredictor(model, steps)
+        pred = FramePredictor(model, steps, snap=snap)
         frame = Desktop(64, session.seed).render()
         pred.predict(frame, session.actions[0])  # warm-up
         times = []
@@ -106,9 +114,40 @@ def concurrent_sessions(sessions: int, actions: int, rounds: int = 3) -> dict[st
     return res
 
 
-def bare_steps_per_s(batch: int, steps: int = 30) -> float:
+def stability(checkpoint: Path, steps: int, n: int) -> dict[str, list[float]]:
+    """Per action index 1..20, over ``n`` base-user and ``n`` demo-user held-out sessions."""
+    model = load_model(checkpoint).eval()
+    sessions = probe_sessions(2 * n, 20)
+    shown = closed_loop_curves(model, sessions, steps, snap=snap_of(checkpoint))
+    raw = closed_loop_curves(model, sessions, steps, snap=False)
+    by_kind = {kind: closed_loop_curves(model, [s for s in sessions if s.name.startswith(prefix)], steps, snap=snap_of(checkpoint))["psnr"]
+               for kind, prefix in (("base_users", "base-"), ("demo_users", "user-"))}
+    return {"psnr": shown["psnr"], "off_palette": shown["off_palette"], "off_palette_raw": raw["off_palette"],
+            "psnr_base_users": by_kind["base_users"], "psnr_demo_users": by_kind["demo_users"]}
+
+
+SNAP: dict[str, bool] = {}  # checkpoint -> whether its demo snapped frames to the palette
+
+
+def snap_of(checkpoint: Path) -> bool:
+    return SNAP.get(str(checkpoint), True)
+
+
+def old_checkpoint(commit: str) -> Path:
+    """The shipped base of ``commit``, read from git into a temporary directory."""
+    import subprocess
+
+    out = Path(tempfile.mkdtemp(prefix="bench-neuralos-before-")) / "base"
+    for suffix in (".safetensors", ".json"):
+        blob = subprocess.run(["git", "show", f"{commit}:neuralos_example/checkpoints/base{suffix}"], cwd=Path(__file__).parent,
+                              capture_output=True, check=True).stdout
+        out.with_suffix(suffix).write_bytes(blob)
+    return out
+
+
+def bare_steps_per_s(batch: int, steps: int = 30, checkpoint: Path = BASE_CHECKPOINT) -> float:
     """The same model, loss and batch size in a plain PyTorch loop (batches collated up front)."""
-    task = NeuralOSTask(checkpoint=str(BASE_CHECKPOINT))
+    task = NeuralOSTask(checkpoint=str(checkpoint))
     model = task.build_model().train()
     opt = task.build_optimizer(model, 2e-4)
     rows = base_table(batch * steps, 0)
@@ -125,7 +164,7 @@ def bare_steps_per_s(batch: int, steps: int = 30) -> float:
     return 1.0 / median(times[3:])
 
 
-def loop(seconds: float, users: int, batch: int) -> dict[str, float]:
+def loop(seconds: float, users: int, batch: int, checkpoint: Path = BASE_CHECKPOINT, sampler_steps: int = DEFAULT_STEPS) -> dict[str, float]:
     from neuralos_example.main import Deployment
     from ray_interactive.core.config import RunConfig, TaskSpec
     from ray_interactive.runtime.launch import start_run
@@ -133,11 +172,12 @@ def loop(seconds: float, users: int, batch: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-neuralos-"))
     config = RunConfig(
         name=f"bench-neuralos-{os.getpid()}", run_dir=tmp / "run", batch_size=batch, lr=2e-4, publish_every=20, torch_threads=1,
-        task=TaskSpec(target="neuralos_example.task:NeuralOSTask", kwargs={"checkpoint": str(BASE_CHECKPOINT)}),
+        task=TaskSpec(target="neuralos_example.task:NeuralOSTask", kwargs={"checkpoint": str(checkpoint)}),
     )
     handle = start_run(config)
     client = handle.client()
-    d = Deployment(client, config.resolved_run_dir, users=users)
+    d = Deployment(client, config.resolved_run_dir, checkpoint=checkpoint, sampler_steps=sampler_steps, users=users)
+    d.engine.predictor.snap = snap_of(checkpoint)
     time.sleep(5)  # users connect, first frames
     s0, t0 = client.status()["step"], time.monotonic()
     time.sleep(seconds)
@@ -158,6 +198,29 @@ def loop(seconds: float, users: int, batch: int) -> dict[str, float]:
     }
 
 
+def plot(before: dict[str, list[float]], after: dict[str, list[float]], path: Path, labels: tuple[str, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = list(range(1, len(after["psnr"]) + 1))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for res, label, colour in ((before, labels[0], "#d62728"), (after, labels[1], "#1f77b4")):
+        a.plot(x, res["psnr"], "-o", ms=3, color=colour, label=label)
+        b.plot(x, [100 * v for v in res["off_palette_raw"]], "--", color=colour, label=f"{label}: sampler output")
+        b.plot(x, [100 * v for v in res["off_palette"]], "-o", ms=3, color=colour, label=f"{label}: shown")
+    a.set(xlabel="action index (closed loop)", ylabel="PSNR vs the true frame (dB)", title="closed-loop PSNR")
+    b.set(xlabel="action index (closed loop)", ylabel="% of pixels", title="pixels off the desktop's palette")
+    a.legend(fontsize=8)
+    b.legend(fontsize=7)
+    a.grid(alpha=0.3)
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -165,39 +228,91 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sessions", type=int, default=4, help="concurrent demo sessions for the batching measurement")
+    ap.add_argument("--probe", type=int, default=6, help="held-out sessions of each kind for closed-loop stability")
+    ap.add_argument("--before-commit", default="5fc06ff", help="the commit whose base and settings are 'before'")
     args = ap.parse_args()
     torch.set_num_threads(1)
     m = machine()
-    print("frame latency (1 thread):", flush=True)
-    frames = frame_latency(args.frames)
-    print("concurrent sessions (4-step DDIM, 1 thread):", flush=True)
+    old = old_checkpoint(args.before_commit)
+    SNAP[str(old)] = False
+    confs = {"before": (old, 4), "after": (BASE_CHECKPOINT, DEFAULT_STEPS)}
+    res: dict[str, dict[str, Any]] = {}
+    for name, (ck, steps) in confs.items():
+        print(f"{name}: frame latency (1 thread):", flush=True)
+        r: dict[str, Any] = {"default_steps": steps, "frame_latency": frame_latency(args.frames, ck, snap_of(ck))}
+        print(f"{name}: closed-loop stability ...", flush=True)
+        r["stability"] = stability(ck, steps, args.probe)
+        r["bare_steps_per_s"] = bare_steps_per_s(args.batch, checkpoint=ck)
+        print(f"{name}: bare PyTorch loop {r['bare_steps_per_s']:.2f} steps/s; the loop for {args.seconds:.0f} s ...", flush=True)
+        r["loop"] = loop(args.seconds, args.users, args.batch, ck, steps)
+        res[name] = r
+    print("concurrent sessions (after, 1 thread):", flush=True)
     conc = concurrent_sessions(args.sessions, args.frames)
-    bare = bare_steps_per_s(args.batch)
-    print(f"bare PyTorch loop: {bare:.2f} steps/s (batch {args.batch}, 1 thread)", flush=True)
-    lp = loop(args.seconds, args.users, args.batch)
-    result = {"machine": m, "args": vars(args), "frame_latency": frames, "concurrent_sessions": conc, "bare_steps_per_s": bare, "loop": lp}
-    rows = "\n".join(f"| {s} | {v['p50_ms']:.0f} | {v['p95_ms']:.0f} | {v['fps']:.1f} |" for s, v in frames.items())
+    result = {"machine": m, "args": vars(args), "before": res["before"], "after": res["after"], "concurrent_sessions": conc}
+    b, a = res["before"], res["after"]
+    plot(b["stability"], a["stability"], Path(__file__).parent / "results" / "neuralos_closed_loop.png",
+         (f"before ({args.before_commit}, {b['default_steps']} steps)", f"after ({a['default_steps']} steps)"))
+    lat = "\n".join(f"| {s} | {b['frame_latency'][s]['p50_ms']:.0f} / {b['frame_latency'][s]['p95_ms']:.0f} | "
+                    f"{a['frame_latency'][s]['p50_ms']:.0f} / {a['frame_latency'][s]['p95_ms']:.0f} |" for s in SAMPLER_STEPS)
+    st_b, st_a = b["stability"], a["stability"]
+    stab = "\n".join(
+        f"| {i + 1} | {st_b['psnr'][i]:.1f} | {st_a['psnr'][i]:.1f} ({st_a['psnr_base_users'][i]:.1f} / {st_a['psnr_demo_users'][i]:.1f}) | "
+        f"{100 * st_b['off_palette'][i]:.1f} | {100 * st_a['off_palette_raw'][i]:.1f} | {100 * st_a['off_palette'][i]:.1f} |"
+        for i in range(len(st_a["psnr"])))
+    lb, la = b["loop"], a["loop"]
+
+    def first_last(xs: list[float]) -> str:
+        return f"{sum(xs[:5]) / 5:.1f} -> {sum(xs[-5:]) / 5:.1f}"
+
     md = f"""## NeuralOS loop (`bench_neuralos.py`)
 
-{m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start, {m['date']}. Shipped base model, 64x64, one torch thread.
+{m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start, {m['date']}, commit {m['commit']}. 64x64, one torch thread.
+**Before**: the base of commit {args.before_commit} as the demo ran it then (4 DDIM steps, frames not snapped
+to the palette). **After**: the shipped base ({DEFAULT_STEPS} DDIM steps by default, frames snapped). Both
+measured in this run.
 
-| DDIM steps | frame p50 (ms) | frame p95 (ms) | frames/s |
-|---|---|---|---|
-{rows}
+Frame latency, p50 / p95 (ms), per sampler setting (the default of each in bold in the text):
 
-{args.sessions} sessions acting at once (4-step DDIM, {args.frames} actions each, median of 3 alternating rounds):
+| DDIM steps | before | after |
+|---|---|---|
+{lat}
+
+Default setting: before **{b['frame_latency'][4]['p50_ms']:.0f} ms** p50 (4 steps), after **{a['frame_latency'][DEFAULT_STEPS]['p50_ms']:.0f} ms** p50 ({DEFAULT_STEPS} steps): {a['frame_latency'][DEFAULT_STEPS]['p50_ms'] / b['frame_latency'][4]['p50_ms']:.2f}x.
+
+Closed loop, 20 actions of {args.probe} held-out base users and {args.probe} demo users (frequent tasks), each frame
+drawn from the model's own previous frame; mean over the sessions per action index. PSNR (dB) against
+the simulator's true frame (after: all, and base users / demo users); % of pixels off the desktop's
+palette (before: shown = sampler output; after: the sampler's output, and the frames shown):
+
+| action | PSNR before | PSNR after (base users / demo users) | off-palette % before | after, sampler output | after, shown |
+|---|---|---|---|---|---|
+{stab}
+
+Mean PSNR of actions 1-5 -> 16-20: before {first_last(st_b['psnr'])} dB; after {first_last(st_a['psnr'])} dB
+(base users {first_last(st_a['psnr_base_users'])}, demo users {first_last(st_a['psnr_demo_users'])}).
+Plot: `benchmarks/results/neuralos_closed_loop.png`. What PSNR leaves out: a window opens at a position
+jittered by up to 2 pixels and the browser's page layout is random, so a crisp frame with the
+window 2 pixels off scores ~20 dB; the task success in the README's experiment judges outcomes instead.
+
+{args.sessions} sessions acting at once (after, {DEFAULT_STEPS}-step DDIM, {args.frames} actions each, median of 3 alternating rounds):
 
 | frames sampled | demo frames/s | action latency mean / p50 / p95 (ms) |
 |---|---|---|
 | one at a time (a lock; whoever gets it) | {conc['one_at_a_time']['fps']:.1f} | {conc['one_at_a_time']['mean_ms']:.0f} / {conc['one_at_a_time']['p50_ms']:.0f} / {conc['one_at_a_time']['p95_ms']:.0f} |
 | together (the engine's batching) | {conc['batched']['fps']:.1f} ({conc['batched']['fps'] / conc['one_at_a_time']['fps']:.2f}x) | {conc['batched']['mean_ms']:.0f} / {conc['batched']['p50_ms']:.0f} / {conc['batched']['p95_ms']:.0f} |
 
-Batches sampled (size: count, all rounds): {', '.join(f"{k}: {v}" for k, v in conc['batched']['batch_sizes'].items())}.
-
 Loop for {args.seconds:.0f} s with {args.users} simulated users (trainer batch {args.batch}):
 
-- interaction -> replayed transition acknowledged by the buffer: p50 {lp['interaction_to_ingested_p50_s']:.2f} s, p95 {lp['interaction_to_ingested_p95_s']:.2f} s ({lp['transitions']} transitions)
-- training: {lp['steps_per_s']:.2f} steps/s during the loop vs {bare:.2f} steps/s bare PyTorch alone on the machine (ratio {lp['steps_per_s'] / bare:.2f}); the demo drew {lp['demo_frames']} frames meanwhile (p50 {lp['demo_frame_p50_ms_in_loop']:.0f} ms) and was serving weights version {lp['last_version_served']} at the end
+| | before | after |
+|---|---|---|
+| training steps/s in the loop | {lb['steps_per_s']:.2f} | {la['steps_per_s']:.2f} |
+| bare PyTorch loop alone on the machine (steps/s) | {b['bare_steps_per_s']:.2f} | {a['bare_steps_per_s']:.2f} |
+| ratio | {lb['steps_per_s'] / b['bare_steps_per_s']:.2f} | {la['steps_per_s'] / a['bare_steps_per_s']:.2f} |
+| interaction -> replayed transition acknowledged, p50 / p95 (s) | {lb['interaction_to_ingested_p50_s']:.2f} / {lb['interaction_to_ingested_p95_s']:.2f} | {la['interaction_to_ingested_p50_s']:.2f} / {la['interaction_to_ingested_p95_s']:.2f} |
+| demo frames drawn meanwhile (p50 ms) | {lb['demo_frames']} ({lb['demo_frame_p50_ms_in_loop']:.0f}) | {la['demo_frames']} ({la['demo_frame_p50_ms_in_loop']:.0f}) |
+| weights version served at the end | {lb['last_version_served']} | {la['last_version_served']} |
+
+One pass of each (the loop figures move by ~10-20% between passes on this VM).
 """
     save("neuralos", result, md)
 

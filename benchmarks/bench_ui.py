@@ -68,7 +68,7 @@ def measure(url: str, calls: int) -> tuple[list[float], list[int]]:
     times, sizes = [], []
     for _ in range(calls):
         t0 = time.perf_counter()
-        out = gc.predict("step", 0.6, False, None, None, None, "update_ratio", api_name="/refresh")
+        out = gc.predict("step", 0.6, False, None, None, None, "update_ratio", None, api_name="/refresh")
         times.append(time.perf_counter() - t0)
         sizes.append(len(json.dumps(out, default=str)))
     return times, sizes
@@ -99,7 +99,7 @@ def under_load(tmp: Path, seconds: float) -> dict[str, float]:
         lr = 1e-3
         while time.monotonic() - t_start < seconds:
             for name, call in (
-                ("refresh", lambda: gc.predict("step", 0.6, False, None, None, None, "update_ratio", api_name="/refresh")),
+                ("refresh", lambda: gc.predict("step", 0.6, False, None, None, None, "update_ratio", None, api_name="/refresh")),
                 ("lr_applied", lambda lr=lr: gc.predict("all", "lr", f"{lr:g}", api_name="/update_optimizer")),
                 ("choices", lambda: gc.predict(api_name="/choices")),
                 ("checkpoint_page", lambda: gc.predict(1, api_name="/checkpoints")),

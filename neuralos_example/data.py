@@ -185,6 +185,20 @@ def task_session(task: str, seed: int, warmup: int = 0, size: int = BASE) -> Ses
     return Session(f"{task}-{seed}", seed, actions + ep, [None] * len(actions) + [task] * len(ep))
 
 
+def user_session(seed: int, tasks: tuple[str, ...] = FREQUENT_TASKS, size: int = BASE) -> Session:
+    """A simulated demo user's session: 1-3 frequent tasks in a row (as :class:`~neuralos_example.users.SimulatedUser`)."""
+    rng = np.random.default_rng(seed)
+    desk = Desktop(size, seed)
+    actions, tags = [], []
+    for _ in range(int(rng.integers(1, 4))):
+        task = str(rng.choice(tasks))
+        for a in task_actions(task, rng, desk):
+            desk.apply(a)
+            actions.append(a)
+            tags.append(task)
+    return Session(f"user-{seed}", seed, actions, tags)
+
+
 def session_arrays(session: Session, size: int = BASE) -> dict[str, np.ndarray]:
     """The session's transitions as arrays: prev, next (uint8 N,S,S,3), x, y, event, key_index."""
     frames = np.stack(session.frames(size))
@@ -221,17 +235,31 @@ def base_table(rows: int, seed: int = 0, steps_per_session: int = 48, size: int 
     return sessions_table([base_session(seed + i, steps_per_session, size=size) for i in range(n)], size).slice(0, rows)
 
 
-def base_stream(seed: int, batch: int, steps_per_session: int = 48, size: int = BASE) -> Iterator[dict[str, np.ndarray]]:
+def with_history(arr: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arr`` (one session's :func:`session_arrays`) plus each transition's predecessor: the frame
+    before ``prev`` and the action that led to it (``prev2``, ``x2``, ``y2``, ``event2``,
+    ``key_index2``); ``has2`` is False for the first transition, which has none (its fields repeat its own)."""
+    out = dict(arr)
+    for k in ("prev", "x", "y", "event", "key_index"):
+        v = arr[k]
+        out[f"{k}2"] = np.concatenate([v[:1], v[:-1]])
+    out["has2"] = np.arange(len(arr["x"])) > 0
+    return out
+
+
+def base_stream(seed: int, batch: int, steps_per_session: int = 48, size: int = BASE, frequent_p: float = 0.025,
+                history: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled batches of base transitions as arrays (pretraining, no PNG round trip):
-    a pool of sessions is kept and refreshed so batches mix many sessions."""
+    a pool of sessions is kept and refreshed so batches mix many sessions. ``history``: with
+    each transition's predecessor (:func:`with_history`), for training on the model's own frames."""
     rng = np.random.default_rng(seed)
-    pool: dict[str, list[np.ndarray]] = {}
     next_seed = seed * 1_000_003
     while True:
-        chunk = [session_arrays(base_session(next_seed + i, steps_per_session, size=size), size) for i in range(16)]
+        chunk = [session_arrays(base_session(next_seed + i, steps_per_session, frequent_p, size), size) for i in range(16)]
+        if history:
+            chunk = [with_history(c) for c in chunk]
         next_seed += 16
-        pool = {k: [c[k] for c in chunk] for k in chunk[0]}
-        merged = {k: np.concatenate(v) for k, v in pool.items()}
+        merged = {k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]}
         order = rng.permutation(len(merged["x"]))
         for i in range(0, len(order) - batch + 1, batch):
             idx = order[i : i + batch]

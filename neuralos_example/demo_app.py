@@ -3,8 +3,11 @@
 The screen is the model's own frame, upscaled. A click on it is a left click, a right click or a
 plain move at that pixel (the radio picks); "Type" sends one key action per character; "Enter"
 an enter at the cursor. The model version being served is shown and refreshed as new weights
-arrive. Programs (the simulated users) use the same engine through named API endpoints:
-``/new_session`` and ``/act`` (see :mod:`neuralos_example.users`) and ``/info``.
+arrive. "Compare with the base model" shows, beside the screen, the frame the base model (version
+0, never finetuned) draws for the same actions from its own previous frame, so the person using
+the demo sees what the deployment learned. Programs (the simulated users) use the same engine
+through named API endpoints: ``/new_session``, ``/act`` and ``/compare`` (see
+:mod:`neuralos_example.users`) and ``/info``.
 """
 
 from __future__ import annotations
@@ -45,10 +48,15 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
             "to learn what should have happened, and the model is finetuned on it while you use it."
         )
         session = gr.State(None)
+        can_compare = engine.base_predictor is not None
         with gr.Row():
             screen = gr.Image(
-                value=upscale(engine.first_frame), interactive=False, show_label=False, elem_id="screen",
+                value=upscale(engine.first_frame), interactive=False, label="the model now (click here)", elem_id="screen",
                 height=64 * SCALE, width=64 * SCALE, buttons=[],
+            )
+            base_screen = gr.Image(
+                value=None, interactive=False, label="the base model (version 0), same actions", elem_id="base-screen",
+                height=64 * SCALE, width=64 * SCALE, buttons=[], visible=False,
             )
             with gr.Column():
                 version = gr.Markdown(_version_text(engine), elem_id="version")
@@ -60,17 +68,22 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
                     enter_btn = gr.Button("Enter", elem_id="enter")
                 steps = gr.Dropdown(list(SAMPLER_STEPS), value=engine.predictor.steps, label="DDIM steps (speed vs quality)")
                 task = gr.Dropdown(["", *TASKS], value="", label="what are you doing? (optional: tags the data)")
+                compare = gr.Checkbox(False, label="compare with the base model, side by side", elem_id="compare",
+                                      visible=can_compare)
                 new_btn = gr.Button("New session", elem_id="new-session")
 
-        def _ensure(sid: str | None, task_name: str) -> str:
+        def _ensure(sid: str | None, task_name: str, comparing: bool = False) -> str:
             if sid is not None and sid in engine.evicted:
                 gr.Warning("Your session had been idle too long and was closed to make room; this is a new one.")
             if sid is None or sid not in engine.sessions:
                 sid = engine.new_session(task_name or None).id
+                if comparing and can_compare:
+                    engine.compare(sid, True)
             return sid
 
-        def _do(sid: str | None, task_name: str, n_steps: int, actions: list[tuple[Any, Any, str, str | None]]) -> tuple[Any, ...]:
-            sid = _ensure(sid, task_name)
+        def _do(sid: str | None, task_name: str, n_steps: int, actions: list[tuple[Any, Any, str, str | None]],
+                comparing: bool = False) -> tuple[Any, ...]:
+            sid = _ensure(sid, task_name, comparing)
             res: dict[str, Any] | None = None
             try:
                 for x, y, ev, key in actions:
@@ -78,33 +91,46 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
             except ValueError as e:
                 raise gr.Error(str(e)) from None
             if res is None:
-                return gr.skip(), sid, _version_text(engine), gr.skip()
-            return upscale(res["frame"]), sid, _version_text(engine), _info_text(res)
+                return gr.skip(), sid, _version_text(engine), gr.skip(), gr.skip()
+            base = upscale(res["base_frame"]) if res.get("base_frame") is not None else gr.skip()
+            return upscale(res["frame"]), sid, _version_text(engine), _info_text(res), base
 
-        def on_click(sid: str | None, kind: str, n_steps: int, task_name: str, evt: gr.SelectData) -> tuple[Any, ...]:
+        def on_click(sid: str | None, kind: str, n_steps: int, task_name: str, comparing: bool, evt: gr.SelectData) -> tuple[Any, ...]:
             x, y = (int(v) // SCALE for v in evt.index)
-            return _do(sid, task_name, n_steps, [(x, y, CLICK_KINDS[kind], None)])
+            return _do(sid, task_name, n_steps, [(x, y, CLICK_KINDS[kind], None)], comparing)
 
-        def on_type(sid: str | None, chars: str, n_steps: int, task_name: str) -> tuple[Any, ...]:
+        def on_type(sid: str | None, chars: str, n_steps: int, task_name: str, comparing: bool) -> tuple[Any, ...]:
             chars = (chars or "").strip().lower()
             bad = sorted({c for c in chars if not (c.isascii() and c.isalnum())})
             if bad:
                 raise gr.Error(f"only a-z and 0-9 can be typed, not {''.join(bad)!r}")
-            return _do(sid, task_name, n_steps, [(None, None, "key", c) for c in chars])
+            return _do(sid, task_name, n_steps, [(None, None, "key", c) for c in chars], comparing)
 
-        def on_enter(sid: str | None, n_steps: int, task_name: str) -> tuple[Any, ...]:
-            return _do(sid, task_name, n_steps, [(None, None, "enter", None)])
+        def on_enter(sid: str | None, n_steps: int, task_name: str, comparing: bool) -> tuple[Any, ...]:
+            return _do(sid, task_name, n_steps, [(None, None, "enter", None)], comparing)
 
-        def on_new(task_name: str) -> tuple[Any, ...]:
+        def on_new(task_name: str, comparing: bool) -> tuple[Any, ...]:
             sid = engine.new_session(task_name or None).id
-            return upscale(engine.first_frame), sid, _version_text(engine), "new session: click on the screen"
+            base = gr.skip()
+            if comparing and can_compare:
+                base = upscale(engine.compare(sid, True))  # type: ignore[arg-type]
+            return upscale(engine.first_frame), sid, _version_text(engine), "new session: click on the screen", base
 
-        outs = [screen, session, version, info]
-        screen.select(on_click, [session, click_kind, steps, task], outs, api_visibility="private")
-        type_btn.click(on_type, [session, text, steps, task], outs, api_visibility="private").then(lambda: "", None, text)
-        text.submit(on_type, [session, text, steps, task], outs, api_visibility="private").then(lambda: "", None, text)
-        enter_btn.click(on_enter, [session, steps, task], outs, api_visibility="private")
-        new_btn.click(on_new, [task], outs, api_visibility="private")
+        def on_compare(sid: str | None, task_name: str, comparing: bool) -> tuple[Any, Any]:
+            sid = _ensure(sid, task_name)
+            try:
+                frame = engine.compare(sid, bool(comparing))
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            return gr.update(visible=frame is not None, value=upscale(frame) if frame is not None else None), sid
+
+        outs = [screen, session, version, info, base_screen]
+        screen.select(on_click, [session, click_kind, steps, task, compare], outs, api_visibility="private")
+        type_btn.click(on_type, [session, text, steps, task, compare], outs, api_visibility="private").then(lambda: "", None, text)
+        text.submit(on_type, [session, text, steps, task, compare], outs, api_visibility="private").then(lambda: "", None, text)
+        enter_btn.click(on_enter, [session, steps, task, compare], outs, api_visibility="private")
+        new_btn.click(on_new, [task, compare], outs, api_visibility="private")
+        compare.change(on_compare, [session, task, compare], [base_screen, session], api_visibility="private")
         gr.Timer(version_refresh_s).tick(lambda: _version_text(engine), None, version, api_visibility="private", show_progress="hidden")
 
         # -- the programmatic API (simulated users, scripts) ---------------------------------------
@@ -124,8 +150,21 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
                 res = engine.act(session, int(x), int(y), event, key or None, int(steps) or None, task or None)
             except (ValueError, TypeError) as e:
                 raise gr.Error(str(e)) from None
-            return {"session": session, "step": res["step"], "version": res["version"],
-                    "latency_ms": res["latency_ms"], "frame_png": base64.b64encode(encode_png(res["frame"])).decode()}
+            out = {"session": session, "step": res["step"], "version": res["version"],
+                   "latency_ms": res["latency_ms"], "frame_png": base64.b64encode(encode_png(res["frame"])).decode()}
+            if res.get("base_frame") is not None:
+                out["base_frame_png"] = base64.b64encode(encode_png(res["base_frame"])).decode()
+            return out
+
+        def compare_api(session: str, on: bool = True) -> dict[str, Any]:
+            """Turn the base model's side-by-side frame on or off for a session; while on, ``/act``
+            returns ``base_frame_png`` too (the base model's frame after the same actions)."""
+            try:
+                frame = engine.compare(session, bool(on))
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            return {"session": session, "comparing": frame is not None,
+                    "base_frame_png": base64.b64encode(encode_png(frame)).decode() if frame is not None else None}
 
         def info_api() -> dict[str, Any]:
             """The served model version, sampler settings, open sessions (and how many were evicted),
@@ -136,6 +175,7 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
 
         gr.api(new_session, api_name="new_session")
         gr.api(act, api_name="act")
+        gr.api(compare_api, api_name="compare")
         gr.api(info_api, api_name="info")
     return demo
 

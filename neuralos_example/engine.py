@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from neuralos_example.data import TASKS, encode_png
-from neuralos_example.model import SAMPLER_STEPS, FramePredictor, NextFrameModel
+from neuralos_example.model import DEFAULT_STEPS, SAMPLER_STEPS, FramePredictor, NextFrameModel
 from neuralos_example.simulator import Action, Desktop, Event
 from neuralos_example.task import interaction_schema
 from ray_interactive.runtime.retry import call_with_retry
@@ -40,6 +40,7 @@ class DemoSession:
     frame: np.ndarray
     cursor: tuple[int, int]
     step: int = 0
+    base_frame: np.ndarray | None = None  # the base model's own frame, while the session compares (see DemoEngine.compare)
     last_seen: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -193,19 +194,27 @@ class InteractionLog:
 
 class DemoEngine:
     """Sessions of users on the model. ``model_lock`` is held for inference (the weight
-    subscriber swaps weights under the same lock); ``version`` is the served weights version."""
+    subscriber swaps weights under the same lock); ``version`` is the served weights version.
+
+    ``base_model`` (optional, never updated): a session that turns :meth:`compare` on also gets
+    the base model's frame for each action, drawn from the base's own previous frame, so a person
+    sees side by side what the deployment learned. It costs a second sampling per action, only
+    for sessions that compare."""
 
     def __init__(
         self,
         model: NextFrameModel,
         log_rows: Callable[[dict[str, Any]], None] | None = None,
-        steps: int = 4,
+        steps: int = DEFAULT_STEPS,
         model_lock: Any = None,
         max_sessions: int = 512,
         seed: int = 0,
         max_batch: int = 8,
+        base_model: NextFrameModel | None = None,
     ) -> None:
         self.model = model.eval()
+        self.base_predictor = FramePredictor(base_model.eval(), self._check_steps(steps), seed) if base_model is not None else None
+        self._base_lock = threading.Lock()
         self.predictor = FramePredictor(model, self._check_steps(steps), seed)
         self.log_rows = log_rows
         self.model_lock = model_lock if model_lock is not None else threading.RLock()
@@ -344,6 +353,15 @@ class DemoEngine:
             raise ValueError(f"unknown session {session_id!r}: start one with new_session")
         return s
 
+    def compare(self, session_id: str, on: bool) -> np.ndarray | None:
+        """Turn the side-by-side base frame on (from the frame on screen now) or off; returns it."""
+        if on and self.base_predictor is None:
+            raise ValueError("this demo has no base model to compare with")
+        s = self.session(session_id)
+        with s.lock:
+            s.base_frame = s.frame.copy() if on else None
+            return s.base_frame
+
     def act(
         self,
         session_id: str,
@@ -370,6 +388,10 @@ class DemoEngine:
             t0 = time.perf_counter()
             frame, version = self._predict(s.frame, action, n_steps)
             latency = (time.perf_counter() - t0) * 1000
+            if s.base_frame is not None and self.base_predictor is not None:
+                with self._base_lock, torch.inference_mode():
+                    s.base_frame = self.base_predictor.predict(s.base_frame, action, n_steps)
+            base_frame = s.base_frame
             step = s.step
             s.frame, s.cursor, s.step, s.last_seen = frame, (action.x, action.y), step + 1, time.time()
             if self.log_rows is not None:
@@ -391,4 +413,5 @@ class DemoEngine:
                     }
                 )
         self.latencies_ms.append(latency)
-        return {"session": s.id, "step": step + 1, "frame": frame, "version": version, "latency_ms": latency, "steps": n_steps}
+        return {"session": s.id, "step": step + 1, "frame": frame, "version": version, "latency_ms": latency, "steps": n_steps,
+                "base_frame": base_frame}

@@ -19,8 +19,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralos_example.data import Session, session_arrays
-from neuralos_example.model import FrameBatch, FramePredictor, NextFrameModel, sample_next, tensor_to_frames
+from neuralos_example.data import (
+    FREQUENT_TASKS,
+    RARE_TASKS,
+    TASKS,
+    Session,
+    base_session,
+    session_arrays,
+    task_session,
+    user_session,
+)
+from neuralos_example.model import (
+    DEFAULT_STEPS,
+    FrameBatch,
+    FramePredictor,
+    NextFrameModel,
+    sample_next,
+    tensor_to_frames,
+)
 from neuralos_example.simulator import (
     BASE,
     JITTER,
@@ -28,6 +44,7 @@ from neuralos_example.simulator import (
     WINDOW_GEOMETRY,
     Desktop,
     DesktopState,
+    palette,
     render_state,
 )
 
@@ -113,7 +130,7 @@ def judge(frame: np.ndarray, task: str, final: DesktopState) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def arrays_psnr(model: NextFrameModel, arr: dict[str, np.ndarray], steps: int = 4, seed: int = 0) -> float:
+def arrays_psnr(model: NextFrameModel, arr: dict[str, np.ndarray], steps: int = DEFAULT_STEPS, seed: int = 0) -> float:
     """Next-frame PSNR with the true previous frame and action as input (arrays of :func:`session_arrays`)."""
     dev = next(model.parameters()).device
     b = FrameBatch.from_arrays(arr["prev"], arr["next"], arr["x"], arr["y"], arr["event"], arr["key_index"], model.config, dev)
@@ -125,15 +142,26 @@ def arrays_psnr(model: NextFrameModel, arr: dict[str, np.ndarray], steps: int = 
     return psnr(np.concatenate(out), arr["next"])
 
 
-def teacher_forced_psnr(model: NextFrameModel, sessions: Sequence[Session], steps: int = 4, seed: int = 0) -> float:
+def teacher_forced_psnr(model: NextFrameModel, sessions: Sequence[Session], steps: int = DEFAULT_STEPS, seed: int = 0) -> float:
     """Next-frame PSNR over the sessions' transitions, true previous frame and action in."""
     parts = [session_arrays(s) for s in sessions]
     return arrays_psnr(model, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, steps, seed)
 
 
-def rollout(model: NextFrameModel, session: Session, steps: int = 4, seed: int = 0) -> list[np.ndarray]:
+def off_palette_fraction(frames: np.ndarray, tol: int = 8) -> float:
+    """The fraction of pixels of uint8 frames (..., 3) farther than ``tol`` levels (in some
+    channel) from every colour the desktop draws: noise, since the desktop draws no other colour."""
+    pal = palette().astype(np.int16)
+    flat = frames.reshape(-1, 3).astype(np.int16)
+    near = np.zeros(len(flat), bool)
+    for c in pal:  # 93 colours: a loop over them keeps the memory at one frame's size
+        near |= (np.abs(flat - c) <= tol).all(axis=1)
+    return float(1.0 - near.mean())
+
+
+def rollout(model: NextFrameModel, session: Session, steps: int = DEFAULT_STEPS, seed: int = 0, snap: bool = True) -> list[np.ndarray]:
     """The model's frames for the session's actions, each from its own previous frame."""
-    pred = FramePredictor(model, steps, seed)
+    pred = FramePredictor(model, steps, seed, snap=snap)
     frame = Desktop(model.config.size, session.seed).render()
     frames = [frame]
     for a in session.actions:
@@ -142,7 +170,7 @@ def rollout(model: NextFrameModel, session: Session, steps: int = 4, seed: int =
     return frames
 
 
-def closed_loop(model: NextFrameModel, task: str, sessions: Sequence[Session], steps: int = 4, seed: int = 0) -> dict[str, Any]:
+def closed_loop(model: NextFrameModel, task: str, sessions: Sequence[Session], steps: int = DEFAULT_STEPS, seed: int = 0) -> dict[str, Any]:
     """Task success rate and rollout PSNR (frames vs true frames) over sessions of ``task``."""
     wins, psnrs = [], []
     for i, s in enumerate(sessions):
@@ -152,3 +180,65 @@ def closed_loop(model: NextFrameModel, task: str, sessions: Sequence[Session], s
         wins.append(judge(frames[-1], task, desk.state)["success"])
         psnrs.append(psnr(np.stack(frames[1:]), np.stack(true[1:])))
     return {"success": float(np.mean(wins)), "rollout_psnr": float(np.mean(psnrs)), "n": len(sessions)}
+
+
+def heldout(task: str, n: int, seed: int = 700_000) -> list[Session]:
+    """``n`` sessions of ``task`` whose true outcome is a done task (seeds never used in training)."""
+    out: list[Session] = []
+    i = 0
+    while len(out) < n:
+        s = task_session(task, seed + 1000 * TASKS.index(task) + i, warmup=int(i % 4))
+        desk = Desktop(BASE, s.seed)
+        for a in s.actions:
+            desk.apply(a)
+        if outcome_renderings(task, desk.state) is not None:
+            out.append(s)
+        i += 1
+    return out
+
+
+def evaluate_tasks(model: NextFrameModel, sets: dict[str, list[Session]], steps: int = DEFAULT_STEPS) -> dict[str, float]:
+    """Per task (``<task>/success``, ``<task>/rollout_psnr``, ``<task>/psnr`` teacher-forced) and per
+    kind (``frequent/success``, ``rare/success``): what the demo's evaluation logs and plots."""
+    out: dict[str, float] = {}
+    for task, sessions in sets.items():
+        r = closed_loop(model, task, sessions, steps)
+        out[f"{task}/success"] = r["success"]
+        out[f"{task}/rollout_psnr"] = r["rollout_psnr"]
+        out[f"{task}/psnr"] = teacher_forced_psnr(model, sessions, steps)
+    for kind, tasks in (("frequent", FREQUENT_TASKS), ("rare", RARE_TASKS)):
+        wins = [out[f"{t}/success"] * len(sets[t]) for t in tasks if t in sets]
+        if wins:
+            out[f"{kind}/success"] = sum(wins) / sum(len(sets[t]) for t in tasks if t in sets)
+    return out
+
+
+def probe_sessions(n: int = 8, actions: int = 20, seed: int = 990_000) -> list[Session]:
+    """Held-out sessions for closed-loop stability: half base users, half demo users (frequent
+    tasks), cut to ``actions`` actions."""
+    out = [base_session(seed + i, actions) for i in range(n - n // 2)]
+    for i in range(n // 2):
+        s = user_session(seed + 500 + i)
+        while len(s.actions) < actions:  # demo users act on: another user's tasks on the same desktop
+            more = user_session(seed + 500 + i + 1000 * len(s.actions))
+            s.actions, s.tags = s.actions + more.actions, s.tags + more.tags
+        s.actions, s.tags = s.actions[:actions], s.tags[:actions]
+        out.append(s)
+    return out
+
+
+def closed_loop_curves(model: NextFrameModel, sessions: Sequence[Session], steps: int = DEFAULT_STEPS, seed: int = 0, snap: bool = True) -> dict[str, list[float]]:
+    """Per action index (1..N): the mean PSNR of the model's closed-loop frame against the true
+    frame, and the mean fraction of its pixels off the palette, over ``sessions``."""
+    psnrs, off = [], []
+    for i, s in enumerate(sessions):
+        frames = np.stack(rollout(model, s, steps, seed + i, snap)[1:])
+        true = np.stack(s.frames(model.config.size)[1:])
+        psnrs.append([psnr(f[None], t[None]) for f, t in zip(frames, true, strict=True)])
+        off.append([off_palette_fraction(f) for f in frames])
+    return {"psnr": np.mean(psnrs, axis=0).tolist(), "off_palette": np.mean(off, axis=0).tolist()}
+
+
+def rollout_psnr_by_index(model: NextFrameModel, n_sessions: int = 8, actions: int = 20, steps: int = DEFAULT_STEPS) -> list[float]:
+    """Closed-loop PSNR per action index over :func:`probe_sessions`."""
+    return closed_loop_curves(model, probe_sessions(n_sessions, actions), steps)["psnr"]

@@ -38,50 +38,21 @@ from neuralos_example.data import (
     Session,
     base_table,
     sessions_table,
-    task_actions,
-    task_session,
     transition_schema,
+    user_session,
 )
-from neuralos_example.evaluation import closed_loop, outcome_renderings, teacher_forced_psnr
-from neuralos_example.model import BASE_CHECKPOINT, NextFrameModel, load_model
-from neuralos_example.simulator import Desktop
+from neuralos_example.evaluation import closed_loop, heldout, rollout, teacher_forced_psnr
+from neuralos_example.model import BASE_CHECKPOINT, DEFAULT_STEPS, NextFrameModel, load_model
 from neuralos_example.task import NeuralOSTask
 from ray_interactive.core.task import DataSource
 from ray_interactive.data.buffer import DataBuffer
 
 
-def user_session(seed: int, tasks: tuple[str, ...] = FREQUENT_TASKS) -> Session:
-    """A simulated demo user's session: 1-3 frequent tasks in a row (as :class:`~neuralos_example.users.SimulatedUser`)."""
-    rng = np.random.default_rng(seed)
-    desk = Desktop(64, seed)
-    actions, tags = [], []
-    for _ in range(int(rng.integers(1, 4))):
-        task = str(rng.choice(tasks))
-        for a in task_actions(task, rng, desk):
-            desk.apply(a)
-            actions.append(a)
-            tags.append(task)
-    return Session(f"user-{seed}", seed, actions, tags)
-
-
-def heldout(task: str, n: int, seed: int = 700_000) -> list[Session]:
-    """``n`` sessions of ``task`` whose true outcome is a done task (seeds never used in training)."""
-    out: list[Session] = []
-    i = 0
-    while len(out) < n:
-        s = task_session(task, seed + 1000 * TASKS.index(task) + i, warmup=int(i % 4))
-        desk = Desktop(64, s.seed)
-        for a in s.actions:
-            desk.apply(a)
-        if outcome_renderings(task, desk.state) is not None:
-            out.append(s)
-        i += 1
-    return out
-
-
-def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, steps: int, batch: int, lr: float, seed: int, label: str) -> NextFrameModel:
+def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, steps: int, batch: int, lr: float, seed: int, label: str,
+             warmup: int = 0) -> NextFrameModel:
     """``steps`` steps of the task's loss on batches the run's data buffer draws: base rows
-    uniformly, and (if given) live rows ingested into a ``fresh`` live source, weights 1:1."""
+    uniformly, and (if given) live rows ingested into a ``fresh`` live source, weights 1:1;
+    the lr rises linearly over the first ``warmup`` steps (as the main job's schedule does)."""
     task = NeuralOSTask(checkpoint=None)
     sources = [DataSource("base", base_rows)]
     if live is not None:
@@ -92,6 +63,7 @@ def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, 
         buf.ingest(live, "live")
     model = copy.deepcopy(model).train()
     opt = task.build_optimizer(model, lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     torch.manual_seed(seed)
     for _ in tqdm(range(steps), desc=label, unit="step", file=sys.stdout, mininterval=5):
         chunk = buf.next_batches(batch, 1)
@@ -101,6 +73,7 @@ def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
     buf.close()
     tmp.cleanup()
     return model.eval()
@@ -182,16 +155,41 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path, title: str) 
     fig.savefig(path, dpi=110)
 
 
+def strips(models: dict[str, NextFrameModel], sets: dict[str, list[Session]], steps: int, path: Path, frames: int = 8) -> None:
+    """Per task, one held-out session: the true frames and each model's closed-loop frames, in rows."""
+    from PIL import Image, ImageDraw
+
+    blocks = []
+    for task in TASKS:
+        s = sets[task][0]
+        rows = {"true": s.frames()} | {name: rollout(m, s, steps) for name, m in models.items()}
+        idx = np.linspace(1, len(s.actions), min(frames, len(s.actions))).round().astype(int)
+        pad = np.full((68, 90, 3), 255, np.uint8)
+        for name, fr in rows.items():
+            row = np.concatenate([pad] + [np.pad(fr[i], ((2, 2), (2, 2), (0, 0)), constant_values=255) for i in idx], axis=1)
+            img = Image.fromarray(np.pad(row[:, :], ((2, 2), (0, 0), (0, 0)), constant_values=255))
+            ImageDraw.Draw(img).text((2, 26), name, fill=(0, 0, 0))
+            blocks.append(np.asarray(img))
+        title = Image.fromarray(np.full((14, blocks[-1].shape[1], 3), 255, np.uint8))
+        kind = "frequent" if task in FREQUENT_TASKS else "rare"
+        ImageDraw.Draw(title).text((2, 1), f"{task} ({kind}): actions {', '.join(map(str, idx))} of a held-out session", fill=(0, 0, 0))
+        blocks.insert(len(blocks) - len(rows), np.asarray(title))
+    width = max(b.shape[1] for b in blocks)
+    img = np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks])
+    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m neuralos_example.experiment", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=str(BASE_CHECKPOINT))
     ap.add_argument("--steps", type=int, default=600, help="finetuning steps of each arm")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=100, help="steps of linear lr warmup (as the main job's)")
     ap.add_argument("--sessions", type=int, default=12, help="held-out sessions per task")
     ap.add_argument("--users", type=int, default=150, help="simulated user sessions of live data")
     ap.add_argument("--base-rows", type=int, default=3000, help="base transitions both finetuning arms draw from")
-    ap.add_argument("--sampler-steps", type=int, default=4)
+    ap.add_argument("--sampler-steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--seed", type=int, default=0, help="the first replicate's seed")
     ap.add_argument("--seeds", type=int, default=1,
                     help="replicates: each finetunes both arms again with its own seed, base rows and simulated users")
@@ -214,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     base_result = evaluate(base, sets, args.sampler_steps)
     runs: dict[str, list[dict[str, dict[str, float]]]] = {"base-only": [], "finetuned": []}
     ft_seconds, live_rows = [], []
+    first: dict[str, NextFrameModel] = {}  # the first seed's models, for the frame strips
     for seed in range(args.seed, args.seed + args.seeds):
         # Each seed its own base rows and users (disjoint seed ranges; held-out sessions are 700000+)
         base_rows = base_table(args.base_rows, 10_000 * seed)
@@ -221,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         live_rows.append(live.num_rows)
         for arm, data in (("base-only", None), ("finetuned", live)):
             t_ft = time.time()
-            model = finetune(base, base_rows, data, args.steps, args.batch, args.lr, seed, f"{arm} (seed {seed})")
+            model = finetune(base, base_rows, data, args.steps, args.batch, args.lr, seed, f"{arm} (seed {seed})", args.warmup)
+            if seed == args.seed:
+                first[arm] = model
             ft_seconds.append(time.time() - t_ft)
             print(f"evaluating {arm} (seed {seed}) ...", flush=True)
             runs[arm].append(evaluate(model, sets, args.sampler_steps))
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(md + "\n")
     reps = f", mean of {args.seeds} seeds (whiskers: min-max)" if args.seeds > 1 else ""
     plot(results, out.with_suffix(".png"), f"{args.steps} finetuning steps per arm ({ft_minutes:.1f} CPU-min), {args.sessions} held-out sessions per task, {args.sampler_steps}-step DDIM{reps}")
-    print(f"wrote {out}.json, .md, .png in {(time.time() - t0) / 60:.1f} min", flush=True)
+    strips({"base": base, "finetuned": first["finetuned"]}, sets, args.sampler_steps, out.parent / f"{out.name}_frames.png")
+    print(f"wrote {out}.json, .md, .png, _frames.png in {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
 
 

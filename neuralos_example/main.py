@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neuralos_example.model import BASE_CHECKPOINT, SAMPLER_STEPS
+from neuralos_example.model import BASE_CHECKPOINT, DEFAULT_STEPS, SAMPLER_STEPS
 
 log = logging.getLogger("neuralos")
 
@@ -31,12 +31,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--name", default=None, help="run name (default: neuralos-HHMMSS)")
     ap.add_argument("--run-dir", default=None, help="default: runs/<name>")
     ap.add_argument("--checkpoint", default=str(BASE_CHECKPOINT), help="the base model (path without suffix)")
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=100,
+                    help="steps of linear lr warmup (a fresh AdamW's first steps would jolt the base: see the README)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--publish-every", type=int, default=20, help="training steps between published weight versions")
     ap.add_argument("--live-weight", type=float, default=1.0, help="mixture weight of live transitions (base: 1)")
-    ap.add_argument("--sampler-steps", type=int, default=4, choices=SAMPLER_STEPS, help="DDIM steps per demo frame")
+    ap.add_argument("--sampler-steps", type=int, default=DEFAULT_STEPS, choices=SAMPLER_STEPS, help="DDIM steps per demo frame")
     ap.add_argument("--base-rows", type=int, default=3000)
+    ap.add_argument("--eval-every", type=int, default=300, help="training steps between per-task evaluations (~10 s each)")
     ap.add_argument("--demo-port", type=int, default=None, help="default: 7860 or the next free port")
     ap.add_argument("--demo-host", default="127.0.0.1", help="bind the demo here (not loopback: needs a login)")
     ap.add_argument("--ui-port", type=int, default=None)
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         ap.error("--duration must be > 0 seconds")
+    if args.eval_every < 1 or args.warmup < 0:
+        ap.error("--eval-every must be >= 1 and --warmup >= 0")
     if args.users < 0 or args.users > 64:
         ap.error("--users must be 0..64")
     if not Path(args.checkpoint).with_suffix(".safetensors").exists():
@@ -68,7 +73,7 @@ class Deployment:
     the trainer publishes them), the interaction log into the buffer, the replayer, and the
     simulated users. ``close()`` stops them in reverse order (the run is not touched)."""
 
-    def __init__(self, client: Any, run_dir: Path, checkpoint: str | Path = BASE_CHECKPOINT, sampler_steps: int = 4,
+    def __init__(self, client: Any, run_dir: Path, checkpoint: str | Path = BASE_CHECKPOINT, sampler_steps: int = DEFAULT_STEPS,
                  users: int = 0, demo_port: int | None = None, replay_poll_s: float = 0.2,
                  demo_host: str = "127.0.0.1", auth: tuple[str, str] | None = None) -> None:
         from neuralos_example.demo_app import serve_demo
@@ -82,7 +87,8 @@ class Deployment:
             self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
             self._closers.append(("interaction log", self.log_sink.close))
             model = load_model(checkpoint)
-            self.engine = DemoEngine(model, self.log_sink.add, sampler_steps)
+            # a second copy that is never updated: what "compare with the base model" shows
+            self.engine = DemoEngine(model, self.log_sink.add, sampler_steps, base_model=load_model(checkpoint))
             self._closers.append(("frame worker", self.engine.close))
             self.subscriber = sub = client.subscribe(model)
             # Inference and swaps exclude each other, and the version a frame is logged with is
@@ -140,16 +146,20 @@ class Loop:
             "name": name,
             "run_dir": a.run_dir,
             "task": {"target": "neuralos_example.task:NeuralOSTask",
-                     "kwargs": {"checkpoint": str(Path(a.checkpoint).resolve()), "base_rows": a.base_rows, "live_weight": a.live_weight}},
+                     "kwargs": {"checkpoint": str(Path(a.checkpoint).resolve()), "base_rows": a.base_rows, "live_weight": a.live_weight,
+                                "sampler_steps": a.sampler_steps}},
             "batch_size": a.batch_size,
             "lr": a.lr,
+            "schedule": {"kind": "constant", "warmup_steps": a.warmup},
             "publish_every": a.publish_every,
             "checkpoint_every": 500,
-            "eval_every": 250,
+            "eval_every": a.eval_every,
             "torch_threads": 1,
         })
         self.handle = start_run(config, address=a.address)
         self.client = client = self.handle.client()
+        # the per-task metrics of the base model, before any finetuning: the plots' first point
+        client.send("evaluate", source="system", comment="the base model, before finetuning")
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:
@@ -165,15 +175,19 @@ class Loop:
         d = self.deployment
         assert d is not None
         st = self.client.status()
-        m = self.client.metrics(keys=["loss", "mix/live"], since=max(0, st["step"] - 20))
+        m = self.client.metrics(keys=["loss", "mix/live", "eval/frequent/success", "eval/rare/success"])
         loss = m.get("loss", {}).get("value") or [float("nan")]
         live = m.get("mix/live", {}).get("value") or [0.0]
+        ev = {k: (m.get(f"eval/{k}/success", {}).get("value") or [None]) for k in ("frequent", "rare")}
+        tasks = "" if ev["frequent"][-1] is None else (
+            f" | task success (last eval): frequent {100 * ev['frequent'][-1]:.0f}% (first {100 * ev['frequent'][0]:.0f}%), "
+            f"rare {100 * ev['rare'][-1]:.0f}% (first {100 * ev['rare'][0]:.0f}%)")
         rep = d.replayer.stats()
         actions = d.users.stats()["actions"] if d.users else 0
         lat = rep["latency_p50_s"]
         return (f"step {st['step']} loss {loss[-1]:.4f} live share {live[-1]:.2f} | demo: model version {d.engine.version}, "
                 f"{actions} simulated actions, {d.log_sink.sent_rows} interactions logged | "
-                f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else ""))
+                f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else "") + tasks)
 
     def stop(self, interrupted: bool = False) -> int:
         code = 0

@@ -80,6 +80,7 @@ __all__ = [
     "menu_open",
     "open_browser_task",
     "open_icon_task",
+    "palette",
     "random_user",
     "region_error",
     "render_state",
@@ -711,6 +712,25 @@ def _blit(img: np.ndarray, sprite: np.ndarray, x: int, y: int, mask: np.ndarray 
     else:
         m = mask[y0 - y : y1 - y, x0 - x : x1 - x]
         img[y0:y1, x0:x1][m] = sub[m]
+
+
+@lru_cache(maxsize=1)
+def palette() -> np.ndarray:
+    """Every colour the simulator can draw, (K, 3) uint8, sorted: the sprites' colours, each
+    drawn in every variant (all glyphs, loading progress, pages, hover, focus). A frame of
+    the desktop has no other colour; a model's pixel far from all of them is noise."""
+    sprites = [_base(BASE), _cursor_sprite(BASE)[0]]
+    names = ["".join(KEYS[i : i + MAX_NAME]) for i in range(0, len(KEYS), MAX_NAME)]
+    sprites += [_folder_sprite(n[:3], BASE) for n in names] + [_folder_sprite(KEYS[i : i + 3], BASE) for i in range(0, len(KEYS), 3)]
+    sprites += [_dialog_sprite(n, BASE) for n in names] + [_menu_sprite(h, BASE) for h in range(-1, len(MENU_ITEMS))]
+    for focused in (True, False):
+        sprites += [_window_sprite(k, focused, None, BASE) for k in ("files", "trash")]
+        sprites += [_window_sprite("folder", focused, n, BASE) for n in names]
+        sprites += [_window_sprite("browser", focused, ("loading", p), BASE) for p in range(max(LOAD_STEPS) + 1)]
+        sprites += [_window_sprite("browser", focused, ("page", p), BASE) for p in range(N_PAGES)]
+    colours = np.unique(np.concatenate([s.reshape(-1, 3) for s in sprites]), axis=0)
+    colours.flags.writeable = False
+    return colours
 
 
 def render_state(state: DesktopState) -> np.ndarray:

@@ -14,20 +14,26 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
 from neuralos_example.data import (
     TASKS,
+    Session,
     base_table,
     decode_pngs,
-    session_arrays,
-    task_session,
     transition_schema,
 )
-from neuralos_example.model import BASE_CHECKPOINT, FrameBatch, ModelConfig, NextFrameModel, diffusion_loss, load_model
+from neuralos_example.model import (
+    BASE_CHECKPOINT,
+    DEFAULT_STEPS,
+    FrameBatch,
+    ModelConfig,
+    NextFrameModel,
+    diffusion_loss,
+    load_model,
+)
 from ray_interactive.core.task import DataSource, Task, column_array
 
 log = logging.getLogger(__name__)
@@ -66,11 +72,13 @@ class NeuralOSTask(Task):
         seed: int = 0,
         live_weight: float = 1.0,
         live_policy: str = "fresh",
-        eval_sessions: int = 2,
+        eval_sessions: int = 6,
+        sampler_steps: int = DEFAULT_STEPS,
     ) -> None:
         self.checkpoint, self.base_rows, self.seed = checkpoint, base_rows, seed
         self.live_weight, self.live_policy, self.eval_sessions = live_weight, live_policy, eval_sessions
-        self._eval: dict[str, dict[str, np.ndarray]] | None = None
+        self.sampler_steps = sampler_steps
+        self._eval: dict[str, list[Session]] | None = None
         self.config = ModelConfig()
 
     def build_model(self) -> nn.Module:
@@ -111,14 +119,13 @@ class NeuralOSTask(Task):
         return diffusion_loss(model, batch)  # type: ignore[arg-type]
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        """Teacher-forced 1-step next-frame PSNR on held-out sessions of each task."""
-        from neuralos_example.evaluation import arrays_psnr
+        """On fixed held-out sessions of every task (frequent and rare): closed-loop task success
+        and rollout PSNR (the model drawing from its own frames, as the demo does) and
+        teacher-forced next-frame PSNR, with the demo's sampler; logged as ``eval/<task>/...``."""
+        from neuralos_example.evaluation import evaluate_tasks, heldout
 
         if self._eval is None:
-            self._eval = {}
-            for i, task in enumerate(TASKS):
-                parts = [session_arrays(task_session(task, 50_000 + 100 * i + j)) for j in range(self.eval_sessions)]
-                self._eval[task] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return {f"psnr_{task}": arrays_psnr(model, arrays, 1) for task, arrays in self._eval.items()}  # type: ignore[arg-type]
+            self._eval = {task: heldout(task, self.eval_sessions, seed=50_000) for task in TASKS}
+        return evaluate_tasks(model, self._eval, self.sampler_steps)  # type: ignore[arg-type]
 
 

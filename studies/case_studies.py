@@ -133,7 +133,7 @@ class Person:
         self.thread = threading.Thread(target=self._watch, daemon=True, name="person")
 
     def _plot(self) -> tuple[list[float], list[float], list[float]]:
-        out = self.gc.predict("step", 0.9, False, None, None, None, "update_ratio", api_name="/refresh")
+        out = self.gc.predict("step", 0.9, False, None, None, None, "update_ratio", None, api_name="/refresh")
         traces = {t["name"]: t for t in json.loads(out[1]["plot"])["data"]}
         raw, smooth = traces.get("main raw"), traces.get("main")
         if raw is None or smooth is None:

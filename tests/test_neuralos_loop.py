@@ -23,7 +23,7 @@ from neuralos_example.users import SimulatedUser
 from ray_interactive.core.config import RunConfig, TaskSpec
 from ray_interactive.runtime.launch import start_run
 
-from .conftest import wait_until
+from .conftest import ui_page, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -33,7 +33,7 @@ def loop(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     run_dir = tmp_path_factory.mktemp("neuralos") / "run"
     config = RunConfig(
         name=f"nos-{uuid.uuid4().hex[:6]}",
-        task=TaskSpec(target="neuralos_example.task:NeuralOSTask", kwargs={"base_rows": 64}),
+        task=TaskSpec(target="neuralos_example.task:NeuralOSTask", kwargs={"base_rows": 64, "eval_sessions": 1, "sampler_steps": 1}),
         run_dir=run_dir,
         batch_size=2,
         lr=1e-4,
@@ -168,3 +168,70 @@ def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_o
                          capture_output=True, text=True, timeout=120, env={k: v for k, v in __import__("os").environ.items()
                                                                           if k != "RI_UI_AUTH"})
     assert out.returncode == 2 and "refusing to bind the NeuralOS demo to 0.0.0.0 without authentication" in out.stderr
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_demo_page_compares_the_current_model_with_the_base_side_by_side(loop: dict[str, Any]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    d = loop["d"]
+    c = Client(d.url, verbose=False)
+    s = c.predict(api_name="/new_session")
+    assert "base_frame_png" not in c.predict(s["session"], 20, 30, "move", "", 1, api_name="/act")
+    on = c.predict(s["session"], True, api_name="/compare")
+    assert on["comparing"] and decode_png(__import__("base64").b64decode(on["base_frame_png"])).shape == (64, 64, 3)
+    out = c.predict(s["session"], 5, 10, "left_click", "", 1, api_name="/act")
+    assert decode_png(__import__("base64").b64decode(out["base_frame_png"])).shape == (64, 64, 3)
+    assert not c.predict(s["session"], False, api_name="/compare")["comparing"]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(d.url)
+        expect(page.locator("#version")).to_contain_text("model version", timeout=90_000)
+        base = page.locator("#base-screen")
+        expect(base).to_be_hidden(timeout=60_000)
+        page.locator("#compare input").check()
+        expect(base.locator("img")).to_be_visible(timeout=90_000)
+        before = base.locator("img").get_attribute("src")
+        box = page.locator("#screen img").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.3)  # on the home icon
+        expect(page.locator("#info")).to_contain_text("step 1", timeout=90_000)
+        expect(base.locator("img")).not_to_have_attribute("src", before or "", timeout=60_000)
+        page.locator("#compare input").uncheck()
+        expect(base).to_be_hidden(timeout=60_000)
+        browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_per_task_evaluation_is_logged_and_plotted_one_line_per_task(loop: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    from neuralos_example.data import TASKS
+    from ray_interactive.ui.control_ui import serve
+    from ray_interactive.ui.dashboard import Dashboard, View
+
+    client = loop["client"]
+    rec = client.send("evaluate", source="api", comment="per-task metrics")
+    assert rec.status.value != "rejected", rec.message
+    rec = client.wait(rec, timeout=300)
+    assert rec.status.value == "applied", rec.message
+    keys = client.metric_keys()
+    assert {f"eval/{t}/{m}" for t in TASKS for m in ("success", "rollout_psnr", "psnr")} <= set(keys)
+    assert {"eval/frequent/success", "eval/rare/success"} <= set(keys)
+    dash = Dashboard(client)
+    dash.fetch()
+    assert dash.eval_metrics()[0] == "success"
+    view = View(eval_metric="success")
+    names = {t["name"] for t in dash.figures(dash.fetch(view), view)["eval"]["data"]}
+    assert {f"main: {t}" for t in (*TASKS, "frequent", "rare")} <= names, names
+
+    ui, url = serve(client, block=False)
+    try:
+        with ui_page(url) as page:
+            plot = page.locator("#plot-eval")
+            expect(plot).to_contain_text("one line per task", timeout=90_000)
+            expect(plot).to_contain_text("open_browser", timeout=60_000)
+    finally:
+        ui.close()

@@ -26,6 +26,10 @@ def test_main_command_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
     text = out.stdout
     assert "control UI: http://" in text and "NeuralOS demo: http://" in text
     assert "stopped at step" in text
+    # the summary says what the base could do and what the run made of it, per task
+    assert "evaluation, first -> last" in text, text[-3000:]
+    assert "create_folder: " in text and "open_trash: " in text and "frequent: success " in text
+    assert "loss: first" not in text
     served = int(text.split("served model version ")[1].split(";")[0])
     replayed = int(text.split("interactions logged; ")[1].split(" transitions")[0])
     assert served >= 1 and replayed > 0

@@ -49,6 +49,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
             x_min = gr.Number(value=None, label="steps from (0: the start)", scale=1, elem_id="x-min")
             x_max = gr.Number(value=None, label="steps to (0: the end)", scale=1, elem_id="x-max")
             reset_zoom = gr.Button("all steps", scale=1)
+            eval_metric = gr.Dropdown(choices=[], value=None, label="eval plot: metric (one line per task)",
+                                      allow_custom_value=True, scale=1, elem_id="eval-metric")
         gr.Markdown(
             "Drag across a plot to zoom, double-click to see it all; hover for every branch's value; click a "
             "branch in a legend to hide it. *steps from / to* fetch that range in full detail."
@@ -171,13 +173,13 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                                        "it sent or was refused", interactive=False, wrap=True, elem_id="agent-journal")
 
         # -- refresh -------------------------------------------------------------------
-        view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind]
+        view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind, eval_metric]
         view_outputs = [status, *plots.values(), tree, branch_table, history, opt_table, sources, rejections,
                         journal, agent_status]
 
         def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None,
-                    hk: str | None) -> list[Any]:
-            view = View(xa or "step", float(sm or 0.0), bool(ly), lo, hi, key or None, hk or "update_ratio")
+                    hk: str | None, em: str | None = None) -> list[Any]:
+            view = View(xa or "step", float(sm or 0.0), bool(ly), lo, hi, key or None, hk or "update_ratio", em or None)
             try:
                 state = dash.fetch(view)
             except Exception as e:  # noqa: BLE001 - the run may be gone: say so, keep the rest
@@ -200,7 +202,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         timer = gr.Timer(refresh_s)
         timer.tick(refresh, view_inputs, view_outputs, api_name="refresh", show_progress="hidden")
         ui.load(refresh, view_inputs, view_outputs, show_progress="hidden")
-        for control in (x_axis, log_y, x_min, x_max, custom_key, health_kind):
+        for control in (x_axis, log_y, x_min, x_max, custom_key, health_kind, eval_metric):
             control.change(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         smoothing.release(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         reset_zoom.click(lambda: (None, None), None, [x_min, x_max], api_name=False)
@@ -209,7 +211,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         def choices() -> list[Any]:
             s = _safe(dash.settings, None)
             if s is None:
-                return [gr.skip()] * 6
+                return [gr.skip()] * 7
             return [
                 gr.update(choices=["all", *s["groups"]]),
                 gr.update(choices=s["params"] or ["lr"]),
@@ -217,9 +219,10 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 gr.update(choices=sorted(s["modules"])),
                 gr.update(choices=dash.metric_keys()),
                 gr.update(choices=s["pending"], value=None),
+                gr.update(choices=dash.eval_metrics()),
             ]
 
-        choice_outputs = [group, param, ckpt, module, custom_key, pending]
+        choice_outputs = [group, param, ckpt, module, custom_key, pending, eval_metric]
         ui.load(choices, None, choice_outputs, show_progress="hidden")
 
         def show_page(p: Any) -> tuple[Any, Any, Any]:

@@ -131,6 +131,7 @@ class View:
     x_max: float | None = None
     custom: str | None = None
     health: str = "update_ratio"  # which per-module indicator the health plot shows
+    eval_metric: str | None = None  # which evaluation metric the eval plot shows (None: loss, or the first)
 
     @property
     def zoomed(self) -> bool:
@@ -277,6 +278,7 @@ class Dashboard:
         )
         keys = tuple(k for k in self.state.get("metric_keys", []) if k.startswith("health/")
                      and k.endswith(f"/{view.health}") and k != "health/skipped_steps")
+        panels["eval"] = self._eval_panel(view)
         panels["health"] = Panel(
             keys, f"per-module {view.health.replace('_', ' ')}", view.health, label_strip=("health/", f"/{view.health}"),
             empty="no per-module health metrics: start the run with diagnostics_every=N "
@@ -357,6 +359,24 @@ class Dashboard:
         elif len(traces) > 1 or any(t.get("showlegend") is False for t in traces):
             layout["showlegend"] = True
         return {"data": traces, "layout": layout}
+
+    def eval_metrics(self, keys: list[str] | None = None) -> list[str]:
+        """The evaluation metrics logged: ``loss`` for ``eval/loss``, ``success`` for
+        ``eval/<task>/success`` (a task's evaluation may report one per task or group)."""
+        names = {k.split("/")[-1] for k in (self.metric_keys() if keys is None else keys)
+                 if k.startswith("eval/") and k.count("/") in (1, 2)}
+        return sorted(names, key=lambda n: (n != "loss", n != "success", n))
+
+    def _eval_panel(self, view: View) -> Panel:
+        keys = self.state.get("metric_keys", [])
+        names = self.eval_metrics(keys)
+        metric = view.eval_metric if view.eval_metric in names else (names[0] if names else "loss")
+        grouped = sorted(k for k in keys if k.startswith("eval/") and k.count("/") == 2 and k.endswith(f"/{metric}"))
+        plain = (f"eval/{metric}",)
+        if not grouped:
+            return Panel(plain, f"eval {metric}", f"eval {metric}", empty=PANELS["eval"].empty)
+        return Panel(plain + tuple(grouped), f"eval {metric} (one line per task)", metric, smooth=False,
+                     label_strip=("eval/", f"/{metric}"), empty=PANELS["eval"].empty)
 
     def metric_keys(self) -> list[str]:
         keys = self.state.get("metric_keys")
