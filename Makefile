@@ -14,7 +14,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-lm test bench lint clean case-studies
+.PHONY: browser setup demo demo-lm test bench lint clean case-studies neuralos-experiment
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium fonts-liberation >/dev/null; } || \
 		echo "note: could not install chromium (not root?); the browser test will be skipped"
+
+# The NeuralOS case study (case study 3): about 35 minutes on 2 cores.
+neuralos-experiment: $(STAMP)  # the NeuralOS case study (about 35 CPU-minutes)
+	$(BIN)/python -m neuralos_example.experiment --steps 800 --sessions 24 --users 150 --seeds 3 --threads 1
 
 # The paper's case studies 1 and 2, CPU-sized (~80 s a run, 30 runs: about 45 minutes on 2 cores).
 SEEDS ?= 0 1 2

@@ -118,12 +118,15 @@ def stability(checkpoint: Path, steps: int, n: int) -> dict[str, list[float]]:
     """Per action index 1..20, over ``n`` base-user and ``n`` demo-user held-out sessions."""
     model = load_model(checkpoint).eval()
     sessions = probe_sessions(2 * n, 20)
-    shown = closed_loop_curves(model, sessions, steps, snap=snap_of(checkpoint))
+    kinds = {kind: closed_loop_curves(model, [s for s in sessions if s.name.startswith(prefix)], steps, snap=snap_of(checkpoint))
+             for kind, prefix in (("base_users", "base-"), ("demo_users", "user-"))}
     raw = closed_loop_curves(model, sessions, steps, snap=False)
-    by_kind = {kind: closed_loop_curves(model, [s for s in sessions if s.name.startswith(prefix)], steps, snap=snap_of(checkpoint))["psnr"]
-               for kind, prefix in (("base_users", "base-"), ("demo_users", "user-"))}
-    return {"psnr": shown["psnr"], "off_palette": shown["off_palette"], "off_palette_raw": raw["off_palette"],
-            "psnr_base_users": by_kind["base_users"], "psnr_demo_users": by_kind["demo_users"]}
+
+    def both(key: str) -> list[float]:  # n sessions of each kind: the mean over all is the mean of the two
+        return [(a + b) / 2 for a, b in zip(kinds["base_users"][key], kinds["demo_users"][key], strict=True)]
+
+    return {"psnr": both("psnr"), "off_palette": both("off_palette"), "off_palette_raw": raw["off_palette"],
+            "psnr_base_users": kinds["base_users"]["psnr"], "psnr_demo_users": kinds["demo_users"]["psnr"]}
 
 
 SNAP: dict[str, bool] = {}  # checkpoint -> whether its demo snapped frames to the palette

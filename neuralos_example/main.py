@@ -196,6 +196,8 @@ class Loop:
                 self.deployment.close()
             if self.handle is not None:
                 try:
+                    # the per-task metrics at the end, for the summary (applied before the stop)
+                    self.client.send("evaluate", source="system", comment="the model at the end of the run")
                     if interrupted:  # a person pressed Ctrl-C
                         self.client.send("stop", source="cli", comment="Ctrl-C")
                     else:  # the run's own time limit: nobody sent it
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(loop.line(), flush=True)
             except Exception as e:  # a status line is not worth stopping for
                 log.warning("status: %s", e)
-    print("stopping: users, demo, replayer; then the run (final checkpoint) ...", flush=True)
+    print("stopping: users, demo, replayer; then the run (a last evaluation, the final checkpoint) ...", flush=True)
     code = loop.stop(interrupted=bool(interrupted))
     d = loop.deployment
     assert d is not None
