@@ -172,7 +172,7 @@ def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_o
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
 def test_demo_page_compares_the_current_model_with_the_base_side_by_side(loop: dict[str, Any]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     d = loop["d"]
     c = Client(d.url, verbose=False)
@@ -184,10 +184,7 @@ def test_demo_page_compares_the_current_model_with_the_base_side_by_side(loop: d
     assert decode_png(__import__("base64").b64decode(out["base_frame_png"])).shape == (64, 64, 3)
     assert not c.predict(s["session"], False, api_name="/compare")["comparing"]
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(d.url)
+    with ui_page(d.url) as page:
         expect(page.locator("#version")).to_contain_text("model version", timeout=90_000)
         base = page.locator("#base-screen")
         expect(base).to_be_hidden(timeout=60_000)
@@ -201,7 +198,6 @@ def test_demo_page_compares_the_current_model_with_the_base_side_by_side(loop: d
         expect(base.locator("img")).not_to_have_attribute("src", before or "", timeout=60_000)
         page.locator("#compare input").uncheck()
         expect(base).to_be_hidden(timeout=60_000)
-        browser.close()
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
