@@ -175,7 +175,8 @@ class Loop:
         d = self.deployment
         assert d is not None
         st = self.client.status()
-        m = self.client.metrics(keys=["loss", "mix/live", "eval/frequent/success", "eval/rare/success"])
+        m = self.client.metrics(keys=["loss", "mix/live"], since=max(0, st["step"] - 20))
+        m |= self.client.metrics(keys=["eval/frequent/success", "eval/rare/success"])  # few points: all of them
         loss = m.get("loss", {}).get("value") or [float("nan")]
         live = m.get("mix/live", {}).get("value") or [0.0]
         ev = {k: (m.get(f"eval/{k}/success", {}).get("value") or [None]) for k in ("frequent", "rare")}
