@@ -114,11 +114,11 @@ def concurrent_sessions(sessions: int, actions: int, rounds: int = 3) -> dict[st
     return res
 
 
-def stability(checkpoint: Path, steps: int, n: int) -> dict[str, list[float]]:
+def stability(checkpoint: Path, steps: int, n: int, snap: bool) -> dict[str, list[float]]:
     """Per action index 1..20, over ``n`` base-user and ``n`` demo-user held-out sessions."""
     model = load_model(checkpoint).eval()
     sessions = probe_sessions(2 * n, 20)
-    kinds = {kind: closed_loop_curves(model, [s for s in sessions if s.name.startswith(prefix)], steps, snap=snap_of(checkpoint))
+    kinds = {kind: closed_loop_curves(model, [s for s in sessions if s.name.startswith(prefix)], steps, snap=snap)
              for kind, prefix in (("base_users", "base-"), ("demo_users", "user-"))}
     raw = closed_loop_curves(model, sessions, steps, snap=False)
 
@@ -127,13 +127,6 @@ def stability(checkpoint: Path, steps: int, n: int) -> dict[str, list[float]]:
 
     return {"psnr": both("psnr"), "off_palette": both("off_palette"), "off_palette_raw": raw["off_palette"],
             "psnr_base_users": kinds["base_users"]["psnr"], "psnr_demo_users": kinds["demo_users"]["psnr"]}
-
-
-SNAP: dict[str, bool] = {}  # checkpoint -> whether its demo snapped frames to the palette
-
-
-def snap_of(checkpoint: Path) -> bool:
-    return SNAP.get(str(checkpoint), True)
 
 
 def old_checkpoint(commit: str) -> Path:
@@ -167,7 +160,8 @@ def bare_steps_per_s(batch: int, steps: int = 30, checkpoint: Path = BASE_CHECKP
     return 1.0 / median(times[3:])
 
 
-def loop(seconds: float, users: int, batch: int, checkpoint: Path = BASE_CHECKPOINT, sampler_steps: int = DEFAULT_STEPS) -> dict[str, float]:
+def loop(seconds: float, users: int, batch: int, checkpoint: Path = BASE_CHECKPOINT, sampler_steps: int = DEFAULT_STEPS,
+         snap: bool = True) -> dict[str, float]:
     from neuralos_example.main import Deployment
     from ray_interactive.core.config import RunConfig, TaskSpec
     from ray_interactive.runtime.launch import start_run
@@ -180,7 +174,7 @@ def loop(seconds: float, users: int, batch: int, checkpoint: Path = BASE_CHECKPO
     handle = start_run(config)
     client = handle.client()
     d = Deployment(client, config.resolved_run_dir, checkpoint=checkpoint, sampler_steps=sampler_steps, users=users)
-    d.engine.predictor.snap = snap_of(checkpoint)
+    d.engine.predictor.snap = snap
     time.sleep(5)  # users connect, first frames
     s0, t0 = client.status()["step"], time.monotonic()
     time.sleep(seconds)
@@ -237,17 +231,17 @@ def main() -> None:
     torch.set_num_threads(1)
     m = machine()
     old = old_checkpoint(args.before_commit)
-    SNAP[str(old)] = False
-    confs = {"before": (old, 4), "after": (BASE_CHECKPOINT, DEFAULT_STEPS)}
+    # (checkpoint, default sampler steps, frames snapped to the palette) as each demo ran
+    confs = {"before": (old, 4, False), "after": (BASE_CHECKPOINT, DEFAULT_STEPS, True)}
     res: dict[str, dict[str, Any]] = {}
-    for name, (ck, steps) in confs.items():
+    for name, (ck, steps, snap) in confs.items():
         print(f"{name}: frame latency (1 thread):", flush=True)
-        r: dict[str, Any] = {"default_steps": steps, "frame_latency": frame_latency(args.frames, ck, snap_of(ck))}
+        r: dict[str, Any] = {"default_steps": steps, "frame_latency": frame_latency(args.frames, ck, snap)}
         print(f"{name}: closed-loop stability ...", flush=True)
-        r["stability"] = stability(ck, steps, args.probe)
+        r["stability"] = stability(ck, steps, args.probe, snap)
         r["bare_steps_per_s"] = bare_steps_per_s(args.batch, checkpoint=ck)
         print(f"{name}: bare PyTorch loop {r['bare_steps_per_s']:.2f} steps/s; the loop for {args.seconds:.0f} s ...", flush=True)
-        r["loop"] = loop(args.seconds, args.users, args.batch, ck, steps)
+        r["loop"] = loop(args.seconds, args.users, args.batch, ck, steps, snap)
         res[name] = r
     print("concurrent sessions (after, 1 thread):", flush=True)
     conc = concurrent_sessions(args.sessions, args.frames)

@@ -27,6 +27,11 @@ SCALE = 6  # 64 px -> 384 px on screen
 CLICK_KINDS = {"left click": "left_click", "right click": "right_click", "move": "move"}
 
 
+def png64(frame: np.ndarray) -> str:
+    """A frame as base64 PNG text (what the API returns)."""
+    return base64.b64encode(encode_png(frame)).decode()
+
+
 def upscale(frame: np.ndarray, scale: int = SCALE) -> np.ndarray:
     return frame.repeat(scale, axis=0).repeat(scale, axis=1)
 
@@ -141,7 +146,7 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
             except ValueError as e:
                 raise gr.Error(str(e)) from None
             return {"session": s.id, "seed": s.seed, "step": 0, "version": engine.version,
-                    "frame_png": base64.b64encode(encode_png(s.frame)).decode()}
+                    "frame_png": png64(s.frame)}
 
         def act(session: str, x: int, y: int, event: str, key: str = "", steps: int = 0, task: str = "") -> dict[str, Any]:
             """One action at screen pixel (x, y) (64x64 frame coordinates); returns the next frame as PNG (base64).
@@ -151,9 +156,9 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
             except (ValueError, TypeError) as e:
                 raise gr.Error(str(e)) from None
             out = {"session": session, "step": res["step"], "version": res["version"],
-                   "latency_ms": res["latency_ms"], "frame_png": base64.b64encode(encode_png(res["frame"])).decode()}
+                   "latency_ms": res["latency_ms"], "frame_png": png64(res["frame"])}
             if res.get("base_frame") is not None:
-                out["base_frame_png"] = base64.b64encode(encode_png(res["base_frame"])).decode()
+                out["base_frame_png"] = png64(res["base_frame"])
             return out
 
         def compare_api(session: str, on: bool = True) -> dict[str, Any]:
@@ -164,7 +169,7 @@ def build_demo(engine: DemoEngine, version_refresh_s: float = 2.0) -> gr.Blocks:
             except ValueError as e:
                 raise gr.Error(str(e)) from None
             return {"session": session, "comparing": frame is not None,
-                    "base_frame_png": base64.b64encode(encode_png(frame)).decode() if frame is not None else None}
+                    "base_frame_png": png64(frame) if frame is not None else None}
 
         def info_api() -> dict[str, Any]:
             """The served model version, sampler settings, open sessions (and how many were evicted),

@@ -12,6 +12,7 @@ doing the frequent tasks through the demo's API. It prints both URLs, a progress
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import signal
 import sys
@@ -88,7 +89,7 @@ class Deployment:
             self._closers.append(("interaction log", self.log_sink.close))
             model = load_model(checkpoint)
             # a second copy that is never updated: what "compare with the base model" shows
-            self.engine = DemoEngine(model, self.log_sink.add, sampler_steps, base_model=load_model(checkpoint))
+            self.engine = DemoEngine(model, self.log_sink.add, sampler_steps, base_model=copy.deepcopy(model))
             self._closers.append(("frame worker", self.engine.close))
             self.subscriber = sub = client.subscribe(model)
             # Inference and swaps exclude each other, and the version a frame is logged with is

@@ -39,14 +39,11 @@ from neuralos_example.model import (
     FrameBatch,
     ModelConfig,
     NextFrameModel,
-    cursor_maps,
     diffusion_loss,
     finish_frames,
-    frames_to_tensor,
     sample_next,
     save_model,
 )
-from neuralos_example.model import action_classes as classes
 
 
 def heldout_arrays(seed: int = 999_000, sessions: int = 8) -> dict[str, np.ndarray]:
@@ -57,7 +54,12 @@ def heldout_arrays(seed: int = 999_000, sessions: int = 8) -> dict[str, np.ndarr
 def prefetch(it: Iterator[dict[str, np.ndarray]], depth: int = 8) -> Iterator[dict[str, np.ndarray]]:
     """The batches of ``it``, made on a background thread (one producer: the order is the same)."""
     q: queue.Queue[dict[str, np.ndarray]] = queue.Queue(depth)
-    threading.Thread(target=lambda: [q.put(b) for b in it], daemon=True).start()
+
+    def produce() -> None:
+        for b in it:
+            q.put(b)
+
+    threading.Thread(target=produce, daemon=True).start()
     while True:
         yield q.get()
 
@@ -65,11 +67,9 @@ def prefetch(it: Iterator[dict[str, np.ndarray]], depth: int = 8) -> Iterator[di
 def own_context(model: NextFrameModel, arr: dict[str, np.ndarray], rows: np.ndarray, steps: int, dev: torch.device,
                 generator: torch.Generator) -> torch.Tensor:
     """The model's own drawing of ``prev`` for ``rows``, from ``prev2`` and the action between."""
-    c = model.config
-    prev2 = frames_to_tensor(arr["prev2"][rows], dev)
-    cursor = cursor_maps(arr["x2"][rows], arr["y2"][rows], c.size, c.cursor_sigma, dev)
-    cls = torch.from_numpy(classes(arr["event2"][rows], arr["key_index2"][rows])).to(dev)
-    return finish_frames(sample_next(model, prev2, cursor, cls, steps, generator), prev2)
+    b = FrameBatch.from_arrays(arr["prev2"][rows], arr["prev"][rows], arr["x2"][rows], arr["y2"][rows], arr["event2"][rows],
+                               arr["key_index2"][rows], model.config, dev)
+    return finish_frames(sample_next(model, b.prev, b.cursor, b.cls, steps, generator), b.prev)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
