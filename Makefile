@@ -1,4 +1,5 @@
 # Two commands for a newcomer:   make demo   (the main job: the NeuralOS loop)    make test   (the tests)
+# While you edit: make test-fast (the unit tests alone, well under a minute).
 # Each sets up what it needs first (a local .venv with torch==2.13.0 installed before
 # anything that depends on it); the second time round setup is a no-op.
 
@@ -14,7 +15,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-lm test bench lint clean case-studies neuralos-experiment
+.PHONY: browser setup demo demo-lm test test-fast bench lint clean case-studies neuralos-experiment
 
 setup: $(STAMP)
 
@@ -37,6 +38,10 @@ demo-lm: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests alone (no Ray, no browser, nothing slow): seconds, for every edit.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not browser and not slow" $(PYTEST_ARGS)
 
 # The browser tests drive Debian's Chromium (Playwright's own download needs the internet).
 browser:
@@ -69,7 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_neuralos.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check ray_interactive tests benchmarks neuralos_example studies
+	$(BIN)/ruff check ray_interactive apps tests benchmarks neuralos_example studies
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -35,7 +35,8 @@ from ray_interactive.core.task import load_task  # noqa: E402
 from ray_interactive.data.buffer import DataBuffer  # noqa: E402
 from ray_interactive.data.feeds import LocalFeed  # noqa: E402
 from ray_interactive.examples.regression import columns_to_tensors  # noqa: E402
-from ray_interactive.train.trainer import Reporter, Trainer  # noqa: E402
+from ray_interactive.core.reporting import Reporter  # noqa: E402
+from ray_interactive.train.trainer import Trainer  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"
 ROUNDS = 15
@@ -104,11 +105,11 @@ def main() -> None:
     buffer = DataBuffer(task.data_sources(), seed=0)
     # Batches drawn ahead, as the buffer actor does in its own process; refilled outside the timing.
     prefetched = LocalFeed(buffer, 64, per_request=4096)
-    trainer = Trainer(cfg, task, lambda _: prefetched, Reporter(lambda *a: None))
+    trainer = Trainer(cfg, task, lambda _: prefetched, Reporter(None))
     # The same Trainer with per-module health sampled every 50 steps, and on every step (the
     # cost of one sampled step): the same prefetched batches.
     sampled = {n: Trainer(cfg.model_copy(update={"diagnostics_every": n, "run_dir": Path(tempfile.mkdtemp())}), task,
-                          lambda _: prefetched, Reporter(lambda *a: None)) for n in (50, 1)}
+                          lambda _: prefetched, Reporter(None)) for n in (50, 1)}
 
     model = task.build_model()
     opt = task.build_optimizer(model, 1e-3)

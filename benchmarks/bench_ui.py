@@ -38,6 +38,7 @@ import ray  # noqa: E402
 from _common import machine, median, percentile, save  # noqa: E402
 
 from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.messages import BranchCreated, Progress, TrainerStatus  # noqa: E402
 from ray_interactive.runtime.launch import start_run  # noqa: E402
 from ray_interactive.ui.control_ui import build_ui  # noqa: E402
 from ray_interactive.ui.dashboard import Dashboard  # noqa: E402
@@ -56,9 +57,11 @@ def fill(controller: object, steps: int) -> None:
                 if s % 10 == 0:
                     row["eval/loss"] = row["loss"]
                 rows.append((s, t0 + s * 0.05, row))
-            status = {"status": "paused", "step": steps, "branch": "main", "time": time.time()}
-            events = [("branch", ("bench-branch", "main", "main@bench", lo))] if branch != "main" and start == lo else None
-            ray.get(controller.trainer_progress.remote(branch, status, rows, events))  # type: ignore[attr-defined]
+            status = TrainerStatus(status="paused", step=steps, branch="main", time=time.time())
+            events = ([BranchCreated(name="bench-branch", parent="main", checkpoint="main@bench", step=lo)]
+                      if branch != "main" and start == lo else [])
+            report = Progress(branch=branch, status=status, rows=rows, events=events)
+            ray.get(controller.trainer_progress.remote(report))  # type: ignore[attr-defined]
 
 
 def measure(url: str, calls: int) -> tuple[list[float], list[int]]:

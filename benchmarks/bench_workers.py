@@ -71,12 +71,9 @@ def _bare_ddp(args: dict[str, Any]) -> None:
     """A plain DDP loop (no steering) on each rank, in blocks of steps alternating between
     the bare model and the model wrapped as ours is (the control parameter whose gradient
     carries the ranks' flag, loss and command size), to price that alone."""
-    import types
-
     import torch
     import torch.distributed as dist
-
-    from ray_interactive.train.distributed import _Controlled
+    from ray_interactive.train.ddp import Ranks, _Controlled
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -86,8 +83,7 @@ def _bare_ddp(args: dict[str, Any]) -> None:
         layers += [torch.nn.Linear(d, TASK["width"]), torch.nn.GELU()]
         d = TASK["width"]
     inner = torch.nn.Sequential(*layers, torch.nn.Linear(d, 1))
-    controlled = _Controlled(inner)
-    controlled.owner = types.SimpleNamespace(_mine=torch.zeros(3))  # type: ignore[assignment]
+    controlled = _Controlled(inner, Ranks(dist.get_rank(), dist.get_world_size()))  # adds zeros: nothing said
     models = {"plain": torch.nn.parallel.DistributedDataParallel(inner),
               "control": torch.nn.parallel.DistributedDataParallel(controlled)}
     opt = torch.optim.AdamW(inner.parameters(), lr=1e-3)

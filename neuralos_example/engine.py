@@ -27,7 +27,7 @@ from neuralos_example.data import TASKS, encode_png
 from neuralos_example.model import DEFAULT_STEPS, SAMPLER_STEPS, FramePredictor, NextFrameModel
 from neuralos_example.simulator import Action, Desktop, Event
 from neuralos_example.task import interaction_schema
-from ray_interactive.runtime.retry import call_with_retry
+from ray_interactive import call_with_retry
 
 log = logging.getLogger(__name__)
 

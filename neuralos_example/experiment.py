@@ -44,8 +44,7 @@ from neuralos_example.data import (
 from neuralos_example.evaluation import closed_loop, heldout, rollout, teacher_forced_psnr
 from neuralos_example.model import BASE_CHECKPOINT, DEFAULT_STEPS, NextFrameModel, load_model
 from neuralos_example.task import NeuralOSTask
-from ray_interactive.core.task import DataSource
-from ray_interactive.data.buffer import DataBuffer
+from ray_interactive import DataBuffer, DataSource
 
 
 def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, steps: int, batch: int, lr: float, seed: int, label: str,

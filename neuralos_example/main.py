@@ -58,12 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--users must be 0..64")
     if not Path(args.checkpoint).with_suffix(".safetensors").exists():
         ap.error(f"no base model at {args.checkpoint}.safetensors (make one with python -m neuralos_example.pretrain)")
-    from ray_interactive.ui.access import check_bind, read_auth
+    import ray_interactive as ri
 
     try:
-        args.auth = read_auth(args.auth_file)
-        check_bind(args.demo_host, args.auth, "the NeuralOS demo")
-        check_bind(args.ui_host, args.auth, "the control UI")
+        args.auth = ri.read_auth(args.auth_file)
+        ri.check_bind(args.demo_host, args.auth, "the NeuralOS demo")
+        ri.check_bind(args.ui_host, args.auth, "the control UI")
     except (OSError, ValueError) as e:
         ap.error(str(e))
     return args
@@ -77,7 +77,7 @@ class Deployment:
     def __init__(self, client: Any, run_dir: Path, checkpoint: str | Path = BASE_CHECKPOINT, sampler_steps: int = DEFAULT_STEPS,
                  users: int = 0, demo_port: int | None = None, replay_poll_s: float = 0.2,
                  demo_host: str = "127.0.0.1", auth: tuple[str, str] | None = None) -> None:
-        from neuralos_example.demo_app import serve_demo
+        from apps.neuralos_demo import serve_demo
         from neuralos_example.engine import DemoEngine, InteractionLog
         from neuralos_example.model import load_model
         from neuralos_example.replay import Replayer
@@ -138,12 +138,11 @@ class Loop:
     def start(self) -> dict[str, str]:
         import torch
 
-        from ray_interactive.core.config import RunConfig
-        from ray_interactive.runtime.launch import start_run
+        import ray_interactive as ri
 
         a = self.args
         name = a.name or f"neuralos-{time.strftime('%H%M%S')}"
-        config = RunConfig.model_validate({
+        config = ri.RunConfig.model_validate({
             "name": name,
             "run_dir": a.run_dir,
             "task": {"target": "neuralos_example.task:NeuralOSTask",
@@ -157,16 +156,14 @@ class Loop:
             "eval_every": a.eval_every,
             "torch_threads": 1,
         })
-        self.handle = start_run(config, address=a.address)
+        self.handle = ri.start_run(config, address=a.address)
         self.client = client = self.handle.client()
         # the per-task metrics of the base model, before any finetuning: the plots' first point
         client.send("evaluate", source="system", comment="the base model, before finetuning")
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:
-            from ray_interactive.ui.control_ui import serve
-
-            self.ui, urls["control UI"] = serve(client, host=a.ui_host, port=a.ui_port, auth=a.auth, block=False)
+            self.ui, urls["control UI"] = ri.serve_control_ui(client, host=a.ui_host, port=a.ui_port, auth=a.auth, block=False)
         self.deployment = Deployment(client, config.resolved_run_dir, a.checkpoint, a.sampler_steps, a.users, a.demo_port,
                                      demo_host=a.demo_host, auth=a.auth)
         urls["NeuralOS demo"] = self.deployment.url
@@ -205,9 +202,9 @@ class Loop:
                     else:  # the run's own time limit: nobody sent it
                         self.client.send("stop", source="system", comment="the main job's --duration is over")
                     self.handle.wait(timeout=180)
-                    from ray_interactive.cli import summary
+                    import ray_interactive as ri
 
-                    summary(self.client)
+                    ri.print_summary(self.client)
                 except Exception as e:
                     print(f"run failed: {e}", file=sys.stderr)
                     code = 1

@@ -34,7 +34,7 @@ from neuralos_example.model import (
     diffusion_loss,
     load_model,
 )
-from ray_interactive.core.task import DataSource, Task, column_array
+from ray_interactive import DataSource, Task, column_array
 
 log = logging.getLogger(__name__)
 

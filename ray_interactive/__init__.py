@@ -1,9 +1,15 @@
 """ray_interactive: steer a training run while it runs, on Ray.
 
-The pieces: :mod:`~ray_interactive.core.commands` (what can be asked of a run),
-:mod:`~ray_interactive.core.controller`, :mod:`~ray_interactive.train.trainer` and
-:mod:`~ray_interactive.data.buffer` (the three actors' logic), :mod:`~ray_interactive.runtime.client`
-(attach to a run from any process) and :mod:`~ray_interactive.cli`.
+The layers, each importing only those before it (``tests/test_unit_layout.py``):
+
+* ``core/`` - commands (one module per kind), the controller's logic, the steering core
+  every training loop calls, checkpoints, weights, the typed wire; no Ray;
+* ``data/`` - the data buffer: durable Arrow segments, mixture sampling;
+* ``train/`` and ``serve/`` - the front-ends (our Trainer on one rank or many, Hugging
+  Face, a plain loop) and the deployed side's plain parts (HTTP ingest);
+* ``runtime/`` - Ray, and only here: the actors, the client, launching, the wire over Ray;
+* ``agents/``, ``ui/`` - agents and the control UI's logic, clients of a run;
+* the public API (this module, :mod:`ray_interactive.hf`) and the CLI.
 """
 
 from __future__ import annotations
@@ -22,36 +28,56 @@ if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and (Path.home
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ray_interactive.core.commands import Command, CommandRecord, CommandSource, CommandStatus, parse_command
+    from ray_interactive.core.commands import (
+        Command,
+        CommandRecord,
+        CommandSource,
+        CommandStatus,
+        kind_info,
+        parse_command,
+    )
     from ray_interactive.core.config import BufferConfig, RunConfig, ScheduleConfig, TaskSpec
+    from ray_interactive.core.retry import call_with_retry, retrying
     from ray_interactive.core.state import RunStatus, TrainState
     from ray_interactive.core.steering import Steering
-    from ray_interactive.core.task import DataSource, Task
+    from ray_interactive.core.task import DataSource, Task, column_array
+    from ray_interactive.core.weights import WeightVersion, pack_state, unpack_state
+    from ray_interactive.data.buffer import DataBuffer
+    from ray_interactive.frontends import steer
     from ray_interactive.runtime.client import RunClient, RunNotFound, WeightSubscriber, connect, list_runs
     from ray_interactive.runtime.launch import RunHandle, start_run
-    from ray_interactive.runtime.offline import FinishedRun
-    from ray_interactive.serve.weights import WeightVersion, pack_state, unpack_state
-    from ray_interactive.train.loop import Session, steer
+    from ray_interactive.runtime.offline import FinishedRun, attach
+    from ray_interactive.summary import print_summary
+    from ray_interactive.train.loop import Session
+    from ray_interactive.ui.access import check_bind, read_auth
+    from ray_interactive.ui.control_ui import control_blocks, launch_options, serve_control_ui
 
-# Imported on first use, so that `ray_interactive.serve.ingest_client` (an app that posts rows
-# over HTTP) imports neither Ray nor torch.
+# The public API, imported on first use, so that `ray_interactive.serve.ingest_client` (an
+# app that posts rows over HTTP) imports neither Ray nor torch. Apps and the demo use only
+# these names (tests/test_unit_layout.py keeps it so).
 _EXPORTS = {
     "runtime.client": ("RunClient", "RunNotFound", "WeightSubscriber", "connect", "list_runs"),
-    "core.commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "parse_command"),
+    "core.commands": ("Command", "CommandRecord", "CommandSource", "CommandStatus", "kind_info", "parse_command"),
     "core.config": ("BufferConfig", "RunConfig", "ScheduleConfig", "TaskSpec"),
+    "core.retry": ("call_with_retry", "retrying"),
     "runtime.launch": ("RunHandle", "start_run"),
-    "train.loop": ("Session", "steer"),
+    "frontends": ("steer",),
+    "train.loop": ("Session",),
     "core.state": ("RunStatus", "TrainState"),
     "core.steering": ("Steering",),
-    "runtime.offline": ("FinishedRun",),
-    "core.task": ("DataSource", "Task"),
-    "serve.weights": ("WeightVersion", "pack_state", "unpack_state"),
+    "runtime.offline": ("FinishedRun", "attach"),
+    "core.task": ("DataSource", "Task", "column_array"),
+    "core.weights": ("WeightVersion", "pack_state", "unpack_state"),
+    "data.buffer": ("DataBuffer",),
+    "summary": ("print_summary",),
+    "ui.access": ("check_bind", "read_auth"),
+    "ui.control_ui": ("control_blocks", "launch_options", "serve_control_ui"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 #: Modules reached as attributes: ``ri.hf.steer(trainer, run=...)`` (imports transformers).
-_SUBMODULES = {"hf": "train.hf"}
+_SUBMODULES = {"hf": "hf"}
 
 
 def __getattr__(name: str) -> Any:
@@ -73,6 +99,7 @@ __all__ = [
     "CommandRecord",
     "CommandSource",
     "CommandStatus",
+    "DataBuffer",
     "DataSource",
     "FinishedRun",
     "RunClient",
@@ -80,18 +107,29 @@ __all__ = [
     "RunHandle",
     "RunNotFound",
     "RunStatus",
+    "ScheduleConfig",
     "Session",
     "Steering",
-    "TrainState",
-    "ScheduleConfig",
     "Task",
     "TaskSpec",
+    "TrainState",
     "WeightSubscriber",
     "WeightVersion",
+    "attach",
+    "call_with_retry",
+    "check_bind",
+    "column_array",
     "connect",
+    "control_blocks",
+    "kind_info",
+    "launch_options",
     "list_runs",
     "pack_state",
     "parse_command",
+    "print_summary",
+    "read_auth",
+    "retrying",
+    "serve_control_ui",
     "start_run",
     "steer",
     "unpack_state",

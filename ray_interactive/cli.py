@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray_interactive.summary import print_summary, prog
+
 EXAMPLES = {
     "tiny-lm": "ray_interactive.examples.tiny_lm:TinyLMTask",
     "regression": "ray_interactive.examples.regression:RegressionTask",
 }
-# Fields of a command that are not hyperparameters / weights (see ``send``'s shorthand).
-_COMMON_FIELDS = {"id", "source", "issued_at", "at_step", "comment", "group"}
 
 
 class CLIError(Exception):
@@ -36,56 +36,34 @@ class CLIError(Exception):
 
 def parse_value(text: str) -> Any:
     """``1e-4`` -> 0.0001, ``[0.9,0.95]`` -> list, ``true`` -> True, else the string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    from ray_interactive.core.commands.text import parse_value as parse
+
+    return parse(text)
 
 
 def parse_assignments(items: list[str], text_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``; keys in ``text_keys`` keep
-    their text as it is (``module=3`` names the module "3", as ``nn.Sequential`` does)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"expected key=value, got {item!r}")
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise CLIError(f"{key!r} conflicts with another assignment")
-        node[leaf] = value if key in text_keys else parse_value(value)
-    return out
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}`` (see :mod:`ray_interactive.core.commands.text`)."""
+    from ray_interactive.core.commands.text import parse_assignments as parse
+
+    try:
+        return parse(items, text_keys)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def text_fields(kind: str) -> frozenset[str]:
-    """Fields of a command kind whose value is text (names, paths, ids): a CLI value for
-    one of them is never read as JSON."""
-    import typing
+    """Fields of a command kind whose value is text: a CLI value for one is never read as JSON."""
+    from ray_interactive.core.commands.text import text_fields as fields
 
-    from ray_interactive.core.commands import Command
-
-    for model in typing.get_args(typing.get_args(Command)[0]):
-        if model.model_fields["kind"].default == kind:
-            return frozenset(
-                name for name, f in model.model_fields.items() if f.annotation in (str, typing.Optional[str])
-            )
-    return frozenset()
+    return fields(kind)
 
 
 def command_payload(kind: str, assignments: dict[str, Any]) -> dict[str, Any]:
     """Build a command, with shorthands: ``update_optimizer lr=1e-4`` puts ``lr`` into
-    ``params``, ``set_data_mixture base=0.7`` puts ``base`` into ``weights``."""
-    payload: dict[str, Any] = {"kind": kind}
-    nested = {"update_optimizer": "params", "set_data_mixture": "weights"}.get(kind)
-    for key, value in assignments.items():
-        if nested and key not in _COMMON_FIELDS and key != nested:
-            payload.setdefault(nested, {})[key] = value
-        else:
-            payload[key] = value
-    return payload
+    ``params``, ``set_data_mixture base=0.7`` puts ``base`` into ``weights`` (a kind's ``spread``)."""
+    from ray_interactive.core.commands.text import command_payload as build
+
+    return build(kind, assignments)
 
 
 # -- run / demo --------------------------------------------------------------------------
@@ -175,15 +153,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, ConnectionError) as e:
         raise CLIError(str(e)) from None
     client = handle.client()
-    prog = _prog()
+    me = prog()
     print(f"run {config.name!r} started; run dir: {handle.config.resolved_run_dir}")
-    print(f"  attach from another shell:  {prog} status {config.name}")
-    print(f"  steer it:                   {prog} send {config.name} update_optimizer lr=3e-4")
+    print(f"  attach from another shell:  {me} status {config.name}")
+    print(f"  steer it:                   {me} send {config.name} update_optimizer lr=3e-4")
     if handle.ingest_url:
         print(f"  HTTP ingest:                {handle.ingest_url} (bearer token in "
               f"{handle.config.resolved_run_dir / 'ingest_token'})")
     if args.detach:
-        print(f"detached: the run goes on after this process exits; stop it with `{prog} send {config.name} stop`")
+        print(f"detached: the run goes on after this process exits; stop it with `{me} send {config.name} stop`")
         return 0
     if getattr(args, "ui", False):
         url = start_ui(client, args)
@@ -203,10 +181,10 @@ def _ui_auth(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def start_ui(client: Any, args: argparse.Namespace) -> str:
     """Serve the control UI from this process (threads) and return its URL."""
-    from ray_interactive.ui.control_ui import serve
+    from ray_interactive.ui.control_ui import serve_control_ui
 
     try:
-        _, url = serve(client, host=args.ui_host, port=args.ui_port, auth=_ui_auth(args), block=False)
+        _, url = serve_control_ui(client, host=args.ui_host, port=args.ui_port, auth=_ui_auth(args), block=False)
     except ValueError as e:
         raise CLIError(str(e)) from None
     return url
@@ -228,12 +206,6 @@ def _ui_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--ui-host", default="127.0.0.1", help="bind the UI here (not 127.0.0.1: needs --auth-file)")
     sp.add_argument("--ui-port", type=int, default=None, help="default: 7860 or the next free port")
     sp.add_argument("--auth-file", default=None, help="a file holding one line user:password (or set RI_UI_AUTH)")
-
-
-def _prog() -> str:
-    """How the user can call this CLI again: the path they used (``.venv/bin/...``)."""
-    path = Path(sys.argv[0])
-    return str(path) if path.name == "ray-interactive" else "ray-interactive"
 
 
 def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, quiet: bool = False) -> int:
@@ -289,50 +261,9 @@ def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, q
                 client.send("stop", source="system", comment=f"--duration {duration:g} s reached")
             stop_sent = True
     bar.close()
-    summary(client)
+    print_summary(client)
     handle.shutdown()
     return exit_code
-
-
-def _fmt(metric: str, v: float) -> str:
-    return f"{100 * v:.0f}%" if metric == "success" else f"{v:.4g}"
-
-
-def eval_summary(metrics: dict[str, Any]) -> list[str]:
-    """One line per evaluated group (a task's ``eval/<group>/<metric>``; ``eval/<metric>`` is
-    "all"): each metric at the first and the last evaluation."""
-    groups: dict[str, list[str]] = {}
-    steps: tuple[int, int] | None = None
-    for key in sorted(k for k in metrics if k.startswith("eval/")):
-        d = metrics[key]
-        values = [(s, v) for s, v in zip(d.get("step", []), d.get("value", []), strict=False) if v is not None]
-        if not values:
-            continue
-        parts = key.split("/")
-        group, metric = (parts[1], parts[2]) if len(parts) == 3 else ("all", parts[-1])
-        (s0, first), (s1, last) = values[0], values[-1]
-        steps = (s0, s1)
-        groups.setdefault(group, []).append(f"{metric} {_fmt(metric, first)} -> {_fmt(metric, last)}")
-    if not groups:
-        return []
-    head = f"  evaluation, first -> last (steps {steps[0]} -> {steps[1]}):" if steps else "  evaluation:"
-    return [head] + [f"    {g}: " + ", ".join(v) for g, v in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0]))]
-
-
-def summary(client: Any) -> None:
-    status = client.status()
-    eval_keys = [k for k in client.metric_keys() if k.startswith("eval/")]
-    m = client.metrics(keys=["loss", *eval_keys], include_ancestors=True)
-    print(f"\nrun {status['run']}: {status['status']} at step {status['step']} on branch {status['branch']}"
-          f" ({status.get('message') or ''})")
-    lines = eval_summary(m)
-    v = m.get("loss", {}).get("value")
-    if v and not lines:  # without an evaluation, the train loss is all there is to show
-        print(f"  loss: first {v[0]:.4f}, last {v[-1]:.4f}")
-    for line in lines:
-        print(line)
-    print(f"  commands: {status['commands']}; checkpoints: {status['checkpoints']}; branches: {', '.join(status['branches'])}")
-    print(f"  run dir: {status['run_dir']}  (resume: {_prog()} run --resume {status['run_dir']})")
 
 
 class Tour:
@@ -398,7 +329,7 @@ def _connect(args: argparse.Namespace, finished_ok: bool = False) -> Any:
             raise CLIError(f"{e} (and no run directory {args.run!r} or runs/{args.run} to read)") from None
         if not finished_ok:
             raise CLIError(f"{e}; {run_dir} holds it, finished: resume it with "
-                           f"`{_prog()} run --resume {run_dir}`") from None
+                           f"`{prog()} run --resume {run_dir}`") from None
         print(f"(run {args.run!r} is not running: reading its run directory {run_dir})", file=sys.stderr)
         return FinishedRun(run_dir)
 
@@ -438,6 +369,24 @@ def cmd_send(args: argparse.Namespace) -> int:
         rec = client.wait(rec, timeout=args.timeout)
         print(f"{rec.kind}: {rec.status.value} at step {rec.applied_step}: {rec.message}")
         return 0 if rec.status.value == "applied" else 1
+    return 0
+
+
+def cmd_kinds(args: argparse.Namespace) -> int:
+    """Every command kind, with its arguments: what ``send`` takes."""
+    from ray_interactive.core.commands import COMMAND_KINDS, kind_info
+
+    infos = [kind_info(k) for k in COMMAND_KINDS]
+    if args.json:
+        print(json.dumps([{"kind": i.kind, "summary": i.summary, "example": i.usage(), "for_agents": i.for_agents,
+                           "args": [a.__dict__ for a in i.args]} for i in infos], indent=1, default=str))
+        return 0
+    for info in infos:
+        print(f"{info.kind}: {info.summary}")
+        for a in info.args:
+            extra = ", ".join(x for x in (a.bounds, "required" if a.required else f"default {a.default!r}") if x)
+            print(f"    {a.name} ({a.type}; {extra}){': ' + a.description if a.description else ''}")
+        print(f"    e.g. {prog()} send RUN {info.usage()}")
     return 0
 
 
@@ -571,7 +520,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest_url(args: argparse.Namespace) -> int:
-    from ray_interactive.serve.ingest_http import ingest_info
+    from ray_interactive.runtime.ingest_server import ingest_info
 
     _connect(args)
     try:
@@ -610,7 +559,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     import shlex
     import urllib.parse
 
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray_interactive.runtime.jobs import JobServer
 
     rest = [a for a in args.command if a != "--"] if args.command else []
     if not rest or rest[0] not in COMMANDS:
@@ -626,24 +575,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CLIError(f"{working_dir} is not the project directory (no ray_interactive/ in it); give --working-dir")
     entrypoint = shlex.join([python, "-m", "ray_interactive.cli", *rest])
     try:
-        client = JobSubmissionClient(address)
-    except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; say which server
-        raise CLIError(f"cannot reach a Ray job server at {address}: {str(e).splitlines()[0]} "
-                       "(a cluster's dashboard port, e.g. through `ray dashboard ray_cluster.yaml`)") from None
-    runtime_env = {} if args.no_working_dir else {"working_dir": str(working_dir)}
-    job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=args.job_id)
+        server = JobServer(address)
+    except ConnectionError as e:
+        raise CLIError(f"{e} (a cluster's dashboard port, e.g. through `ray dashboard ray_cluster.yaml`)") from None
+    job = server.submit(entrypoint, None if args.no_working_dir else str(working_dir), args.job_id)
     print(f"submitted job {job} to {address}: {entrypoint}")
     print(f"  logs:   ray job logs {job} --address {address} --follow")
     print(f"  stop:   ray job stop {job} --address {address}   (or `ray-interactive send RUN stop`)")
     if not args.wait:
         return 0
-    status = client.get_job_status(job)
-    while not status.is_terminal():
-        time.sleep(1.0)
-        status = client.get_job_status(job)
-    print(client.get_job_logs(job)[-4000:])
-    print(f"job {job}: {status.value}")
-    return 0 if status == JobStatus.SUCCEEDED else 1
+    ok, status, logs = server.wait(job)
+    print(logs)
+    print(f"job {job}: {status}")
+    return 0 if ok else 1
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -761,7 +705,11 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8000)
     sp.set_defaults(func=cmd_llm_serve)
 
-    sp = sub.add_parser("send", help="send a command: send RUN KIND key=value ...")
+    sp = sub.add_parser("kinds", help="the command kinds and their arguments (what send takes)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_kinds)
+
+    sp = sub.add_parser("send", help="send a command: send RUN KIND key=value ... (kinds: see `kinds`)")
     sp.add_argument("run")
     sp.add_argument("kind")
     sp.add_argument("fields", nargs="*", metavar="key=value")

@@ -120,12 +120,12 @@ class Person:
     def __init__(self, client: Any, every: int) -> None:
         from gradio_client import Client
 
-        from ray_interactive.ui.control_ui import serve
+        from ray_interactive.ui.control_ui import serve_control_ui
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        self.ui, url = serve(client, port=port, block=False, refresh_s=3600, command_wait_s=30.0)
+        self.ui, url = serve_control_ui(client, port=port, block=False, refresh_s=3600, command_wait_s=30.0)
         self.gc = Client(url, verbose=False)
         self.client, self.every = client, every
         self.actions: list[dict[str, Any]] = []

@@ -36,6 +36,18 @@ SHARED_DATA = Path(os.environ.get("RI_SHARED_DATA", REPO.parent / "shared" / "da
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Markers people can select by (``make test-fast`` runs ``not ray and not browser and not
+    slow``): ``ray`` on every test that uses the session's Ray cluster (a fixture that needs
+    it, directly or not); a ``browser`` test is skipped where Chromium is missing."""
+    no_browser = pytest.mark.skip(reason="needs Debian's chromium (.ci/run and make test install it)")
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("browser") is not None and not Path(CHROMIUM).exists():
+            item.add_marker(no_browser)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[dict[str, Any]]:
     """A local Ray cluster for the whole session (starting one takes seconds)."""
@@ -78,7 +90,7 @@ def start(ray_cluster: dict[str, Any]) -> Iterator[Callable[..., RunHandle]]:
         h.shutdown()
 
 
-def snapshot_of(model: Any, optimizer: Any, **fields: Any) -> dict[str, Any]:
+def snapshot_of(model: Any, optimizer: Any, **fields: Any) -> Any:
     """A trainer snapshot (the typed message) of a model and optimizer, as a trainer at step 0 sends it."""
     from ray_interactive.core.hparams import describe_optimizer
     from ray_interactive.core.messages import Snapshot
@@ -90,18 +102,80 @@ def snapshot_of(model: Any, optimizer: Any, **fields: Any) -> dict[str, Any]:
         "step": 0, "branch": "main", "schedule": {"kind": "constant"}, "grad_clip": None, "grad_accumulation": 1,
         "paused": False, "mixture": {"base": 1.0}, "frontend": "trainer",
     }
-    return Snapshot.model_validate({**doc, **fields}).model_dump(mode="json")
+    return Snapshot.model_validate({**doc, **fields})
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy."""
+class _KeepingPort:
+    """A controller port that keeps what it is sent."""
+
+    def __init__(self, sent: list[Any]) -> None:
+        self.sent = sent
+
+    def progress(self, report: Any) -> None:
+        self.sent.append(report)
+
+    def outcomes(self, report: Any) -> None:
+        self.sent.append(report)
+
+    def describe(self, snapshot: Any) -> None:
+        self.sent.append(snapshot)
+
+
+class Recorder:
+    """A reporter whose port keeps the typed messages a loop sends (a controller stand-in
+    for unit tests of the loop side; the real controller is tested on its own)."""
+
+    def __init__(self) -> None:
+        from ray_interactive.core.reporting import Reporter
+
+        self.sent: list[Any] = []
+        self.reporter = Reporter(_KeepingPort(self.sent))
+
+    def of(self, kind: type) -> list[Any]:
+        return [m for m in self.sent if isinstance(m, kind)]
+
+    def outcome_records(self) -> list[Any]:
+        """Every command outcome reported, in order."""
+        from ray_interactive.core.messages import Outcomes
+
+        return [r for m in self.of(Outcomes) for r in m.records]
+
+    def all_events(self) -> list[Any]:
+        """Every event that rode along with a report, in order."""
+        from ray_interactive.core.messages import Outcomes, Progress
+
+        return [e for m in self.sent if isinstance(m, (Progress, Outcomes)) for e in m.events]
+
+    def run_events(self) -> list[Any]:
+        """The events the run made on its own (a health pause, say)."""
+        from ray_interactive.core.messages import RunEvent
+
+        return [e for e in self.all_events() if isinstance(e, RunEvent)]
+
+    def rows(self) -> list[tuple[int, float, dict[str, float]]]:
+        """Every metric row reported, in order."""
+        from ray_interactive.core.messages import Progress
+
+        return [r for m in self.of(Progress) for r in m.rows]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition",
+               state: Callable[[], Any] | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy; on a timeout, say what
+    ``state()`` shows (the run's status, say): a failure under load names its cause."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    shown = ""
+    if state is not None:
+        try:
+            shown = f"; state then: {state()!r}"[:4000]
+        except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the timeout
+            shown = f"; state unavailable ({type(e).__name__}: {e})"
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{shown}")
 
 
 def running_client(handle: RunHandle) -> Any:

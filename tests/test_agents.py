@@ -19,7 +19,7 @@ import pytest
 from ray_interactive.agents.guardrails import Guardrails
 from ray_interactive.agents.runtime import AgentRunner, Decision, Observation, RulePolicy
 
-from .conftest import CHROMIUM, REPO, regression_config, ui_page, wait_until
+from .conftest import REPO, regression_config, ui_page, wait_until
 
 
 def cli_agent(handle: Any, address: str, *flags: str, ticks: int = 2, timeout: float = 90) -> tuple[str, list[dict]]:
@@ -173,22 +173,21 @@ def test_the_cli_llm_agent_runs_the_local_model_over_http(
     assert any(r["source"] == "agent" for r in client.commands()) or all(not e["sent"] for e in entries)
 
 
+@pytest.mark.browser
 def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_module_health(
     tmp_path: Path, start: Any
 ) -> None:
-    from .test_control_ui import AUTH, free_port
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium (.ci/run installs it)")
     from playwright.sync_api import expect
 
-    from ray_interactive.ui.control_ui import serve
+    from ray_interactive.ui.control_ui import serve_control_ui
+
+    from .test_control_ui import AUTH, free_port
 
     handle = start(regression_config(tmp_path, lr=0.3, grad_clip=None, checkpoint_interval_s=None,
                                      diagnostics_every=5, metrics_interval_s=0.2))
     client = handle.client()
     wait_until(lambda: client.status()["step"] >= 40, what="steps")
-    ui, url = serve(client, port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)
+    ui, url = serve_control_ui(client, port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)
     try:
         with ui_page(url, AUTH) as page:
             expect(page.locator("#status")).to_contain_text("RUNNING")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ray_interactive.runtime.launch import RunHandle, start_run
-from ray_interactive.ui.control_ui import check_bind, serve
+from ray_interactive.ui.control_ui import check_bind, serve_control_ui
 
 from .conftest import CHROMIUM, REPO, regression_config, running_client, ui_page, wait_until
 
@@ -60,7 +60,7 @@ def run(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def ui_url(run: RunHandle) -> Iterator[str]:
-    ui, url = serve(running_client(run), port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)  # a loaded CI box
+    ui, url = serve_control_ui(running_client(run), port=free_port(), auth=AUTH, block=False, refresh_s=1.0, command_wait_s=30.0)  # a loaded CI box
     yield url
     ui.close()
 
@@ -158,7 +158,7 @@ def test_pending_commands_are_cancelled_and_checkpoints_paged_from_the_ui(ui_url
     assert number == 1 and "newest first" in info and ckpt in json.dumps(table)
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) -> None:
     from playwright.sync_api import expect
 
@@ -216,6 +216,7 @@ def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) 
     assert os.path.getsize(ARTIFACTS / "control_ui.png") > 0
 
 
+@pytest.mark.browser
 def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_server(
     ray_cluster: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -224,7 +225,7 @@ def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_serve
     handle = start_run(regression_config(tmp_path, checkpoint_every=20))
     client = handle.client()
     wait_until(lambda: client.status()["step"] > 30, what="training")
-    ui, url = serve(client, port=free_port(), block=False, refresh_s=3600, command_wait_s=30.0)  # we refresh by hand
+    ui, url = serve_control_ui(client, port=free_port(), block=False, refresh_s=3600, command_wait_s=30.0)  # we refresh by hand
     try:
         gc = Client(url, verbose=False)
         assert "RUNNING" in gc.predict("step", 0.0, False, None, None, None, "update_ratio", None, api_name="/refresh")[0]
@@ -238,8 +239,6 @@ def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_serve
         assert "has ended" in gc.predict(api_name="/pause") and "resume it with" in gc.predict(api_name="/pause")
         table, info, _ = gc.predict(1, api_name="/checkpoints")
         assert "before-the-end" in json.dumps(table)
-        if not Path(CHROMIUM).exists():
-            return
         from playwright.sync_api import expect, sync_playwright
 
         with sync_playwright() as p:

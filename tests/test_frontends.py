@@ -244,12 +244,12 @@ def test_a_hugging_face_run_refuses_what_hf_cannot_do(tmp_path: Path, ray_cluste
 
 
 # -- the control UI, unchanged, on both --------------------------------------------------
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 @pytest.mark.parametrize("frontend", ["loop", "hf"])
 def test_the_control_ui_steers_a_loop_and_a_hugging_face_trainer(frontend: str, tmp_path: Path, ray_cluster: Any) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from ray_interactive.ui.control_ui import serve
+    from ray_interactive.ui.control_ui import serve_control_ui
 
     name = f"ui-{frontend}"
     errors: list[BaseException] = []
@@ -281,7 +281,7 @@ def test_the_control_ui_steers_a_loop_and_a_hugging_face_trainer(frontend: str, 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ui, url = serve(client, port=port, block=False, refresh_s=1.0, command_wait_s=30.0)
+    ui, url = serve_control_ui(client, port=port, block=False, refresh_s=1.0, command_wait_s=30.0)
     label = "plain PyTorch loop" if frontend == "loop" else "Hugging Face Trainer"
     try:
         with sync_playwright() as p:

@@ -26,9 +26,10 @@ import ray_interactive as ri
 from ray_interactive.cli import CLIError, parse_host_port
 from ray_interactive.examples.regression import make_table
 from ray_interactive.runtime.client import RunClient
+from ray_interactive.runtime.ingest_server import ingest_app, start_ingest_server
 from ray_interactive.runtime.launch import RunHandle, start_run
 from ray_interactive.serve.ingest_client import IngestRejected, list_sources, post_table, to_ipc_stream
-from ray_interactive.serve.ingest_http import make_ingest_app, serve_in_thread, start_ingest_server
+from ray_interactive.serve.ingest_http import serve_in_thread
 
 from .conftest import REPO, regression_config, wait_until
 
@@ -269,7 +270,7 @@ def test_the_app_mounts_in_another_fastapi_app(served: Served) -> None:
         return {"app": "mine"}
 
     token = "another-token-for-the-mounted-app"
-    outer.mount("/ingest", make_ingest_app(served.handle.buffer, token))
+    outer.mount("/ingest", ingest_app(served.handle.buffer, token))
     server = serve_in_thread(outer)
     try:
         before = served.rows()
@@ -282,7 +283,7 @@ def test_the_app_mounts_in_another_fastapi_app(served: Served) -> None:
     finally:
         server.stop()
     with pytest.raises(ValueError, match="at least 16 characters"):
-        make_ingest_app(served.handle.buffer, "short")
+        ingest_app(served.handle.buffer, "short")
 
 
 def test_cli_finds_the_url_and_a_second_server_is_refused(served: Served, ray_cluster: dict[str, Any]) -> None:

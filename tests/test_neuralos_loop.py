@@ -105,7 +105,7 @@ def test_demo_api_refuses_bad_actions_and_keeps_serving(loop: dict[str, Any]) ->
     assert out["step"] == 1
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_demo_page_click_on_the_screen_changes_the_frame(loop: dict[str, Any], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -140,7 +140,7 @@ def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_o
 
     import httpx
 
-    from neuralos_example.demo_app import serve_demo
+    from apps.neuralos_demo import serve_demo
 
     engine = loop["d"].engine
     with pytest.raises(ValueError, match="refusing to bind the NeuralOS demo to 0.0.0.0 without authentication"):
@@ -170,7 +170,7 @@ def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_o
     assert out.returncode == 2 and "refusing to bind the NeuralOS demo to 0.0.0.0 without authentication" in out.stderr
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_demo_page_compares_the_current_model_with_the_base_side_by_side(loop: dict[str, Any]) -> None:
     from playwright.sync_api import expect
 
@@ -200,12 +200,12 @@ def test_demo_page_compares_the_current_model_with_the_base_side_by_side(loop: d
         expect(base).to_be_hidden(timeout=60_000)
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_per_task_evaluation_is_logged_and_plotted_one_line_per_task(loop: dict[str, Any]) -> None:
     from playwright.sync_api import expect
 
     from neuralos_example.data import TASKS
-    from ray_interactive.ui.control_ui import serve
+    from ray_interactive.ui.control_ui import serve_control_ui
     from ray_interactive.ui.dashboard import Dashboard, View
 
     client = loop["client"]
@@ -223,7 +223,7 @@ def test_per_task_evaluation_is_logged_and_plotted_one_line_per_task(loop: dict[
     names = {t["name"] for t in dash.figures(dash.fetch(view), view)["eval"]["data"]}
     assert {f"main: {t}" for t in (*TASKS, "frequent", "rare")} <= names, names
 
-    ui, url = serve(client, block=False)
+    ui, url = serve_control_ui(client, block=False)
     try:
         with ui_page(url) as page:
             plot = page.locator("#plot-eval")

@@ -75,7 +75,8 @@ def test_a_killed_trainer_is_restarted_from_its_checkpoint_and_continues_with_th
     os.kill(trainer_pid, signal.SIGKILL)
     resume = client.send("resume")  # sent meanwhile: waits until the trainer is back where it died
     assert resume.status.value == "accepted"
-    wait_until(lambda: events(client, "recovered"), timeout=150, what="the recovery to finish")
+    wait_until(lambda: events(client, "recovered"), timeout=150, what="the recovery to finish",
+               state=lambda: (client.status(), client.commands(limit=8)))
     assert client.wait(resume, timeout=60).status.value == "applied"
     final = healed.wait(timeout=120)
     assert final is not None and final["step"] == 80

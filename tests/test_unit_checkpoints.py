@@ -143,26 +143,25 @@ def test_a_run_checkpoints_every_interval_by_default_and_a_failed_write_is_an_ev
     from .test_unit_core import core_for, train_steps
 
     assert RunConfig(name="x").checkpoint_interval_s == 300.0  # on by default
-    core, calls = core_for(tmp_path)
-    core.config = core.config.model_copy(update={"checkpoint_interval_s": 0.05})
+    core, calls = core_for(tmp_path, config={"checkpoint_interval_s": 0.05})
     train_steps(core, 1)
     core.after_step()
-    assert not core.checkpoints  # not yet: the interval starts with the run
+    assert not core.checkpoints.known  # not yet: the interval starts with the run
     time.sleep(0.06)
     core.after_step()
-    assert [c.reason for c in core.checkpoints.values()] == ["periodic"]
+    assert [c.reason for c in core.checkpoints.known.values()] == ["periodic"]
 
     # The next one cannot be written (its directory is under a file: fails even for root):
     # an entry in the history with why, nothing half-written, and the run goes on.
     (tmp_path / "afile").write_text("")
-    good = core.ckpt_dir
-    core.ckpt_dir = tmp_path / "afile" / "checkpoints"
+    good = core.checkpoints.dir
+    core.checkpoints.dir = tmp_path / "afile" / "checkpoints"
     time.sleep(0.06)
     core.after_step()
-    core.ckpt_dir = good
-    assert len(core.checkpoints) == 1 and not list(good.glob("*.tmp"))
-    sent = [ev for call in calls.calls for ev in (call[-1] or []) if call[0] in ("trainer_progress", "command_outcomes")]
-    events = [args[0] for name, args in [*sent, *core.reporter._events] if name == "event"]
+    core.checkpoints.dir = good
+    assert len(core.checkpoints.known) == 1 and not list(good.glob("*.tmp"))
+    core.telemetry.report(force=True)  # events ride along with the next report
+    events = [e.model_dump() for e in calls.run_events()]
     assert events and events[-1]["kind"] == "checkpoint_failed" and events[-1]["failed"]
     assert "periodic checkpoint at step 1 not written" in events[-1]["message"]
     train_steps(core, 2)

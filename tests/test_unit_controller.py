@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ray_interactive.core.checkpoints import CheckpointInfo
 from ray_interactive.core.commands import (
     CommandRecord,
     CommandStatus,
@@ -21,6 +22,7 @@ from ray_interactive.core.commands import (
 )
 from ray_interactive.core.config import RunConfig, TaskSpec
 from ray_interactive.core.controller import Controller
+from ray_interactive.core.messages import BranchCreated, Outcomes, Progress, Snapshot, TrainerStatus
 from ray_interactive.examples.regression import RegressionTask
 
 from .conftest import snapshot_of
@@ -33,7 +35,7 @@ def make_config(run_dir: Path) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def snapshot() -> dict[str, Any]:
+def snapshot() -> Snapshot:
     task = RegressionTask(in_dim=4, width=8, depth=1)
     model = task.build_model()
     opt = task.build_optimizer(model, 1e-3)
@@ -41,9 +43,28 @@ def snapshot() -> dict[str, Any]:
 
 
 class Harness:
+    """A controller, and what a training loop pulling its commands has received."""
+
     def __init__(self, run_dir: Path, recover: bool = False) -> None:
-        self.delivered: list[CommandRecord] = []
-        self.controller = Controller(make_config(run_dir), deliver=self.delivered.extend, recover=recover)
+        self.controller = Controller(make_config(run_dir), recover=recover)
+        self._got: list[CommandRecord] = []
+        self._after = 0
+
+    @property
+    def delivered(self) -> list[CommandRecord]:
+        """Every command the loop's polls have brought so far (a poll is made now)."""
+        records = self.controller.pull(self._after).records
+        self._got.extend(records)
+        self._after = max([self._after, *(r.seq or 0 for r in records)])
+        return self._got
+
+
+def outcomes(records: list[CommandRecord], status: TrainerStatus | None = None) -> Outcomes:
+    return Outcomes(records=records, status=status)
+
+
+def progress(branch: str, status: TrainerStatus, rows: list[Any]) -> Progress:
+    return Progress(branch=branch, status=status, rows=rows)
 
 
 @pytest.fixture
@@ -71,7 +92,7 @@ def test_optimizer_update_before_the_trainer_is_up_is_rejected(harness: Harness)
     assert harness.controller.submit(Pause()).status is CommandStatus.ACCEPTED
 
 
-def test_valid_commands_are_numbered_and_delivered_in_order(harness: Harness, snapshot: dict[str, Any]) -> None:
+def test_valid_commands_are_numbered_and_delivered_in_order(harness: Harness, snapshot: Snapshot) -> None:
     c = harness.controller
     c.trainer_snapshot(snapshot)
     cmds = [
@@ -88,7 +109,7 @@ def test_valid_commands_are_numbered_and_delivered_in_order(harness: Harness, sn
     assert c.get_command(cmds[1].id) == recs[1]
 
 
-def test_invalid_commands_after_the_snapshot_are_rejected_with_reasons(harness: Harness, snapshot: dict[str, Any]) -> None:
+def test_invalid_commands_after_the_snapshot_are_rejected_with_reasons(harness: Harness, snapshot: Snapshot) -> None:
     c = harness.controller
     c.trainer_snapshot(snapshot)
     bad = {
@@ -113,7 +134,7 @@ def test_invalid_commands_after_the_snapshot_are_rejected_with_reasons(harness: 
 
 
 def test_a_repeated_command_id_returns_the_first_record_and_is_not_delivered_twice(
-    harness: Harness, snapshot: dict[str, Any]
+    harness: Harness, snapshot: Snapshot
 ) -> None:
     c = harness.controller
     c.trainer_snapshot(snapshot)
@@ -138,14 +159,14 @@ def test_after_stop_further_commands_are_rejected(harness: Harness) -> None:
     assert len(harness.delivered) == 1
 
 
-def test_commands_jsonl_has_one_line_per_record_event(harness: Harness, snapshot: dict[str, Any]) -> None:
+def test_commands_jsonl_has_one_line_per_record_event(harness: Harness, snapshot: Snapshot) -> None:
     c = harness.controller
     r1 = c.submit(UpdateOptimizer(params={"lr": 1e-4}))  # rejected: still starting
     c.trainer_snapshot(snapshot)
     r2 = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
     r3 = c.submit({"kind": "nope"})  # unparseable
     applied = r2.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 7, "message": "lr 1e-4"})
-    c.command_outcomes([applied.model_dump(mode="json")])
+    c.command_outcomes(outcomes([applied]))
     lines = log_lines(c.run_dir)
     assert len(lines) == 4
     assert [x["status"] for x in lines] == ["rejected", "accepted", "rejected", "applied"]
@@ -158,7 +179,7 @@ def test_commands_jsonl_has_one_line_per_record_event(harness: Harness, snapshot
 
 
 def test_recovery_restores_records_continues_numbering_and_fails_unapplied_commands(
-    tmp_path: Path, snapshot: dict[str, Any]
+    tmp_path: Path, snapshot: Snapshot
 ) -> None:
     run_dir = tmp_path / "run"
     h = Harness(run_dir)
@@ -167,7 +188,7 @@ def test_recovery_restores_records_continues_numbering_and_fails_unapplied_comma
     done = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
     pending = c.submit(SaveCheckpoint(tag="later"))
     rejected = c.submit(UpdateOptimizer(params={"nope": 1}))
-    c.command_outcomes([done.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 3}).model_dump(mode="json")])
+    c.command_outcomes(outcomes([done.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 3})]))
     c.close()
 
     h2 = Harness(run_dir, recover=True)
@@ -190,8 +211,8 @@ def test_recovery_restores_records_continues_numbering_and_fails_unapplied_comma
 
 def test_load_checkpoint_without_a_branch_gets_a_fresh_unique_branch_name(harness: Harness) -> None:
     c = harness.controller
-    c.checkpoint_saved({"id": "main@5", "branch": "main", "step": 5, "created_at": 1.0, "reason": "command"})
-    c.branch_created("main-1", "main", "main@2", 2)  # the first generated name is taken
+    c.checkpoint_saved(CheckpointInfo(id="main@5", branch="main", step=5, created_at=1.0, reason="command"))
+    c.branch_created(BranchCreated(name="main-1", parent="main", checkpoint="main@2", step=2))  # the first generated name is taken
     r1 = c.submit(LoadCheckpoint(checkpoint_id="main@5"))
     r2 = c.submit(LoadCheckpoint(checkpoint_id="main@5"))
     assert r1.status is CommandStatus.ACCEPTED and r2.status is CommandStatus.ACCEPTED
@@ -207,9 +228,11 @@ def test_load_checkpoint_without_a_branch_gets_a_fresh_unique_branch_name(harnes
 
 def test_lineage_and_metrics_follow_the_branch_tree(harness: Harness) -> None:
     c = harness.controller
-    c.trainer_progress("main", {"status": "running", "step": 30, "time": 1.0, "branch": "main"}, [(k, float(k), {"loss": float(k)}) for k in range(1, 31)])
-    c.branch_created("b", "main", "main@20", 20)
-    c.trainer_progress("b", {"status": "running", "step": 25, "time": 2.0, "branch": "b"}, [(k, float(k), {"loss": -float(k)}) for k in range(21, 26)])
+    c.trainer_progress(progress("main", TrainerStatus(status="running", step=30, time=1.0, branch="main"),
+                                [(k, float(k), {"loss": float(k)}) for k in range(1, 31)]))
+    c.branch_created(BranchCreated(name="b", parent="main", checkpoint="main@20", step=20))
+    c.trainer_progress(progress("b", TrainerStatus(status="running", step=25, time=2.0, branch="b"),
+                                [(k, float(k), {"loss": -float(k)}) for k in range(21, 26)]))
     assert c.lineage("b") == [("main", 20), ("b", None)]
     out = c.get_metrics("b", include_ancestors=True)["loss"]
     assert out["step"] == list(range(1, 26))
@@ -224,7 +247,7 @@ def test_generated_branch_name_is_a_valid_name_and_survives_recovery(tmp_path: P
     config = RunConfig(name="unit", task=TaskSpec(target="ray_interactive.examples.regression:RegressionTask"), run_dir=tmp_path)
     c = Controller(config)
     branch = "b" * 64  # a valid name of the maximum length
-    c.checkpoint_saved({"id": f"{branch}@5", "branch": branch, "step": 5, "created_at": 1.0, "reason": "command"})
+    c.checkpoint_saved(CheckpointInfo(id=f"{branch}@5", branch=branch, step=5, created_at=1.0, reason="command"))
     rec = c.submit(LoadCheckpoint(checkpoint_id=f"{branch}@5"))
     c.close()
     assert rec.status is CommandStatus.ACCEPTED
@@ -250,41 +273,39 @@ def test_a_rejected_command_can_be_retried_with_the_same_id(tmp_path: Path) -> N
     c.close()
 
 
-def status_at(step: int, status: str = "running", branch: str = "main") -> dict[str, Any]:
+def status_at(step: int, status: str = "running", branch: str = "main") -> TrainerStatus:
     import time
 
-    return {"status": status, "step": step, "branch": branch, "time": time.time()}
+    return TrainerStatus(status=status, step=step, branch=branch, time=time.time())
 
 
-def applied(rec: CommandRecord, step: int) -> dict[str, Any]:
+def applied(rec: CommandRecord, step: int) -> CommandRecord:
     import time
 
     return rec.model_copy(update={
         "status": CommandStatus.APPLIED, "applied_step": step, "applied_at": time.time(), "branch": "main",
-    }).model_dump(mode="json")
+    })
 
 
 def test_a_trainer_restart_reapplies_what_followed_the_checkpoint_and_holds_new_commands(
-    harness: Harness, snapshot: dict[str, Any]
+    harness: Harness, snapshot: Snapshot
 ) -> None:
     import time
 
-    from ray_interactive.core.checkpoints import CheckpointInfo
-
     c = harness.controller
     c.trainer_snapshot(snapshot)
-    c.trainer_progress("main", status_at(5), [])
+    c.trainer_progress(progress("main", status_at(5), []))
     before = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
-    c.command_outcomes([applied(before, 5)])
+    c.command_outcomes(outcomes([applied(before, 5)]))
     time.sleep(0.01)
     ckpt = CheckpointInfo(id="main@10", branch="main", step=10, created_at=time.time(), reason="periodic")
     (c.run_dir / "checkpoints" / ckpt.id).mkdir(parents=True)
     (c.run_dir / "checkpoints" / ckpt.id / "state.json").write_text(json.dumps({"info": ckpt.to_dict()}))
     time.sleep(0.01)
     after = c.submit(UpdateOptimizer(params={"lr": 2e-4}))
-    c.command_outcomes([applied(after, 12)])
+    c.command_outcomes(outcomes([applied(after, 12)]))
     pending = c.submit(Pause())  # accepted, never applied: the trainer died
-    c.trainer_progress("main", status_at(15), [])
+    c.trainer_progress(progress("main", status_at(15), []))
     harness.delivered.clear()
 
     path, again, next_seq = c.begin_recovery("SIGKILL")
@@ -296,26 +317,26 @@ def test_a_trainer_restart_reapplies_what_followed_the_checkpoint_and_holds_new_
     lines = len(log_lines(c.run_dir))
 
     # The re-applied command comes back: nothing is logged for it; back at step 15 it ends.
-    c.command_outcomes([applied(again[0], 12)], status=status_at(12))
+    c.command_outcomes(outcomes([applied(again[0], 12)], status_at(12)))
     assert len(log_lines(c.run_dir)) == lines and c.recovery is not None
-    c.trainer_progress("main", status_at(15), [])
+    c.trainer_progress(progress("main", status_at(15), []))
     assert c.recovery is None and c.status()["status"] == "running"
-    assert [r.id for r in c.released] == [pending.id, held.id]  # in order, to the trainer
+    assert [r.id for r in harness.delivered] == [pending.id, held.id]  # in order, to the trainer
     kinds = [r["kind"] for r in c.commands() if r["source"] == "system"]
     assert kinds == ["trainer_lost", "recovered"]
 
 
-def test_a_re_applied_pause_ends_the_recovery_where_it_holds_the_trainer(harness: Harness, snapshot: dict[str, Any]) -> None:
+def test_a_re_applied_pause_ends_the_recovery_where_it_holds_the_trainer(harness: Harness, snapshot: Snapshot) -> None:
     c = harness.controller
     c.trainer_snapshot(snapshot)
     pause = c.submit(Pause())
-    c.command_outcomes([applied(pause, 8)], status=status_at(8, "paused"))
-    c.trainer_progress("main", status_at(8, "paused"), [])
+    c.command_outcomes(outcomes([applied(pause, 8)], status_at(8, "paused")))
+    c.trainer_progress(progress("main", status_at(8, "paused"), []))
     _, again, _ = c.begin_recovery("lost")  # no checkpoint: everything again, from the start
     assert [r.id for r in again] == [pause.id]
-    c.trainer_progress("main", status_at(3), [])
+    c.trainer_progress(progress("main", status_at(3), []))
     assert c.recovery is not None
-    c.command_outcomes([applied(again[0], 8)], status=status_at(8, "paused"))
+    c.command_outcomes(outcomes([applied(again[0], 8)], status_at(8, "paused")))
     assert c.recovery is None
 
 
@@ -323,13 +344,13 @@ def test_a_run_that_says_running_but_makes_no_step_is_stalled(tmp_path: Path) ->
     import time
 
     c = Controller(make_config(tmp_path / "run").model_copy(update={"stall_after_s": 0.2}))
-    c.trainer_progress("main", status_at(3), [])
+    c.trainer_progress(progress("main", status_at(3), []))
     assert c.status()["status"] == "running"
     time.sleep(0.3)
-    c.trainer_progress("main", status_at(3), [])  # reports, but the step does not move
+    c.trainer_progress(progress("main", status_at(3), []))  # reports, but the step does not move
     st = c.status()
     assert st["status"] == "stalled" and "no step has completed" in st["message"] and st["samples_per_s"] == 0.0
-    c.trainer_progress("main", status_at(4), [])
+    c.trainer_progress(progress("main", status_at(4), []))
     assert c.status()["status"] == "running"
     c.close()
 
@@ -354,7 +375,7 @@ def test_the_command_log_never_keeps_half_a_line_when_the_disk_is_full(tmp_path:
                 assert "cannot be written" in (rec.message or "") and rec.seq is None
                 break
             accepted.append(rec)
-            c.command_outcomes([applied(rec, i)])  # (some of these may be memory-only near the end)
+            c.command_outcomes(outcomes([applied(rec, i)]))  # (some of these may be memory-only near the end)
         else:
             pytest.fail("the disk never filled")
         lines = log_lines(mnt / "run")  # every line parses: nothing half-written

@@ -13,8 +13,10 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from ray_interactive.core.commands import (
+    KINDS,
     Cancel,
     Command,
+    CommandBase,
     CommandRecord,
     CommandStatus,
     Evaluate,
@@ -34,28 +36,11 @@ from ray_interactive.core.commands import (
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.schedules import Schedule
 from ray_interactive.core.state import OwnSchedule, RunStatus, TrainState
-from ray_interactive.core.steering import EFFECTS, Frontend, Reporter, Steering
-from ray_interactive.serve.weights import WeightRegistry
+from ray_interactive.core.steering import Frontend, Steering
+from ray_interactive.core.weights import LocalPublisher, WeightRegistry
 from ray_interactive.train.hf import HFSchedule
 
-
-class Calls:
-    """A reporter that keeps what it was sent."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.reporter = Reporter(lambda *a: self.calls.append(a))
-
-
-class LocalPublisher:
-    def __init__(self) -> None:
-        self.registry = WeightRegistry(keep=4)
-
-    def publish(self, meta: dict[str, Any], packed: Any) -> None:
-        self.registry.add(meta, packed)
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
+from .conftest import Recorder as Calls
 
 
 def model_and_optimizer(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -64,13 +49,14 @@ def model_and_optimizer(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Opt
     return model, torch.optim.AdamW(model.parameters(), lr=0.01)
 
 
-def core_for(tmp_path: Path, schedule: dict[str, Any] | None = None, **frontend: Any) -> tuple[Steering, Calls]:
+def core_for(tmp_path: Path, schedule: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+             **frontend: Any) -> tuple[Steering, Calls]:
     model, opt = model_and_optimizer()
-    cfg = RunConfig(name="core", run_dir=tmp_path / "run", grad_clip=None)
+    cfg = RunConfig(name="core", run_dir=tmp_path / "run", grad_clip=None, **(config or {}))
     state = TrainState(schedule=OwnSchedule.starting(opt, **(schedule or {})))
     calls = Calls()
     fe = Frontend("loop", **frontend)
-    return Steering(cfg, model, opt, state, calls.reporter, fe, publisher=LocalPublisher()), calls
+    return Steering(cfg, model, opt, state, calls.reporter, fe, publisher=LocalPublisher(WeightRegistry(keep=4))), calls
 
 
 def train_steps(core: Steering, n: int) -> None:
@@ -89,7 +75,9 @@ def train_steps(core: Steering, n: int) -> None:
 
 def test_every_command_kind_has_exactly_one_effect() -> None:
     kinds = set(typing.get_args(typing.get_args(Command)[0]))
-    assert kinds == set(EFFECTS), "a command kind without an effect (or an effect without a kind)"
+    assert kinds == set(KINDS.values()), "a kind outside the union (or in it but not registered)"
+    without = [k for k, cls in KINDS.items() if cls.apply is CommandBase.apply]
+    assert not without, f"command kinds without an effect: {without}"
 
 
 def test_lr_command_is_used_by_the_very_next_step_and_the_schedule_keeps_its_shape(tmp_path: Path) -> None:
@@ -149,8 +137,8 @@ def test_cancel_withdraws_a_pending_command(tmp_path: Path) -> None:
     core.deliver([CommandRecord(command=SetGradClip(max_norm=0.5, at_step=5), seq=1, status=CommandStatus.ACCEPTED),
                   CommandRecord(command=Cancel(seq=1, command_id="x"), seq=2, status=CommandStatus.ACCEPTED)])
     core.poll()
-    outcomes = {r["seq"]: r for call in calls.calls if call[0] == "command_outcomes" for r in call[1]}
-    assert outcomes[1]["status"] == "cancelled" and outcomes[2]["message"] == "cancelled #1 set_grad_clip"
+    outcomes = {r.seq: r for r in calls.outcome_records()}
+    assert outcomes[1].status.value == "cancelled" and outcomes[2].message == "cancelled #1 set_grad_clip"
     train_steps(core, 6)
     assert core.state.grad_clip is None
 
@@ -189,8 +177,8 @@ def test_checkpoint_load_and_failed_load_agree_on_every_state_field(tmp_path: Pa
         setattr(core.state, name, value)
     core.apply(UpdateModule(module="0", op="freeze"))
     core.apply(UpdateModule(module="1", op="set_attribute", attribute="p", value=0.2))
-    expected = core.checkpoint_doc()
-    cid = core.checkpoint("command")
+    expected = core.checkpoints.doc()
+    cid = core.checkpoints.save("command")
 
     # everything changes ...
     core.state.step, core.state.branch, core.state.samples_seen = 1, "other", 1
@@ -198,7 +186,7 @@ def test_checkpoint_load_and_failed_load_agree_on_every_state_field(tmp_path: Pa
     core.state.schedule.load_dict(Schedule(base_lrs=(0.5,)).to_dict())
     core.apply(UpdateModule(module="0", op="unfreeze"))
     core.model[1].p = 0.0
-    before = core.checkpoint_doc()
+    before = core.checkpoints.doc()
 
     # ... a load that fails half way (weights, optimizer and state read, then a module the
     # model lacks) leaves every field as it was
@@ -211,12 +199,12 @@ def test_checkpoint_load_and_failed_load_agree_on_every_state_field(tmp_path: Pa
     doc["state"]["module_attributes"] = {"9": {"p": 0.5}}
     (bad / "state.json").write_text(json.dumps(doc))
     with pytest.raises(AttributeError):
-        core.load(bad)
-    assert core.checkpoint_doc() == before
+        core.checkpoints.load(bad)
+    assert core.checkpoints.doc() == before
 
     # ... and a good load brings every field of the checkpoint back
-    core.load(tmp_path / "run" / "checkpoints" / cid)
-    after = core.checkpoint_doc()
+    core.checkpoints.load(tmp_path / "run" / "checkpoints" / cid)
+    after = core.checkpoints.doc()
     assert {k: v for k, v in after.items() if k != "last_checkpoint"} == {
         k: v for k, v in expected.items() if k != "last_checkpoint"
     }
@@ -261,5 +249,5 @@ def test_lr_commands_reach_the_step_being_computed_but_wait_behind_other_kinds(t
     assert core.optimizer.param_groups[0]["lr"] == 0.005 and core.state.last_checkpoint is None
     core.poll()  # between steps: both, in order
     assert core.optimizer.param_groups[0]["lr"] == 0.001 and core.state.last_checkpoint == "main@0"
-    applied = [r["seq"] for call in calls.calls if call[0] == "command_outcomes" for r in call[1]]
+    applied = [r.seq for r in calls.outcome_records()]
     assert applied == [1, 2, 3]

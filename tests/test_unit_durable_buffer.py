@@ -103,7 +103,7 @@ def test_memory_cap_keeps_memory_bounded_and_older_rows_sampleable_from_the_map(
     buf = live_buffer(tmp_path, memory_mb=cap_mb, segment_mb=0.1)
     for i in range(100):
         buf.ingest(rows(i * 10, 10, blob=1000), "live")  # ~1 MB in all
-        assert buf.stats()["memory_bytes"] <= cap_mb * 2**20
+        assert buf.stats().memory_bytes <= cap_mb * 2**20
     s = buf._sources["live"]
     assert s.cold_rows > 500  # most rows are now served from the memory-mapped segments
     chunk = buf.next_batches(256, 20)
@@ -125,7 +125,7 @@ def test_rows_cap_is_respected_too(tmp_path: Path) -> None:
     for i in range(30):
         buf.ingest(rows(i * 10, 10, blob=200), "live")
         # Rows of the open segment stay until it is big enough to close (here 10 KB).
-        assert buf.stats()["sources"]["live"]["memory_rows"] <= 50 + writer.rows
+        assert buf.stats().sources["live"].memory_rows <= 50 + writer.rows
     np.testing.assert_array_equal(all_ids(buf), np.arange(300))
 
 
@@ -150,7 +150,7 @@ def test_rejected_tables_store_nothing_and_say_why(tmp_path: Path, kwargs: dict,
     assert message in str(e.value)
     assert buf.sources()["live"]["rows"] == 2 and segment_files(tmp_path)[0].stat().st_size == size
     stats = buf.stats()
-    assert stats["rejected"] == 1 and message in stats["rejections"][-1]["message"]
+    assert stats.rejected == 1 and message in stats.rejections[-1]["message"]
     assert buf.ingest(rows(2, 1), "live")["first"] == 2  # still serving
 
 
@@ -262,7 +262,7 @@ def test_stats_report_volume_rate_and_ages(tmp_path: Path) -> None:
     buf = live_buffer(tmp_path)
     for i in range(5):
         buf.ingest(rows(i * 10, 10, blob=100), "live")
-    s = buf.stats()["sources"]["live"]
+    s = buf.stats().sources["live"].model_dump()
     assert s["rows"] == 50 and s["bytes"] > 50 * 100 and s["ingest_rows_per_s"] > 0
     time.sleep(0.05)
     chunk = buf.next_batches(8, 1)
@@ -325,7 +325,7 @@ def test_a_failed_fsync_stores_nothing_and_a_restart_recovers_what_was_acknowled
     # After a failed fsync what is on disk is unknown: no more ingests until a restart.
     with pytest.raises(OSError, match="restart the buffer"):
         buf.ingest(rows(30, 10), "live")
-    assert "No space left" in buf.stats()["sources"]["live"]["storage_error"]
+    assert "No space left" in buf.stats().sources["live"].storage_error
     again = live_buffer(tmp_path, memory_mb=0.01)
     np.testing.assert_array_equal(all_ids(again), np.arange(30))
     for i in range(3, 40):

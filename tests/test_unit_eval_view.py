@@ -3,7 +3,7 @@ one line per task when a task reports per-task metrics, the loss when it reports
 
 from __future__ import annotations
 
-from ray_interactive.cli import eval_summary
+from ray_interactive.summary import eval_summary
 from ray_interactive.ui.dashboard import Dashboard, View
 
 

@@ -37,13 +37,14 @@ from ray_interactive.core.config import HealthConfig, RunConfig, TaskSpec
 from ray_interactive.core.controller import Controller, read_command_log, replay_commands
 from ray_interactive.core.health import HealthGuard, nonfinite_tensors
 from ray_interactive.core.inbox import CommandInbox
+from ray_interactive.core.messages import CheckpointsRemoved, Outcomes, RunEvent
 from ray_interactive.core.task import DataSource
 from ray_interactive.data.buffer import DataBuffer
 from ray_interactive.data.feeds import LocalFeed
 from ray_interactive.examples.regression import RegressionTask, live_schema
-from ray_interactive.train.trainer import Reporter, Trainer
+from ray_interactive.train.trainer import Trainer
 
-from .conftest import regression_config, snapshot_of
+from .conftest import Recorder, regression_config, snapshot_of
 
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"
 
@@ -178,7 +179,7 @@ def test_cancel_names_a_pending_command_by_number_or_id(controller: Controller) 
     rec = controller.submit(Cancel(seq=pinned.seq))
     assert rec.status is CommandStatus.ACCEPTED and rec.command.command_id == pinned.id
     done = pinned.model_copy(update={"status": CommandStatus.APPLIED, "applied_step": 900})
-    controller.command_outcomes([done.model_dump(mode="json")])
+    controller.command_outcomes(Outcomes(records=[done]))
     late = controller.submit(Cancel(command_id=pinned.id))
     assert late.status is CommandStatus.REJECTED
     assert f"#{pinned.seq} set_grad_clip is no longer pending: it was applied at step 900" in late.message
@@ -196,13 +197,13 @@ def test_the_history_stays_readable_whatever_was_sent(controller: Controller) ->
 
 def test_system_events_are_logged_unnumbered_and_not_replayed(controller: Controller, tmp_path: Path) -> None:
     controller.submit(Pause())
-    controller.system_event({"kind": "pause", "message": "health guard paused the run", "step": 7, "branch": "main", "time": 1.0})
+    controller.system_event(RunEvent(kind="pause", message="health guard paused the run", step=7, branch="main", time=1.0))
     row = controller.commands(newest_first=True)[0]
     assert (row["source"], row["kind"], row["status"], row["seq"], row["applied_step"]) == ("system", "pause", "applied", None, 7)
     applied = controller.records[next(iter(controller.records))].model_copy(
         update={"status": CommandStatus.APPLIED, "applied_step": 3}
     )
-    controller.command_outcomes([applied.model_dump(mode="json")])
+    controller.command_outcomes(Outcomes(records=[applied]))
     replayed = replay_commands(tmp_path / "run" / "commands.jsonl")
     assert [c.kind for c in replayed] == ["pause"] and replayed[0].at_step == 3
 
@@ -297,25 +298,17 @@ def test_nonfinite_tensors_names_the_bad_ones() -> None:
     assert nonfinite_tensors([("inf", torch.tensor([math.inf], dtype=torch.bfloat16))]) == ["inf"]
 
 
-class Events:
+class Events(Recorder):
     """A reporter that keeps what the trainer tells the controller."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.reporter = Reporter(lambda *a: self.calls.append(a))
+    def events(self, name: str = "event") -> list[Any]:  # type: ignore[override]
+        """The run's own events (as JSON), or the batches of removed checkpoint ids."""
+        if name == "checkpoints_removed":
+            return [e.ids for e in self.all_events() if isinstance(e, CheckpointsRemoved)]
+        return [e.model_dump(mode="json") for e in self.run_events()]
 
-    def events(self, name: str = "event") -> list[Any]:
-        out = []
-        for call in self.calls:
-            if call[0] not in ("trainer_progress", "command_outcomes"):
-                continue
-            for ev_name, args in call[-1] or []:
-                if ev_name == name:
-                    out.append(args[0])
-        return out
-
-    def outcomes(self) -> list[dict[str, Any]]:
-        return [r for call in self.calls if call[0] == "command_outcomes" for r in call[1]]
+    def outcomes(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [r.model_dump(mode="json") for r in self.outcome_records()]
 
 
 def in_process(tmp_path: Path, sources: list[DataSource] | None = None, **config: Any) -> tuple[Trainer, Events]:
@@ -338,44 +331,44 @@ def test_an_exploding_step_never_reaches_the_weights_and_the_run_pauses_saying_w
     deadline = time.monotonic() + 60
     while not trainer.paused and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert trainer.status()["status"] == "paused"
-    assert "health guard paused the run: non-finite" in trainer.status()["message"]
+    assert trainer.status().status.value == "paused"
+    assert "health guard paused the run: non-finite" in trainer.status().message
     assert not nonfinite_tensors(trainer.model.named_parameters())  # the bad update never landed
     [event] = events.events()
     assert event["kind"] == "pause" and event["step"] == trainer.step
     trainer.deliver([command(2, Stop())])
     thread.join(30)
-    rows = [r for call in events.calls if call[0] == "trainer_progress" for r in call[3]]
+    rows = events.rows()
     assert all(math.isfinite(v) for _, _, row in rows for k, v in row.items() if k == "loss")
 
 
 def test_non_finite_weights_are_never_published_or_rolled_back_to(tmp_path: Path) -> None:
-    from ray_interactive.serve.weights import WeightRegistry
+    from ray_interactive.core.weights import WeightRegistry
 
     class Publisher:
         registry = WeightRegistry(keep=4)
 
-        def publish(self, meta: dict[str, Any], packed: Any) -> None:
-            self.registry.add(meta, packed)
+        def publish(self, version: Any, packed: Any) -> None:
+            self.registry.add(version.with_ref(packed))
 
         def flush(self, timeout: float | None = None) -> None:
             pass
 
     trainer, events = in_process(tmp_path, max_steps=3, checkpoint_every=1)
-    trainer.core.publisher = Publisher()  # type: ignore[assignment]
+    trainer.core.weights.publisher = Publisher()  # type: ignore[assignment]
     trainer.run()
     good = trainer.state.last_checkpoint
     with torch.no_grad():
         next(trainer.model.parameters())[0, 0] = math.nan
     with pytest.raises(ValueError, match=r"not published: the weights are not finite \(1 tensor\(s\) hold NaN or inf, e.g. '0.weight'\)"):
-        trainer.core.publish("command")
-    assert trainer.core.try_publish("periodic") is None
-    trainer.core.report(force=True)  # events ride along with the next report
+        trainer.core.weights.publish("command")
+    assert trainer.core.weights.try_publish("periodic") is None
+    trainer.core.telemetry.report(force=True)  # events ride along with the next report
     assert events.events()[-1]["kind"] == "publish_weights" and events.events()[-1]["failed"]
     trainer.state.step += 1
-    bad = trainer.core.checkpoint("periodic")
-    assert not trainer.core.checkpoints[bad].finite
-    assert trainer.core.rollback_target() == good
+    bad = trainer.core.checkpoints.save("periodic")
+    assert not trainer.core.checkpoints.known[bad].finite
+    assert trainer.core.checkpoints.rollback_target() == good
 
 
 def test_rollback_policy_asks_for_a_load_a_lower_lr_and_a_resume(tmp_path: Path) -> None:
@@ -401,7 +394,7 @@ def test_freezing_the_last_trainable_module_fails_at_application_and_training_go
     trainer, events = in_process(tmp_path, max_steps=20)
     trainer.deliver([command(1, UpdateModule(module="0", op="freeze")), command(2, UpdateModule(module="1", op="freeze")),
                      command(3, UpdateModule(module="4", op="freeze"))])
-    assert trainer.run()["status"] == "stopped" and trainer.step == 20
+    assert trainer.run().status.value == "stopped" and trainer.step == 20
     outcomes = {r["seq"]: r for r in events.outcomes()}
     assert outcomes[1]["status"] == outcomes[2]["status"] == "applied"
     assert outcomes[3]["status"] == "failed"
@@ -435,9 +428,9 @@ def test_a_run_whose_weighted_sources_are_empty_says_it_is_waiting(tmp_path: Pat
     thread = threading.Thread(target=trainer.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while trainer.status()["status"] != "waiting" and time.monotonic() < deadline:
+    while trainer.status().status.value != "waiting" and time.monotonic() < deadline:
         time.sleep(0.01)
-    status = trainer.status()
+    status = trainer.status().model_dump(mode="json")
     assert status["status"] == "waiting" and "waiting for data: no source with a weight > 0 has rows yet (weights: live=1)" in status["message"]
     trainer.deliver([command(1, Stop())])
     thread.join(30)
@@ -474,7 +467,7 @@ def test_a_non_finite_evaluation_is_flagged(tmp_path: Path) -> None:
     flagged = events.events()
     assert [e["kind"] for e in flagged] == ["evaluate", "evaluate"]  # the periodic ones at 3 and 6
     assert all(e["failed"] and "evaluation returned non-finite eval/loss=nan" in e["message"] for e in flagged)
-    rows = [r for call in events.calls if call[0] == "trainer_progress" for r in call[3]]
+    rows = events.rows()
     assert [row["health/eval_non_finite"] for _, _, row in rows if "health/eval_non_finite" in row] == [1.0, 1.0, 1.0]
 
 

@@ -1,4 +1,4 @@
-"""ray_interactive.runtime.retry: the one retry policy (bounded, backoff with jitter, logged, last error raised)."""
+"""ray_interactive.core.retry: the one retry policy (bounded, backoff with jitter, logged, last error raised)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from ray_interactive.runtime.retry import actor_restarting, call_with_retry, retrying
+from ray_interactive.core.retry import call_with_retry, retrying
+from ray_interactive.runtime.lifecycle import actor_restarting
 
 
 class Flaky:
@@ -189,7 +190,7 @@ def test_actor_restarting_retries_actor_errors_but_not_task_errors() -> None:
 
 
 def test_the_ingest_client_still_imports_neither_ray_nor_torch() -> None:
-    code = ("import sys, ray_interactive.serve.ingest_client, ray_interactive.runtime.retry; "
+    code = ("import sys, ray_interactive.serve.ingest_client, ray_interactive.core.retry; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ray_interactive.runtime.actors import _Turns
+from ray_interactive.data.ordering import Turns as _Turns
 
 
 def test_requests_are_served_in_order_and_a_new_stream_supersedes_the_old() -> None:

@@ -24,17 +24,18 @@ from torch import nn
 
 from ray_interactive.core.config import RunConfig, TaskSpec
 from ray_interactive.core.controller import Controller
-from ray_interactive.examples.regression import RegressionTask
-from ray_interactive.runtime.client import RunClient
-from ray_interactive.runtime.launch import RunHandle, start_run
-from ray_interactive.serve.weights import (
+from ray_interactive.core.weights import (
     BackgroundPublisher,
     LocalPublisher,
     PackedState,
     WeightRegistry,
+    WeightVersion,
     pack_state,
     unpack_state,
 )
+from ray_interactive.examples.regression import RegressionTask
+from ray_interactive.runtime.client import RunClient
+from ray_interactive.runtime.launch import RunHandle, start_run
 
 from .conftest import REGRESSION, REPO, regression_config, running_client, wait_until
 
@@ -99,14 +100,16 @@ def test_unpack_of_read_only_arrays_does_not_warn() -> None:
 
 
 # -- registry and publishers ---------------------------------------------------------------
-def meta(step: int, **kw: Any) -> dict[str, Any]:
-    return {"step": step, "branch": "main", "time": time.time(), "reason": "periodic", **kw}
+def meta(step: int, ref: Any = None, **kw: Any) -> WeightVersion:
+    """A version's metadata (version 0: numbered by the registry) pointing at ``ref``."""
+    return WeightVersion(**{"version": 0, "step": step, "branch": "main", "time": time.time(), "reason": "periodic",
+                            **kw}, ref=ref)
 
 
 def test_registry_numbers_keeps_the_last_and_explains_missing_versions() -> None:
     reg = WeightRegistry(keep=3)
     assert reg.latest() is None and reg.newer_than(None) is None
-    entries = [reg.add(meta(10 * i), f"ref{i}") for i in range(5)]
+    entries = [reg.add(meta(10 * i, f"ref{i}")) for i in range(5)]
     assert [e.version for e in entries] == [1, 2, 3, 4, 5]
     assert [v["version"] for v in reg.versions()] == [3, 4, 5]  # the oldest are dropped
     assert all("ref" not in v for v in reg.versions())
@@ -120,12 +123,12 @@ def test_registry_numbers_keeps_the_last_and_explains_missing_versions() -> None
 
 def test_registry_takes_versions_numbered_by_the_trainer_in_any_order() -> None:
     reg = WeightRegistry(keep=8, next_version=7)
-    reg.add(meta(20, version=8), "b")
-    reg.add(meta(10, version=7), "a")  # arrived late (threaded actor calls may be reordered)
+    reg.add(meta(20, "b", version=8))
+    reg.add(meta(10, "a", version=7))  # arrived late (threaded actor calls may be reordered)
     assert reg.latest().version == 8 and reg.next_version == 9
-    assert reg.add(meta(30), "c").version == 9
+    assert reg.add(meta(30, "c")).version == 9
     with pytest.raises(ValueError, match="already published"):
-        reg.add(meta(30, version=9), "d")
+        reg.add(meta(30, "d", version=9))
 
 
 def test_background_publisher_keeps_order_and_flushes() -> None:
@@ -136,7 +139,7 @@ def test_background_publisher_keeps_order_and_flushes() -> None:
         gate.wait(5)
         return ("ref", packed.num_params)
 
-    pub = BackgroundPublisher(put, lambda m, ref: reported.append((m["version"], ref)), max_pending=2)
+    pub = BackgroundPublisher(put, lambda v: reported.append((v.version, v.ref)), max_pending=2)
     packed = pack_state(nn.Linear(2, 2))
     t0 = time.perf_counter()
     pub.publish(meta(1, version=1, hold_s=0.0), packed)
@@ -155,15 +158,16 @@ def test_background_publisher_keeps_order_and_flushes() -> None:
 
 def test_an_in_process_trainer_publishes_through_a_local_publisher(tmp_path: Path) -> None:
     from ray_interactive.core.commands import CommandRecord, CommandStatus, PublishWeights
+    from ray_interactive.core.reporting import Reporter
     from ray_interactive.data.buffer import DataBuffer
     from ray_interactive.data.feeds import LocalFeed
-    from ray_interactive.train.trainer import Reporter, Trainer
+    from ray_interactive.train.trainer import Trainer
 
     cfg = regression_config(tmp_path, max_steps=12, publish_every=5, task_kwargs={"width": 8, "depth": 1, "rows": 256})
     task = RegressionTask(width=8, depth=1, rows=256)
     publisher = LocalPublisher()
     trainer = Trainer(
-        cfg, task, lambda _: LocalFeed(DataBuffer(task.data_sources(), seed=0), 16), Reporter(lambda *a: None), publisher=publisher
+        cfg, task, lambda _: LocalFeed(DataBuffer(task.data_sources(), seed=0), 16), Reporter(None), publisher=publisher
     )
     trainer.deliver([CommandRecord(command=PublishWeights(), seq=1, status=CommandStatus.ACCEPTED)])
     trainer.run()
@@ -321,7 +325,7 @@ SUBSCRIBER = textwrap.dedent(
 def test_many_waiting_subscribers_leave_the_controller_responsive(run: RunHandle, client: RunClient) -> None:
     import ray
 
-    from ray_interactive.runtime.actors import MAX_WEIGHT_WAITERS
+    from ray_interactive.runtime.controller_actor import MAX_WEIGHT_WAITERS
 
     never = 10**9
     t0 = time.monotonic()
@@ -391,9 +395,10 @@ def test_version_numbers_go_on_after_a_resume(tmp_path: Path) -> None:
     config = RunConfig(name="unit", task=TaskSpec(target=REGRESSION), run_dir=tmp_path, weights_keep=2)
     c = Controller(config)
     for step in (0, 10, 20):
-        c.weights_published(meta(step, version=c.next_weight_version()), [f"ref{step}"])
+        c.weights_published(meta(step, f"ref{step}", version=c.next_weight_version()))
     assert [v["version"] for v in c.weight_versions()] == [2, 3]  # keeps 2
-    assert c.weights() == (c.weight_versions()[-1], "ref20") and c.status()["weights_version"] == 3
+    latest = c.weights()
+    assert (latest.to_dict(), latest.ref) == (c.weight_versions()[-1], "ref20") and c.status()["weights_version"] == 3
     with pytest.raises(ValueError, match="no weights version 1: it is no longer kept"):
         c.weights(1)
     c.close()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ray_interactive.core.commands import KINDS
 
 #: Sources that are a person (or a person's script): a pause by one of them is theirs to lift.
 PERSON_SOURCES = frozenset({"ui", "cli", "api"})
@@ -25,15 +27,22 @@ class Guardrails(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     allowed: frozenset[str] = Field(
-        default=frozenset({"update_optimizer", "set_lr_schedule", "set_grad_clip", "load_checkpoint",
-                           "save_checkpoint", "evaluate", "pause", "resume"}),
-        description="command kinds an agent may send",
+        default_factory=lambda: frozenset(k for k, cls in KINDS.items() if cls.for_agents),
+        description="command kinds an agent may send (default: every kind marked for agents)",
     )
     lr_factor_min: float = Field(default=0.5, gt=0.0, le=1.0, description="smallest lr multiplier per decision")
     lr_factor_max: float = Field(default=2.0, ge=1.0, le=100.0, description="largest lr multiplier per decision")
     lr_min: float = Field(default=1e-7, gt=0.0, description="the lr never goes below this")
     lr_max: float = Field(default=1.0, gt=0.0, le=10.0, description="the lr never goes above this")
     min_interval_s: float = Field(default=10.0, ge=0.0, le=86400.0, description="at most one command this often")
+
+    @field_validator("allowed")
+    @classmethod
+    def _known_kinds(cls, v: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(set(v) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown command kind(s) {', '.join(unknown)}; kinds: {', '.join(sorted(KINDS))}")
+        return v
 
     @model_validator(mode="after")
     def _bounds(self) -> Guardrails:

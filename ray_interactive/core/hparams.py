@@ -103,6 +103,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def target_groups(groups: list[GroupView], group: str | None) -> list[int]:
+    """Indices of the param groups a command names (``None``: all); ``ValueError`` if none has that name."""
+    names = [g["name"] for g in groups]
+    if group is None:
+        return list(range(len(groups)))
+    if group in names:
+        return [names.index(group)]
+    raise ValueError(f"no param group named {group!r}; groups: {', '.join(names)}")
+
+
 def validate_update(
     groups: list[GroupView], params: dict[str, Any], group: str | None
 ) -> tuple[list[int], dict[str, Any]]:
@@ -110,13 +120,7 @@ def validate_update(
 
     Raises ``ValueError`` with a message that names the key and the problem.
     """
-    names = [g["name"] for g in groups]
-    if group is None:
-        targets = list(range(len(groups)))
-    elif group in names:
-        targets = [names.index(group)]
-    else:
-        raise ValueError(f"no param group named {group!r}; groups: {', '.join(names)}")
+    targets = target_groups(groups, group)
     if not params:
         raise ValueError("no hyperparameters given")
     clean: dict[str, Any] = {}

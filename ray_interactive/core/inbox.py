@@ -63,13 +63,13 @@ class CommandInbox:
                 cmd = self._pending[seq].command
                 at = None if cmd is None else cmd.at_step
                 if at is not None and (load_waiting or at > step):
-                    if cmd is not None and cmd.kind == "load_checkpoint":
+                    if cmd is not None and cmd.moves_step:
                         load_waiting = True  # later pinned commands count steps on its branch
                     continue
                 if only is not None and not only(self._pending[seq]):
                     break
                 ready.append(seq)
-                if cmd is not None and cmd.kind == "load_checkpoint":
+                if cmd is not None and cmd.moves_step:
                     break
             records = [self._pending.pop(seq) for seq in ready]
             self._update_earliest()
@@ -90,6 +90,10 @@ class CommandInbox:
                 for r in self._pending.values()
                 if r.command is not None and r.command.kind == "load_checkpoint"
             }
+
+    def wake(self) -> None:
+        """Wake a loop waiting in :meth:`wait` (something other than a command needs it)."""
+        self._arrived.set()
 
     def wait(self, timeout: float) -> None:
         """Sleep until a command arrives or ``timeout`` passes (used while paused)."""

@@ -1,23 +1,36 @@
-"""What crosses actor boundaries, typed: the trainer's status, its snapshot, run events and
-the buffer's figures. (Commands and their outcomes are :mod:`~ray_interactive.core.commands`'
-``Command`` / ``CommandRecord``; weight versions are
-:class:`~ray_interactive.serve.weights.WeightVersion`.)
+"""What crosses actor boundaries, typed: the models themselves travel (Ray pickles them),
+and the controller keeps them as they are.
 
-Producers build these models and send ``model_dump(mode="json")`` (plain data: cheap for
-Ray to ship, readable in the logs); the controller validates what it receives with the
-same model. A field renamed or dropped on one side fails there - in tests - instead of a
-missing key in the UI at run time. Unknown fields are errors, not silently carried.
+* a training loop tells the controller where it is (:class:`Progress`), what its
+  commands did (:class:`Outcomes`) and what it is (:class:`Snapshot`); both reports carry
+  the :data:`TrainerEvent` s since the last one (checkpoints written, branches made, what
+  the run did on its own), so the controller learns of a checkpoint no later than of the
+  status that mentions it;
+* the controller answers a loop's long poll for commands with a :class:`Delivery`;
+* the data buffer sends its figures as :class:`BufferStats`.
+
+(Commands and their outcomes are :mod:`~ray_interactive.core.commands`' ``Command`` /
+``CommandRecord``; weight versions are :class:`~ray_interactive.core.weights.WeightVersion`.)
+A field renamed or dropped on one side fails where the model is built - in tests - instead
+of as a missing key in the UI at run time. Unknown fields are errors, not silently carried.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ray_interactive.core.checkpoints import CheckpointInfo
+from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.state import RunStatus
 
-__all__ = ["BufferStats", "RunEvent", "RunStatus", "Snapshot", "SourceStats", "TrainerStatus"]
+__all__ = [
+    "BranchCreated", "BranchRewound", "BufferStats", "CheckpointSaved", "CheckpointsRemoved", "Delivery",
+    "MetricRow", "Outcomes", "Progress", "RunEvent", "RunStatus", "Snapshot", "SourceStats", "TrainerEvent",
+    "TrainerStatus",
+]
 
 
 class _Message(BaseModel):
@@ -35,7 +48,7 @@ class TrainerStatus(_Message):
     last_checkpoint: str | None = None
     message: str | None = None
     time: float
-    frontend: str = "trainer"  # "trainer", "hf", "loop"
+    frontend: str = "trainer"  # "trainer", "hf", "loop", "ddp"
 
 
 class Snapshot(_Message):
@@ -56,19 +69,89 @@ class Snapshot(_Message):
     unsupported: dict[str, str] = Field(default_factory=dict)  # command kind -> why this front-end cannot apply it
 
 
+# -- events: what a loop did, riding along with its next report --------------------------
+class CheckpointSaved(_Message):
+    type: Literal["checkpoint_saved"] = "checkpoint_saved"
+    info: CheckpointInfo
+
+
+class CheckpointsRemoved(_Message):
+    """The retention policy deleted these checkpoints."""
+
+    type: Literal["checkpoints_removed"] = "checkpoints_removed"
+    ids: list[str]
+
+
+class BranchCreated(_Message):
+    """A load started a branch: ``name`` continues ``parent`` from ``checkpoint`` (at ``step``)."""
+
+    type: Literal["branch_created"] = "branch_created"
+    name: str
+    parent: str
+    checkpoint: str
+    step: int
+
+
+class BranchRewound(_Message):
+    """A restarted trainer recomputes ``branch`` from ``step``: metrics past it are redone."""
+
+    type: Literal["branch_rewound"] = "branch_rewound"
+    branch: str
+    step: int
+
+
 class RunEvent(_Message):
     """Something the run did on its own (a health pause, a failed publish), for the history;
     ``submit``: commands it asks the controller to send on its behalf (source ``system``)."""
 
+    type: Literal["run_event"] = "run_event"
     kind: str
     message: str
     step: int
     branch: str
-    time: float
+    time: float = Field(default_factory=time.time)
     failed: bool = False
     submit: list[dict[str, Any]] = Field(default_factory=list)
 
 
+TrainerEvent = Annotated[
+    Union[CheckpointSaved, CheckpointsRemoved, BranchCreated, BranchRewound, RunEvent], Field(discriminator="type")
+]
+"""Any event a training loop reports."""
+
+#: One row of metrics: ``(step, wall time, {name: value})``.
+MetricRow = tuple[int, float, dict[str, float]]
+
+
+class Progress(_Message):
+    """A loop's periodic report: its status, the metric rows since the last report (of
+    ``branch``) and its events."""
+
+    branch: str
+    status: TrainerStatus
+    rows: list[MetricRow] = Field(default_factory=list)
+    events: list[TrainerEvent] = Field(default_factory=list)
+
+
+class Outcomes(_Message):
+    """What a loop's commands did, and the state they left (settings, status, events), in
+    one message: whoever sees "applied" sees the new settings and checkpoints too."""
+
+    records: list[CommandRecord]
+    snapshot: Snapshot | None = None
+    status: TrainerStatus | None = None
+    events: list[TrainerEvent] = Field(default_factory=list)
+
+
+class Delivery(_Message):
+    """The controller's answer to a loop's poll: the commands for it, and whether it should
+    describe itself again (a restarted controller does not know its settings)."""
+
+    records: list[CommandRecord] = Field(default_factory=list)
+    describe: bool = False
+
+
+# -- the data buffer ---------------------------------------------------------------------
 class SourceStats(_Message):
     rows: int
     bytes: int

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray_interactive.core.checkpoints import CheckpointInfo
-from ray_interactive.core.commands import CommandRecord, CommandStatus, SaveCheckpoint
+from ray_interactive.core.commands import CommandRecord, CommandStatus
 
 
 @dataclass
@@ -50,8 +50,9 @@ def reapply_records(
     records: list[CommandRecord], checkpoint: CheckpointInfo | None, ckpt_dir: Path
 ) -> list[CommandRecord]:
     """The commands applied after ``checkpoint`` was written (all, for None), in order,
-    each pinned to the step where it took effect. A ``save_checkpoint`` whose checkpoint
-    is still on disk is not repeated (it would write the same checkpoint twice)."""
+    each pinned to the step where it took effect. A kind may decline
+    (:meth:`~ray_interactive.core.commands.CommandBase.repeat_on_recovery`: a
+    ``save_checkpoint`` whose checkpoint is still on disk)."""
     since = checkpoint.created_at if checkpoint is not None else float("-inf")
     out = []
     for r in sorted(records, key=lambda r: r.seq or 0):
@@ -59,7 +60,7 @@ def reapply_records(
             continue
         if (r.applied_at or 0.0) <= since:
             continue
-        if isinstance(r.command, SaveCheckpoint) and (ckpt_dir / (r.message or "").removeprefix("saved ")).is_dir():
+        if not r.command.repeat_on_recovery(r.message, ckpt_dir):
             continue
         out.append(r.model_copy(update={
             "command": r.command.model_copy(update={"at_step": r.applied_step}),

@@ -34,8 +34,8 @@ import pyarrow as pa
 from ray_interactive.core.commands import check_name
 from ray_interactive.core.config import BufferConfig
 from ray_interactive.core.messages import BufferStats
+from ray_interactive.core.mixture import validate_mixture
 from ray_interactive.core.task import DataSource
-from ray_interactive.core.validation import validate_mixture
 from ray_interactive.data.sampling import (
     draw_counts,
     draw_recent,
@@ -651,7 +651,7 @@ class DataBuffer:
         return s.take(idx, schema) if len(idx) else schema.empty_table()
 
     # -- stats -------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BufferStats:
         """Freshness and volume figures: per source rows, bytes, ingest rate, rejections."""
         now = time.time()
         while self._recent and self._recent[0][0] < now - _RATE_WINDOW_S:
@@ -683,7 +683,7 @@ class DataBuffer:
             "memory_bytes": sum(s.hot_bytes for s in self._sources.values() if s.live),
             "rejected": self._rejected_total,
             "rejections": list(self._rejections),
-        }).model_dump(mode="json")
+        })
 
     def close(self) -> None:
         """Close open segments (an end-of-stream marker each); nothing is lost without it."""

@@ -28,10 +28,11 @@ from pydantic import BaseModel
 
 from ray_interactive.core.commands import CommandRecord, CommandStatus, check_payload_shape, loggable
 from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
+from ray_interactive.core.retry import call_with_retry
+from ray_interactive.core.weights import WeightVersion, unpack_state
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.runtime.connection import init_ray
-from ray_interactive.runtime.retry import actor_restarting, call_with_retry
-from ray_interactive.serve.weights import WeightVersion, unpack_state
+from ray_interactive.runtime.lifecycle import actor_restarting
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class RunClient:
             if isinstance(e.cause, ValueError):
                 raise ValueError(str(e.cause)) from None
             raise
-        return None if found is None else WeightVersion.from_dict(found[0], found[1][0])
+        return found
 
     def _wait_weights_call(self, after: int | None, timeout: float) -> Any:
         return self._controller.wait_weights.remote(after, timeout)
@@ -270,7 +271,7 @@ class RunClient:
             t0 = time.monotonic()
             found = ray.get(self._wait_weights_call(after, max(0.0, min(left, 30.0))))
             if found is not None:
-                return WeightVersion.from_dict(found[0], found[1][0])
+                return found
             if left <= 0:
                 return None
             if time.monotonic() - t0 < min(left, 30.0) / 2:  # the controller has too many waiters: poll
@@ -467,7 +468,7 @@ class WeightSubscriber:
                     if time.monotonic() - sent < self.wait_s / 2:  # the controller has too many waiters: poll
                         self._stop.wait(0.25)
                     continue
-                entry = WeightVersion.from_dict(found[0], found[1][0])
+                entry = found
                 with self._ops:
                     newer = self.loaded is None or entry.version > self.loaded.version
                     if self._pin is None and newer:

@@ -2,29 +2,27 @@
 
 The controller is the usual named actor (on the embedded local Ray, or the cluster at
 ``RAY_ADDRESS``), so the run shows in ``runs``, the control UI, the CLI and the Python
-client like any other. Only the delivery of commands differs: an actor can call our
-Trainer actor, but not a driver, so a thread here long-polls the controller
-(``pull_commands``), which answers the moment a command is accepted; the loop applies it
-at its next control point. Events, metrics and weights leave exactly as from the Trainer
-actor (:class:`~ray_interactive.core.steering.Reporter`, the background weight publisher).
+client like any other. The loop reaches it exactly as the Trainer actor does: a puller
+thread long-polls it for commands (:func:`~ray_interactive.runtime.ports.puller`), reports
+and weights leave through :mod:`~ray_interactive.runtime.ports`. :class:`InProcessRun` is
+the :class:`~ray_interactive.core.link.RunLink` the front-ends are given.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig, actor_name
-from ray_interactive.core.steering import Reporter, Steering
-from ray_interactive.runtime.actors import ControllerActor
+from ray_interactive.core.link import CommandPuller
+from ray_interactive.core.steering import Steering
+from ray_interactive.runtime import ports
 from ray_interactive.runtime.connection import init_ray
+from ray_interactive.runtime.controller_actor import ControllerActor
 from ray_interactive.runtime.launch import check_new_run, submit_replay, wait_for_snapshot
-from ray_interactive.serve.weights import BackgroundPublisher
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +40,11 @@ class InProcessRun:
             name=actor_name(config.name, "controller"), namespace=config.namespace
         ).remote(cfg, recover=resume)
         # The first command this loop gets: a client may submit as soon as the controller exists.
-        self.next_seq: int = ray.get(self.controller.attach.remote(None, None, pull=True))
-        controller = self.controller
-        self.reporter = Reporter(lambda method, *args: getattr(controller, method).remote(*args), ray.get)
-        self.publisher = BackgroundPublisher(
-            put=ray.put, report=lambda meta, ref: controller.weights_published.remote(meta, [ref]), wait=ray.get
-        )
-        self.next_weight_version: int = ray.get(controller.next_weight_version.remote())
-        self._core: Steering | None = None
-        self._after = self.next_seq - 1
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.next_seq: int = ray.get(self.controller.attach.remote(None, None))
+        self.reporter = ports.reporter(self.controller)
+        self.publisher = ports.publisher(self.controller)
+        self.next_weight_version: int = ray.get(self.controller.next_weight_version.remote())
+        self._puller: CommandPuller | None = None
 
     def client(self) -> Any:
         from ray_interactive.runtime.client import RunClient
@@ -71,33 +63,14 @@ class InProcessRun:
 
     def connect(self, core: Steering) -> None:
         """Hand the core every command accepted so far, then keep feeding it from a thread."""
-        self._core = core
-        self._fetch(timeout=0.0)
-        self._thread = threading.Thread(target=self._loop, name=f"{self.config.name}-commands", daemon=True)
-        self._thread.start()
-
-    def _fetch(self, timeout: float) -> None:
-        assert self._core is not None
-        records: list[CommandRecord] = ray.get(self.controller.pull_commands.remote(self._after, timeout))
-        if records:
-            self._core.deliver(records)
-            self._after = max(self._after, *(r.seq or 0 for r in records))
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._fetch(timeout=2.0)
-            except Exception:
-                if self._stop.is_set():
-                    return
-                log.warning("fetching commands failed; retrying", exc_info=True)
-                self._stop.wait(0.5)
+        self._puller = ports.puller(self.controller, core, self.next_seq - 1, self.config.name)
+        self._puller.fetch_once(timeout=0.0)
+        self._puller.start()
 
     def close(self, keep_controller: bool = False) -> None:
         """Stop fetching, flush the controller's log and metrics, and end its actor."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._puller is not None:
+            self._puller.stop()
         try:
             ray.get(self.controller.close.remote(), timeout=30)
         except Exception:

@@ -13,9 +13,12 @@ import ray
 
 from ray_interactive.core.checkpoints import list_checkpoints
 from ray_interactive.core.config import RunConfig, actor_name
-from ray_interactive.runtime.actors import BufferActor, ControllerActor, TrainerActor, release_run
+from ray_interactive.runtime.buffer_actor import BufferActor
 from ray_interactive.runtime.client import RunClient
 from ray_interactive.runtime.connection import init_ray
+from ray_interactive.runtime.controller_actor import ControllerActor
+from ray_interactive.runtime.lifecycle import release_run
+from ray_interactive.runtime.trainer_actor import TrainerActor
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class RunHandle:
                 how, what = ended
                 if how == "failed":
                     raise RunFailed(what)
-                return what
+                return dict(what)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
@@ -64,7 +67,7 @@ class RunHandle:
         except Exception:
             log.warning("buffer did not close cleanly")
         if self.ingest_url is not None:
-            from ray_interactive.serve.ingest_http import stop_ingest_server
+            from ray_interactive.runtime.ingest_server import stop_ingest_server
 
             stop_ingest_server(self.config.name, self.config.namespace)
         for actor in (self.trainer, self.buffer, self.controller):
@@ -127,8 +130,7 @@ def start_run(
             ray.kill(actor)
         raise
     ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
-    # Many workers: rank 0 pulls its commands (an actor cannot call into Ray Train's workers).
-    ray.get(controller.attach.remote(trainer, buffer, pull=config.workers > 1, supervise=True))
+    ray.get(controller.attach.remote(trainer, buffer, supervise=True))
     wait_for_snapshot(controller)
     return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, ingest_url)
 
@@ -203,7 +205,7 @@ def _start_http_ingest(config: RunConfig, run_dir: Path, detached: bool, actors:
     """Serve HTTP ingest if the config asks for it; if that fails, the run's actors go too."""
     if config.http_ingest is None:
         return None
-    from ray_interactive.serve.ingest_http import MiB, start_ingest_server
+    from ray_interactive.runtime.ingest_server import MiB, start_ingest_server
 
     h = config.http_ingest
     try:
@@ -251,7 +253,7 @@ def replay_run(source_dir: Path, name: str, run_dir: Path | None = None, address
 def submit_replay(client: RunClient, source_dir: Path) -> int:
     """Submit ``source_dir``'s applied commands to ``client``'s run, each pinned to the step
     where it took effect (a rejected one is logged); returns how many were accepted."""
-    from ray_interactive.core.controller import replay_commands
+    from ray_interactive.core.command_log import replay_commands
 
     accepted = 0
     for cmd in replay_commands(Path(source_dir) / "commands.jsonl"):

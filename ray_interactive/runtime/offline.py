@@ -30,6 +30,22 @@ def find_run_dir(run: str, runs_root: Path = Path("runs")) -> Path | None:
     return None
 
 
+def attach(run: str, address: str | None = None, namespace: str | None = None) -> Any:
+    """The run named ``run`` if it is running (a :class:`~ray_interactive.runtime.client.RunClient`),
+    else its run directory (``run`` as a path, or ``runs/<run>``) as a :class:`FinishedRun`;
+    ``LookupError`` saying what was tried if neither."""
+    from ray_interactive.core.config import DEFAULT_NAMESPACE
+    from ray_interactive.runtime.client import RunNotFound, connect
+
+    try:
+        return connect(run, address=address, namespace=namespace or DEFAULT_NAMESPACE)
+    except (RunNotFound, ConnectionError) as e:
+        run_dir = find_run_dir(run)
+        if run_dir is None:
+            raise LookupError(f"{e} (and no run directory {run!r} or runs/{run} to read)") from None
+        return FinishedRun(run_dir)
+
+
 class FinishedRun:
     """A read-only client of a run directory (see the module docstring)."""
 

@@ -1,6 +1,6 @@
 """Post Arrow rows to a run's HTTP ingest endpoint from any process: no Ray needed.
 
-Only the standard library, pyarrow and tenacity (via :mod:`ray_interactive.runtime.retry`);
+Only the standard library, pyarrow and tenacity (via :mod:`ray_interactive.core.retry`);
 importing this module does not import Ray, so a deployed app (a web service, a labelling
 tool, a batch job on another network) can feed a run without being a Ray driver::
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ray_interactive.runtime.retry import call_with_retry
+from ray_interactive.core.retry import call_with_retry
 
 #: The media type of an Arrow IPC stream (what the endpoint expects).
 ARROW_STREAM = "application/vnd.apache.arrow.stream"

@@ -17,10 +17,11 @@ an Arrow IPC stream, holds no rows, or does not fit the source's schema (the buf
 message, which names the column), 404 for an unknown source, 413 over the size limit,
 503 when the buffer stays unavailable through the retries.
 
-It is served by :class:`IngestServerActor`, one small actor running uvicorn in a thread
-(:func:`start_ingest_server`; ``RunConfig.http_ingest`` makes ``start_run`` do it), or
-mounted in an app you already run (``app.mount("/ingest", make_ingest_app(buffer, token))``
-- Gradio apps are FastAPI apps too). Clients use :func:`~ray_interactive.serve.ingest_client.post_table`.
+The routes are plain: they put rows into an :class:`IngestTarget`. On Ray they are served
+by one small actor running uvicorn in a thread (``ray_interactive.runtime.ingest_server``;
+``RunConfig.http_ingest`` makes ``start_run`` start it), or mounted in an app you already
+run (``app.mount("/ingest", ingest_app(buffer, token))`` - Gradio apps are FastAPI apps
+too). Clients use :func:`~ray_interactive.serve.ingest_client.post_table`.
 """
 
 from __future__ import annotations
@@ -28,27 +29,21 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import re
-import secrets
 import socket
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
-import ray
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.data.schemas import check_unique_columns
-from ray_interactive.runtime.retry import actor_restarting, call_with_retry
 from ray_interactive.serve.ingest_client import (
     ARROW_STREAM,
     IngestRejected,
@@ -59,16 +54,14 @@ from ray_interactive.serve.ingest_client import (
 
 __all__ = [
     "ARROW_STREAM",
+    "IngestError",
     "IngestRejected",
-    "IngestServerActor",
+    "IngestTarget",
     "IngestUnavailable",
-    "ingest_info",
     "list_sources",
     "make_ingest_app",
     "post_table",
     "serve_in_thread",
-    "start_ingest_server",
-    "stop_ingest_server",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,12 +74,9 @@ _BODY_TYPES = {"", ARROW_STREAM, "application/octet-stream"}
 END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 ROUTES = "POST /v1/sources/{source}/ingest, GET /v1/sources, GET /healthz"
 TOKEN_FILE, URL_FILE = "ingest_token", "ingest_url"
-# Handles of the servers this process started: a named actor that is not detached is
-# destroyed when its creator drops the last handle.
-_SERVERS: dict[tuple[str, str], Any] = {}
 
 
-class _Reject(Exception):
+class IngestError(Exception):
     """An HTTP refusal, rendered as ``{"error": message}``."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -100,55 +90,13 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-class _Buffer:
-    """Calls to the buffer actor from the server's worker threads, errors mapped to HTTP."""
+class IngestTarget(Protocol):
+    """Where the routes put rows: a run's data buffer (``ray_interactive.runtime.ingest_server``
+    wraps the buffer actor). It raises :class:`IngestError` for what a client must hear."""
 
-    def __init__(self, handle: Any, timeout: float = 60.0, retry_for: float = 20.0) -> None:
-        self.handle, self.timeout, self.retry_for = handle, timeout, retry_for
-        self._known: set[str] = set()
+    def sources(self) -> dict[str, Any]: ...
 
-    def _get(self, call: Any) -> Any:
-        """``ray.get(call())``, retried for ``retry_for`` s while the actor is restarted.
-
-        Safe for ingest: every call carries a batch_id, so a call that was stored before
-        the crash is acknowledged as a duplicate the second time.
-        """
-        def once() -> Any:
-            try:
-                return ray.get(call(), timeout=self.timeout)
-            except ray.exceptions.GetTimeoutError:
-                raise _Reject(504, f"the data buffer did not answer within {self.timeout:g} s; "
-                                   "retry with the same batch_id") from None
-
-        try:
-            return call_with_retry(once, "data buffer call", deadline_s=self.retry_for, on=actor_restarting,
-                                   base_delay=0.1, max_delay=1.0, logger=log, level=logging.INFO)
-        except ray.exceptions.RayActorError as e:
-            if not actor_restarting(e):
-                raise
-            # still unavailable at the deadline
-            raise _Reject(503, f"the data buffer is unavailable: {str(e).splitlines()[0]}; "
-                               "retry with the same batch_id") from None
-
-    def sources(self) -> dict[str, Any]:
-        doc = self._get(lambda: self.handle.sources.remote())
-        self._known = set(doc)
-        return doc
-
-    def is_known(self, source: str) -> bool:
-        return source in self._known or source in self.sources()
-
-    def ingest(self, table: pa.Table, source: str, batch_id: str) -> dict[str, Any]:
-        if not self.is_known(source):
-            raise _Reject(404, f"unknown source {source!r}; sources: {', '.join(sorted(self._known))}")
-        ref = ray.put(table)  # once, however many retries
-        try:
-            return self._get(lambda: self.handle.ingest.remote(ref, source, batch_id=batch_id))
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, ValueError):  # the buffer's own message: which column, why
-                raise _Reject(404 if not self.is_known(source) else 400, str(cause)) from None
-            raise _Reject(500, f"the data buffer failed: {type(cause).__name__}: {cause}") from None
+    def ingest(self, table: pa.Table, source: str, batch_id: str) -> dict[str, Any]: ...
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -162,9 +110,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
         try:
             size = int(declared)
         except ValueError:
-            raise _Reject(400, f"bad Content-Length {declared!r}") from None
+            raise IngestError(400, f"bad Content-Length {declared!r}") from None
         if size > 2 * limit:
-            raise _Reject(413, f"the body ({size} bytes) is over the limit of {limit} bytes")
+            raise IngestError(413, f"the body ({size} bytes) is over the limit of {limit} bytes")
     buf = bytearray()
     received = 0
     async for chunk in request.stream():
@@ -174,7 +122,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         elif received > 2 * limit:
             break
     if received > limit:
-        raise _Reject(413, f"the body ({'over ' if received > 2 * limit else ''}{received} bytes) is over the limit "
+        raise IngestError(413, f"the body ({'over ' if received > 2 * limit else ''}{received} bytes) is over the limit "
                            f"of {limit} bytes; send smaller batches")
     return bytes(buf)
 
@@ -182,9 +130,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
     """The Arrow IPC stream in ``body`` as a table, fully validated, or 400."""
     if not body:
-        raise _Reject(400, f"empty body: send the rows as an Arrow IPC stream ({ARROW_STREAM})")
+        raise IngestError(400, f"empty body: send the rows as an Arrow IPC stream ({ARROW_STREAM})")
     if body[:6] == b"ARROW1":
-        raise _Reject(400, "the body is an Arrow IPC file; send the IPC stream format (pyarrow.ipc.new_stream)")
+        raise IngestError(400, "the body is an Arrow IPC file; send the IPC stream format (pyarrow.ipc.new_stream)")
     batches: list[pa.RecordBatch] = []
     decoded = 0
     try:
@@ -193,38 +141,38 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
             batch.validate(full=True)  # offsets, lengths, UTF-8: bad data must not reach the buffer
             decoded += batch.nbytes
             if decoded > max_decoded_bytes:
-                raise _Reject(413, f"the decoded rows are over the limit of {max_decoded_bytes} bytes")
+                raise IngestError(413, f"the decoded rows are over the limit of {max_decoded_bytes} bytes")
             batches.append(batch)
         table = pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowException, ValueError, OSError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise _Reject(400, f"the body is not a valid Arrow IPC stream: {first}") from None
+        raise IngestError(400, f"the body is not a valid Arrow IPC stream: {first}") from None
     if not body.endswith(END_OF_STREAM):
         # A stream cut off at a message boundary reads like a complete one: refuse it whole,
         # or the batches before the cut would be stored and the upload look done.
-        raise _Reject(400, "the Arrow IPC stream has no end-of-stream marker: it was cut off (or its writer was "
+        raise IngestError(400, "the Arrow IPC stream has no end-of-stream marker: it was cut off (or its writer was "
                            "not closed); nothing was stored, send the whole stream again with the same batch_id")
     if table.num_rows == 0:
         what = "no record batch" if not batches else "no rows"
-        raise _Reject(400, f"the stream holds {what}; nothing to ingest")
+        raise IngestError(400, f"the stream holds {what}; nothing to ingest")
     try:
         check_unique_columns(table.column_names, "the stream")
     except ValueError as e:
-        raise _Reject(400, str(e)) from None
+        raise IngestError(400, str(e)) from None
     return table
 
 
 def make_ingest_app(
-    buffer_handle: Any,
+    buffer: IngestTarget,
     token: str,
     max_body_bytes: int = 64 * MiB,
     max_decoded_bytes: int | None = None,
-    timeout: float = 60.0,
 ) -> FastAPI:
-    """The ingest routes for one run's buffer actor, behind a bearer token.
+    """The ingest routes for one run's buffer, behind a bearer token.
 
-    Serve it with :func:`serve_in_thread` / :class:`IngestServerActor`, or mount it in
-    an app you run: ``app.mount("/ingest", make_ingest_app(buffer, token))``.
+    Serve it with :func:`serve_in_thread` (``ray_interactive.runtime.ingest_server`` does,
+    in an actor), or mount it in an app you run:
+    ``app.mount("/ingest", ingest_app(buffer_actor, token))``.
     ``max_decoded_bytes`` (default 4x ``max_body_bytes``) bounds compressed streams.
     """
     if not isinstance(token, str) or len(token) < 16:
@@ -233,12 +181,11 @@ def make_ingest_app(
         raise ValueError("max_body_bytes must be >= 1")
     max_decoded = max_decoded_bytes or 4 * max_body_bytes
     expected = token.encode()
-    buffer = _Buffer(buffer_handle, timeout=timeout)
     app = FastAPI(title="ray_interactive ingest", docs_url=None, redoc_url=None, openapi_url=None)
 
     # Every answer that is not a success has the documented form {"error": "..."}.
-    @app.exception_handler(_Reject)
-    async def _rejected(request: Request, exc: _Reject) -> Response:
+    @app.exception_handler(IngestError)
+    async def _rejected(request: Request, exc: IngestError) -> Response:
         return _json({"error": exc.message}, exc.status, exc.headers)
 
     @app.exception_handler(HTTPException)
@@ -266,11 +213,11 @@ def make_ingest_app(
     async def require_token(request: Request) -> None:
         header = request.headers.get("authorization")
         if not header:
-            raise _Reject(401, "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+            raise IngestError(401, "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
         scheme, _, given = header.partition(" ")
         # compare_digest: the time taken says nothing about how much of the token matched
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise _Reject(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise IngestError(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
@@ -283,10 +230,10 @@ def make_ingest_app(
     @app.post("/v1/sources/{source}/ingest", dependencies=[Depends(require_token)])
     async def ingest(source: str, request: Request, batch_id: str | None = None) -> Response:
         if batch_id is not None and not BATCH_ID.fullmatch(batch_id):
-            raise _Reject(400, "batch_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+            raise IngestError(400, "batch_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in _BODY_TYPES:
-            raise _Reject(415, f"Content-Type {ctype!r}: send the rows as {ARROW_STREAM}")
+            raise IngestError(415, f"Content-Type {ctype!r}: send the rows as {ARROW_STREAM}")
         body = await _read_body(request, max_body_bytes)
         table = await run_in_threadpool(_decode, body, max_decoded)
         # no batch_id from the client: one per request, so our own retries store the rows once
@@ -307,10 +254,13 @@ class ServerThread:
         self.thread.join(timeout)
 
 
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 30.0) -> ServerThread:
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 30.0,
+                    public_host: str | None = None) -> ServerThread:
     """Serve ``app`` with uvicorn on ``host:port`` (0: a free port) from a daemon thread.
 
     Binds before returning, so the port is known and a taken port raises ``OSError`` here.
+    ``public_host``: the address the URL names when ``host`` is every interface (default:
+    this machine's name).
     """
     import uvicorn
 
@@ -336,133 +286,8 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, startup_ti
         time.sleep(0.01)
     shown = host
     if host in ("0.0.0.0", "::", ""):  # every interface: show one others can reach
-        shown = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+        shown = public_host or socket.gethostname()
     url = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
     return ServerThread(server, thread, url, host, bound)
 
 
-@ray.remote(num_cpus=0)
-class IngestServerActor:
-    """Serves :func:`make_ingest_app` for a run's buffer from uvicorn in a thread."""
-
-    def __init__(
-        self,
-        buffer: Any,
-        token: str,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        max_body_bytes: int = 64 * MiB,
-        token_file: str | None = None,
-    ) -> None:
-        logging.basicConfig(level=logging.INFO)
-        self._token_file = token_file
-        self._error: Exception | None = None
-        self._server: ServerThread | None = None
-        try:  # keep the actor up so the caller gets the reason, not a dead actor
-            self._server = serve_in_thread(make_ingest_app(buffer, token, max_body_bytes), host, port)
-        except Exception as e:
-            self._error = e
-        else:
-            log.info("HTTP ingest at %s", self._server.url)
-
-    def info(self) -> dict[str, Any]:
-        if self._error is not None:
-            raise self._error
-        assert self._server is not None
-        s = self._server
-        return {"url": s.url, "host": s.host, "port": s.port, "token_file": self._token_file}
-
-    def address(self) -> str:
-        return self.info()["url"]
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # also when the file was already there with other modes
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def start_ingest_server(
-    run: str,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    token: str | None = None,
-    namespace: str = DEFAULT_NAMESPACE,
-    run_dir: str | Path | None = None,
-    max_body_bytes: int = 64 * MiB,
-    detached: bool = False,
-) -> tuple[str, str]:
-    """Serve HTTP ingest for ``run`` (whose buffer must be up); returns ``(url, token)``.
-
-    The server actor (``<run>.ingest``) runs on this process's node, so a loopback
-    ``host`` (the default) is reachable from here only; bind ``0.0.0.0`` to accept other
-    machines. Without ``token``, the run dir's ``ingest_token`` is kept (a resumed run
-    keeps its token) or a new one is made. The token goes to ``<run_dir>/ingest_token``
-    (mode 0600), the URL to ``<run_dir>/ingest_url``.
-    """
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    buffer = ray.get_actor(actor_name(run, "buffer"), namespace=namespace)
-    try:
-        running = ingest_info(run, namespace)
-    except LookupError:
-        pass
-    else:
-        raise ValueError(f"run {run!r} already serves HTTP ingest at {running['url']}")
-    if run_dir is None:
-        controller = ray.get_actor(actor_name(run, "controller"), namespace=namespace)
-        run_dir = ray.get(controller.config.remote())["run_dir"]
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    token_file = run_dir / TOKEN_FILE
-    if token is None and token_file.exists():
-        token = token_file.read_text().strip() or None
-    token = token or secrets.token_urlsafe(32)
-    _write_private(token_file, token)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("HTTP ingest binds %s: plain HTTP, the token travels in clear; put TLS in front of it", host)
-    actor = IngestServerActor.options(
-        name=actor_name(run, "ingest"),
-        namespace=namespace,
-        lifetime="detached" if detached else None,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote(buffer, token, host, port, max_body_bytes, str(token_file))
-    try:
-        url = ray.get(actor.address.remote(), timeout=60)
-    except Exception as e:
-        ray.kill(actor)
-        cause = getattr(e, "cause", None) or e
-        raise ValueError(f"cannot serve HTTP ingest on {host}:{port}: {cause}") from None
-    _SERVERS[(namespace, run)] = actor
-    (run_dir / URL_FILE).write_text(url + "\n")
-    return url, token
-
-
-def ingest_info(run: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
-    """``{"url", "host", "port", "token_file"}`` of a run's ingest server (LookupError if none)."""
-    try:
-        actor = ray.get_actor(actor_name(run, "ingest"), namespace=namespace)
-    except ValueError:
-        raise LookupError(f"run {run!r} serves no HTTP ingest (start it with --http-ingest [HOST:]PORT)") from None
-    return ray.get(actor.info.remote(), timeout=30)
-
-
-def stop_ingest_server(run: str, namespace: str = DEFAULT_NAMESPACE) -> None:
-    """Stop and remove a run's ingest server, if it has one."""
-    _SERVERS.pop((namespace, run), None)
-    try:
-        actor = ray.get_actor(actor_name(run, "ingest"), namespace=namespace)
-    except ValueError:
-        return
-    try:
-        ray.get(actor.stop.remote(), timeout=10)
-    except Exception:
-        pass
-    ray.kill(actor)

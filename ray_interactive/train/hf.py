@@ -45,10 +45,10 @@ from transformers import Trainer, TrainerCallback
 
 from ray_interactive.core import schedules
 from ray_interactive.core.config import RunConfig
+from ray_interactive.core.link import OpenRun, RunLink
 from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering
-from ray_interactive.runtime.inprocess import InProcessRun
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,8 @@ class InteractiveCallback(TrainerCallback):
     ``replay``: a run directory whose applied commands this run repeats at the same steps.
     """
 
-    def __init__(self, run: str, *, trainer: Trainer | None = None, replay: str | Path | None = None,
-                 address: str | None = None, **config: Any) -> None:
+    def __init__(self, run: str, *, open_run: OpenRun, trainer: Trainer | None = None,
+                 replay: str | Path | None = None, address: str | None = None, **config: Any) -> None:
         for key in ("task", "lr", "schedule", "grad_clip", "grad_accumulation", "max_steps", "eval_every"):
             if key in config:
                 raise ValueError(f"{key!r} is the Trainer's own (TrainingArguments); not a steer() option")
@@ -178,8 +178,9 @@ class InteractiveCallback(TrainerCallback):
         self.trainer = trainer
         self.replay = replay
         self.address = address
+        self._open_run = open_run
         self.core: Steering | None = None
-        self.run: InProcessRun | None = None
+        self.run: RunLink | None = None
         self._t0 = time.perf_counter()
         self._lr_used: float | None = None
         self._in_eval = False
@@ -208,7 +209,7 @@ class InteractiveCallback(TrainerCallback):
             grad_accumulation=args.gradient_accumulation_steps,
             paused=config.start_paused,
         )
-        self.run = InProcessRun(config, self.address)
+        self.run = self._open_run(config, self.address)
         try:
             self.core = Steering(
                 config, model, optimizer, tstate, self.run.reporter, frontend, next_seq=self.run.next_seq,
@@ -216,7 +217,7 @@ class InteractiveCallback(TrainerCallback):
                 device=args.device,
             )
             self.core.before_load.append(lambda: self._log_window(state))
-            self.core.after_load.append(lambda doc: self._follow_load(state))
+            self.core.checkpoints.after_load.append(lambda doc: self._follow_load(state))
             self.core.start()
             if self.replay is not None:
                 self.run.replay(self.replay)
@@ -258,7 +259,7 @@ class InteractiveCallback(TrainerCallback):
                if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("eval_")}
         if not row:
             return
-        rows = core.pending_rows
+        rows = core.telemetry.rows
         if rows and rows[-1][0] == state.global_step:
             rows[-1][2].update(row)
         else:
@@ -270,7 +271,7 @@ class InteractiveCallback(TrainerCallback):
         if core is None or self._in_eval or not metrics:  # the evaluate command records its own
             return
         row = {_eval_key(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        core.pending_rows.append((state.global_step, time.time(), row))
+        core.telemetry.rows.append((state.global_step, time.time(), row))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         core, run = self.core, self.run
@@ -345,10 +346,11 @@ def _eval_key(k: str) -> str:
     return "eval/" + k.removeprefix("eval_")
 
 
-def steer(trainer: Trainer, run: str, **kwargs: Any) -> InteractiveCallback:
+def steer(trainer: Trainer, run: str, *, open_run: OpenRun, **kwargs: Any) -> InteractiveCallback:
     """Make ``trainer`` a steerable run named ``run`` (adds :class:`InteractiveCallback`);
-    an error in ``trainer.train()`` then marks the run ``failed`` with it."""
-    callback = InteractiveCallback(run, trainer=trainer, **kwargs)
+    an error in ``trainer.train()`` then marks the run ``failed`` with it. ``open_run``
+    connects to the run's controller (``ray_interactive.hf.steer`` passes Ray's)."""
+    callback = InteractiveCallback(run, open_run=open_run, trainer=trainer, **kwargs)
     trainer.add_callback(callback)
     train = trainer.train
 

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from ray_interactive.core.config import RunConfig
+from ray_interactive.core.link import OpenRun, RunLink
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
-from ray_interactive.runtime.inprocess import InProcessRun
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,14 @@ class Session:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
+        open_run: OpenRun,
         evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         replay: str | Path | None = None,
         address: str | None = None,
         samples_per_step: int | None = None,
     ) -> None:
         self.config = config
+        self._open_run = open_run
         self._evaluate_fn = evaluate
         self._replay = replay
         self._address = address
@@ -69,7 +71,7 @@ class Session:
             self._frontend.unsupported["evaluate"] = "this loop has no evaluation: pass evaluate=fn(model) to ri.steer"
         self._model, self._optimizer, self._state = model, optimizer, state
         self.core: Steering | None = None
-        self.run: InProcessRun | None = None
+        self.run: RunLink | None = None
         self._micro = 0  # backward passes since the last optimizer step
         self._losses: list[torch.Tensor] = []
         self._started = time.perf_counter()
@@ -88,7 +90,7 @@ class Session:
     def start(self) -> Session:
         """Create the run's controller, take the commands already queued (a replay's),
         and hold while the run starts paused."""
-        self.run = InProcessRun(self.config, self._address)
+        self.run = self._open_run(self.config, self._address)
         try:
             self.core = Steering(
                 self.config, self._model, self._optimizer, self._state, self.run.reporter, self._frontend,
@@ -124,7 +126,7 @@ class Session:
         finally:
             run.close()
 
-    def _require(self) -> tuple[Steering, InProcessRun]:
+    def _require(self) -> tuple[Steering, RunLink]:
         if self.core is None or self.run is None:
             raise RuntimeError("the session has not started: use `with ri.steer(...) as s:` or s.start()")
         return self.core, self.run
@@ -219,6 +221,7 @@ def steer(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
+    open_run: OpenRun,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     replay: str | Path | None = None,
     address: str | None = None,
@@ -232,12 +235,13 @@ def steer(
     ``checkpoint_every``, ``run_dir``, ``start_paused``, ...), validated. The lr is the
     optimizer's own. ``evaluate(model) -> {name: value}`` enables the evaluate command and
     ``eval_every``. ``replay``: a run directory whose applied commands this run repeats at
-    the same steps.
+    the same steps. ``open_run`` connects to the run's controller (``ray_interactive.steer``
+    passes Ray's).
     """
     if "task" in config or "lr" in config:
         raise ValueError("ri.steer takes the lr from the optimizer and trains your loop: no 'task' or 'lr' here")
     cfg = RunConfig.model_validate({"name": run, "grad_clip": None, **config})
-    return Session(cfg, model, optimizer, evaluate=evaluate, replay=replay, address=address,
+    return Session(cfg, model, optimizer, open_run=open_run, evaluate=evaluate, replay=replay, address=address,
                    samples_per_step=samples_per_step)
 
 

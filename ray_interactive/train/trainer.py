@@ -1,4 +1,6 @@
-"""Our trainer: owns model, optimizer and data feed, and runs the step loop.
+"""Our trainer: owns model, optimizer and data feed, and runs the step loop - one loop
+for one rank and for many (where ranks differ it asks its :class:`~ray_interactive.train.ddp.Ranks`:
+``if ddp:``, as nanoGPT does).
 
 The loop reads top to bottom (:meth:`Trainer.run`): apply due commands, get the next
 batches (prefetched), forward/backward over the micro-batches, clip, check the step is
@@ -11,7 +13,7 @@ metrics leave in the background every ``metrics_interval_s``.
 
 The trainer talks to the controller through a :class:`Reporter` (fire-and-forget), to
 the data through a feed (:mod:`ray_interactive.data.feeds`), and publishes weights through a
-publisher (:mod:`ray_interactive.serve.weights`), so this class has no Ray in it and unit tests
+publisher (:mod:`ray_interactive.core.weights`), so this class has no Ray in it and unit tests
 drive it in-process.
 """
 
@@ -30,11 +32,14 @@ import torch
 
 from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig
+from ray_interactive.core.messages import TrainerStatus
+from ray_interactive.core.reporting import Reporter
 from ray_interactive.core.state import TrainState
-from ray_interactive.core.steering import Frontend, Reporter, Steering, evaluate_model, finite
+from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
 from ray_interactive.core.task import Task
+from ray_interactive.core.weights import Publisher
 from ray_interactive.data.feeds import Batch
-from ray_interactive.serve.weights import Publisher
+from ray_interactive.train.ddp import Ranks, peer_lost
 
 __all__ = ["Feed", "Reporter", "Trainer", "resolve_device"]
 
@@ -71,7 +76,9 @@ class Trainer:
         resume_from: Path | None = None,
         publisher: Publisher | None = None,
         next_weight_version: int = 1,
+        ranks: Ranks | None = None,
     ) -> None:
+        """``ranks``: this trainer is one rank of many (DDP); None: the only one."""
         self.config = config
         self.task = task
         self.device = resolve_device(config.device)
@@ -87,18 +94,21 @@ class Trainer:
             config, model, optimizer, state, reporter, frontend,
             next_seq=next_seq, publisher=publisher, next_weight_version=next_weight_version, device=self.device,
         )
-        self.core.on_report.append(self._first_use_summary)
+        self.core.telemetry.on_report.append(self._first_use_summary)
         self._first_use: list[np.ndarray] = []  # seconds from ingest to first gradient, since the last report
         self.first_use_log: collections.deque[float] = collections.deque(maxlen=100_000)  # the same, kept for benchmarks
         self._step_started = time.perf_counter()
 
         position = None
         if resume_from is not None:
-            position = self.core.load(resume_from)["data_position"]
+            position = self.core.checkpoints.load(resume_from)["data_position"]
             reporter.rewind(state.branch, state.step + 1)
         self.feed = feed_factory(position)
         frontend.data = self.feed
         self.forward_model: torch.nn.Module = model  # what the loss runs through (DDP wraps it)
+        self.ddp = ranks
+        if ranks is not None:
+            ranks.attach(self)
         self._autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if config.autocast == "bf16"
             else contextlib.nullcontext
@@ -129,32 +139,45 @@ class Trainer:
         """Called from the control thread: queue accepted commands."""
         self.core.deliver(records)
 
-    def status(self, message: str | None = None) -> dict[str, Any]:
+    def status(self, message: str | None = None) -> TrainerStatus:
         return self.core.status(message)
 
     # -- the loop ----------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> TrainerStatus:
         """Train until stopped (command, ``max_steps``) or failed; return the final status."""
-        core, state = self.core, self.core.state
+        core, state, ddp = self.core, self.core.state, self.ddp
         core.start()
         try:
             while True:
-                core.poll()
+                if ddp:
+                    ddp.boundary()  # every rank applies what is due here, at once
+                else:
+                    core.poll()
                 if state.stopping:
                     break
                 if state.paused:
-                    core.inbox.wait(0.2)
+                    if ddp:
+                        ddp.idle()
+                    else:
+                        core.inbox.wait(0.2)
                     continue
                 if core.reached_max_steps():
                     break
                 batches = self._next_batches()
-                if batches is None:
-                    self._wait_for_data()
+                if batches is None and not ddp:
+                    self.wait_for_data()
                     continue
+                while batches is None:  # many ranks: wait in place (they meet in the next backward)
+                    assert ddp is not None
+                    ddp.wait_for_data()
+                    batches = self._next_batches()
                 if self._train_step(batches):
                     core.after_step()
             return core.finish()
         except Exception as e:
+            if ddp and peer_lost(e):  # another rank died under a collective: the launcher recovers all of them
+                log.warning("rank %d: a peer was lost (%s)", ddp.rank, str(e).splitlines()[0][:200])
+                raise
             log.exception("training failed")
             core.fail(e)
             raise
@@ -178,52 +201,44 @@ class Trainer:
 
     def _train_step(self, batches: list[Batch]) -> bool:
         """One optimizer step over the micro-batches; False if the health guard skipped it."""
-        core = self.core
+        core, ddp = self.core, self.ddp
         core.begin_step()
         losses, extras = [], {}
         for batch in batches:
             with self._autocast():
                 out = self.task.loss(self.forward_model, self.task.collate(batch.table, self.device))
             loss, extra = (out if isinstance(out, tuple) else (out, {}))
-            self._to_backward(loss / len(batches), loss.detach(), len(batches)).backward()
+            scaled = loss / len(batches)
+            if ddp:  # what this rank tells the others rides in DDP's all-reduce
+                scaled = ddp.to_backward(scaled, loss.detach(), len(batches))
+            scaled.backward()
             losses.append(loss.detach())
             for k, v in extra.items():  # averaged over micro-batches, like the loss
                 extras[k] = extras.get(k, 0.0) + v / len(batches)
         loss = torch.stack(losses).mean() if len(losses) > 1 else losses[0]
-        self._after_backward(loss)
+        if ddp:
+            ddp.after_backward()
         grad_norm = core.clip()
-        if not self._finite(loss, grad_norm):  # never let it reach the weights
+        # Many ranks: the gradients were all-reduced, so their norm is the same on every
+        # rank and every rank skips the same steps (a rank's own loss alone could split them).
+        if not finite(torch.zeros(()) if ddp else loss, grad_norm):  # never let it reach the weights
             core.optimizer.zero_grad(set_to_none=True)
             core.non_finite_step(loss, grad_norm)
             return False
-        self._before_optimizer_step()
+        if not ddp:  # an lr that arrived during this step's backward is used by it (ranks: at the boundary)
+            core.poll_before_step()
         core.optimizer.step()
         core.optimizer.zero_grad(set_to_none=True)
         samples = self.config.batch_size * len(batches)
         row = core.record_step(samples, self._step_started, loss=loss, grad_norm=grad_norm, **extras)
-        self._after_record(row)
+        if ddp:
+            ddp.after_record(row)
         metas = [b.meta for b in batches]
         for m in metas:  # what the mixture actually delivered
             for source, count in m["counts"].items():
                 row[f"mix/{source}"] = row.get(f"mix/{source}", 0.0) + count / samples
         self._freshness(metas, row)
         return True
-
-    # Points a multi-worker trainer (train/distributed.py) fills in; nothing here.
-    def _to_backward(self, loss: torch.Tensor, value: torch.Tensor, micro_batches: int) -> torch.Tensor:
-        return loss
-
-    def _after_backward(self, loss: torch.Tensor) -> None:
-        pass
-
-    def _finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        return finite(loss, grad_norm)
-
-    def _before_optimizer_step(self) -> None:
-        self.core.poll_before_step()  # an lr that arrived during this step's backward is used by it
-
-    def _after_record(self, row: dict[str, Any]) -> None:
-        pass
 
     def _freshness(self, metas: list[dict[str, Any]], row: dict[str, Any]) -> None:
         """How old the live rows of this step are, now that they reach a gradient; and for
@@ -241,7 +256,7 @@ class Trainer:
                 self._first_use.append(lat)
                 self.first_use_log.extend(lat.tolist())
 
-    def _wait_for_data(self) -> None:
+    def wait_for_data(self) -> None:
         """No source with a weight has rows: say so in the status, stay responsive."""
         state = self.core.state
         if not state.waiting_for_data:
@@ -251,15 +266,14 @@ class Trainer:
                 f"waiting for data: no source with a weight > 0 has rows yet (weights: {', '.join(weighted) or 'none'}); "
                 "ingest rows or change the mixture"
             )
-            self.core.report(force=True)
+            self.core.telemetry.report(force=True)
         else:
-            self.core.report()
+            self.core.telemetry.report()
         self.core.inbox.wait(0.1)
-
 
     def _first_use_summary(self) -> None:
         """p50/p95 of first-use latency since the last report, on its newest row."""
-        rows = self.core.pending_rows
+        rows = self.core.telemetry.rows
         if self._first_use and rows:
             lat = np.concatenate(self._first_use)
             self._first_use = []

@@ -146,6 +146,17 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 module_info = gr.JSON(label="module")
                 module_msg = gr.Markdown()
 
+            with gr.Tab("Any command"):
+                gr.Markdown("Every command kind the run knows, with its arguments as `key=value` (as the CLI's "
+                            "`send` takes them); the other tabs are shortcuts for the common ones.")
+                with gr.Row():
+                    any_kind = gr.Dropdown(choices=Dashboard.kind_choices(), value=None, label="command",
+                                           elem_id="any-kind", scale=2)
+                    any_args = gr.Textbox(label="arguments (key=value ...)", elem_id="any-args", scale=3)
+                    any_send = gr.Button("Send", variant="primary", elem_id="btn-any-send", scale=1)
+                any_help = gr.Markdown("pick a command", elem_id="any-help")
+                any_msg = gr.Markdown(elem_id="any-msg")
+
             with gr.Tab("Health"):
                 health_kind = gr.Radio(["update_ratio", "grad_norm", "act_std", "dead"], value="update_ratio",
                                        label="per-module indicator (sampled every diagnostics_every steps)",
@@ -259,6 +270,13 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         ).then(show_page, page, page_outputs, api_name=False)
         load.click(dash.load_checkpoint, [ckpt, new_branch], ckpt_msg, api_name="load_checkpoint")
         mixture_apply.click(dash.set_mixture, mixture, mixture_msg, api_name="set_data_mixture")
+        def pick_kind(kind: str | None) -> tuple[str, Any]:
+            text, example = Dashboard.kind_help(kind)
+            return text, gr.update(value="", placeholder=f"e.g. {example}" if example else "no arguments")
+
+        any_kind.change(pick_kind, any_kind, [any_help, any_args], api_name=False, show_progress="hidden")
+        any_send.click(dash.send_any, [any_kind, any_args], any_msg, api_name="send_command")
+        any_args.submit(dash.send_any, [any_kind, any_args], any_msg, api_name=False)
         module_apply.click(dash.update_module, [module, op, attribute, attr_value], module_msg, api_name="update_module")
         module.change(lambda m: _safe(lambda: dash.module_info(m), None), module, module_info, api_name=False)
         agent_start.click(agents.start, [agent_policy, agent_every, agent_interval, agent_url], agent_msg,
@@ -303,7 +321,18 @@ def lost_server_js(run_dir: str | None) -> str:
 }}"""
 
 
-def serve(
+def control_blocks(client: Any, refresh_s: float = 1.5, command_wait_s: float = 5.0) -> gr.Blocks:
+    """The control UI's page for ``client``'s run (a live client or a finished run), not launched."""
+    return build_ui(Dashboard(client, command_wait_s=command_wait_s), client.run, refresh_s)
+
+
+def launch_options(client: Any) -> dict[str, Any]:
+    """What the page needs from ``launch()``: its style, and the script that says when the run's server is gone."""
+    run_dir = _safe(lambda: client.status().get("run_dir"), None)
+    return {"css": CSS, "js": lost_server_js(run_dir), "enable_monitoring": False, "share": False}
+
+
+def serve_control_ui(
     client: Any,
     host: str = "127.0.0.1",
     port: int | None = None,
@@ -314,20 +343,15 @@ def serve(
 ) -> tuple[gr.Blocks, str]:
     """Launch the UI for ``client``'s run; returns the app and its local URL."""
     check_bind(host, auth)
-    dash = Dashboard(client, command_wait_s=command_wait_s)
-    run_dir = _safe(lambda: client.status().get("run_dir"), None)
-    ui = build_ui(dash, client.run, refresh_s)
+    ui = control_blocks(client, refresh_s, command_wait_s)
     ui.queue(default_concurrency_limit=8)
     _, url, _ = ui.launch(
         server_name=host,
         server_port=port,
         auth=[auth] if auth else None,
         prevent_thread_lock=not block,
-        enable_monitoring=False,
-        share=False,
         quiet=True,
         show_error=False,
-        css=CSS,
-        js=lost_server_js(run_dir),
+        **launch_options(client),
     )
     return ui, url

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ray_interactive.core.commands import CommandRecord
+from ray_interactive.core.commands import COMMAND_KINDS, CommandRecord, kind_info
+from ray_interactive.core.commands.text import payload_from_text
+from ray_interactive.runtime.lifecycle import run_is_gone
 
 
 @dataclass(frozen=True)
@@ -105,15 +107,6 @@ def _clean(values: list[Any]) -> list[float | None]:
     return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
 
 
-def _run_is_gone(error: BaseException) -> bool:
-    """Whether a failed call means the run's controller is gone (not a passing hiccup)."""
-    try:
-        import ray
-    except ImportError:
-        return False
-    return isinstance(error, ray.exceptions.RayActorError)
-
-
 def _last(series: dict[str, Any], key: str) -> str:
     """The newest finite value of a series, for a table."""
     values = [v for v in series.get(key, {}).get("value", []) if v is not None and math.isfinite(v)]
@@ -177,7 +170,7 @@ class Dashboard:
             self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
                                                history=self.history_rows)
         except Exception as e:
-            if not (_run_is_gone(e) and self._switch_to_run_dir()):
+            if not (run_is_gone(e) and self._switch_to_run_dir()):
                 raise
             self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
                                                history=self.history_rows)
@@ -518,7 +511,7 @@ class Dashboard:
         try:
             rec: CommandRecord = self.client.submit(payload, source="ui")
         except Exception as e:  # noqa: BLE001 - the UI must not fall over
-            if _run_is_gone(e) and self._switch_to_run_dir():
+            if run_is_gone(e) and self._switch_to_run_dir():
                 return f"not sent: {self.ended_note}"
             return f"failed to send: {str(e).splitlines()[0][:300]}"
         if rec.status.value == "rejected":
@@ -613,6 +606,33 @@ class Dashboard:
             return {"kind": "set_data_mixture", "weights": weights}
 
         return self._guard(build)
+
+    # -- any command, by kind: every registered kind (a new one appears here by itself) ----
+    @staticmethod
+    def kind_choices() -> list[tuple[str, str]]:
+        """``(label, kind)`` of every command kind, for a dropdown."""
+        return [(f"{k} - {kind_info(k).summary}"[:100], k) for k in COMMAND_KINDS]
+
+    @staticmethod
+    def kind_help(kind: str | None) -> tuple[str, str]:
+        """What a kind does and takes (markdown), and an example of its arguments."""
+        if not kind or kind not in COMMAND_KINDS:
+            return "pick a command", ""
+        info = kind_info(kind)
+        lines = [f"**{info.kind}**: {info.help}", ""]
+        for a in info.args:
+            extra = ", ".join(x for x in (a.bounds, "" if a.required else f"default {a.default!r}") if x)
+            lines.append(f"* `{a.name}` ({a.type}{', ' + extra if extra else ''}){': ' + a.description if a.description else ''}")
+        if not info.args:
+            lines.append("* no arguments")
+        lines.append(f"\nas typed here and in the CLI: `{info.usage()}`")
+        return "\n".join(lines), info.example
+
+    def send_any(self, kind: str | None, arguments: str) -> str:
+        """Any command kind with ``key=value`` arguments (the CLI's ``send`` syntax)."""
+        if not kind:
+            return "not sent: pick a command"
+        return self._guard(lambda: payload_from_text(kind, arguments or ""))
 
     def update_module(self, module: str, op: str, attribute: str, value: Any) -> str:
         def build() -> dict[str, Any]:

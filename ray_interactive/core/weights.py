@@ -10,6 +10,8 @@ controller keeps the last few versions in a :class:`WeightRegistry`; a subscribe
 
 Everything here is plain Python: no Ray, no actors. ``BackgroundPublisher`` is given
 ``put`` and ``report`` callables (``ray.put`` and the controller's method under Ray).
+A version crosses to the controller as a :class:`WeightVersion` whose ``ref`` is the
+object store's reference (nested in it, so Ray passes the reference, not the weights).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class WeightVersion:
     """One published version of the weights. ``ref`` (the ObjectRef of its
     :class:`PackedState`) is not part of :meth:`to_dict`."""
 
-    version: int
+    version: int  # 0: not numbered yet (the registry numbers it)
     step: int
     branch: str
     time: float  # when the trainer took the copy (wall clock)
@@ -142,6 +144,10 @@ class WeightVersion:
             raise ValueError(f"unknown weight version field(s) {', '.join(unknown)}")
         return cls(**dict(meta), ref=ref)
 
+    def with_ref(self, ref: Any, **changes: Any) -> WeightVersion:
+        """This version pointing at ``ref`` (its packed weights), with ``changes``."""
+        return dataclasses.replace(self, ref=ref, **changes)
+
 
 class WeightRegistry:
     """The last ``keep`` published versions, by number (the controller keeps one).
@@ -159,16 +165,14 @@ class WeightRegistry:
         self.next_version = next_version
         self._versions: dict[int, WeightVersion] = {}
 
-    def add(self, meta: Mapping[str, Any], ref: Any) -> WeightVersion:
-        meta = dict(meta)
-        version = meta.get("version")
-        if version is None:
-            version = meta["version"] = self.next_version
-        if version in self._versions:
-            raise ValueError(f"weights version {version} was already published")
-        entry = WeightVersion.from_dict(meta, ref)
-        self._versions[version] = entry
-        self.next_version = max(self.next_version, version + 1)
+    def add(self, entry: WeightVersion) -> WeightVersion:
+        """Keep ``entry`` (numbered here if its ``version`` is 0); returns it as kept."""
+        if not entry.version:
+            entry = dataclasses.replace(entry, version=self.next_version)
+        if entry.version in self._versions:
+            raise ValueError(f"weights version {entry.version} was already published")
+        self._versions[entry.version] = entry
+        self.next_version = max(self.next_version, entry.version + 1)
         while len(self._versions) > self.keep:
             del self._versions[min(self._versions)]
         return entry
@@ -211,7 +215,7 @@ class WeightRegistry:
 class Publisher(Protocol):
     """Where the trainer hands its packed weights (see :class:`BackgroundPublisher`)."""
 
-    def publish(self, meta: dict[str, Any], packed: PackedState) -> None: ...
+    def publish(self, version: WeightVersion, packed: PackedState) -> None: ...
 
     def flush(self, timeout: float | None = None) -> None: ...
 
@@ -222,8 +226,8 @@ class LocalPublisher:
     def __init__(self, registry: WeightRegistry | None = None) -> None:
         self.registry = registry or WeightRegistry()
 
-    def publish(self, meta: dict[str, Any], packed: PackedState) -> None:
-        self.registry.add({**meta, "published_at": time.time()}, packed)
+    def publish(self, version: WeightVersion, packed: PackedState) -> None:
+        self.registry.add(version.with_ref(packed, published_at=time.time()))
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -232,47 +236,48 @@ class LocalPublisher:
 class BackgroundPublisher:
     """Puts packed states in the object store and reports them, on one background thread.
 
-    ``put(packed) -> ref`` (``ray.put``) and ``report(meta, ref) -> reply`` (the
-    controller's ``weights_published``) run off the step loop, in publishing order. At
-    most ``max_pending`` copies wait for the thread; beyond that :meth:`publish` blocks,
-    so a run that publishes faster than the store takes copies slows down instead of
-    filling memory. ``wait(replies)`` (``ray.get``) is used by :meth:`flush`.
+    ``put(packed) -> ref`` (``ray.put``) and ``report(version) -> reply`` (the
+    controller's ``weights_published``, given the version with its ``ref``) run off the
+    step loop, in publishing order. At most ``max_pending`` copies wait for the thread;
+    beyond that :meth:`publish` blocks, so a run that publishes faster than the store
+    takes copies slows down instead of filling memory. ``wait(replies)`` (``ray.get``) is
+    used by :meth:`flush`.
     """
 
     def __init__(
         self,
         put: Callable[[PackedState], Any],
-        report: Callable[[dict[str, Any], Any], Any],
+        report: Callable[[WeightVersion], Any],
         wait: Callable[[list[Any]], Any] | None = None,
         max_pending: int = 2,
     ) -> None:
         self._put, self._report, self._wait = put, report, wait
         self._room = threading.Semaphore(max_pending)
-        self._queue: queue.Queue[tuple[dict[str, Any], PackedState] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[WeightVersion, PackedState] | None] = queue.Queue()
         self._replies: list[Any] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="weights-publisher", daemon=True)
         self._thread.start()
 
-    def publish(self, meta: dict[str, Any], packed: PackedState) -> None:
-        """Queue a copy; blocks (and adds the wait to ``meta["hold_s"]``) while
-        ``max_pending`` copies are already waiting."""
+    def publish(self, version: WeightVersion, packed: PackedState) -> None:
+        """Queue a copy; blocks (and adds the wait to ``hold_s``) while ``max_pending``
+        copies are already waiting."""
         t0 = time.perf_counter()
         self._room.acquire()
-        meta = {**meta, "hold_s": meta.get("hold_s", 0.0) + time.perf_counter() - t0}
-        self._queue.put((meta, packed))
+        version = dataclasses.replace(version, hold_s=version.hold_s + time.perf_counter() - t0)
+        self._queue.put((version, packed))
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            meta, packed = item
+            version, packed = item
             try:
                 ref = self._put(packed)
                 del packed, item  # the object store has its copy now
-                reply = self._report({**meta, "published_at": time.time()}, ref)
+                reply = self._report(version.with_ref(ref, published_at=time.time()))
                 with self._lock:
                     self._replies = [*self._replies[-15:], reply]
             except Exception:  # a lost version must not take the trainer down
-                log.exception("publishing weights version %s failed", meta.get("version"))
+                log.exception("publishing weights version %s failed", version.version)
             finally:
                 self._room.release()
                 self._queue.task_done()

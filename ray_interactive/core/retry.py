@@ -3,7 +3,7 @@
 A thin layer over `tenacity <https://tenacity.readthedocs.io>`_ (pure Python, no Ray or
 torch, so the light :mod:`ray_interactive.serve.ingest_client` can use it too)::
 
-    from ray_interactive.runtime.retry import call_with_retry, retrying
+    from ray_interactive.core.retry import call_with_retry, retrying
 
     ack = call_with_retry(send, "ingest", deadline_s=20, on=ConnectionError)
 
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import tenacity
 
-__all__ = ["Backoff", "actor_restarting", "call_with_retry", "retrying"]
+__all__ = ["Backoff", "call_with_retry", "retrying"]
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +121,3 @@ def retrying(
 def call_with_retry(fn: Callable[[], T], what: str, **policy: Any) -> T:
     """``fn()``, retried by :func:`retrying` with ``policy``; the last error if it never succeeds."""
     return retrying(what, **policy)(fn)
-
-
-def actor_restarting(e: BaseException) -> bool:
-    """``on=`` for calls to a Ray actor that Ray restarts: the actor is unavailable or died
-    (``ActorUnavailableError``, ``ActorDiedError``). A call that raised inside the actor
-    (``RayTaskError``, even one whose cause is an actor error) is not a restart."""
-    exceptions = sys.modules.get("ray.exceptions")  # no Ray error without Ray: this module never imports it
-    if exceptions is None:
-        return False
-    return isinstance(e, exceptions.RayActorError) and not isinstance(e, exceptions.RayTaskError)

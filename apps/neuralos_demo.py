@@ -1,5 +1,11 @@
 """The deployed NeuralOS demo (Gradio): click on the generated screen, type, press enter.
 
+    python apps/neuralos_demo.py          # the base model on its own (no run, nothing logged)
+    gradio apps/neuralos_demo.py          # the same, reloaded as you edit this file
+
+``make demo`` (:mod:`neuralos_example.main`) serves it for a run: what users do is logged to
+the run's buffer and the model follows the weights the trainer publishes.
+
 The screen is the model's own frame, upscaled. A click on it is a left click, a right click or a
 plain move at that pixel (the radio picks); "Type" sends one key action per character; "Enter"
 an enter at the cursor. The model version being served is shown and refreshed as new weights
@@ -12,16 +18,21 @@ through named API endpoints: ``/new_session``, ``/act`` and ``/compare`` (see
 
 from __future__ import annotations
 
-import base64
-from typing import Any
+import os
 
-import gradio as gr
-import numpy as np
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from neuralos_example.data import TASKS, encode_png
-from neuralos_example.engine import DemoEngine
-from neuralos_example.model import SAMPLER_STEPS
-from ray_interactive.ui.access import check_bind
+import base64  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ray_interactive as ri  # noqa: E402
+from neuralos_example.data import TASKS, encode_png  # noqa: E402
+from neuralos_example.engine import DemoEngine  # noqa: E402
+from neuralos_example.model import SAMPLER_STEPS  # noqa: E402
 
 SCALE = 6  # 64 px -> 384 px on screen
 CLICK_KINDS = {"left click": "left_click", "right click": "right_click", "move": "move"}
@@ -194,9 +205,9 @@ def serve_demo(
 ) -> tuple[gr.Blocks, str]:
     """Launch the demo (threads of this process); returns the app and its URL.
 
-    The control UI's rule (:mod:`ray_interactive.ui.access`): loopback only, unless a login is given;
+    The control UI's rule (``ri.check_bind``): loopback only, unless a login is given;
     any other ``host`` without ``auth`` is refused before anything is served."""
-    check_bind(host, auth, "the NeuralOS demo")
+    ri.check_bind(host, auth, "the NeuralOS demo")
     demo = build_demo(engine)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(
@@ -204,3 +215,27 @@ def serve_demo(
         share=False, quiet=True, show_error=True, auth=[auth] if auth else None,
     )
     return demo, url
+
+
+def standalone_demo() -> gr.Blocks:
+    """The demo of the shipped base model, with no run behind it: nothing is logged and the
+    weights never change (what ``python apps/neuralos_demo.py`` serves)."""
+    import copy
+
+    from neuralos_example.model import BASE_CHECKPOINT, DEFAULT_STEPS, load_model
+
+    model = load_model(BASE_CHECKPOINT)
+    engine = DemoEngine(model, None, DEFAULT_STEPS, base_model=copy.deepcopy(model))
+    return build_demo(engine)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "demo":  # built on first use: importing this module builds nothing
+        return standalone_demo()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__" or os.environ.get("GRADIO_WATCH_DEMO_PATH"):  # run as a script, or by `gradio` (reload)
+    demo = standalone_demo()
+    if __name__ == "__main__":
+        demo.queue(default_concurrency_limit=4).launch(enable_monitoring=False, share=False)

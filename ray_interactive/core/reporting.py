@@ -1,0 +1,193 @@
+"""How a training loop tells the controller what it does, without waiting for an answer.
+
+:class:`Reporter` sends typed messages (:mod:`ray_interactive.core.messages`) to a
+:class:`ControllerPort` - the controller actor's handle under Ray (see
+``ray_interactive.runtime``), the plain :class:`~ray_interactive.core.controller.Controller`
+in-process - and queues events to ride along with the next report. :class:`Telemetry`
+keeps the metric rows between reports and the loop's status.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from ray_interactive.core.checkpoints import CheckpointInfo
+from ray_interactive.core.commands import CommandRecord
+from ray_interactive.core.messages import (
+    BranchCreated,
+    BranchRewound,
+    CheckpointSaved,
+    CheckpointsRemoved,
+    MetricRow,
+    Outcomes,
+    Progress,
+    RunEvent,
+    Snapshot,
+    TrainerEvent,
+    TrainerStatus,
+)
+
+if TYPE_CHECKING:
+    from ray_interactive.core.config import RunConfig
+    from ray_interactive.core.state import TrainState
+
+#: A metric row before its values are read: tensors stay on their device until a report.
+Row = tuple[int, float, dict[str, Any]]
+
+
+class ControllerPort(Protocol):
+    """Where a training loop's reports go. Each call may return a reply to wait for
+    (an ``ObjectRef`` under Ray) or None."""
+
+    def progress(self, report: Progress) -> Any: ...
+
+    def outcomes(self, report: Outcomes) -> Any: ...
+
+    def describe(self, snapshot: Snapshot) -> Any: ...
+
+
+class Reporter:
+    """Sends reports to a :class:`ControllerPort` (None: a rank that does not report)
+    without waiting; ``wait(replies)`` is used by :meth:`sync`.
+
+    Events are queued and ride along with the next progress or outcomes report, so the
+    controller learns of a checkpoint no later than of the status or outcome that
+    mentions it (separate calls to a threaded actor may be reordered).
+    """
+
+    def __init__(self, port: ControllerPort | None, wait: Callable[[list[Any]], Any] | None = None) -> None:
+        self.port = port
+        self._wait = wait
+        self._recent: collections.deque[Any] = collections.deque(maxlen=256)
+        self._events: list[TrainerEvent] = []
+
+    def _sent(self, reply: Any) -> None:
+        self._recent.append(reply)
+
+    def _take_events(self) -> list[TrainerEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def progress(self, branch: str, status: TrainerStatus, rows: list[MetricRow]) -> None:
+        if self.port is not None:
+            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=self._take_events())))
+
+    def outcomes(self, records: list[CommandRecord], snapshot: Snapshot | None = None,
+                 status: TrainerStatus | None = None) -> None:
+        """Outcomes and the state they left, in one message: whoever sees "applied" sees the
+        new settings, status and checkpoints too."""
+        if self.port is not None:
+            self._sent(self.port.outcomes(Outcomes(records=records, snapshot=snapshot, status=status,
+                                                   events=self._take_events())))
+
+    def snapshot(self, snapshot: Snapshot) -> None:
+        if self.port is not None:
+            self._sent(self.port.describe(snapshot))
+
+    def checkpoint(self, info: CheckpointInfo) -> None:
+        self._events.append(CheckpointSaved(info=info))
+
+    def branch(self, name: str, parent: str, checkpoint: str, step: int) -> None:
+        self._events.append(BranchCreated(name=name, parent=parent, checkpoint=checkpoint, step=step))
+
+    def rewind(self, branch: str, step: int) -> None:
+        self._events.append(BranchRewound(branch=branch, step=step))
+
+    def checkpoints_removed(self, ids: list[str]) -> None:
+        self._events.append(CheckpointsRemoved(ids=ids))
+
+    def event(self, kind: str, message: str, step: int, branch: str, failed: bool = False,
+              submit: list[dict[str, Any]] | None = None) -> None:
+        """Something the run did on its own, for the command history (and ``submit``: the
+        commands it asks the controller to send on its behalf, source ``system``)."""
+        self._events.append(RunEvent(kind=kind, message=message, step=step, branch=branch, failed=failed,
+                                     submit=submit or []))
+
+    def sync(self) -> None:
+        """Wait until the recent reports have reached the controller (at the end of a run)."""
+        if self._wait is not None:
+            self._wait([r for r in self._recent if r is not None])
+        self._recent.clear()
+
+
+class Telemetry:
+    """The loop's metric rows between reports, its throughput and its status."""
+
+    def __init__(self, config: RunConfig, state: TrainState, reporter: Reporter, frontend_name: Callable[[], str]) -> None:
+        self.config = config
+        self.state = state
+        self.reporter = reporter
+        self._frontend_name = frontend_name
+        self.rows: list[Row] = []
+        self.unsettled = 0  # how many of the newest rows a report must hold back (a value is still to come)
+        self.on_report: list[Callable[[], None]] = []  # front-end additions to a report's newest row
+        self.throughput = 0.0
+        self._last_report = 0.0
+
+    def add(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
+        """Queue a row of ``values`` at ``step``; returns it (a front-end may add to it)."""
+        self.rows.append((step, time.time(), values))
+        return values
+
+    def step_done(self, samples: int, seconds: float) -> None:
+        self.throughput = samples / seconds if self.throughput == 0 else 0.9 * self.throughput + 0.1 * samples / seconds
+
+    def status(self, message: str | None = None) -> TrainerStatus:
+        s = self.state
+        if message is None and s.ended is None:
+            message = s.message
+        return TrainerStatus(
+            status=s.status,
+            step=s.step,
+            branch=s.branch,
+            samples_per_s=round(self.throughput, 3),
+            samples_seen=s.samples_seen,
+            last_checkpoint=s.last_checkpoint,
+            message=message,
+            time=time.time(),
+            frontend=self._frontend_name(),
+        )
+
+    def report(self, force: bool = False, message: str | None = None) -> None:
+        """Send the rows and the status, at most every ``metrics_interval_s`` unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._last_report < self.config.metrics_interval_s:
+            return
+        self._last_report = now
+        for add in self.on_report:
+            add()
+        cut = len(self.rows) - self.unsettled  # the newest may still wait for a value
+        rows, self.rows = self.rows[:cut], self.rows[cut:]
+        self.reporter.progress(self.state.branch, self.status(message), rows_to_floats(rows))
+
+
+def rows_to_floats(rows: list[Row]) -> list[MetricRow]:
+    """Metric rows with plain floats. All tensors are moved in one go: on a GPU each
+    ``.item()`` is a sync, and there are a few per step."""
+    by_device: dict[torch.device, list[torch.Tensor]] = collections.defaultdict(list)
+    for _, _, r in rows:
+        for v in r.values():
+            if isinstance(v, torch.Tensor):
+                by_device[v.device].append(v)
+    values = {
+        dev: iter(torch.stack([t.detach().float().reshape(()) for t in ts]).tolist()) for dev, ts in by_device.items()
+    }
+    out = []
+    for step, t, r in rows:
+        clean: dict[str, float] = {}
+        for k, v in r.items():
+            if isinstance(v, torch.Tensor):
+                clean[k] = next(values[v.device])
+            else:
+                try:
+                    clean[k] = float(v)
+                except (TypeError, ValueError):
+                    clean[k] = math.nan
+        out.append((step, t, clean))
+    return out
