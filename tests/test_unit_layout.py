@@ -139,3 +139,13 @@ def test_every_documented_name_resolves() -> None:
     for name in ri.__all__:
         assert getattr(ri, name) is not None
     assert callable(ri.hf.steer) and callable(ri.steer)
+
+
+def test_the_controller_starts_without_torch() -> None:
+    """The controller holds no tensors: it imports no torch (a second saved at every run's start)."""
+    import subprocess
+    import sys
+
+    code = "import sys, ray_interactive.runtime.controller_actor; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]

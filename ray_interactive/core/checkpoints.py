@@ -19,11 +19,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointWriteError(OSError):
@@ -59,6 +60,8 @@ def checkpoint_id(root: Path, branch: str, step: int) -> str:
 
 def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Python/numpy states (JSON-able) and torch generator states (tensors)."""
+    import torch
+
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
     plain = {
@@ -73,6 +76,8 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def restore_rng(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    import torch
+
     version, state, gauss = plain["python"]
     random.setstate((version, tuple(state), gauss))
     name, keys, pos, has_gauss, cached = plain["numpy"]
@@ -92,6 +97,9 @@ def write_checkpoint(
     state: dict[str, Any],
 ) -> Path:
     """Write a checkpoint atomically; returns its directory."""
+    import torch
+    from safetensors.torch import save_file, save_model
+
     final = root / info.id
     tmp = root / f"{info.id}.tmp"
     if tmp.exists():
@@ -119,6 +127,9 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Load weights and optimizer state into the live objects, restore RNGs; return the
     plain state (step, branch, schedule, data position, ...)."""
+    import torch
+    from safetensors.torch import load_file, load_model
+
     doc = json.loads((path / "state.json").read_text())
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
     if missing or unexpected:

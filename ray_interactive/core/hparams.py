@@ -9,9 +9,11 @@ live optimizer when it applies it. Keys that do not exist are rejected, never ad
 from __future__ import annotations
 
 import math
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 #: Param-group keys that are not hyperparameters, whose change would break the
 #: optimizer's state (``amsgrad`` adds a state tensor), or that change what the optimizer
@@ -50,6 +52,13 @@ GENERIC_BOUND = 1e6
 GroupView = dict[str, Any]  # {"name": str, "hparams": {key: value}}
 
 
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (without importing torch: the controller describes
+    optimizers it never holds, and starts faster without it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def group_name(group: dict[str, Any], index: int) -> str:
     """The name of a param group: its ``name`` key, else ``group<index>``."""
     name = group.get("name")
@@ -57,7 +66,7 @@ def group_name(group: dict[str, Any], index: int) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if _is_tensor(value) and value.numel() == 1:
         return value.item()
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
@@ -152,7 +161,7 @@ def apply_update(opt: torch.optim.Optimizer, targets: list[int], values: dict[st
             if key == "lr":
                 continue
             live = g[key]
-            if isinstance(live, torch.Tensor):
+            if _is_tensor(live):
                 live.fill_(value)
             elif isinstance(live, list):
                 g[key] = list(value)

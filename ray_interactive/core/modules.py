@@ -1,27 +1,36 @@
 """The model as commands see it: every named module, its parameters and the attributes
-that may be set (the whitelist below; :mod:`~ray_interactive.core.commands.kinds.update_module`
+that may be set (:func:`attribute_whitelist`; :mod:`~ray_interactive.core.commands.kinds.update_module`
 is the only thing that changes a module).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where modules are: the controller only reads their descriptions
+    from torch import nn
 
-# (module class, attribute) -> (low, high) inclusive bounds; the value is a float.
-_DROPOUT = nn.modules.dropout._DropoutNd
-_BATCHNORM = nn.modules.batchnorm._NormBase
-ATTRIBUTE_WHITELIST: list[tuple[type[nn.Module], str, float, float]] = [
-    (_DROPOUT, "p", 0.0, 1.0),
-    (nn.LayerNorm, "eps", 1e-12, 1.0),
-    (nn.GroupNorm, "eps", 1e-12, 1.0),
-    (_BATCHNORM, "eps", 1e-12, 1.0),
-    (_BATCHNORM, "momentum", 0.0, 1.0),
-    (nn.LeakyReLU, "negative_slope", 0.0, 1.0),
-]
-if hasattr(nn, "RMSNorm"):
-    ATTRIBUTE_WHITELIST.append((nn.RMSNorm, "eps", 1e-12, 1.0))
+
+@functools.cache
+def attribute_whitelist() -> tuple[tuple[type[nn.Module], str, float, float], ...]:
+    """(module class, attribute, low, high): the only attributes ``update_module`` may set
+    (inclusive bounds; the value is a float)."""
+    from torch import nn
+
+    dropout, batchnorm = nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase
+    rows = [
+        (dropout, "p", 0.0, 1.0),
+        (nn.LayerNorm, "eps", 1e-12, 1.0),
+        (nn.GroupNorm, "eps", 1e-12, 1.0),
+        (batchnorm, "eps", 1e-12, 1.0),
+        (batchnorm, "momentum", 0.0, 1.0),
+        (nn.LeakyReLU, "negative_slope", 0.0, 1.0),
+    ]
+    if hasattr(nn, "RMSNorm"):
+        rows.append((nn.RMSNorm, "eps", 1e-12, 1.0))
+    return tuple(rows)
+
 
 ModuleView = dict[str, Any]
 
@@ -29,7 +38,7 @@ ModuleView = dict[str, Any]
 def settable_attributes(module: nn.Module) -> dict[str, tuple[float, float]]:
     """Whitelisted attributes of ``module`` with their bounds."""
     out = {}
-    for cls, attr, lo, hi in ATTRIBUTE_WHITELIST:
+    for cls, attr, lo, hi in attribute_whitelist():
         if isinstance(module, cls) and isinstance(getattr(module, attr, None), (int, float)):
             out[attr] = (lo, hi)
     return out

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_interactive.core import schedules
 from ray_interactive.core.schedules import Schedule, ScheduleKind
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RunStatus(enum.StrEnum):

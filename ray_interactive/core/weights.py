@@ -17,6 +17,7 @@ object store's reference (nested in it, so Ray passes the reference, not the wei
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -24,19 +25,27 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are packed: the controller keeps versions only
+    import torch
 
 log = logging.getLogger(__name__)
 
-#: Torch dtypes that ``Tensor.numpy()`` supports; others travel as a same-width integer view.
-_NUMPY_DTYPES = {
-    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bool,
-    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64,
-}
-_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+@functools.cache
+def _dtypes() -> tuple[frozenset[Any], dict[int, Any]]:
+    """Torch dtypes that ``Tensor.numpy()`` supports (others travel as a same-width integer
+    view), and the integer dtype of each width."""
+    import torch
+
+    numpy_dtypes = frozenset({
+        torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bool,
+        torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64,
+    })
+    return numpy_dtypes, {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 @dataclass
@@ -65,6 +74,8 @@ class PackedState:
 
 def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
     """One contiguous CPU copy (device -> host, or a clone of a CPU tensor)."""
+    import torch
+
     t = t.detach()
     if t.device.type == "cpu":
         return t.clone(memory_format=torch.contiguous_format)
@@ -76,6 +87,9 @@ def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any]) -> PackedSt
 
     One copy per tensor; tied weights (one tensor under two names) are copied once.
     """
+    import torch
+
+    numpy_dtypes, int_of_width = _dtypes()
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     packed = PackedState(arrays={})
     seen: dict[tuple[Any, ...], str] = {}
@@ -90,9 +104,9 @@ def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any]) -> PackedSt
             continue
         seen[key] = name
         t = _cpu_copy(value)
-        if t.dtype not in _NUMPY_DTYPES:
+        if t.dtype not in numpy_dtypes:
             packed.dtypes[name] = str(t.dtype).removeprefix("torch.")
-            t = t.view(_INT_OF_WIDTH[t.element_size()])
+            t = t.view(int_of_width[t.element_size()])
         packed.arrays[name] = t.numpy()
     return packed
 
@@ -103,6 +117,8 @@ def unpack_state(packed: PackedState) -> dict[str, Any]:
     The tensors share the arrays' memory: arrays from the object store are read-only
     views of it (``load_state_dict`` copies them; ``clone()`` one before changing it).
     """
+    import torch
+
     out: dict[str, Any] = {}
     with warnings.catch_warnings():  # read-only arrays from the object store: we never write to them
         warnings.filterwarnings("ignore", message=".*not writable.*")

@@ -91,9 +91,9 @@ class ControllerActor:
         Hugging Face, a plain loop); with ``supervise``, this actor starts the trainer's
         loop and restarts a trainer that dies. Returns the number of the first command the
         loop gets (commands may be accepted before it is attached; it pulls them)."""
-        with self._locked() as c:
+        with self._locked():
             self._trainer, self._buffer = trainer, buffer
-            first = min((r.seq for r in c.accepted() if r.seq is not None), default=c.next_seq)
+        first = self.first_command()
         if supervise:
             threading.Thread(target=self._supervise, name="supervise", daemon=True).start()
         return first
@@ -344,6 +344,14 @@ class ControllerActor:
     def next_seq(self) -> int:
         with self._locked() as c:
             return c.next_seq
+
+    def first_command(self) -> int:
+        """The number of the first command a loop starting now gets (accepted ones wait for it)."""
+        with self._locked() as c:
+            return min((r.seq for r in c.accepted() if r.seq is not None), default=c.next_seq)
+
+    def ready(self) -> bool:
+        return True
 
     def config(self) -> dict[str, Any]:
         return self._c.config.model_dump(mode="json")

@@ -75,9 +75,11 @@ class RunHandle:
                 ray.kill(actor)
             except Exception:
                 pass
-        try:  # ray.kill is asynchronous: the names are free (for a resume) when this returns
-            _wait_gone(self.config.name, self.config.namespace)
-        except ValueError:
+        # ray.kill is asynchronous: the names are free (for a resume) when this returns. Only
+        # this handle's actors count: a run resumed under the same name since is not ours.
+        roles = {"trainer": self.trainer, "buffer": self.buffer, "controller": self.controller}
+        ours = {actor_name(self.config.name, role): actor for role, actor in roles.items()}
+        if not _wait_released(ours, self.config.namespace):
             log.warning("the actors of run %s are still going away", self.config.name)
 
 
@@ -105,9 +107,10 @@ def start_run(
     lifetime = "detached" if detached else None
     cfg = config.model_dump(mode="json")
     cfg["run_dir"] = str(run_dir)  # actors may run elsewhere: pass the absolute path
+    # The three start side by side (each a process to spawn); the trainer asks the controller
+    # for the number of its first command itself.
     controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime).remote(cfg, recover=resume)
     buffer = BufferActor.options(name=actor_name(config.name, "buffer"), namespace=ns, lifetime=lifetime).remote(cfg)
-    next_seq = ray.get(controller.next_seq.remote())
     # Inside the actor its one GPU is cuda:0 whatever the config named ("cuda:1" picks none).
     wants_gpu = config.device == "auto" or config.device.startswith("cuda")
     # Many workers: the GPUs go to Ray Train's workers; this actor only runs them.
@@ -122,9 +125,9 @@ def start_run(
         num_gpus=gpus,
         max_restarts=config.max_restarts,  # recovered from the newest checkpoint by the controller
         max_task_retries=0,
-    ).remote(cfg, next_seq, checkpoint_path)
+    ).remote(cfg, checkpoint_path)
     try:
-        ray.get([buffer.ready.remote(), trainer.ready.remote()])  # surface constructor errors here
+        ray.get([controller.ready.remote(), buffer.ready.remote(), trainer.ready.remote()])  # constructor errors show here
     except Exception:
         for actor in (trainer, buffer, controller):
             ray.kill(actor)
@@ -187,6 +190,22 @@ def _status_of(name: str, namespace: str) -> str | None:
         return str(ray.get(controller.status.remote(), timeout=30)["status"])
     except Exception:  # noqa: BLE001 - gone or not answering: treated as running, refused
         return None
+
+
+def _wait_released(ours: dict[str, Any], namespace: str, timeout: float = 30.0) -> bool:
+    """Until none of these names (name -> actor handle) is held by that actor any more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = []
+        for name, actor in ours.items():
+            try:
+                held.append(ray.get_actor(name, namespace=namespace) == actor)
+            except ValueError:  # the name is free
+                held.append(False)
+        if not any(held):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _wait_gone(name: str, namespace: str, timeout: float = 30.0) -> None:

@@ -36,7 +36,7 @@ class TrainerActor:
     Started with ``max_restarts``: when its process dies Ray starts a new one, which waits
     for the controller to :meth:`recover` it from a checkpoint before its loop runs."""
 
-    def __init__(self, config: dict[str, Any], next_seq: int = 1, resume_from: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any], resume_from: str | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         self._cfg = cfg = RunConfig.model_validate(config)
         # Found by name, not passed in: a restartable actor's arguments must not hold handles
@@ -54,6 +54,7 @@ class TrainerActor:
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if restarted:  # built by recover(), from the checkpoint the controller names
             return
+        next_seq = ray.get(self._controller.first_command.remote())
         if self._cfg.workers > 1:
             self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": [], "paused": None}
         else:

@@ -1,7 +1,7 @@
 """``update_module``: operate on one module of the model, named by its path.
 
 The operations are ``reset_parameters``, ``freeze``, ``unfreeze`` and ``set_attribute`` of
-an attribute on :data:`~ray_interactive.core.modules.ATTRIBUTE_WHITELIST`. Nothing is
+an attribute on :func:`~ray_interactive.core.modules.attribute_whitelist`. Nothing is
 looked up by a user-given name except through that table and ``get_submodule``, so no
 arbitrary method can be called or attribute written.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from ray_interactive.core.commands.base import CommandBase, RunView
 from ray_interactive.core.modules import settable_attributes
 
 if TYPE_CHECKING:
+    import torch
+
     from ray_interactive.core.steering import Steering
 
 
@@ -112,6 +113,8 @@ def check_something_trains(modules: dict[str, dict[str, Any]], trainable: int | 
 
 def apply_module_op(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cmd: UpdateModule) -> str:
     """Apply a validated ``cmd``; return a short description of what changed."""
+    import torch
+
     module = model.get_submodule(cmd.module)
     params = list(module.parameters())
     if cmd.op == "freeze":
