@@ -19,11 +19,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import ray
-import torch
 from pydantic import BaseModel
 
 from ray_interactive.core.commands import CommandRecord, CommandStatus, check_payload_shape, loggable
@@ -33,6 +32,9 @@ from ray_interactive.core.weights import WeightVersion, unpack_state
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.runtime.connection import init_ray
 from ray_interactive.runtime.lifecycle import actor_restarting
+
+if TYPE_CHECKING:  # a client that never fetches weights (the CLI) needs no torch
+    import torch
 
 log = logging.getLogger(__name__)
 
