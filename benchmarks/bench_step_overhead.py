@@ -31,11 +31,11 @@ from _common import machine, percentile, save  # noqa: E402
 
 import ray_interactive as ri  # noqa: E402
 from ray_interactive.core.config import RunConfig, TaskSpec  # noqa: E402
+from ray_interactive.core.reporting import Reporter  # noqa: E402
 from ray_interactive.core.task import load_task  # noqa: E402
 from ray_interactive.data.buffer import DataBuffer  # noqa: E402
 from ray_interactive.data.feeds import LocalFeed  # noqa: E402
 from ray_interactive.examples.regression import columns_to_tensors  # noqa: E402
-from ray_interactive.core.reporting import Reporter  # noqa: E402
 from ray_interactive.train.trainer import Trainer  # noqa: E402
 
 TASK = "ray_interactive.examples.regression:RegressionTask"

@@ -73,6 +73,7 @@ def _bare_ddp(args: dict[str, Any]) -> None:
     carries the ranks' flag, loss and command size), to price that alone."""
     import torch
     import torch.distributed as dist
+
     from ray_interactive.train.ddp import Ranks, _Controlled
 
     torch.set_num_threads(1)
