@@ -14,6 +14,7 @@ import pytest
 
 from ray_interactive.runtime.launch import RunHandle, start_run
 from ray_interactive.ui.control_ui import check_bind, serve_control_ui
+from ray_interactive.ui.dashboard import Dashboard
 
 from .conftest import CHROMIUM, REPO, regression_config, running_client, ui_page, wait_until
 
@@ -26,6 +27,7 @@ ENDPOINTS = {
     "set_lr_schedule",
     "set_grad_clip",
     "set_grad_accumulation",
+    "send_command",
     "pause",
     "resume",
     "stop",
@@ -129,9 +131,18 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
     assert "applied" in gc.predict("3", "set_attribute", "p", "0.05", api_name="/update_module")
     assert "rejected" in gc.predict("3", "set_attribute", "p", "7", api_name="/update_module")
     assert "rejected: no module named" in gc.predict("no.such", "freeze", "", "", api_name="/update_module")
+    # Any command kind, as the CLI's send takes it (a kind added in one file appears here too)
+    assert "cleared the optimizer state" in gc.predict("reset_optimizer_state", "group=decay", api_name="/send_command")
+    assert "applied" in gc.predict("set_grad_clip", "max_norm=null", api_name="/send_command")
+    assert client.snapshot()["grad_clip"] is None
+    with pytest.raises(Exception, match="not in the list of choices"):  # Gradio refuses it before our handler
+        gc.predict("fly", "", api_name="/send_command")
+    assert "not sent: unknown command kind 'fly'" in Dashboard(client).send_any("fly", "")
+    assert "rejected: no param group named 'x'" in gc.predict("reset_optimizer_state", "group=x", api_name="/send_command")
+    assert "not sent: expected key=value" in gc.predict("save_checkpoint", "tag", api_name="/send_command")
     choices = gc.predict(api_name="/choices")
     assert ["api-tag", "api-tag"] not in choices[2]["choices"] and any(ckpt in c for c in choices[2]["choices"])
-    assert "unknown action" in __import__("ray_interactive.ui.dashboard", fromlist=["Dashboard"]).Dashboard(client).simple("explode")
+    assert "unknown action" in Dashboard(client).simple("explode")
     rows = client.commands(limit=30)
     # Every control went through the command API, stamped "ui" (a payload that did not
     # even parse, like steps=-5, is logged without a source).
