@@ -37,6 +37,11 @@ def attach(run: str, address: str | None = None, namespace: str | None = None) -
     from ray_interactive.core.config import DEFAULT_NAMESPACE
     from ray_interactive.runtime.client import RunNotFound, connect
 
+    if "/" in run or run.startswith("."):  # a path, never a run's name: no cluster to ask
+        run_dir = find_run_dir(run)
+        if run_dir is None:
+            raise LookupError(f"{run} is not a run directory (no config.json)")
+        return FinishedRun(run_dir)
     try:
         return connect(run, address=address, namespace=namespace or DEFAULT_NAMESPACE)
     except (RunNotFound, ConnectionError) as e:

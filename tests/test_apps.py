@@ -1,0 +1,93 @@
+"""The runnable apps in ``apps/``: each file holds a ``demo`` and serves it when run, as a
+Gradio user expects (``python apps/<name>.py``; ``gradio apps/<name>.py`` reloads it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ray_interactive.core.commands import SaveCheckpoint
+from ray_interactive.core.config import RunConfig
+from ray_interactive.core.controller import Controller
+from ray_interactive.core.messages import Progress, TrainerStatus
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # each starts a Python process that imports Gradio (and torch)
+
+
+@contextmanager
+def served(args: list[str], env: dict[str, str] | None = None, timeout: float = 180.0) -> Iterator[str]:
+    """Run an app file; yield the URL it prints once it serves; stop it after."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, **(env or {})})
+    try:
+        deadline, seen = time.monotonic() + timeout, []
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            seen.append(line)
+            if m := re.search(r"(http://127\.0\.0\.1:\d+)", line):
+                yield m.group(1)
+                return
+        pytest.fail(f"{args[0]} did not serve within {timeout} s:\n{''.join(seen)[-3000:]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def finished_run(tmp_path: Path) -> Path:
+    """A small finished run directory, written by the controller's own plain class."""
+    config = RunConfig(name="app-run", run_dir=tmp_path / "run")
+    c = Controller(config)
+    c.trainer_progress(Progress(branch="main", status=TrainerStatus(status="stopped", step=30, branch="main", time=1.0),
+                                rows=[(k, float(k), {"loss": 3.0 / k, "lr": 1e-3}) for k in range(1, 31)]))
+    c.refuse({"kind": "fly"}, "unknown command kind 'fly'")
+    assert c.submit(SaveCheckpoint(tag="t")).status.value == "rejected"  # the run has stopped
+    c.close()
+    return config.resolved_run_dir
+
+
+def test_the_control_ui_app_serves_a_run_given_by_its_directory(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    run_dir = finished_run(tmp_path)
+    with served(["apps/control_ui.py"], {"RI_RUN": str(run_dir)}) as url:
+        assert "ray_interactive" in httpx.get(url, timeout=60).text
+        out = Client(url, verbose=False).predict("step", 0.0, False, None, None, None, "update_ratio", None,
+                                                 api_name="/refresh")
+        assert "app-run" in out[0] or "STOPPED" in out[0].upper()
+        assert "fly" in str(out[11])  # the command history, read from commands.jsonl
+
+
+def test_the_neuralos_demo_app_serves_the_base_model_alone() -> None:
+    from gradio_client import Client
+
+    with served(["apps/neuralos_demo.py"]) as url:
+        gc = Client(url, verbose=False)
+        info = gc.predict(api_name="/info")
+        assert info["version"] == 0  # the base model: no run behind it
+        s = gc.predict("", 1, api_name="/new_session")
+        frame = gc.predict(s["session"], 10, 10, "left_click", "", 0, "", api_name="/act")
+        assert frame["step"] == 1 and frame["frame_png"]
+
+
+def test_importing_an_app_builds_nothing() -> None:
+    """``main`` and tests import the apps' builders; only running a file (or ``app.demo``) builds its demo."""
+    code = "import apps.neuralos_demo as n, apps.control_ui as c; print('demo' in vars(n), 'demo' in vars(c))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr[-2000:]
