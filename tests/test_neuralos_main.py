@@ -19,7 +19,7 @@ def test_main_command_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
     """`make demo` (the README's main command) with a short duration and one simulated user."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
-        ["make", "demo", "DURATION=45", f"DEMO_ARGS=--run-dir {tmp_path / 'run'} --users 1"],
+        ["make", "demo", "DURATION=25", f"DEMO_ARGS=--run-dir {tmp_path / 'run'} --users 1"],
         cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
