@@ -34,6 +34,9 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RI_SHARED_DATA", REPO.parent / "shared" / "data"))
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"
+#: Each step of a test run takes at least this long: unpaced, the toy regression model trains
+#: ~900 steps a second and its run takes 1.3 of the machine's 2 cores all the time it lives.
+PACE_S = 0.004
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,7 +62,7 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
 
 
 def regression_config(tmp_path: Path, **overrides: Any) -> RunConfig:
-    task_kwargs = overrides.pop("task_kwargs", {})
+    task_kwargs = {"pace_s": PACE_S, **overrides.pop("task_kwargs", {})}
     doc: dict[str, Any] = {
         "name": f"t-{uuid.uuid4().hex[:8]}",
         "task": TaskSpec(target=overrides.pop("target", REGRESSION), kwargs=task_kwargs),

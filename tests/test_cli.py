@@ -15,7 +15,7 @@ import pytest
 
 from ray_interactive.cli import command_payload, parse_assignments
 
-from .conftest import REPO, SHARED_DATA, regression_config
+from .conftest import PACE_S, REPO, SHARED_DATA, regression_config
 
 CLI = [str(Path(sys.executable).parent / "ray-interactive")]
 
@@ -98,7 +98,7 @@ def test_lm_demo_runs_its_tour_and_exits_cleanly(tmp_path: Path) -> None:
     """`make demo-lm` with a short duration: trains, takes the tour's commands, stops."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
-        ["make", "demo-lm", "DURATION=25", f"DATA={SHARED_DATA / 'wikitext-2'}", f"DEMO_ARGS=--run-dir {tmp_path / 'demo'} --no-ui"],
+        ["make", "demo-lm", "DURATION=15", f"DATA={SHARED_DATA / 'wikitext-2'}", f"DEMO_ARGS=--run-dir {tmp_path / 'demo'} --no-ui"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -136,6 +136,7 @@ def test_a_finished_run_is_read_from_its_directory_and_a_duration_stop_is_the_sy
     run_dir = tmp_path / "runs" / "done-run"
     addr = ["--address", ray_cluster["address"]]
     first = cli(*addr, "run", "--example", "regression", "--name", "done-run", "--duration", "6", "--quiet",
+                "--task-arg", f"pace_s={PACE_S}",
                 "--run-dir", str(run_dir), "--set", "torch_threads=1",
                 "--set", "trainer_num_cpus=0", timeout=240)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -15,7 +15,7 @@ import yaml
 
 import ray_interactive as ri
 
-from .conftest import REPO, wait_until
+from .conftest import PACE_S, REPO, wait_until
 
 
 def launcher_config() -> dict[str, Any]:
@@ -55,7 +55,8 @@ def test_a_run_submitted_as_a_job_is_steered_and_ends_succeeded(ray_cluster: dic
     submit = subprocess.run(
         [sys.executable, "-m", "ray_interactive.cli", "submit", "--address", ray_cluster["jobs"],
          "--working-dir", str(REPO), "--job-id", f"ri-test-{tmp_path.name}", "--",
-         "run", "--example", "regression", "--name", name, "--run-dir", str(tmp_path / "run"), "--quiet"],
+         "run", "--example", "regression", "--name", name, "--run-dir", str(tmp_path / "run"), "--quiet",
+         "--task-arg", f"pace_s={PACE_S}"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert submit.returncode == 0, submit.stderr

@@ -22,7 +22,7 @@ import ray
 from ray_interactive.core.config import RunConfig
 from ray_interactive.runtime.launch import RunFailed
 
-from .conftest import REPO, regression_config, wait_until
+from .conftest import PACE_S, REPO, regression_config, wait_until
 from .test_branch_resume import losses
 from .test_cli import cli
 from .test_live_data import live_config, live_rows
@@ -176,7 +176,7 @@ def test_when_the_driver_dies_nothing_of_the_run_is_left_and_it_can_be_resumed(
     proc = subprocess.Popen(
         [sys.executable, "-m", "ray_interactive.cli", "--address", ray_cluster["address"], "run",
          "--task", "ray_interactive.examples.regression:RegressionTask", "--name", name, "--run-dir", str(run_dir),
-         "--set", "checkpoint_every=10", "--set", "torch_threads=1", "--quiet"],
+         "--set", "checkpoint_every=10", "--set", "torch_threads=1", "--quiet", "--task-arg", f"pace_s={PACE_S}"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

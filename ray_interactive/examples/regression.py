@@ -2,10 +2,15 @@
 
 Tests use it because a step takes milliseconds; benchmarks use it because ``width`` and
 ``depth`` set the step time (about 5 ms and 50 ms on a 2-core CPU at the sizes in
-``benchmarks/``).
+``benchmarks/``). ``pace_s`` makes each micro-batch take at least that long, as a bigger
+model would, without the CPU: at its natural ~1 ms a step the toy trains ~900 steps a
+second and takes a whole core (and a sixth of another for its buffer and controller) for
+nothing, which the tests pace down so that a 2-core machine is left for what they check.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -56,11 +61,15 @@ class RegressionTask(Task):
         live_weight: float = 0.3,
         live_policy: str = "fresh",
         live_extra_columns: bool = False,
+        pace_s: float = 0.0,
     ) -> None:
         self.in_dim, self.width, self.depth, self.rows, self.dropout, self.seed = in_dim, width, depth, rows, dropout, seed
         self.extra_source = extra_source
         self.live_source, self.live_weight, self.live_policy = live_source, live_weight, live_policy
         self.live_extra_columns = live_extra_columns
+        if not 0.0 <= pace_s <= 10.0:
+            raise ValueError(f"pace_s must be in [0, 10] seconds, not {pace_s}")
+        self.pace_s = pace_s
 
     def build_model(self) -> nn.Module:
         layers: list[nn.Module] = []
@@ -85,6 +94,8 @@ class RegressionTask(Task):
         return columns_to_tensors(batch, device)
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.pace_s:
+            time.sleep(self.pace_s)  # a bigger model's time, not its CPU
         x, y = batch
         return F.mse_loss(model(x).squeeze(-1), y)
 
