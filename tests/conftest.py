@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -17,6 +18,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Ray starts its workers at nice 15: on a busy machine (CI) any other process would starve
 # the test runs' actors. The test cluster's workers run at the normal priority instead.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# A shell starts a background job (`make test &`, a CI step) with Ctrl-C ignored, and that
+# is inherited: the tests' Ctrl-C to a CLI agent would go unheard. A Python handler is
+# reset to the default on exec, so every process the tests start hears Ctrl-C again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import ray  # noqa: E402
