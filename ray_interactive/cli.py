@@ -77,6 +77,16 @@ def build_config(args: argparse.Namespace) -> Any:
             raise CLIError(f"{run_dir} is not a run directory (no config.json)")
         doc = _read_json(run_dir / "config.json")
         doc["run_dir"] = str(run_dir.resolve())  # where it is now, if it was moved or copied
+        if not isinstance(doc.get("task"), dict):  # not a run of our trainer: its loop is the user's
+            from ray_interactive.core.config import RunConfig
+            from ray_interactive.core.resume import how_to_resume
+
+            try:
+                hint = how_to_resume(RunConfig.model_validate(doc))
+            except ValueError:
+                hint = "run the script that trained it again with resume=True"
+            raise CLIError(f"`run --resume` continues runs of our trainer; run {doc.get('name')!r} in {run_dir} "
+                           f"has no task: {hint}")
         if args.name and args.name != doc["name"]:
             raise CLIError(f"--resume continues run {doc['name']!r}; it cannot be renamed (use --replay for a new run)")
     elif args.config:

@@ -342,3 +342,72 @@ def test_per_module_health_is_sampled_on_a_loop_and_a_hugging_face_trainer(
         assert series["step"] == [5, 10, 15, 20], k
         assert all(v > 0 for v in series["value"]), k
     assert len(m) == 3
+
+
+# -- the health guard, on every front-end --------------------------------------------------
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2").exists(), reason="needs ../shared/data")
+@pytest.mark.parametrize(("frontend", "policy"), [("loop", "pause"), ("hf", "pause"), ("hf", "rollback")])
+def test_the_health_guard_holds_on_every_front_end(frontend: str, policy: str, tmp_path: Path, ray_cluster: Any) -> None:
+    """An lr that explodes (valid alone, explosive with weight decay) never puts a NaN in the
+    weights: the step is dropped and the run's policy follows, as on our trainer."""
+    name, run_dir = f"guard-{frontend}-{policy}", tmp_path / f"guard-{frontend}-{policy}"
+    steer = {"run_dir": run_dir, "metrics_interval_s": 0.1, "checkpoint_every": 5,
+             "health": {"on_non_finite": policy, "lr_factor": 0.5}}
+    seen: dict[str, Any] = {}
+
+    def drive() -> None:
+        client = wait_until(lambda: client_of(name), timeout=120, what="the run to start")
+        wait_until(lambda: client.status()["step"] >= 6, timeout=120, what="training past the first checkpoint")
+        seen["lr"] = client.wait(client.send("update_optimizer", params={"lr": 10.0, "weight_decay": 10.0}))
+        if policy == "pause":
+            seen["status"] = wait_until(lambda: (s := client.status())["status"] == "paused" and s, timeout=120,
+                                        what="the guard to pause the run")
+        else:
+            def rolled_back() -> Any:
+                system = [(r["kind"], r["status"]) for r in client.commands() if r["source"] == "system"]
+                return ("resume", "applied") in system and system
+            seen["system"] = wait_until(rolled_back, timeout=120, what="the rollback")
+            seen["rollback"] = next(r for r in client.commands() if r["kind"] == "rollback")
+            seen["lr_after"] = next(r for r in client.commands() if r["source"] == "system"
+                                    and r["kind"] == "update_optimizer")
+        seen["stop"] = client.wait(client.send("stop"))
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    torch.set_num_threads(1)
+    if frontend == "loop":  # a loop that cannot be edited: the guard sits in optimizer.step()
+        torch.manual_seed(0)
+        model: torch.nn.Module = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        with ri.steer(name, model, opt, max_steps=2000, **steer).wrap_optimizer() as s:
+            while s.running:
+                x = torch.randn(32, 8)
+                (model(x) - x.sum(1, keepdim=True)).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+    else:
+        from ray_interactive.examples.hf_wikitext import build_trainer
+
+        trainer = build_trainer(SHARED_DATA, tmp_path / "out", max_steps=2000, n_layer=1, n_embd=32, block=32,
+                                batch_size=4, train_chars=50_000, eval_chars=4_000)
+        ri.hf.steer(trainer, run=name, **steer)
+        trainer.train()
+        model = trainer.model
+    thread.join(60)
+    assert not thread.is_alive() and seen["lr"].status.value == "applied" and seen["stop"].status.value == "applied"
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no NaN reached the weights
+    run = FinishedRun(run_dir)
+    assert run.status()["status"] == "stopped"
+    if policy == "pause":
+        message = seen["status"]["message"]
+        assert "health guard paused the run: non-finite" in message and "grad norm=" in message, message
+        assert "Lower the lr, clip gradients or load a checkpoint, then resume" in message
+        pause = next(r for r in run.commands() if r["source"] == "system")
+        assert pause["kind"] == "pause" and "health guard" in pause["message"]
+    else:
+        assert seen["system"][:4] == [("rollback", "applied"), ("load_checkpoint", "applied"),
+                                      ("update_optimizer", "applied"), ("resume", "applied")], seen["system"]
+        assert "Rolling back to main@" in seen["rollback"]["message"]
+        assert seen["lr_after"]["args"]["params"]["lr"] == pytest.approx(5.0, rel=0.01)  # HF's decay had moved it a little
+    skipped = run.metrics(keys=["health/skipped_steps"])["health/skipped_steps"]["value"]
+    assert skipped and skipped[-1] >= 1

@@ -49,22 +49,23 @@ class Harness:
         self.controller = Controller(make_config(run_dir), recover=recover)
         self._got: list[CommandRecord] = []
         self._after = 0
+        self.incarnation = 0  # which start of the trainer is polling
 
     @property
     def delivered(self) -> list[CommandRecord]:
         """Every command the loop's polls have brought so far (a poll is made now)."""
-        records = self.controller.pull(self._after).records
+        records = self.controller.pull(self._after, self.incarnation).records
         self._got.extend(records)
         self._after = max([self._after, *(r.seq or 0 for r in records)])
         return self._got
 
 
-def outcomes(records: list[CommandRecord], status: TrainerStatus | None = None) -> Outcomes:
-    return Outcomes(records=records, status=status)
+def outcomes(records: list[CommandRecord], status: TrainerStatus | None = None, incarnation: int = 0) -> Outcomes:
+    return Outcomes(records=records, status=status, incarnation=incarnation)
 
 
-def progress(branch: str, status: TrainerStatus, rows: list[Any]) -> Progress:
-    return Progress(branch=branch, status=status, rows=rows)
+def progress(branch: str, status: TrainerStatus, rows: list[Any], incarnation: int = 0) -> Progress:
+    return Progress(branch=branch, status=status, rows=rows, incarnation=incarnation)
 
 
 @pytest.fixture
@@ -308,22 +309,30 @@ def test_a_trainer_restart_reapplies_what_followed_the_checkpoint_and_holds_new_
     c.trainer_progress(progress("main", status_at(15), []))
     harness.delivered.clear()
 
-    path, again, next_seq = c.begin_recovery("SIGKILL")
+    path, again, next_seq, incarnation = c.begin_recovery("SIGKILL")
+    assert incarnation == 1  # the lost trainer's reports are ignored from now on
+    harness.incarnation = incarnation
     assert path == str(c.run_dir / "checkpoints" / "main@10") and next_seq == 4
     assert [(r.id, r.command.at_step) for r in again] == [(after.id, 12)]  # type: ignore[union-attr]
     assert c.status()["status"] == "recovering" and "main@10" in c.status()["message"]
     held = c.submit(UpdateOptimizer(params={"lr": 3e-4}))
     assert held.status is CommandStatus.ACCEPTED and harness.delivered == []  # waits
     lines = len(log_lines(c.run_dir))
+    # A worker of the lost group, still running for a moment, speaks no more for the run.
+    c.trainer_progress(progress("main", status_at(16), []))
+    assert c.recovery is not None and c.status()["status"] == "recovering"
+    assert c.pull(0, incarnation=0).records == []
 
     # The re-applied command comes back: nothing is logged for it; back at step 15 it ends.
-    c.command_outcomes(outcomes([applied(again[0], 12)], status_at(12)))
+    c.command_outcomes(outcomes([applied(again[0], 12)], status_at(12), incarnation=1))
     assert len(log_lines(c.run_dir)) == lines and c.recovery is not None
-    c.trainer_progress(progress("main", status_at(15), []))
+    c.trainer_progress(progress("main", status_at(15), [], incarnation=1))
     assert c.recovery is None and c.status()["status"] == "running"
     assert [r.id for r in harness.delivered] == [pending.id, held.id]  # in order, to the trainer
     kinds = [r["kind"] for r in c.commands() if r["source"] == "system"]
     assert kinds == ["trainer_lost", "recovered"]
+    recovered = [r for r in c.commands() if r["kind"] == "recovered"][0]["message"]
+    assert "from when the loss was noticed" in recovered and "since the lost trainer's last report" in recovered
 
 
 def test_a_re_applied_pause_ends_the_recovery_where_it_holds_the_trainer(harness: Harness, snapshot: Snapshot) -> None:
@@ -332,11 +341,11 @@ def test_a_re_applied_pause_ends_the_recovery_where_it_holds_the_trainer(harness
     pause = c.submit(Pause())
     c.command_outcomes(outcomes([applied(pause, 8)], status_at(8, "paused")))
     c.trainer_progress(progress("main", status_at(8, "paused"), []))
-    _, again, _ = c.begin_recovery("lost")  # no checkpoint: everything again, from the start
+    _, again, _, _ = c.begin_recovery("lost")  # no checkpoint: everything again, from the start
     assert [r.id for r in again] == [pause.id]
-    c.trainer_progress(progress("main", status_at(3), []))
+    c.trainer_progress(progress("main", status_at(3), [], incarnation=1))
     assert c.recovery is not None
-    c.command_outcomes(outcomes([applied(again[0], 8)], status_at(8, "paused")))
+    c.command_outcomes(outcomes([applied(again[0], 8)], status_at(8, "paused"), incarnation=1))
     assert c.recovery is None
 
 
@@ -382,4 +391,28 @@ def test_the_command_log_never_keeps_half_a_line_when_the_disk_is_full(tmp_path:
         assert {r["command"]["id"] for r in lines if r["status"] == "accepted"} == {r.id for r in accepted}
         assert c.storage_error and "command log" in c.storage_error
         assert c.submit(Stop()).status is CommandStatus.ACCEPTED  # a stop works even now
+        c.close()
+
+
+def test_a_restarted_controller_says_recovering_until_the_loop_has_described_itself(
+    tmp_path: Path, snapshot: Snapshot
+) -> None:
+    first = Controller(make_config(tmp_path / "run"))
+    first.trainer_snapshot(snapshot)
+    first.trainer_progress(progress("main", status_at(7), []))
+    first.flush()
+    first.close()
+
+    c = Controller(make_config(tmp_path / "run"), recover="restart")  # Ray restarted it under a live loop
+    try:
+        st = c.status()
+        assert st["status"] == "recovering" and "waits for the training loop to describe itself" in st["message"], st
+        rejected = c.submit(UpdateOptimizer(params={"lr": 1e-4}))
+        assert rejected.status is CommandStatus.REJECTED and "still starting" in (rejected.message or "")
+        assert c.pull(0).describe  # the loop's next poll is asked to describe itself
+        c.trainer_snapshot(snapshot)
+        c.trainer_progress(progress("main", status_at(8), []))
+        assert c.status()["status"] == "running"
+        assert c.submit(UpdateOptimizer(params={"lr": 1e-4})).status is CommandStatus.ACCEPTED
+    finally:
         c.close()

@@ -149,8 +149,10 @@ class RunConfig(BaseModel):
         default=3, ge=0, le=1000,
         description="times a lost trainer is restarted from the newest checkpoint before the run fails",
     )
-    stall_after_s: float = Field(
-        default=120.0, gt=0.0, le=86400.0, description="status 'stalled' when no step completes for this long"
+    stall_after_s: float | None = Field(
+        default=None, gt=0.0, le=86400.0,
+        description="status 'stalled' when no step completes for this long; None: 20 of the run's recent step "
+        "times, at least 10 s and at most 600 s (core/stalls.py)",
     )
 
     @field_validator("name")

@@ -59,7 +59,8 @@ from ray_interactive.core.messages import (
 )
 from ray_interactive.core.metrics import MetricStore
 from ray_interactive.core.outbox import Outbox
-from ray_interactive.core.recovery import Recovery, reapply_records
+from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
+from ray_interactive.core.stalls import StepClock, stall_bound
 from ray_interactive.core.state import RunStatus
 from ray_interactive.core.weights import WeightRegistry, WeightVersion
 
@@ -113,10 +114,13 @@ class Controller:
         self.weight_registry = WeightRegistry(keep=config.weights_keep)
         self.started_at = time.time()
         self._last_flush = time.monotonic()
+        self._saved_step = -1  # the step status.json shows
+        self._flush_soon = False  # a checkpoint was written: flush at the next report (its rows)
         self.recovery: Recovery | None = None  # the trainer is being restarted
+        self.incarnation = 0  # the trainer's start whose reports count (each recovery starts a new one)
         self.stop_requested = False  # a stop came for a run that had already ended: release it
         self.storage_error: str | None = None  # the run directory could not be written
-        self._last_step_seen = (0, time.monotonic())  # (step, when it was first reported): a stall shows
+        self.pace = StepClock()  # when the step last moved, and the run's step time: a stall shows
         if recover:
             self._recover()
         if read_only:
@@ -238,10 +242,12 @@ class Controller:
         """Accepted commands not yet applied, in order."""
         return sorted((r for r in self.records.values() if r.status is CommandStatus.ACCEPTED), key=lambda r: r.seq or 0)
 
-    def pull(self, after_seq: int) -> Delivery:
+    def pull(self, after_seq: int, incarnation: int = 0) -> Delivery:
         """What the training loop polls for: the commands numbered above ``after_seq``
         (which acknowledges the ones before; released ones come once), and whether it
-        should describe itself again."""
+        should describe itself again. A replaced trainer gets nothing (and acknowledges nothing)."""
+        if self.stale(incarnation):
+            return Delivery(records=[], describe=False)
         return Delivery(records=self.outbox.take(after_seq), describe=self.needs_description)
 
     def get_command(self, command_id: str) -> CommandRecord | None:
@@ -257,9 +263,21 @@ class Controller:
         return [r.row() for r in recs]
 
     # -- what the training loop reports ------------------------------------------------
+    def stale(self, incarnation: int) -> bool:
+        """Whether a report comes from a trainer an earlier recovery replaced (a worker of a
+        lost group can run on for a moment): ignored. A restarted controller does not know
+        the current incarnation and takes the newest it hears."""
+        if incarnation < self.incarnation:
+            log.info("ignoring a report of trainer incarnation %d (now %d)", incarnation, self.incarnation)
+            return True
+        self.incarnation = incarnation
+        return False
+
     def command_outcomes(self, report: Outcomes) -> None:
         """The loop applied (or failed to apply) commands; ``report`` also holds the
         snapshot, status and events (checkpoints written, branches made) they left."""
+        if self.stale(report.incarnation):
+            return
         self._trainer_events(report.events)
         for rec in report.records:
             if self.recovery is not None and rec.id in self.recovery.reapply:
@@ -274,12 +292,20 @@ class Controller:
             self._update_status(report.status)
 
     def trainer_progress(self, report: Progress) -> None:
+        if self.stale(report.incarnation):
+            return
         self._trainer_events(report.events)
         self.metrics.record(report.branch, report.rows)
         self._update_status(report.status)
-        self.maybe_flush()
+        if self._flush_soon:  # a checkpoint is a resume point: the metrics up to it go to disk with it
+            self._flush_soon = False
+            self.flush()
+        else:
+            self.maybe_flush()
 
     def trainer_snapshot(self, snapshot: Snapshot) -> None:
+        if self.stale(snapshot.incarnation):
+            return
         self.snapshot = snapshot
         self.needs_description = False
         v = self.view
@@ -293,6 +319,7 @@ class Controller:
         for event in events:
             if isinstance(event, CheckpointSaved):
                 self.checkpoint_saved(event.info)
+                self._flush_soon = True
             elif isinstance(event, CheckpointsRemoved):
                 self.checkpoints_removed(event.ids)
             elif isinstance(event, BranchCreated):
@@ -361,8 +388,7 @@ class Controller:
             self.trainer_status = st
             self.view.status = st.status.value
             self.view.step = st.step
-            if st.step != self._last_step_seen[0]:
-                self._last_step_seen = (st.step, time.monotonic())
+            self.pace.seen(st.step, st.status is RunStatus.RUNNING)
             if st.status.is_final:
                 self._fail_pending(f"the run {st.status.value} before it was applied ({st.message or ''})")
             self._maybe_end_recovery()
@@ -373,16 +399,18 @@ class Controller:
             self._store_outcome(r.model_copy(update={"status": CommandStatus.FAILED, "message": message[:500]}))
 
     # -- trainer restarts --------------------------------------------------------------
-    def begin_recovery(self, reason: str) -> tuple[str | None, list[CommandRecord], int]:
-        """The trainer died and is being restarted. Returns the checkpoint directory it
-        restarts from (None: the start), the commands it applies again (pinned to their
-        steps) and the number of the first command it has not seen. Until it is back where
-        it died, the status says ``recovering`` and new commands wait."""
+    def begin_recovery(self, reason: str) -> RestartPlan:
+        """The trainer died and is being restarted: where it restarts from, what it applies
+        again, and the incarnation it reports as (reports of the lost one are ignored from
+        now on). Until it is back where it died, the status says ``recovering`` and new
+        commands wait."""
         ckpts = list_checkpoints(self.run_dir / "checkpoints")
         ckpt = ckpts[-1] if ckpts else None
         again = reapply_records(list(self.records.values()), ckpt, self.run_dir / "checkpoints")
         died_at = (self.trainer_status.branch, self.trainer_status.step)
-        self.recovery = Recovery(reason, ckpt, died_at, {r.id for r in again if r.id}, held=self.accepted())
+        self.incarnation += 1
+        self.recovery = Recovery(reason, ckpt, died_at, {r.id for r in again if r.id}, held=self.accepted(),
+                                 last_heard=self.trainer_status.time)
         self.outbox.restart([])  # the restarted loop gets these from the recovery, once it has caught up
         where = f"checkpoint {ckpt.id}" if ckpt else "the start (no checkpoint yet)"
         self.system_event(RunEvent(
@@ -390,7 +418,7 @@ class Controller:
             f"{len(again)} command(s) again", step=died_at[1], branch=died_at[0], failed=True,
         ))
         path = str(self.run_dir / "checkpoints" / ckpt.id) if ckpt else None
-        return path, again, self.next_seq
+        return RestartPlan(path, again, self.next_seq, self.incarnation)
 
     def _maybe_end_recovery(self) -> None:
         rec = self.recovery
@@ -398,10 +426,11 @@ class Controller:
         if rec is None or not rec.caught_up(st.status.value, st.branch, st.step):
             return
         self.recovery = None
-        took = time.time() - rec.started
+        now = time.time()
         self.system_event(RunEvent(
-            kind="recovered", message=f"recovered in {took:.1f} s: back at step {st.step} on {st.branch} after the "
-            f"trainer was lost ({rec.reason})", step=st.step, branch=st.branch,
+            kind="recovered", message=f"recovered in {now - rec.started:.1f} s from when the loss was noticed "
+            f"({now - rec.last_heard:.1f} s since the lost trainer's last report): back at step {st.step} on "
+            f"{st.branch} after the trainer was lost ({rec.reason})", step=st.step, branch=st.branch,
         ))
         held = [self.records.get(r.id or "", r) for r in rec.held]
         # A cancel may have withdrawn one. Numbered before the commands the restarted loop
@@ -454,13 +483,20 @@ class Controller:
             update={"status": RunStatus.FAILED, "message": message, "time": time.time()}))
         self.flush()
 
+    def stall_after(self) -> float:
+        """Seconds without a step after which a running run is stalled: ``stall_after_s``,
+        or by default a bound on the run's own pace (:func:`~ray_interactive.core.stalls.stall_bound`)."""
+        if self.config.stall_after_s is not None:
+            return self.config.stall_after_s
+        return stall_bound(self.pace.step_time(), busy=self.trainer_status.busy is not None)
+
     def stalled_for(self) -> float | None:
         """Seconds since the step last moved, if the run says ``running`` and that is longer
-        than ``stall_after_s`` (a hung or stopped trainer process); else None."""
+        than :meth:`stall_after` (a hung or stopped trainer process); else None."""
         if self.trainer_status.status is not RunStatus.RUNNING or self.recovery is not None:
             return None
-        idle = time.monotonic() - self._last_step_seen[1]
-        return idle if idle >= self.config.stall_after_s else None
+        idle = self.pace.idle()
+        return idle if idle >= self.stall_after() else None
 
     # -- queries (JSON views) ----------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -468,10 +504,19 @@ class Controller:
         trainer = self.trainer_status.model_dump(mode="json")
         if self.recovery is not None:
             trainer.update(status="recovering", message=self.recovery.describe())
+        elif self.needs_description and not self.trainer_status.status.is_final:
+            # Restarted under a live loop: until it describes itself again, commands that need
+            # its settings are refused. Saying "running" then would be a lie.
+            trainer.update(status="recovering", message=(
+                "recovering: the controller was restarted and waits for the training loop to describe itself "
+                f"again (it was {self.trainer_status.status.value} at step {self.trainer_status.step})"))
         elif (idle := self.stalled_for()) is not None:
+            busy = self.trainer_status.busy
+            pace = self.pace.step_time()
             trainer.update(status="stalled", samples_per_s=0.0, message=(
-                f"no step has completed for {idle:.0f} s (last: step {self._last_step_seen[0]}); the trainer "
-                "may be hung or its process stopped"))
+                f"no step has completed for {idle:.0f} s (last: step {self.pace.step}"
+                + (f", {busy}" if busy else f"; steps took {pace:.3g} s" if pace is not None else "")
+                + "); the trainer may be hung or its process stopped"))
         return {
             "run": self.config.name,
             "run_dir": str(self.run_dir),
@@ -559,20 +604,34 @@ class Controller:
     def maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.config.metrics_flush_s:
             self.flush()
+        elif self.trainer_status.step != self._saved_step and not self.storage_error and not self.read_only:
+            # One small file per report that moved the step: a run whose process dies now
+            # still shows the step it reached. (Metrics wait for the flush.)
+            try:
+                self._save_status()
+            except OSError:
+                pass  # the next flush says so
+
+    def _save_status(self) -> None:
+        tmp = self.run_dir / "status.json.tmp"
+        try:
+            tmp.write_text(json.dumps({**self.status(), "saved_at": time.time()}, default=str))
+            tmp.replace(self.run_dir / "status.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._saved_step = self.trainer_status.step
 
     def flush(self) -> None:
         """Write metrics not yet on disk, and the status (what a finished run shows)."""
         if self.read_only:
             return
         self._last_flush = time.monotonic()
-        tmp = self.run_dir / "status.json.tmp"
         try:
             self.metrics.flush(self.run_dir / "metrics")
-            tmp.write_text(json.dumps({**self.status(), "saved_at": time.time()}, default=str))
-            tmp.replace(self.run_dir / "status.json")
+            self._save_status()
             self.storage_error = None
         except OSError as e:  # a full disk: metrics stay in memory and are written at the next flush
-            tmp.unlink(missing_ok=True)
             self.storage_error = f"metrics and status could not be written: {e}"
             log.error(self.storage_error)
 

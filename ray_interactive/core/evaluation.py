@@ -34,7 +34,9 @@ class Evaluator:
         if evaluate is None:
             raise ValueError("this run has no evaluation")
         s = self.state
-        metrics = {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in evaluate().items()}
+        with self.telemetry.busy_with("evaluating"):
+            results = evaluate()
+        metrics = {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in results.items()}
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         self.telemetry.add(s.step, {**metrics, "health/eval_non_finite": float(len(bad))})
         if bad:

@@ -78,6 +78,7 @@ class RunLink(Protocol):
     publisher: Publisher | None
     next_seq: int  # the number of the first command this loop gets
     next_weight_version: int
+    resume_from: Path | None  # resuming: the checkpoint the loop continues from
 
     def replay(self, source_dir: str | Path) -> int:
         """Queue a run directory's applied commands, pinned to their steps; how many."""
@@ -96,5 +97,9 @@ class RunLink(Protocol):
         ...
 
 
-#: Opens the controller of a run (``(config, address) -> RunLink``).
-OpenRun = Callable[["RunConfig", "str | None"], RunLink]
+class OpenRun(Protocol):
+    """Opens the controller of a run: a new one, or with ``resume`` one whose directory
+    holds it (continuing from checkpoint ``resume_from``, an id)."""
+
+    def __call__(self, config: RunConfig, address: str | None, resume: bool = False,
+                 resume_from: str | None = None) -> RunLink: ...

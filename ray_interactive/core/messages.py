@@ -49,6 +49,7 @@ class TrainerStatus(_Message):
     message: str | None = None
     time: float
     frontend: str = "trainer"  # "trainer", "hf", "loop", "ddp"
+    busy: str | None = None  # longer work than a step under way ("evaluating", ...): not a stall
 
 
 class Snapshot(_Message):
@@ -67,6 +68,7 @@ class Snapshot(_Message):
     mixture: dict[str, float]  # source -> weight batches are drawn with now ({}: the loop reads its own data)
     frontend: str
     unsupported: dict[str, str] = Field(default_factory=dict)  # command kind -> why this front-end cannot apply it
+    incarnation: int = 0
 
 
 # -- events: what a loop did, riding along with its next report --------------------------
@@ -131,6 +133,7 @@ class Progress(_Message):
     status: TrainerStatus
     rows: list[MetricRow] = Field(default_factory=list)
     events: list[TrainerEvent] = Field(default_factory=list)
+    incarnation: int = 0  # which start of the trainer sent it (each recovery starts a new one)
 
 
 class Outcomes(_Message):
@@ -141,6 +144,7 @@ class Outcomes(_Message):
     snapshot: Snapshot | None = None
     status: TrainerStatus | None = None
     events: list[TrainerEvent] = Field(default_factory=list)
+    incarnation: int = 0
 
 
 class Delivery(_Message):

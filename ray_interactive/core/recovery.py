@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ray_interactive.core.checkpoints import CheckpointInfo
 from ray_interactive.core.commands import CommandRecord, CommandStatus
@@ -29,7 +30,8 @@ class Recovery:
     died_at: tuple[str, int]  # (branch, step) the trainer had reached
     reapply: set[str]  # ids of re-applied commands whose outcome has not come back
     held: list[CommandRecord] = field(default_factory=list)  # wait until caught up, in order
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)  # when the loss was noticed
+    last_heard: float = field(default_factory=time.time)  # the lost trainer's last report
 
     def caught_up(self, status: str, branch: str, step: int) -> bool:
         """Back where it died: every re-applied command came back, and the trainer reached
@@ -44,6 +46,17 @@ class Recovery:
             f"recovering: the trainer was lost ({self.reason}); restarted from {where}, recomputing to step "
             f"{self.died_at[1]} on {self.died_at[0]}"
         )
+
+
+class RestartPlan(NamedTuple):
+    """How a lost trainer restarts: from ``checkpoint`` (a directory; None: the run's start),
+    applying ``reapply`` again, numbering its commands from ``next_seq``, reporting as
+    ``incarnation``."""
+
+    checkpoint: str | None
+    reapply: list[CommandRecord]
+    next_seq: int
+    incarnation: int
 
 
 def reapply_records(

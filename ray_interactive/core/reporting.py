@@ -10,9 +10,10 @@ keeps the metric rows between reports and the loop's status.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -61,9 +62,13 @@ class Reporter:
     mentions it (separate calls to a threaded actor may be reordered).
     """
 
-    def __init__(self, port: ControllerPort | None, wait: Callable[[list[Any]], Any] | None = None) -> None:
+    def __init__(self, port: ControllerPort | None, wait: Callable[[list[Any]], Any] | None = None,
+                 incarnation: int = 0) -> None:
         self.port = port
         self._wait = wait
+        #: Which start of the trainer this is: the controller ignores reports of an older one
+        #: (a worker of a lost group still running for a moment must not speak for the run).
+        self.incarnation = incarnation
         self._recent: collections.deque[Any] = collections.deque(maxlen=256)
         self._events: list[TrainerEvent] = []
 
@@ -76,7 +81,8 @@ class Reporter:
 
     def progress(self, branch: str, status: TrainerStatus, rows: list[MetricRow]) -> None:
         if self.port is not None:
-            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=self._take_events())))
+            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=self._take_events(),
+                                                   incarnation=self.incarnation)))
 
     def outcomes(self, records: list[CommandRecord], snapshot: Snapshot | None = None,
                  status: TrainerStatus | None = None) -> None:
@@ -84,11 +90,11 @@ class Reporter:
         new settings, status and checkpoints too."""
         if self.port is not None:
             self._sent(self.port.outcomes(Outcomes(records=records, snapshot=snapshot, status=status,
-                                                   events=self._take_events())))
+                                                   events=self._take_events(), incarnation=self.incarnation)))
 
     def snapshot(self, snapshot: Snapshot) -> None:
         if self.port is not None:
-            self._sent(self.port.describe(snapshot))
+            self._sent(self.port.describe(snapshot.model_copy(update={"incarnation": self.incarnation})))
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         self._events.append(CheckpointSaved(info=info))
@@ -128,6 +134,7 @@ class Telemetry:
         self.unsettled = 0  # how many of the newest rows a report must hold back (a value is still to come)
         self.on_report: list[Callable[[], None]] = []  # front-end additions to a report's newest row
         self.throughput = 0.0
+        self.busy: str | None = None  # longer work than a step under way (see busy_with)
         self._last_report = 0.0
 
     def add(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +159,19 @@ class Telemetry:
             message=message,
             time=time.time(),
             frontend=self._frontend_name(),
+            busy=self.busy,
         )
+
+    @contextlib.contextmanager
+    def busy_with(self, what: str) -> Iterator[None]:
+        """Work longer than a step (an evaluation, a checkpoint): said in a report before it
+        starts, so the controller does not take the quiet for a hang (core/stalls.py)."""
+        outer, self.busy = self.busy, what
+        self.report(force=True)
+        try:
+            yield
+        finally:
+            self.busy = outer
 
     def report(self, force: bool = False, message: str | None = None) -> None:
         """Send the rows and the status, at most every ``metrics_interval_s`` unless ``force``."""

@@ -40,7 +40,7 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     # Said by the controller, never by a trainer:
     RECOVERING = "recovering"  # the trainer died and is being restarted from a checkpoint
-    STALLED = "stalled"  # "running", but no step has completed for stall_after_s
+    STALLED = "stalled"  # "running", but no step has completed for a while (core/stalls.py)
 
     @property
     def is_final(self) -> bool:

@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -126,6 +127,15 @@ class Steering:
         if self.config.publish_every:  # a deployed model following the run gets weights at once
             self.weights.try_publish("start")
 
+    def continue_from(self, checkpoint: Path) -> dict[str, Any]:
+        """Resuming a run whose loop ended: restore everything from ``checkpoint`` (before
+        :meth:`start`). The metrics logged past it were the old loop's; its steps are computed
+        again. Paused if the run was paused when the checkpoint was written."""
+        doc = self.checkpoints.load(checkpoint)
+        self.reporter.rewind(self.state.branch, self.state.step + 1)
+        self.state.paused = bool(doc.get("paused"))
+        return doc
+
     def deliver(self, records: list[CommandRecord]) -> None:
         """Called from any thread: queue accepted commands (numbered below the ones
         already received too: held through a recovery, they come once)."""
@@ -183,6 +193,17 @@ class Steering:
         self.grads_ready()
         return norm
 
+    def grad_norm(self) -> torch.Tensor:
+        """The gradients' total norm, unclipped (front-ends that clip by themselves check it)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+    def drop_grads(self) -> None:
+        """Make the coming optimizer step a no-op: torch's optimizers skip a parameter whose
+        gradient is None (no update, no weight decay, no moment change)."""
+        for p in self.params:
+            p.grad = None
+
     def grads_ready(self) -> None:
         """The step's final gradients are in place (front-ends that clip by themselves call it)."""
         if self.diagnostics is not None:
@@ -213,7 +234,8 @@ class Steering:
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
             self.frontend.timed_checkpoints and self.checkpoints.due_by_time()
         ):
-            self.checkpoints.try_save("periodic")
+            with self.telemetry.busy_with("writing a checkpoint"):
+                self.checkpoints.try_save("periodic")
         if cfg.eval_every and self.evaluator.available and step % cfg.eval_every == 0:
             self.evaluator.run()
         if cfg.publish_every and step % cfg.publish_every == 0:
@@ -259,11 +281,13 @@ class Steering:
         self.reporter.sync()
 
     # -- health ------------------------------------------------------------------------
-    def non_finite_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def non_finite_step(self, loss: torch.Tensor | None, grad_norm: torch.Tensor) -> None:
         """The step's loss or gradient norm was not finite (its gradients are dropped):
-        react by the run's policy and leave a trace in the status, metrics and history."""
+        react by the run's policy and leave a trace in the status, metrics and history.
+        ``loss`` None: the front-end does not see the step's loss (HF), only its gradients."""
         s = self.state
-        what = describe_values(loss=float(loss), grad_norm=float(grad_norm))
+        values = {"grad_norm": float(grad_norm)} if loss is None else {"loss": float(loss), "grad_norm": float(grad_norm)}
+        what = describe_values(**values)
         weights_ok = not nonfinite_tensors(self.model.named_parameters())
         target = self.checkpoints.rollback_target() if self.config.health.on_non_finite == "rollback" else None
         verdict = self.guard.non_finite(what, s.step + 1, weights_ok, target)

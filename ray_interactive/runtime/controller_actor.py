@@ -26,6 +26,7 @@ from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig, actor_name
 from ray_interactive.core.controller import Controller
 from ray_interactive.core.messages import BufferStats, Delivery, Outcomes, Progress, Snapshot
+from ray_interactive.core.recovery import RestartPlan
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion
 from ray_interactive.runtime.lifecycle import actor_restarting, death_reason, release_run
@@ -142,18 +143,18 @@ class ControllerActor:
         """Wait for Ray to bring the trainer back, then restore it; False if it could not."""
         log.warning("trainer lost (%s); recovering (restart %d)", reason, self._restarts)
         with self._locked() as c:
-            path, again, next_seq = c.begin_recovery(reason)
+            plan = c.begin_recovery(reason)
             c.weight_registry.forget()  # its weights lived in the dead process
         try:
             call_with_retry(lambda: ray.get(self._trainer.ready.remote(), timeout=30), "trainer restart",
                             deadline_s=RESTART_DEADLINE_S, on=actor_restarting)
-            ray.get(self._trainer.recover.remote(path, again, next_seq))
+            ray.get(self._trainer.recover.remote(plan))
         except Exception as e:  # noqa: BLE001 - any failure here ends the run, with why
             self._fail(f"the trainer was lost ({reason}) and could not be restarted: {type(e).__name__}: {e}"[:4000])
             return False
         return True
 
-    def begin_worker_recovery(self, reason: str) -> tuple[str | None, list[CommandRecord], int]:
+    def begin_worker_recovery(self, reason: str) -> RestartPlan:
         """A worker of a multi-worker run was lost: where the worker group restarts from
         (see :meth:`Controller.begin_recovery`); raises once ``max_restarts`` are spent."""
         if self._restarts >= self._c.config.max_restarts:
@@ -209,18 +210,20 @@ class ControllerActor:
         with self._locked() as c:
             return c.refuse(payload, message)
 
-    def pull_commands(self, after_seq: int, timeout: float = 5.0) -> Delivery:
+    def pull_commands(self, after_seq: int, timeout: float = 5.0, incarnation: int = 0) -> Delivery:
         """A training loop's long poll: the accepted commands numbered above ``after_seq``
         (which acknowledges the ones before), answered the moment there is one (or the
-        controller needs the run described again); empty after ``timeout``."""
+        controller needs the run described again); empty after ``timeout``. A trainer a
+        recovery replaced (``incarnation``) gets nothing, after the timeout."""
         deadline = time.monotonic() + min(timeout, 60.0)
         with self._cond:
-            while not self._c.outbox.ready(after_seq) and not self._c.needs_description:
+            while (incarnation < self._c.incarnation or not self._c.outbox.ready(after_seq)) \
+                    and not (self._c.needs_description and incarnation >= self._c.incarnation):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return self._c.pull(after_seq)
+            return self._c.pull(after_seq, incarnation)
 
     def wait_command(self, command_id: str, timeout: float = 30.0) -> CommandRecord | None:
         """Block until the command is applied, failed or rejected (or ``timeout``)."""

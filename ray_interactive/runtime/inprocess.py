@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 class InProcessRun:
     """The controller of a run steered in this process, and the thread that feeds it commands."""
 
-    def __init__(self, config: RunConfig, address: str | None = None, resume: bool = False) -> None:
+    def __init__(self, config: RunConfig, address: str | None = None, resume: bool = False,
+                 resume_from: str | None = None) -> None:
         init_ray(address, namespace=config.namespace)
-        check_new_run(config, resume)
+        found = check_new_run(config, resume, resume_from)
+        self.resume_from = Path(found) if found else None
         self.config = config
         cfg = config.model_dump(mode="json")
         cfg["run_dir"] = str(config.resolved_run_dir)

@@ -17,6 +17,7 @@ from typing import Any
 from ray_interactive.core.commands import CommandRecord, CommandStatus, loggable, parse_command
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.controller import Controller
+from ray_interactive.core.resume import how_to_resume
 
 
 def find_run_dir(run: str, runs_root: Path = Path("runs")) -> Path | None:
@@ -86,7 +87,7 @@ class FinishedRun:
             out["status"] = "ended"
             out["message"] = (
                 f"the run's processes are gone (last seen {state or 'unknown'} at step {saved.get('step', last_step)}); "
-                "it did not stop cleanly"
+                f"it did not stop cleanly; {self.how_to_continue()}"
             )
         out.setdefault("step", last_step)
         out.setdefault("branch", "main")
@@ -95,7 +96,7 @@ class FinishedRun:
         return out
 
     def how_to_continue(self) -> str:
-        return f"resume it with `ray-interactive run --resume {self.run_dir}`"
+        return how_to_resume(self.config)
 
     # -- the read-only part of RunClient -------------------------------------------------
     def metrics(self, keys: list[str] | None = None, branch: str | None = None, since: int | None = None,

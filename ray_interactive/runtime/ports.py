@@ -20,8 +20,9 @@ class RayControllerPort:
     """A :class:`~ray_interactive.core.reporting.ControllerPort` over the controller actor's
     handle: fire-and-forget calls whose replies (``ObjectRef`` s) can be waited on."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Any, incarnation: int = 0) -> None:
         self.controller = controller
+        self.incarnation = incarnation
 
     def progress(self, report: Progress) -> Any:
         return self.controller.trainer_progress.remote(report)
@@ -36,12 +37,12 @@ class RayControllerPort:
         return self.controller.weights_published.remote(version)
 
     def pull(self, after_seq: int, timeout: float) -> Delivery:
-        return ray.get(self.controller.pull_commands.remote(after_seq, timeout))
+        return ray.get(self.controller.pull_commands.remote(after_seq, timeout, self.incarnation))
 
 
-def reporter(controller: Any) -> Reporter:
-    """A loop's reporter to the controller actor."""
-    return Reporter(RayControllerPort(controller), ray.get)
+def reporter(controller: Any, incarnation: int = 0) -> Reporter:
+    """A loop's reporter to the controller actor (``incarnation``: which start of the trainer)."""
+    return Reporter(RayControllerPort(controller), ray.get, incarnation=incarnation)
 
 
 def publisher(controller: Any) -> BackgroundPublisher:
@@ -50,6 +51,6 @@ def publisher(controller: Any) -> BackgroundPublisher:
     return BackgroundPublisher(put=ray.put, report=RayControllerPort(controller).weights_published, wait=ray.get)
 
 
-def puller(controller: Any, core: Steering, after_seq: int, name: str) -> CommandPuller:
+def puller(controller: Any, core: Steering, after_seq: int, name: str, incarnation: int = 0) -> CommandPuller:
     """A thread feeding ``core`` the commands the controller accepts (not started)."""
-    return CommandPuller(RayControllerPort(controller).pull, core, after_seq, name)
+    return CommandPuller(RayControllerPort(controller, incarnation).pull, core, after_seq, name)

@@ -17,9 +17,9 @@ from typing import Any
 
 import ray
 
-from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig, actor_name
 from ray_interactive.core.link import CommandPuller
+from ray_interactive.core.recovery import RestartPlan
 from ray_interactive.core.task import load_task
 from ray_interactive.runtime import ports
 from ray_interactive.runtime.feeds import RayFeed
@@ -46,6 +46,7 @@ class TrainerActor:
         self._result: tuple[bool, Any] | None = None  # how the loop ended: (ok, status or error)
         self._t: Trainer | None = None
         self._puller: CommandPuller | None = None
+        self._incarnation = 0  # which start of the trainer this is (a recovery says)
         # Many workers: this actor runs them under Ray Train (runtime/workers.py) and
         # recovers them when one is lost; these say where the next start begins.
         self._start: dict[str, Any] | None = None
@@ -56,7 +57,8 @@ class TrainerActor:
             return
         next_seq = ray.get(self._controller.first_command.remote())
         if self._cfg.workers > 1:
-            self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": [], "paused": None}
+            self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": [], "paused": None,
+                           "incarnation": 0}
         else:
             self._build(next_seq, resume_from, None)
 
@@ -73,24 +75,27 @@ class TrainerActor:
             cfg,
             task,
             feed_factory,
-            ports.reporter(controller),
+            ports.reporter(controller, self._incarnation),
             next_seq=next_seq,
             resume_from=Path(resume_from) if resume_from else None,
             publisher=ports.publisher(controller),
             next_weight_version=ray.get(controller.next_weight_version.remote()),
         )
-        self._puller = ports.puller(controller, self._t.core, next_seq - 1, cfg.name)
+        self._puller = ports.puller(controller, self._t.core, next_seq - 1, cfg.name, self._incarnation)
         return self._t
 
     @ray.method(concurrency_group="control")
-    def recover(self, resume_from: str | None, records: list[CommandRecord], next_seq: int) -> None:
-        """Build the trainer of a restarted process from ``resume_from`` (None: the run's
-        start) and queue ``records`` - commands applied again, pinned to their steps."""
+    def recover(self, plan: RestartPlan) -> None:
+        """Build the trainer of a restarted process from the plan's checkpoint (None: the
+        run's start) and queue its commands applied again, pinned to their steps."""
         # Paused as the run was when the checkpoint was written (start_paused is for the
-        # run's start); the pauses and resumes since then are among ``records``.
+        # run's start); the pauses and resumes since then are among the records.
+        resume_from, records, next_seq = plan.checkpoint, plan.reapply, plan.next_seq
+        self._incarnation = plan.incarnation
         paused = paused_at(resume_from) if resume_from else self._cfg.start_paused
         if self._cfg.workers > 1:
-            self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": records, "paused": paused}
+            self._start = {"next_seq": next_seq, "resume_from": resume_from, "records": records, "paused": paused,
+                           "incarnation": plan.incarnation}
             return
         start = None if resume_from else ray.get(self._buffer.initial_position.remote())
         trainer = self._build(next_seq, resume_from, start)
@@ -136,9 +141,10 @@ class TrainerActor:
                     raise
                 reason = death_reason(e)
                 log.warning("a worker was lost (%s); recovering the worker group", reason)
-                path, again, next_seq = ray.get(self._controller.begin_worker_recovery.remote(reason))
-                self._start = {"next_seq": next_seq, "resume_from": path, "records": again,
-                               "paused": paused_at(path) if path else self._cfg.start_paused}
+                plan = ray.get(self._controller.begin_worker_recovery.remote(reason))
+                self._start = {"next_seq": plan.next_seq, "resume_from": plan.checkpoint, "records": plan.reapply,
+                               "paused": paused_at(plan.checkpoint) if plan.checkpoint else self._cfg.start_paused,
+                               "incarnation": plan.incarnation}
 
     @ray.method(concurrency_group="control")
     def first_use_latencies(self) -> list[float]:

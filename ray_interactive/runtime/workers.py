@@ -43,8 +43,9 @@ def worker_loop(args: dict[str, Any]) -> None:
             position = own_position(position, rank, world)
         return RayFeed(buffer, cfg.batch_size, cfg.batches_per_request, cfg.requests_in_flight, position, lane=rank)
 
+    incarnation = int(args.get("incarnation") or 0)
     if rank == 0:
-        reporter = ports.reporter(controller)
+        reporter = ports.reporter(controller, incarnation)
         publisher = ports.publisher(controller)
         next_weight_version = ray.get(controller.next_weight_version.remote())
     else:
@@ -59,7 +60,7 @@ def worker_loop(args: dict[str, Any]) -> None:
     puller = None
     if rank == 0:
         trainer.core.deliver(args.get("records") or [])
-        puller = ports.puller(controller, trainer.core, args["next_seq"] - 1, f"{cfg.name}-rank0").start()
+        puller = ports.puller(controller, trainer.core, args["next_seq"] - 1, f"{cfg.name}-rank0", incarnation).start()
     try:
         trainer.run()
     finally:
@@ -68,7 +69,7 @@ def worker_loop(args: dict[str, Any]) -> None:
 
 
 def fit(config: RunConfig, controller: Any, buffer: Any, next_seq: int, resume_from: str | None,
-        records: list[CommandRecord] | None = None, paused: bool | None = None) -> None:
+        records: list[CommandRecord] | None = None, paused: bool | None = None, incarnation: int = 0) -> None:
     """Run ``config.workers`` ranks under Ray Train until the run ends (raises if a worker
     fails: the caller recovers)."""
     from ray.train import FailureConfig, ScalingConfig
@@ -82,6 +83,7 @@ def fit(config: RunConfig, controller: Any, buffer: Any, next_seq: int, resume_f
         train_loop_config={
             "config": config.model_dump(mode="json"), "controller": controller, "buffer": buffer,
             "next_seq": next_seq, "resume_from": resume_from, "records": records or [], "paused": paused,
+            "incarnation": incarnation,
         },
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.trainer_num_cpus or 0.001}

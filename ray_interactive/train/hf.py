@@ -26,29 +26,48 @@ pause holds there) - FIELD-NOTES: HF's hook order. What each command does is the
 * checkpoints are the core's (weights as safetensors, optimizer and scheduler state, the
   train state) in the run's tree; a load also rewinds HF's ``global_step`` (the data
   stream goes on where it was: HF's dataloader does not rewind);
-* ``evaluate`` runs ``trainer.evaluate()``; metrics come from HF's logs.
+* ``evaluate`` runs ``trainer.evaluate()``; metrics come from HF's logs;
+* the health guard checks the gradients at ``on_pre_optimizer_step``: if their norm is not
+  finite it drops them, so HF's ``optimizer.step()`` changes nothing (torch's optimizers skip
+  a parameter with no gradient: no update, no weight decay), and the run's policy (pause,
+  skip, rollback) follows as on our trainer. HF still counts the step and moves its lr
+  schedule on by one (they stay in step with each other); the step records no metrics.
+  Under fp16 with a gradient scaler the scaler already skips overflowing steps: the guard
+  then only acts once the weights themselves are not finite.
 
-Not covered: the health guard (HF steps the optimizer itself; a callback cannot drop a
-step) and data mixtures (HF reads its own dataset).
+* resuming (``ri.hf.steer(trainer, run=..., resume=True)`` after the process died or
+  ended) goes through HF's own ``train(resume_from_checkpoint=...)``, so HF skips the batches
+  already trained and restores its RNGs where it would: it is handed a view of our newest
+  checkpoint (:meth:`InteractiveCallback.hf_checkpoint`: the weights, HF's trainer state
+  and RNG files), and the callback restores the rest (optimizer, schedule, train state).
+
+Not covered: data mixtures (HF reads its own dataset).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
 
 from ray_interactive.core import schedules
+from ray_interactive.core.checkpoints import CheckpointInfo
 from ray_interactive.core.config import RunConfig
+from ray_interactive.core.health import nonfinite_tensors
 from ray_interactive.core.link import OpenRun, RunLink
+from ray_interactive.core.resume import Resume, check_resume, checkpoint_dir, resume_point, resumed_config
 from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
-from ray_interactive.core.steering import Frontend, Steering
+from ray_interactive.core.steering import Frontend, Steering, finite
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +186,26 @@ class InteractiveCallback(TrainerCallback):
     ``checkpoint_every``, ``publish_every``, ``start_paused``, ``metrics_interval_s`` ...);
     lr, schedule, clipping, accumulation and max steps are the Trainer's own.
     ``replay``: a run directory whose applied commands this run repeats at the same steps.
+    ``resume``: True continues the run in its directory from its newest checkpoint (a
+    checkpoint id: from that one); HF must then be started from :meth:`hf_checkpoint`
+    (``ri.hf.steer`` does it).
     """
 
     def __init__(self, run: str, *, open_run: OpenRun, trainer: Trainer | None = None,
-                 replay: str | Path | None = None, address: str | None = None, **config: Any) -> None:
+                 replay: str | Path | None = None, address: str | None = None, resume: Resume = False,
+                 **config: Any) -> None:
         for key in ("task", "lr", "schedule", "grad_clip", "grad_accumulation", "max_steps", "eval_every"):
             if key in config:
                 raise ValueError(f"{key!r} is the Trainer's own (TrainingArguments); not a steer() option")
-        self.config = RunConfig.model_validate({"name": run, **config})  # a bad value fails here, not mid-run
+        resume = check_resume(resume)
+        self.resume_point: CheckpointInfo | None = None
+        if resume:
+            if replay is not None:
+                raise ValueError("resume continues a run; replay starts a new one from another's log: not both")
+            self.config = resumed_config(run, config)
+            self.resume_point = resume_point(self.config, resume)
+        else:
+            self.config = RunConfig.model_validate({"name": run, **config})  # a bad value fails here, not mid-run
         self.trainer = trainer
         self.replay = replay
         self.address = address
@@ -185,6 +216,8 @@ class InteractiveCallback(TrainerCallback):
         self._lr_used: float | None = None
         self._in_eval = False
         self._control: Any = None  # HF's TrainerControl at the current control point
+        self._skipped = False  # the health guard dropped this step's gradients
+        self._scaled = False  # fp16 with a gradient scaler: inf gradients are the scaler's to skip
 
     # -- HF's events -------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -209,15 +242,25 @@ class InteractiveCallback(TrainerCallback):
             grad_accumulation=args.gradient_accumulation_steps,
             paused=config.start_paused,
         )
-        self.run = self._open_run(config, self.address)
+        point = self.resume_point
+        if point is not None and state.global_step != point.step:
+            raise ValueError(
+                f"resuming run {config.name!r} from {point.id} (step {point.step}), but the Trainer starts at step "
+                f"{state.global_step}: call trainer.train(resume_from_checkpoint=callback.hf_checkpoint(trainer)) "
+                "(ri.hf.steer(..., resume=True) does it for you)")
+        self.run = self._open_run(config, self.address, resume=point is not None,
+                                  resume_from=point.id if point is not None else None)
         try:
             self.core = Steering(
                 config, model, optimizer, tstate, self.run.reporter, frontend, next_seq=self.run.next_seq,
                 publisher=self.run.publisher, next_weight_version=self.run.next_weight_version,
                 device=args.device,
             )
+            self._scaled = getattr(getattr(trainer, "accelerator", None), "scaler", None) is not None
             self.core.before_load.append(lambda: self._log_window(state))
             self.core.checkpoints.after_load.append(lambda doc: self._follow_load(state))
+            if self.run.resume_from is not None:
+                self.core.continue_from(self.run.resume_from)
             self.core.start()
             if self.replay is not None:
                 self.run.replay(self.replay)
@@ -228,13 +271,47 @@ class InteractiveCallback(TrainerCallback):
             self.run = None
             raise
 
+    def hf_checkpoint(self, trainer: Trainer) -> str:
+        """Resuming: the directory to pass to ``trainer.train(resume_from_checkpoint=...)``,
+        HF's view of the checkpoint the run continues from - its weights (linked), HF's
+        trainer state at that step (so HF skips the batches already trained) and the RNG
+        states in HF's file (restored by HF after the skip, where its own resume does)."""
+        point = self.resume_point
+        if point is None:
+            raise ValueError("this callback does not resume a run (resume=True or a checkpoint id)")
+        src = checkpoint_dir(self.config, point)
+        dst = self.config.resolved_run_dir / "hf-resume" / point.id
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
+        try:
+            os.link(src / "model.safetensors", dst / "model.safetensors")
+        except OSError:  # another filesystem, or no hard links there
+            shutil.copyfile(src / "model.safetensors", dst / "model.safetensors")
+        hf_state = TrainerState(global_step=point.step, train_batch_size=trainer.args.per_device_train_batch_size)
+        hf_state.compute_steps(trainer.args, max(trainer.args.max_steps, 1))
+        hf_state.save_to_json(str(dst / "trainer_state.json"))
+        torch.save(_hf_rng(src), dst / "rng_state.pth")
+        return str(dst)
+
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0 = time.perf_counter()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.core is not None:  # an lr that arrived during this step's backward is used by it
-            self.core.poll_before_step()
-            self.core.grads_ready()  # HF has clipped them by now
+        core = self.core
+        if core is None:
+            return
+        core.poll_before_step()  # an lr that arrived during this step's backward is used by it
+        norm = core.grad_norm()  # HF has clipped them by now
+        if not finite(torch.zeros((), device=norm.device), norm) and not self._tolerated(core):
+            core.drop_grads()  # never let it reach the weights
+            self._skipped = True
+            core.non_finite_step(None, norm)
+            return
+        core.grads_ready()
+
+    def _tolerated(self, core: Steering) -> bool:
+        """Inf gradients under a gradient scaler are its own business while the weights are finite."""
+        return self._scaled and not nonfinite_tensors(core.model.named_parameters())
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if optimizer is not None:
@@ -243,6 +320,11 @@ class InteractiveCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         core = self.core
         if core is None:
+            return
+        if self._skipped:  # HF counted the step; the guard has had its say (no metrics, no periodic work)
+            self._skipped = False
+            core.state.step = state.global_step
+            self._control_point(args, state, control)
             return
         values = {"lr": self._lr_used} if self._lr_used is not None else {}
         core.record_step(core.config.batch_size, self._t0, **values)
@@ -265,10 +347,23 @@ class InteractiveCallback(TrainerCallback):
         else:
             rows.append((state.global_step, time.time(), row))
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        core = self.core
+        if core is not None and not self._in_eval and core.telemetry.busy is None:
+            core.telemetry.busy = "evaluating"  # HF's own evaluation (eval_strategy): quiet, not hung
+            core.telemetry.report(force=True)
+
+    def on_predict(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.core is not None and not self._in_eval:
+            self.core.telemetry.busy = None
+
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
                     **kwargs: Any) -> None:
         core = self.core
-        if core is None or self._in_eval or not metrics:  # the evaluate command records its own
+        if core is None or self._in_eval:  # the evaluate command records its own
+            return
+        core.telemetry.busy = None
+        if not metrics:
             return
         row = {_eval_key(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         core.telemetry.rows.append((state.global_step, time.time(), row))
@@ -342,19 +437,41 @@ class InteractiveCallback(TrainerCallback):
                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
 
 
+def _hf_rng(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's RNG states in the shape of HF's ``rng_state.pth``."""
+    from safetensors.torch import load_file
+
+    plain = json.loads((checkpoint / "state.json").read_text())["rng"]
+    tensors = load_file(str(checkpoint / "rng.safetensors"))
+    version, state, gauss = plain["python"]
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    out: dict[str, Any] = {
+        "python": (version, tuple(state), gauss),
+        "numpy": (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
+        "cpu": tensors["torch_cpu"],
+    }
+    if "torch_cuda_0" in tensors:
+        out["cuda"] = tensors["torch_cuda_0"]
+    return out
+
+
 def _eval_key(k: str) -> str:
     return "eval/" + k.removeprefix("eval_")
 
 
 def steer(trainer: Trainer, run: str, *, open_run: OpenRun, **kwargs: Any) -> InteractiveCallback:
     """Make ``trainer`` a steerable run named ``run`` (adds :class:`InteractiveCallback`);
-    an error in ``trainer.train()`` then marks the run ``failed`` with it. ``open_run``
-    connects to the run's controller (``ray_interactive.hf.steer`` passes Ray's)."""
+    an error in ``trainer.train()`` then marks the run ``failed`` with it. With
+    ``resume=True`` (or a checkpoint id) ``trainer.train()`` continues the run from its
+    newest checkpoint. ``open_run`` connects to the run's controller
+    (``ray_interactive.hf.steer`` passes Ray's)."""
     callback = InteractiveCallback(run, open_run=open_run, trainer=trainer, **kwargs)
     trainer.add_callback(callback)
     train = trainer.train
 
     def train_and_report(*args: Any, **kw: Any) -> Any:
+        if callback.resume_point is not None and not args and kw.get("resume_from_checkpoint") is None:
+            kw["resume_from_checkpoint"] = callback.hf_checkpoint(trainer)
         try:
             return train(*args, **kw)
         except BaseException as e:

@@ -19,7 +19,13 @@ edited can be steered at ``optimizer.step`` instead: :meth:`Session.wrap_optimiz
 Everything else - the command log, UI, CLI, checkpoints and branches, metrics, replay -
 is the same as for any run (see :mod:`ray_interactive.core.steering`). The loop reads its own
 data, so ``set_data_mixture`` is refused, and a loaded checkpoint restores model,
-optimizer, schedule and step but not the loop's position in its data.
+optimizer, schedule, step and the global RNGs (Python, NumPy, torch) but not the loop's
+position in its data: a loop that draws its batches from those RNGs continues exactly,
+one that reads a dataset skips ``s.state.step`` batches itself.
+
+A run whose process died (or ended) is continued with ``ri.steer(..., resume=True)`` (the
+newest checkpoint; or ``resume="main@400"``) in the same run directory: its command log,
+metrics and branches go on, and the steps after the checkpoint are computed again.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.link import OpenRun, RunLink
+from ray_interactive.core.resume import Resume, check_resume, resume_point, resumed_config
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
 
@@ -56,8 +63,10 @@ class Session:
         replay: str | Path | None = None,
         address: str | None = None,
         samples_per_step: int | None = None,
+        resume_from: str | None = None,
     ) -> None:
         self.config = config
+        self._resume_from = resume_from  # a checkpoint id: continue the run from it
         self._open_run = open_run
         self._evaluate_fn = evaluate
         self._replay = replay
@@ -90,13 +99,16 @@ class Session:
     def start(self) -> Session:
         """Create the run's controller, take the commands already queued (a replay's),
         and hold while the run starts paused."""
-        self.run = self._open_run(self.config, self._address)
+        resuming = self._resume_from is not None
+        self.run = self._open_run(self.config, self._address, resume=resuming, resume_from=self._resume_from)
         try:
             self.core = Steering(
                 self.config, self._model, self._optimizer, self._state, self.run.reporter, self._frontend,
                 next_seq=self.run.next_seq, publisher=self.run.publisher,
                 next_weight_version=self.run.next_weight_version, device=_device_of(self._model),
             )
+            if self.run.resume_from is not None:
+                self.core.continue_from(self.run.resume_from)
             self.core.start()
             if self._replay is not None:
                 self.run.replay(self._replay)
@@ -226,6 +238,7 @@ def steer(
     replay: str | Path | None = None,
     address: str | None = None,
     samples_per_step: int | None = None,
+    resume: Resume = False,
     **config: Any,
 ) -> Session:
     """A :class:`Session` for the run named ``run``; use it as a context manager.
@@ -235,14 +248,24 @@ def steer(
     ``checkpoint_every``, ``run_dir``, ``start_paused``, ...), validated. The lr is the
     optimizer's own. ``evaluate(model) -> {name: value}`` enables the evaluate command and
     ``eval_every``. ``replay``: a run directory whose applied commands this run repeats at
-    the same steps. ``open_run`` connects to the run's controller (``ray_interactive.steer``
-    passes Ray's).
+    the same steps. ``resume``: True continues the run in its directory from its newest
+    checkpoint (a checkpoint id: from that one), with the configuration it was started with
+    (``config`` given here overrides it). ``open_run`` connects to the run's controller
+    (``ray_interactive.steer`` passes Ray's).
     """
     if "task" in config or "lr" in config:
         raise ValueError("ri.steer takes the lr from the optimizer and trains your loop: no 'task' or 'lr' here")
-    cfg = RunConfig.model_validate({"name": run, "grad_clip": None, **config})
+    resume = check_resume(resume)
+    resume_from = None
+    if resume:
+        if replay is not None:
+            raise ValueError("resume continues a run; replay starts a new one from another's log: not both")
+        cfg = resumed_config(run, config)
+        resume_from = resume_point(cfg, resume).id
+    else:
+        cfg = RunConfig.model_validate({"name": run, "grad_clip": None, **config})
     return Session(cfg, model, optimizer, open_run=open_run, evaluate=evaluate, replay=replay, address=address,
-                   samples_per_step=samples_per_step)
+                   samples_per_step=samples_per_step, resume_from=resume_from)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
