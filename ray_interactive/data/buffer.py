@@ -140,6 +140,7 @@ class _Source:
         self.max_row_bytes = spec.max_row_bytes
         self.max_table_bytes = spec.max_table_bytes
         self.allow_non_finite = spec.allow_non_finite
+        self.allow_nulls = spec.nulls_allowed
         static = spec.static_table()
         self.live = static is None
         self.log_only = spec.log_only
@@ -158,7 +159,10 @@ class _Source:
         self._cold_selected: pa.Table | None = None
         self.batch_ids: list[tuple[str, int, int]] = []  # recovered (batch_id, first, rows)
         if static is not None:
-            self._cold = conform(static, self.schema, self.name, allow_empty=True, allow_non_finite=spec.allow_non_finite)
+            self._cold = conform(
+                static, self.schema, self.name, allow_empty=True, allow_non_finite=spec.allow_non_finite,
+                allow_nulls=self.allow_nulls,
+            )
             self.rows = self.cold_rows = self._cold.num_rows
             self.disk_bytes = self._cold.nbytes
             return
@@ -425,7 +429,7 @@ class DataBuffer:
                     if seen[0] != source:
                         raise ValueError(f"batch_id {batch_id!r} was already used for source {seen[0]!r}")
                     return self._ack(batch_id, duplicate=True)
-            clean = conform(table, s.schema, source, allow_non_finite=s.allow_non_finite)
+            clean = conform(table, s.schema, source, allow_non_finite=s.allow_non_finite, allow_nulls=s.allow_nulls)
             check_limits(clean, source, s.max_row_bytes, s.max_table_bytes)
         except ValueError as e:
             self._reject(s, source, str(e))
