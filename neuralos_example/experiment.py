@@ -53,9 +53,9 @@ def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, 
     uniformly, and (if given) live rows ingested into a ``fresh`` live source, weights 1:1;
     the lr rises linearly over the first ``warmup`` steps (as the main job's schedule does)."""
     task = NeuralOSTask(checkpoint=None)
-    sources = [DataSource("base", base_rows)]
+    sources = [DataSource("base", base_rows, allow_nulls=True)]  # "task" is null where no task was going on
     if live is not None:
-        sources.append(DataSource("live", schema=transition_schema(), policy="fresh"))
+        sources.append(DataSource("live", schema=transition_schema(), policy="fresh", allow_nulls=True))
     tmp = tempfile.TemporaryDirectory(prefix="neuralos-exp-")
     buf = DataBuffer(sources, seed=seed, directory=Path(tmp.name))
     if live is not None:

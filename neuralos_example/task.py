@@ -96,9 +96,12 @@ class NeuralOSTask(Task):
 
     def data_sources(self) -> list[DataSource]:
         limit = {"max_row_bytes": 3 * MAX_FRAME_BYTES, "max_table_bytes": 64 * 2**20}
+        # allow_nulls: a transition's "task" is null where no task was going on (collate never
+        # reads it); every other column is nullable=False, which holds all the same.
         return [
-            DataSource("base", base_table(self.base_rows, self.seed), policy="uniform"),
-            DataSource("live", schema=transition_schema(), weight=self.live_weight, policy=self.live_policy, **limit),  # type: ignore[arg-type]
+            DataSource("base", base_table(self.base_rows, self.seed), policy="uniform", allow_nulls=True),
+            DataSource("live", schema=transition_schema(), weight=self.live_weight, policy=self.live_policy,  # type: ignore[arg-type]
+                       allow_nulls=True, **limit),
             DataSource("interactions", schema=interaction_schema(), log_only=True, **limit),  # type: ignore[arg-type]
         ]
 

@@ -58,7 +58,8 @@ FLOATS = st.one_of(
 @st.composite
 def tables(draw: st.DrawFn) -> pa.Table:
     """Tables near the live schema (x: 4 float32, y: float32, not null): right, or wrong in
-    one or more ways (non-finite values, inexact casts, other kinds, nulls, columns)."""
+    one or more ways (non-finite values, inexact casts, other kinds, nulls - also inside
+    x's vectors -, columns)."""
     n = draw(st.integers(1, 6))
     ys = draw(st.lists(FLOATS, min_size=n, max_size=n))
     y_kind = draw(st.sampled_from(["float32", "float32", "float64", "int", "bool", "string", "nullable"]))
@@ -76,8 +77,12 @@ def tables(draw: st.DrawFn) -> pa.Table:
     else:
         y = pa.array([None if i == 0 else 0.5 for i in range(n)], pa.float32())
     xs = draw(st.lists(FLOATS, min_size=n * IN_DIM, max_size=n * IN_DIM))
+    null_at = -1  # at times a null item inside a vector
+    if draw(st.sampled_from([False, False, False, False, False, True])):
+        null_at = draw(st.integers(0, n * IN_DIM - 1))
     with np.errstate(over="ignore"):
-        x = pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(xs, np.float64).astype(np.float32)), IN_DIM)
+        values = pa.array(np.asarray(xs, np.float64).astype(np.float32), mask=np.arange(n * IN_DIM) == null_at)
+    x = pa.FixedSizeListArray.from_arrays(values, IN_DIM)
     names, cols = ["x", "y"], [x, y]
     shape = draw(st.sampled_from(["ok", "ok", "ok", "duplicate", "missing", "extra", "reordered"]))
     if shape == "duplicate":
@@ -93,11 +98,13 @@ def tables(draw: st.DrawFn) -> pa.Table:
 
 def acceptable(table: pa.Table) -> bool:
     """What the schema check must accept: exactly the right columns, finite float32 values
-    (or an exact cast to them), no nulls."""
+    (or an exact cast to them), no nulls (at any level: x's items too)."""
     if sorted(table.column_names) != ["x", "y"]:
         return False
     y, x = table.column("y"), table.column("x")
     if not (pa.types.is_floating(y.type) or pa.types.is_integer(y.type)) or y.null_count:
+        return False
+    if x.null_count or x.combine_chunks().flatten().null_count:
         return False
     yv = np.asarray(y.to_pylist(), np.float64)
     xv = np.asarray(x.combine_chunks().values.to_pylist(), np.float64)

@@ -212,7 +212,9 @@ def test_strange_tables_and_requests_get_a_reason_in_the_documented_form(served:
         served.client.ingest(dupes, "live")
 
 
-def test_a_retried_batch_id_is_acknowledged_as_a_duplicate_and_stored_once(served: Served) -> None:
+def test_a_retried_batch_id_is_acknowledged_as_a_duplicate_and_stored_once_and_other_rows_under_it_refused(
+    served: Served,
+) -> None:
     before = served.rows()
     body = to_ipc_stream(rows(7, seed=2))
     first = httpx.post(ingest_url(served), content=body, params={"batch_id": "app-1:batch.7"}, headers=served.auth())
@@ -223,6 +225,9 @@ def test_a_retried_batch_id_is_acknowledged_as_a_duplicate_and_stored_once(serve
     assert (b["batch_id"], b["first"], b["last"], b["rows"]) == ("app-1:batch.7", a["first"], a["last"], 7)
     ack = post_table(served.url, "live", rows(7, seed=2), served.token, batch_id="app-1:batch.7")
     assert ack["duplicate"] is True
+    other = httpx.post(ingest_url(served), content=to_ipc_stream(rows(7, seed=3)), params={"batch_id": "app-1:batch.7"},
+                       headers=served.auth())
+    assert other.status_code == 400 and "was already used for different rows" in other.json()["error"], other.text
     assert served.rows() == before + 7
 
 

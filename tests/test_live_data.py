@@ -145,5 +145,8 @@ def test_a_resumed_run_has_every_live_row_it_had(tmp_path: Path, start: Any) -> 
     assert c2.sources()["live"]["rows"] == 50
     ys = c2.read_rows("live", columns=["y"]).column("y").to_numpy()
     np.testing.assert_array_equal(ys, np.arange(50, dtype=np.float32))
-    assert c2.ingest(live_rows(50, 1), "live", batch_id=acks[0]["batch_id"])["duplicate"]  # ids survive too
+    # ids survive too, with their rows: the same rows are a retry, other rows are refused
+    assert c2.ingest(live_rows(0, 10), "live", batch_id=acks[0]["batch_id"])["duplicate"]
+    with pytest.raises(ValueError, match="was already used for different rows"):
+        c2.ingest(live_rows(50, 1), "live", batch_id=acks[0]["batch_id"])
     assert c2.ingest(live_rows(50, 1), "live")["first"] == 50

@@ -41,6 +41,7 @@ from neuralos_example.model import (
 )
 from neuralos_example.simulator import KEYS, Action, Desktop, Event, render_state
 from neuralos_example.task import NeuralOSTask
+from ray_interactive.data.buffer import DataBuffer
 
 from .conftest import wait_until
 
@@ -137,6 +138,17 @@ def test_rows_frames_and_schema() -> None:
     assert t.equals(base_table(50, seed=2))  # deterministic
     sizes = pa.compute.binary_length(t.column("prev")).to_numpy()
     assert sizes.max() < 4096  # PNG keeps rows small
+
+
+def test_the_tasks_sources_take_its_rows_whose_task_column_is_null_where_no_task_was_going_on() -> None:
+    task = NeuralOSTask(checkpoint=None, base_rows=8)
+    buf = DataBuffer(task.data_sources())  # the base rows: mostly no task
+    assert buf.sources()["base"]["rows"] == 8
+    rows = sessions_table([task_session(TASKS[0], seed=3, warmup=2)])
+    assert rows.column("task").to_pylist()[:2] == [None, None]
+    assert buf.ingest(rows, "live")["rows"] == rows.num_rows
+    with pytest.raises(ValueError, match="column 'x' has 1 null"):  # the columns it trains on: never null
+        buf.ingest(rows.set_column(5, "x", pa.array([None] + rows.column("x").to_pylist()[1:], pa.int16())), "live")
 
 
 def test_task_sessions_complete_their_task_and_the_judge_tells_done_from_not() -> None:

@@ -15,6 +15,7 @@ import pytest
 from ray_interactive.core.config import BufferConfig
 from ray_interactive.core.task import DataSource
 from ray_interactive.data.buffer import DataBuffer
+from ray_interactive.data.schemas import content_hash
 
 SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.binary())])
 
@@ -63,6 +64,79 @@ def test_a_repeated_batch_id_is_acknowledged_without_storing_twice_even_after_re
     assert again.ingest(rows(0, 3), "live", batch_id="retry-me")["duplicate"]
     assert again.sources()["live"]["rows"] == 3
     assert again.ingest(rows(3, 1), "live", batch_id="next")["first"] == 3
+
+
+def test_a_reused_batch_id_with_other_rows_is_refused_and_stores_nothing_even_after_recovery(tmp_path: Path) -> None:
+    buf = live_buffer(tmp_path)
+    buf.ingest(rows(0, 20), "live", batch_id="b7")
+    size = segment_files(tmp_path)[0].stat().st_size
+    for reopened in (False, True):
+        if reopened:
+            buf = live_buffer(tmp_path)  # no close(): as after a crash; the ids come back from the segments
+        with pytest.raises(ValueError) as e:
+            buf.ingest(rows(100, 20), "live", batch_id="b7")
+        message = str(e.value)
+        assert message.startswith("batch_id 'b7' was already used for different rows (20 rows acknowledged at 20")
+        assert message.endswith(" UTC); nothing was stored - send new rows with a new batch_id")
+        assert buf.sources()["live"]["rows"] == 20 and segment_files(tmp_path)[0].stat().st_size == size
+        assert buf.stats().rejected == 1 and "different rows" in buf.stats().rejections[-1]["message"]
+        # The same rows again are a retry, however they come: another chunking, a slice, a cast.
+        ids = np.arange(-5, 40, dtype=np.int32)
+        same = [rows(0, 20), pa.concat_tables([rows(0, 7), rows(7, 13)]), rows(-5, 45).slice(5, 20),
+                pa.table({"id": ids, "blob": [b"x" * 16] * 45}).slice(5, 20)]
+        for table in same:
+            ack = buf.ingest(table, "live", batch_id="b7")
+            assert ack["duplicate"] and (ack["first"], ack["rows"]) == (0, 20)
+        assert buf.sources()["live"]["rows"] == 20 and segment_files(tmp_path)[0].stat().st_size == size
+        with pytest.raises(ValueError, match="already used for different rows"):  # the same rows, another order
+            buf.ingest(rows(0, 20).take(np.arange(19, -1, -1)), "live", batch_id="b7")
+    assert buf.ingest(rows(20, 1), "live", batch_id="b8")["first"] == 20
+
+
+def test_a_reused_batch_id_with_other_rows_is_refused_without_a_directory_too() -> None:
+    buf = DataBuffer([DataSource("live", schema=SCHEMA)])
+    buf.ingest(rows(0, 2), "live", batch_id="m1")
+    with pytest.raises(ValueError, match="batch_id 'm1' was already used for different rows"):
+        buf.ingest(rows(0, 3), "live", batch_id="m1")
+    assert buf.ingest(rows(0, 2), "live", batch_id="m1")["duplicate"]
+    assert buf.sources()["live"]["rows"] == 2
+
+
+def test_segments_of_older_code_without_a_digest_still_load_and_their_ids_stay_retries(tmp_path: Path) -> None:
+    sdir = tmp_path / "live"
+    sdir.mkdir()
+    with open(sdir / "seg-000000000000.arrow", "wb") as f, pa.ipc.new_stream(f, SCHEMA) as w:
+        w.write_batch(rows(0, 3).to_batches()[0], custom_metadata={"batch_id": "old", "first": "0", "time": "1.5"})
+    buf = live_buffer(tmp_path)
+    assert buf.sources()["live"]["rows"] == 3
+    # Older code kept no digest of the rows: a re-sent id is taken for a retry, as it was then.
+    ack = buf.ingest(rows(50, 5), "live", batch_id="old")
+    assert ack["duplicate"] and (ack["first"], ack["rows"]) == (0, 3)
+    assert buf.ingest(rows(3, 2), "live", batch_id="new")["first"] == 3
+    again = live_buffer(tmp_path)
+    np.testing.assert_array_equal(all_ids(again), np.arange(5))
+    with pytest.raises(ValueError, match="batch_id 'new' was already used for different rows"):
+        again.ingest(rows(0, 2), "live", batch_id="new")
+
+
+def test_the_digest_of_rows_depends_on_their_values_not_their_layout() -> None:
+    def digest(**cols: pa.Array) -> str:
+        return content_hash(pa.table(cols))
+
+    ints = pa.array([1, None, 3], pa.int64())
+    garbage_under_null = pa.Array.from_buffers(
+        pa.int64(), 3, [ints.buffers()[0], pa.py_buffer(np.array([1, 99, 3], np.int64).tobytes())])
+    assert digest(v=ints) == digest(v=garbage_under_null) == digest(v=pa.array([0, 1, None, 3]).slice(1))
+    words = pa.array(["a", "bb", None, "a"])
+    assert digest(w=words) == digest(w=words.dictionary_encode()) == digest(w=pa.array(["z", "a", "bb", None, "a", "q"]).slice(1, 4))
+    lists = pa.array([[1, 2], [3]])
+    assert digest(l=lists) != digest(l=pa.array([[1], [2, 3]]))  # the same values, other lists
+    assert digest(l=lists) != digest(l=pa.array([[1, 2], [4]]))
+    assert digest(v=ints) != digest(v=pa.array([1, 0, 3])) != digest(v=pa.array([1, None, 3], pa.int32()))
+    assert digest(a=pa.array([1])) != digest(b=pa.array([1]))
+    one = pa.table({"m": pa.array([[("k", 1.0)], None], pa.map_(pa.string(), pa.float64())),
+                    "s": pa.array([{"a": [1]}, {"a": None}], pa.struct([("a", pa.list_(pa.int64()))]))})
+    assert content_hash(one) == content_hash(pa.concat_tables([one.slice(0, 1), one.slice(1)]))
 
 
 def test_segments_roll_at_their_size_and_recover_contiguously(tmp_path: Path) -> None:

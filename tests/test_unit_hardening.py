@@ -270,6 +270,114 @@ def test_non_finite_static_data_is_refused_at_start() -> None:
         DataBuffer([DataSource("base", pa.table({"v": [1.0, math.nan]}))])
 
 
+# -- nulls: the same rule as NaN -------------------------------------------------------------------
+REFUSED = ": nulls are refused, one makes a loss NaN (a source that needs them: DataSource(..., allow_nulls=True))"
+F32 = pa.float32()
+
+
+def one_column(type_: pa.DataType, **source: Any) -> DataBuffer:
+    return DataBuffer([DataSource("live", schema=pa.schema([pa.field("v", type_)]), **source)])
+
+
+@pytest.mark.parametrize(
+    ("type_", "values", "message"),
+    [
+        (pa.list_(F32, 2), [[1.0, 2.0], [3.0, None], [5.0, 6.0]], "column 'v', row 1 holds a null (inside its list items)"),
+        (pa.list_(F32), [[1.0], [], [2.0, 3.0, None]], "column 'v', row 2 holds a null (inside its list items)"),
+        (pa.large_list(F32), [[1.0], [None]], "column 'v', row 1 holds a null (inside its list items)"),
+        (pa.struct([("a", F32), ("b", pa.list_(pa.int64()))]), [{"a": 1.0, "b": [1]}, {"a": 2.0, "b": [2, None]}],
+         "column 'v', row 1 holds a null (inside its field 'b' > list items)"),
+        (pa.struct([("a", F32)]), [{"a": 1.0}, {"a": 2.0}, {"a": None}], "column 'v', row 2 holds a null (inside its field 'a')"),
+        (pa.map_(pa.string(), F32), [[("k", 1.0)], [("k", 2.0), ("j", None)]], "column 'v', row 1 holds a null (inside its map items)"),
+        (pa.list_(pa.list_(F32)), [[[1.0]], [[2.0], [None]]], "column 'v', row 1 holds a null (inside its list items > list items)"),
+        (F32, [1.0, 2.0, None], "column 'v', row 2 holds a null" + REFUSED),  # nullable, pyarrow's default
+        (pa.list_(F32), [[1.0], None], "column 'v', row 1 holds a null" + REFUSED),  # a null list
+    ],
+)
+def test_nulls_at_any_level_of_a_trained_source_are_refused_with_column_and_row(
+    type_: pa.DataType, values: list[Any], message: str
+) -> None:
+    buf = one_column(type_)
+    with pytest.raises(ValueError) as e:
+        buf.ingest(pa.table({"v": pa.array(values, type_)}), "live")
+    assert f"source 'live': {message}" in str(e.value) and str(e.value).endswith(REFUSED)
+    assert buf.sources()["live"]["rows"] == 0 and buf.sources()["live"]["rejected"] == 1
+
+
+def test_a_null_in_a_feature_vector_is_refused_naming_its_row_across_chunks(live: DataBuffer) -> None:
+    good = live_table()
+    x = pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 5 + [None] + [1.0] * 6, F32), 4)
+    bad = live_table(x=x)
+    with pytest.raises(ValueError, match=r"column 'x', row 4 holds a null \(inside its list items\)"):
+        live.ingest(pa.concat_tables([good, bad]), "live")  # two chunks: the row counts from the first
+    assert live.sources()["live"]["rows"] == 0
+
+
+def test_a_source_may_allow_nulls_but_the_schemas_not_nullable_fields_still_hold() -> None:
+    strict_items = pa.list_(pa.field("item", F32, nullable=False))
+    schema = pa.schema([
+        pa.field("loose", pa.list_(F32)),
+        pa.field("strict", strict_items),
+        pa.field("s", pa.struct([pa.field("a", F32, nullable=False)])),
+        pa.field("id", pa.int64(), nullable=False),
+    ])
+    buf = DataBuffer([DataSource("live", schema=schema, allow_nulls=True)])
+
+    def table(loose: list[Any], strict: list[Any], s: list[Any], ids: list[Any]) -> pa.Table:
+        cols = [pa.array(v, f.type) for v, f in zip((loose, strict, s, ids), schema)]
+        return pa.Table.from_arrays(cols, names=schema.names)
+
+    # Nulls where the schema lets them be: in loose's items, a null loose list, a null struct
+    # (its non-nullable field has no value there, so nothing is missing).
+    ok = table([[None, 1.0], None], [[1.0], []], [{"a": 1.0}, None], [1, 2])
+    assert buf.ingest(ok, "live")["rows"] == 2
+    with pytest.raises(ValueError) as e:
+        buf.ingest(table([[1.0], [1.0]], [[1.0], [2.0, None]], [{"a": 1.0}, {"a": 1.0}], [1, 2]), "live")
+    assert ("source 'live': column 'strict', row 1 holds a null (inside its list items) where the schema says "
+            "nullable=False: send a value there, or make that field nullable") in str(e.value)
+    with pytest.raises(ValueError, match=r"column 's', row 0 holds a null \(inside its field 'a'\) where the schema"):
+        buf.ingest(table([[1.0], [1.0]], [[1.0], [2.0]], [{"a": None}, {"a": 1.0}], [1, 2]), "live")
+    with pytest.raises(ValueError, match="column 'id' has 1 null"):
+        buf.ingest(table([[1.0], [1.0]], [[1.0], [2.0]], [{"a": 1.0}, {"a": 1.0}], [1, None]), "live")
+    assert buf.sources()["live"]["rows"] == 2 and buf.sources()["live"]["rejected"] == 3
+
+
+def test_a_log_only_source_keeps_taking_nulls_where_its_schema_lets_it() -> None:
+    from neuralos_example.task import interaction_schema  # its "task" column is nullable on purpose
+
+    schema = interaction_schema()
+    given = {"session": "s1", "task": None, "frame": b"png"}  # the numbers: 0
+    table = pa.table({f.name: pa.array([given.get(f.name, 0)], f.type) for f in schema}, schema=schema)
+    buf = DataBuffer([DataSource("interactions", schema=schema, log_only=True)])
+    assert buf.ingest(table, "interactions")["rows"] == 1
+    with pytest.raises(ValueError, match="column 'session' has 1 null"):  # not nullable: refused still
+        buf.ingest(table.set_column(0, "session", pa.array([None], pa.string())), "interactions")
+    strict = DataBuffer([DataSource("interactions", schema=schema, log_only=True, allow_nulls=False)])
+    with pytest.raises(ValueError, match="column 'task', row 0 holds a null: nulls are refused"):
+        strict.ingest(table, "interactions")
+
+
+def test_static_data_with_a_nested_null_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match=r"source 'base': column 'x', row 1 holds a null \(inside its list items\)"):
+        DataBuffer([DataSource("base", pa.table({"x": pa.array([[1.0, 2.0], [3.0, None]], pa.list_(F32, 2))}))])
+    allowed = DataBuffer([DataSource("base", pa.table({"x": pa.array([[1.0], None])}), allow_nulls=True)])
+    assert allowed.sources()["base"]["rows"] == 2
+
+
+def test_allow_nulls_is_checked() -> None:
+    with pytest.raises(ValueError, match="allow_nulls must be True, False or None"):
+        DataSource("live", schema=live_schema(4), allow_nulls="yes")  # type: ignore[arg-type]
+
+
+def test_a_nan_after_a_null_list_is_found_in_its_own_row() -> None:
+    # The values a null list leaves behind are no values: rows after it stay where they are.
+    values = pa.array([math.nan, 1.0, 2.0, 3.0, math.nan], F32)
+    lists = pa.ListArray.from_arrays(pa.array([0, 2, 4, 5], pa.int32()), values, mask=pa.array([True, False, False]))
+    buf = one_column(pa.list_(F32), allow_nulls=True)
+    with pytest.raises(ValueError, match="column 'v', row 2 holds nan"):
+        buf.ingest(pa.table({"v": lists}), "live")
+
+
 def test_duplicate_columns_are_refused_by_name() -> None:
     buf = DataBuffer([DataSource("live", schema=pa.schema([pa.field("a", pa.int64())]))])
     with pytest.raises(ValueError, match="duplicate column name"):

@@ -61,6 +61,14 @@ class DataSource:
     infinite floats are refused (static data at start, ingested tables whole, with the
     column and row) unless ``allow_non_finite``: one such value in a batch makes a loss NaN.
 
+    Nulls are refused the same way, at every nesting level (a column's own values, list
+    items, struct fields, map keys and items), even where the schema field is nullable
+    (pyarrow's default, rarely a decision), unless the source allows them: ``allow_nulls``
+    True allows them, False refuses them, and None (the default) allows them only in a
+    ``log_only`` source, which is never trained on. Where nulls are allowed, the schema's
+    own ``nullable=False`` (at any level, e.g. ``pa.list_(pa.field("item", pa.float32(),
+    nullable=False))``) still holds.
+
     A ``log_only`` source is a live log the buffer stores durably like any other (``ingest``,
     ``read_rows``) but never draws into batches: it has no weight, takes no part in the
     mixture, and its columns need not match the training sources' (e.g. a deployed app's
@@ -79,6 +87,7 @@ class DataSource:
     max_table_bytes: int | None = None
     log_only: bool = False
     allow_non_finite: bool = False
+    allow_nulls: bool | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in SAMPLING_POLICIES:
@@ -96,6 +105,16 @@ class DataSource:
             raise ValueError(f"source {self.name!r}: weight must be finite and >= 0")
         if self.log_only and (self.is_static or self.schema is None):
             raise ValueError(f"source {self.name!r}: a log_only source is live: give a schema and no data")
+        if self.allow_nulls is not None and not isinstance(self.allow_nulls, bool):
+            raise ValueError(
+                f"source {self.name!r}: allow_nulls must be True, False or None (None: only a log_only source "
+                f"takes nulls), not {self.allow_nulls!r}"
+            )
+
+    @property
+    def nulls_allowed(self) -> bool:
+        """Whether rows may hold nulls where the schema lets them (see ``allow_nulls``)."""
+        return self.log_only if self.allow_nulls is None else self.allow_nulls
 
     @property
     def is_static(self) -> bool:

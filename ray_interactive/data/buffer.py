@@ -4,10 +4,11 @@
   IPC file, a Hugging Face dataset) or decoded once (Parquet).
 * A *live* source grows by :meth:`DataBuffer.ingest`. With a ``directory`` every accepted
   table is on disk (:mod:`ray_interactive.data.segments`, fsync by default) before it is
-  acknowledged, a repeated ``batch_id`` is acknowledged without storing the rows twice,
-  and a new buffer over the same directory (a restarted actor, a resumed run) recovers
-  every acknowledged row. Recent rows are held in memory up to a cap; older ones are
-  served from the memory-mapped segments.
+  acknowledged, a repeated ``batch_id`` with the same rows is acknowledged without storing
+  them twice (with other rows it is refused), and a new buffer over the same directory (a
+  restarted actor, a resumed run) recovers every acknowledged row and batch id. Recent
+  rows are held in memory up to a cap; older ones are served from the memory-mapped
+  segments.
 
 Batches hold the columns every source shares (the *batch columns*), so a batch mixes rows
 of several sources. The sampler's whole state (generator, epoch and fresh cursors,
@@ -44,8 +45,8 @@ from ray_interactive.data.sampling import (
     epoch_permutation,
     take_fresh,
 )
-from ray_interactive.data.schemas import check_limits, conform
-from ray_interactive.data.segments import Segment, SegmentWriter, read_segment, recover_source
+from ray_interactive.data.schemas import CONTENT_HASH_SCHEME, check_limits, conform, content_hash
+from ray_interactive.data.segments import BatchRecord, Segment, SegmentWriter, read_segment, recover_source
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,31 @@ def _owned(table: pa.Table) -> pa.Table:
     return pa.Table.from_batches([pa.ipc.read_record_batch(batches[0].serialize(), table.schema)])
 
 
+def _comparable(digest: str | None) -> bool:
+    """Whether a stored digest can be compared with :func:`content_hash`'s (older segments
+    have none; a later scheme would not match)."""
+    return digest is not None and digest.split(":", 1)[0] == CONTENT_HASH_SCHEME
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
 def check_batch_id(batch_id: Any) -> str:
     if not isinstance(batch_id, str) or not _BATCH_ID_RE.fullmatch(batch_id):
         raise ValueError(f"batch_id {str(batch_id)[:80]!r} is not valid: use 1-128 letters, digits, '.', '_', ':' or '-'")
     return batch_id
+
+
+@dataclass(frozen=True)
+class _Ack:
+    """What the buffer keeps of an acknowledged ingest, to answer its ``batch_id`` again."""
+
+    source: str
+    first: int
+    rows: int
+    time: float
+    content_hash: str | None  # None: stored by older code, which kept no digest
 
 
 @dataclass
@@ -140,6 +162,7 @@ class _Source:
         self.max_row_bytes = spec.max_row_bytes
         self.max_table_bytes = spec.max_table_bytes
         self.allow_non_finite = spec.allow_non_finite
+        self.allow_nulls = spec.nulls_allowed
         static = spec.static_table()
         self.live = static is None
         self.log_only = spec.log_only
@@ -156,9 +179,12 @@ class _Source:
         self.write_error: str | None = None  # the newest ingest's write failed (a full disk): why
         self._cold: pa.Table | None = None
         self._cold_selected: pa.Table | None = None
-        self.batch_ids: list[tuple[str, int, int]] = []  # recovered (batch_id, first, rows)
+        self.batch_ids: list[BatchRecord] = []  # recovered from the segments, for the buffer's acks
         if static is not None:
-            self._cold = conform(static, self.schema, self.name, allow_empty=True, allow_non_finite=spec.allow_non_finite)
+            self._cold = conform(
+                static, self.schema, self.name, allow_empty=True, allow_non_finite=spec.allow_non_finite,
+                allow_nulls=self.allow_nulls,
+            )
             self.rows = self.cold_rows = self._cold.num_rows
             self.disk_bytes = self._cold.nbytes
             return
@@ -171,7 +197,7 @@ class _Source:
                 self.disk_bytes += seg.path.stat().st_size
                 for rec in seg.batches:
                     self.times.fill(rec.time, rec.rows)
-                    self.batch_ids.append((rec.batch_id, rec.first, rec.rows))
+                    self.batch_ids.append(rec)
             self.rows = self.cold_rows = sum(seg.rows for seg in self.segments)
             self.used.fill(True, self.rows)  # recovered rows are not "fresh" to this buffer
             self.writer = SegmentWriter(sdir, self.schema, int(cfg.segment_mb * 2**20), cfg.fsync)
@@ -186,7 +212,9 @@ class _Source:
         """Rows in closed segments (readable through a memory map)."""
         return sum(seg.rows for seg in self.segments)
 
-    def append(self, table: pa.Table, batch_id: str, t: float, sync: bool = True) -> int:
+    def append(
+        self, table: pa.Table, batch_id: str, t: float, sync: bool = True, content_hash: str | None = None
+    ) -> int:
         """Store an accepted table (on disk first, if the buffer has a directory); returns
         the sequence number of its first row. Raises ``OSError`` with nothing stored."""
         if self.broken:
@@ -195,7 +223,7 @@ class _Source:
         table = _owned(table.combine_chunks())  # one record batch per ingest in the segment
         if self.writer is not None:
             try:
-                self.disk_bytes += self.writer.append(table.to_batches()[0], batch_id, first, t, sync)
+                self.disk_bytes += self.writer.append(table.to_batches()[0], batch_id, first, t, sync, content_hash)
             except BaseException:
                 self._after_failed_write()
                 raise
@@ -321,7 +349,7 @@ class DataBuffer:
         self.config = config or BufferConfig()
         self._sources: dict[str, _Source] = {}
         self._weights: dict[str, float] = {}
-        self._acks: dict[str, tuple[str, int, int]] = {}  # batch_id -> (source, first, rows)
+        self._acks: dict[str, _Ack] = {}
         self._rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._rejected_total = 0
         self._recent: collections.deque[tuple[float, str, int, int]] = collections.deque()  # (t, source, rows, bytes)
@@ -352,8 +380,8 @@ class DataBuffer:
         self._sources[source.name] = s
         if not source.log_only:
             self._weights[source.name] = float(source.weight)
-        for batch_id, first, rows in s.batch_ids:
-            self._acks[batch_id] = (s.name, first, rows)
+        for rec in s.batch_ids:
+            self._acks[rec.batch_id] = _Ack(s.name, rec.first, rec.rows, rec.time, rec.content_hash)
         s.batch_ids = []
         self.batch_columns = self._common_columns()
         self.batch_schema = self._batch_schema()
@@ -408,9 +436,11 @@ class DataBuffer:
         :meth:`sync_job` before it passes the acknowledgement on (group commit).
 
         Raises ``ValueError`` (nothing stored) for an unknown or static source or a table
-        that does not fit. A ``batch_id`` seen before is acknowledged again (``duplicate``
-        is True) without storing anything. Returns ``{"source", "rows", "first", "last",
-        "batch_id", "duplicate", "time"}``; ``first..last`` are the rows' sequence numbers.
+        that does not fit. A ``batch_id`` seen before with the same rows (a retry) is
+        acknowledged again (``duplicate`` is True) without storing anything; with other
+        rows it is refused (``ValueError``, nothing stored). Returns ``{"source", "rows",
+        "first", "last", "batch_id", "duplicate", "time"}``; ``first..last`` are the rows'
+        sequence numbers.
         """
         s = self._sources.get(source)
         try:
@@ -418,14 +448,27 @@ class DataBuffer:
                 raise ValueError(f"unknown source {str(source)[:80]!r}; sources: {', '.join(self._sources)}")
             if not s.live:
                 raise ValueError(f"source {source!r} is a static dataset; only live sources take ingested rows")
+            seen: _Ack | None = None
             if batch_id is not None:
                 check_batch_id(batch_id)
                 seen = self._acks.get(batch_id)
                 if seen is not None:
-                    if seen[0] != source:
-                        raise ValueError(f"batch_id {batch_id!r} was already used for source {seen[0]!r}")
-                    return self._ack(batch_id, duplicate=True)
-            clean = conform(table, s.schema, source, allow_non_finite=s.allow_non_finite)
+                    if seen.source != source:
+                        raise ValueError(f"batch_id {batch_id!r} was already used for source {seen.source!r}")
+                    if not _comparable(seen.content_hash):
+                        # Stored by older code, which kept no digest of the rows: as then, the id
+                        # alone makes it a retry.
+                        return self._ack(batch_id, duplicate=True)
+            clean = conform(table, s.schema, source, allow_non_finite=s.allow_non_finite, allow_nulls=s.allow_nulls)
+            clean = clean.combine_chunks()  # hashed and stored as one record batch
+            digest = content_hash(clean)
+            if seen is not None:
+                if digest == seen.content_hash:
+                    return self._ack(batch_id, duplicate=True)  # a retry: stored already
+                raise ValueError(
+                    f"batch_id {batch_id!r} was already used for different rows ({seen.rows} rows acknowledged "
+                    f"at {_when(seen.time)}); nothing was stored - send new rows with a new batch_id"
+                )
             check_limits(clean, source, s.max_row_bytes, s.max_table_bytes)
         except ValueError as e:
             self._reject(s, source, str(e))
@@ -433,14 +476,14 @@ class DataBuffer:
         batch_id = batch_id or uuid.uuid4().hex
         t = time.time()
         try:
-            first = s.append(clean, batch_id, t, sync)  # an OSError here stored nothing
+            first = s.append(clean, batch_id, t, sync, digest)  # an OSError here stored nothing
         except OSError as e:
             s.write_error = f"{type(e).__name__}: {e}"
             message = f"storage: could not write the rows ({e}); nothing was stored - free space and send them again"
             self._reject(s, source, message)
             raise OSError(f"source {source!r}: {message}") from e
         s.write_error = None
-        self._acks[batch_id] = (source, first, clean.num_rows)
+        self._acks[batch_id] = _Ack(source, first, clean.num_rows, t, digest)
         self._recent.append((t, source, clean.num_rows, clean.nbytes))
         self._enforce_memory()
         return self._ack(batch_id, duplicate=False, t=t)
@@ -461,12 +504,12 @@ class DataBuffer:
         return job
 
     def _ack(self, batch_id: str, duplicate: bool, t: float | None = None) -> dict[str, Any]:
-        source, first, rows = self._acks[batch_id]
+        ack = self._acks[batch_id]
         return {
-            "source": source,
-            "rows": rows,
-            "first": first,
-            "last": first + rows - 1,
+            "source": ack.source,
+            "rows": ack.rows,
+            "first": ack.first,
+            "last": ack.first + ack.rows - 1,
             "batch_id": batch_id,
             "duplicate": duplicate,
             "time": t,

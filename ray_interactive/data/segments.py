@@ -6,7 +6,8 @@ Layout, in the run directory::
 
 Each segment is a standard Arrow IPC *stream* (``pyarrow.ipc.open_stream`` reads it).
 One accepted table is one record batch, written with custom metadata (its ``batch_id``,
-the sequence number of its first row, the ingest time) and flushed - fsync by default -
+the sequence number of its first row, the ingest time, a digest of its rows: a re-sent
+``batch_id`` is a retry only with the same rows) and flushed - fsync by default -
 before the ingest is acknowledged. A segment is closed (end-of-stream marker) when it
 reaches its size, and never written again.
 
@@ -39,6 +40,7 @@ class BatchRecord:
     first: int  # sequence number of its first row in the source
     rows: int
     time: float  # when it was ingested (epoch seconds)
+    content_hash: str | None = None  # schemas.content_hash of its rows; None in segments of older code
 
 
 @dataclass
@@ -80,7 +82,15 @@ class SegmentWriter:
         self.dirty = False  # written to the OS but not yet fsync'ed (see sync_fd)
         self.broken: str | None = None  # why the file could not be put back in order, if so
 
-    def append(self, batch: pa.RecordBatch, batch_id: str, first: int, t: float, sync: bool = True) -> int:
+    def append(
+        self,
+        batch: pa.RecordBatch,
+        batch_id: str,
+        first: int,
+        t: float,
+        sync: bool = True,
+        content_hash: str | None = None,
+    ) -> int:
         """Write one batch; returns the bytes it took. With ``sync`` (and ``fsync`` on) it
         is on disk when this returns; without, the caller makes it durable later
         (:meth:`sync_fd`), which lets one fsync cover many concurrent ingests.
@@ -92,6 +102,8 @@ class SegmentWriter:
         assert self._writer is not None and self._file is not None
         before = self._file.tell()
         meta = {"batch_id": batch_id, "first": str(first), "time": repr(t)}
+        if content_hash is not None:
+            meta["content_hash"] = content_hash
         try:
             self._writer.write_batch(batch, custom_metadata=meta)
             self._file.flush()
@@ -240,7 +252,7 @@ def _is_eos(path: Path, offset: int, size: int) -> bool:
 def _record(meta: object, rows: int) -> BatchRecord | None:
     try:
         md = {k.decode(): v.decode() for k, v in dict(meta).items()}  # type: ignore[call-overload]
-        return BatchRecord(md["batch_id"], int(md["first"]), rows, float(md["time"]))
+        return BatchRecord(md["batch_id"], int(md["first"]), rows, float(md["time"]), md.get("content_hash"))
     except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
         return None
 

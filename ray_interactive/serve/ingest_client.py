@@ -9,8 +9,9 @@ tool, a batch job on another network) can feed a run without being a Ray driver:
     ack["first"], ack["last"]      # the rows' sequence numbers in the source
 
 Each call carries a ``batch_id`` (a fresh one if not given) and is retried on connection
-errors and 5xx answers: the buffer acknowledges a repeated ``batch_id`` with the first
-answer (``duplicate: true``) instead of storing the rows again, so a retry after a lost
+errors and 5xx answers: the buffer acknowledges a repeated ``batch_id`` with the same rows
+with the first answer (``duplicate: true``) instead of storing the rows again (other rows
+under a used ``batch_id`` are refused), so a retry after a lost
 answer stores the rows once (waits between attempts: 0.2 s doubling up to 2 s, with jitter;
 each retry is logged). A 4xx answer (bad token, bad body) is not retried: it raises
 :class:`IngestRejected` with the server's message.

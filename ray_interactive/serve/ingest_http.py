@@ -6,8 +6,9 @@ the run's buffer actor, with the same schema checks and the same acknowledgement
 
 * ``POST /v1/sources/{source}/ingest?batch_id=...`` - body: an Arrow IPC *stream*
   (``application/vnd.apache.arrow.stream``); answer: the ack ``{"source", "rows",
-  "first", "last", "batch_id", "duplicate"}``. A repeated ``batch_id`` gets the first ack
-  back with ``duplicate: true`` and stores nothing.
+  "first", "last", "batch_id", "duplicate"}``. A repeated ``batch_id`` with the same rows
+  gets the first ack back with ``duplicate: true`` and stores nothing; with other rows it
+  is refused (400).
 * ``GET /v1/sources`` - the sources with their rows, weights and schemas.
 * ``GET /healthz`` - liveness, the only route without the token.
 
