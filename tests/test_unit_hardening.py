@@ -437,7 +437,8 @@ def test_an_exploding_step_never_reaches_the_weights_and_the_run_pauses_saying_w
     thread = threading.Thread(target=trainer.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not trainer.paused and time.monotonic() < deadline:
+    # The loop pauses, then reports the pause: wait for the report, not only the flag.
+    while not (trainer.paused and events.events()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert trainer.status().status.value == "paused"
     assert "health guard paused the run: non-finite" in trainer.status().message
