@@ -68,7 +68,10 @@ def command_payload(kind: str, assignments: dict[str, Any]) -> dict[str, Any]:
 
 # -- run / demo --------------------------------------------------------------------------
 def build_config(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
     from ray_interactive.core.config import RunConfig
+    from ray_interactive.core.plain import describe_validation_error
 
     doc: dict[str, Any] = {}
     if args.resume:  # the run's own config; flags and --set still override (e.g. --max-steps)
@@ -109,15 +112,17 @@ def build_config(args: argparse.Namespace) -> Any:
     doc.setdefault("name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         return RunConfig.model_validate(doc)
+    except ValidationError as e:  # pydantic's text: "1 validation error for RunConfig ... errors.pydantic.dev"
+        raise CLIError(f"invalid run configuration: {describe_validation_error(e)}") from None
     except ValueError as e:
-        raise CLIError(f"invalid run configuration:\n{e}") from None
+        raise CLIError(f"invalid run configuration: {e}") from None
 
 
 def parse_host_port(text: str) -> dict[str, Any]:
     """``8123`` -> ``{"port": 8123}``; ``0.0.0.0:8123`` and ``[::1]:8123`` give the host too."""
     host, sep, port = text.rpartition(":")
-    if not port.isdigit() or (sep and not host):
-        raise CLIError(f"expected [HOST:]PORT, got {text!r}")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535 or (sep and not host):
+        raise CLIError(f"expected [HOST:]PORT with a port from 0 to 65535, got {text!r}")
     out: dict[str, Any] = {"port": int(port)}
     if host:
         out["host"] = host.removeprefix("[").removesuffix("]")
@@ -214,7 +219,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _ui_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--ui-host", default="127.0.0.1", help="bind the UI here (not 127.0.0.1: needs --auth-file)")
-    sp.add_argument("--ui-port", type=int, default=None, help="default: 7860 or the next free port")
+    sp.add_argument("--ui-port", type=_port, default=None, help="default: 7860 or the next free port")
     sp.add_argument("--auth-file", default=None, help="a file holding one line user:password (or set RI_UI_AUTH)")
 
 
@@ -328,6 +333,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace, finished_ok: bool = False) -> Any:
     """The running run named ``args.run``; with ``finished_ok``, else its run directory
     (``runs/<name>`` or a path) opened read-only, as a finished run."""
+    from ray_interactive.core.plain import clip
     from ray_interactive.runtime.client import RunNotFound, connect
     from ray_interactive.runtime.offline import FinishedRun, find_run_dir
 
@@ -336,7 +342,8 @@ def _connect(args: argparse.Namespace, finished_ok: bool = False) -> Any:
     except (RunNotFound, ConnectionError) as e:
         run_dir = find_run_dir(args.run)
         if run_dir is None:
-            raise CLIError(f"{e} (and no run directory {args.run!r} or runs/{args.run} to read)") from None
+            name = clip(args.run, 80)
+            raise CLIError(f"{e} (and no run directory {name!r} or runs/{name} to read)") from None
         if not finished_ok:
             raise CLIError(f"{e}; {run_dir} holds it, finished: resume it with "
                            f"`{prog()} run --resume {run_dir}`") from None
@@ -403,7 +410,8 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Withdraw a pending command, named ``#12`` / ``12`` (its number) or by its id."""
     target = args.target.removeprefix("#")
-    payload: dict[str, Any] = {"kind": "cancel", **({"seq": int(target)} if target.isdigit() else {"command_id": target})}
+    by_seq = target.isascii() and target.isdigit()  # "²".isdigit(), but int("²") raises
+    payload: dict[str, Any] = {"kind": "cancel", **({"seq": int(target)} if by_seq else {"command_id": target})}
     client = _connect(args)
     rec = client.submit(payload, source="cli")
     print(f"cancel: {rec.status.value}" + (f": {rec.message}" if rec.message else ""))
@@ -625,14 +633,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="ray-interactive", description="Steer training runs on Ray while they run.")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, type=_nonempty)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def run_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--name", help="run name (also the name to attach by)")
         sp.add_argument("--max-steps", type=int, dest="max_steps")
-        sp.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+        sp.add_argument("--duration", type=_seconds, help="stop cleanly after this many seconds")
         sp.add_argument("--lr", type=float)
         sp.add_argument("--batch-size", type=int, dest="batch_size")
         sp.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
@@ -706,13 +714,13 @@ def make_parser() -> argparse.ArgumentParser:
                     help="send guided_choice so the reply is one of the actions (default: only for the local model)")
     sp.add_argument("--task", default="train a language model; lower validation loss is better",
                     help="what the run trains, as the LLM's prompt says it")
-    sp.add_argument("--min-interval", type=float, default=10.0, dest="min_interval",
+    sp.add_argument("--min-interval", type=_seconds, default=10.0, dest="min_interval",
                     help="guardrail: at most one command this often (s)")
     sp.set_defaults(func=cmd_agent)
 
     sp = sub.add_parser("llm-serve", help="serve the local LLM (SmolLM2-135M-Instruct) over the OpenAI protocol")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--port", type=_port, default=8000)
     sp.set_defaults(func=cmd_llm_serve)
 
     sp = sub.add_parser("kinds", help="the command kinds and their arguments (what send takes)")
@@ -725,13 +733,13 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("fields", nargs="*", metavar="key=value")
     sp.add_argument("--comment")
     sp.add_argument("--wait", action="store_true", help="wait until it is applied")
-    sp.add_argument("--timeout", type=float, default=60.0)
+    sp.add_argument("--timeout", type=_seconds, default=60.0)
     sp.set_defaults(func=cmd_send)
 
     sp = sub.add_parser("cancel", help="withdraw a pending command: cancel RUN '#12' (its number) or its id")
     sp.add_argument("run")
     sp.add_argument("target", metavar="#SEQ|ID")
-    sp.add_argument("--timeout", type=float, default=60.0)
+    sp.add_argument("--timeout", type=_seconds, default=60.0)
     sp.set_defaults(func=cmd_cancel)
 
     sp = sub.add_parser("ingest-url", help="where a run serves HTTP ingest, and its token file")
@@ -765,13 +773,77 @@ COMMANDS: dict[str, Any] = {}
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_text_args(args, parser)
         return args.func(args)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def check_text_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse any argument that is not valid text, before anything is sent or connected.
+
+    Python turns a byte that is not UTF-8 in argv into a lone surrogate, which cannot be
+    encoded again: in a comment, a name or a value it would reach Ray (whose ray.init even
+    records the whole command line) and come back as a long traceback."""
+    names = _argument_names(parser, COMMANDS.get(getattr(args, "cmd", None) or ""))
+    for dest, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            problem = _text_problem(text) if isinstance(text, str) else None
+            if problem:
+                raise CLIError(f"argument {names.get(dest, dest)}: {problem}")
+
+
+def _argument_names(*parsers: argparse.ArgumentParser | None) -> dict[str, str]:
+    """``dest -> --option`` (or the positional's name), as argparse's own errors name them."""
+    names: dict[str, str] = {}
+    for parser in parsers:
+        for action in parser._actions if parser is not None else ():
+            names[action.dest] = "/".join(action.option_strings) or str(action.metavar or action.dest)
+    return names
+
+
+def _text_problem(text: str) -> str | None:
+    """What makes ``text`` unsendable (None if nothing): the first byte that is not UTF-8."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        char = ord(text[e.start])
+        if 0xDC80 <= char <= 0xDCFF:  # how Python's argv keeps a byte that is not UTF-8
+            return (f"not valid text: byte 0x{char - 0xDC00:02x} at position {e.start} is not UTF-8 "
+                    "(check the shell's quoting and the terminal's encoding)")
+        return f"not valid text: a lone surrogate (U+{char:04X}) at position {e.start}"
+
+
+def _seconds(text: str) -> float:
+    """argparse type of --timeout, --duration ...: NaN or a negative number would make a
+    wait loop forever or end at once."""
+    from ray_interactive.core.plain import seconds
+
+    try:
+        return seconds(float(text), "it")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to 1e9, got {text!r}") from None
+
+
+def _nonempty(text: str) -> str:
+    """argparse type of a name that must not be empty (Ray's own error for an empty
+    namespace is a traceback)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _port(text: str) -> int:
+    """argparse type of a TCP port (0: a free one)."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":

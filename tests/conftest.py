@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -185,6 +186,23 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
         except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the timeout
             shown = f"; state unavailable ({type(e).__name__}: {e})"
     raise AssertionError(f"timed out after {timeout}s waiting for {what}{shown}")
+
+
+#: What a message a person reads must not show: a traceback, a library's own wording
+#: (pydantic's union members and "Input should ...", Python's enum error, Ray's wrappers).
+INTERNALS = re.compile(
+    r"Traceback|pydantic|errors\.pydantic\.dev|Input should|Value error,|value\.(float|int|bool)|"
+    r"is not a valid [A-Z]\w+|RayTaskError|Could not serialize|surrogates not allowed|Invalid HTTP request received"
+)
+
+
+def assert_plain(message: str | None, limit: int = 600) -> str:
+    """``message`` names a problem in a short sentence of ours: no internals, not empty, not long."""
+    assert message, "no message"
+    assert len(message) <= limit, f"{len(message)} characters: {message[:300]}..."
+    found = INTERNALS.search(message)
+    assert found is None, f"{found.group(0)!r} in: {message}"
+    return message
 
 
 def running_client(handle: RunHandle) -> Any:

@@ -15,7 +15,7 @@ import pytest
 
 from ray_interactive.cli import command_payload, parse_assignments
 
-from .conftest import PACE_S, REPO, SHARED_DATA, regression_config
+from .conftest import PACE_S, REPO, SHARED_DATA, assert_plain, regression_config
 
 CLI = [str(Path(sys.executable).parent / "ray-interactive")]
 
@@ -37,6 +37,36 @@ def test_shorthand_assignments_build_commands() -> None:
         "live": 0.3,
     }
     assert parse_assignments(["betas=[0.9,0.95]", "a.b=x"]) == {"betas": [0.9, 0.95], "a": {"b": "x"}}
+
+
+def test_arguments_that_are_not_text_or_out_of_range_are_refused_in_one_line_before_anything_is_sent() -> None:
+    """A byte that is not UTF-8 (``--comment $'\\xff'``: a lone surrogate in Python's argv)
+    used to reach ray.init and come back as a long Ray traceback. Nothing connects here: an
+    unreachable address would say so if anything tried."""
+    nowhere = {"RAY_ADDRESS": "127.0.0.1:9"}
+    cases = [
+        (["send", "r", "pause", "--comment", "\udcff"], "error: argument --comment: not valid text: byte 0xff at position 0"),
+        (["send", "r", "update_optimizer", "lr=\udcff1"], "error: argument key=value: not valid text: byte 0xff at position 3"),
+        (["send", "r\udcc3", "pause"], "error: argument run: not valid text: byte 0xc3 at position 1"),
+        (["--namespace", "\udcfe", "status", "r"], "error: argument --namespace: not valid text: byte 0xfe"),
+        (["send", "r", "pause", "--wait", "--timeout", "nan"], "argument --timeout: expected a number of seconds from 0 to 1e9, got 'nan'"),
+        (["--namespace", "", "status", "r"], "argument --namespace: must not be empty"),  # was Ray's traceback
+        (["ui", "r", "--ui-port", "99999"], "argument --ui-port: expected a port from 0 to 65535, got '99999'"),
+        (["run", "--example", "regression", "--http-ingest", "99999"], "expected [HOST:]PORT with a port from 0 to 65535"),
+        (["run", "--example", "regression", "--set", "batch_size=0", "--set", "schedule.kind=exp"],
+         "error: invalid run configuration: batch_size must be greater than or equal to 1, got 0; "
+         "schedule.kind must be one of 'constant', 'linear', 'cosine' or 'step', got 'exp'"),
+    ]
+    for args, message in cases:
+        out = cli(*args, timeout=60, **nowhere)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr, (args, out.stderr)
+        assert_plain(out.stderr.splitlines()[-1], limit=300)
+        assert "Traceback" not in out.stderr and "cannot reach" not in out.stderr, out.stderr
+    out = cli("send", "r", "pause", "--comment", "\udcff", **nowhere)
+    assert out.stderr.count("\n") == 1 and out.stdout == ""  # one line, nothing else
+    out = cli("cancel", "r", "\u00b2", **nowhere)  # "²".isdigit(), but int("²") raised
+    assert "Traceback" not in out.stderr and out.returncode == 2, out.stderr
 
 
 def test_attach_from_another_process_and_steer(ray_cluster: dict[str, Any], tmp_path: Path, start: Any) -> None:
@@ -83,6 +113,10 @@ def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_clust
     assert out.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:9" in out.stderr
     out = cli("--address", ray_cluster["address"], "send", "x", "warp_speed")
     assert out.returncode == 2 and "unknown command kind 'warp_speed'" in out.stderr
+    # ray.init records the command line: a byte that is not UTF-8 in it was a Ray traceback
+    out = cli("--address", ray_cluster["address"], "send", "x", "pause", "--comment", "\udcff")
+    assert out.returncode == 2 and out.stderr.startswith("error: argument --comment: not valid text: byte 0xff")
+    assert "Traceback" not in out.stderr
     out = cli("run", "--example", "regression", "--set", "batch_size=0")
     assert out.returncode == 2 and "batch_size" in out.stderr and "greater than or equal to 1" in out.stderr
     out = cli("run", "--example", "regression", "--set", "bogus=1")

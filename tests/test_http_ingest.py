@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import stat
 import subprocess
 import sys
@@ -24,14 +26,16 @@ from fastapi import FastAPI
 
 import ray_interactive as ri
 from ray_interactive.cli import CLIError, parse_host_port
+from ray_interactive.core.task import DataSource
+from ray_interactive.data.buffer import DataBuffer
 from ray_interactive.examples.regression import make_table
 from ray_interactive.runtime.client import RunClient
 from ray_interactive.runtime.ingest_server import ingest_app, start_ingest_server
 from ray_interactive.runtime.launch import RunHandle, start_run
 from ray_interactive.serve.ingest_client import IngestRejected, list_sources, post_table, to_ipc_stream
-from ray_interactive.serve.ingest_http import serve_in_thread
+from ray_interactive.serve.ingest_http import make_ingest_app, serve_in_thread
 
-from .conftest import REPO, regression_config, wait_until
+from .conftest import REPO, assert_plain, regression_config, wait_until
 
 LIMIT = 256 * 1024  # max_body_mb=0.25
 STREAM = {"Content-Type": "application/vnd.apache.arrow.stream"}
@@ -309,6 +313,60 @@ def test_cli_finds_the_url_and_a_second_server_is_refused(served: Served, ray_cl
     assert parse_host_port("[::1]:80") == {"host": "::1", "port": 80}
     with pytest.raises(CLIError):
         parse_host_port("host:")
+
+
+def _raw(port: int, request: bytes, timeout: float = 20.0) -> tuple[int, dict[str, Any]]:
+    """Send bytes as they are (no client library would send these); the status and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), answer
+    return int(head.split()[1]), json.loads(body[: _length(answer)])
+
+
+def _length(answer: bytes) -> int:
+    found = re.search(rb"content-length: *(\d+)", answer, re.I)
+    return int(found.group(1)) if found else 1 << 30
+
+
+def test_malformed_http_gets_a_json_400_saying_what_is_wrong_and_what_is_expected(tmp_path: Path) -> None:
+    """uvicorn answers a request it cannot parse before the app runs, with a plain-text
+    "Invalid HTTP request received."; a Content-Length larger than the body used to leave
+    the request hanging. The endpoint's own server (a plain DataBuffer behind it, no Ray)
+    answers both in its documented form."""
+    token = "t" * 32
+    buffer = DataBuffer([DataSource("live", schema=pa.schema([pa.field("y", pa.float32())]))])
+    server = serve_in_thread(make_ingest_app(buffer, token, body_idle_s=0.5))
+    body = to_ipc_stream(pa.table({"y": pa.array([1.0, 2.0], pa.float32())}))
+    head = (f"POST /v1/sources/live/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/vnd.apache.arrow.stream\r\n")
+    try:
+        cases = [
+            ("Content-Length: abc", body, "its Content-Length header is not a number of bytes"),
+            ("Content-Length: -5", body, "its Content-Length header is not a number of bytes"),
+            ("Content-Length: 9, 10", body, "it has Content-Length headers that disagree"),
+            (f"Content-Length: {len(body) + 50}", body, f"the request's Content-Length ({len(body) + 50}) does not "
+             f"match its body: no byte came for 0.5 s after {len(body)} bytes"),
+            ("Transfer-Encoding: gzip", body, "its Transfer-Encoding is not 'chunked'"),
+        ]
+        for header, sent, message in cases:
+            status, doc = _raw(server.port, f"{head}{header}\r\n\r\n".encode() + sent)
+            assert status == 400 and message in assert_plain(doc["error"]), (header, doc)
+        status, doc = _raw(server.port, b"HELLO\r\n\r\n")
+        assert status == 400 and "its first line is not 'METHOD /path HTTP/1.1'" in doc["error"], doc
+        assert "send POST /v1/sources/{source}/ingest with 'Authorization: Bearer <token>'" in doc["error"]
+        assert buffer.sources()["live"]["rows"] == 0
+        # and the well-formed request still works on the same server
+        status, doc = _raw(server.port, f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert status == 200 and doc["rows"] == 2, doc
+    finally:
+        server.stop()
 
 
 def test_the_package_exports_resolve_lazily() -> None:

@@ -16,9 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ray_interactive.cli import parse_assignments, text_fields
 from ray_interactive.core.commands import (
+    KINDS,
     Cancel,
     CommandRecord,
     CommandStatus,
@@ -44,7 +47,7 @@ from ray_interactive.data.feeds import LocalFeed
 from ray_interactive.examples.regression import RegressionTask, live_schema
 from ray_interactive.train.trainer import Trainer
 
-from .conftest import Recorder, regression_config, snapshot_of
+from .conftest import Recorder, assert_plain, regression_config, snapshot_of
 
 REGRESSION = "ray_interactive.examples.regression:RegressionTask"
 
@@ -603,3 +606,137 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tm
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     with pytest.raises(ValueError, match="autocast"):
         RunConfig(name="x", autocast="fp8")  # type: ignore[arg-type]
+
+
+# -- 4. every message a person reads names the problem and what to do ------------------------
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        # a union of types is one sentence, not pydantic's "value.float: ...; value.int: ...; value.bool: ..."
+        ({"kind": "update_module", "module": "3", "op": "set_attribute", "attribute": "p", "value": "abc"},
+         "value must be a number or true/false, got 'abc'"),
+        ({"kind": "update_module", "module": "3", "op": "set_attribute", "attribute": "p", "value": [0.1]},
+         "value must be a number or true/false, got a list of 1"),
+        ({"kind": "set_grad_clip", "max_norm": "big"}, "max_norm must be a number, got 'big'"),
+        ({"kind": "set_grad_clip", "max_norm": -1}, "max_norm must be greater than 0, got -1"),
+        ({"kind": "pause", "at_step": "5"}, "at_step must be an integer, got '5'"),
+        ({"kind": "pause", "comment": 5}, "comment must be text, got 5"),
+        ({"kind": "update_optimizer", "params": "lr"}, "params must be an object (a dict), got 'lr'"),
+        ({"kind": "set_data_mixture", "weights": {"base": "x"}}, "weights.base must be a number, got 'x'"),
+        ({"kind": "set_lr_schedule", "schedule": "exp"},
+         "schedule must be one of 'constant', 'linear', 'cosine' or 'step', got 'exp'"),
+        ({"kind": "set_grad_accumulation", "steps": 10**30},
+         "steps must be less than or equal to 4096, got an integer of about 31 digits"),
+        # Python's "'root' is not a valid CommandSource" did not say which sources there are
+        ({"kind": "pause", "source": "root"}, "unknown source 'root'; sources: ui, agent, api, cli, replay, system"),
+        ({"kind": "pause", "source": 5}, "unknown source 5; sources: ui, agent, api, cli, replay, system"),
+        # values Ray could not even send, or that overflow a float in a kind's check
+        ({"kind": "pause", "comment": threading.Lock()},
+         "comment is a lock: a command holds only text, numbers, true/false, null, lists and objects"),
+        ({"kind": "update_optimizer", "params": {"lr": lambda: 1e-3}}, "params.lr is a function: a command holds only"),
+        ({"kind": "update_optimizer", "params": {"betas": [0.9, 10**400]}},
+         "params.betas[1] is too large: an integer of about 401 digits"),
+        (threading.Lock(), "a command must be a JSON object with a 'kind', not a lock"),
+    ],
+)
+def test_a_bad_field_is_named_with_what_it_takes_and_what_was_given(payload: Any, message: str) -> None:
+    assert message in assert_plain(rejected(payload))
+
+
+def test_a_source_given_apart_from_the_payload_is_checked_the_same_way(controller: Controller) -> None:
+    for source in ("root", 5, ["ui"]):
+        rec = controller.submit({"kind": "pause"}, source=source)  # type: ignore[arg-type]
+        assert rec.status is CommandStatus.REJECTED
+        assert "; sources: ui, agent, api, cli, replay, system" in assert_plain(rec.message)
+    assert controller.submit({"kind": "pause"}, source="agent").command.source.value == "agent"  # type: ignore[union-attr]
+
+
+def test_numbers_too_large_for_a_float_are_refused_not_raised(controller: Controller) -> None:
+    """``math.isfinite(10**400)`` raises OverflowError in a kind's check, ``str(10**5000)``
+    ValueError in the log's copy: the controller would have raised instead of refusing."""
+    for payload in (
+        {"kind": "update_module", "module": "3", "op": "set_attribute", "attribute": "p", "value": 10**400},
+        {"kind": "update_optimizer", "params": {"lr": 10**400}},
+        {"kind": "pause", "extra": 10**5000},
+    ):
+        rec = controller.submit(payload)
+        assert rec.status is CommandStatus.REJECTED and "is too large" in assert_plain(rec.message)
+    json.dumps(controller.commands())
+
+
+def test_ingest_refuses_what_it_cannot_take_before_anything_is_sent() -> None:
+    """A dict holding a lock used to come back as Ray's "Could not serialize ..."; the client
+    says what ingest takes before it touches Ray (this one has no run behind it at all)."""
+    from ray_interactive.runtime.client import RunClient
+    from ray_interactive.serve.ingest_client import post_table
+
+    client = RunClient("no-run", "nowhere", controller=None)
+    rows = pa.table({"y": pa.array([1.0], pa.float32())})
+    cases: list[tuple[Any, dict[str, Any], str]] = [
+        ({"y": [1.0], "lock": threading.Lock()}, {}, "takes the rows as a pyarrow Table or RecordBatch, not a dict"),
+        ([{"y": 1.0}], {}, "not a list; make one with pa.table({column: values}), pa.Table.from_pylist(rows)"),
+        (rows, {"source": 5}, "source must be a source's name (text), not 5"),
+        (rows, {"batch_id": 7}, "batch_id must be text"),
+    ]
+    for table, kwargs, message in cases:
+        args = {"source": "live", **kwargs}
+        with pytest.raises(TypeError) as err:
+            client.ingest(table, args["source"], batch_id=args.get("batch_id"))
+        assert message in assert_plain(str(err.value))
+        with pytest.raises(TypeError) as err:  # the HTTP client too, before it connects anywhere
+            post_table("http://127.0.0.1:9", args["source"], table, "t" * 32, batch_id=args.get("batch_id"))
+        assert message in str(err.value)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds from 0 to 1e9, got nan"):
+        client.ingest(rows, "live", timeout=math.nan)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        client.wait("some-id", timeout=math.nan)  # would have polled forever
+    with pytest.raises(TypeError, match="wait takes a command's record"):
+        client.wait(5)  # type: ignore[arg-type]
+
+
+def test_client_queries_with_wrong_types_are_refused_before_an_actor_answers_with_a_traceback() -> None:
+    from ray_interactive.runtime.client import RunClient, connect
+
+    client = RunClient("no-run", "nowhere", controller=None)
+    cases: list[tuple[Any, str]] = [
+        (lambda: client.metrics(keys="loss"), "keys must be a list of names, such as ['loss'], got 'loss'"),
+        (lambda: client.metrics(keys=["loss"], max_points=-1), "max_points must be an integer >= 3, got -1"),
+        (lambda: client.metrics(since="a"), "since must be an integer, got 'a'"),
+        (lambda: client.read_rows("live", start="a"), "start must be an integer >= 0, got 'a'"),
+        (lambda: client.read_rows(5), "source must be a name (text), got 5"),
+        (lambda: client.commands(limit="a"), "limit must be an integer >= 0, got 'a'"),
+        (lambda: client.checkpoint_page(offset=1.5), "offset must be an integer, got 1.5"),
+        (lambda: client.weight_version("latest"), "version must be an integer >= 0, got 'latest'"),
+        (lambda: connect("r", namespace=""), "connect takes a run's name and a namespace (non-empty text), got 'r', ''"),
+    ]
+    for call, message in cases:
+        with pytest.raises((TypeError, ValueError)) as err:
+            call()
+        assert message in assert_plain(str(err.value))
+
+
+json_leaves = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**80), 2**80), st.floats(), st.text(max_size=12),
+    st.sampled_from([10**400, "\udcff", "x" * 5000, 1e308, -0.0]),
+)
+json_values = st.recursive(
+    json_leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    kind=st.sampled_from([*sorted(set(KINDS) - {"stop"}), "fly"]),  # an accepted stop would refuse all the rest
+    fields=st.dictionaries(
+        st.sampled_from(["params", "group", "module", "op", "attribute", "value", "weights", "steps", "max_norm",
+                         "schedule", "tag", "at_step", "source", "id", "comment", "checkpoint_id", "seq", "bogus"]),
+        json_values, max_size=4,
+    ),
+)
+def test_fuzzed_command_fields_are_refused_in_a_short_plain_sentence(
+    controller: Controller, kind: str, fields: dict[str, Any]
+) -> None:
+    """Through the controller: the kinds' own checks against the run are worded too."""
+    rec = controller.submit({"kind": kind, **fields})
+    if rec.status is CommandStatus.REJECTED:
+        assert_plain(rec.message)

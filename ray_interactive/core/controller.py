@@ -59,6 +59,7 @@ from ray_interactive.core.messages import (
 )
 from ray_interactive.core.metrics import MetricStore
 from ray_interactive.core.outbox import Outbox
+from ray_interactive.core.plain import one_of
 from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
 from ray_interactive.core.stalls import StepClock, stall_bound
 from ray_interactive.core.state import RunStatus
@@ -147,7 +148,7 @@ class Controller:
         try:
             cmd = parse_command(payload)
             if source is not None:
-                cmd = cmd.model_copy(update={"source": CommandSource(source)})
+                cmd = cmd.model_copy(update={"source": one_of(CommandSource, source, "source")})
         except ValueError as e:
             return self.refuse(payload, str(e))
         seen = self.records.get(cmd.id)

@@ -12,6 +12,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ray_interactive.core.plain import shown
+
 if TYPE_CHECKING:
     import torch
 
@@ -89,10 +91,10 @@ def describe_optimizer(opt: torch.optim.Optimizer) -> list[GroupView]:
 def _check_number(key: str, value: Any, live: Any, where: str) -> float | int | bool:
     if isinstance(live, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, not {value!r}")
+            raise ValueError(f"{where} must be true or false, got {shown(value)}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where} must be a number, not {type(value).__name__} {_short(value)}")
+        raise ValueError(f"{where} must be a number, got {shown(value)}")
     if not math.isfinite(value):
         raise ValueError(f"{where} must be finite, not {value}")
     is_float = isinstance(live, float) or key in BOUNDS  # a user may have written wd=0

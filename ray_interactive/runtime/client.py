@@ -25,13 +25,15 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel
 
-from ray_interactive.core.commands import CommandRecord, CommandStatus, check_payload_shape, loggable
+from ray_interactive.core.commands import CommandRecord, CommandSource, CommandStatus, check_payload_shape, loggable
 from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
+from ray_interactive.core.plain import clip, names, one_of, seconds, shown, whole
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion, unpack_state
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.runtime.connection import init_ray
 from ray_interactive.runtime.lifecycle import actor_restarting
+from ray_interactive.serve.ingest_client import check_ingest_args
 
 if TYPE_CHECKING:  # a client that never fetches weights (the CLI) needs no torch
     import torch
@@ -41,6 +43,21 @@ log = logging.getLogger(__name__)
 
 class RunNotFound(LookupError):
     """No run with that name is running in the namespace."""
+
+
+class CommandNotFound(KeyError):
+    """No command with that id in the run's log."""
+
+    def __str__(self) -> str:  # KeyError's own puts the message in quotes
+        return str(self.args[0])
+
+
+def _text(value: Any, what: str) -> str | None:
+    """An optional name a caller gave, checked here: an actor would answer a wrong type
+    with a traceback."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} must be a name (text), got {shown(value)}")
+    return value
 
 
 def list_runs(namespace: str = DEFAULT_NAMESPACE) -> list[str]:
@@ -58,6 +75,8 @@ def connect(run: str, address: str | None = None, namespace: str = DEFAULT_NAMES
 
     ``address`` defaults to RAY_ADDRESS, else ``"auto"`` (a cluster started on this machine).
     """
+    if not isinstance(run, str) or not isinstance(namespace, str) or not namespace:  # Ray's own errors say "Pass None"
+        raise ValueError(f"connect takes a run's name and a namespace (non-empty text), got {shown(run)}, {shown(namespace)}")
     if not ray.is_initialized():
         init_ray(address, namespace=namespace, default="auto")
     try:
@@ -65,7 +84,7 @@ def connect(run: str, address: str | None = None, namespace: str = DEFAULT_NAMES
     except ValueError:
         running = list_runs(namespace)
         hint = f"running: {', '.join(running)}" if running else "no run is running"
-        raise RunNotFound(f"no run named {run!r} in namespace {namespace!r} ({hint})") from None
+        raise RunNotFound(f"no run named {clip(run, 80)!r} in namespace {clip(namespace, 80)!r} ({hint})") from None
     return RunClient(run, namespace, controller)
 
 
@@ -85,15 +104,19 @@ class RunClient:
         Returns the record at once: ``accepted`` with its sequence number, or
         ``rejected`` with the reason. Invalid input never raises here.
         """
-        if not isinstance(command, BaseModel):
-            try:  # a payload too deep or large to be worth sending (or to pickle) is refused here,
-                check_payload_shape(command)  # and logged by the controller as a clipped copy
-            except ValueError as e:
-                return ray.get(self._controller.refuse.remote(loggable(command), str(e)))
-            if isinstance(command, dict) and "id" not in command:
-                # Named here, so that Ray's retry of this call across a controller restart
-                # is answered from the log instead of queued twice.
-                command = {**command, "id": uuid.uuid4().hex}
+        # A payload too deep or large to be worth sending, or that Ray could not even serialise
+        # (a lock in it), is refused here, and logged by the controller as a clipped copy.
+        try:
+            if source is not None:
+                one_of(CommandSource, source, "source")
+            if not isinstance(command, BaseModel):
+                check_payload_shape(command)
+        except ValueError as e:
+            return ray.get(self._controller.refuse.remote(loggable(command), str(e)))
+        if isinstance(command, dict) and "id" not in command:
+            # Named here, so that Ray's retry of this call across a controller restart
+            # is answered from the log instead of queued twice.
+            command = {**command, "id": uuid.uuid4().hex}
         return ray.get(self._controller.submit.remote(command, source))
 
     def send(self, kind: str, source: str | None = None, **fields: Any) -> CommandRecord:
@@ -102,15 +125,20 @@ class RunClient:
 
     def wait(self, command: CommandRecord | str, timeout: float = 60.0) -> CommandRecord:
         """Wait until a command is applied, failed or rejected; raises ``TimeoutError``."""
-        cid = command if isinstance(command, str) else command.id
+        if isinstance(command, CommandRecord):
+            cid = command.id
+        elif isinstance(command, str):
+            cid = command
+        else:
+            raise TypeError(f"wait takes a command's record (what send returns) or its id, not {shown(command)}")
         if cid is None:
             raise ValueError("that record has no id (its payload was not a command)")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds(timeout, "timeout")
         while True:
             left = deadline - time.monotonic()
             rec = ray.get(self._controller.wait_command.remote(cid, max(0.0, min(left, 30.0))))
             if rec is None:
-                raise KeyError(f"no command with id {cid!r}")
+                raise CommandNotFound(f"no command with id {clip(cid, 80)!r}")
             if rec.status is not CommandStatus.ACCEPTED:
                 return rec
             if left <= 0:
@@ -121,6 +149,7 @@ class RunClient:
 
     def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
         """The command log as flat dicts."""
+        limit = whole(limit, "limit")
         return ray.get(self._controller.commands.remote(limit, newest_first))
 
     def stop(self, wait: bool = True, timeout: float = 120.0) -> CommandRecord:
@@ -155,18 +184,15 @@ class RunClient:
     ) -> dict[str, dict[str, list[Any]]]:
         """``{key: {"step": [...], "time": [...], "value": [...]}}`` of one branch, steps
         ``since..until``, thinned to ``max_points`` (min/max per bucket) if given."""
-        return ray.get(
-            self._controller.metrics.remote(
-                branch=branch,
-                keys=keys,
-                since=since,
-                max_points=max_points,
-                include_ancestors=include_ancestors,
-                until=until,
-            )
-        )
+        query = {
+            "branch": _text(branch, "branch"), "keys": names(keys, "keys"), "since": whole(since, "since", None),
+            "max_points": whole(max_points, "max_points", minimum=3), "include_ancestors": include_ancestors,
+            "until": whole(until, "until", None),
+        }
+        return ray.get(self._controller.metrics.remote(**query))
 
     def metric_keys(self, branch: str | None = None) -> list[str]:
+        branch = _text(branch, "branch")
         return ray.get(self._controller.metric_keys.remote(branch))
 
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -174,7 +200,8 @@ class RunClient:
 
     def checkpoint_page(self, offset: int = 0, limit: int = 50, branch: str | None = None) -> dict[str, Any]:
         """A page of the checkpoints, newest first: ``{"total", "offset", "rows"}``."""
-        return ray.get(self._controller.checkpoint_page.remote(offset, limit, branch))
+        query = (whole(offset, "offset", None), whole(limit, "limit", None), _text(branch, "branch"))  # clamped there
+        return ray.get(self._controller.checkpoint_page.remote(*query))
 
     def dashboard(
         self, keys: list[str], since: int | None = None, until: int | None = None,
@@ -182,9 +209,11 @@ class RunClient:
     ) -> dict[str, Any]:
         """What a dashboard refresh shows (status, branches, every branch's thinned series
         of ``keys``, the newest commands, settings, data figures) in one round trip."""
-        return ray.get(
-            self._controller.dashboard.remote(keys=keys, since=since, until=until, max_points=max_points, history=history)
-        )
+        query = {
+            "keys": names(keys, "keys"), "since": whole(since, "since", None), "until": whole(until, "until", None),
+            "max_points": whole(max_points, "max_points", minimum=3), "history": whole(history, "history"),
+        }
+        return ray.get(self._controller.dashboard.remote(**query))
 
     def branches(self) -> dict[str, dict[str, Any]]:
         return ray.get(self._controller.branches.remote())
@@ -213,17 +242,22 @@ class RunClient:
         retried with the same ``batch_id`` (one is made up if not given) until ``timeout``:
         rows acknowledged once are never stored twice.
         """
+        # Refused here, before Ray tries to serialise it: a dict holding a lock would come
+        # back as Ray's "Could not serialize ...", a duplicate column name cannot be sent at all.
+        check_ingest_args(table, source, batch_id)
+        check_unique_columns(table.column_names, f"source {clip(source, 80)!r}")
+        seconds(timeout, "timeout")
         batch_id = batch_id or uuid.uuid4().hex
-        if isinstance(table, (pa.Table, pa.RecordBatch)):  # Ray cannot serialise duplicate names
-            check_unique_columns(table.column_names, f"source {source!r}")
 
         def once() -> dict[str, Any]:
             try:
                 return ray.get(self._buffer_handle().ingest.remote(table, source, batch_id))
             except ray.exceptions.RayTaskError as e:
-                cause = e.cause if isinstance(e.cause, ValueError) else None
-                if cause is not None:
-                    raise ValueError(str(cause)) from None
+                # The buffer's own sentence (which column, why; a full disk), not Ray's traceback.
+                if isinstance(e.cause, ValueError):
+                    raise ValueError(str(e.cause)) from None
+                if isinstance(e.cause, OSError):
+                    raise OSError(str(e.cause)) from None
                 raise
 
         return call_with_retry(once, f"ingest into {source!r} (batch {batch_id})", deadline_s=timeout,
@@ -231,8 +265,9 @@ class RunClient:
 
     def read_rows(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
         """Stored rows of a source in ingest order (sequence numbers ``start..stop-1``)."""
+        query = (_text(source, "source"), whole(start, "start"), whole(stop, "stop"), names(columns, "columns"))
         try:
-            return ray.get(self._buffer_handle().read.remote(source, start, stop, columns))
+            return ray.get(self._buffer_handle().read.remote(*query))
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, ValueError):
                 raise ValueError(str(e.cause)) from None
@@ -253,6 +288,7 @@ class RunClient:
     def weight_version(self, version: int | None = None) -> WeightVersion | None:
         """The latest version (None if none yet) or ``version`` (``ValueError`` naming the
         kept ones if it is not kept): metadata, with its ObjectRef in ``.ref``. No weights move."""
+        version = whole(version, "version")
         try:
             found = ray.get(self._controller.weights.remote(version))
         except ray.exceptions.RayTaskError as e:
@@ -267,7 +303,7 @@ class RunClient:
     def wait_weight_version(self, after: int | None = None, timeout: float = 30.0) -> WeightVersion | None:
         """Wait until a version newer than ``after`` (any, for None) is published; the latest
         then, or None after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds(timeout, "timeout")
         while True:
             left = deadline - time.monotonic()
             t0 = time.monotonic()

@@ -14,6 +14,7 @@ import ray
 from fastapi import FastAPI
 
 from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
+from ray_interactive.core.plain import clip
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.runtime.lifecycle import actor_restarting
 from ray_interactive.serve.ingest_http import (
@@ -74,7 +75,7 @@ class RayBuffer:
 
     def ingest(self, table: pa.Table, source: str, batch_id: str) -> dict[str, Any]:
         if not self.is_known(source):
-            raise IngestError(404, f"unknown source {source!r}; sources: {', '.join(sorted(self._known))}")
+            raise IngestError(404, f"unknown source {clip(source, 80)!r}; sources: {', '.join(sorted(self._known))}")
         ref = ray.put(table)  # once, however many retries
         try:
             return self._get(lambda: self.handle.ingest.remote(ref, source, batch_id=batch_id))

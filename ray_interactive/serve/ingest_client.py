@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ray_interactive.core.plain import shown
 from ray_interactive.core.retry import call_with_retry
 
 #: The media type of an Arrow IPC stream (what the endpoint expects).
@@ -55,6 +56,21 @@ class IngestUnavailable(ConnectionError):
         self.status = status
 
 
+def check_ingest_args(table: Any, source: Any, batch_id: Any = None, call: str = "ingest") -> None:
+    """Refuse, before anything is sent, arguments an ingest cannot take (``TypeError``
+    saying what was given and what is taken): a dict or a DataFrame of rows, an object
+    that could not even be serialised, a source or batch_id that is not text."""
+    if not isinstance(table, (pa.Table, pa.RecordBatch)):
+        raise TypeError(
+            f"{call} takes the rows as a pyarrow Table or RecordBatch, not a {type(table).__name__}; make one with "
+            "pa.table({column: values}), pa.Table.from_pylist(rows) or pa.Table.from_pandas(df)"
+        )
+    if not isinstance(source, str):
+        raise TypeError(f"{call}: source must be a source's name (text), not {shown(source)}")
+    if batch_id is not None and not isinstance(batch_id, str):
+        raise TypeError(f"{call}: batch_id must be text (1-128 letters, digits, '.', '_', ':' or '-'), not {shown(batch_id)}")
+
+
 def to_ipc_stream(table: pa.Table | pa.RecordBatch) -> bytes:
     """``table`` as the bytes of an Arrow IPC stream (the endpoint's body format)."""
     sink = pa.BufferOutputStream()
@@ -77,6 +93,7 @@ def post_table(
     ``url`` is the server's base address (``ingest_url`` in the run dir, or where the app
     is mounted). The ack is ``{"source", "rows", "first", "last", "batch_id", "duplicate"}``.
     """
+    check_ingest_args(table, source, batch_id, "post_table")
     batch_id = batch_id or uuid.uuid4().hex
     query = urllib.parse.urlencode({"batch_id": batch_id})
     endpoint = f"{url.rstrip('/')}/v1/sources/{urllib.parse.quote(source, safe='')}/ingest?{query}"

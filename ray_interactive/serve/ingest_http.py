@@ -16,7 +16,10 @@ Every other route needs ``Authorization: Bearer <token>``. Refusals are JSON
 ``{"error": "..."}``: 401 without or with a wrong token, 400 for a body that is empty, not
 an Arrow IPC stream, holds no rows, or does not fit the source's schema (the buffer's
 message, which names the column), 404 for an unknown source, 413 over the size limit,
-503 when the buffer stays unavailable through the retries.
+503 when the buffer stays unavailable through the retries. A request that is not even
+HTTP (a Content-Length that is not a number, say) gets a JSON 400 too, from
+:func:`serve_in_thread`'s server, and so does a body that stops short of its
+Content-Length (after ``body_idle_s`` without a byte).
 
 The routes are plain: they put rows into an :class:`IngestTarget`. On Ray they are served
 by one small actor running uvicorn in a thread (``ray_interactive.runtime.ingest_server``;
@@ -27,11 +30,14 @@ too). Clients use :func:`~ray_interactive.serve.ingest_client.post_table`.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -43,7 +49,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
+from ray_interactive.core.plain import clip
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.serve.ingest_client import (
     ARROW_STREAM,
@@ -75,6 +83,7 @@ _BODY_TYPES = {"", ARROW_STREAM, "application/octet-stream"}
 END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 ROUTES = "POST /v1/sources/{source}/ingest, GET /v1/sources, GET /healthz"
 TOKEN_FILE, URL_FILE = "ingest_token", "ingest_url"
+CLOSE = {"Connection": "close"}
 
 
 class IngestError(Exception):
@@ -93,30 +102,41 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 class IngestTarget(Protocol):
     """Where the routes put rows: a run's data buffer (``ray_interactive.runtime.ingest_server``
-    wraps the buffer actor). It raises :class:`IngestError` for what a client must hear."""
+    wraps the buffer actor). It raises :class:`IngestError` for what a client must hear; a
+    ``ValueError`` from ``ingest`` (a :class:`~ray_interactive.data.buffer.DataBuffer`'s
+    refusal) is a 400 with its message."""
 
     def sources(self) -> dict[str, Any]: ...
 
     def ingest(self, table: pa.Table, source: str, batch_id: str) -> dict[str, Any]: ...
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413 once it is over ``limit`` bytes.
+async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
+    """The body, or 413 once it is over ``limit`` bytes, or 400 once no byte came for
+    ``idle_s`` seconds (a Content-Length larger than the body sent: HTTP cannot tell
+    that from a slow network, so a stall is where the request ends).
 
     A body a little over the limit (up to twice) is read to its end and dropped, so the
     client can read the 413 instead of a reset connection; a larger one is cut off.
     """
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise IngestError(400, f"bad Content-Length {declared!r}") from None
-        if size > 2 * limit:
-            raise IngestError(413, f"the body ({size} bytes) is over the limit of {limit} bytes")
+    if declared is not None:  # uvicorn's parser checks it; a server the app is mounted in may not
+        if not (declared.isascii() and declared.isdigit()):
+            raise IngestError(400, f"the Content-Length header {clip(declared, 40)!r} is not a number of bytes")
+        if int(declared) > 2 * limit:
+            raise IngestError(413, f"the body ({declared} bytes) is over the limit of {limit} bytes")
     buf = bytearray()
     received = 0
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:  # the rest of the body will not come: answer, and close the connection
+            raise IngestError(400, _short_body(received, declared, f"no byte came for {idle_s:g} s"), CLOSE) from None
+        except ClientDisconnect:  # nobody is left to read the answer; no traceback in the log either
+            raise IngestError(400, _short_body(received, declared, "the client closed the connection"), CLOSE) from None
         received += len(chunk)
         if received <= limit:
             buf += chunk
@@ -126,6 +146,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise IngestError(413, f"the body ({'over ' if received > 2 * limit else ''}{received} bytes) is over the limit "
                            f"of {limit} bytes; send smaller batches")
     return bytes(buf)
+
+
+def _short_body(received: int, declared: str | None, why: str) -> str:
+    if declared is None:
+        return f"the body ended early: {why} after {received} bytes; nothing was stored"
+    return (f"the request's Content-Length ({declared}) does not match its body: {why} after {received} bytes; "
+            "nothing was stored; send a Content-Length equal to the body's size in bytes")
 
 
 def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
@@ -146,8 +173,9 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
             batches.append(batch)
         table = pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowException, ValueError, OSError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise IngestError(400, f"the body is not a valid Arrow IPC stream: {first}") from None
+        first = clip((str(e).splitlines() or [type(e).__name__])[0], 160)
+        raise IngestError(400, f"the body is not a valid Arrow IPC stream ({first}); send the whole stream "
+                          "pyarrow.ipc.new_stream writes, with a Content-Length equal to its size") from None
     if not body.endswith(END_OF_STREAM):
         # A stream cut off at a message boundary reads like a complete one: refuse it whole,
         # or the batches before the cut would be stored and the upload look done.
@@ -168,13 +196,15 @@ def make_ingest_app(
     token: str,
     max_body_bytes: int = 64 * MiB,
     max_decoded_bytes: int | None = None,
+    body_idle_s: float = 30.0,
 ) -> FastAPI:
     """The ingest routes for one run's buffer, behind a bearer token.
 
     Serve it with :func:`serve_in_thread` (``ray_interactive.runtime.ingest_server`` does,
     in an actor), or mount it in an app you run:
     ``app.mount("/ingest", ingest_app(buffer_actor, token))``.
-    ``max_decoded_bytes`` (default 4x ``max_body_bytes``) bounds compressed streams.
+    ``max_decoded_bytes`` (default 4x ``max_body_bytes``) bounds compressed streams;
+    ``body_idle_s`` is how long a body may stall before the request is refused.
     """
     if not isinstance(token, str) or len(token) < 16:
         raise ValueError("the ingest token must be a string of at least 16 characters (secrets.token_urlsafe(32))")
@@ -235,13 +265,66 @@ def make_ingest_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in _BODY_TYPES:
             raise IngestError(415, f"Content-Type {ctype!r}: send the rows as {ARROW_STREAM}")
-        body = await _read_body(request, max_body_bytes)
+        body = await _read_body(request, max_body_bytes, body_idle_s)
         table = await run_in_threadpool(_decode, body, max_decoded)
         # no batch_id from the client: one per request, so our own retries store the rows once
-        ack = await run_in_threadpool(buffer.ingest, table, source, batch_id or uuid.uuid4().hex)
+        try:
+            ack = await run_in_threadpool(buffer.ingest, table, source, batch_id or uuid.uuid4().hex)
+        except ValueError as e:  # a target's refusal of the rows (a plain DataBuffer says why this way)
+            raise IngestError(400, clip(str(e), 1000)) from None
         return _json(ack)
 
     return app
+
+
+#: What a request must look like, for refusals of requests that are not even HTTP.
+EXPECTED_REQUEST = (
+    "send POST /v1/sources/{source}/ingest with 'Authorization: Bearer <token>', a Content-Length equal to the "
+    f"body's size in bytes (or Transfer-Encoding: chunked) and the rows as {ARROW_STREAM}"
+)
+#: What h11 says of a request it cannot parse -> what that means to the sender.
+_MALFORMED = (
+    ("conflicting Content-Length", "it has Content-Length headers that disagree"),
+    ("Content-Length", "its Content-Length header is not a number of bytes (digits only, at most 20)"),
+    ("Transfer-Encoding", "its Transfer-Encoding is not 'chunked', the only one taken"),
+    ("chunk", "its chunked body is malformed"),
+    ("Host", "it needs exactly one Host header"),
+    ("request line", "its first line is not 'METHOD /path HTTP/1.1'"),
+    ("too long", "its request line or headers are too long"),
+    ("header", "a header line is malformed"),
+)
+
+
+def malformed_request_message(error: BaseException | None) -> str:
+    """The ``{"error"}`` text for a request the HTTP parser refused (``error``: its
+    exception, if known): what is wrong with it, and what the endpoint expects."""
+    detail = str(error or "")
+    what = next((meaning for key, meaning in _MALFORMED if key.lower() in detail.lower()), "it is not valid HTTP/1.1")
+    return f"malformed HTTP request: {what}; nothing was stored; {EXPECTED_REQUEST}"
+
+
+@functools.cache
+def json_errors_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, answering a request it cannot parse (a Content-Length that is
+    not a number, a garbled request line) with the endpoint's JSON ``{"error": ...}``, 400,
+    instead of a plain-text "Invalid HTTP request received.": such a request never reaches
+    the app. uvicorn takes a protocol class for exactly this (``Config(http=...)``); h11 is
+    what it picks without httptools, so nothing else changes."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JSONErrorsH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            # Called from the parser's ``except h11.RemoteProtocolError``: the error is at hand.
+            body = json.dumps({"error": malformed_request_message(sys.exc_info()[1])}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JSONErrorsH11Protocol
 
 
 class ServerThread:
@@ -274,7 +357,8 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, startup_ti
         sock.close()
         raise
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+                            http=json_errors_protocol())
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ingest-http", daemon=True)
     thread.start()

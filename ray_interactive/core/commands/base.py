@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ray_interactive.core.plain import clip, field_path, one_of, shown
+from ray_interactive.core.plain import describe_validation_error as describe_pydantic_error
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -88,11 +92,6 @@ def check_name(value: str, what: str) -> str:
             "starting with a letter or digit"
         )
     return value
-
-
-def clip(text: str, limit: int = 80) -> str:
-    """``text`` cut to ``limit`` characters, saying so."""
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
 @dataclass
@@ -172,15 +171,9 @@ class CommandBase(BaseModel):
 
     @field_validator("source", mode="before")
     @classmethod
-    def _source_from_str(cls, v: Any) -> Any:
+    def _source_from_str(cls, v: Any) -> CommandSource:
         # Strict mode refuses plain strings for enums; payloads from JSON carry strings.
-        if isinstance(v, str):
-            try:
-                return CommandSource(v)
-            except ValueError:
-                allowed = ", ".join(s.value for s in CommandSource)
-                raise ValueError(f"source must be one of {allowed}, not {v!r}") from None
-        return v
+        return one_of(CommandSource, v, "source")
 
     @field_validator("issued_at")
     @classmethod
@@ -323,26 +316,9 @@ def _bounds_text(prop: dict[str, Any]) -> str:
 
 # -- refusing hostile payloads before parsing --------------------------------------------
 def describe_validation_error(err: ValidationError, limit: int = 5) -> str:
-    """Turn a pydantic error into one readable sentence per problem (the first ``limit``;
-    user-given keys and values are clipped, so a message never echoes a large input)."""
-    parts = []
-    errors = err.errors(include_url=False, include_input=False)
-    for e in errors[:limit]:
-        loc = ".".join(clip(str(x), 40) for x in e["loc"] if not _is_union_tag(x))
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field {loc!r}")
-            continue
-        if e["type"] == "missing":
-            parts.append(f"missing field {loc!r}")
-            continue
-        if e["type"] == "string_pattern_mismatch":
-            parts.append(f"{loc}: {_PATTERN_HINTS.get(e['loc'][-1], 'contains characters that are not allowed')}")
-            continue
-        msg = clip(e["msg"].removeprefix("Value error, "), 300)
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    if len(errors) > limit:
-        parts.append(f"and {len(errors) - limit} more problem(s)")
-    return "; ".join(parts)
+    """A pydantic error about a command as one plain sentence per problem (the first
+    ``limit``); see :func:`ray_interactive.core.plain.describe_validation_error`."""
+    return describe_pydantic_error(err, limit, hints=_PATTERN_HINTS, drop=_is_union_tag)
 
 
 _PATTERN_HINTS = {
@@ -359,28 +335,45 @@ def _is_union_tag(x: Any) -> bool:
 
 def check_payload_shape(payload: Any) -> None:
     """Refuse, before any parsing, a payload nested deeper than ``MAX_DEPTH``, holding more
-    than ``MAX_VALUES`` values or a string over ``MAX_STRING`` characters, or a string (or
-    key) that is not valid Unicode. Iterative: a hostile nesting cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(payload, 0)]
+    than ``MAX_VALUES`` values, a string over ``MAX_STRING`` characters, a string (or key)
+    that is not valid Unicode, a value that is not JSON data (a function, a lock: Ray could
+    not even send it) or a number too large for a float. Iterative: a hostile nesting
+    cannot exhaust the stack."""
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(payload, 0, ())]
     count = 0
     while stack:
-        value, depth = stack.pop()
+        value, depth, path = stack.pop()
         count += 1
         if count > MAX_VALUES:
             raise ValueError(f"the command holds more than {MAX_VALUES} values")
         if isinstance(value, str):
             _check_text(value, "a string")
+        elif isinstance(value, (bool, float)) or value is None:
+            continue
+        elif isinstance(value, int):
+            if abs(value) > sys.float_info.max:  # float(value) would raise OverflowError in a check
+                raise ValueError(f"{_where(path)} is too large: {shown(value)} (numbers go up to about 1e308)")
         elif isinstance(value, dict):
             if depth >= MAX_DEPTH:
                 raise ValueError(f"the command is nested more than {MAX_DEPTH} levels deep")
             for k, v in value.items():
                 if isinstance(k, str):
                     _check_text(k, "a key")
-                stack.append((v, depth + 1))
+                stack.append((v, depth + 1, (*path, k)))
         elif isinstance(value, (list, tuple)):
             if depth >= MAX_DEPTH:
                 raise ValueError(f"the command is nested more than {MAX_DEPTH} levels deep")
-            stack.extend((v, depth + 1) for v in value)
+            stack.extend((v, depth + 1, (*path, i)) for i, v in enumerate(value))
+        elif not path:
+            raise ValueError(f"a command must be a JSON object with a 'kind', not {shown(value)}")
+        else:
+            raise ValueError(
+                f"{_where(path)} is {shown(value)}: a command holds only text, numbers, true/false, null, lists and objects"
+            )
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    return field_path(path) or "the command"
 
 
 def _check_text(text: str, what: str) -> None:
@@ -411,7 +404,7 @@ def _small_copy(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if abs(value) < 2**63 else clip(str(value), 40)
+        return value if abs(value) < 2**63 else shown(value)  # str() of a huge int raises
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, (str, bytes)):

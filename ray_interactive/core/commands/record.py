@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray_interactive.core.commands import kinds as _kinds  # noqa: F401 - registers every kind
 from ray_interactive.core.commands.base import (
     KINDS,
+    MAX_DEPTH,
     MAX_TEXT_BYTES,
     CommandBase,
     CommandSource,
@@ -112,8 +113,12 @@ def parse_command(payload: Any) -> Command:
                 raise ValueError(f"the command is {len(payload)} bytes of text; the limit is {MAX_TEXT_BYTES}")
             try:
                 payload = json.loads(payload)
-            except (ValueError, RecursionError) as e:
+            except json.JSONDecodeError as e:  # "Expecting ',' delimiter: line 1 column 17 (char 16)"
                 raise ValueError(f"the command is not valid JSON ({clip(str(e), 120)})") from None
+            except RecursionError:
+                raise ValueError(f"the command is nested more than {MAX_DEPTH} levels deep") from None
+            except ValueError:  # Python's own words say to call sys.set_int_max_str_digits()
+                raise ValueError("the command is not valid JSON: a number in it has more than 4300 digits") from None
         check_payload_shape(payload)
         if not isinstance(payload, dict):
             raise ValueError(

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from ray_interactive.core.commands.base import CommandBase, RunView
 from ray_interactive.core.modules import settable_attributes
+from ray_interactive.core.plain import shown
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +87,7 @@ def validate_module_op(modules: dict[str, dict[str, Any]], cmd: UpdateModule) ->
             )
         v = cmd.value
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{cmd.attribute} must be a finite number, not {v!r}")
+            raise ValueError(f"{cmd.attribute} must be a finite number, got {shown(v)}")
         lo, hi = bounds
         if not lo <= v <= hi:
             raise ValueError(f"{cmd.attribute} must be in [{lo:g}, {hi:g}], not {v:g}")
