@@ -71,6 +71,10 @@ def test_a_killed_loop_of_ones_own_resumes_with_the_uninterrupted_losses(
     call = "ri.hf.steer(trainer, run=" if kind == "hf" else "ri.steer("
     assert call in out.stderr and "resume=True" in out.stderr, out.stderr
 
+    again = script(kind, name, dead_dir, address)  # the script as it was: refused, saying how to resume
+    _, err = again.communicate(timeout=240)
+    assert again.returncode != 0 and "already holds a run" in err.decode() and "resume=True" in err.decode()
+
     finish(script(kind, name, dead_dir, address, "--resume"))
     resumed = FinishedRun(dead_dir)
     assert resumed.status()["status"] == "stopped" and resumed.status()["step"] == 60

@@ -126,8 +126,9 @@ class ControllerActor:
 
     def _watch_recovery(self, ref: Any) -> None:
         """While a restarted trainer recovers: if it has not reported within
-        ``SILENT_RESTART_S`` of being given its loop, restart it again (Ray's restart of a
-        busy worker has been seen to leave an instance that never runs its loop)."""
+        ``SILENT_RESTART_S`` of being given its loop and its loop has not even begun, restart
+        it again (Ray's restart of a busy worker has been seen to leave an instance that never
+        runs its loop). A loop that has begun is only slow (a busy machine): it is left to be."""
         started = time.time()
         while self._c.recovery is not None and not self._closing:
             ready, _ = ray.wait([ref], timeout=1.0)
@@ -135,9 +136,19 @@ class ControllerActor:
                 return
             heard = self._c.trainer_status.time > started
             if not heard and time.time() - started > SILENT_RESTART_S:
-                log.warning("the restarted trainer has not reported in %.0f s; restarting it again", SILENT_RESTART_S)
+                if self._loop_begun():
+                    started = time.time()  # slow, not stuck: look again later
+                    continue
+                log.warning("the restarted trainer's loop has not begun in %.0f s; restarting it again",
+                            SILENT_RESTART_S)
                 ray.kill(self._trainer, no_restart=False)  # ray.get(ref) then raises: the loop restarts it
                 return
+
+    def _loop_begun(self) -> bool:
+        try:
+            return bool(ray.get(self._trainer.loop_started.remote(), timeout=10))
+        except Exception:  # noqa: BLE001 - not answering: treat as stuck
+            return False
 
     def _restart_trainer(self, reason: str) -> bool:
         """Wait for Ray to bring the trainer back, then restore it; False if it could not."""

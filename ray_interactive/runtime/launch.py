@@ -13,6 +13,7 @@ import ray
 
 from ray_interactive.core.checkpoints import list_checkpoints
 from ray_interactive.core.config import RunConfig, actor_name
+from ray_interactive.core.resume import how_to_resume
 from ray_interactive.runtime.buffer_actor import BufferActor
 from ray_interactive.runtime.client import RunClient
 from ray_interactive.runtime.connection import init_ray
@@ -170,7 +171,7 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
         check_workers(path, config.workers)
         return str(path)
     if (run_dir / "commands.jsonl").exists():
-        raise ValueError(f"{run_dir} already holds a run; resume it (--resume) or choose another name/dir")
+        raise ValueError(f"{run_dir} already holds a run: {how_to_resume(config)}, or choose another name or run_dir")
     return None
 
 

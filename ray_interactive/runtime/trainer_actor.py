@@ -44,6 +44,7 @@ class TrainerActor:
         self._controller = ray.get_actor(actor_name(cfg.name, "controller"), namespace=cfg.namespace)
         self._buffer = ray.get_actor(actor_name(cfg.name, "buffer"), namespace=cfg.namespace)
         self._result: tuple[bool, Any] | None = None  # how the loop ended: (ok, status or error)
+        self._loop_started = False  # run() has begun (a watchdog tells slow from stuck by it)
         self._t: Trainer | None = None
         self._puller: CommandPuller | None = None
         self._incarnation = 0  # which start of the trainer this is (a recovery says)
@@ -106,6 +107,7 @@ class TrainerActor:
     def run(self) -> Any:
         """Train until the run ends; called again (by a restarted controller) it waits for
         the loop already running and returns how that ended."""
+        self._loop_started = True
         if self._result is None:
             try:
                 if self._start is not None:
@@ -154,6 +156,11 @@ class TrainerActor:
     @ray.method(concurrency_group="control")
     def ready(self) -> bool:
         return True
+
+    @ray.method(concurrency_group="control")
+    def loop_started(self) -> bool:
+        """Whether its loop has begun (a process whose loop never starts is restarted again)."""
+        return self._loop_started
 
     @ray.method(concurrency_group="control")
     def pid(self) -> int:
