@@ -75,13 +75,20 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return plain, tensors
 
 
+def rng_states(plain: dict[str, Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The Python and NumPy generator states a checkpoint holds as JSON, in the shapes
+    ``random.setstate`` and ``np.random.set_state`` take."""
+    version, state, gauss = plain["python"]
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    return (version, tuple(state), gauss), (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
 def restore_rng(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     import torch
 
-    version, state, gauss = plain["python"]
-    random.setstate((version, tuple(state), gauss))
-    name, keys, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    python_state, numpy_state = rng_states(plain)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(tensors["torch_cpu"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]

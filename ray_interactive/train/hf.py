@@ -55,12 +55,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainerState
 
 from ray_interactive.core import schedules
-from ray_interactive.core.checkpoints import CheckpointInfo
+from ray_interactive.core.checkpoints import CheckpointInfo, rng_states
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.health import nonfinite_tensors
 from ray_interactive.core.link import OpenRun, RunLink
@@ -465,13 +464,8 @@ def _hf_rng(checkpoint: Path) -> dict[str, Any]:
 
     plain = json.loads((checkpoint / "state.json").read_text())["rng"]
     tensors = load_file(str(checkpoint / "rng.safetensors"))
-    version, state, gauss = plain["python"]
-    name, keys, pos, has_gauss, cached = plain["numpy"]
-    out: dict[str, Any] = {
-        "python": (version, tuple(state), gauss),
-        "numpy": (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
-        "cpu": tensors["torch_cpu"],
-    }
+    python_state, numpy_state = rng_states(plain)
+    out: dict[str, Any] = {"python": python_state, "numpy": numpy_state, "cpu": tensors["torch_cpu"]}
     if "torch_cuda_0" in tensors:
         out["cuda"] = tensors["torch_cuda_0"]
     return out
