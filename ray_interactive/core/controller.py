@@ -116,7 +116,9 @@ class Controller:
         self.started_at = time.time()
         self._last_flush = time.monotonic()
         self._saved_step = -1  # the step status.json shows
-        self._flush_soon = False  # a checkpoint was written: flush at the next report (its rows)
+        # A checkpoint was written at this step: flush once a report has moved past it (then every
+        # row of that step is in, e.g. HF's loss, which it logs after the step's control point).
+        self._flush_after: int | None = None
         self.recovery: Recovery | None = None  # the trainer is being restarted
         self.incarnation = 0  # the trainer's start whose reports count (each recovery starts a new one)
         self.stop_requested = False  # a stop came for a run that had already ended: release it
@@ -298,8 +300,8 @@ class Controller:
         self._trainer_events(report.events)
         self.metrics.record(report.branch, report.rows)
         self._update_status(report.status)
-        if self._flush_soon:  # a checkpoint is a resume point: the metrics up to it go to disk with it
-            self._flush_soon = False
+        if self._flush_after is not None and report.status.step != self._flush_after:
+            self._flush_after = None  # a checkpoint is a resume point: the metrics up to it go to disk with it
             self.flush()
         else:
             self.maybe_flush()
@@ -320,7 +322,7 @@ class Controller:
         for event in events:
             if isinstance(event, CheckpointSaved):
                 self.checkpoint_saved(event.info)
-                self._flush_soon = True
+                self._flush_after = event.info.step
             elif isinstance(event, CheckpointsRemoved):
                 self.checkpoints_removed(event.ids)
             elif isinstance(event, BranchCreated):
