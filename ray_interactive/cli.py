@@ -330,29 +330,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- attach to a run ---------------------------------------------------------------------
-def _connect(args: argparse.Namespace, finished_ok: bool = False) -> Any:
+def _connect(args: argparse.Namespace, finished_ok: bool = False, api_ok: bool = False) -> Any:
     """The running run named ``args.run``; with ``finished_ok``, else its run directory
-    (``runs/<name>`` or a path) opened read-only, as a finished run."""
+    (``<runs root>/<name>`` or a path) opened read-only, as a finished run.
+
+    With ``api_ok`` (a command the control API answers: status, send, cancel, log,
+    checkpoints), a run whose directory is on this machine is asked over HTTP: a fraction
+    of a second, no Ray. Otherwise, or for a run elsewhere (a cluster's head), through Ray."""
+    from ray_interactive.core.paths import find_run_dir
+
+    run_dir = find_run_dir(args.run)
+    if run_dir is not None and api_ok and args.address is None:
+        client = _local_client(run_dir, finished_ok)
+        if client is not None:
+            return client
     from ray_interactive.core.plain import clip
     from ray_interactive.runtime.client import RunNotFound, connect
-    from ray_interactive.runtime.offline import FinishedRun, find_run_dir
 
     try:
-        return connect(args.run, address=args.address, namespace=args.namespace)
+        return connect(args.run, address=args.address, namespace=args.namespace, quiet=True)
     except (RunNotFound, ConnectionError) as e:
-        run_dir = find_run_dir(args.run)
         if run_dir is None:
             name = clip(args.run, 80)
-            raise CLIError(f"{e} (and no run directory {name!r} or runs/{name} to read)") from None
-        if not finished_ok:
-            raise CLIError(f"{e}; {run_dir} holds it, finished: resume it with "
-                           f"`{prog()} run --resume {run_dir}`") from None
-        print(f"(run {args.run!r} is not running: reading its run directory {run_dir})", file=sys.stderr)
-        return FinishedRun(run_dir)
+            raise CLIError(f"{e} (and no run directory {name!r} or {_runs_root() / name} to read)") from None
+        return _finished(run_dir, finished_ok, str(e))
+
+
+def _local_client(run_dir: Path, finished_ok: bool) -> Any:
+    """The run in ``run_dir`` over its control API, or the directory as a finished run if
+    the run has ended; None when only Ray can tell (a controller being restarted, a run
+    without the API)."""
+    from ray_interactive.serve.control_client import ApiClient, ApiUnavailable
+
+    api = ApiClient.from_run_dir(run_dir)
+    if api is not None:
+        try:
+            api.status()
+            return api
+        except ApiUnavailable:
+            pass
+    try:
+        saved = json.loads((run_dir / "status.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved in ("stopped", "failed"):
+        return _finished(run_dir, finished_ok, f"run {run_dir.name!r} has {saved}")
+    return None
+
+
+def _finished(run_dir: Path, finished_ok: bool, why: str) -> Any:
+    from ray_interactive.runtime.offline import FinishedRun
+
+    if not finished_ok:
+        raise CLIError(f"{why}; {run_dir} holds it, finished: resume it with `{prog()} run --resume {run_dir}`")
+    return FinishedRun(run_dir)
+
+
+def _runs_root() -> Path:
+    from ray_interactive.core.paths import runs_root
+
+    return runs_root()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _connect(args, finished_ok=True)
+    client = _connect(args, finished_ok=True, api_ok=True)
     status = client.status()
     if args.json:
         print(json.dumps(status, indent=1))
@@ -366,6 +407,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if s["value"]:
             print(f"  {key} = {s['value'][-1]:.6g} (step {s['step'][-1]})")
     print(f"  commands: {status['commands']}")
+    if getattr(client, "read_only", False):
+        print(f"  finished: read from {client.run_dir}")
     return 0
 
 
@@ -377,7 +420,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     payload = command_payload(args.kind, parse_assignments(args.fields, text_fields(args.kind)))
     if args.comment:
         payload["comment"] = args.comment
-    client = _connect(args)
+    client = _connect(args, api_ok=True)
     rec = client.submit(payload, source="cli")
     print(f"{rec.kind}: {rec.status.value}" + (f" (#{rec.seq})" if rec.seq else "") + (f": {rec.message}" if rec.message else ""))
     if rec.status.value == "rejected":
@@ -412,7 +455,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     target = args.target.removeprefix("#")
     by_seq = target.isascii() and target.isdigit()  # "²".isdigit(), but int("²") raises
     payload: dict[str, Any] = {"kind": "cancel", **({"seq": int(target)} if by_seq else {"command_id": target})}
-    client = _connect(args)
+    client = _connect(args, api_ok=True)
     rec = client.submit(payload, source="cli")
     print(f"cancel: {rec.status.value}" + (f": {rec.message}" if rec.message else ""))
     if rec.status.value == "rejected":
@@ -423,7 +466,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    client = _connect(args, finished_ok=True)
+    client = _connect(args, finished_ok=True, api_ok=True)
     for row in client.commands(limit=args.n):
         if args.json:
             print(json.dumps(row))
@@ -437,7 +480,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    client = _connect(args, finished_ok=True)
+    client = _connect(args, finished_ok=True, api_ok=True)
     for c in client.checkpoints():
         print(f"{c['id']:30} step {c['step']:>8}  branch {c['branch']:16} {c['reason']:9} {c.get('tag') or ''}")
     return 0
@@ -577,6 +620,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     import shlex
     import urllib.parse
 
+    from ray_interactive.core.paths import JOB_RUNS_ROOT, RUNS_ENV
     from ray_interactive.runtime.jobs import JobServer
 
     rest = [a for a in args.command if a != "--"] if args.command else []
@@ -592,14 +636,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not (working_dir / "ray_interactive").is_dir() and not args.no_working_dir:
         raise CLIError(f"{working_dir} is not the project directory (no ray_interactive/ in it); give --working-dir")
     entrypoint = shlex.join([python, "-m", "ray_interactive.cli", *rest])
+    # Runs live outside the job's upload folder, which Ray deletes: this shell's runs root
+    # when the head is this machine, else what --runs-dir says (default: ~/ray-interactive-runs there).
+    local = host in ("127.0.0.1", "localhost", "::1")
+    runs_dir = args.runs_dir
+    if runs_dir and not (runs_dir.startswith(("/", "~"))):
+        if not local:
+            raise CLIError(f"--runs-dir {runs_dir!r}: give an absolute path on the head (a job starts in Ray's upload folder)")
+        runs_dir = str(Path(runs_dir).resolve())
+    runs_dir = runs_dir or (str(_runs_root().resolve()) if local else None)
     try:
         server = JobServer(address)
     except ConnectionError as e:
         raise CLIError(f"{e} (a cluster's dashboard port, e.g. through `ray dashboard ray_cluster.yaml`)") from None
-    job = server.submit(entrypoint, None if args.no_working_dir else str(working_dir), args.job_id)
+    job = server.submit(entrypoint, None if args.no_working_dir else str(working_dir), args.job_id,
+                        env_vars={RUNS_ENV: runs_dir} if runs_dir else None)
     print(f"submitted job {job} to {address}: {entrypoint}")
-    print(f"  logs:   ray job logs {job} --address {address} --follow")
-    print(f"  stop:   ray job stop {job} --address {address}   (or `ray-interactive send RUN stop`)")
+    print(f"  runs in: {runs_dir or JOB_RUNS_ROOT + ' on the head'} (a run's own --run-dir wins)")
+    # Ray's job CLI reads RAY_AUTH_MODE itself: without it a token-auth cluster refuses it.
+    auth = "RAY_AUTH_MODE=token " if (Path.home() / ".ray" / "auth_token").exists() else ""
+    print(f"  logs:   {auth}ray job logs {job} --address {address} --follow")
+    print(f"  stop:   {auth}ray job stop {job} --address {address}   (or `ray-interactive send RUN stop`)")
     if not args.wait:
         return 0
     ok, status, logs = server.wait(job)
@@ -615,13 +672,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     running: list[str] = []
     try:
-        init_ray(args.address, namespace=args.namespace, default="auto")
+        init_ray(args.address, namespace=args.namespace, default="auto", quiet=True)
         running = list_runs(args.namespace)
     except ConnectionError as e:
         print(f"({e})", file=sys.stderr)
     for name in running:
         print(name)
-    root = Path("runs")
+    root = _runs_root()
     finished = sorted(d.name for d in root.iterdir() if (d / "config.json").is_file() and d.name not in running) if root.is_dir() else []
     if finished:
         print(f"finished, in {root}/ (status, log, checkpoints and ui read them): {', '.join(finished)}")
@@ -634,6 +691,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-interactive", description="Steer training runs on Ray while they run.")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, type=_nonempty)
+    p.add_argument("--runs-dir", dest="runs_dir", type=_nonempty, default=None,
+                   help="where runs live (default: RAY_INTERACTIVE_RUNS, else ./runs); with submit: on the head")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -747,7 +806,7 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_ingest_url)
 
-    sp = sub.add_parser("runs", help="list running runs, and the finished ones in ./runs")
+    sp = sub.add_parser("runs", help="list running runs, and the finished ones in the runs root (./runs)")
     sp.set_defaults(func=cmd_runs)
 
     sp = sub.add_parser(
@@ -778,6 +837,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_text_args(args, parser)
+        if args.runs_dir and args.cmd != "submit":
+            from ray_interactive.core.paths import RUNS_ENV
+
+            os.environ[RUNS_ENV] = args.runs_dir
         return args.func(args)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,60 @@ def test_attach_from_another_process_and_steer(ray_cluster: dict[str, Any], tmp_
     out = subprocess.run([*CLI, "status", "cli-run"], capture_output=True, text=True, timeout=120, env=bare, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "cli-run: running | step" in out.stdout
+    assert out.stderr == ""  # Ray's INFO lines (2 a call, with ANSI codes) are not the answer
+
+    # The control API: with no way to Ray at all, the run directory's API answers, by path
+    # or by name under the runs root, and prints nothing but the answer.
+    run_dir = Path(handle.config.resolved_run_dir)
+    assert (run_dir / "api_url").read_text().startswith("http://127.0.0.1:")
+    assert (run_dir / "api_token").stat().st_mode & 0o777 == 0o600
+    nowhere = {"RAY_ADDRESS": "127.0.0.1:9"}
+    out = cli("status", str(run_dir), **nowhere)
+    assert out.returncode == 0 and "cli-run: running | step" in out.stdout and out.stderr == "", out.stderr
+    out = cli("--runs-dir", str(run_dir.parent), "send", "run", "update_optimizer", "lr=3e-4", "--wait", **nowhere)
+    assert out.returncode == 0 and "applied at step" in out.stdout and out.stderr == "", out.stderr
+    out = cli("log", "run", "-n", "1", RAY_INTERACTIVE_RUNS=str(run_dir.parent), **nowhere)
+    assert re.search(r" cli .*update_optimizer +applied", out.stdout), out.stdout
+    out = cli("send", str(run_dir), "update_optimizer", "lr=-1", **nowhere)
+    assert out.returncode == 1 and "rejected: lr must be in (0, 10], not -1" in out.stdout
+    out = cli("checkpoints", str(run_dir), **nowhere)
+    assert out.returncode == 0 and out.stderr == ""
+    assert client.snapshot()["groups"][0]["hparams"]["lr"] == pytest.approx(3e-4)
+    check_api_refusals(run_dir)
+
+
+def check_api_refusals(run_dir: Path) -> None:
+    """The control API refuses what is not a request of its own with a JSON error."""
+    url, token = (run_dir / "api_url").read_text().strip(), (run_dir / "api_token").read_text().strip()
+
+    def call(path: str, body: bytes | None = None, auth: str | None = f"Bearer {token}") -> tuple[int, Any]:
+        req = urllib.request.Request(url + path, data=body, headers={"Authorization": auth} if auth else {},
+                                     method="POST" if body is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert call("/v1/status", auth=None)[0] == 401
+    assert call("/v1/status", auth="Bearer " + "x" * 43) == (401, {"error": "invalid token"})
+    code, doc = call("/v1/status")
+    assert code == 200 and doc["run"] == "cli-run"
+    code, doc = call("/v1/commands", body=b"{not json")
+    assert code == 400 and "must be a command as JSON" in doc["error"]
+    code, doc = call("/v1/commands?source=cli", body=json.dumps({"kind": "warp_speed"}).encode())
+    assert code == 200 and doc["status"] == "rejected" and "warp_speed" in doc["message"]
+    code, doc = call("/v1/commands?source=nobody", body=json.dumps({"kind": "pause"}).encode())
+    assert code == 200 and doc["status"] == "rejected" and "source" in doc["message"]
+    assert call("/v1/commands/no-such-id")[0] == 404
+    code, doc = call("/v1/metrics?since=-3")
+    assert code == 400 and "since must be a whole number" in doc["error"]
+    code, doc = call("/v1/commands/x?wait=99")
+    assert code == 400 and "wait must be" in doc["error"]
+    code, doc = call("/v1/nothing")
+    assert code == 404 and "GET /v1/status" in doc["error"]
+    code, doc = call("/v1/metrics?keys=loss&since=0")
+    assert code == 200 and doc["loss"]["value"], doc
 
 
 def test_clear_errors_for_missing_run_bad_args_and_unreachable_cluster(ray_cluster: dict[str, Any]) -> None:
@@ -175,13 +231,17 @@ def test_a_finished_run_is_read_from_its_directory_and_a_duration_stop_is_the_sy
                 "--set", "trainer_num_cpus=0", timeout=240)
     assert first.returncode == 0, first.stderr[-2000:]
 
-    def here(*args: str) -> subprocess.CompletedProcess[str]:  # from the directory that holds runs/
-        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=os.environ.copy())
+    def here(*args: str, **env: str) -> subprocess.CompletedProcess[str]:  # from the directory that holds runs/
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**os.environ, **env})
 
     out = here(*addr, "status", "done-run")
     assert out.returncode == 0, out.stderr
     assert re.search(r"done-run: stopped \| step \d+ \| branch main", out.stdout), out.stdout
-    assert "is not running: reading its run directory" in out.stderr
+    assert f"finished: read from {run_dir}" in out.stdout and out.stderr == "", out.stderr
+    assert not (run_dir / "api_url").exists()  # the API went with the run: nothing to try
+    out = here("status", "done-run", RAY_ADDRESS="127.0.0.1:9")  # and no Ray is asked
+    assert out.returncode == 0 and "done-run: stopped" in out.stdout and out.stderr == "", out.stderr
     out = here(*addr, "log", "done-run")
     assert out.returncode == 0 and re.search(r"#\d+ system stop +applied", out.stdout), out.stdout
     rows = [json.loads(x) for x in here(*addr, "log", "done-run", "--json").stdout.splitlines()]

@@ -5,6 +5,7 @@ to, steered and stopped from another process, and the job ends SUCCEEDED."""
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,14 +54,14 @@ def test_a_run_submitted_as_a_job_is_steered_and_ends_succeeded(ray_cluster: dic
 
     name = "job-run"
     submit = subprocess.run(
-        [sys.executable, "-m", "ray_interactive.cli", "submit", "--address", ray_cluster["jobs"],
-         "--working-dir", str(REPO), "--job-id", f"ri-test-{tmp_path.name}", "--",
-         "run", "--example", "regression", "--name", name, "--run-dir", str(tmp_path / "run"), "--quiet",
-         "--task-arg", f"pace_s={PACE_S}"],
+        [sys.executable, "-m", "ray_interactive.cli", "--runs-dir", str(tmp_path / "runs"), "submit",
+         "--address", ray_cluster["jobs"], "--working-dir", str(REPO), "--job-id", f"ri-test-{tmp_path.name}", "--",
+         "run", "--example", "regression", "--name", name, "--quiet", "--task-arg", f"pace_s={PACE_S}"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert submit.returncode == 0, submit.stderr
     assert "submitted job ri-test-" in submit.stdout
+    assert f"runs in: {tmp_path / 'runs'}" in submit.stdout
     jobs = JobSubmissionClient(ray_cluster["jobs"])
     job = f"ri-test-{tmp_path.name}"
 
@@ -83,3 +84,10 @@ def test_a_run_submitted_as_a_job_is_steered_and_ends_succeeded(ray_cluster: dic
     logs = jobs.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     assert f"run {name}: stopped" in logs
+    # The run directory outlived the job's upload folder (Ray deletes that): the CLI reads it
+    # afterwards by name, with no cluster asked.
+    run_dir = tmp_path / "runs" / name
+    assert (run_dir / "config.json").is_file() and (run_dir / "commands.jsonl").is_file()
+    out = subprocess.run([sys.executable, "-m", "ray_interactive.cli", "--runs-dir", str(tmp_path / "runs"), "status", name],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"})
+    assert out.returncode == 0 and f"{name}: stopped" in out.stdout, out.stderr

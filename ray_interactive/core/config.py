@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ray_interactive.core.commands import check_name
+from ray_interactive.core.paths import runs_root
 from ray_interactive.core.schedules import check_args
 
 #: Namespace every run's named actors live in.
@@ -66,6 +67,16 @@ class HttpIngestConfig(BaseModel):
     max_body_mb: float = Field(default=64.0, gt=0.0, le=4096.0, description="largest request body accepted")
 
 
+class ControlApiConfig(BaseModel):
+    """The run's control API over HTTP (:mod:`ray_interactive.serve.control_http`): what the
+    CLI uses to answer in a fraction of a second. URL and token go to the run directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to accept other machines")
+    port: int = Field(default=0, ge=0, le=65535, description="0: a free port (see <run_dir>/api_url)")
+
+
 class HealthConfig(BaseModel):
     """The training health guard: what a run does when a step's loss or gradient norm is
     not finite (the step itself is always skipped: its update never reaches the weights)."""
@@ -91,7 +102,7 @@ class RunConfig(BaseModel):
     task: TaskSpec | None = Field(
         default=None, description="the task our Trainer actor trains; None for a loop steered in-process (ri.steer, ri.hf)"
     )
-    run_dir: Path | None = Field(default=None, description="default: runs/<name>")
+    run_dir: Path | None = Field(default=None, description="default: <runs root>/<name> (core.paths.runs_root)")
     seed: int = 0
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     lr: float = Field(default=1e-3, gt=0.0, le=10.0)
@@ -138,6 +149,9 @@ class RunConfig(BaseModel):
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
+    control_api: ControlApiConfig | None = Field(
+        default_factory=ControlApiConfig, description="serve the control API over HTTP (the CLI's fast path); None: off"
+    )
     health: HealthConfig = Field(default_factory=HealthConfig)
     diagnostics_every: int | None = Field(
         default=None, ge=1, le=1_000_000,
@@ -178,7 +192,7 @@ class RunConfig(BaseModel):
 
     @property
     def resolved_run_dir(self) -> Path:
-        return (self.run_dir or Path("runs") / self.name).resolve()
+        return (self.run_dir or runs_root() / self.name).resolve()
 
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))

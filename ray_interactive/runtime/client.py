@@ -70,15 +70,16 @@ def list_runs(namespace: str = DEFAULT_NAMESPACE) -> list[str]:
     )
 
 
-def connect(run: str, address: str | None = None, namespace: str = DEFAULT_NAMESPACE) -> RunClient:
+def connect(run: str, address: str | None = None, namespace: str = DEFAULT_NAMESPACE, quiet: bool = False) -> RunClient:
     """Attach to the run named ``run`` (connecting to Ray first if needed).
 
-    ``address`` defaults to RAY_ADDRESS, else ``"auto"`` (a cluster started on this machine).
+    ``address`` defaults to RAY_ADDRESS, else ``"auto"`` (a cluster started on this machine);
+    ``quiet``: Ray prints nothing while connecting (a CLI that prints only its answer).
     """
     if not isinstance(run, str) or not isinstance(namespace, str) or not namespace:  # Ray's own errors say "Pass None"
         raise ValueError(f"connect takes a run's name and a namespace (non-empty text), got {shown(run)}, {shown(namespace)}")
     if not ray.is_initialized():
-        init_ray(address, namespace=namespace, default="auto")
+        init_ray(address, namespace=namespace, default="auto", quiet=quiet)
     try:
         controller = ray.get_actor(actor_name(run, "controller"), namespace=namespace)
     except ValueError:

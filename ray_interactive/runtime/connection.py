@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import ray
 
 
-def init_ray(address: str | None = None, namespace: str | None = None, default: str | None = None, **kwargs: Any) -> None:
+def init_ray(address: str | None = None, namespace: str | None = None, default: str | None = None,
+             quiet: bool = False, **kwargs: Any) -> None:
     """Connect to ``address``, else RAY_ADDRESS, else ``default``: None starts an embedded
-    local cluster, ``"auto"`` attaches to the one running on this machine.
+    local cluster, ``"auto"`` attaches to the one running on this machine. ``quiet``: no
+    INFO lines from Ray and no worker output (a client that only asks, like the CLI).
 
     A second process attaching to a local cluster with token auth (Ray's default) needs
     ``RAY_AUTH_MODE=token`` set before ray is imported; importing ray_interactive does it.
@@ -22,7 +25,9 @@ def init_ray(address: str | None = None, namespace: str | None = None, default: 
     if address and address != "auto" and not address.startswith("ray://"):
         _check_reachable(address)
     try:
-        ray.init(address=address, namespace=namespace, log_to_driver=True, **kwargs)
+        if quiet:
+            kwargs = {"logging_level": logging.WARNING, "log_to_driver": False, **kwargs}
+        ray.init(address=address, namespace=namespace, **{"log_to_driver": True, **kwargs})
     except ConnectionError as e:
         if address == "auto":
             raise ConnectionError(

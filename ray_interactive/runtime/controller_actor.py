@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 import time
 import warnings
@@ -29,6 +30,7 @@ from ray_interactive.core.messages import BufferStats, Delivery, Outcomes, Progr
 from ray_interactive.core.recovery import RestartPlan
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion
+from ray_interactive.runtime.ingest_server import write_private
 from ray_interactive.runtime.lifecycle import actor_restarting, death_reason, release_run
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,33 @@ class ControllerActor:
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._c = Controller(RunConfig.model_validate(config), recover="restart" if restarted else recover)
+        self._api = self._serve_api()
         if restarted:
             self._take_up_run()
+
+    def _serve_api(self) -> Any:
+        """Serve the control API (the CLI's fast path) and record where in the run directory;
+        a run that cannot serve it still runs (its clients go through Ray)."""
+        from ray_interactive.serve.control_client import TOKEN_FILE, URL_FILE
+        from ray_interactive.serve.control_http import make_control_app
+        from ray_interactive.serve.ingest_http import serve_in_thread
+
+        cfg = self._c.config
+        if cfg.control_api is None or self._c.read_only:
+            return None
+        run_dir = cfg.resolved_run_dir
+        try:
+            token_file = run_dir / TOKEN_FILE
+            token = token_file.read_text().strip() if token_file.exists() else ""
+            if len(token) < 16:  # a resumed or restarted run keeps its token
+                token = secrets.token_urlsafe(32)
+                write_private(token_file, token)
+            server = serve_in_thread(make_control_app(self, token), cfg.control_api.host, cfg.control_api.port)
+            (run_dir / URL_FILE).write_text(server.url + "\n")
+        except (OSError, RuntimeError) as e:
+            log.warning("run %s: no control API (%s); clients attach through Ray", cfg.name, e)
+            return None
+        return server
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Controller]:
@@ -381,3 +408,9 @@ class ControllerActor:
         self._closing = True
         with self._locked() as c:
             c.close()
+        if self._api is not None:  # the run is over: its clients read the run directory now
+            from ray_interactive.serve.control_client import URL_FILE
+
+            self._api.stop(timeout=2.0)
+            self._api = None
+            (self._c.config.resolved_run_dir / URL_FILE).unlink(missing_ok=True)

@@ -133,7 +133,7 @@ class IngestServerActor:
             self._server.stop()
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # also when the file was already there with other modes
@@ -178,7 +178,7 @@ def start_ingest_server(
     if token is None and token_file.exists():
         token = token_file.read_text().strip() or None
     token = token or secrets.token_urlsafe(32)
-    _write_private(token_file, token)
+    write_private(token_file, token)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("HTTP ingest binds %s: plain HTTP, the token travels in clear; put TLS in front of it", host)
     actor = IngestServerActor.options(

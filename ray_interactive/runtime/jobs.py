@@ -18,9 +18,13 @@ class JobServer:
         except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; say which server
             raise ConnectionError(f"cannot reach a Ray job server at {address}: {str(e).splitlines()[0]}") from None
 
-    def submit(self, entrypoint: str, working_dir: str | None, job_id: str | None = None) -> str:
-        """Start ``entrypoint`` with ``working_dir`` (None: none) uploaded; the job's id."""
-        runtime_env = {"working_dir": working_dir} if working_dir else {}
+    def submit(self, entrypoint: str, working_dir: str | None, job_id: str | None = None,
+               env_vars: dict[str, str] | None = None) -> str:
+        """Start ``entrypoint`` with ``working_dir`` (None: none) uploaded and ``env_vars``
+        set for it; the job's id."""
+        runtime_env: dict[str, object] = {"working_dir": working_dir} if working_dir else {}
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
         return self._client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
 
     def wait(self, job: str, poll_s: float = 1.0) -> tuple[bool, str, str]:

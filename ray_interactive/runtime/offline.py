@@ -17,18 +17,8 @@ from typing import Any
 from ray_interactive.core.commands import CommandRecord, CommandStatus, loggable, parse_command
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.controller import Controller
+from ray_interactive.core.paths import find_run_dir
 from ray_interactive.core.resume import how_to_resume
-
-
-def find_run_dir(run: str, runs_root: Path = Path("runs")) -> Path | None:
-    """``run`` as a run directory (a path holding ``config.json``), or ``runs/<run>``."""
-    for candidate in (Path(run), runs_root / run):
-        try:
-            if (candidate / "config.json").is_file():
-                return candidate.resolve()
-        except (OSError, ValueError):  # a name that is not a valid path
-            continue
-    return None
 
 
 def attach(run: str, address: str | None = None, namespace: str | None = None) -> Any:

@@ -191,6 +191,54 @@ def _decode(body: bytes, max_decoded_bytes: int) -> pa.Table:
     return table
 
 
+def token_guarded_app(title: str, token: str, routes: str, what: str, on_error: str) -> tuple[FastAPI, Any]:
+    """A FastAPI app whose every refusal is JSON ``{"error": ...}`` (404/405 name ``routes``;
+    an unexpected exception is a 500 that says ``on_error``), and the dependency that
+    requires ``Authorization: Bearer <token>``. The ingest and control APIs share it: one
+    rule for who may call a run over HTTP."""
+    if not isinstance(token, str) or len(token) < 16:
+        raise ValueError("an API token must be a string of at least 16 characters (secrets.token_urlsafe(32))")
+    expected = token.encode()
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(IngestError)
+    async def _rejected(request: Request, exc: IngestError) -> Response:
+        return _json({"error": exc.message}, exc.status, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path[:200]}; routes: {routes}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path[:200]}; routes: {routes}"
+        else:
+            message = str(exc.detail)[:500]
+        return _json({"error": message}, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))[:80]}: {str(e.get('msg', ''))[:200]}" for e in exc.errors()[:5]
+        )
+        return _json({"error": f"bad request: {problems}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("%s failed", what)
+        return _json({"error": f"internal error ({type(exc).__name__}); {on_error}"}, 500)
+
+    async def require_token(request: Request) -> None:
+        header = request.headers.get("authorization")
+        if not header:
+            raise IngestError(401, "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        scheme, _, given = header.partition(" ")
+        # compare_digest: the time taken says nothing about how much of the token matched
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise IngestError(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    return app, require_token
+
+
 def make_ingest_app(
     buffer: IngestTarget,
     token: str,
@@ -206,49 +254,11 @@ def make_ingest_app(
     ``max_decoded_bytes`` (default 4x ``max_body_bytes``) bounds compressed streams;
     ``body_idle_s`` is how long a body may stall before the request is refused.
     """
-    if not isinstance(token, str) or len(token) < 16:
-        raise ValueError("the ingest token must be a string of at least 16 characters (secrets.token_urlsafe(32))")
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
     max_decoded = max_decoded_bytes or 4 * max_body_bytes
-    expected = token.encode()
-    app = FastAPI(title="ray_interactive ingest", docs_url=None, redoc_url=None, openapi_url=None)
-
-    # Every answer that is not a success has the documented form {"error": "..."}.
-    @app.exception_handler(IngestError)
-    async def _rejected(request: Request, exc: IngestError) -> Response:
-        return _json({"error": exc.message}, exc.status, exc.headers)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path[:200]}; routes: {ROUTES}"
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path[:200]}; routes: {ROUTES}"
-        else:
-            message = str(exc.detail)[:500]
-        return _json({"error": message}, exc.status_code, getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e.get('loc', ()))[:80]}: {str(e.get('msg', ''))[:200]}" for e in exc.errors()[:5]
-        )
-        return _json({"error": f"bad request: {problems}"}, 400)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("ingest request failed")
-        return _json({"error": f"internal error ({type(exc).__name__}); the rows were not stored, retry later"}, 500)
-
-    async def require_token(request: Request) -> None:
-        header = request.headers.get("authorization")
-        if not header:
-            raise IngestError(401, "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
-        scheme, _, given = header.partition(" ")
-        # compare_digest: the time taken says nothing about how much of the token matched
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise IngestError(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    app, require_token = token_guarded_app("ray_interactive ingest", token, ROUTES, "ingest request",
+                                           "the rows were not stored, retry later")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
