@@ -686,7 +686,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from ray_interactive.core.config import DEFAULT_NAMESPACE
+    from ray_interactive.core.paths import DEFAULT_NAMESPACE
 
     p = argparse.ArgumentParser(prog="ray-interactive", description="Steer training runs on Ray while they run.")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")

@@ -10,11 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ray_interactive.core.commands import check_name
-from ray_interactive.core.paths import runs_root
+from ray_interactive.core.paths import DEFAULT_NAMESPACE, runs_root
 from ray_interactive.core.schedules import check_args
-
-#: Namespace every run's named actors live in.
-DEFAULT_NAMESPACE = "ray_interactive"
 
 
 class TaskSpec(BaseModel):

@@ -1,4 +1,5 @@
-"""Where runs live on disk: the runs root and finding a run's directory by name or path.
+"""Where runs live: the runs root and finding a run's directory by name or path, and the
+Ray namespace of their actors.
 
 Light on purpose (no pydantic, no torch): the CLI finds a run here before it knows whether
 it needs anything heavier.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: Namespace every run's named actors live in.
+DEFAULT_NAMESPACE = "ray_interactive"
 #: Where run directories live unless a run names its own: this variable, else ./runs.
 RUNS_ENV = "RAY_INTERACTIVE_RUNS"
 #: The runs root of a process started inside Ray's upload folder (a Ray job's working_dir,
