@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
+from ray_interactive.core.config import RunConfig
+from ray_interactive.core.controller import Controller
+from ray_interactive.core.messages import Progress, TrainerStatus
 from ray_interactive.runtime.launch import RunHandle, start_run
+from ray_interactive.runtime.offline import FinishedRun
 from ray_interactive.ui.control_ui import check_bind, serve_control_ui
 from ray_interactive.ui.dashboard import Dashboard
 
@@ -178,6 +182,11 @@ def test_a_person_steers_the_run_in_a_real_browser(ui_url: str, run: RunHandle) 
     with ui_page(ui_url, AUTH) as page:
         status = page.locator("#status")
         expect(status).to_contain_text("RUNNING")
+        # the page knows the run: what it offers, and its forms hold the run's settings
+        expect(page.locator("#caps")).to_contain_text("our Trainer · every command applies")
+        settings = client.snapshot()
+        expect(page.locator("#accum input")).to_have_value(str(settings["grad_accumulation"]))
+        expect(page.locator("#sched-kind input")).to_have_value(settings["schedule"]["kind"])
         plot = page.locator("#plot-loss")
         expect(plot.locator("svg.main-svg, canvas").first).to_be_visible()  # Plotly has drawn it
         page.wait_for_timeout(1500)
@@ -259,11 +268,40 @@ def test_a_ui_whose_run_stops_says_so_keeps_its_history_and_banners_a_lost_serve
                 page.set_default_timeout(60_000)
                 page.goto(url)
                 expect(page.locator("#status")).to_contain_text("STOPPED", timeout=60_000)
+                expect(page.locator("#opt-apply")).to_be_disabled()  # read from its directory: nothing to steer
                 ui.close()  # the process serving the page goes away
                 banner = page.locator("#ri-stopped")
                 expect(banner).to_contain_text("UI server has stopped", timeout=60_000)
                 expect(banner).to_contain_text(f"ray-interactive ui {handle.config.resolved_run_dir}", timeout=60_000)
             finally:
                 browser.close()
+    finally:
+        ui.close()
+
+
+@pytest.mark.browser
+def test_a_finished_run_s_page_offers_no_control_and_shows_its_one_evaluation(tmp_path: Path) -> None:
+    """Read from its directory (no Ray): every control is off and the page says why; an
+    evaluation plot of one point draws it and says its value."""
+    from playwright.sync_api import expect
+
+    config = RunConfig(name="done", run_dir=tmp_path / "run", eval_every=100)
+    c = Controller(config)
+    rows = [(k, float(k), {"loss": 3.0 / k, "lr": 1e-3, **({"eval/loss": 2.5} if k == 30 else {})}) for k in range(1, 41)]
+    c.trainer_progress(Progress(branch="main", status=TrainerStatus(status="stopped", step=40, branch="main", time=1.0),
+                                rows=rows))
+    c.close()
+    ui, url = serve_control_ui(FinishedRun(config.resolved_run_dir), port=free_port(), block=False, refresh_s=3600)
+    try:
+        with ui_page(url) as page:
+            expect(page.locator("#status")).to_contain_text("STOPPED")
+            expect(page.locator("#caps")).to_contain_text("a finished run takes no commands (read-only)")
+            expect(page.locator("#opt-apply")).to_be_disabled()
+            expect(page.locator("#btn-accum")).to_be_disabled()
+            expect(page.locator("#plot-eval")).to_contain_text("2.5 at step 30")
+            expect(page.locator("#plot-eval .point").first).to_be_visible()  # the one point, as a marker
+            page.get_by_role("tab", name="Run & checkpoints").click()
+            for button in ("#btn-pause", "#btn-save", "#btn-load", "#btn-evaluate"):
+                expect(page.locator(button)).to_be_disabled()
     finally:
         ui.close()

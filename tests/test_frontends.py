@@ -292,10 +292,21 @@ def test_the_control_ui_steers_a_loop_and_a_hugging_face_trainer(frontend: str, 
             status = page.locator("#status")
             expect(status).to_contain_text("RUNNING")
             expect(status).to_contain_text(label)
+            # what this front-end cannot do is not offered, and the page says why
+            caps = page.locator("#caps")
+            expect(caps).to_contain_text("set_data_mixture (")
+            expect(page.get_by_role("tab", name="Data")).to_be_hidden()  # it reads its own data
+            if frontend == "hf":
+                expect(caps).to_contain_text("set_grad_accumulation (set_grad_accumulation cannot apply")
+                expect(page.locator("#btn-accum")).to_be_disabled()
+            else:
+                expect(caps).to_contain_text("evaluate (this loop has no evaluation")
             page.locator("#opt-value textarea, #opt-value input").first.fill("3e-4")
             page.locator("#opt-apply").click()
             expect(page.locator("#opt-msg")).to_contain_text("applied at step", timeout=60_000)
             page.get_by_role("tab", name="Run & checkpoints").click()
+            if frontend == "loop":
+                expect(page.locator("#btn-evaluate")).to_be_disabled()
             page.locator("#btn-pause").click()
             expect(status).to_contain_text("PAUSED", timeout=60_000)
             page.locator("#btn-save").click()

@@ -506,7 +506,7 @@ class Controller:
         counts = {k: v for k, v in self._counts.items() if v}
         trainer = self.trainer_status.model_dump(mode="json")
         if self.recovery is not None:
-            trainer.update(status="recovering", message=self.recovery.describe())
+            trainer.update(status="recovering", samples_per_s=0.0, message=self.recovery.describe())
         elif self.needs_description and not self.trainer_status.status.is_final:
             # Restarted under a live loop: until it describes itself again, commands that need
             # its settings are refused. Saying "running" then would be a lie.
@@ -598,6 +598,7 @@ class Controller:
             "snapshot": self.snapshot_view(),
             "data": self.data_status(),
             "metric_keys": self.metric_keys(),
+            "eval_every": self.config.eval_every,  # when the next evaluation is due (None: only on request)
         }
 
     def list_branches(self) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,7 @@ from ray_interactive.core.messages import (
     TrainerEvent,
     TrainerStatus,
 )
+from ray_interactive.core.state import RunStatus
 
 if TYPE_CHECKING:
     from ray_interactive.core.config import RunConfig
@@ -153,7 +154,8 @@ class Telemetry:
             status=s.status,
             step=s.step,
             branch=s.branch,
-            samples_per_s=round(self.throughput, 3),
+            # a rate is of steps under way: a paused, waiting or stopped loop trains nothing
+            samples_per_s=round(self.throughput, 3) if s.status == RunStatus.RUNNING else 0.0,
             samples_seen=s.samples_seen,
             last_checkpoint=s.last_checkpoint,
             message=message,

@@ -81,7 +81,7 @@ class FinishedRun:
             )
         out.setdefault("step", last_step)
         out.setdefault("branch", "main")
-        out.setdefault("samples_per_s", 0.0)
+        out["samples_per_s"] = 0.0  # it trains nothing now (status.json may hold the last running rate)
         out.setdefault("last_checkpoint", None)
         return out
 

@@ -26,6 +26,7 @@ from gradio.components.plot import PlotData  # noqa: E402
 
 from ray_interactive.ui.access import LOCAL_HOSTS, check_bind, parse_auth  # noqa: E402,F401 - re-exported
 from ray_interactive.ui.agents_panel import AgentPanel, journal_table  # noqa: E402
+from ray_interactive.ui.capabilities import READ_ONLY_WHY, Capabilities  # noqa: E402
 from ray_interactive.ui.dashboard import PANELS, Dashboard, View  # noqa: E402
 
 SIMPLE_ACTIONS = ("pause", "resume", "stop", "evaluate", "publish_weights")
@@ -41,6 +42,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
     with gr.Blocks(title=f"ray_interactive · {run}") as ui:
         gr.Markdown(f"### ray_interactive · `{run}`")
         status = gr.Markdown("connecting ...", elem_id="status")
+        caps_line = gr.Markdown("", elem_id="caps")  # the front-end, and what is not offered here and why
+        caps_key = gr.State(None)  # what this page last offered: controls change only when it does
 
         with gr.Row():
             x_axis = gr.Radio(["step", "time"], value="step", label="x axis", scale=1)
@@ -85,22 +88,24 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 with gr.Row():
                     group = gr.Dropdown(choices=["all"], value="all", label="param group", allow_custom_value=True)
                     param = gr.Dropdown(choices=["lr"], value="lr", label="hyperparameter", allow_custom_value=True)
-                    value = gr.Textbox(label="new value", placeholder="e.g. 3e-4 or [0.9, 0.95]", elem_id="opt-value")
+                    value = gr.Textbox(label="new value", placeholder="3e-4, [0.9, 0.95]", elem_id="opt-value")
                     opt_apply = gr.Button("Apply", variant="primary", elem_id="opt-apply")
                 opt_msg = gr.Markdown(elem_id="opt-msg")
                 with gr.Row():
-                    sched_kind = gr.Dropdown(["constant", "linear", "cosine", "step"], value="cosine", label="lr schedule")
-                    sched_steps = gr.Number(value=1000, label="over steps", precision=0)
+                    # empty until the run has said what its schedule is (then filled with it)
+                    sched_kind = gr.Dropdown(["constant", "linear", "cosine", "step"], value=None, label="lr schedule",
+                                             elem_id="sched-kind")
+                    sched_steps = gr.Number(value=None, label="over steps", precision=0, elem_id="sched-steps")
                     sched_warmup = gr.Number(value=0, label="warmup steps", precision=0)
                     sched_min = gr.Number(value=0.0, label="min lr ratio")
                     sched_gamma = gr.Number(value=0.1, label="gamma (step)")
                     sched_apply = gr.Button("Set schedule")
                 sched_msg = gr.Markdown()
                 with gr.Row():
-                    clip = gr.Textbox(label="grad clip max norm ('off' for none)", value="1.0")
+                    clip = gr.Textbox(label="grad clip max norm ('off' for none)", value="", elem_id="clip")
                     clip_apply = gr.Button("Set clipping")
-                    accum = gr.Number(value=1, label="grad accumulation steps", precision=0)
-                    accum_apply = gr.Button("Set accumulation")
+                    accum = gr.Number(value=None, label="grad accumulation steps", precision=0, elem_id="accum")
+                    accum_apply = gr.Button("Set accumulation", elem_id="btn-accum")
                 clip_msg = gr.Markdown()
 
             with gr.Tab("Run & checkpoints"):
@@ -128,12 +133,12 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     page_info = gr.Markdown(scale=4)
                 ckpt_table = gr.Dataframe(interactive=False, elem_id="ckpt-table", label="checkpoints")
 
-            with gr.Tab("Data"):
+            with gr.Tab("Data") as data_tab:
                 sources = gr.Dataframe(label="sources", interactive=False)
                 rejections = gr.Dataframe(label="rejected tables (newest first)", interactive=False, wrap=True)
                 with gr.Row():
-                    mixture = gr.Textbox(label="mixture weights", placeholder="base=0.7 live=0.3")
-                    mixture_apply = gr.Button("Set mixture")
+                    mixture = gr.Textbox(label="mixture weights", placeholder="base=0.7 live=0.3", scale=3)
+                    mixture_apply = gr.Button("Set mixture", elem_id="btn-mixture", scale=1)
                 mixture_msg = gr.Markdown()
 
             with gr.Tab("Modules"):
@@ -142,7 +147,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     op = gr.Dropdown(["reset_parameters", "freeze", "unfreeze", "set_attribute"], value="freeze", label="operation")
                     attribute = gr.Textbox(label="attribute (set_attribute)", placeholder="p")
                     attr_value = gr.Textbox(label="value (set_attribute)")
-                    module_apply = gr.Button("Apply to module")
+                    module_apply = gr.Button("Apply to module", elem_id="btn-module")
                 module_info = gr.JSON(label="module")
                 module_msg = gr.Markdown()
 
@@ -174,7 +179,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     agent_policy = gr.Radio(["rule", "llm"], value="rule", label="policy", elem_id="agent-policy")
                     agent_every = gr.Number(value=50, label="decide every N steps", precision=0, elem_id="agent-every")
                     agent_interval = gr.Number(value=10, label="at most one command every (s)", elem_id="agent-interval")
-                    agent_url = gr.Textbox(label="LLM base URL (optional)", placeholder="http://host:8000/v1")
+                    agent_url = gr.Textbox(label="LLM base URL (optional)", placeholder="http://host:8000/v1", scale=2)
                 with gr.Row():
                     agent_start = gr.Button("Start agent", variant="primary", elem_id="btn-agent-start")
                     agent_stop = gr.Button("Stop agent", elem_id="btn-agent-stop")
@@ -210,9 +215,47 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 agents.status(),
             ]
 
+        # -- what the run's front-end offers: controls of kinds it refuses are off (the line
+        # above says why), a finished run's all of them; forms start from the run's settings
+        controls: dict[Any, str | None] = {  # a control -> the command kind it sends (None: any)
+            value: "update_optimizer", opt_apply: "update_optimizer", sched_apply: "set_lr_schedule",
+            clip: "set_grad_clip", clip_apply: "set_grad_clip", accum: "set_grad_accumulation",
+            accum_apply: "set_grad_accumulation", cancel: "cancel", save: "save_checkpoint",
+            load: "load_checkpoint", mixture: "set_data_mixture", mixture_apply: "set_data_mixture",
+            module_apply: "update_module", any_args: None, any_send: None, agent_start: None, agent_stop: None,
+            **{button: action for action, button in action_buttons.items()},
+        }
+        forms = [sched_kind, sched_steps, sched_warmup, sched_min, sched_gamma]
+        caps_outputs = [caps_key, caps_line, plots["freshness"], data_tab, *forms, *controls]
+
+        def offer(last: Any) -> list[Any]:
+            caps = dash.capabilities()
+            key = caps.key()
+            if key == last:
+                return [gr.skip()] * len(caps_outputs)
+            updates: dict[Any, dict[str, Any]] = {}
+            for control, kind in controls.items():
+                why = caps.why_not(kind) if kind else (READ_ONLY_WHY if caps.read_only else None)
+                updates[control] = {"interactive": why is None}
+            for control, filled in _prefill(caps, value, clip, accum).items():
+                updates.setdefault(control, {})["value"] = filled
+            schedule = caps.schedule_form()
+            sched = [gr.skip()] * len(forms)
+            if schedule is not None:
+                sched = [gr.update(value=schedule[k], interactive=not caps.read_only)
+                         for k in ("kind", "steps", "warmup", "min_lr_ratio", "gamma")]
+                sched[0] = gr.update(value=schedule["kind"], info=caps.schedule_text(), interactive=not caps.read_only)
+            elif caps.snapshot.get("schedule"):  # the Trainer's own: no form of ours says it
+                sched[0] = gr.update(value=None, info=caps.schedule_text())
+            hide = caps.own_data  # the loop reads its own data: no sources, no freshness ("hidden": a tab's button too)
+            return [key, caps.markdown(), gr.update(visible=not hide), gr.update(visible="hidden" if hide else True),
+                    *sched, *[gr.update(**updates[c]) for c in controls]]
+
         timer = gr.Timer(refresh_s)
-        timer.tick(refresh, view_inputs, view_outputs, api_name="refresh", show_progress="hidden")
-        ui.load(refresh, view_inputs, view_outputs, show_progress="hidden")
+        timer.tick(refresh, view_inputs, view_outputs, api_name="refresh", show_progress="hidden").then(
+            offer, caps_key, caps_outputs, api_name=False, show_progress="hidden")
+        ui.load(refresh, view_inputs, view_outputs, show_progress="hidden").then(
+            offer, caps_key, caps_outputs, api_name=False, show_progress="hidden")
         for control in (x_axis, log_y, x_min, x_max, custom_key, health_kind, eval_metric):
             control.change(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         smoothing.release(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
@@ -283,6 +326,18 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                           api_name="start_agent")
         agent_stop.click(agents.stop, agent_policy, agent_msg, api_name="stop_agent")
     return ui
+
+
+def _prefill(caps: Capabilities, lr: Any, clip: Any, accum: Any) -> dict[Any, Any]:
+    """The optimizer forms' values from the run's own settings (none before it said them)."""
+    snap = caps.snapshot
+    if not snap:
+        return {}
+    out: dict[Any, Any] = {clip: "off" if snap.get("grad_clip") is None else f"{snap['grad_clip']:g}",
+                           accum: snap.get("grad_accumulation")}
+    if (first := caps.first_lr()) is not None:
+        out[lr] = f"{first:.6g}"
+    return out
 
 
 def _safe(fn: Any, default: Any) -> Any:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 from ray_interactive.core.commands import COMMAND_KINDS, CommandRecord, kind_info
 from ray_interactive.core.commands.text import payload_from_text
 from ray_interactive.runtime.lifecycle import run_is_gone
+from ray_interactive.ui.capabilities import Capabilities
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,7 @@ class Panel:
 #: The fixed plots (the "custom" one shows any logged metric a person picks).
 PANELS: dict[str, Panel] = {
     "loss": Panel(("loss",), "train loss", "loss"),
-    "eval": Panel(
-        ("eval/loss",), "eval loss", "eval loss",
-        empty="no evaluation yet: runs every eval_every steps, or press 'evaluate' (Run & checkpoints)",
-    ),
+    "eval": Panel(("eval/loss",), "eval loss", "eval loss", empty="no evaluation yet"),
     "lr": Panel(("lr",), "learning rate (first param group)", "lr", smooth=False, shape="hv"),
     "grad_norm": Panel(("grad_norm",), "gradient norm (before clipping)", "grad norm"),
     "throughput": Panel(("samples_per_s",), "throughput", "samples / s"),
@@ -61,6 +60,9 @@ PANELS: dict[str, Panel] = {
 #: One colour per branch (in order of creation); a branch's raw line is a paler shade of it.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 X_TITLES = {"step": "step (optimizer steps)", "time": "wall time (s since the first point)"}
+#: A line with at most this many points also draws its points: a sparse series (evaluations)
+#: shows each one, and a single point shows at all (a line of one point draws nothing).
+SPARSE_POINTS = 30
 
 
 def _paler(hex_colour: str, amount: float = 0.6) -> str:
@@ -105,6 +107,17 @@ def _json_value(text: str) -> Any:
 def _clean(values: list[Any]) -> list[float | None]:
     """JSON numbers; NaN and infinities become gaps (Plotly draws None as a break)."""
     return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
+def _show_value(value: Any) -> str:
+    """A hyperparameter for people: 6 significant digits (``1e-06``, not ``1.0000000000000002e-06``)."""
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show_value(v) for v in value) + "]"
+    return json.dumps(value) if not isinstance(value, str) else value
 
 
 def _last(series: dict[str, Any], key: str) -> str:
@@ -156,6 +169,10 @@ class Dashboard:
     @property
     def read_only(self) -> bool:
         return bool(getattr(self.client, "read_only", False))
+
+    def capabilities(self, state: dict[str, Any] | None = None) -> Capabilities:
+        """What the run's front-end can do (of the latest refresh unless ``state`` is given)."""
+        return Capabilities.of(self.state if state is None else state, read_only=self.read_only)
 
     def fetch(self, view: View | None = None) -> dict[str, Any]:
         """One round trip: everything a refresh shows (kept in :attr:`state`). If the run's
@@ -271,7 +288,9 @@ class Dashboard:
         )
         keys = tuple(k for k in self.state.get("metric_keys", []) if k.startswith("health/")
                      and k.endswith(f"/{view.health}") and k != "health/skipped_steps")
+        caps = self.capabilities()
         panels["eval"] = self._eval_panel(view)
+        panels["freshness"] = replace(PANELS["freshness"], empty=caps.freshness_empty())
         panels["health"] = Panel(
             keys, f"per-module {view.health.replace('_', ' ')}", view.health, label_strip=("health/", f"/{view.health}"),
             empty="no per-module health metrics: start the run with diagnostics_every=N "
@@ -304,25 +323,43 @@ class Dashboard:
                     if len(panel.keys) > 1:  # several metrics per branch: one colour each
                         colour = PALETTE[(panel.keys.index(key) + 4 * self._branch_order(state).index(branch)) % len(PALETTE)]
                     traces.extend(self._traces(label, xs, ys, colour, panel, view))
-            out[name] = self._figure(name, panel, traces, view)
+            out[name] = self._figure(name, panel, traces, view, note=self._title_note(name, traces, view))
         return out
+
+    def _title_note(self, name: str, traces: list[dict[str, Any]], view: View) -> str:
+        """A second title line: when the next evaluation is due (eval plot), and the value
+        of a plot's only point (a plot of one point is easy to miss)."""
+        notes = [self.capabilities().eval_note()] if name == "eval" else []
+        shown = [t for t in traces if t.get("showlegend") is not False]
+        if len(shown) == 1:
+            points = [(x, y) for x, y in zip(shown[0]["x"], shown[0]["y"], strict=False) if y is not None]
+            if len(points) == 1:
+                x, y = points[0]
+                notes.append(f"{y:.4g} at step {x:g}" if view.x_axis == "step" else f"{y:.4g}")
+        return " · ".join(notes)
 
     @staticmethod
     def _traces(label: str, xs: np.ndarray, ys: np.ndarray, colour: str, panel: Panel, view: View) -> list[dict[str, Any]]:
         x = xs.tolist()
         base = {"type": "scatter", "mode": "lines", "x": x, "hovertemplate": "%{y:.4g}"}
         line = {"color": colour, "width": 2, "shape": panel.shape}
+        finite = [float(v) for v in ys if math.isfinite(v)]
+        main: dict[str, Any] = {"name": label, "uid": label, "line": line}
+        if len(finite) <= SPARSE_POINTS:  # every point drawn: a sparse line shows where it was measured
+            main.update(mode="lines+markers", marker={"color": colour, "size": 7})
+        if len(finite) == 1:  # in the legend too: the plot's one point is its whole news
+            main["name"] = f"{label} = {finite[0]:.4g}"
         if view.smoothing <= 0 or not panel.smooth:
-            return [{**base, "name": label, "uid": label, "y": _clean(ys.tolist()), "line": line}]
+            return [{**base, **main, "y": _clean(ys.tolist())}]
         smooth = ema(ys, min(view.smoothing, 0.999))
         return [
             {**base, "name": f"{label} raw", "uid": f"{label} raw", "y": _clean(ys.tolist()), "showlegend": False,
              "line": {**line, "color": _paler(colour), "width": 1}},
-            {**base, "name": label, "uid": label, "y": _clean(smooth.tolist()), "line": line},
+            {**base, **main, "y": _clean(smooth.tolist())},
         ]
 
     @staticmethod
-    def _figure(name: str, panel: Panel, traces: list[dict[str, Any]], view: View) -> dict[str, Any]:
+    def _figure(name: str, panel: Panel, traces: list[dict[str, Any]], view: View, note: str = "") -> dict[str, Any]:
         xaxis: dict[str, Any] = {"title": {"text": X_TITLES.get(view.x_axis, view.x_axis)}, "zeroline": False,
                                  "automargin": True}
         if view.zoomed:
@@ -331,12 +368,14 @@ class Dashboard:
                                  "automargin": True}
         if view.log_y:
             yaxis["type"] = "log"  # real log ticks: 1e-3, 1e-2, ...
+        notes = textwrap.wrap(note, 64)  # under the title, in lines that fit a third of the page
+        title = panel.title + "".join(f"<br><span style='font-size:11px;color:#666'>{n}</span>" for n in notes)
         layout: dict[str, Any] = {
-            "title": {"text": panel.title, "x": 0.01, "xanchor": "left", "y": 0.98, "font": {"size": 14}},
+            "title": {"text": title, "x": 0.01, "xanchor": "left", "y": 0.98, "font": {"size": 14}},
             "xaxis": xaxis,
             "yaxis": yaxis,
             "height": 270,
-            "margin": {"l": 60, "r": 10, "t": 40, "b": 40},
+            "margin": {"l": 60, "r": 10, "t": 40 + 15 * len(notes), "b": 40},
             "hovermode": "x unified",
             "legend": {"title": {"text": "branch"}, "orientation": "h", "x": 1, "xanchor": "right", "y": 1.0,
                        "yanchor": "bottom", "font": {"size": 11}},
@@ -346,7 +385,9 @@ class Dashboard:
                                     "xaxis": {"gridcolor": "#eeeeee"}, "yaxis": {"gridcolor": "#eeeeee"}}},
         }
         if not traces:
-            layout["annotations"] = [{"text": panel.empty, "showarrow": False, "xref": "paper", "yref": "paper",
+            # Plotly does not wrap: a long note in a third of the page would be cut at both edges
+            text = "<br>".join(textwrap.wrap(panel.empty, 46))
+            layout["annotations"] = [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper",
                                       "x": 0.5, "y": 0.5, "font": {"size": 13, "color": "#777777"}}]
             layout["xaxis"]["visible"] = layout["yaxis"]["visible"] = False
         elif len(traces) > 1 or any(t.get("showlegend") is False for t in traces):
@@ -363,13 +404,15 @@ class Dashboard:
     def _eval_panel(self, view: View) -> Panel:
         keys = self.state.get("metric_keys", [])
         names = self.eval_metrics(keys)
+        empty = "no evaluation yet" + ("" if self.capabilities().why_not("evaluate")
+                                       else ": press 'evaluate' (Run & checkpoints) for one now")
         metric = view.eval_metric if view.eval_metric in names else (names[0] if names else "loss")
         grouped = sorted(k for k in keys if k.startswith("eval/") and k.count("/") == 2 and k.endswith(f"/{metric}"))
         plain = (f"eval/{metric}",)
         if not grouped:
-            return Panel(plain, f"eval {metric}", f"eval {metric}", empty=PANELS["eval"].empty)
+            return Panel(plain, f"eval {metric}", f"eval {metric}", empty=empty)
         return Panel(plain + tuple(grouped), f"eval {metric} (one line per task)", metric, smooth=False,
-                     label_strip=("eval/", f"/{metric}"), empty=PANELS["eval"].empty)
+                     label_strip=("eval/", f"/{metric}"), empty=empty)
 
     def metric_keys(self) -> list[str]:
         keys = self.state.get("metric_keys")
@@ -440,12 +483,28 @@ class Dashboard:
         snap = (state or self.state).get("snapshot")
         if snap is None:
             snap = self.client.snapshot()
+        scale = self._lr_since_snapshot(snap, state or self.state)
         rows = [
-            {"group": g["name"], "param": k, "value": json.dumps(v)}
+            {"group": g["name"], "param": k, "value": _show_value(v * scale if k == "lr" and scale else v)}
             for g in snap.get("groups", [])
             for k, v in g["hparams"].items()
         ]
         return pd.DataFrame(rows, columns=["group", "param", "value"])
+
+    @staticmethod
+    def _lr_since_snapshot(snap: dict[str, Any], state: dict[str, Any]) -> float | None:
+        """How far the schedule has moved every group's lr since the run last described its
+        optimizer (a description is sent on changes, not every step; the logged lr is the
+        first group's, and a schedule scales every group's lr alike). None: not known."""
+        groups = snap.get("groups") or []
+        then = groups[0]["hparams"].get("lr") if groups else None
+        branch = (state.get("status") or {}).get("branch")
+        logged = state.get("metrics", {}).get(branch, {}).get("lr", {})
+        points = [(s, v) for s, v in zip(logged.get("step", []), logged.get("value", []), strict=False)
+                  if v is not None and math.isfinite(v)]
+        if not points or not isinstance(then, (int, float)) or then <= 0 or points[-1][0] <= snap.get("step", 0):
+            return None
+        return points[-1][1] / then
 
     def settings(self) -> dict[str, Any]:
         """Current schedule, clipping, accumulation, mixture, groups, modules, the newest
@@ -546,6 +605,8 @@ class Dashboard:
 
     def set_schedule(self, kind: str, steps: Any, warmup: Any, min_lr_ratio: Any, gamma: Any) -> str:
         def build() -> dict[str, Any]:
+            if not kind:
+                raise ValueError("pick a schedule")
             payload: dict[str, Any] = {"kind": "set_lr_schedule", "schedule": kind}
             if steps not in (None, ""):
                 payload["steps"] = int(_number(steps, "steps"))
@@ -560,9 +621,13 @@ class Dashboard:
         return self._guard(build)
 
     def set_grad_clip(self, max_norm: Any) -> str:
-        return self._guard(
-            lambda: {"kind": "set_grad_clip", "max_norm": None if max_norm in (None, "", "off", "none") else _number(max_norm, "max norm")}
-        )
+        def build() -> dict[str, Any]:
+            text = str(max_norm if max_norm is not None else "").strip().lower()
+            if not text:  # an empty box never turns clipping off by itself
+                raise ValueError("type a max norm, or 'off' for no clipping")
+            return {"kind": "set_grad_clip", "max_norm": None if text in ("off", "none") else _number(text, "max norm")}
+
+        return self._guard(build)
 
     def set_grad_accumulation(self, steps: Any) -> str:
         return self._guard(lambda: {"kind": "set_grad_accumulation", "steps": int(_number(steps, "accumulation steps"))})
