@@ -659,7 +659,7 @@ class Controller:
     def close(self) -> None:
         self.flush()
         if self.trackers is not None:
-            self.trackers.close()
+            self.trackers.close(timeout=20.0)  # within the 30 s a run's owner gives close()
             self._tracker_errors()
         if self._log is not None:
             self._log.close()
