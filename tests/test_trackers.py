@@ -117,3 +117,21 @@ def test_a_hugging_face_trainers_own_reporting_gets_each_step_once_per_branch(
     assert runs["b"].data.tags["fork_step"] == "10"
     assert steps_of(ml, runs["main"]) == list(range(1, 21)) and steps_of(ml, runs["b"]) == list(range(11, 26))
     assert all(r.info.status == "FINISHED" for r in runs.values())
+
+
+def test_a_plain_loop_reports_to_tensorboard_and_refuses_an_unknown_tracker(tmp_path: Path, ray_cluster: Any) -> None:
+    import torch
+
+    import ray_interactive as ri
+
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="unknown tracker 'tensorbord'; known: tensorboard, mlflow, wandb"):
+        ri.steer("tb-typo", model, opt, report_to="tensorbord")
+    with ri.steer("tb-loop", model, opt, run_dir=tmp_path / "run", max_steps=15, report_to="tensorboard") as s:
+        while s.running:
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            s.step(loss=loss)
+    # Leaving the session closed the run's controller, and with it its trackers.
+    assert [step for step, _ in tb_scalars(tmp_path / "run" / "tensorboard" / "main", "loss")] == list(range(1, 16))
