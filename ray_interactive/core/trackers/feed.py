@@ -3,8 +3,9 @@
 The controller calls :meth:`TrackerFeed.put` under its lock for every metric report,
 command outcome, branch and rewind; that only appends to a queue. One thread opens the
 sinks and writes to them, so a slow tracker (a remote MLflow server, W&B starting) never
-holds up the controller, let alone the training step. If the queue is full (a tracker far
-behind), events are dropped and counted rather than block; :meth:`close` drains it.
+holds up the controller, let alone the training step. A tracker behind gets the reports
+queued for a branch in one write; if the queue is full even so, events are dropped and
+counted rather than block; :meth:`close` drains it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ray_interactive.core.trackers.base import Event, RunInfo, Sink
+from ray_interactive.core.trackers.base import Event, Rows, RunInfo, Sink
 from ray_interactive.core.trackers.registry import TRACKERS
 
 log = logging.getLogger(__name__)
@@ -115,17 +116,31 @@ class TrackerFeed:
         self._open()
         last_flush = time.monotonic()
         dirty = False
+        held: object = None  # taken from the queue while merging, not handled yet
         while True:
-            try:
-                event = self._queue.get(timeout=self.flush_s)
-            except queue.Empty:
-                event = None
+            if held is not None:
+                event, held = held, None
+            else:
+                try:
+                    event = self._queue.get(timeout=self.flush_s)
+                except queue.Empty:
+                    event = None
             if event is _STOP:
                 break
             if event is not None:
+                count = 1
+                while isinstance(event, Rows):  # behind: one write for the queued reports of a branch
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not (isinstance(nxt, Rows) and nxt.branch == event.branch):
+                        held = nxt
+                        break
+                    event, count = Rows(event.branch, [*event.rows, *nxt.rows]), count + 1
                 for sink in self.sinks:
                     self._call(sink, "handle", event)
-                self.written += 1
+                self.written += count
                 dirty = True
             if dirty and (event is None or time.monotonic() - last_flush >= self.flush_s):
                 for sink in self.sinks:
