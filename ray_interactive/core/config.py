@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ray_interactive.core.commands import check_name
 from ray_interactive.core.paths import DEFAULT_NAMESPACE, runs_root
 from ray_interactive.core.schedules import check_args
+from ray_interactive.core.trackers.registry import check_report_to
 
 
 class TaskSpec(BaseModel):
@@ -166,6 +167,21 @@ class RunConfig(BaseModel):
         "times, at least 10 s and at most 600 s (core/stalls.py)",
     )
 
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="experiment trackers the run reports to: 'tensorboard', 'mlflow', 'wandb' (a list, or one "
+        "name; 'none': none); each branch shows as a run of its own (core/trackers)",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, max_length=2000, description="report_to mlflow: where to; default: file:<run_dir>/mlruns"
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, v: Any, info: ValidationInfo) -> list[str]:
+        # A stored config is read where the libraries may be missing (a finished run opened elsewhere).
+        return check_report_to(v, installed=not (info.context or {}).get("stored"))
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -196,7 +212,7 @@ class RunConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.model_validate(json.loads(path.read_text()))
+        return cls.model_validate(json.loads(path.read_text()), context={"stored": True})
 
 
 def actor_name(run: str, role: Literal["controller", "trainer", "buffer", "ingest"]) -> str:

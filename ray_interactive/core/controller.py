@@ -63,6 +63,7 @@ from ray_interactive.core.plain import one_of
 from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
 from ray_interactive.core.stalls import StepClock, stall_bound
 from ray_interactive.core.state import RunStatus
+from ray_interactive.core.trackers import Fork, Rewind, Rows, RunInfo, TrackerFeed, note_of
 from ray_interactive.core.weights import WeightRegistry, WeightVersion
 
 __all__ = ["ROOT_BRANCH", "Branch", "Controller", "read_command_log", "replay_commands"]
@@ -128,7 +129,12 @@ class Controller:
             self._recover()
         if read_only:
             self._log: CommandLog | None = None
+            self.trackers: TrackerFeed | None = None
             return
+        # The run's experiment trackers (report_to), fed from here without waiting on them.
+        self.trackers = TrackerFeed(config.report_to, RunInfo(
+            config.name, self.run_dir, resumed=bool(recover), mlflow_tracking_uri=config.mlflow_tracking_uri,
+        ), flush_s=config.metrics_flush_s) if config.report_to else None
         if recover != "restart":
             config.save(self.run_dir / "config.json")  # on resume too: its overrides (max_steps, ...) persist
         self._log = CommandLog(self.run_dir / "commands.jsonl")
@@ -228,6 +234,8 @@ class Controller:
         assert self._log is not None, "read-only"
         self._log.append(record.model_dump_json())
         self._keep(record, key)
+        if self.trackers is not None and record.status.is_final:
+            self.trackers.put(note_of(record, self.trainer_status.branch, self.trainer_status.step))
 
     def _keep(self, record: CommandRecord, key: str) -> None:
         old = self.records.get(key)
@@ -299,6 +307,8 @@ class Controller:
             return
         self._trainer_events(report.events)
         self.metrics.record(report.branch, report.rows)
+        if self.trackers is not None and report.rows:
+            self.trackers.put(Rows(report.branch, report.rows))
         self._update_status(report.status)
         if self._flush_after is not None and report.status.step != self._flush_after:
             self._flush_after = None  # a checkpoint is a resume point: the metrics up to it go to disk with it
@@ -329,6 +339,8 @@ class Controller:
                 self.branch_created(event)
             elif isinstance(event, BranchRewound):
                 self.metrics.rewind(event.branch, event.step, time.time())
+                if self.trackers is not None:
+                    self.trackers.put(Rewind(event.branch, event.step))
             else:
                 self.system_event(event)
 
@@ -371,6 +383,8 @@ class Controller:
             row[f"data/{name}/ingest_mb_per_s"] = s.ingest_bytes_per_s / 2**20
             row[f"data/{name}/rejected"] = s.rejected
         self.metrics.record(self.trainer_status.branch, [(self.trainer_status.step, stats.time, row)])
+        if self.trackers is not None:
+            self.trackers.put(Rows(self.trainer_status.branch, [(self.trainer_status.step, stats.time, row)]))
 
     def data_status(self) -> dict[str, Any]:
         """The buffer's latest figures: rows, bytes and ingest rate per source, rejections."""
@@ -459,6 +473,8 @@ class Controller:
         self.branches[event.name] = Branch(parent=event.parent, checkpoint=event.checkpoint, fork_step=event.step,
                                            created_at=time.time())
         self.view.branches.add(event.name)
+        if self.trackers is not None:
+            self.trackers.put(Fork(event.name, event.parent, event.step, event.checkpoint))
         tmp = self.run_dir / "branches.json.tmp"
         tmp.write_text(json.dumps(self.list_branches(), indent=1))
         tmp.replace(self.run_dir / "branches.json")
@@ -638,11 +654,24 @@ class Controller:
         except OSError as e:  # a full disk: metrics stay in memory and are written at the next flush
             self.storage_error = f"metrics and status could not be written: {e}"
             log.error(self.storage_error)
+        if self.trackers is not None:
+            self._tracker_errors()
 
     def close(self) -> None:
         self.flush()
+        if self.trackers is not None:
+            self.trackers.close(timeout=20.0)  # within the 30 s a run's owner gives close()
+            self._tracker_errors()
         if self._log is not None:
             self._log.close()
+
+    def _tracker_errors(self) -> None:
+        """A tracker that failed says so in the run's history (once per tracker)."""
+        assert self.trackers is not None
+        st = self.trainer_status
+        for message in self.trackers.take_errors():
+            self.system_event(RunEvent(kind="tracker_error", message=message, step=st.step, branch=st.branch,
+                                       failed=True))
 
     def _recover(self) -> None:
         """Rebuild state from the run directory (a resumed run, a restarted actor)."""

@@ -54,9 +54,10 @@ def build_trainer(
     eval_chars: int = 40_000,
     seed: int = 0,
     callbacks: list[Any] | None = None,
+    report_to: str | list[str] = "none",
     **args: Any,
 ) -> Trainer:
-    """A Trainer with a linear-decay schedule on a small GPT-2 (CPU-sized)."""
+    """A Trainer with a linear-decay schedule on a small GPT-2 (CPU-sized); ``report_to``: HF's own trackers."""
     data = Path(data)
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=block, resid_pdrop=0.0,
@@ -72,7 +73,7 @@ def build_trainer(
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",
-        report_to="none",
+        report_to=report_to,
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,

@@ -53,7 +53,7 @@ class FinishedRun:
             raise ValueError(f"{run_dir} is not a run directory (no config.json)")
         doc = json.loads((run_dir / "config.json").read_text())
         doc["run_dir"] = str(run_dir)  # where it is now, if it was moved or copied
-        self.config = RunConfig.model_validate(doc)
+        self.config = RunConfig.model_validate(doc, context={"stored": True})  # trackers need not be installed here
         self.run = self.config.name
         self.namespace = self.config.namespace
         self.run_dir = run_dir

@@ -67,6 +67,7 @@ from ray_interactive.core.resume import Resume, check_resume, checkpoint_dir, re
 from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, finite
+from ray_interactive.train.hf_reporting import end_branches, follow_branch
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class InteractiveCallback(TrainerCallback):
         self._skipped = False  # the health guard dropped this step's gradients
         self._hf_norm: Any = None  # the gradient norm HF computed for the step under way
         self._scaled = False  # fp16 with a gradient scaler: inf gradients are the scaler's to skip
+        self._branch: str | None = None  # the branch HF's own reporting is on
 
     # -- HF's events -------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -396,6 +398,7 @@ class InteractiveCallback(TrainerCallback):
         try:
             core.end("the Trainer finished")
         finally:
+            end_branches(self.trainer)
             run.close()
             self.run = None
 
@@ -419,22 +422,33 @@ class InteractiveCallback(TrainerCallback):
         core.poll()
         core.hold()
         s = core.state
+        if s.branch != self._branch:  # a load moved the run: HF's own reporting follows (hf_reporting)
+            if self._branch is not None:
+                follow_branch(self.trainer, args, state, s.branch, self._branch, s.step)
+            self._branch = s.branch
         args.max_grad_norm = s.grad_clip if s.grad_clip is not None else 0.0
         if s.stopping:
             control.should_training_stop = True
 
     def _log_window(self, state: Any) -> None:
         """Before a load: the loss HF has summed since its last log belongs to the branch
-        being left; record it there and empty HF's window (it would log it on the new one)."""
+        being left; log it there through HF's own ``log`` (so HF's trackers get it too) and
+        empty HF's window (it would log it on the new one)."""
         trainer, core = self.trainer, self.core
         assert core is not None
         last = getattr(trainer, "_globalstep_last_logged", None)
         total = getattr(trainer, "_tr_loss", None)
         if trainer is None or last is None or total is None or state.global_step <= last:
             return
-        self.on_log(trainer.args, state, None, logs={"loss": float(total) / (state.global_step - last)})
+        loss = float(total)
         trainer._tr_loss -= trainer._tr_loss
         trainer._globalstep_last_logged = state.global_step
+        trainer._total_loss_scalar = getattr(trainer, "_total_loss_scalar", 0.0) + loss  # HF's train_loss counts it
+        control = self._control
+        flags = None if control is None else (control.should_log, control.should_evaluate, control.should_save)
+        trainer.log({"loss": loss / (state.global_step - last)})
+        if control is not None and flags is not None:  # this step's own flags stand
+            control.should_log, control.should_evaluate, control.should_save = flags
 
     def _follow_load(self, state: Any) -> None:
         """A checkpoint was loaded: HF's step counter follows (and its logging window)."""
