@@ -15,13 +15,13 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from ray_interactive.stopping import StopSignals
 from ray_interactive.summary import print_summary, prog
 
 EXAMPLES = {
@@ -179,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"detached: the run goes on after this process exits; stop it with `{me} send {config.name} stop`")
         return 0
     if getattr(args, "ui", False):
-        url = start_ui(client, args)
+        _, url = start_ui(client, args)
         print(f"  control UI:                 {url}")
     tour = Tour(client) if getattr(args, "tour", False) else None
     return watch(handle, client, args.duration, tour, quiet=args.quiet)
@@ -194,27 +194,27 @@ def _ui_auth(args: argparse.Namespace) -> tuple[str, str] | None:
         raise CLIError(f"UI authentication: {e}") from None
 
 
-def start_ui(client: Any, args: argparse.Namespace) -> str:
-    """Serve the control UI from this process (threads) and return its URL."""
+def start_ui(client: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """Serve the control UI from this process (threads): (the app, its URL)."""
     from ray_interactive.ui.control_ui import serve_control_ui
 
     try:
-        _, url = serve_control_ui(client, host=args.ui_host, port=args.ui_port, auth=_ui_auth(args), block=False)
+        return serve_control_ui(client, host=args.ui_host, port=args.ui_port, auth=_ui_auth(args), block=False)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    return url
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     client = _connect(args, finished_ok=True)
-    url = start_ui(client, args)
-    what = "a finished run, read-only" if getattr(client, "read_only", False) else "the run goes on"
-    print(f"control UI of run {args.run!r}: {url}  (Ctrl-C to quit; {what})", flush=True)
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        return 0
+    with StopSignals() as stop:  # after connecting: ray.init sets its own SIGTERM handler (sys.exit anywhere)
+        ui, url = start_ui(client, args)
+        what = "a finished run, read-only" if getattr(client, "read_only", False) else "the run goes on"
+        print(f"control UI of run {args.run!r}: {url}  (Ctrl-C to quit; {what})", flush=True)
+        while not stop.wait(0.5):
+            pass
+        ui.close()
+    print(f"control UI closed ({stop.name}; {what})", file=sys.stderr, flush=True)
+    return stop.exit_code
 
 
 def _ui_options(sp: argparse.ArgumentParser) -> None:
@@ -224,11 +224,14 @@ def _ui_options(sp: argparse.ArgumentParser) -> None:
 
 
 def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, quiet: bool = False) -> int:
-    """Show progress until the run ends; stop it after ``duration`` s or on Ctrl-C."""
+    """Show progress until the run ends; stop it after ``duration`` s or on Ctrl-C / SIGTERM."""
+    with StopSignals() as stop:  # Ctrl-C or SIGTERM: stop the run in order (a second one: exit now)
+        return _watch(handle, client, duration, tour, quiet, stop)
+
+
+def _watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, quiet: bool, stop: StopSignals) -> int:
     from tqdm import tqdm
 
-    interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     start = time.monotonic()
     seen: set[str] = set()
     # A live bar on a terminal; a plain line every 10 s in logs (CI, pipes).
@@ -268,10 +271,10 @@ def watch(handle: Any, client: Any, duration: float | None, tour: Tour | None, q
         elapsed = time.monotonic() - start
         if tour is not None:
             tour.maybe_act(elapsed, duration, bar.write)
-        if not stop_sent and (interrupted or (duration is not None and elapsed >= duration)):
+        if not stop_sent and (stop.event.is_set() or (duration is not None and elapsed >= duration)):
             bar.write("stopping: finishing the step and writing a final checkpoint ...")
-            if interrupted:  # a person pressed Ctrl-C
-                client.send("stop", source="cli", comment="Ctrl-C")
+            if stop.event.is_set():  # a person pressed Ctrl-C (or something sent SIGTERM)
+                client.send("stop", source="cli", comment="Ctrl-C" if stop.name == "SIGINT" else str(stop.name))
             else:  # nobody sent this one: the run's own time limit
                 client.send("stop", source="system", comment=f"--duration {duration:g} s reached")
             stop_sent = True
@@ -487,37 +490,65 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    """Run an agent on a run in the foreground until Ctrl-C or the run ends."""
+    """Run an agent on a run in the foreground until Ctrl-C / SIGTERM or the run ends."""
     from ray_interactive.agents.guardrails import Guardrails
     from ray_interactive.agents.runtime import AgentRunner, RulePolicy
 
     if args.every < 1:
         raise CLIError("--every must be >= 1")
-    client = _connect(args)
     try:
-        rails = Guardrails(min_interval_s=args.min_interval)
+        rails = Guardrails(min_interval_s=args.min_interval, max_lr_drift=args.max_lr_drift,
+                           drift_window_steps=args.drift_window)
     except ValueError as e:
         raise CLIError(f"guardrails: {e}") from None
+    client = _connect(args)
+
     def show(entry: dict[str, Any]) -> None:
         acted = ", ".join(f"{s['command']['kind']} -> {s['status']}" for s in entry["sent"]) or "no action"
-        refused = "".join(f"; refused {r['command']['kind']}: {r['why']}" for r in entry["refused"])
-        print(f"step {entry['step']}: {acted} ({entry.get('rationale') or entry.get('error')}){refused}", flush=True)
+        refused = "".join(f"; refused {r['command'].get('kind')}: {r['why']}" for r in entry["refused"])
+        cut = "".join(f"; {k}: {entry[k]}" for k in ("skipped", "partial") if entry.get(k))
+        print(f"step {entry['step']}: {acted} ({entry.get('rationale') or entry.get('error')}){refused}{cut}", flush=True)
 
-    server = None
-    if args.policy == "llm":
-        policy, server = _llm_policy(args)
-    else:
-        policy = RulePolicy()
-    runner = AgentRunner(client, policy, rails, every=args.every, on_tick=show, at_eval=args.at_eval)
-    cadence = "at each evaluation" if args.at_eval else f"every {args.every} steps"
-    print(f"agent {runner.name!r} on run {args.run!r}, {cadence}; journal: {runner.journal.path}", flush=True)
-    try:
-        runner.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if server is not None:
-            server.close()
+    made: dict[str, Any] = {}  # what the agent's thread built (runner, LLM server) or the error it met
+
+    def work() -> None:
+        try:
+            policy: Any = RulePolicy()
+            if args.policy == "llm":
+                policy, made["server"] = _llm_policy(args)
+            runner = made["runner"] = AgentRunner(client, policy, rails, every=args.every, on_tick=show,
+                                                  at_eval=args.at_eval)
+            cadence = "at each evaluation" if args.at_eval else f"every {args.every} steps"
+            print(f"agent {runner.name!r} on run {args.run!r}, {cadence}; journal: {runner.journal.path}", flush=True)
+            if not stop.event.is_set():
+                runner.run()
+        except BaseException as e:  # noqa: BLE001 - shown by the main thread
+            made["error"] = e
+        finally:
+            stop.event.set()
+
+    # The agent works in a thread; this one waits on the stop flag, so a signal is answered
+    # at once even while a tick is in a Ray call or a model's forward pass.
+    with StopSignals() as stop:  # after connecting: ray.init sets its own SIGTERM handler
+        thread = threading.Thread(target=work, name="agent", daemon=True)
+        thread.start()
+        while not stop.wait(0.5):
+            pass
+        if "runner" in made:
+            made["runner"].stop()  # a tick in flight sends nothing more once stopped
+        thread.join(timeout=0.5)  # a Ray call or journal line in flight ends; a model's answer is not awaited
+        if made.get("server") is not None:
+            made["server"].close(timeout=1.0)
+    if stop.name is not None:
+        print(f"agent stopped ({stop.name})", file=sys.stderr, flush=True)
+        return stop.exit_code
+    if "error" in made:
+        error = made["error"]
+        if isinstance(error, CLIError):
+            raise error
+        print(f"error: the agent stopped: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print("the run ended; agent stopped", file=sys.stderr, flush=True)
     return 0
 
 
@@ -775,6 +806,10 @@ def make_parser() -> argparse.ArgumentParser:
                     help="what the run trains, as the LLM's prompt says it")
     sp.add_argument("--min-interval", type=_seconds, default=10.0, dest="min_interval",
                     help="guardrail: at most one command this often (s)")
+    sp.add_argument("--max-lr-drift", type=float, default=10.0, dest="max_lr_drift",
+                    help="guardrail: the lr moves at most this factor, up or down, within --drift-window steps")
+    sp.add_argument("--drift-window", type=int, default=500, dest="drift_window",
+                    help="guardrail: the window of --max-lr-drift, in steps")
     sp.set_defaults(func=cmd_agent)
 
     sp = sub.add_parser("llm-serve", help="serve the local LLM (SmolLM2-135M-Instruct) over the OpenAI protocol")

@@ -1,11 +1,11 @@
-"""The agent runtime's guardrails: kinds, lr bounds per decision and absolute, the rate
-limit, and a person's pause that no agent lifts."""
+"""The agent runtime's guardrails: kinds, lr bounds per decision, over a window of steps
+and absolute, the rate limit, and a person's pause that no agent lifts."""
 
 from __future__ import annotations
 
 import pytest
 
-from ray_interactive.agents.guardrails import Guardrails, RunFacts, vet
+from ray_interactive.agents.guardrails import Guardrails, LrHistory, RunFacts, vet
 
 rails = Guardrails(min_interval_s=30.0)
 running = RunFacts(lrs=[1e-3, 1e-3], paused_by=None, seconds_since_last=None)
@@ -52,3 +52,38 @@ def test_the_rate_limit_and_a_persons_pause() -> None:
     for person in ("ui", "cli", "api"):
         assert "paused by a person" in (vet({"kind": "resume"}, RunFacts([1e-3], person, None), rails) or "")
     assert vet({"kind": "resume"}, RunFacts([1e-3], "agent", None), rails) is None  # its own pause
+
+
+def test_the_lr_drifts_at_most_the_set_factor_within_the_window() -> None:
+    # the issue's run: a halving at every decision, each within the per-decision bound
+    rails = Guardrails(min_interval_s=0.0)  # max_lr_drift 10 within 500 steps
+    history, lr_now, step, refused = LrHistory(), 0.01, 1000, None
+    for _ in range(7):
+        facts = RunFacts([lr_now], None, None, history.within(step, rails.drift_window_steps))
+        refused = vet(lr(lr_now / 2), facts, rails)
+        if refused is not None:
+            break
+        history.record(step, lr_now, lr_now / 2)
+        lr_now, step = lr_now / 2, step + 50
+    assert lr_now == 0.01 / 8  # three halvings (8x) pass, the fourth (16x) does not
+    assert refused is not None and "16x below 0.01" in refused and "at most 10x within 500 steps" in refused
+    # once the window has moved past the first moves, the lr may go on down
+    later = step + rails.drift_window_steps
+    assert vet(lr(lr_now / 2), RunFacts([lr_now], None, None, history.within(later, 500)), rails) is None
+    # up as well as down, and exactly the factor is allowed
+    up = RunFacts([4e-3], None, None, (1e-3, 2e-3, 4e-3))
+    assert "16x above 0.001" in (vet(lr(1.6e-2), up, Guardrails(lr_factor_max=4.0)) or "")
+    assert vet(lr(1e-2), RunFacts([5e-3], None, None, (1e-3,)), rails) is None
+
+
+def test_a_move_at_a_later_step_counts_after_a_load_went_back() -> None:
+    history = LrHistory()
+    history.record(900, 0.01, 0.005)
+    assert history.within(300, 500) == (0.01, 0.005)  # a reload took the run back to step 300
+    assert history.within(1400, 500) == ()
+
+
+@pytest.mark.parametrize("field", [{"max_lr_drift": 0.5}, {"drift_window_steps": 0}, {"max_lr_drift": "x"}])
+def test_drift_settings_are_validated(field: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(field))):
+        Guardrails(**field)

@@ -11,7 +11,8 @@ carries ``guided_choice`` (vLLM's name for it; our local server implements it by
 each allowed answer with one forward pass): the reply is then always one of the actions.
 Either way the reply is parsed here and a reply that is not JSON, or names an action that
 is not allowed, is refused and journalled - it never becomes a command. The guardrails
-then check what the chosen action would send, as for any policy.
+then check what the chosen action would send, as for any policy, and an action that cannot
+be carried out in full (``reload_and_half`` with no checkpoint to reload) is skipped whole.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def _lr_times(factor: float) -> Callable[[Observation], list[dict[str, Any]]]:
 
 def _reload_and_half(obs: Observation) -> list[dict[str, Any]]:
     good = [c for c in obs.checkpoints if c.get("finite", True) and c.get("branch") == obs.branch]
-    load = [{"kind": "load_checkpoint", "checkpoint_id": good[-1]["id"]}] if good else []
-    return load + _lr_times(0.5)(obs)
+    # with nothing to reload the load stays in, without an id: the runtime's screen then skips
+    # the whole decision and says why (halving alone is not what the model chose)
+    load = {"kind": "load_checkpoint", "checkpoint_id": good[-1]["id"] if good else None}
+    return [load, *_lr_times(0.5)(obs)]
 
 
 #: Every action an LLM agent may be offered; the paper's three are ``double``, ``half``, ``same``.

@@ -201,9 +201,10 @@ class LocalServer:
                 raise RuntimeError(f"the local LLM server did not start on {host}:{self.port}")
             time.sleep(0.05)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop serving; waits up to ``timeout`` s for a request in flight (a forward pass)."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout)
         self._sock.close()
 
     def __enter__(self) -> LocalServer:

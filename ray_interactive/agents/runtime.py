@@ -6,10 +6,14 @@ front-end. Each *tick* (every ``every`` steps, or at each new evaluation) it
 
 1. observes: status, the loss / eval / lr histories, and its own past actions;
 2. asks its policy for a :class:`Decision` (commands + why);
-3. vets each command against the :class:`~ray_interactive.agents.guardrails.Guardrails`;
-4. sends the ones that pass and writes everything - what it saw, what it proposed, what
-   was refused and why, what the run answered - as one line of ``agent-<name>.jsonl`` in
-   the run directory (a journal the UI and people can read).
+3. screens the decision as a whole (:func:`screen`): each command against the
+   :class:`~ray_interactive.agents.guardrails.Guardrails`, and whether it can be carried
+   out (a checkpoint to reload). A decision is whole or nothing: if any part is refused,
+   none is sent and the entry says ``skipped`` and why - a "reload and halve" with
+   nothing to reload is not quietly cut down to "halve";
+4. sends the decision and writes everything - what it saw, what it proposed, what was
+   refused and why, what the run answered - as one line of ``agent-<name>.jsonl`` in the
+   run directory (a journal the UI and people can read).
 
 A policy that raises, or proposes nonsense, is journalled and the run goes on.
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ray_interactive.agents.detectors import diagnose
-from ray_interactive.agents.guardrails import Guardrails, RunFacts, vet
+from ray_interactive.agents.guardrails import Guardrails, LrHistory, RunFacts, vet
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +56,9 @@ class Observation:
     lr_history: list[float] = field(default_factory=list)  # the lr at each logged step (newest last)
     health: dict[str, float] = field(default_factory=dict)  # newest value of each health/* metric
 
-    def facts(self, seconds_since_last: float | None) -> RunFacts:
+    def facts(self, seconds_since_last: float | None, window_lrs: tuple[float, ...] = ()) -> RunFacts:
         return RunFacts(lrs=[self.lr] if self.lr else [], paused_by=self.paused_by,
-                        seconds_since_last=seconds_since_last)
+                        seconds_since_last=seconds_since_last, window_lrs=window_lrs)
 
 
 @dataclass
@@ -112,16 +116,18 @@ class RulePolicy:
                     finding={"pattern": "plateau", "overruled_by": "eval/loss", **found.figures})
         lr = obs.lr * self.factor
         commands: list[dict[str, Any]] = []
+        what = {"oscillating": "halve the lr", "plateau": "halve the lr (a decay step)"}.get(found.pattern, "")
+        finding: dict[str, Any] = {"pattern": found.pattern, **found.figures}
         if found.pattern in ("non_finite", "diverging"):
             good = [c for c in obs.checkpoints if c.get("finite", True) and c.get("branch") == obs.branch]
             if good:
                 commands.append({"kind": "load_checkpoint", "checkpoint_id": good[-1]["id"]})
+                what = "reload the last good checkpoint and halve the lr"
+            else:  # said, not silently dropped: the journal tells why nothing was reloaded
+                what = f"no finite checkpoint on branch {obs.branch!r} to reload: halve the lr only"
+            finding["reload"] = good[-1]["id"] if good else None
         commands.append({"kind": "update_optimizer", "params": {"lr": lr}})
         self._since = (obs.branch, obs.step)
-        what = {"non_finite": "reload the last good checkpoint and halve the lr",
-                "diverging": "reload the last good checkpoint and halve the lr",
-                "oscillating": "halve the lr", "plateau": "halve the lr (a decay step)"}[found.pattern]
-        finding = {"pattern": found.pattern, **found.figures}
         where = hottest_module(obs.health)
         if where is not None:  # per-module health, when sampled, says where the updates are largest
             finding["largest_update_ratio"] = {"module": where[0], "value": where[1]}
@@ -194,6 +200,7 @@ class AgentRunner:
         self._last_sent: float | None = None
         self._last_step = -1
         self._stop = threading.Event()
+        self.lr_moves = LrHistory()  # the lr changes it sent: the drift guardrail's memory
 
     def observe(self) -> Observation:
         st = self.client.status()
@@ -225,25 +232,54 @@ class AgentRunner:
         except Exception as e:  # noqa: BLE001 - a policy's failure is journalled, never the run's
             log.warning("agent %s: policy failed: %s", self.name, e)
             entry.update(rationale=None, error=f"{type(e).__name__}: {e}"[:2000])
-            self.journal.write(entry)
+            self._finish(entry)
             return entry
         entry.update(rationale=decision.rationale, finding=decision.finding)
-        for payload in decision.commands:
-            since = None if self._last_sent is None else time.monotonic() - self._last_sent
-            # one decision is one action: the rate limit applies between decisions
-            why = vet(payload, obs.facts(None if entry["sent"] else since), self.rails)
-            if why is not None:
-                entry["refused"].append({"command": payload, "why": why})
-                continue
-            rec = self.client.submit({**payload, "comment": f"[{self.name}] {decision.rationale}"[:2000]}, source="agent")
-            entry["sent"].append({"command": payload, "seq": rec.seq, "status": rec.status.value, "message": rec.message,
-                                  "id": rec.id})
+        if self._stop.is_set() and decision.commands:  # stopped while it decided: act no more
+            entry["skipped"] = "the agent was stopped before it acted; nothing was sent"
+            self._finish(entry)
+            return entry
+        since = None if self._last_sent is None else time.monotonic() - self._last_sent
+        facts = obs.facts(since, self.lr_moves.within(obs.step, self.rails.drift_window_steps))
+        refused = screen(decision.commands, obs, facts, self.rails)
+        if refused:
+            entry["refused"] = refused
+            whys = "; ".join(r["why"] for r in refused if not r["why"].startswith(_NOT_SENT))
+            entry["skipped"] = (f"not sent: {whys}" if len(refused) == 1 else
+                                f"the decision cannot be carried out in full, so none of it was sent: {whys}")
+            self._finish(entry)
+            return entry
+        for i, payload in enumerate(decision.commands):
+            try:
+                rec = self.client.submit({**payload, "comment": f"[{self.name}] {decision.rationale}"[:2000]},
+                                         source="agent")
+            except Exception as e:  # noqa: BLE001 - the run is unreachable: journalled, the agent goes on
+                rec, failure = None, f"{type(e).__name__}: {e}"[:500]
+            else:
+                entry["sent"].append({"command": payload, "seq": rec.seq, "status": rec.status.value,
+                                      "message": rec.message, "id": rec.id})
+                failure = None if rec.status.value != "rejected" else f"the run rejected it: {rec.message}"
+                lr = (payload.get("params") or {}).get("lr") if payload.get("kind") == "update_optimizer" else None
+                if failure is None and lr is not None:
+                    self.lr_moves.record(obs.step, obs.lr, float(lr))
+            if failure is not None:  # the rest would act on a state the decision did not mean
+                rest = decision.commands[i + 1:]
+                entry["refused"] = [{"command": c, "why": f"{_NOT_SENT}: {payload['kind']} failed"} for c in rest]
+                what = f"{payload['kind']} failed ({failure})"
+                if i > 0:  # the run has the first part: say so, never pass it off as the whole
+                    entry["partial"] = f"{what} after {i} of {len(decision.commands)} commands were sent"
+                elif rest or rec is None:
+                    entry["skipped"] = f"{what}; nothing of the decision took effect"
+                break
         if entry["sent"]:
             self._last_sent = time.monotonic()
+        self._finish(entry)
+        return entry
+
+    def _finish(self, entry: dict[str, Any]) -> None:
         self.journal.write(entry)
         if self.on_tick is not None:
             self.on_tick(entry)
-        return entry
 
     def run(self, poll_s: float = 0.5) -> None:
         """Tick every ``every`` steps (or at each evaluation) until :meth:`stop` or the run ends."""
@@ -278,6 +314,34 @@ class AgentRunner:
         return self._stop.is_set()
 
 
+#: The start of the reason a command that passed on its own was not sent (another part failed).
+_NOT_SENT = "not sent"
+
+
+def screen(commands: list[dict[str, Any]], obs: Observation, facts: RunFacts, rails: Guardrails) -> list[dict[str, Any]]:
+    """Why the decision ``commands`` may not be sent, whole: ``[{"command", "why"}]`` for each
+    of them when any part is refused (empty: all may go).
+
+    Each command is vetted against the guardrails (the rate limit once: a decision is one
+    action) and a checkpoint to load must be one of the run's.
+    """
+    whys: list[str | None] = []
+    known = {c.get("id") for c in obs.checkpoints}
+    for i, payload in enumerate(commands):
+        why = vet(payload, facts if i == 0 else RunFacts(facts.lrs, facts.paused_by, None, facts.window_lrs), rails)
+        if why is None and payload.get("kind") == "load_checkpoint":
+            ckpt = payload.get("checkpoint_id")
+            if ckpt is None:
+                why = f"there is no finite checkpoint on branch {obs.branch!r} to reload"
+            elif ckpt not in known:
+                why = f"{ckpt!r} is not one of the run's checkpoints"
+        whys.append(why)
+    if all(w is None for w in whys):
+        return []
+    return [{"command": c, "why": w or f"{_NOT_SENT}: another part of this decision was refused"}
+            for c, w in zip(commands, whys)]
+
+
 def _paused_by(commands: list[dict[str, Any]]) -> str | None:
     """Who paused the run: the source of the newest applied pause (after any resume)."""
     for c in reversed(commands):
@@ -286,5 +350,5 @@ def _paused_by(commands: list[dict[str, Any]]) -> str | None:
     return None
 
 
-__all__ = ["AgentRunner", "Decision", "Journal", "Observation", "Policy", "RulePolicy", "hottest_module",
+__all__ = ["AgentRunner", "Decision", "Journal", "Observation", "Policy", "RulePolicy", "hottest_module", "screen",
            "update_ratios"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from ray_interactive.agents.guardrails import Guardrails
 from ray_interactive.agents.runtime import AgentRunner, Journal, RulePolicy
@@ -38,7 +39,8 @@ def journal_table(run_dir: str | Path | None, rows: int = 30) -> pd.DataFrame:
             "step": e.get("step"),
             "decision (why)": (e.get("rationale") or f"error: {e.get('error')}")[:400],
             "sent": "; ".join(f"{s['command']['kind']} {_args(s['command'])} -> {s['status']}" for s in e.get("sent", [])),
-            "refused": "; ".join(f"{r['command'].get('kind')}: {r['why']}" for r in e.get("refused", []))[:300],
+            "refused": "; ".join([*(f"{k}: {e[k]}" for k in ("skipped", "partial") if e.get(k)),
+                                  *(f"{r['command'].get('kind')}: {r['why']}" for r in e.get("refused", []))])[:400],
         })
     return pd.DataFrame(out, columns=COLUMNS)
 
@@ -58,10 +60,14 @@ class AgentPanel:
         self._lock = threading.Lock()
         self._servers: dict[str, Any] = {}
 
-    def start(self, policy: str, every: Any, min_interval: Any, llm_url: str | None = None) -> str:
+    def start(self, policy: str, every: Any, min_interval: Any, llm_url: str | None = None, max_lr_drift: Any = 10.0,
+              drift_window: Any = 500) -> str:
         try:
             n = int(every)
-            rails = Guardrails(min_interval_s=float(min_interval))
+            rails = Guardrails(min_interval_s=float(min_interval), max_lr_drift=float(max_lr_drift),
+                               drift_window_steps=int(drift_window))
+        except ValidationError as e:  # its first line names only the model: say which field and why
+            return "not started: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())[:300]
         except (TypeError, ValueError) as e:
             return f"not started: {str(e).splitlines()[0][:200]}"
         if n < 1:
@@ -76,7 +82,8 @@ class AgentPanel:
                                       name=f"agent-{policy}")
             self._agents[policy] = (None, thread)  # type: ignore[assignment]  # the runner is made in the thread
             thread.start()
-        return (f"{policy} agent starting: every {n} steps, at most one command every {rails.min_interval_s:g} s"
+        return (f"{policy} agent starting: every {n} steps, at most one command every {rails.min_interval_s:g} s, "
+                f"the lr within {rails.max_lr_drift:g}x over {rails.drift_window_steps} steps"
                 + (" (loading the local model takes ~15-40 s)" if policy == "llm" and not llm_url else ""))
 
     def _run(self, policy: str, every: int, rails: Guardrails, llm_url: str | None) -> None:

@@ -171,8 +171,9 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
             with gr.Tab("Agents"):
                 gr.Markdown(
                     "An agent watches the run and acts only through commands (source `agent`, its reason in the "
-                    "command's comment), within guardrails: lr ×0.5–×2 per decision, a rate limit, never resuming "
-                    "a run a person paused. *rule*: oscillation / divergence / plateau detectors. *llm*: a chat "
+                    "command's comment), within guardrails: lr ×0.5–×2 per decision and at most the drift factor "
+                    "up or down within the window, a rate limit, never resuming a run a person paused; a decision "
+                    "that cannot be carried out in full is skipped whole. *rule*: oscillation / divergence / plateau detectors. *llm*: a chat "
                     "model picks an action (the local SmolLM2-135M unless an OpenAI-compatible URL is given)."
                 )
                 with gr.Row():
@@ -180,6 +181,10 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     agent_every = gr.Number(value=50, label="decide every N steps", precision=0, elem_id="agent-every")
                     agent_interval = gr.Number(value=10, label="at most one command every (s)", elem_id="agent-interval")
                     agent_url = gr.Textbox(label="LLM base URL (optional)", placeholder="http://host:8000/v1", scale=2)
+                with gr.Row():
+                    agent_drift = gr.Number(value=10, label="lr moves at most this factor ...", elem_id="agent-drift")
+                    agent_window = gr.Number(value=500, label="... within this many steps", precision=0,
+                                             elem_id="agent-drift-window")
                 with gr.Row():
                     agent_start = gr.Button("Start agent", variant="primary", elem_id="btn-agent-start")
                     agent_stop = gr.Button("Stop agent", elem_id="btn-agent-stop")
@@ -322,7 +327,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         any_args.submit(dash.send_any, [any_kind, any_args], any_msg, api_name=False)
         module_apply.click(dash.update_module, [module, op, attribute, attr_value], module_msg, api_name="update_module")
         module.change(lambda m: _safe(lambda: dash.module_info(m), None), module, module_info, api_name=False)
-        agent_start.click(agents.start, [agent_policy, agent_every, agent_interval, agent_url], agent_msg,
+        agent_start.click(agents.start, [agent_policy, agent_every, agent_interval, agent_url, agent_drift,
+                                         agent_window], agent_msg,
                           api_name="start_agent")
         agent_stop.click(agents.stop, agent_policy, agent_msg, api_name="stop_agent")
     return ui
