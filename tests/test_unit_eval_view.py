@@ -77,3 +77,10 @@ def test_the_eval_plot_says_when_the_next_evaluation_is_due() -> None:
     fig = dash.figures(state, View())["eval"]
     assert "no evaluation: no evaluate fn" in fig["layout"]["title"]["text"]
     assert "press 'evaluate'" not in fig["layout"]["annotations"][0]["text"]
+
+
+def test_a_constant_series_is_drawn_at_its_value_not_at_zero() -> None:
+    dash = Dashboard(client=None)
+    dash.state = state = _state({"lr": _series([1, 2, 3], [1e-3, 1e-3, 1e-3])})
+    assert dash.figures(state, View())["lr"]["layout"]["yaxis"]["range"] == [0.0005, 0.0015]
+    assert dash.figures(state, View(log_y=True))["lr"]["layout"]["yaxis"]["range"] == [-3.5, -2.5]

@@ -336,7 +336,7 @@ class Dashboard:
             if len(points) == 1:
                 x, y = points[0]
                 notes.append(f"{y:.4g} at step {x:g}" if view.x_axis == "step" else f"{y:.4g}")
-        return " · ".join(notes)
+        return " · ".join(n for n in notes if n)
 
     @staticmethod
     def _traces(label: str, xs: np.ndarray, ys: np.ndarray, colour: str, panel: Panel, view: View) -> list[dict[str, Any]]:
@@ -368,6 +368,9 @@ class Dashboard:
                                  "automargin": True}
         if view.log_y:
             yaxis["type"] = "log"  # real log ticks: 1e-3, 1e-2, ...
+        ys = {y for t in traces for y in t["y"] if y is not None}
+        if len(ys) == 1 and (v := ys.pop()) > 0:  # a constant (a fixed lr): Plotly's own range reads it as 0
+            yaxis["range"] = [math.log10(v) - 0.5, math.log10(v) + 0.5] if view.log_y else [0.5 * v, 1.5 * v]
         notes = textwrap.wrap(note, 64)  # under the title, in lines that fit a third of the page
         title = panel.title + "".join(f"<br><span style='font-size:11px;color:#666'>{n}</span>" for n in notes)
         layout: dict[str, Any] = {
