@@ -23,6 +23,8 @@ from ray_interactive.core.trackers.registry import TRACKERS
 log = logging.getLogger(__name__)
 
 _STOP = object()
+#: How long the writer waits after an event before writing it (see ``_run``).
+LINGER_S = 0.01
 
 
 def open_sink(name: str, info: RunInfo) -> Sink:
@@ -128,6 +130,9 @@ class TrackerFeed:
             if event is _STOP:
                 break
             if event is not None:
+                # Let the call that queued it return first (the controller's lock is held and we
+                # share its GIL); reports arriving meanwhile are written along with it.
+                time.sleep(LINGER_S)
                 count = 1
                 while isinstance(event, Rows):  # behind: one write for the queued reports of a branch
                     try:
