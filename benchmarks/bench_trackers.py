@@ -6,6 +6,8 @@ Three numbers, each with and without trackers, in alternating rounds (medians re
   in this process, no Ray): what its lock is held for. With trackers it only queues the
   report; the feed's thread writes it. Measured with that thread caught up (the added work),
   and back to back while it writes (``busy``: it shares the GIL, so a report may wait for it).
+  (Profiled: what grows is the rename of ``status.json`` each report does, waiting on the
+  disk that TensorBoard and MLflow's SQLite write to; queueing the report takes microseconds.)
 * **drain**: how fast that thread writes reports to each tracker (reports/s, 5 rows x 6
   metrics each): whether a tracker keeps up with a run reporting every 0.5 s.
 * **step**: a plain loop steered with ``ri.steer`` (a tiny model, so the fixed cost shows),
