@@ -55,11 +55,11 @@ def test_a_plot_of_one_point_shows_it_and_says_its_value() -> None:
     (line,) = [t for t in figs["eval"]["data"] if t.get("showlegend") is not False]
     assert line["mode"] == "lines+markers" and line["marker"]["size"] > 0  # a line of one point draws nothing
     assert line["name"] == "main = 2.346"
-    assert "2.346 at step 1" in figs["eval"]["layout"]["title"]["text"]
+    assert "2.346 at step 1" in figs["eval"]["layout"]["title"]["subtitle"]["text"]
     # a dense series is a plain line, its title has no value
     (loss,) = [t for t in figs["loss"]["data"] if t.get("showlegend") is not False]
     assert loss["mode"] == "lines" and loss["name"] == "main"
-    assert "<br>" not in figs["loss"]["layout"]["title"]["text"]
+    assert "subtitle" not in figs["loss"]["layout"]["title"]
 
 
 def test_the_eval_plot_says_when_the_next_evaluation_is_due() -> None:
@@ -67,15 +67,15 @@ def test_the_eval_plot_says_when_the_next_evaluation_is_due() -> None:
     status = {"step": 120, "branch": "main", "frontend": "trainer"}
     dash.state = state = _state({"eval/loss": _series([1, 100], [2.0, 1.5])}, status=status, eval_every=100,
                                 snapshot={"frontend": "trainer", "unsupported": {}})
-    title = dash.figures(state, View())["eval"]["layout"]["title"]["text"]
+    title = dash.figures(state, View())["eval"]["layout"]["title"]["subtitle"]["text"]
     assert "next at step 200 (every 100)" in title
     dash.state = state = _state({}, status={**status, "frontend": "hf"}, eval_every=None,
                                 snapshot={"frontend": "hf", "unsupported": {}})
     fig = dash.figures(state, View())["eval"]
-    assert "eval_strategy" in fig["layout"]["title"]["text"] and "eval_every" not in fig["layout"]["annotations"][0]["text"]
+    assert "eval_strategy" in fig["layout"]["title"]["subtitle"]["text"] and "eval_every" not in fig["layout"]["annotations"][0]["text"]
     dash.state = state = _state({}, status=status, snapshot={"frontend": "loop", "unsupported": {"evaluate": "no evaluate fn"}})
     fig = dash.figures(state, View())["eval"]
-    assert "no evaluation: no evaluate fn" in fig["layout"]["title"]["text"]
+    assert "no evaluation: no evaluate fn" in fig["layout"]["title"]["subtitle"]["text"]
     assert "press 'evaluate'" not in fig["layout"]["annotations"][0]["text"]
 
 

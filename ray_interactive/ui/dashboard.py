@@ -372,9 +372,11 @@ class Dashboard:
         if len(ys) == 1 and (v := ys.pop()) > 0:  # a constant (a fixed lr): Plotly's own range reads it as 0
             yaxis["range"] = [math.log10(v) - 0.5, math.log10(v) + 0.5] if view.log_y else [0.5 * v, 1.5 * v]
         notes = textwrap.wrap(note, 64)  # under the title, in lines that fit a third of the page
-        title = panel.title + "".join(f"<br><span style='font-size:11px;color:#666'>{n}</span>" for n in notes)
+        title: dict[str, Any] = {"text": panel.title, "x": 0.01, "xanchor": "left", "y": 0.98, "font": {"size": 14}}
+        if notes:
+            title["subtitle"] = {"text": "<br>".join(notes), "font": {"size": 11, "color": "#666666"}}
         layout: dict[str, Any] = {
-            "title": {"text": title, "x": 0.01, "xanchor": "left", "y": 0.98, "font": {"size": 14}},
+            "title": title,
             "xaxis": xaxis,
             "yaxis": yaxis,
             "height": 270,
