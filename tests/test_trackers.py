@@ -41,8 +41,9 @@ def test_our_trainer_shows_its_branches_and_commands_in_tensorboard_and_mlflow(t
 
     run_dir = tmp_path / "run"
     tb = run_dir / "tensorboard"
-    assert [s for s, _ in tb_scalars(tb / "main", "loss")] == list(range(1, 21))
-    assert [s for s, _ in tb_scalars(tb / "b", "loss")] == list(range(11, 31))
+    # each step once (TensorBoard plots by step; under load the writer may emit a report late)
+    assert sorted(s for s, _ in tb_scalars(tb / "main", "loss")) == list(range(1, 21))
+    assert sorted(s for s, _ in tb_scalars(tb / "b", "loss")) == list(range(11, 31))
     texts = dict(tb_texts(tb / "main", "commands"))
     assert texts[12].startswith('#2 update_optimizer (api) {"params": {"lr": 0.0005}} -> applied at step 12')
     assert texts[10].startswith("#1 save_checkpoint") and "// halve it" in texts[12]
