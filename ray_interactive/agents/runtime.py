@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -328,7 +328,7 @@ def screen(commands: list[dict[str, Any]], obs: Observation, facts: RunFacts, ra
     whys: list[str | None] = []
     known = {c.get("id") for c in obs.checkpoints}
     for i, payload in enumerate(commands):
-        why = vet(payload, facts if i == 0 else RunFacts(facts.lrs, facts.paused_by, None, facts.window_lrs), rails)
+        why = vet(payload, facts if i == 0 else replace(facts, seconds_since_last=None), rails)
         if why is None and payload.get("kind") == "load_checkpoint":
             ckpt = payload.get("checkpoint_id")
             if ckpt is None:
