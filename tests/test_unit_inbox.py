@@ -100,3 +100,12 @@ def test_wait_returns_when_a_command_arrives() -> None:
     inbox.wait(5.0)
     assert time.monotonic() - t0 < 2.0
     assert seqs(inbox.due(0)) == [1]
+
+
+def test_drain_hands_on_every_command_received_in_order_due_or_not() -> None:
+    inbox = CommandInbox()
+    inbox.put([rec(3), rec(1, SetGradClip(max_norm=1.0, at_step=50)), rec(4)])
+    assert seqs(inbox.drain()) == [1]  # 3 and 4 wait for 2: another rank must see the same order
+    inbox.put([rec(2)])
+    assert seqs(inbox.drain()) == [2, 3, 4]
+    assert inbox.drain() == [] and not inbox.has_due(100)

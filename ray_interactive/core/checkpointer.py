@@ -71,6 +71,10 @@ class Checkpointer:
         self._clock = time.monotonic()  # when the last checkpoint was written (or the run began)
         self.on_save: list[Callable[[], None]] = []  # after each checkpoint is taken
         self.after_load: list[Callable[[dict[str, Any] | None], None]] = []  # front-ends follow a load
+        # Many ranks: add to a checkpoint's document (every rank's RNG) before it is written,
+        # and agree afterwards whether it was (an error on any rank is an error on all).
+        self.before_write: list[Callable[[dict[str, Any]], None]] = []
+        self.after_write: list[Callable[[BaseException | None], BaseException | None]] = []
 
     # -- what a checkpoint holds besides tensors ---------------------------------------
     def doc(self) -> dict[str, Any]:
@@ -118,8 +122,18 @@ class Checkpointer:
             finite=not nonfinite_tensors(self.model.named_parameters()),  # a rollback skips it if not
         )
         doc = self.doc()  # with many ranks every one takes part (their data positions)
+        for extend in self.before_write:
+            extend(doc)
+        error: BaseException | None = None
         if self.frontend.writes_checkpoints:
-            write_checkpoint(self.dir, info, self.model, self.optimizer, doc)
+            try:
+                write_checkpoint(self.dir, info, self.model, self.optimizer, doc)
+            except OSError as e:
+                error = e
+        for agree in self.after_write:
+            error = agree(error)
+        if error is not None:
+            raise error
         self._clock = time.monotonic()
         s.last_checkpoint = info.id
         self.saved_at = (s.branch, s.step)

@@ -75,6 +75,15 @@ class CommandInbox:
             self._update_earliest()
             return records
 
+    def drain(self) -> list[CommandRecord]:
+        """Remove and return every command received in full order (below the frontier),
+        due or not: rank 0 hands them on to the other ranks (:mod:`ray_interactive.core.ranks`)."""
+        with self._lock:
+            seqs = sorted(s for s in self._pending if s < self._frontier)
+            records = [self._pending.pop(s) for s in seqs]
+            self._update_earliest()
+            return records
+
     def remove(self, seq: int) -> CommandRecord | None:
         """Withdraw the pending command numbered ``seq`` (None if it is not pending)."""
         with self._lock:

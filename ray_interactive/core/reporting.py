@@ -81,8 +81,9 @@ class Reporter:
         return events
 
     def progress(self, branch: str, status: TrainerStatus, rows: list[MetricRow]) -> None:
+        events = self._take_events()  # with no port they are dropped, not kept for ever
         if self.port is not None:
-            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=self._take_events(),
+            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=events,
                                                    incarnation=self.incarnation)))
 
     def outcomes(self, records: list[CommandRecord], snapshot: Snapshot | None = None,
@@ -185,6 +186,9 @@ class Telemetry:
             add()
         cut = len(self.rows) - self.unsettled  # the newest may still wait for a value
         rows, self.rows = self.rows[:cut], self.rows[cut:]
+        if self.reporter.port is None:  # a rank that does not report (rank 0 speaks for the run)
+            self.reporter.progress(self.state.branch, self.status(message), [])
+            return
         self.reporter.progress(self.state.branch, self.status(message), rows_to_floats(rows))
 
 

@@ -46,6 +46,7 @@ from ray_interactive.core.messages import Snapshot, TrainerStatus
 from ray_interactive.core.module_health import ModuleHealth
 from ray_interactive.core.modules import describe_modules
 from ray_interactive.core.publishing import WeightPublishing
+from ray_interactive.core.ranks import CHECKPOINT_DUE, RankLink
 from ray_interactive.core.reporting import Reporter, Telemetry
 from ray_interactive.core.state import RunStatus, TrainState
 from ray_interactive.core.weights import Publisher
@@ -101,6 +102,11 @@ class Steering:
         self.frontend = frontend
         self.device = device or torch.device("cpu")
         self.inbox = CommandInbox(next_seq)
+        # Many ranks (attach_ranks): rank 0's deliveries wait here for the next exchange,
+        # which puts them in every rank's inbox at once.
+        self.arrivals = CommandInbox(next_seq)
+        self.ranks: RankLink | None = None
+        self._checkpoint_due = False  # rank 0's clock, heard in the last exchange
         self.guard = HealthGuard(config.health)
         self.diagnostics = (ModuleHealth(model, config.diagnostics_every, config.diagnostics_groups)
                             if config.diagnostics_every else None)
@@ -139,13 +145,41 @@ class Steering:
     def deliver(self, records: list[CommandRecord]) -> None:
         """Called from any thread: queue accepted commands (numbered below the ones
         already received too: held through a recovery, they come once)."""
+        if self.ranks is not None:  # rank 0 of many: they reach every rank at the next exchange
+            self.arrivals.put(records, replayed=True)
+            return
         self.inbox.put(records, replayed=True)
+
+    def attach_ranks(self, ranks: RankLink) -> None:
+        """Make this core one rank of many: rank 0 writes checkpoints and keeps their clock;
+        the commands reach every rank through :meth:`sync`."""
+        self.ranks = ranks
+        self.frontend.timed_checkpoints = False
+        self.frontend.writes_checkpoints = ranks.rank == 0
+
+    def sync(self, loss: float | torch.Tensor | None = None, finite: bool = True) -> tuple[float | None, bool]:
+        """Many ranks: the control points' one collective. Rank 0's new commands go into
+        every rank's inbox (so every rank applies them at the same step), and the ranks
+        learn the loss averaged over them and whether every rank's step was finite.
+        One rank: ``(loss, finite)`` as given, nothing else."""
+        ranks = self.ranks
+        if ranks is None:
+            return (None if loss is None else float(loss)), finite
+        lead = ranks.rank == 0
+        records = self.arrivals.drain() if lead else []
+        flags = CHECKPOINT_DUE if lead and self.config.checkpoint_interval_s and self.checkpoints.due_by_time() else 0
+        got = ranks.exchange(records, flags, None if loss is None else float(loss), finite)
+        if got.records:
+            self.inbox.put(got.records, replayed=True)
+        self._checkpoint_due = bool(got.flags & CHECKPOINT_DUE)
+        return got.mean_loss, got.all_finite
 
     def describe_again(self) -> None:
         """Called from any thread: the controller lost the run's description (it was
         restarted); it is sent at the next boundary."""
         self._describe = True
         self.inbox.wake()
+        self.arrivals.wake()
 
     def poll(self) -> None:
         """Apply the commands due at this step (cheap when there are none)."""
@@ -173,7 +207,12 @@ class Steering:
     def hold(self) -> None:
         """While paused (and not stopping): wait for commands, apply them, keep reporting."""
         while self.state.paused and not self.state.stopping:
-            self.inbox.wait(0.2)
+            if self.ranks is None:
+                self.inbox.wait(0.2)
+            else:  # rank 0 waits for a command; the others wait for rank 0 in the exchange
+                if self.ranks.rank == 0:
+                    self.arrivals.wait(0.2)
+                self.sync()
             self.poll()
             self.telemetry.report()
 
@@ -231,7 +270,8 @@ class Steering:
     def after_step(self) -> None:
         """Periodic checkpoint, evaluation and weight version; a report when one is due."""
         step, cfg = self.state.step, self.config
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
+        due, self._checkpoint_due = self._checkpoint_due, False
+        if due or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
             self.frontend.timed_checkpoints and self.checkpoints.due_by_time()
         ):
             with self.telemetry.busy_with("writing a checkpoint"):

@@ -37,13 +37,14 @@ import torch
 import torch.distributed as dist
 
 from ray_interactive.core.commands import CommandRecord
+from ray_interactive.core.ranks import CHECKPOINT_DUE
+from ray_interactive.train.ranks import broadcast_records
 
 if TYPE_CHECKING:
     from ray_interactive.train.trainer import Feed, Trainer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DUE = 2  # a flag bit: rank 0's clock says a timed checkpoint is due
 #: Why a kind cannot be applied by many workers (refused at submission, with this reason).
 UNSUPPORTED = {
     "update_module": "freezing or changing modules under DDP needs the worker group rebuilt; not supported with "
@@ -201,11 +202,7 @@ class Ranks:
 
     def _receive(self, size: int) -> list[CommandRecord]:
         """The due commands, from rank 0, as one broadcast of their pickled bytes."""
-        data = torch.empty(size, dtype=torch.uint8)
-        if self.rank == 0:
-            data.copy_(torch.frombuffer(bytearray(self._payload), dtype=torch.uint8))
-        dist.broadcast(data, src=0)
-        return pickle.loads(data.numpy().tobytes())  # noqa: S301 - our own rank 0's commands
+        return broadcast_records(self._payload, size)
 
     def _apply_all(self, due: list[CommandRecord]) -> None:
         core = self.t.core

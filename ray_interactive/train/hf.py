@@ -68,6 +68,7 @@ from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, finite
 from ray_interactive.train.hf_reporting import end_branches, follow_branch
+from ray_interactive.train.ranks import Ranks, local_rank
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +251,19 @@ class InteractiveCallback(TrainerCallback):
                 f"resuming run {config.name!r} from {point.id} (step {point.step}), but the Trainer starts at step "
                 f"{state.global_step}: call trainer.train(resume_from_checkpoint=callback.hf_checkpoint(trainer)) "
                 "(ri.hf.steer(..., resume=True) does it for you)")
-        self.run = self._open_run(config, self.address, resume=point is not None,
-                                  resume_from=point.id if point is not None else None)
+        ranks = Ranks.of_this_process()  # torchrun, accelerate, a Ray Train worker: rank 0 owns the run
+        opener = self._open_run if ranks is None else (
+            lambda *a, **kw: ranks.open(self._open_run, *a, **kw))
+        self.run = opener(config, self.address, resume=point is not None,
+                          resume_from=point.id if point is not None else None)
         try:
             self.core = Steering(
-                config, model, optimizer, tstate, self.run.reporter, frontend, next_seq=self.run.next_seq,
-                publisher=self.run.publisher, next_weight_version=self.run.next_weight_version,
-                device=args.device,
+                config, _own_model(model), optimizer, tstate, self.run.reporter, frontend,
+                next_seq=self.run.next_seq, publisher=self.run.publisher,
+                next_weight_version=self.run.next_weight_version, device=args.device,
             )
+            if ranks is not None:
+                ranks.attach(self.core)
             self._scaled = getattr(getattr(trainer, "accelerator", None), "scaler", None) is not None
             self._watch_grad_norm(trainer)
             self.core.before_load.append(lambda: self._log_window(state))
@@ -268,6 +274,7 @@ class InteractiveCallback(TrainerCallback):
             if self.replay is not None:
                 self.run.replay(self.replay)
             self.run.connect(self.core)
+            self.core.sync()  # the commands queued before the start (a replay's) reach every rank
             self._control_point(args, state, control)
         except BaseException:
             self.run.close()
@@ -283,7 +290,8 @@ class InteractiveCallback(TrainerCallback):
         if point is None:
             raise ValueError("this callback does not resume a run (resume=True or a checkpoint id)")
         src = checkpoint_dir(self.config, point)
-        dst = self.config.resolved_run_dir / "hf-resume" / point.id
+        rank = local_rank()  # many ranks: one view each (HF reads it on every rank)
+        dst = self.config.resolved_run_dir / "hf-resume" / (point.id if rank is None else f"{point.id}-rank{rank}")
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
         try:
@@ -303,6 +311,7 @@ class InteractiveCallback(TrainerCallback):
         core = self.core
         if core is None:
             return
+        core.sync()  # many ranks: rank 0's new commands reach every rank here, before the step
         core.poll_before_step()  # an lr that arrived during this step's backward is used by it
         norm, self._hf_norm = self._hf_norm, None
         if norm is None:  # HF did not say (another version): one more pass over the gradients
@@ -470,6 +479,13 @@ class InteractiveCallback(TrainerCallback):
                 control.should_log, control.should_evaluate, control.should_save = flags
         return {_eval_key(k): float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
+
+
+def _own_model(model: Any) -> Any:
+    """The user's model inside HF's DDP wrapper (HF hands callbacks the wrapped one on many
+    ranks): checkpoints hold its own parameter names."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) and type(model).__name__ == "DistributedDataParallel" else model
 
 
 def _hf_rng(checkpoint: Path) -> dict[str, Any]:

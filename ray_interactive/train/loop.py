@@ -43,6 +43,7 @@ from ray_interactive.core.link import OpenRun, RunLink
 from ray_interactive.core.resume import Resume, check_resume, resume_point, resumed_config
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
+from ray_interactive.train.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +101,28 @@ class Session:
         """Create the run's controller, take the commands already queued (a replay's),
         and hold while the run starts paused."""
         resuming = self._resume_from is not None
-        self.run = self._open_run(self.config, self._address, resume=resuming, resume_from=self._resume_from)
+        ranks = Ranks.of_this_process()  # torchrun, accelerate, a Ray Train worker: rank 0 owns the run
+        if ranks is not None:
+            self.run = ranks.open(self._open_run, self.config, self._address, resume=resuming,
+                                  resume_from=self._resume_from)
+            self._samples *= ranks.world  # samples/s counts every rank's batch
+        else:
+            self.run = self._open_run(self.config, self._address, resume=resuming, resume_from=self._resume_from)
         try:
             self.core = Steering(
-                self.config, self._model, self._optimizer, self._state, self.run.reporter, self._frontend,
+                self.config, _unwrapped(self._model), self._optimizer, self._state, self.run.reporter, self._frontend,
                 next_seq=self.run.next_seq, publisher=self.run.publisher,
                 next_weight_version=self.run.next_weight_version, device=_device_of(self._model),
             )
+            if ranks is not None:
+                ranks.attach(self.core)
             if self.run.resume_from is not None:
                 self.core.continue_from(self.run.resume_from)
             self.core.start()
             if self._replay is not None:
                 self.run.replay(self._replay)
             self.run.connect(self.core)
+            self.core.sync()  # the commands queued before the start (a replay's) reach every rank
             self._control_point()
         except BaseException:
             self.run.close()
@@ -185,7 +195,14 @@ class Session:
         core.begin_step()
         grad_norm = core.clip()
         checked = mean_loss if mean_loss is not None else torch.zeros(())
-        if not finite(checked, grad_norm):  # never let it reach the weights
+        ok = finite(checked, grad_norm)
+        if core.ranks is not None:  # one exchange a step: the commands, the mean loss, agreed finiteness
+            own = mean_loss
+            mean, ok = core.sync(None if own is None else own.detach(), ok)
+            if own is not None and mean is not None:
+                metrics = {**metrics, "loss/rank0": own}
+                mean_loss = torch.tensor(mean)
+        if not ok:  # never let it reach the weights
             self._optimizer.zero_grad(set_to_none=True)
             core.non_finite_step(checked, grad_norm)
             self._control_point()
@@ -266,6 +283,13 @@ def steer(
         cfg = RunConfig.model_validate({"name": run, "grad_clip": None, **config})
     return Session(cfg, model, optimizer, open_run=open_run, evaluate=evaluate, replay=replay, address=address,
                    samples_per_step=samples_per_step, resume_from=resume_from)
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's model inside a DDP (or FSDP1) wrapper: checkpoints hold its own names."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) and type(model).__name__ in (
+        "DistributedDataParallel", "FullyShardedDataParallel") else model
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

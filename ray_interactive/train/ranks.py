@@ -1,0 +1,174 @@
+"""Hugging Face and plain loops on many ranks (torchrun, accelerate, a Ray Train worker
+function): one run per job, steered alike on every rank. Only ``torch.distributed``.
+
+Rank 0 owns the run (its controller, log, metrics, checkpoints); the other ranks attach
+to it with a :class:`FollowerRun` (no controller, no Ray). At each control point the
+ranks meet in :meth:`Ranks.exchange`, one ``all_reduce`` of five numbers on a gloo group
+of their own - the size of rank 0's new commands, its flags, the loss sum and count, the
+count of non-finite steps - and, only when rank 0 has commands, one broadcast of their
+pickled bytes. Every rank then holds the same commands, and its steering core applies
+them at the same optimizer step (see :mod:`ray_interactive.core.ranks`).
+
+Checkpoints are written once, by rank 0, with every rank's RNG states in them; each rank
+restores its own when one is loaded (a load is a command: every rank applies it at the
+same step, from the same files). Whether a checkpoint was written is agreed by all.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ray_interactive.core.checkpoints import capture_rng, restore_rng
+from ray_interactive.core.commands import CommandRecord
+from ray_interactive.core.config import RunConfig
+from ray_interactive.core.link import OpenRun, RunLink
+from ray_interactive.core.ranks import Exchanged
+from ray_interactive.core.reporting import Reporter
+from ray_interactive.core.steering import Steering
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FollowerRun", "Ranks", "broadcast_records", "ranks_of_this_process"]
+
+
+def ranks_of_this_process() -> tuple[int, int] | None:
+    """``(rank, world)`` when this process is one of several in an initialised process
+    group (torchrun, accelerate, Ray Train); None when it is alone."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.get_world_size()
+    return (dist.get_rank(), world) if world > 1 else None
+
+
+def broadcast_records(payload: bytes, size: int, src: int = 0, group: Any = None) -> list[CommandRecord]:
+    """Command records pickled on ``src`` (``payload``, ``size`` bytes; elsewhere ignored),
+    as one broadcast of their bytes; every rank gets them."""
+    data = torch.empty(size, dtype=torch.uint8)
+    if dist.get_rank() == src:
+        data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    dist.broadcast(data, src=src, group=group)
+    return pickle.loads(data.numpy().tobytes())  # noqa: S301 - our own rank 0's commands
+
+
+@dataclass
+class FollowerRun:
+    """The run as a rank other than 0 holds it: no controller (rank 0's reports speak for
+    the run), commands only through the exchange."""
+
+    next_seq: int
+    resume_from: Path | None
+    reporter: Reporter = None  # type: ignore[assignment]
+    publisher: None = None
+    next_weight_version: int = 1
+
+    def __post_init__(self) -> None:
+        self.reporter = Reporter(None)
+
+    def replay(self, source_dir: str | Path) -> int:
+        return 0  # rank 0 submits the replay; its commands reach this rank through the exchange
+
+    def connect(self, core: Steering) -> None:
+        pass
+
+    def client(self) -> Any:
+        raise RuntimeError(f"a run's client is rank 0's (this is rank {dist.get_rank()}): use ri.connect(name) instead")
+
+    def close(self) -> None:
+        pass
+
+
+class Ranks:
+    """This process as one rank of many steering one run (see the module doc)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        # Our messages go over a gloo group of their own: on CPU tensors whatever the
+        # job's backend (NCCL), and never interleaved with the loop's own collectives.
+        self.group = dist.new_group(backend="gloo")
+        self._buf = torch.zeros(5, dtype=torch.float64)
+
+    @classmethod
+    def of_this_process(cls) -> Ranks | None:
+        found = ranks_of_this_process()
+        return None if found is None else cls(*found)
+
+    # -- opening the run -------------------------------------------------------------------
+    def open(self, open_run: OpenRun, config: RunConfig, address: str | None, resume: bool = False,
+             resume_from: str | None = None) -> RunLink:
+        """Rank 0 opens the run's controller; every other rank learns where the command
+        numbers start and which checkpoint the run continues from (or rank 0's error)."""
+        box: list[Any] = [None]
+        link: RunLink | None = None
+        if self.rank == 0:
+            try:
+                link = open_run(config, address, resume=resume, resume_from=resume_from)
+                box = [("ok", link.next_seq, None if link.resume_from is None else str(link.resume_from))]
+            except BaseException as e:
+                box = [("error", f"{type(e).__name__}: {e}", None)]
+                dist.broadcast_object_list(box, src=0, group=self.group)
+                raise
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        if link is not None:
+            return link
+        what, value, resume_path = box[0]
+        if what == "error":
+            raise RuntimeError(f"rank 0 could not open run {config.name!r}: {value}")
+        return FollowerRun(next_seq=int(value), resume_from=Path(resume_path) if resume_path else None)
+
+    def attach(self, core: Steering) -> None:
+        """Make ``core`` one rank of many (before :meth:`Steering.start` and any load)."""
+        core.attach_ranks(self)
+        core.checkpoints.before_write.append(self._add_rngs)
+        core.checkpoints.after_write.append(self._agree_written)
+        core.checkpoints.after_load.append(self._restore_rng)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _add_rngs(self, doc: dict[str, Any]) -> None:
+        mine = base64.b64encode(pickle.dumps(capture_rng())).decode()
+        every: list[Any] = [None] * self.world
+        dist.all_gather_object(every, mine, group=self.group)
+        doc["ranks_rng"] = every
+
+    def _agree_written(self, error: BaseException | None) -> BaseException | None:
+        failed = torch.tensor([0.0 if error is None else 1.0])
+        dist.all_reduce(failed, group=self.group)
+        if error is None and failed.item() > 0:
+            return OSError("the checkpoint was not written (rank 0 could not write it)")
+        return error
+
+    def _restore_rng(self, doc: dict[str, Any] | None) -> None:
+        rngs = (doc or {}).get("ranks_rng")
+        if not rngs or len(rngs) != self.world:  # another world size: rank 0's states (a fresh start for the rest)
+            return
+        plain, tensors = pickle.loads(base64.b64decode(rngs[self.rank]))  # noqa: S301 - our own checkpoint
+        restore_rng(plain, tensors)
+
+    # -- the control point ---------------------------------------------------------------
+    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool) -> Exchanged:
+        payload = pickle.dumps(records) if self.rank == 0 and records else b""
+        buf = self._buf
+        buf[0] = len(payload)
+        buf[1] = flags if self.rank == 0 else 0
+        buf[2] = 0.0 if loss is None else loss
+        buf[3] = 0.0 if loss is None else 1.0
+        buf[4] = 0.0 if finite else 1.0
+        dist.all_reduce(buf, group=self.group)
+        size, got_flags, loss_sum, losses, nonfinite = buf.tolist()
+        got = broadcast_records(payload, int(size), group=self.group) if size else []
+        return Exchanged(records=got, flags=int(got_flags), mean_loss=loss_sum / losses if losses else None,
+                         all_finite=nonfinite == 0)
+
+
+def local_rank() -> int | None:
+    """This process's rank as its launcher says (before the process group exists)."""
+    value = os.environ.get("RANK")
+    return int(value) if value is not None and os.environ.get("WORLD_SIZE", "1") != "1" else None
