@@ -100,7 +100,8 @@ class Steering:
         self.state = state
         self.reporter = reporter
         self.frontend = frontend
-        self.device = device or torch.device("cpu")
+        # "cpu:0" (HF's device on many ranks) is a location neither torch.load nor safetensors takes
+        self.device = device if device is not None and device.type != "cpu" else torch.device("cpu")
         self.inbox = CommandInbox(next_seq)
         # Many ranks (attach_ranks): rank 0's deliveries wait here for the next exchange,
         # which puts them in every rank's inbox at once.

@@ -1,0 +1,88 @@
+"""The plain-loop and Hugging Face front-ends on two ranks under ``torchrun`` (gloo on the
+CPU), on the real local Ray: one run for the job, owned by rank 0; the same tour of
+commands as on one process (tests/test_frontends.py); every rank applies every command at
+the same optimizer step; and the run's command log, replayed on two ranks, gives the same
+losses again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ray_interactive.runtime.offline import FinishedRun
+
+from .conftest import REPO, SHARED_DATA, wait_until
+from .test_frontends import check_tour, client_of, losses, steer_through_the_tour
+
+
+def torchrun(kind: str, name: str, run_dir: Path, address: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RAY_ADDRESS": address, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.steered_script", kind, name, str(run_dir), "--max-steps", "100", "--pace", "0", *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err.decode()[-4000:]
+
+
+def rank_records(where: Path, rank: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (where / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["loop", "hf"])
+def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
+    kind: str, tmp_path: Path, ray_cluster: dict[str, Any]
+) -> None:
+    if kind == "hf" and not (SHARED_DATA / "wikitext-2").exists():
+        pytest.skip("needs ../shared/data")
+    address, name = ray_cluster["address"], f"ranks-{kind}"
+    run_dir, seen = tmp_path / name, tmp_path / "seen"
+    seen.mkdir()
+    proc = torchrun(kind, name, run_dir, address, "--start-paused", "--records", str(seen), "--checkpoint-every", "0")
+    outcomes: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            client = wait_until(lambda: client_of(name), timeout=180, what="rank 0 to open the run")
+            steer_through_the_tour(client, outcomes)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    finish(proc)
+    thread.join(60)
+    if errors:
+        raise errors[0]
+
+    r0, r1 = rank_records(seen, 0), rank_records(seen, 1)
+    lr_used = {r["step"]: r["lr"] for r in r0}
+    check_tour(outcomes, run_dir, lr_used)
+    # every rank stepped alike: the same steps, branches and lrs, in the same order
+    assert [(r["step"], r.get("branch"), r["lr"]) for r in r0] == [(r["step"], r.get("branch"), r["lr"]) for r in r1]
+    status = FinishedRun(run_dir).status()
+    assert status["frontend"] == kind
+    if kind == "loop":
+        logged = FinishedRun(run_dir).metrics(keys=["loss", "loss/rank0"], branch="main")
+        loss, own = logged["loss"], logged["loss/rank0"]
+        mean = {s: (a["loss"] + b["loss"]) / 2 for a, b in zip(r0, r1) if a.get("branch") == "main"
+                for s in [a["step"]]}
+        step = own["step"][5]
+        assert loss["value"][5] == pytest.approx(mean[step], rel=1e-5)  # the loss is the mean over ranks
+        assert own["value"][5] != loss["value"][5]
+
+    replay_dir = tmp_path / f"{name}-replay"
+    finish(torchrun(kind, f"{name}-replay", replay_dir, address, "--replay", str(run_dir), "--checkpoint-every", "0"))
+    assert losses(replay_dir, "main") == pytest.approx(losses(run_dir, "main"), rel=1e-6)
+    assert losses(replay_dir, "b") == pytest.approx(losses(run_dir, "b"), rel=1e-6)
