@@ -29,6 +29,8 @@ class Records:
     def __init__(self, where: Path | None) -> None:
         rank = int(os.environ.get("RANK", "0"))
         self.file = None if where is None else (where / f"rank{rank}.jsonl").open("a", buffering=1)
+        if where is not None:  # a test may kill one rank
+            (where / f"pid{rank}").write_text(str(os.getpid()))
 
     def add(self, **row: Any) -> None:
         if self.file is not None:

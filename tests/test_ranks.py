@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,11 +21,13 @@ from ray_interactive.runtime.offline import FinishedRun
 
 from .conftest import REPO, SHARED_DATA, wait_until
 from .test_frontends import check_tour, client_of, losses, steer_through_the_tour
+from .test_resume_frontends import step_of
 
 
-def torchrun(kind: str, name: str, run_dir: Path, address: str, *extra: str) -> subprocess.Popen[bytes]:
+def torchrun(kind: str, name: str, run_dir: Path, address: str, *extra: str,
+             launcher: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAY_ADDRESS": address, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher,
            "-m", "tests.steered_script", kind, name, str(run_dir), "--max-steps", "100", "--pace", "0", *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -86,3 +89,42 @@ def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
     finish(torchrun(kind, f"{name}-replay", replay_dir, address, "--replay", str(run_dir), "--checkpoint-every", "0"))
     assert losses(replay_dir, "main") == pytest.approx(losses(run_dir, "main"), rel=1e-6)
     assert losses(replay_dir, "b") == pytest.approx(losses(run_dir, "b"), rel=1e-6)
+
+
+def kill_rank_1_at(name: str, seen: Path, step: int) -> int:
+    reached = wait_until(lambda: (s := step_of(name)) >= step and s, timeout=180, what=f"the run past step {step}")
+    os.kill(int((seen / "pid1").read_text()), signal.SIGKILL)
+    return int(reached)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_run_with_the_reason_and_a_restarted_group_resumes_it(
+    tmp_path: Path, ray_cluster: dict[str, Any]
+) -> None:
+    address, paced = ray_cluster["address"], ("--max-steps", "60", "--pace", "0.2")
+    whole_dir = tmp_path / "whole"
+    finish(torchrun("loop", "ranks-whole", whole_dir, address, *paced, "--pace", "0"))
+
+    # no restarts: the run ends "failed", saying a rank was lost (never "running" for ever)
+    seen = tmp_path / "seen-a"
+    seen.mkdir()
+    proc = torchrun("loop", "ranks-killed", tmp_path / "killed", address, *paced, "--records", str(seen))
+    kill_rank_1_at("ranks-killed", seen, 15)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    status = FinishedRun(tmp_path / "killed").status()
+    assert status["status"] == "failed", status
+    assert "another rank of this job is gone" in status["message"] or "SIGTERM" in status["message"], status
+
+    # torchrun --max-restarts: the group comes back from the newest checkpoint, same losses
+    seen = tmp_path / "seen-b"
+    seen.mkdir()
+    proc = torchrun("loop", "ranks-restarted", tmp_path / "restarted", address, *paced, "--records", str(seen),
+                    launcher=("--max-restarts", "1"))
+    killed_at = kill_rank_1_at("ranks-restarted", seen, 25)
+    finish(proc)
+    run = FinishedRun(tmp_path / "restarted")
+    assert run.status()["status"] == "stopped" and run.status()["step"] == 60
+    steps = [r["step"] for r in rank_records(seen, 0)]
+    assert steps.count(killed_at - killed_at % 10 + 1) == 2  # computed again after the restart
+    assert losses(tmp_path / "restarted", "main") == pytest.approx(losses(whole_dir, "main"), rel=1e-6)

@@ -21,7 +21,7 @@ from ray_interactive.core.messages import BranchCreated, BranchRewound, Progress
 from ray_interactive.core.trackers import TRACKERS, Rows, RunInfo, Sink, TrackerFeed, check_report_to
 from ray_interactive.core.trackers.registry import TrackerSpec
 
-from .conftest import snapshot_of
+from .conftest import snapshot_of, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -167,8 +167,12 @@ def test_wandb_offline_writes_a_run_per_branch_in_one_group(tmp_path: Path, monk
     steered_run(tmp_path / "run", ["wandb"])
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 3  # main, b, and b computed again from step 21
-    data = [p.read_bytes() for p in runs]
-    assert all(b"tracked" in d for d in data)  # the group
+    # wandb's service process may still be writing a run's file when finish() returns
+    def written() -> list[bytes] | None:
+        data = [p.read_bytes() for p in runs]
+        return data if all(b"tracked" in d for d in data) else None  # the group
+
+    data = wait_until(written, timeout=60, what="every run's file to name the group")
     assert sum(b"b (from step 21)" in d for d in data) == 1
     (table,) = (tmp_path / "run" / "wandb").glob("offline-run-*/files/media/table/commands_*.table.json")
     (row,) = json.loads(table.read_text())["data"]

@@ -8,14 +8,41 @@ named - is where training continues, and its command log, metrics and branches g
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from ray_interactive.core.checkpoints import CheckpointInfo, list_checkpoints
 from ray_interactive.core.config import RunConfig
 
+log = logging.getLogger(__name__)
+
 #: ``resume=``: False (a new run), True (the newest checkpoint) or a checkpoint id.
 Resume = bool | str
+
+
+def restarted_by_launcher() -> int:
+    """How many times a launcher has restarted this job (torchrun ``--max-restarts``)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def resume_after_restart(name: str, overrides: dict[str, Any], resume: Resume) -> Resume:
+    """``resume`` - or True when a launcher restarted the job after a failure and the run's
+    directory holds a checkpoint: the group comes back from the newest one, with the
+    command log after it given again, as ``resume=True`` does."""
+    count = restarted_by_launcher()
+    if resume or not count:
+        return resume
+    run_dir = RunConfig(name=name, run_dir=overrides.get("run_dir")).resolved_run_dir
+    if not list_checkpoints(run_dir / "checkpoints"):
+        return resume  # nothing to come back to: starting again says why it cannot
+    log.warning("the launcher restarted this job (restart %d): run %s continues from its newest checkpoint",
+                count, name)
+    return True
 
 
 def resumed_config(name: str, overrides: dict[str, Any]) -> RunConfig:

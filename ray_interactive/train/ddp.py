@@ -63,16 +63,6 @@ def own_position(position: dict[str, Any], rank: int, world: int) -> dict[str, A
     return ranks[rank]
 
 
-def peer_lost(e: BaseException) -> bool:
-    """Whether a collective failed because another rank is gone (not this rank's error)."""
-    if isinstance(e, getattr(dist, "DistNetworkError", ())):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and any(
-        s in text for s in ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL")
-    )
-
-
 class RankData:
     """The steering core's view of a rank's data: its own feed, and at checkpoints the
     positions of all ranks (a collective: called at the same step on every rank). The

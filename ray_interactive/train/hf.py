@@ -63,7 +63,14 @@ from ray_interactive.core.checkpoints import CheckpointInfo, rng_states
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.health import nonfinite_tensors
 from ray_interactive.core.link import OpenRun, RunLink
-from ray_interactive.core.resume import Resume, check_resume, checkpoint_dir, resume_point, resumed_config
+from ray_interactive.core.resume import (
+    Resume,
+    check_resume,
+    checkpoint_dir,
+    resume_after_restart,
+    resume_point,
+    resumed_config,
+)
 from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, finite
@@ -199,6 +206,8 @@ class InteractiveCallback(TrainerCallback):
             if key in config:
                 raise ValueError(f"{key!r} is the Trainer's own (TrainingArguments); not a steer() option")
         resume = check_resume(resume)
+        if not resume and (resume := resume_after_restart(run, config, resume)):
+            replay = None  # restarted: the replayed commands are in the run's own log now
         self.resume_point: CheckpointInfo | None = None
         if resume:
             if replay is not None:
@@ -221,6 +230,7 @@ class InteractiveCallback(TrainerCallback):
         self._hf_norm: Any = None  # the gradient norm HF computed for the step under way
         self._scaled = False  # fp16 with a gradient scaler: inf gradients are the scaler's to skip
         self._branch: str | None = None  # the branch HF's own reporting is on
+        self._ranks: Ranks | None = None
 
     # -- HF's events -------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -251,7 +261,7 @@ class InteractiveCallback(TrainerCallback):
                 f"resuming run {config.name!r} from {point.id} (step {point.step}), but the Trainer starts at step "
                 f"{state.global_step}: call trainer.train(resume_from_checkpoint=callback.hf_checkpoint(trainer)) "
                 "(ri.hf.steer(..., resume=True) does it for you)")
-        ranks = Ranks.of_this_process()  # torchrun, accelerate, a Ray Train worker: rank 0 owns the run
+        ranks = self._ranks = Ranks.of_this_process()  # torchrun, accelerate, a Ray Train worker: rank 0 owns the run
         opener = self._open_run if ranks is None else (
             lambda *a, **kw: ranks.open(self._open_run, *a, **kw))
         self.run = opener(config, self.address, resume=point is not None,
@@ -404,6 +414,8 @@ class InteractiveCallback(TrainerCallback):
         core, run = self.core, self.run
         if core is None or run is None:
             return
+        if self._ranks is not None:
+            self._ranks.ending = True
         try:
             core.end("the Trainer finished")
         finally:
@@ -416,6 +428,8 @@ class InteractiveCallback(TrainerCallback):
         core, run = self.core, self.run
         if core is None or run is None:
             return
+        if self._ranks is not None:
+            error = self._ranks.failure(error)
         try:
             core.fail(error)
         finally:

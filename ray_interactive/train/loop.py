@@ -40,7 +40,7 @@ import torch
 
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.link import OpenRun, RunLink
-from ray_interactive.core.resume import Resume, check_resume, resume_point, resumed_config
+from ray_interactive.core.resume import Resume, check_resume, resume_after_restart, resume_point, resumed_config
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
 from ray_interactive.train.ranks import Ranks
@@ -86,6 +86,7 @@ class Session:
         self._losses: list[torch.Tensor] = []
         self._started = time.perf_counter()
         self._unwrapped: Callable[..., Any] | None = None
+        self._ranks: Ranks | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -101,7 +102,7 @@ class Session:
         """Create the run's controller, take the commands already queued (a replay's),
         and hold while the run starts paused."""
         resuming = self._resume_from is not None
-        ranks = Ranks.of_this_process()  # torchrun, accelerate, a Ray Train worker: rank 0 owns the run
+        ranks = self._ranks = Ranks.of_this_process()  # torchrun, accelerate, a Ray Train worker: rank 0 owns the run
         if ranks is not None:
             self.run = ranks.open(self._open_run, self.config, self._address, resume=resuming,
                                   resume_from=self._resume_from)
@@ -133,6 +134,8 @@ class Session:
     def close(self) -> dict[str, Any]:
         """End the run: final checkpoint, status ``stopped``, log flushed."""
         core, run = self._require()
+        if self._ranks is not None:
+            self._ranks.ending = True
         if self._unwrapped is not None:
             self._optimizer.step = self._unwrapped  # type: ignore[method-assign]
             self._unwrapped = None
@@ -143,6 +146,8 @@ class Session:
 
     def fail(self, error: BaseException) -> None:
         core, run = self._require()
+        if self._ranks is not None:
+            error = self._ranks.failure(error)
         try:
             core.fail(error)
         finally:
@@ -273,6 +278,8 @@ def steer(
     if "task" in config or "lr" in config:
         raise ValueError("ri.steer takes the lr from the optimizer and trains your loop: no 'task' or 'lr' here")
     resume = check_resume(resume)
+    if not resume and (resume := resume_after_restart(run, config, resume)):
+        replay = None  # restarted: the replayed commands are in the run's own log now
     resume_from = None
     if resume:
         if replay is not None:

@@ -20,6 +20,8 @@ import base64
 import logging
 import os
 import pickle
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,26 @@ from ray_interactive.core.steering import Steering
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FollowerRun", "Ranks", "broadcast_records", "ranks_of_this_process"]
+__all__ = ["FollowerRun", "LauncherTerminated", "RankLost", "Ranks", "broadcast_records", "peer_lost",
+           "ranks_of_this_process"]
+
+
+class LauncherTerminated(SystemExit):
+    """SIGTERM from the launcher: torchrun ends every rank when one fails (or it is stopped)."""
+
+
+class RankLost(RuntimeError):
+    """A collective failed because another rank of the job is gone."""
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (not this rank's error)."""
+    if isinstance(e, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL")
+    )
 
 
 def ranks_of_this_process() -> tuple[int, int] | None:
@@ -95,11 +116,41 @@ class Ranks:
         # job's backend (NCCL), and never interleaved with the loop's own collectives.
         self.group = dist.new_group(backend="gloo")
         self._buf = torch.zeros(5, dtype=torch.float64)
+        self.ending = False  # the front-end is reporting the run's end: a SIGTERM waits for it
+        self._watch_termination()
 
     @classmethod
     def of_this_process(cls) -> Ranks | None:
         found = ranks_of_this_process()
         return None if found is None else cls(*found)
+
+    def _watch_termination(self) -> None:
+        """When one rank dies torchrun SIGTERMs the others: make that an error the front-end
+        reports (the run is ``failed`` with the reason, not left ``running``). Only where
+        nobody else handles SIGTERM."""
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+                signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, self._terminated)
+
+    def _terminated(self, signum: int, frame: Any) -> None:
+        if self.ending:  # already reporting the end: let it finish (the launcher's grace period)
+            return
+        self.ending = True
+        raise LauncherTerminated(self._sigterm_message())
+
+    def _sigterm_message(self) -> str:
+        return f"rank {self.rank}: terminated by SIGTERM - the launcher is ending the job (another rank failed, " \
+               "or the job was stopped)"
+
+    def failure(self, error: BaseException) -> BaseException:
+        """The error to report the run's end with: a lost peer says so."""
+        self.ending = True
+        if isinstance(error, SystemExit) and not isinstance(error, LauncherTerminated) and error.code == signal.SIGTERM:
+            # Ray's own SIGTERM handler (rank 0 runs Ray) exits with the signal's number
+            return LauncherTerminated(self._sigterm_message())
+        if peer_lost(error):
+            return RankLost(f"another rank of this job is gone (killed, or it crashed): {str(error)[:500]}")
+        return error
 
     # -- opening the run -------------------------------------------------------------------
     def open(self, open_run: OpenRun, config: RunConfig, address: str | None, resume: bool = False,

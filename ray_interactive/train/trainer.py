@@ -39,7 +39,8 @@ from ray_interactive.core.steering import Frontend, Steering, evaluate_model, fi
 from ray_interactive.core.task import Task
 from ray_interactive.core.weights import Publisher
 from ray_interactive.data.feeds import Batch
-from ray_interactive.train.ddp import Ranks, peer_lost
+from ray_interactive.train.ddp import Ranks
+from ray_interactive.train.ranks import peer_lost
 
 __all__ = ["Feed", "Reporter", "Trainer", "resolve_device"]
 
