@@ -39,7 +39,8 @@ class Records:
 
 def plain_loop(name: str, run_dir: Path, max_steps: int, pace: float, records: Records, **steer: Any) -> None:
     many = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if many:
+    ours = many and not dist.is_initialized()  # torchrun: the script sets it up; Ray Train has done it
+    if ours:
         dist.init_process_group("gloo")
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def plain_loop(name: str, run_dir: Path, max_steps: int, pace: float, records: R
             if s.step(loss=loss):
                 records.add(step=s.state.step, branch=branch, lr=used[-1], loss=loss.item())
             time.sleep(pace)
-    if many:
+    if ours:
         dist.destroy_process_group()
 
 
@@ -83,6 +84,13 @@ def hf_trainer(name: str, run_dir: Path, max_steps: int, pace: float, records: R
                             block=32, batch_size=4, train_chars=50_000, eval_chars=4_000, callbacks=[Pace()])
     ri.hf.steer(trainer, run=name, run_dir=run_dir, metrics_interval_s=0.1, **steer)
     trainer.train()
+
+
+def ray_train_worker(config: dict[str, Any]) -> None:
+    """The same script as a Ray Train ``TorchTrainer`` worker function (Ray sets up the group)."""
+    fn = plain_loop if config["kind"] == "loop" else hf_trainer
+    fn(config["name"], Path(config["run_dir"]), config["max_steps"], 0.0, Records(Path(config["records"])),
+       **config["steer"])
 
 
 def main() -> None:

@@ -41,17 +41,30 @@ def rank_records(where: Path, rank: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (where / f"rank{rank}.jsonl").read_text().splitlines()]
 
 
+def ray_train(kind: str, name: str, run_dir: Path, seen: Path, **steer: Any) -> None:
+    """The script as a Ray Train worker function on two workers (Ray's documented HF pattern)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .steered_script import ray_train_worker
+
+    config = {"kind": kind, "name": name, "run_dir": str(run_dir), "max_steps": 100, "records": str(seen),
+              "steer": steer}
+    TorchTrainer(ray_train_worker, train_loop_config=config, scaling_config=ScalingConfig(num_workers=2),
+                 run_config=RunConfig(name=name, storage_path=str(run_dir.parent / "ray-train"))).fit()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["loop", "hf"])
+@pytest.mark.parametrize(("kind", "launcher"), [("loop", "torchrun"), ("hf", "torchrun"), ("loop", "ray-train"),
+                                                ("hf", "ray-train")])
 def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
-    kind: str, tmp_path: Path, ray_cluster: dict[str, Any]
+    kind: str, launcher: str, tmp_path: Path, ray_cluster: dict[str, Any]
 ) -> None:
     if kind == "hf" and not (SHARED_DATA / "wikitext-2").exists():
         pytest.skip("needs ../shared/data")
-    address, name = ray_cluster["address"], f"ranks-{kind}"
+    address, name = ray_cluster["address"], f"ranks-{kind}-{launcher}"
     run_dir, seen = tmp_path / name, tmp_path / "seen"
     seen.mkdir()
-    proc = torchrun(kind, name, run_dir, address, "--start-paused", "--records", str(seen), "--checkpoint-every", "0")
     outcomes: dict[str, Any] = {}
     errors: list[BaseException] = []
 
@@ -64,7 +77,11 @@ def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
 
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
-    finish(proc)
+    if launcher == "torchrun":
+        finish(torchrun(kind, name, run_dir, address, "--start-paused", "--records", str(seen),
+                        "--checkpoint-every", "0"))
+    else:
+        ray_train(kind, name, run_dir, seen, start_paused=True, resume=False, checkpoint_every=None)
     thread.join(60)
     if errors:
         raise errors[0]
@@ -85,6 +102,8 @@ def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
         assert loss["value"][5] == pytest.approx(mean[step], rel=1e-5)  # the loss is the mean over ranks
         assert own["value"][5] != loss["value"][5]
 
+    if launcher != "torchrun":
+        return
     replay_dir = tmp_path / f"{name}-replay"
     finish(torchrun(kind, f"{name}-replay", replay_dir, address, "--replay", str(run_dir), "--checkpoint-every", "0"))
     assert losses(replay_dir, "main") == pytest.approx(losses(run_dir, "main"), rel=1e-6)
