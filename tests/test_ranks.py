@@ -25,10 +25,16 @@ from .test_resume_frontends import step_of
 
 
 def torchrun(kind: str, name: str, run_dir: Path, address: str, *extra: str,
-             launcher: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+             launcher: tuple[str, ...] = (), accelerate: bool = False) -> subprocess.Popen[bytes]:
+    """The script on two ranks, started by torchrun (or ``accelerate launch``) as a user would.
+    (``accelerate launch --cpu`` starts one process - many CPU processes need MPI there -
+    while ``--multi_gpu`` starts them through torchrun's machinery; HF's Trainer then runs
+    on the CPU with gloo.)"""
     env = {**os.environ, "RAY_ADDRESS": address, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher,
-           "-m", "tests.steered_script", kind, name, str(run_dir), "--max-steps", "100", "--pace", "0", *extra]
+    start = ([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if accelerate else
+             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher, "-m"])
+    cmd = [*start, "tests.steered_script", kind, name, str(run_dir), "--max-steps", "100", "--pace", "0", *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -56,7 +62,7 @@ def ray_train(kind: str, name: str, run_dir: Path, seen: Path, **steer: Any) -> 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "launcher"), [("loop", "torchrun"), ("hf", "torchrun"), ("loop", "ray-train"),
-                                                ("hf", "ray-train")])
+                                                ("hf", "ray-train"), ("hf", "accelerate")])
 def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
     kind: str, launcher: str, tmp_path: Path, ray_cluster: dict[str, Any]
 ) -> None:
@@ -77,9 +83,9 @@ def test_a_loop_on_two_ranks_is_one_run_steered_alike_on_every_rank(
 
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
-    if launcher == "torchrun":
+    if launcher in ("torchrun", "accelerate"):
         finish(torchrun(kind, name, run_dir, address, "--start-paused", "--records", str(seen),
-                        "--checkpoint-every", "0"))
+                        "--checkpoint-every", "0", accelerate=launcher == "accelerate"))
     else:
         ray_train(kind, name, run_dir, seen, start_paused=True, resume=False, checkpoint_every=None)
     thread.join(60)
