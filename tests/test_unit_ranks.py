@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ray_interactive.core.checkpoints import read_checkpoint
 from ray_interactive.core.commands import (
     CommandRecord,
     CommandStatus,
@@ -42,14 +43,26 @@ def open_run(config: Any, address: Any, resume: bool = False, resume_from: Any =
     return FollowerRun(next_seq=1, resume_from=None)  # rank 0 without a controller (see the module doc)
 
 
-def rank_main(rank: int, port: int, out: str) -> None:
+def whole(p: torch.Tensor) -> torch.Tensor:
+    return p.full_tensor() if hasattr(p, "full_tensor") else p  # a shard (FSDP): the whole parameter
+
+
+def rank_main(rank: int, port: int, out: str, wrap: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        if wrap == "fsdp":  # FSDP2: each rank holds a shard of every parameter
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer)
+            ddp = fully_shard(model)
+        else:
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         torch.manual_seed(100 + rank)  # each rank its own data stream, from the global RNG
         rows, sent = [], set()
@@ -73,12 +86,38 @@ def rank_main(rank: int, port: int, out: str) -> None:
                 s.step(loss=loss)
                 lr = opt.param_groups[0]["lr"]  # what this step used
                 rows.append({"step": s.state.step, "branch": s.state.branch, "lr": lr, "loss": loss.item(),
-                             "weights": float(sum(p.detach().double().sum() for p in model.parameters()))})
+                             "weights": float(sum(whole(p.detach()).double().sum() for p in model.parameters()))})
+            unsupported = sorted(s.core.frontend.unsupported)
         Path(out, f"rank{rank}.json").write_text(json.dumps(rows))
+        Path(out, f"unsupported{rank}.json").write_text(json.dumps(unsupported))
     finally:
         dist.destroy_process_group()
     # Leave without the interpreter's teardown: a gloo thread still winding down there may
     # abort the process ("terminate called without an active exception") after all is done.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def reshard_main(rank: int, port: int, out: str, world: int) -> None:
+    """Continue the sharded run from main@4 on ``world`` ranks: the weights it reads."""
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    resume = Path(out) / "run" / "checkpoints" / "main@4"
+    with loop.steer("ranks-reshard", model, opt, run_dir=Path(out) / f"run{world}", max_steps=4,
+                    open_run=lambda *a, **k: FollowerRun(next_seq=1, resume_from=resume)) as s:
+        got = {"step": s.state.step, "weights": float(sum(whole(p.detach()).double().sum() for p in model.parameters()))}
+    if rank == 0:
+        Path(out, f"resharded{world}.json").write_text(json.dumps(got))
+    dist.destroy_process_group()
     sys.stdout.flush()
     os._exit(0)
 
@@ -89,10 +128,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(rank_main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def ranks_out(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp(f"ranks-{request.param}")
+    mp.spawn(rank_main, args=(free_port(), str(out), request.param), nprocs=WORLD, join=True)
     return out
 
 
@@ -117,3 +156,26 @@ def test_a_load_gives_every_rank_its_own_rng_back(ranks_out: Path) -> None:
     assert sorted(p.name for p in ckpt.iterdir() if (p / "state.json").exists()) == ["again@13", "main@4"]
     doc = json.loads((ckpt / "main@4" / "state.json").read_text())
     assert len(doc["state"]["ranks_rng"]) == WORLD
+    if "fsdp" in ranks_out.name:  # every rank wrote its own shards, in parallel, through DCP
+        shards = sorted(p.name for p in (ckpt / "main@4" / "sharded").iterdir())
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"] and doc["sharded"] == {"world": WORLD}
+        assert not (ckpt / "main@4" / "model.safetensors").exists()
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        with pytest.raises(ValueError, match="sharded over 2 ranks"):  # one process, unsharded: refused, saying why
+            read_checkpoint(ckpt / "main@4", model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
+
+
+def test_a_sharded_checkpoint_is_resharded_for_another_number_of_ranks(ranks_out: Path) -> None:
+    if "fsdp" not in ranks_out.name:
+        pytest.skip("sharded checkpoints are FSDP's")
+    mp.spawn(reshard_main, args=(free_port(), str(ranks_out), 3), nprocs=3, join=True)
+    got = json.loads((ranks_out / "resharded3.json").read_text())
+    saved = next(r for r in json.loads((ranks_out / "rank0.json").read_text()) if r["step"] == 4)
+    assert got["step"] == 4 and got["weights"] == pytest.approx(saved["weights"], rel=1e-12)
+
+
+def test_what_cannot_apply_to_a_sharded_model_is_refused_with_the_reason(ranks_out: Path) -> None:
+    for rank in range(WORLD):
+        refused = json.loads((ranks_out / f"unsupported{rank}.json").read_text())
+        sharded = {"update_module", "publish_weights"}
+        assert sharded <= set(refused) if "fsdp" in ranks_out.name else not sharded & set(refused)

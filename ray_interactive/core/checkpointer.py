@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -33,6 +33,15 @@ if TYPE_CHECKING:
     from ray_interactive.core.steering import Frontend
 
 log = logging.getLogger(__name__)
+
+
+class ShardedFiles(Protocol):
+    """A model sharded over ranks (FSDP): every rank writes and reads its own shards of
+    weights and optimizer state (``ray_interactive.train.sharded``)."""
+
+    def write(self, root: Path, info: CheckpointInfo, doc: dict[str, Any]) -> Path: ...
+
+    def read(self, path: Path) -> dict[str, Any]: ...
 
 
 class Checkpointer:
@@ -75,6 +84,9 @@ class Checkpointer:
         # and agree afterwards whether it was (an error on any rank is an error on all).
         self.before_write: list[Callable[[dict[str, Any]], None]] = []
         self.after_write: list[Callable[[BaseException | None], BaseException | None]] = []
+        self.sharded: ShardedFiles | None = None  # set for a sharded model: every rank writes its shards
+        # whether the weights are finite (many ranks: agreed by all, so that all decide alike)
+        self.weights_finite: Callable[[], bool] = lambda: not nonfinite_tensors(self.model.named_parameters())
 
     # -- what a checkpoint holds besides tensors ---------------------------------------
     def doc(self) -> dict[str, Any]:
@@ -119,17 +131,19 @@ class Checkpointer:
             reason=reason,
             parent=s.last_checkpoint,
             tag=tag,
-            finite=not nonfinite_tensors(self.model.named_parameters()),  # a rollback skips it if not
+            finite=self.weights_finite(),  # a rollback skips it if not
         )
         doc = self.doc()  # with many ranks every one takes part (their data positions)
         for extend in self.before_write:
             extend(doc)
         error: BaseException | None = None
-        if self.frontend.writes_checkpoints:
-            try:
+        try:
+            if self.sharded is not None:
+                self.sharded.write(self.dir, info, doc)
+            elif self.frontend.writes_checkpoints:
                 write_checkpoint(self.dir, info, self.model, self.optimizer, doc)
-            except OSError as e:
-                error = e
+        except OSError as e:
+            error = e
         for agree in self.after_write:
             error = agree(error)
         if error is not None:
@@ -209,7 +223,10 @@ class Checkpointer:
             capture_rng(),
         )
         try:
-            doc = read_checkpoint(path, self.model, self.optimizer, self.device)
+            if self.sharded is not None:
+                doc = self.sharded.read(path)
+            else:
+                doc = read_checkpoint(path, self.model, self.optimizer, self.device)
             self.restore(doc)
             self.state.last_checkpoint = path.name
             return doc

@@ -138,6 +138,9 @@ def read_checkpoint(
     from safetensors.torch import load_file, load_model
 
     doc = json.loads((path / "state.json").read_text())
+    if "sharded" in doc:
+        raise ValueError(f"checkpoint {path.name} holds a model sharded over {doc['sharded']['world']} ranks (FSDP): "
+                         "load it into a run whose model is sharded (any number of ranks: it is resharded)")
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
     if missing or unexpected:
         raise ValueError(f"checkpoint {path.name} does not match the model: missing {missing}, unexpected {unexpected}")

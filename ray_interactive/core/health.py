@@ -94,6 +94,7 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     checkpoint and weight version, and for the step that went wrong."""
     sums: dict[torch.device, list[tuple[str, torch.Tensor]]] = collections.defaultdict(list)
     for name, t in named:
+        t = t.to_local() if hasattr(t, "to_local") else t  # a shard (FSDP): the ranks agree on the answer
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
             sums[t.device].append((name, t.detach().sum(dtype=torch.float64)))
     bad: list[str] = []

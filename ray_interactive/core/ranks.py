@@ -40,3 +40,7 @@ class RankLink(Protocol):
         """A collective every rank calls at the same control point (``records`` and
         ``flags`` count on rank 0 only)."""
         ...
+
+    def agree(self, ok: bool) -> bool:
+        """A collective: True only if ``ok`` on every rank."""
+        ...

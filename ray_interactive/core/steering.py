@@ -39,7 +39,7 @@ from ray_interactive.core.checkpointer import Checkpointer
 from ray_interactive.core.commands import Command, CommandRecord, CommandStatus
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.evaluation import Evaluator, evaluate_model
-from ray_interactive.core.health import HealthGuard, describe_values, nonfinite_tensors
+from ray_interactive.core.health import HealthGuard, describe_values
 from ray_interactive.core.hparams import describe_optimizer, group_name
 from ray_interactive.core.inbox import CommandInbox
 from ray_interactive.core.messages import Snapshot, TrainerStatus
@@ -157,6 +157,8 @@ class Steering:
         self.ranks = ranks
         self.frontend.timed_checkpoints = False
         self.frontend.writes_checkpoints = ranks.rank == 0
+        own = self.checkpoints.weights_finite
+        self.checkpoints.weights_finite = lambda: ranks.agree(own())  # a shard each: all decide alike
 
     def sync(self, loss: float | torch.Tensor | None = None, finite: bool = True) -> tuple[float | None, bool]:
         """Many ranks: the control points' one collective. Rank 0's new commands go into
@@ -231,12 +233,12 @@ class Steering:
         if self.state.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.state.grad_clip, norm)
         self.grads_ready()
-        return norm
+        return _whole(norm)
 
     def grad_norm(self) -> torch.Tensor:
         """The gradients' total norm, unclipped (front-ends that clip by themselves check it)."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        return _whole(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros(())
 
     def drop_grads(self) -> None:
         """Make the coming optimizer step a no-op: torch's optimizers skip a parameter whose
@@ -329,7 +331,7 @@ class Steering:
         s = self.state
         values = {"grad_norm": float(grad_norm)} if loss is None else {"loss": float(loss), "grad_norm": float(grad_norm)}
         what = describe_values(**values)
-        weights_ok = not nonfinite_tensors(self.model.named_parameters())
+        weights_ok = self.checkpoints.weights_finite()
         target = self.checkpoints.rollback_target() if self.config.health.on_non_finite == "rollback" else None
         verdict = self.guard.non_finite(what, s.step + 1, weights_ok, target)
         log.warning("%s", verdict.message)
@@ -461,6 +463,12 @@ class Steering:
         if self.diagnostics is not None:
             self.diagnostics.disarm()
             self._arm_diagnostics()
+
+
+def _whole(norm: torch.Tensor) -> torch.Tensor:
+    """The norm of a sharded model's gradients (FSDP: a replicated DTensor) as a plain tensor."""
+    full = getattr(norm, "full_tensor", None)
+    return full() if full is not None else norm
 
 
 def _before_step(record: CommandRecord) -> bool:

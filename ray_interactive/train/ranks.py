@@ -176,8 +176,14 @@ class Ranks:
         return FollowerRun(next_seq=int(value), resume_from=Path(resume_path) if resume_path else None)
 
     def attach(self, core: Steering) -> None:
-        """Make ``core`` one rank of many (before :meth:`Steering.start` and any load)."""
+        """Make ``core`` one rank of many (before :meth:`Steering.start` and any load). A model
+        sharded with FSDP2 has its checkpoints written by every rank (``sharded``)."""
+        from ray_interactive.train.sharded import SHARDED_UNSUPPORTED, ShardedCheckpoints, is_sharded
+
         core.attach_ranks(self)
+        if is_sharded(core.model):
+            core.checkpoints.sharded = ShardedCheckpoints(core.model, core.optimizer, self.rank, self.group)
+            core.frontend.unsupported.update(SHARDED_UNSUPPORTED)
         core.checkpoints.before_write.append(self._add_rngs)
         core.checkpoints.after_write.append(self._agree_written)
         core.checkpoints.after_load.append(self._restore_rng)
@@ -202,6 +208,11 @@ class Ranks:
             return
         plain, tensors = pickle.loads(base64.b64decode(rngs[self.rank]))  # noqa: S301 - our own checkpoint
         restore_rng(plain, tensors)
+
+    def agree(self, ok: bool) -> bool:
+        flag = torch.tensor([0.0 if ok else 1.0])
+        dist.all_reduce(flag, group=self.group)
+        return flag.item() == 0
 
     # -- the control point ---------------------------------------------------------------
     def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool) -> Exchanged:
