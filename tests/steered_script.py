@@ -105,7 +105,10 @@ def main() -> None:
     p.add_argument("--replay", type=Path)
     p.add_argument("--records", type=Path)
     p.add_argument("--checkpoint-every", type=int, default=10, help="0: none")
+    p.add_argument("--restart-count", type=int, help="start as torchrun --max-restarts restarts a failed group")
     a = p.parse_args()
+    if a.restart_count is not None:
+        os.environ["TORCHELASTIC_RESTART_COUNT"] = str(a.restart_count)
     steer: dict[str, Any] = {"resume": a.resume, "checkpoint_every": a.checkpoint_every or None}
     if a.start_paused:
         steer["start_paused"] = True

@@ -123,33 +123,35 @@ def kill_rank_1_at(name: str, seen: Path, step: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["loop", "hf"])
 def test_a_killed_rank_fails_the_run_with_the_reason_and_a_restarted_group_resumes_it(
-    tmp_path: Path, ray_cluster: dict[str, Any]
+    kind: str, tmp_path: Path, ray_cluster: dict[str, Any]
 ) -> None:
+    """A rank SIGKILLed mid-run: the run ends "failed" with the reason (never "running" for
+    ever). The group started again as ``torchrun --max-restarts`` starts it (the restart
+    count in ``TORCHELASTIC_RESTART_COUNT``) continues from the newest checkpoint on its own,
+    with the losses of an uninterrupted run. (torchrun's own restart is not used here: with
+    gloo on torch 2.13 a restarted rank often fails to connect to the others before any of
+    our code runs - reproduced with a 10-line script; README, "On many ranks".)"""
+    if kind == "hf" and not (SHARED_DATA / "wikitext-2").exists():
+        pytest.skip("needs ../shared/data")
     address, paced = ray_cluster["address"], ("--max-steps", "60", "--pace", "0.2")
-    whole_dir = tmp_path / "whole"
-    finish(torchrun("loop", "ranks-whole", whole_dir, address, *paced, "--pace", "0"))
-
-    # no restarts: the run ends "failed", saying a rank was lost (never "running" for ever)
-    seen = tmp_path / "seen-a"
+    whole_dir, run_dir, seen = tmp_path / "whole", tmp_path / "killed", tmp_path / "seen"
     seen.mkdir()
-    proc = torchrun("loop", "ranks-killed", tmp_path / "killed", address, *paced, "--records", str(seen))
-    kill_rank_1_at("ranks-killed", seen, 15)
-    _, err = proc.communicate(timeout=180)
+    finish(torchrun(kind, f"ranks-whole-{kind}", whole_dir, address, *paced, "--pace", "0"))
+
+    name = f"ranks-killed-{kind}"
+    proc = torchrun(kind, name, run_dir, address, *paced, "--records", str(seen))
+    killed_at = kill_rank_1_at(name, seen, 25)
+    proc.communicate(timeout=180)
     assert proc.returncode != 0
-    status = FinishedRun(tmp_path / "killed").status()
+    status = FinishedRun(run_dir).status()
     assert status["status"] == "failed", status
     assert "another rank of this job is gone" in status["message"] or "SIGTERM" in status["message"], status
 
-    # torchrun --max-restarts: the group comes back from the newest checkpoint, same losses
-    seen = tmp_path / "seen-b"
-    seen.mkdir()
-    proc = torchrun("loop", "ranks-restarted", tmp_path / "restarted", address, *paced, "--records", str(seen),
-                    launcher=("--max-restarts", "1"))
-    killed_at = kill_rank_1_at("ranks-restarted", seen, 25)
-    finish(proc)
-    run = FinishedRun(tmp_path / "restarted")
+    finish(torchrun(kind, name, run_dir, address, *paced, "--records", str(seen), "--restart-count", "1"))
+    run = FinishedRun(run_dir)
     assert run.status()["status"] == "stopped" and run.status()["step"] == 60
     steps = [r["step"] for r in rank_records(seen, 0)]
     assert steps.count(killed_at - killed_at % 10 + 1) == 2  # computed again after the restart
-    assert losses(tmp_path / "restarted", "main") == pytest.approx(losses(whole_dir, "main"), rel=1e-6)
+    assert losses(run_dir, "main") == pytest.approx(losses(whole_dir, "main"), rel=1e-6)

@@ -75,7 +75,7 @@ from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, finite
 from ray_interactive.train.hf_reporting import end_branches, follow_branch
-from ray_interactive.train.ranks import Ranks, local_rank
+from ray_interactive.train.ranks import Ranks, launcher_rank, rank_rng
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class InteractiveCallback(TrainerCallback):
         if point is None:
             raise ValueError("this callback does not resume a run (resume=True or a checkpoint id)")
         src = checkpoint_dir(self.config, point)
-        rank = local_rank()  # many ranks: one view each (HF reads it on every rank)
+        rank = launcher_rank()  # many ranks: one view each (HF reads it on every rank)
         dst = self.config.resolved_run_dir / "hf-resume" / (point.id if rank is None else f"{point.id}-rank{rank}")
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
@@ -311,7 +311,10 @@ class InteractiveCallback(TrainerCallback):
         hf_state = TrainerState(global_step=point.step, train_batch_size=trainer.args.per_device_train_batch_size)
         hf_state.compute_steps(trainer.args, max(trainer.args.max_steps, 1))
         hf_state.save_to_json(str(dst / "trainer_state.json"))
-        torch.save(_hf_rng(src), dst / "rng_state.pth")
+        if rank is None:
+            torch.save(_hf_rng(src), dst / "rng_state.pth")
+        else:  # HF reads rng_state_<its process index>.pth on many ranks
+            torch.save(_hf_rng(src, rank), dst / f"rng_state_{rank}.pth")
         return str(dst)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -502,12 +505,16 @@ def _own_model(model: Any) -> Any:
     return inner if isinstance(inner, torch.nn.Module) and type(model).__name__ == "DistributedDataParallel" else model
 
 
-def _hf_rng(checkpoint: Path) -> dict[str, Any]:
-    """A checkpoint's RNG states in the shape of HF's ``rng_state.pth``."""
+def _hf_rng(checkpoint: Path, rank: int | None = None) -> dict[str, Any]:
+    """A checkpoint's RNG states in the shape of HF's ``rng_state.pth`` (``rank``: that
+    rank's, from a checkpoint written on many)."""
     from safetensors.torch import load_file
 
-    plain = json.loads((checkpoint / "state.json").read_text())["rng"]
-    tensors = load_file(str(checkpoint / "rng.safetensors"))
+    doc = json.loads((checkpoint / "state.json").read_text())
+    plain, tensors = doc["rng"], load_file(str(checkpoint / "rng.safetensors"))
+    every = doc["state"].get("ranks_rng")
+    if rank is not None and every and rank < len(every):
+        plain, tensors = rank_rng(every[rank])
     python_state, numpy_state = rng_states(plain)
     out: dict[str, Any] = {"python": python_state, "numpy": numpy_state, "cpu": tensors["torch_cpu"]}
     if "torch_cuda_0" in tensors:

@@ -112,9 +112,10 @@ class Ranks:
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
-        # Our messages go over a gloo group of their own: on CPU tensors whatever the
-        # job's backend (NCCL), and never interleaved with the loop's own collectives.
-        self.group = dist.new_group(backend="gloo")
+        # Our messages are small CPU tensors: the job's own group when it is gloo (a group of
+        # our own would be one more rendezvous, and torch 2.13's torchrun restarts race in
+        # those), a gloo group of our own beside NCCL.
+        self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self._buf = torch.zeros(5, dtype=torch.float64)
         self.ending = False  # the front-end is reporting the run's end: a SIGTERM waits for it
         self._watch_termination()
@@ -128,8 +129,11 @@ class Ranks:
         """When one rank dies torchrun SIGTERMs the others: make that an error the front-end
         reports (the run is ``failed`` with the reason, not left ``running``). Only where
         nobody else handles SIGTERM."""
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
-                signal.SIG_DFL, None):
+        current = signal.getsignal(signal.SIGTERM)
+        # Ray's driver handler (rank 0) only exits: ours does the same, unless the run's end is
+        # being reported, which it lets finish (else the run would be left "running")
+        ours = current in (signal.SIG_DFL, None) or getattr(current, "__module__", "").startswith("ray.")
+        if threading.current_thread() is threading.main_thread() and ours:
             signal.signal(signal.SIGTERM, self._terminated)
 
     def _terminated(self, signum: int, frame: Any) -> None:
@@ -169,6 +173,7 @@ class Ranks:
                 raise
         dist.broadcast_object_list(box, src=0, group=self.group)
         if link is not None:
+            self._watch_termination()  # again: opening the run started Ray, which set its own
             return link
         what, value, resume_path = box[0]
         if what == "error":
@@ -206,8 +211,7 @@ class Ranks:
         rngs = (doc or {}).get("ranks_rng")
         if not rngs or len(rngs) != self.world:  # another world size: rank 0's states (a fresh start for the rest)
             return
-        plain, tensors = pickle.loads(base64.b64decode(rngs[self.rank]))  # noqa: S301 - our own checkpoint
-        restore_rng(plain, tensors)
+        restore_rng(*rank_rng(rngs[self.rank]))
 
     def agree(self, ok: bool) -> bool:
         flag = torch.tensor([0.0 if ok else 1.0])
@@ -230,7 +234,12 @@ class Ranks:
                          all_finite=nonfinite == 0)
 
 
-def local_rank() -> int | None:
+def rank_rng(saved: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """One rank's RNG states as a checkpoint holds them (``ranks_rng``)."""
+    return pickle.loads(base64.b64decode(saved))  # noqa: S301 - our own checkpoint
+
+
+def launcher_rank() -> int | None:
     """This process's rank as its launcher says (before the process group exists)."""
     value = os.environ.get("RANK")
     return int(value) if value is not None and os.environ.get("WORLD_SIZE", "1") != "1" else None
