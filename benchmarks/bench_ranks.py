@@ -2,7 +2,9 @@
 on this machine, no Ray) bare, and the same loop steered with ``ri.steer`` - nothing due,
 and a command delivered every 5th step - plus the exchange alone (the one collective a
 steered step adds: an ``all_reduce`` of 5 doubles, and a broadcast of the commands' bytes
-when rank 0 has some).
+when rank 0 has some). In a step the exchange is pipelined (started at one step's control
+point, finished at the next): the "exchange alone" figure is its latency when waited for
+at once, which a step hides behind its forward and backward.
 
 Rank 0 runs without a controller (its commands are handed to its core as its puller
 would): what is measured is what every rank pays per step, not the controller's side
@@ -71,7 +73,7 @@ def steered(steps: int, run_dir: Path, due_every: int | None) -> tuple[list[floa
     model, x = model_and_data()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
-    quiet, due, seq = [], [], 0
+    quiet, due, seq, arriving = [], [], 0, False
     with loop.steer("bench-ranks", ddp, opt, open_run=open_run, run_dir=run_dir, max_steps=steps, grad_clip=1.0,
                     metrics_interval_s=1.0) as s:
         while s.running:
@@ -84,7 +86,9 @@ def steered(steps: int, run_dir: Path, due_every: int | None) -> tuple[list[floa
             loss = ddp(x).pow(2).mean()
             loss.backward()
             s.step(loss=loss)
-            (due if sending else quiet).append(time.perf_counter() - t0)
+            # the step after the delivery: the exchange it started finishes with a broadcast, and every rank applies it
+            (due if arriving else quiet).append(time.perf_counter() - t0)
+            arriving = sending
     return quiet, due
 
 
@@ -166,11 +170,12 @@ def main() -> None:
         "",
         f"Headline: nothing due, steering adds {rng(added)} us a step (bare/steered {rng(ratio, '{:.3f}')}); a step "
         f"at which a command arrives costs {rng(due_added)} us more than a quiet one (its broadcast, unpickling and "
-        f"applying it on every rank). The exchange alone (median of 500): {ex['empty']:.0f} us with nothing to "
-        f"hand over, {ex['one_command']:.0f} us with one command.",
+        f"applying it on every rank). The exchange alone, waited for at once (median of 500): {ex['empty']:.0f} us "
+        f"with nothing to hand over, {ex['one_command']:.0f} us with one command; in a step it is pipelined "
+        "behind the next forward and backward (a command reaches the ranks one step after rank 0 had it).",
         "",
-        "What it leaves out: the controller (rank 0's puller runs on its own thread); a GPU and NCCL (the exchange "
-        "stays on its own gloo group on the CPU, so its cost there is this one plus nothing the GPU waits on); "
+        "What it leaves out: the controller (rank 0's puller runs on its own thread); a GPU and NCCL (beside NCCL the "
+        "exchange runs on a gloo group of its own on the CPU, not measured here); "
         "more than 2 ranks (an all_reduce of 5 doubles grows with log2 of the ranks in gloo's algorithms). On this "
         "2-core machine the 2 ranks share the cores with each other, so a collective's latency includes "
         "scheduling.",

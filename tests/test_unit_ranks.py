@@ -76,7 +76,7 @@ def rank_main(rank: int, port: int, out: str, wrap: str) -> None:
                                         record(3, Pause(at_step=6))])
                         threading.Timer(0.5, s.core.deliver, ([record(4, Resume())],)).start()
                     if step == 9:
-                        s.core.deliver([record(5, LoadCheckpoint(checkpoint_id="main@4", branch="again"))])
+                        s.core.deliver([record(5, LoadCheckpoint(checkpoint_id="main@5", branch="again"))])
                 if rank == 0 and s.state.branch == "again" and s.state.step == 12 and 12 not in sent:
                     sent.add(12)
                     s.core.deliver([record(6, Stop())])
@@ -99,7 +99,7 @@ def rank_main(rank: int, port: int, out: str, wrap: str) -> None:
 
 
 def reshard_main(rank: int, port: int, out: str, world: int) -> None:
-    """Continue the sharded run from main@4 on ``world`` ranks: the weights it reads."""
+    """Continue the sharded run from main@5 on ``world`` ranks: the weights it reads."""
     from torch.distributed.fsdp import fully_shard
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -111,8 +111,8 @@ def reshard_main(rank: int, port: int, out: str, world: int) -> None:
             fully_shard(layer)
     fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    resume = Path(out) / "run" / "checkpoints" / "main@4"
-    with loop.steer("ranks-reshard", model, opt, run_dir=Path(out) / f"run{world}", max_steps=4,
+    resume = Path(out) / "run" / "checkpoints" / "main@5"
+    with loop.steer("ranks-reshard", model, opt, run_dir=Path(out) / f"run{world}", max_steps=5,
                     open_run=lambda *a, **k: FollowerRun(next_seq=1, resume_from=resume)) as s:
         got = {"step": s.state.step, "weights": float(sum(whole(p.detach()).double().sum() for p in model.parameters()))}
     if rank == 0:
@@ -140,8 +140,9 @@ def test_every_rank_applies_every_command_at_the_same_step(ranks_out: Path) -> N
     key = [(r["step"], r["branch"], r["lr"]) for r in r0]
     assert key == [(r["step"], r["branch"], r["lr"]) for r in r1]
     assert [r["weights"] for r in r0] == pytest.approx([r["weights"] for r in r1], rel=1e-12)  # DDP kept them equal
-    assert [r["lr"] for r in r0[:4]] == [0.1, 0.1, 0.1, 0.05]  # arrived at step 3: the step to 4 used it, on both
-    assert r0[-1]["branch"] == "again" and r0[-1]["step"] == 13  # the stop ended both at once
+    # handed over at step 3's exchange, which finishes at step 4's: the step to 5 used it, on both
+    assert [r["lr"] for r in r0[:5]] == [0.1, 0.1, 0.1, 0.1, 0.05]
+    assert r0[-1]["branch"] == "again" and r0[-1]["step"] == 14  # the stop ended both at once
 
 
 def test_a_load_gives_every_rank_its_own_rng_back(ranks_out: Path) -> None:
@@ -149,20 +150,20 @@ def test_a_load_gives_every_rank_its_own_rng_back(ranks_out: Path) -> None:
         rows = json.loads((ranks_out / f"rank{rank}.json").read_text())
         main = {r["step"]: r["loss"] for r in rows if r["branch"] == "main"}
         again = {r["step"]: r["loss"] for r in rows if r["branch"] == "again"}
-        assert set(again) == set(range(4, 14))  # 4: the step after which the load came
-        for step in (5, 6, 7, 8, 9):  # same weights, same data drawn: the same losses
+        assert set(again) == set(range(5, 15))  # 5: the step after which the load came
+        for step in (6, 7, 8, 9, 10):  # same weights, same data drawn: the same losses
             assert again[step] == pytest.approx(main[step], rel=1e-6), (rank, step)
     ckpt = ranks_out / "run" / "checkpoints"
-    assert sorted(p.name for p in ckpt.iterdir() if (p / "state.json").exists()) == ["again@13", "main@4"]
-    doc = json.loads((ckpt / "main@4" / "state.json").read_text())
+    assert sorted(p.name for p in ckpt.iterdir() if (p / "state.json").exists()) == ["again@14", "main@5"]
+    doc = json.loads((ckpt / "main@5" / "state.json").read_text())
     assert len(doc["state"]["ranks_rng"]) == WORLD
     if "fsdp" in ranks_out.name:  # every rank wrote its own shards, in parallel, through DCP
-        shards = sorted(p.name for p in (ckpt / "main@4" / "sharded").iterdir())
+        shards = sorted(p.name for p in (ckpt / "main@5" / "sharded").iterdir())
         assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"] and doc["sharded"] == {"world": WORLD}
-        assert not (ckpt / "main@4" / "model.safetensors").exists()
+        assert not (ckpt / "main@5" / "model.safetensors").exists()
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
         with pytest.raises(ValueError, match="sharded over 2 ranks"):  # one process, unsharded: refused, saying why
-            read_checkpoint(ckpt / "main@4", model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
+            read_checkpoint(ckpt / "main@5", model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
 
 
 def test_a_sharded_checkpoint_is_resharded_for_another_number_of_ranks(ranks_out: Path) -> None:
@@ -170,8 +171,8 @@ def test_a_sharded_checkpoint_is_resharded_for_another_number_of_ranks(ranks_out
         pytest.skip("sharded checkpoints are FSDP's")
     mp.spawn(reshard_main, args=(free_port(), str(ranks_out), 3), nprocs=3, join=True)
     got = json.loads((ranks_out / "resharded3.json").read_text())
-    saved = next(r for r in json.loads((ranks_out / "rank0.json").read_text()) if r["step"] == 4)
-    assert got["step"] == 4 and got["weights"] == pytest.approx(saved["weights"], rel=1e-12)
+    saved = next(r for r in json.loads((ranks_out / "rank0.json").read_text()) if r["step"] == 5)
+    assert got["step"] == 5 and got["weights"] == pytest.approx(saved["weights"], rel=1e-12)
 
 
 def test_what_cannot_apply_to_a_sharded_model_is_refused_with_the_reason(ranks_out: Path) -> None:

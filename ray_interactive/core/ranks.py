@@ -5,9 +5,13 @@ one steering core per rank. Only rank 0 hears from the run's controller; at each
 point the ranks meet in one :meth:`RankLink.exchange`: rank 0 hands over the commands
 that reached it since the last one, every rank puts them in its own inbox, and so every
 rank applies every command at the same optimizer step (the inboxes decide alike: same
-records, same step). The same exchange averages the loss over ranks and agrees on
-whether the step was finite. The implementation over ``torch.distributed`` is
-:class:`ray_interactive.train.ranks.Ranks`.
+records, same step). The same exchange averages the loss over ranks.
+
+In a training step the exchange is *pipelined*: it is started at this step's control
+point and finished at the next one, so its latency hides behind a forward and backward
+(a command reaches the ranks one step after rank 0 had it; the step's mean loss is filled
+in at the next step). While paused, and at the start and end, it is finished at once.
+The implementation over ``torch.distributed`` is :class:`ray_interactive.train.ranks.Ranks`.
 """
 
 from __future__ import annotations
@@ -36,9 +40,16 @@ class RankLink(Protocol):
     rank: int
     world: int
 
-    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool) -> Exchanged:
+    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool,
+                 pipelined: bool = False) -> list[Exchanged]:
         """A collective every rank calls at the same control point (``records`` and
-        ``flags`` count on rank 0 only)."""
+        ``flags`` count on rank 0 only): the exchanges finished now, in order - the one
+        started at the previous control point, if any, then (unless ``pipelined``: it is
+        left to finish at the next call) this one."""
+        ...
+
+    def finish(self) -> list[Exchanged]:
+        """A collective: finish the exchange in flight now (none: ``[]``)."""
         ...
 
     def agree(self, ok: bool) -> bool:

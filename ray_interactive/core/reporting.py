@@ -133,7 +133,7 @@ class Telemetry:
         self.reporter = reporter
         self._frontend_name = frontend_name
         self.rows: list[Row] = []
-        self.unsettled = 0  # how many of the newest rows a report must hold back (a value is still to come)
+        self.awaiting: dict[str, Any] | None = None  # a row (and those after it) held back until it is complete
         self.on_report: list[Callable[[], None]] = []  # front-end additions to a report's newest row
         self.throughput = 0.0
         self.busy: str | None = None  # longer work than a step under way (see busy_with)
@@ -184,7 +184,9 @@ class Telemetry:
         self._last_report = now
         for add in self.on_report:
             add()
-        cut = len(self.rows) - self.unsettled  # the newest may still wait for a value
+        cut = len(self.rows)  # a row still waiting for a value (many ranks: the mean loss) holds back
+        if self.awaiting is not None:
+            cut = next((i for i, (_, _, r) in enumerate(self.rows) if r is self.awaiting), cut)
         rows, self.rows = self.rows[:cut], self.rows[cut:]
         if self.reporter.port is None:  # a rank that does not report (rank 0 speaks for the run)
             self.reporter.progress(self.state.branch, self.status(message), [])

@@ -46,7 +46,7 @@ from ray_interactive.core.messages import Snapshot, TrainerStatus
 from ray_interactive.core.module_health import ModuleHealth
 from ray_interactive.core.modules import describe_modules
 from ray_interactive.core.publishing import WeightPublishing
-from ray_interactive.core.ranks import CHECKPOINT_DUE, RankLink
+from ray_interactive.core.ranks import CHECKPOINT_DUE, Exchanged, RankLink
 from ray_interactive.core.reporting import Reporter, Telemetry
 from ray_interactive.core.state import RunStatus, TrainState
 from ray_interactive.core.weights import Publisher
@@ -108,6 +108,7 @@ class Steering:
         self.arrivals = CommandInbox(next_seq)
         self.ranks: RankLink | None = None
         self._checkpoint_due = False  # rank 0's clock, heard in the last exchange
+        self._loss_sent = False  # this step's loss went into the exchange in flight
         self.guard = HealthGuard(config.health)
         self.diagnostics = (ModuleHealth(model, config.diagnostics_every, config.diagnostics_groups)
                             if config.diagnostics_every else None)
@@ -160,22 +161,37 @@ class Steering:
         own = self.checkpoints.weights_finite
         self.checkpoints.weights_finite = lambda: ranks.agree(own())  # a shard each: all decide alike
 
-    def sync(self, loss: float | torch.Tensor | None = None, finite: bool = True) -> tuple[float | None, bool]:
+    def sync(self, loss: float | torch.Tensor | None = None, finite: bool = True,
+             pipelined: bool = False) -> bool:
         """Many ranks: the control points' one collective. Rank 0's new commands go into
-        every rank's inbox (so every rank applies them at the same step), and the ranks
-        learn the loss averaged over them and whether every rank's step was finite.
-        One rank: ``(loss, finite)`` as given, nothing else."""
+        every rank's inbox (so every rank applies them at the same step), and the loss is
+        averaged over the ranks (it becomes the step's ``loss``; ``loss/rank0`` is rank 0's
+        own). ``pipelined`` (in a step): finished at the next call - see
+        :mod:`ray_interactive.core.ranks`. Returns whether every rank's steps were finite
+        in the exchanges finished now. One rank: nothing (returns ``finite``)."""
         ranks = self.ranks
         if ranks is None:
-            return (None if loss is None else float(loss)), finite
+            return finite
         lead = ranks.rank == 0
         records = self.arrivals.drain() if lead else []
         flags = CHECKPOINT_DUE if lead and self.config.checkpoint_interval_s and self.checkpoints.due_by_time() else 0
-        got = ranks.exchange(records, flags, None if loss is None else float(loss), finite)
-        if got.records:
-            self.inbox.put(got.records, replayed=True)
-        self._checkpoint_due = bool(got.flags & CHECKPOINT_DUE)
-        return got.mean_loss, got.all_finite
+        done = ranks.exchange(records, flags, None if loss is None else float(loss), finite, pipelined=pipelined)
+        self._loss_sent = loss is not None
+        return self._settle(done)
+
+    def _settle(self, done: list[Exchanged]) -> bool:
+        all_finite = True
+        for got in done:
+            if got.records:
+                self.inbox.put(got.records, replayed=True)
+            self._checkpoint_due = self._checkpoint_due or bool(got.flags & CHECKPOINT_DUE)
+            all_finite = all_finite and got.all_finite
+            row = self.telemetry.awaiting
+            if got.mean_loss is not None and row is not None:  # the step's row, held back until now
+                row["loss/rank0"] = row.get("loss")
+                row["loss"] = got.mean_loss
+                self.telemetry.awaiting = None
+        return all_finite
 
     def describe_again(self) -> None:
         """Called from any thread: the controller lost the run's description (it was
@@ -268,6 +284,8 @@ class Steering:
         }
         if self.diagnostics is not None and self.diagnostics.armed:
             row.update(self.diagnostics.collect())
+        if self.ranks is not None and self._loss_sent:  # its mean over the ranks comes with the next exchange
+            self._loss_sent, self.telemetry.awaiting = False, row
         return self.telemetry.add(s.step, row)
 
     def after_step(self) -> None:
@@ -296,6 +314,7 @@ class Steering:
     def finish(self) -> TrainerStatus:
         """Final checkpoint and status: the run can be resumed from here."""
         s = self.state
+        self.sync()  # many ranks: the exchange in flight finishes (the last step's mean loss)
         if self.checkpoints.saved_at != (s.branch, s.step):  # not twice at one step
             self.checkpoints.try_save("final")
         if self.config.publish_every and self.weights.published_at != (s.branch, s.step):
@@ -409,7 +428,9 @@ class Steering:
 
     def leave_branch(self) -> None:
         """Before a load: the front-ends settle the branch being left, and the rows not yet
-        sent are reported on it."""
+        sent are reported on it (many ranks: the last one's mean loss first)."""
+        if self.ranks is not None:
+            self._settle(self.ranks.finish())
         for settle in self.before_load:
             settle()
         self.telemetry.report(force=True)

@@ -324,7 +324,7 @@ class InteractiveCallback(TrainerCallback):
         core = self.core
         if core is None:
             return
-        core.sync()  # many ranks: rank 0's new commands reach every rank here, before the step
+        core.sync(pipelined=True)  # many ranks: rank 0's commands reach every rank here, a step after it had them
         core.poll_before_step()  # an lr that arrived during this step's backward is used by it
         norm, self._hf_norm = self._hf_norm, None
         if norm is None:  # HF did not say (another version): one more pass over the gradients

@@ -200,13 +200,11 @@ class Session:
         core.begin_step()
         grad_norm = core.clip()
         checked = mean_loss if mean_loss is not None else torch.zeros(())
-        ok = finite(checked, grad_norm)
-        if core.ranks is not None:  # one exchange a step: the commands, the mean loss, agreed finiteness
-            own = mean_loss
-            mean, ok = core.sync(None if own is None else own.detach(), ok)
-            if own is not None and mean is not None:
-                metrics = {**metrics, "loss/rank0": own}
-                mean_loss = torch.tensor(mean)
+        if core.ranks is None:
+            ok = finite(checked, grad_norm)
+        else:  # the gradient norm decides: it is the same on every rank (all-reduced gradients; a NaN loss spreads)
+            ok = finite(torch.zeros(()), grad_norm)
+            core.sync(mean_loss, ok, pipelined=True)  # one exchange a step: commands, the mean loss
         if not ok:  # never let it reach the weights
             self._optimizer.zero_grad(set_to_none=True)
             core.non_finite_step(checked, grad_norm)

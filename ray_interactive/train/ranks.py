@@ -116,7 +116,7 @@ class Ranks:
         # our own would be one more rendezvous, and torch 2.13's torchrun restarts race in
         # those), a gloo group of our own beside NCCL.
         self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-        self._buf = torch.zeros(5, dtype=torch.float64)
+        self._pending: tuple[Any, torch.Tensor, bytes] | None = None  # the exchange in flight
         self.ending = False  # the front-end is reporting the run's end: a SIGTERM waits for it
         self._watch_termination()
 
@@ -219,19 +219,29 @@ class Ranks:
         return flag.item() == 0
 
     # -- the control point ---------------------------------------------------------------
-    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool) -> Exchanged:
+    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool,
+                 pipelined: bool = False) -> list[Exchanged]:
+        done = self.finish()
         payload = pickle.dumps(records) if self.rank == 0 and records else b""
-        buf = self._buf
-        buf[0] = len(payload)
-        buf[1] = flags if self.rank == 0 else 0
-        buf[2] = 0.0 if loss is None else loss
-        buf[3] = 0.0 if loss is None else 1.0
-        buf[4] = 0.0 if finite else 1.0
-        dist.all_reduce(buf, group=self.group)
-        size, got_flags, loss_sum, losses, nonfinite = buf.tolist()
+        buf = torch.tensor([len(payload), flags if self.rank == 0 else 0, 0.0 if loss is None else loss,
+                            0.0 if loss is None else 1.0, 0.0 if finite else 1.0], dtype=torch.float64)
+        self._pending = (dist.all_reduce(buf, group=self.group, async_op=True), buf, payload)
+        if not pipelined:
+            done += self.finish()
+        return done
+
+    def finish(self) -> list[Exchanged]:
+        """Wait for the exchange in flight; then, only if rank 0 had commands, one broadcast
+        of their bytes."""
+        if self._pending is None:
+            return []
+        work, buf, payload = self._pending
+        self._pending = None
+        work.wait()
+        size, flags, loss_sum, losses, nonfinite = buf.tolist()
         got = broadcast_records(payload, int(size), group=self.group) if size else []
-        return Exchanged(records=got, flags=int(got_flags), mean_loss=loss_sum / losses if losses else None,
-                         all_finite=nonfinite == 0)
+        return [Exchanged(records=got, flags=int(flags), mean_loss=loss_sum / losses if losses else None,
+                          all_finite=nonfinite == 0)]
 
 
 def rank_rng(saved: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
