@@ -15,7 +15,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-lm test test-fast bench lint clean case-studies neuralos-experiment
+.PHONY: browser setup demo demo-lm test test-fast bench lint clean case-studies neuralos-experiment gpu-check
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium fonts-liberation >/dev/null; } || \
 		echo "note: could not install chromium (not root?); the browser test will be skipped"
+
+# On a CUDA machine: the GPU path checked and measured (says so and exits 0 without CUDA).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 # The NeuralOS case study (case study 3): about 35 minutes on 2 cores.
 neuralos-experiment: $(STAMP)  # the NeuralOS case study (about 35 CPU-minutes)
