@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,15 @@ class Records:
             self.file.write(json.dumps(row) + "\n")
 
 
+def die_once(step: int) -> None:
+    """``RI_TEST_DIE_AT=<step>:<marker>``: rank 1 SIGKILLs itself at that step, once (the
+    marker file remembers), as a worker lost mid-run under a launcher that restarts it."""
+    at, _, marker = os.environ.get("RI_TEST_DIE_AT", "").partition(":")
+    if at and int(os.environ.get("RANK", "0")) == 1 and step >= int(at) and not Path(marker).exists():
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def plain_loop(name: str, run_dir: Path, max_steps: int, pace: float, records: Records, **steer: Any) -> None:
     many = int(os.environ.get("WORLD_SIZE", "1")) > 1
     ours = many and not dist.is_initialized()  # torchrun: the script sets it up; Ray Train has done it
@@ -61,6 +71,7 @@ def plain_loop(name: str, run_dir: Path, max_steps: int, pace: float, records: R
             loss.backward()
             if s.step(loss=loss):
                 records.add(step=s.state.step, branch=branch, lr=used[-1], loss=loss.item())
+                die_once(s.state.step)
             time.sleep(pace)
     if ours:
         dist.destroy_process_group()
@@ -89,6 +100,7 @@ def hf_trainer(name: str, run_dir: Path, max_steps: int, pace: float, records: R
 def ray_train_worker(config: dict[str, Any]) -> None:
     """The same script as a Ray Train ``TorchTrainer`` worker function (Ray sets up the group)."""
     fn = plain_loop if config["kind"] == "loop" else hf_trainer
+    os.environ.update(config.get("env", {}))
     fn(config["name"], Path(config["run_dir"]), config["max_steps"], 0.0, Records(Path(config["records"])),
        **config["steer"])
 

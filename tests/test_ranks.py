@@ -47,17 +47,19 @@ def rank_records(where: Path, rank: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (where / f"rank{rank}.jsonl").read_text().splitlines()]
 
 
-def ray_train(kind: str, name: str, run_dir: Path, seen: Path, **steer: Any) -> None:
+def ray_train(kind: str, name: str, run_dir: Path, seen: Path, max_steps: int = 100, failures: int = 0,
+              env: dict[str, str] | None = None, **steer: Any) -> None:
     """The script as a Ray Train worker function on two workers (Ray's documented HF pattern)."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .steered_script import ray_train_worker
 
-    config = {"kind": kind, "name": name, "run_dir": str(run_dir), "max_steps": 100, "records": str(seen),
-              "steer": steer}
+    config = {"kind": kind, "name": name, "run_dir": str(run_dir), "max_steps": max_steps, "records": str(seen),
+              "steer": steer, "env": env or {}}
     TorchTrainer(ray_train_worker, train_loop_config=config, scaling_config=ScalingConfig(num_workers=2),
-                 run_config=RunConfig(name=name, storage_path=str(run_dir.parent / "ray-train"))).fit()
+                 run_config=RunConfig(name=name, storage_path=str(run_dir.parent / "ray-train"),
+                                      failure_config=FailureConfig(max_failures=failures))).fit()
 
 
 @pytest.mark.slow
@@ -155,3 +157,23 @@ def test_a_killed_rank_fails_the_run_with_the_reason_and_a_restarted_group_resum
     steps = [r["step"] for r in rank_records(seen, 0)]
     assert steps.count(killed_at - killed_at % 10 + 1) == 2  # computed again after the restart
     assert losses(run_dir, "main") == pytest.approx(losses(whole_dir, "main"), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_worker_lost_under_ray_train_comes_back_with_resume_auto(tmp_path: Path, ray_cluster: dict[str, Any]) -> None:
+    """Ray Train's ``FailureConfig`` restarts the worker group after a worker is SIGKILLed;
+    the worker function, steered with ``resume="auto"``, continues the run from its newest
+    checkpoint, to the losses of an uninterrupted run."""
+    whole, seen_whole = tmp_path / "whole", tmp_path / "seen-whole"
+    seen_whole.mkdir()
+    ray_train("loop", "rt-whole", whole, seen_whole, max_steps=40, resume="auto", checkpoint_every=10)
+    run_dir, seen = tmp_path / "lost", tmp_path / "seen"
+    seen.mkdir()
+    ray_train("loop", "rt-lost", run_dir, seen, max_steps=40, failures=1, resume="auto", checkpoint_every=10,
+              env={"RI_TEST_DIE_AT": f"25:{tmp_path / 'died'}"})
+    assert (tmp_path / "died").exists()  # rank 1 did die once
+    run = FinishedRun(run_dir)
+    assert run.status()["status"] == "stopped" and run.status()["step"] == 40
+    steps = [r["step"] for r in rank_records(seen, 0)]
+    assert steps.count(21) == 2  # computed again after the restart, from main@20
+    assert losses(run_dir, "main") == pytest.approx(losses(whole, "main"), rel=1e-6)

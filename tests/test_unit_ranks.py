@@ -180,3 +180,23 @@ def test_what_cannot_apply_to_a_sharded_model_is_refused_with_the_reason(ranks_o
         refused = json.loads((ranks_out / f"unsupported{rank}.json").read_text())
         sharded = {"update_module", "publish_weights"}
         assert sharded <= set(refused) if "fsdp" in ranks_out.name else not sharded & set(refused)
+
+
+def test_resume_auto_and_a_launcher_restart_continue_only_a_run_that_has_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray_interactive.core.checkpoints import CheckpointInfo, write_checkpoint
+    from ray_interactive.core.resume import resolve_resume
+
+    where = {"run_dir": tmp_path / "run"}
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert resolve_resume("r", where, "auto") is False  # nothing to come back to: a new run
+    assert resolve_resume("r", where, False) is False
+    model = torch.nn.Linear(2, 1)
+    info = CheckpointInfo(id="main@10", branch="main", step=10, created_at=0.0, reason="periodic")
+    write_checkpoint(tmp_path / "run" / "checkpoints", info, model, torch.optim.SGD(model.parameters(), lr=0.1), {})
+    assert resolve_resume("r", where, "auto") is True
+    assert resolve_resume("r", where, False) is False  # a first start never resumes unasked
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # torchrun --max-restarts started it again
+    assert resolve_resume("r", where, False) is True
+    assert resolve_resume("r", where, "main@10") == "main@10"  # what was asked stands

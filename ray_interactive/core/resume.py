@@ -18,8 +18,10 @@ from ray_interactive.core.config import RunConfig
 
 log = logging.getLogger(__name__)
 
-#: ``resume=``: False (a new run), True (the newest checkpoint) or a checkpoint id.
+#: ``resume=``: False (a new run), True (the newest checkpoint), a checkpoint id, or
+#: "auto" (the newest checkpoint if the run has one, else a new run).
 Resume = bool | str
+AUTO = "auto"
 
 
 def restarted_by_launcher() -> int:
@@ -30,18 +32,19 @@ def restarted_by_launcher() -> int:
         return 0
 
 
-def resume_after_restart(name: str, overrides: dict[str, Any], resume: Resume) -> Resume:
-    """``resume`` - or True when a launcher restarted the job after a failure and the run's
-    directory holds a checkpoint: the group comes back from the newest one, with the
-    command log after it given again, as ``resume=True`` does."""
+def resolve_resume(name: str, overrides: dict[str, Any], resume: Resume) -> Resume:
+    """What ``resume`` means for run ``name`` now. "auto" - or False when a launcher has
+    restarted the job after a failure (torchrun ``--max-restarts``) - is True when the run's
+    directory holds a checkpoint (the group comes back from the newest one, with the command
+    log after it given again) and False otherwise. Any other value stands."""
     count = restarted_by_launcher()
-    if resume or not count:
+    if resume != AUTO and (resume or not count):
         return resume
     run_dir = RunConfig(name=name, run_dir=overrides.get("run_dir")).resolved_run_dir
     if not list_checkpoints(run_dir / "checkpoints"):
-        return resume  # nothing to come back to: starting again says why it cannot
-    log.warning("the launcher restarted this job (restart %d): run %s continues from its newest checkpoint",
-                count, name)
+        return False  # nothing to come back to (a directory holding a run then says why it cannot start)
+    why = f"the launcher restarted this job (restart {count})" if count else 'resume="auto"'
+    log.warning("%s: run %s continues from its newest checkpoint", why, name)
     return True
 
 
@@ -78,7 +81,8 @@ def resume_point(config: RunConfig, which: Resume) -> CheckpointInfo:
 def check_resume(which: Any) -> Resume:
     if isinstance(which, bool) or (isinstance(which, str) and which):
         return which
-    raise ValueError(f"resume must be True (the newest checkpoint), False or a checkpoint id, not {which!r}")
+    raise ValueError(f"resume must be True (the newest checkpoint), False, \"auto\" (the newest if there is one) or "
+                     f"a checkpoint id, not {which!r}")
 
 
 def checkpoint_dir(config: RunConfig, info: CheckpointInfo) -> Path:

@@ -67,7 +67,7 @@ from ray_interactive.core.resume import (
     Resume,
     check_resume,
     checkpoint_dir,
-    resume_after_restart,
+    resolve_resume,
     resume_point,
     resumed_config,
 )
@@ -195,8 +195,9 @@ class InteractiveCallback(TrainerCallback):
     lr, schedule, clipping, accumulation and max steps are the Trainer's own.
     ``replay``: a run directory whose applied commands this run repeats at the same steps.
     ``resume``: True continues the run in its directory from its newest checkpoint (a
-    checkpoint id: from that one); HF must then be started from :meth:`hf_checkpoint`
-    (``ri.hf.steer`` does it).
+    checkpoint id: from that one; "auto": if the run has one, else anew); HF must then be
+    started from :meth:`hf_checkpoint` (``ri.hf.steer`` does it). A ``torchrun --max-restarts``
+    restart resumes without asking.
     """
 
     def __init__(self, run: str, *, open_run: OpenRun, trainer: Trainer | None = None,
@@ -205,9 +206,10 @@ class InteractiveCallback(TrainerCallback):
         for key in ("task", "lr", "schedule", "grad_clip", "grad_accumulation", "max_steps", "eval_every"):
             if key in config:
                 raise ValueError(f"{key!r} is the Trainer's own (TrainingArguments); not a steer() option")
-        resume = check_resume(resume)
-        if not resume and (resume := resume_after_restart(run, config, resume)):
-            replay = None  # restarted: the replayed commands are in the run's own log now
+        asked = check_resume(resume)
+        resume = resolve_resume(run, config, asked)
+        if resume is True and asked is not True:
+            replay = None  # resumed on its own: the replayed commands are in the run's own log now
         self.resume_point: CheckpointInfo | None = None
         if resume:
             if replay is not None:

@@ -40,7 +40,7 @@ import torch
 
 from ray_interactive.core.config import RunConfig
 from ray_interactive.core.link import OpenRun, RunLink
-from ray_interactive.core.resume import Resume, check_resume, resume_after_restart, resume_point, resumed_config
+from ray_interactive.core.resume import Resume, check_resume, resolve_resume, resume_point, resumed_config
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
 from ray_interactive.train.ranks import Ranks
@@ -270,14 +270,17 @@ def steer(
     ``eval_every``. ``replay``: a run directory whose applied commands this run repeats at
     the same steps. ``resume``: True continues the run in its directory from its newest
     checkpoint (a checkpoint id: from that one), with the configuration it was started with
-    (``config`` given here overrides it). ``open_run`` connects to the run's controller
+    (``config`` given here overrides it); "auto" does so if the run has a checkpoint and starts
+    it anew otherwise (for a script a launcher restarts: Ray Train's ``FailureConfig``; under
+    ``torchrun --max-restarts`` a restart does it without asking). ``open_run`` connects to the run's controller
     (``ray_interactive.steer`` passes Ray's).
     """
     if "task" in config or "lr" in config:
         raise ValueError("ri.steer takes the lr from the optimizer and trains your loop: no 'task' or 'lr' here")
-    resume = check_resume(resume)
-    if not resume and (resume := resume_after_restart(run, config, resume)):
-        replay = None  # restarted: the replayed commands are in the run's own log now
+    asked = check_resume(resume)
+    resume = resolve_resume(run, config, asked)
+    if resume is True and asked is not True:
+        replay = None  # resumed on its own: the replayed commands are in the run's own log now
     resume_from = None
     if resume:
         if replay is not None:
