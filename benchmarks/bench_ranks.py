@@ -1,7 +1,7 @@
 """What steering costs a loop on many ranks: a plain DDP loop on 2 gloo ranks (2 processes
 on this machine, no Ray) bare, and the same loop steered with ``ri.steer`` - nothing due,
 and a command delivered every 5th step - plus the exchange alone (the one collective a
-steered step adds: an ``all_reduce`` of 5 doubles, and a broadcast of the commands' bytes
+steered step adds: an ``all_reduce`` of 4 doubles, and a broadcast of the commands' bytes
 when rank 0 has some). In a step the exchange is pipelined (started at one step's control
 point, finished at the next): the "exchange alone" figure is its latency when waited for
 at once, which a step hides behind its forward and backward.
@@ -36,14 +36,10 @@ from _common import machine, save  # noqa: E402
 
 from ray_interactive.core.commands import CommandRecord, CommandStatus, UpdateOptimizer  # noqa: E402
 from ray_interactive.train import loop  # noqa: E402
-from ray_interactive.train.ranks import FollowerRun  # noqa: E402
+from ray_interactive.train.ranks import without_controller  # noqa: E402
 
 WORLD = 2
 DUE_EVERY = 5
-
-
-def open_run(config: Any, address: Any, resume: bool = False, resume_from: Any = None) -> FollowerRun:
-    return FollowerRun(next_seq=1, resume_from=None)
 
 
 def model_and_data() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -74,7 +70,7 @@ def steered(steps: int, run_dir: Path, due_every: int | None) -> tuple[list[floa
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
     quiet, due, seq, arriving = [], [], 0, False
-    with loop.steer("bench-ranks", ddp, opt, open_run=open_run, run_dir=run_dir, max_steps=steps, grad_clip=1.0,
+    with loop.steer("bench-ranks", ddp, opt, open_run=without_controller(), run_dir=run_dir, max_steps=steps, grad_clip=1.0,
                     metrics_interval_s=1.0) as s:
         while s.running:
             t0 = time.perf_counter()
@@ -100,7 +96,7 @@ def exchange_us(core: Any, n: int) -> dict[str, float]:
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
-            ranks.exchange(records if ranks.rank == 0 else [], 0, 1.0, True)
+            ranks.exchange(records if ranks.rank == 0 else [], 0, 1.0)
             times.append(time.perf_counter() - t0)
         out[what] = statistics.median(times) * 1e6
     return out
@@ -123,7 +119,7 @@ def worker(rank: int, port: int, passes: int, steps: int, results: Any) -> None:
         # the exchange alone, on a core that is attached to the ranks
         model, _ = model_and_data()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        with loop.steer("bench-x", ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), open_run=open_run,
+        with loop.steer("bench-x", ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), open_run=without_controller(),
                         run_dir=Path(tmp) / "x", max_steps=1) as s:
             ex = exchange_us(s.core, 500)
             ddp(torch.randn(4, 128)).sum().backward()
@@ -176,7 +172,7 @@ def main() -> None:
         "",
         "What it leaves out: the controller (rank 0's puller runs on its own thread); a GPU and NCCL (beside NCCL the "
         "exchange runs on a gloo group of its own on the CPU, not measured here); "
-        "more than 2 ranks (an all_reduce of 5 doubles grows with log2 of the ranks in gloo's algorithms). On this "
+        "more than 2 ranks (an all_reduce of 4 doubles grows with log2 of the ranks in gloo's algorithms). On this "
         "2-core machine the 2 ranks share the cores with each other, so a collective's latency includes "
         "scheduling.",
     ]

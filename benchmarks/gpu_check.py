@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -28,11 +27,7 @@ from _common import machine, save  # noqa: E402
 
 from ray_interactive.core.commands import CommandRecord, CommandStatus, UpdateOptimizer  # noqa: E402
 from ray_interactive.train import loop  # noqa: E402
-from ray_interactive.train.ranks import FollowerRun  # noqa: E402
-
-
-def open_run(config: Any, address: Any, resume: bool = False, resume_from: Any = None) -> FollowerRun:
-    return FollowerRun(next_seq=1, resume_from=resume_from)
+from ray_interactive.train.ranks import without_controller  # noqa: E402
 
 
 def model_and_batch(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -66,7 +61,7 @@ def steered(steps: int, device: torch.device, run_dir: Path, lr_at: int | None =
     model, x = model_and_batch(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     used: dict[int, float] = {}
-    with loop.steer("gpu-check", model, opt, open_run=open_run, run_dir=run_dir, max_steps=steps, grad_clip=1.0,
+    with loop.steer("gpu-check", model, opt, open_run=without_controller(), run_dir=run_dir, max_steps=steps, grad_clip=1.0,
                     metrics_interval_s=1.0) as s:
         opt.register_step_pre_hook(lambda o, a, k: used.__setitem__(s.state.step + 1, o.param_groups[0]["lr"]))
         sync(device)
@@ -106,7 +101,7 @@ def main() -> None:
         assert used[11] == 3e-4 and used[10] == 1e-4, used  # the very next optimizer step used it
         model, x = model_and_batch(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        with loop.steer("gpu-ckpt", model, opt, open_run=open_run, run_dir=Path(tmp) / "ck", max_steps=5) as s:
+        with loop.steer("gpu-ckpt", model, opt, open_run=without_controller(), run_dir=Path(tmp) / "ck", max_steps=5) as s:
             while s.running:
                 loss = model(x, labels=x).loss
                 loss.backward()
@@ -115,7 +110,7 @@ def main() -> None:
         final = sorted((Path(tmp) / "ck" / "checkpoints").iterdir())[-1]
         model2, _ = model_and_batch(device)
         opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-4)
-        s2 = loop.steer("gpu-ckpt2", model2, opt2, open_run=lambda *a_, **k: FollowerRun(1, final),
+        s2 = loop.steer("gpu-ckpt2", model2, opt2, open_run=without_controller(final),
                         run_dir=Path(tmp) / "ck2", max_steps=5)
         with s2:
             pass

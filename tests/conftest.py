@@ -169,6 +169,15 @@ class Recorder:
         return [r for m in self.of(Progress) for r in m.rows]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition",
                state: Callable[[], Any] | None = None) -> Any:
     """Poll ``predicate`` until it returns something truthy; on a timeout, say what

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ray_interactive.runtime.offline import FinishedRun
 from ray_interactive.ui.control_ui import check_bind, serve_control_ui
 from ray_interactive.ui.dashboard import Dashboard
 
-from .conftest import CHROMIUM, REPO, regression_config, running_client, ui_page, wait_until
+from .conftest import CHROMIUM, REPO, free_port, regression_config, running_client, ui_page, wait_until
 
 AUTH = ("tester", "correct-horse-battery")
 ARTIFACTS = REPO / "test-artifacts"
@@ -46,12 +45,6 @@ ENDPOINTS = {
     "start_agent",
     "stop_agent",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

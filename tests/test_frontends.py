@@ -6,7 +6,6 @@ load as a branch; stop; and the command log replays the run with the same losses
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import torch
 import ray_interactive as ri
 from ray_interactive.runtime.offline import FinishedRun
 
-from .conftest import SHARED_DATA, wait_until
+from .conftest import SHARED_DATA, free_port, wait_until
 
 NEW_LR = 0.00123
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -278,10 +277,7 @@ def test_the_control_ui_steers_a_loop_and_a_hugging_face_trainer(frontend: str, 
     thread.start()
     client = wait_until(lambda: client_of(name), timeout=120, what="the run to start")
     wait_until(lambda: client.status()["status"] == "running", timeout=120, what="the run to run")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ui, url = serve_control_ui(client, port=port, block=False, refresh_s=1.0, command_wait_s=30.0)
+    ui, url = serve_control_ui(client, port=free_port(), block=False, refresh_s=1.0, command_wait_s=30.0)
     label = "plain PyTorch loop" if frontend == "loop" else "Hugging Face Trainer"
     try:
         with sync_playwright() as p:

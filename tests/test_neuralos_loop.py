@@ -23,7 +23,7 @@ from neuralos_example.users import SimulatedUser
 from ray_interactive.core.config import RunConfig, TaskSpec
 from ray_interactive.runtime.launch import start_run
 
-from .conftest import ui_page, wait_until
+from .conftest import free_port, ui_page, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -134,7 +134,6 @@ def test_demo_page_click_on_the_screen_changes_the_frame(loop: dict[str, Any], t
 
 def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_one(loop: dict[str, Any]) -> None:
     """The control UI's rule: loopback needs nothing; any other address needs a login."""
-    import socket
     import subprocess
     import sys
 
@@ -147,9 +146,7 @@ def test_the_demo_refuses_other_addresses_without_a_login_and_asks_for_it_with_o
         serve_demo(engine, host="0.0.0.0")
     with pytest.raises(ValueError, match="at least 8 characters"):
         serve_demo(engine, host="0.0.0.0", auth=("user", "short"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     auth = ("tester", "correct-horse-battery")
     demo, url = serve_demo(engine, host="0.0.0.0", port=port, auth=auth)
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -30,17 +29,13 @@ from ray_interactive.core.commands import (
     UpdateOptimizer,
 )
 from ray_interactive.train import loop
-from ray_interactive.train.ranks import FollowerRun
+from ray_interactive.train.ranks import without_controller
 
 WORLD = 2
 
 
 def record(seq: int, command: Any) -> CommandRecord:
     return CommandRecord(command=command, seq=seq, status=CommandStatus.ACCEPTED)
-
-
-def open_run(config: Any, address: Any, resume: bool = False, resume_from: Any = None) -> FollowerRun:
-    return FollowerRun(next_seq=1, resume_from=None)  # rank 0 without a controller (see the module doc)
 
 
 def whole(p: torch.Tensor) -> torch.Tensor:
@@ -66,7 +61,8 @@ def rank_main(rank: int, port: int, out: str, wrap: str) -> None:
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         torch.manual_seed(100 + rank)  # each rank its own data stream, from the global RNG
         rows, sent = [], set()
-        with loop.steer("ranks-unit", ddp, opt, open_run=open_run, run_dir=Path(out) / "run", max_steps=40) as s:
+        with loop.steer("ranks-unit", ddp, opt, open_run=without_controller(), run_dir=Path(out) / "run",
+                        max_steps=40) as s:
             while s.running:
                 step = s.state.step
                 if rank == 0 and s.state.branch == "main" and step not in sent:
@@ -113,7 +109,7 @@ def reshard_main(rank: int, port: int, out: str, world: int) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     resume = Path(out) / "run" / "checkpoints" / "main@5"
     with loop.steer("ranks-reshard", model, opt, run_dir=Path(out) / f"run{world}", max_steps=5,
-                    open_run=lambda *a, **k: FollowerRun(next_seq=1, resume_from=resume)) as s:
+                    open_run=without_controller(resume)) as s:
         got = {"step": s.state.step, "weights": float(sum(whole(p.detach()).double().sum() for p in model.parameters()))}
     if rank == 0:
         Path(out, f"resharded{world}.json").write_text(json.dumps(got))
@@ -122,14 +118,10 @@ def reshard_main(rank: int, port: int, out: str, world: int) -> None:
     os._exit(0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["ddp", "fsdp"])
 def ranks_out(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .conftest import free_port  # here, not at the top: the spawned ranks import this module, not Ray
+
     out = tmp_path_factory.mktemp(f"ranks-{request.param}")
     mp.spawn(rank_main, args=(free_port(), str(out), request.param), nprocs=WORLD, join=True)
     return out
@@ -169,6 +161,8 @@ def test_a_load_gives_every_rank_its_own_rng_back(ranks_out: Path) -> None:
 def test_a_sharded_checkpoint_is_resharded_for_another_number_of_ranks(ranks_out: Path) -> None:
     if "fsdp" not in ranks_out.name:
         pytest.skip("sharded checkpoints are FSDP's")
+    from .conftest import free_port
+
     mp.spawn(reshard_main, args=(free_port(), str(ranks_out), 3), nprocs=3, join=True)
     got = json.loads((ranks_out / "resharded3.json").read_text())
     saved = next(r for r in json.loads((ranks_out / "rank0.json").read_text()) if r["step"] == 5)

@@ -296,13 +296,11 @@ def test_ingest_client_does_not_retry_a_4xx(no_sleep: list[float]) -> None:
 
 
 def test_ingest_client_retries_a_refused_connection_then_says_so(no_sleep: list[float]) -> None:
-    import socket
-
     from ray_interactive.serve.ingest_client import IngestUnavailable, list_sources
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from .conftest import free_port
+
+    port = free_port()  # a port nothing listens on
     with pytest.raises(IngestUnavailable, match=r"GET .*/v1/sources failed after 2 attempt\(s\): .*refused") as info:
         list_sources(f"http://127.0.0.1:{port}", token="t", retries=1)
     assert info.value.status is None and len(no_sleep) == 1

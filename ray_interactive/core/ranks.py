@@ -33,15 +33,13 @@ class Exchanged:
     records: list[CommandRecord] = field(default_factory=list)  # rank 0's new commands, in order
     flags: int = 0  # rank 0's flags (CHECKPOINT_DUE)
     mean_loss: float | None = None  # the loss averaged over the ranks that gave one
-    all_finite: bool = True  # every rank's step was finite
 
 
 class RankLink(Protocol):
     rank: int
     world: int
 
-    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool,
-                 pipelined: bool = False) -> list[Exchanged]:
+    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, pipelined: bool = False) -> list[Exchanged]:
         """A collective every rank calls at the same control point (``records`` and
         ``flags`` count on rank 0 only): the exchanges finished now, in order - the one
         started at the previous control point, if any, then (unless ``pipelined``: it is

@@ -80,10 +80,13 @@ class Reporter:
         events, self._events = self._events, []
         return events
 
+    def _queue(self, event: TrainerEvent) -> None:
+        if self.port is not None:  # a rank that does not report keeps none (rank 0 tells the run)
+            self._events.append(event)
+
     def progress(self, branch: str, status: TrainerStatus, rows: list[MetricRow]) -> None:
-        events = self._take_events()  # with no port they are dropped, not kept for ever
         if self.port is not None:
-            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=events,
+            self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=self._take_events(),
                                                    incarnation=self.incarnation)))
 
     def outcomes(self, records: list[CommandRecord], snapshot: Snapshot | None = None,
@@ -99,23 +102,22 @@ class Reporter:
             self._sent(self.port.describe(snapshot.model_copy(update={"incarnation": self.incarnation})))
 
     def checkpoint(self, info: CheckpointInfo) -> None:
-        self._events.append(CheckpointSaved(info=info))
+        self._queue(CheckpointSaved(info=info))
 
     def branch(self, name: str, parent: str, checkpoint: str, step: int) -> None:
-        self._events.append(BranchCreated(name=name, parent=parent, checkpoint=checkpoint, step=step))
+        self._queue(BranchCreated(name=name, parent=parent, checkpoint=checkpoint, step=step))
 
     def rewind(self, branch: str, step: int) -> None:
-        self._events.append(BranchRewound(branch=branch, step=step))
+        self._queue(BranchRewound(branch=branch, step=step))
 
     def checkpoints_removed(self, ids: list[str]) -> None:
-        self._events.append(CheckpointsRemoved(ids=ids))
+        self._queue(CheckpointsRemoved(ids=ids))
 
     def event(self, kind: str, message: str, step: int, branch: str, failed: bool = False,
               submit: list[dict[str, Any]] | None = None) -> None:
         """Something the run did on its own, for the command history (and ``submit``: the
         commands it asks the controller to send on its behalf, source ``system``)."""
-        self._events.append(RunEvent(kind=kind, message=message, step=step, branch=branch, failed=failed,
-                                     submit=submit or []))
+        self._queue(RunEvent(kind=kind, message=message, step=step, branch=branch, failed=failed, submit=submit or []))
 
     def sync(self) -> None:
         """Wait until the recent reports have reached the controller (at the end of a run)."""
@@ -189,7 +191,6 @@ class Telemetry:
             cut = next((i for i, (_, _, r) in enumerate(self.rows) if r is self.awaiting), cut)
         rows, self.rows = self.rows[:cut], self.rows[cut:]
         if self.reporter.port is None:  # a rank that does not report (rank 0 speaks for the run)
-            self.reporter.progress(self.state.branch, self.status(message), [])
             return
         self.reporter.progress(self.state.branch, self.status(message), rows_to_floats(rows))
 

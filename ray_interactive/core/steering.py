@@ -161,37 +161,32 @@ class Steering:
         own = self.checkpoints.weights_finite
         self.checkpoints.weights_finite = lambda: ranks.agree(own())  # a shard each: all decide alike
 
-    def sync(self, loss: float | torch.Tensor | None = None, finite: bool = True,
-             pipelined: bool = False) -> bool:
+    def sync(self, loss: float | torch.Tensor | None = None, pipelined: bool = False) -> None:
         """Many ranks: the control points' one collective. Rank 0's new commands go into
         every rank's inbox (so every rank applies them at the same step), and the loss is
         averaged over the ranks (it becomes the step's ``loss``; ``loss/rank0`` is rank 0's
         own). ``pipelined`` (in a step): finished at the next call - see
-        :mod:`ray_interactive.core.ranks`. Returns whether every rank's steps were finite
-        in the exchanges finished now. One rank: nothing (returns ``finite``)."""
+        :mod:`ray_interactive.core.ranks`. One rank: nothing."""
         ranks = self.ranks
         if ranks is None:
-            return finite
+            return
         lead = ranks.rank == 0
         records = self.arrivals.drain() if lead else []
         flags = CHECKPOINT_DUE if lead and self.config.checkpoint_interval_s and self.checkpoints.due_by_time() else 0
-        done = ranks.exchange(records, flags, None if loss is None else float(loss), finite, pipelined=pipelined)
+        done = ranks.exchange(records, flags, None if loss is None else float(loss), pipelined=pipelined)
         self._loss_sent = loss is not None
-        return self._settle(done)
+        self._settle(done)
 
-    def _settle(self, done: list[Exchanged]) -> bool:
-        all_finite = True
+    def _settle(self, done: list[Exchanged]) -> None:
         for got in done:
             if got.records:
                 self.inbox.put(got.records, replayed=True)
             self._checkpoint_due = self._checkpoint_due or bool(got.flags & CHECKPOINT_DUE)
-            all_finite = all_finite and got.all_finite
             row = self.telemetry.awaiting
             if got.mean_loss is not None and row is not None:  # the step's row, held back until now
                 row["loss/rank0"] = row.get("loss")
                 row["loss"] = got.mean_loss
                 self.telemetry.awaiting = None
-        return all_finite
 
     def describe_again(self) -> None:
         """Called from any thread: the controller lost the run's description (it was

@@ -75,7 +75,7 @@ from ray_interactive.core.schedules import Schedule, ScheduleKind
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, finite
 from ray_interactive.train.hf_reporting import end_branches, follow_branch
-from ray_interactive.train.ranks import Ranks, launcher_rank, rank_rng
+from ray_interactive.train.ranks import Ranks, launcher_rank, own_module, rank_rng
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class InteractiveCallback(TrainerCallback):
                           resume_from=point.id if point is not None else None)
         try:
             self.core = Steering(
-                config, _own_model(model), optimizer, tstate, self.run.reporter, frontend,
+                config, own_module(model), optimizer, tstate, self.run.reporter, frontend,
                 next_seq=self.run.next_seq, publisher=self.run.publisher,
                 next_weight_version=self.run.next_weight_version, device=args.device,
             )
@@ -498,13 +498,6 @@ class InteractiveCallback(TrainerCallback):
                 control.should_log, control.should_evaluate, control.should_save = flags
         return {_eval_key(k): float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
-
-
-def _own_model(model: Any) -> Any:
-    """The user's model inside HF's DDP wrapper (HF hands callbacks the wrapped one on many
-    ranks): checkpoints hold its own parameter names."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, torch.nn.Module) and type(model).__name__ == "DistributedDataParallel" else model
 
 
 def _hf_rng(checkpoint: Path, rank: int | None = None) -> dict[str, Any]:

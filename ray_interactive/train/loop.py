@@ -43,7 +43,7 @@ from ray_interactive.core.link import OpenRun, RunLink
 from ray_interactive.core.resume import Resume, check_resume, resolve_resume, resume_point, resumed_config
 from ray_interactive.core.state import TrainState
 from ray_interactive.core.steering import Frontend, Steering, evaluate_model, finite
-from ray_interactive.train.ranks import Ranks
+from ray_interactive.train.ranks import Ranks, own_module
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Session:
             self.run = self._open_run(self.config, self._address, resume=resuming, resume_from=self._resume_from)
         try:
             self.core = Steering(
-                self.config, _unwrapped(self._model), self._optimizer, self._state, self.run.reporter, self._frontend,
+                self.config, own_module(self._model), self._optimizer, self._state, self.run.reporter, self._frontend,
                 next_seq=self.run.next_seq, publisher=self.run.publisher,
                 next_weight_version=self.run.next_weight_version, device=_device_of(self._model),
             )
@@ -204,7 +204,7 @@ class Session:
             ok = finite(checked, grad_norm)
         else:  # the gradient norm decides: it is the same on every rank (all-reduced gradients; a NaN loss spreads)
             ok = finite(torch.zeros(()), grad_norm)
-            core.sync(mean_loss, ok, pipelined=True)  # one exchange a step: commands, the mean loss
+            core.sync(mean_loss, pipelined=True)  # one exchange a step: commands, the mean loss
         if not ok:  # never let it reach the weights
             self._optimizer.zero_grad(set_to_none=True)
             core.non_finite_step(checked, grad_norm)
@@ -291,13 +291,6 @@ def steer(
         cfg = RunConfig.model_validate({"name": run, "grad_clip": None, **config})
     return Session(cfg, model, optimizer, open_run=open_run, evaluate=evaluate, replay=replay, address=address,
                    samples_per_step=samples_per_step, resume_from=resume_from)
-
-
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's model inside a DDP (or FSDP1) wrapper: checkpoints hold its own names."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, torch.nn.Module) and type(model).__name__ in (
-        "DistributedDataParallel", "FullyShardedDataParallel") else model
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

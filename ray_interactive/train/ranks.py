@@ -3,9 +3,9 @@ function): one run per job, steered alike on every rank. Only ``torch.distribute
 
 Rank 0 owns the run (its controller, log, metrics, checkpoints); the other ranks attach
 to it with a :class:`FollowerRun` (no controller, no Ray). At each control point the
-ranks meet in :meth:`Ranks.exchange`, one ``all_reduce`` of five numbers on a gloo group
-of their own - the size of rank 0's new commands, its flags, the loss sum and count, the
-count of non-finite steps - and, only when rank 0 has commands, one broadcast of their
+ranks meet in :meth:`Ranks.exchange`, one ``all_reduce`` of four numbers on a gloo group
+(the job's own when it is gloo) - the size of rank 0's new commands, its flags, the loss
+sum and count - and, only when rank 0 has commands, one broadcast of their
 pickled bytes. Every rank then holds the same commands, and its steering core applies
 them at the same optimizer step (see :mod:`ray_interactive.core.ranks`).
 
@@ -39,8 +39,8 @@ from ray_interactive.core.steering import Steering
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FollowerRun", "LauncherTerminated", "RankLost", "Ranks", "broadcast_records", "peer_lost",
-           "ranks_of_this_process"]
+__all__ = ["FollowerRun", "LauncherTerminated", "RankLost", "Ranks", "broadcast_records", "own_module", "peer_lost",
+           "ranks_of_this_process", "without_controller"]
 
 
 class LauncherTerminated(SystemExit):
@@ -219,12 +219,11 @@ class Ranks:
         return flag.item() == 0
 
     # -- the control point ---------------------------------------------------------------
-    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, finite: bool,
-                 pipelined: bool = False) -> list[Exchanged]:
+    def exchange(self, records: list[CommandRecord], flags: int, loss: float | None, pipelined: bool = False) -> list[Exchanged]:
         done = self.finish()
         payload = pickle.dumps(records) if self.rank == 0 and records else b""
         buf = torch.tensor([len(payload), flags if self.rank == 0 else 0, 0.0 if loss is None else loss,
-                            0.0 if loss is None else 1.0, 0.0 if finite else 1.0], dtype=torch.float64)
+                            0.0 if loss is None else 1.0], dtype=torch.float64)
         self._pending = (dist.all_reduce(buf, group=self.group, async_op=True), buf, payload)
         if not pipelined:
             done += self.finish()
@@ -238,10 +237,29 @@ class Ranks:
         work, buf, payload = self._pending
         self._pending = None
         work.wait()
-        size, flags, loss_sum, losses, nonfinite = buf.tolist()
+        size, flags, loss_sum, losses = buf.tolist()
         got = broadcast_records(payload, int(size), group=self.group) if size else []
-        return [Exchanged(records=got, flags=int(flags), mean_loss=loss_sum / losses if losses else None,
-                          all_finite=nonfinite == 0)]
+        return [Exchanged(records=got, flags=int(flags), mean_loss=loss_sum / losses if losses else None)]
+
+
+def own_module(model: Any) -> Any:
+    """The user's model inside a DDP (or FSDP1) wrapper - HF hands callbacks the wrapped one
+    on many ranks: checkpoints hold its own parameter names. FSDP2 shards in place."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) and type(model).__name__ in (
+        "DistributedDataParallel", "FullyShardedDataParallel") else model
+
+
+def without_controller(checkpoint: Path | None = None) -> OpenRun:
+    """An ``open_run`` that opens no controller (continuing from ``checkpoint`` if given): the
+    loop is steered only by what is handed to its core (``core.deliver``). For tests and
+    benchmarks of the ranks without Ray."""
+
+    def open_run(config: RunConfig, address: str | None, resume: bool = False,
+                 resume_from: str | None = None) -> RunLink:
+        return FollowerRun(next_seq=1, resume_from=checkpoint)
+
+    return open_run
 
 
 def rank_rng(saved: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
