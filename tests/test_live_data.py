@@ -38,9 +38,12 @@ def live_config(tmp_path: Path, **overrides: Any) -> Any:
 def test_sigkill_of_the_buffer_mid_ingest_loses_no_acknowledged_row_and_training_goes_on(
     tmp_path: Path, start: Any
 ) -> None:
+    """Two clients ingest while the buffer is killed: one call per table, and the coalescing
+    ingest log adding tables of 1-3 rows (ids from 1,000,000 on)."""
     handle = start(live_config(tmp_path))
     client = handle.client()
     acked: list[dict[str, Any]] = []
+    logged: list[tuple[int, int, Any]] = []  # (first id, rows, future) of the ingest log's adds
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -53,28 +56,50 @@ def test_sigkill_of_the_buffer_mid_ingest_loses_no_acknowledged_row_and_training
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
+    log = client.ingest_log(max_delay_s=0.005)
+
+    def log_loop() -> None:
+        i = 1_000_000
+        try:
+            while not stop.is_set():
+                n = 1 + i % 3
+                logged.append((i, n, log.add(live_rows(i, n), "live")))
+                i += n
+                time.sleep(0.002)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
     wait_until(lambda: client.status()["step"] >= 5, what="training to start")
-    thread = threading.Thread(target=ingest_loop, daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=f, daemon=True) for f in (ingest_loop, log_loop)]
+    for t in threads:
+        t.start()
     wait_until(lambda: len(acked) >= 20, what="some acknowledged ingests")
     pid = ray.get(handle.buffer.pid.remote())
     os.kill(pid, signal.SIGKILL)
-    killed_at = len(acked)
+    killed_at, logged_at = len(acked), len(logged)
     wait_until(lambda: len(acked) >= killed_at + 20, timeout=90, what="ingests to go on after the restart")
+    wait_until(lambda: sum(f.done() for _, _, f in logged[logged_at:]) >= 20, timeout=90,
+               what="the ingest log's adds to be acknowledged after the restart")
     step_after = client.status()["step"]
     wait_until(lambda: client.status()["step"] >= step_after + 20, timeout=60, what="training to go on")
     stop.set()
-    thread.join(timeout=60)
+    for t in threads:
+        t.join(timeout=60)
+    assert log.close(timeout=60) == 0
     assert not errors, errors
 
     assert ray.get(handle.buffer.pid.remote()) != pid  # a new process: it really restarted
     assert ray.get(handle.buffer.stats.remote())["restarted"]
     stored = client.read_rows("live", columns=["y"]).column("y").to_numpy().astype(np.int64)
-    expected = np.concatenate([np.arange(a["first"], a["last"] + 1) for a in acked])
-    # Every acknowledged row, exactly once, in the order acknowledged (ids were sent in order).
+    # Every acknowledged row exactly once, at the sequence numbers its acknowledgement gave.
     assert len(np.unique(stored)) == len(stored)
-    np.testing.assert_array_equal(stored[: len(expected)], expected)
-    assert [a["first"] for a in acked] == [5 * int(a["batch_id"][1:]) for a in acked]
+    sent = [(5 * int(a["batch_id"][1:]), 5, a) for a in acked] + [(i, n, f.result()) for i, n, f in logged]
+    for first_id, n, ack in sent:
+        assert ack["rows"] == n
+        np.testing.assert_array_equal(stored[ack["first"]: ack["last"] + 1], np.arange(first_id, first_id + n))
+    assert len(stored) == sum(n for _, n, _ in sent)
+    coalesced = {f.result()["batch_id"] for _, _, f in logged}
+    assert len(coalesced) < len(logged) / 2  # the small tables really went together
     assert client.status()["status"] == "running"
 
 

@@ -37,6 +37,7 @@ from ray_interactive.core.config import BufferConfig
 from ray_interactive.core.messages import BufferStats
 from ray_interactive.core.mixture import validate_mixture
 from ray_interactive.core.task import DataSource
+from ray_interactive.data.coalesce import SourceSpec
 from ray_interactive.data.sampling import (
     draw_counts,
     draw_recent,
@@ -425,6 +426,16 @@ class DataBuffer:
             }
             for name, s in self._sources.items()
         }
+
+    def source_spec(self, source: str) -> SourceSpec:
+        """What a client checks rows against before it sends them (a live source's schema
+        and limits); ``ValueError`` for an unknown or static source."""
+        s = self._sources.get(source)
+        if s is None:
+            raise ValueError(f"unknown source {str(source)[:80]!r}; sources: {', '.join(self._sources)}")
+        if not s.live:
+            raise ValueError(f"source {source!r} is a static dataset; only live sources take ingested rows")
+        return SourceSpec(s.schema, s.allow_non_finite, s.allow_nulls, s.max_row_bytes, s.max_table_bytes)
 
     # -- ingestion ---------------------------------------------------------------------
     def ingest(

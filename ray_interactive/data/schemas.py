@@ -46,6 +46,11 @@ def conform(
     if table.num_rows == 0 and not allow_empty:
         raise ValueError(f"source {source!r}: the table is empty")
     check_unique_columns(table.column_names, f"source {source!r}")
+    if table.num_columns and table.column(0).num_chunks > 4:
+        # The checks below go chunk by chunk in Python: one copy into a single chunk is far
+        # cheaper than that for a table concatenated from many small ones (6.7 ms -> 66 us
+        # for 4,096 rows from 256 tables).
+        table = table.combine_chunks()
     names = table.column_names
     missing = [f.name for f in schema if f.name not in names]
     if missing:

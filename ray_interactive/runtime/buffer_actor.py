@@ -133,6 +133,9 @@ class BufferActor:
     async def restore(self, position: dict[str, Any]) -> None:
         self._b.restore(position)
 
+    async def source_spec(self, source: str) -> Any:
+        return self._b.source_spec(source)
+
     async def mixture(self) -> dict[str, float]:
         return self._b.mixture()
 

@@ -30,6 +30,7 @@ from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.core.plain import clip, names, one_of, seconds, shown, whole
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion, unpack_state
+from ray_interactive.data.coalesce import IngestCoalescer, SourceSpec
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.runtime.connection import init_ray
 from ray_interactive.runtime.lifecycle import actor_restarting
@@ -263,6 +264,31 @@ class RunClient:
 
         return call_with_retry(once, f"ingest into {source!r} (batch {batch_id})", deadline_s=timeout,
                                on=actor_restarting, base_delay=0.2, max_delay=1.0, logger=log)
+
+    def ingest_log(self, **options: Any) -> IngestCoalescer:
+        """An ingest client for many small tables (a deployed model logging each interaction):
+        ``log.add(table, source)`` returns a future that resolves with the rows'
+        acknowledgement once they are durable; what is added is sent as one large ingest per
+        source (``max_rows``, ``max_bytes``, ``max_delay_s``), from a thread, retried with the
+        same batch_id while the buffer restarts. Close it (or use ``with``) to send the rest.
+        See :class:`~ray_interactive.data.coalesce.IngestCoalescer` for the options."""
+        return IngestCoalescer(self._send_to_buffer, self._source_spec, name=f"{self.run}-ingest", **options)
+
+    def _source_spec(self, source: str) -> SourceSpec:
+        return call_with_retry(lambda: self._buffer_call(lambda b: b.source_spec.remote(source)),
+                               f"schema of {source!r}", deadline_s=60.0, on=actor_restarting, logger=log)
+
+    def _send_to_buffer(self, table: pa.Table, source: str, batch_id: str) -> dict[str, Any]:
+        # One attempt: the coalescer retries what raises anything but ValueError.
+        return self._buffer_call(lambda b: b.ingest.remote(table, source, batch_id))
+
+    def _buffer_call(self, call: Callable[[Any], Any]) -> Any:
+        try:
+            return ray.get(call(self._buffer_handle()))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, ValueError):  # the buffer's own sentence, not Ray's traceback
+                raise ValueError(str(e.cause)) from None
+            raise
 
     def read_rows(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
         """Stored rows of a source in ingest order (sequence numbers ``start..stop-1``)."""
