@@ -211,8 +211,12 @@ class DemoEngine:
         seed: int = 0,
         max_batch: int = 8,
         base_model: NextFrameModel | None = None,
+        remote: Any = None,
     ) -> None:
         self.model = model.eval()
+        # Frames drawn elsewhere (the Serve deployment: neuralos_example.serving.ServedFrames),
+        # which also logs the interactions; ``model`` then only gives the screen's size.
+        self.remote = remote
         self.base_predictor = FramePredictor(base_model.eval(), self._check_steps(steps), seed) if base_model is not None else None
         self._base_lock = threading.Lock()
         self.predictor = FramePredictor(model, self._check_steps(steps), seed)
@@ -245,6 +249,8 @@ class DemoEngine:
     @property
     def version(self) -> int:
         """The weights version being served (0: the base model)."""
+        if self.remote is not None:
+            return int(self.remote.version)
         return self.version_source() if self.version_source is not None else self._version
 
     @version.setter
@@ -386,7 +392,11 @@ class DemoEngine:
             action.check_bounds(self.size)
             received = time.time()
             t0 = time.perf_counter()
-            frame, version = self._predict(s.frame, action, n_steps)
+            if self.remote is not None:
+                meta = {"session": s.id, "seed": s.seed, "step": s.step, "time": received, "task": s.task}
+                frame, version = self.remote.predict(s.frame, action, n_steps, meta)
+            else:
+                frame, version = self._predict(s.frame, action, n_steps)
             latency = (time.perf_counter() - t0) * 1000
             if s.base_frame is not None and self.base_predictor is not None:
                 with self._base_lock, torch.inference_mode():
@@ -394,7 +404,7 @@ class DemoEngine:
             base_frame = s.base_frame
             step = s.step
             s.frame, s.cursor, s.step, s.last_seen = frame, (action.x, action.y), step + 1, time.time()
-            if self.log_rows is not None:
+            if self.log_rows is not None and self.remote is None:
                 self.log_rows(
                     {
                         "session": s.id,

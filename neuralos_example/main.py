@@ -52,12 +52,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--auth-file", default=None,
                     help="one line user:password for the demo and the control UI (or set RI_UI_AUTH)")
     ap.add_argument("--no-ui", action="store_true", help="no control UI")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="model replicas on Ray Serve (0: the model in the demo's own process)")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (default: an embedded local one)")
     args = ap.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         ap.error("--duration must be > 0 seconds")
     if args.eval_every < 1 or args.warmup < 0:
         ap.error("--eval-every must be >= 1 and --warmup >= 0")
+    if not 0 <= args.replicas <= 64:
+        ap.error("--replicas must be 0..64")
     if args.users < 0 or args.users > 64:
         ap.error("--users must be 0..64")
     if not Path(args.checkpoint).with_suffix(".safetensors").exists():
@@ -80,28 +84,46 @@ class Deployment:
 
     def __init__(self, client: Any, run_dir: Path, checkpoint: str | Path = BASE_CHECKPOINT, sampler_steps: int = DEFAULT_STEPS,
                  users: int = 0, demo_port: int | None = None, replay_poll_s: float = 0.2,
-                 demo_host: str = "127.0.0.1", auth: tuple[str, str] | None = None) -> None:
+                 demo_host: str = "127.0.0.1", auth: tuple[str, str] | None = None, replicas: int = 0) -> None:
         from apps.neuralos_demo import serve_demo
         from neuralos_example.engine import DemoEngine, InteractionLog
         from neuralos_example.model import load_model
         from neuralos_example.replay import Replayer
         from neuralos_example.users import UserPool
 
+        self.client = client
+        self._final: tuple[int, str] | None = None  # (rows logged, versions) once closed
         self._closers: list[tuple[str, Any]] = []
+        self.log_sink: InteractionLog | None = None
+        self.served: Any = None
         try:
-            self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
-            self._closers.append(("interaction log", self.log_sink.close))
             model = load_model(checkpoint)
-            # a second copy that is never updated: what "compare with the base model" shows
-            self.engine = DemoEngine(model, self.log_sink.add, sampler_steps, base_model=copy.deepcopy(model))
-            self._closers.append(("frame worker", self.engine.close))
-            self.subscriber = sub = client.subscribe(model)
-            # Inference and swaps exclude each other, and the version a frame is logged with is
-            # read under the same lock: it is the version that drew it.
-            self.engine.model_lock = sub.lock
-            self.engine.version_source = lambda: sub.loaded.version if sub.loaded is not None else 0
-            sub.start()
-            self._closers.append(("weight subscriber", sub.stop))
+            if replicas:
+                # The model on Ray Serve: each replica follows the weights and logs its users'
+                # interactions; this process keeps the sessions and the base model to compare.
+                import ray_interactive as ri
+                from neuralos_example.serving import NeuralOSModel, ServedFrames
+
+                self.app_name = f"{client.run}-model"
+                handle = ri.deploy(NeuralOSModel.options(num_replicas=replicas).bind(
+                    run=client.run, checkpoint=str(checkpoint), sampler_steps=sampler_steps, namespace=client.namespace),
+                    self.app_name)
+                self._closers.append(("model replicas", lambda: ri.undeploy(self.app_name)))
+                self.served = ServedFrames(handle, client)
+                self.engine = DemoEngine(model, None, sampler_steps, base_model=copy.deepcopy(model), remote=self.served)
+            else:
+                self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
+                self._closers.append(("interaction log", self.log_sink.close))
+                # a second copy that is never updated: what "compare with the base model" shows
+                self.engine = DemoEngine(model, self.log_sink.add, sampler_steps, base_model=copy.deepcopy(model))
+                self._closers.append(("frame worker", self.engine.close))
+                self.subscriber = sub = client.subscribe(model)
+                # Inference and swaps exclude each other, and the version a frame is logged with is
+                # read under the same lock: it is the version that drew it.
+                self.engine.model_lock = sub.lock
+                self.engine.version_source = lambda: sub.loaded.version if sub.loaded is not None else 0
+                sub.start()
+                self._closers.append(("weight subscriber", sub.stop))
             self.replayer = Replayer(client, Path(run_dir) / "replayer.json", size=self.engine.size, poll_s=replay_poll_s).start()
             self._closers.append(("replayer", self._stop_replayer))
             self.demo, self.url = serve_demo(self.engine, host=demo_host, port=demo_port, auth=auth)
@@ -115,19 +137,42 @@ class Deployment:
 
     def _stop_replayer(self) -> None:
         self.replayer.stop()
-        self.log_sink.close()  # the users and the demo are stopped: send their last rows ...
+        if self.log_sink is not None:  # (replicas sent theirs when they stopped)
+            self.log_sink.close()  # the users and the demo are stopped: send their last rows ...
         try:
             self.replayer.poll()  # ... and replay them
         except Exception as e:
             log.warning("final replay failed: %s", e)
 
+    def logged_rows(self) -> int:
+        """Interactions stored in the run's buffer (what the demo and its replicas logged)."""
+        if self._final is not None:
+            return self._final[0]
+        return int(self.client.sources()["interactions"]["rows"])
+
+    def versions(self) -> str:
+        """The weights version the model is served at; per replica when on Serve."""
+        if self._final is not None:
+            return self._final[1]
+        if self.served is None or len(self.served.replicas) < 2:
+            return f"model version {self.engine.version}"
+        return "model versions " + ", ".join(f"{r[:6]} v{v}" for r, v in sorted(self.served.replicas.items()))
+
     def close(self) -> None:
+        try:
+            versions = self.versions()  # what was served, before the replicas stop
+        except Exception:
+            versions = "model version unknown"
         while self._closers:
             name, fn = self._closers.pop()
             try:
                 fn()
             except Exception as e:
                 log.warning("stopping %s: %s", name, e)
+        try:  # everything is flushed now; the run (and its buffer) may stop next
+            self._final = (self.logged_rows(), versions)
+        except Exception as e:
+            log.warning("figures at the end: %s", e)
 
 
 class Loop:
@@ -170,7 +215,7 @@ class Loop:
         if not a.no_ui:
             self.ui, urls["control UI"] = ri.serve_control_ui(client, host=a.ui_host, port=a.ui_port, auth=a.auth, block=False)
         self.deployment = Deployment(client, config.resolved_run_dir, a.checkpoint, a.sampler_steps, a.users, a.demo_port,
-                                     demo_host=a.demo_host, auth=a.auth)
+                                     demo_host=a.demo_host, auth=a.auth, replicas=a.replicas)
         urls["NeuralOS demo"] = self.deployment.url
         return urls
 
@@ -196,8 +241,8 @@ class Loop:
         rep = d.replayer.stats()
         actions = d.users.stats()["actions"] if d.users else 0
         lat = rep["latency_p50_s"]
-        return (f"step {st['step']} loss {loss[-1]:.4f} live share {live[-1]:.2f} | demo: model version {d.engine.version}, "
-                f"{actions} simulated actions, {d.log_sink.sent_rows} interactions logged | "
+        return (f"step {st['step']} loss {loss[-1]:.4f} live share {live[-1]:.2f} | demo: {d.versions()}, "
+                f"{actions} simulated actions, {d.logged_rows()} interactions logged | "
                 f"{rep['transitions']} transitions replayed" + (f" (p50 {lat:.2f} s after the action)" if lat is not None else "") + tasks)
 
     def stop(self, interrupted: bool = False) -> int:
@@ -281,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     d = loop.deployment
     assert d is not None
     rep = d.replayer.stats()
-    print(f"demo: served model version {d.engine.version}; {d.log_sink.sent_rows} interactions logged; "
+    print(f"demo: served {d.versions()}; {d.logged_rows()} interactions logged; "
           f"{rep['transitions']} transitions replayed and ingested ({rep['skipped']} skipped)", flush=True)
     return code
 

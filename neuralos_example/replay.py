@@ -29,16 +29,19 @@ from neuralos_example.simulator import Action, Desktop, Event, key_for_index
 log = logging.getLogger(__name__)
 
 COLUMNS = ["session", "seed", "step", "time", "x", "y", "event", "key_index", "task"]
+#: Steps of one session held waiting for an earlier one (logged by another replica, later).
+MAX_HELD = 64
 
 
 class _Replay:
-    __slots__ = ("desktop", "frame", "png", "next_step")
+    __slots__ = ("desktop", "frame", "png", "next_step", "held")
 
     def __init__(self, seed: int, size: int) -> None:
         self.desktop = Desktop(size, seed)
         self.frame = self.desktop.render()
         self.png: bytes | None = None
         self.next_step = 0
+        self.held: dict[int, dict[str, Any]] = {}  # later steps logged before an earlier one
 
 
 class Replayer:
@@ -99,40 +102,56 @@ class Replayer:
         self.skip_reasons.append(why)
 
     def _replay(self, rows: pa.Table, send: bool) -> dict[str, list[Any]]:
+        """Replay ``rows`` in each session's step order. Replicas log independently, so a
+        session's step may come before the one it follows: it is held until the gap is
+        filled (up to :data:`MAX_HELD` steps; a gap that never fills ends that session)."""
         out: dict[str, list[Any]] = {k: [] for k in transition_schema().names}
         for r in rows.to_pylist():
             sid, step = r["session"], r["step"]
-            if step == 0:
+            rep = self.sessions.get(sid)
+            if rep is None:
                 try:
-                    self.sessions[sid] = _Replay(r["seed"], self.size)
+                    rep = self.sessions[sid] = _Replay(r["seed"], self.size)  # every row carries the seed
                 except (ValueError, TypeError) as e:
                     self._skip(f"session {sid}: bad seed {r['seed']!r}: {e}")
                     continue
                 if len(self.sessions) > self.max_sessions:  # forget the oldest started
                     del self.sessions[next(iter(self.sessions))]
-            rep = self.sessions.get(sid)
-            if rep is None or step != rep.next_step:
-                self._skip(f"session {sid}: step {step} out of order (expected {rep.next_step if rep else 0})")
-                self.sessions.pop(sid, None)  # its later steps cannot be replayed faithfully
+            if step > rep.next_step:
+                rep.held[step] = r
+                if len(rep.held) > MAX_HELD:
+                    self._skip(f"session {sid}: step {rep.next_step} never logged; {len(rep.held)} later steps dropped")
+                    self.sessions.pop(sid, None)
                 continue
-            try:
-                action = Action(r["x"], r["y"], Event(r["event"]), key_for_index(r["key_index"]))
-                nxt = rep.desktop.step(action)
-            except (ValueError, TypeError, IndexError) as e:
-                self._skip(f"session {sid} step {step}: {e}")
-                self.sessions.pop(sid, None)  # its later steps cannot be replayed faithfully
+            if step < rep.next_step:
+                self._skip(f"session {sid}: step {step} logged twice or out of order (expected {rep.next_step})")
                 continue
-            rep.next_step += 1
-            if send:
-                prev_png = rep.png or encode_png(rep.frame)
-                rep.png = encode_png(nxt)
-                for k, v in (("session", sid), ("step", step), ("task", r["task"]), ("prev", prev_png), ("next", rep.png),
-                             ("x", action.x), ("y", action.y), ("event", int(action.event)), ("key_index", action.key_index)):
-                    out[k].append(v)
-            else:
-                rep.png = None
-            rep.frame = nxt
+            while r is not None:
+                if not self._apply(sid, rep, r, out, send):
+                    break
+                r = rep.held.pop(rep.next_step, None)
         return out
+
+    def _apply(self, sid: str, rep: _Replay, r: dict[str, Any], out: dict[str, list[Any]], send: bool) -> bool:
+        step = r["step"]
+        try:
+            action = Action(r["x"], r["y"], Event(r["event"]), key_for_index(r["key_index"]))
+            nxt = rep.desktop.step(action)
+        except (ValueError, TypeError, IndexError) as e:
+            self._skip(f"session {sid} step {step}: {e}")
+            self.sessions.pop(sid, None)  # its later steps cannot be replayed faithfully
+            return False
+        rep.next_step += 1
+        if send:
+            prev_png = rep.png or encode_png(rep.frame)
+            rep.png = encode_png(nxt)
+            for k, v in (("session", sid), ("step", step), ("task", r["task"]), ("prev", prev_png), ("next", rep.png),
+                         ("x", action.x), ("y", action.y), ("event", int(action.event)), ("key_index", action.key_index)):
+                out[k].append(v)
+        else:
+            rep.png = None
+        rep.frame = nxt
+        return True
 
     def poll(self) -> int:
         """Replay the interaction rows logged since the last poll; returns transitions ingested.

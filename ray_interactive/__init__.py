@@ -43,10 +43,12 @@ if TYPE_CHECKING:
     from ray_interactive.core.task import DataSource, Task, column_array
     from ray_interactive.core.weights import WeightVersion, pack_state, unpack_state
     from ray_interactive.data.buffer import DataBuffer
+    from ray_interactive.data.coalesce import IngestBackpressure, IngestClosed, IngestCoalescer
     from ray_interactive.frontends import steer
     from ray_interactive.runtime.client import RunClient, RunNotFound, WeightSubscriber, connect, list_runs
     from ray_interactive.runtime.launch import RunHandle, start_run
     from ray_interactive.runtime.offline import FinishedRun, attach
+    from ray_interactive.runtime.serving import ReplicaLink, deploy, undeploy
     from ray_interactive.summary import print_summary
     from ray_interactive.train.loop import Session
     from ray_interactive.ui.access import check_bind, read_auth
@@ -66,9 +68,11 @@ _EXPORTS = {
     "core.state": ("RunStatus", "TrainState"),
     "core.steering": ("Steering",),
     "runtime.offline": ("FinishedRun", "attach"),
+    "runtime.serving": ("ReplicaLink", "deploy", "undeploy"),
     "core.task": ("DataSource", "Task", "column_array"),
     "core.weights": ("WeightVersion", "pack_state", "unpack_state"),
     "data.buffer": ("DataBuffer",),
+    "data.coalesce": ("IngestBackpressure", "IngestClosed", "IngestCoalescer"),
     "summary": ("print_summary",),
     "ui.access": ("check_bind", "read_auth"),
     "ui.control_ui": ("control_blocks", "launch_options", "serve_control_ui"),
@@ -102,6 +106,10 @@ __all__ = [
     "DataBuffer",
     "DataSource",
     "FinishedRun",
+    "IngestBackpressure",
+    "IngestClosed",
+    "IngestCoalescer",
+    "ReplicaLink",
     "RunClient",
     "RunConfig",
     "RunHandle",
@@ -121,6 +129,7 @@ __all__ = [
     "column_array",
     "connect",
     "control_blocks",
+    "deploy",
     "kind_info",
     "launch_options",
     "list_runs",
@@ -132,6 +141,7 @@ __all__ = [
     "serve_control_ui",
     "start_run",
     "steer",
+    "undeploy",
     "unpack_state",
 ]
 

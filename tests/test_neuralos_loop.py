@@ -45,7 +45,7 @@ def loop(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     )
     handle = start_run(config)
     client = handle.client()
-    deployment = Deployment(client, run_dir, sampler_steps=1, replay_poll_s=0.05)
+    deployment = Deployment(client, run_dir, sampler_steps=1, replay_poll_s=0.05, replicas=2)  # on Ray Serve
     yield {"handle": handle, "client": client, "d": deployment, "run_dir": run_dir}
     deployment.close()
     handle.shutdown()
@@ -61,16 +61,24 @@ def test_user_actions_become_training_data_and_new_weights_reach_the_demo(loop: 
     # every action was logged as an interaction row, with the frame shown and the version served
     n = user.actions
     wait_until(lambda: client.sources()["interactions"]["rows"] >= n, timeout=90, what="interaction rows")
-    rows = client.read_rows("interactions").to_pylist()
-    assert [r["step"] for r in rows[:n]] == list(range(n))
-    assert all(decode_png(r["frame"]).shape == (64, 64, 3) and r["model_version"] >= 1 and r["latency_ms"] > 0 for r in rows[:n])
+    # (logged by the replica that drew each frame: a session's steps may be stored out of order)
+    rows = sorted(client.read_rows("interactions").to_pylist()[:n], key=lambda r: r["step"])
+    assert [r["step"] for r in rows] == list(range(n))
+    assert all(decode_png(r["frame"]).shape == (64, 64, 3) and r["model_version"] >= 1 and r["latency_ms"] > 0 for r in rows)
     assert rows[0]["task"] == "create_folder"
+    def reported() -> list[dict[str, Any]] | None:
+        alive = [r for r in client.replicas() if r["alive"] and r["version"] >= 1]
+        return alive if sum(r["logged_rows"] for r in alive) >= n else None
+
+    replicas = wait_until(reported, timeout=60, what="replicas reporting the version they serve and the rows they logged")
+    assert sum(r["served"] for r in replicas) >= n
+    assert len(client.replicas()) == 2
 
     # replayed in the simulator: the transitions are the true frames of those actions
     wait_until(lambda: client.sources()["live"]["rows"] >= n, timeout=90, what="replayed transitions")
-    live = client.read_rows("live", 0, n).to_pylist()
+    live = sorted(client.read_rows("live", 0, n).to_pylist(), key=lambda t: t["step"])
     desk = Desktop(64, rows[0]["seed"])
-    for r, t in zip(rows[:n], live, strict=True):
+    for r, t in zip(rows, live, strict=True):
         prev = desk.render()
         nxt = desk.step(Action(r["x"], r["y"], r["event"], key_for_index(r["key_index"])))
         assert np.array_equal(decode_png(t["prev"]), prev) and np.array_equal(decode_png(t["next"]), nxt)

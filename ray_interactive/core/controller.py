@@ -43,6 +43,7 @@ from ray_interactive.core.commands import (
     parse_command,
 )
 from ray_interactive.core.config import RunConfig
+from ray_interactive.core.fleet import Fleet
 from ray_interactive.core.messages import (
     BranchCreated,
     BranchRewound,
@@ -52,6 +53,8 @@ from ray_interactive.core.messages import (
     Delivery,
     Outcomes,
     Progress,
+    ReplicaOrders,
+    ReplicaReport,
     RunEvent,
     Snapshot,
     TrainerEvent,
@@ -114,6 +117,7 @@ class Controller:
         self.branches: dict[str, Branch] = {ROOT_BRANCH: Branch(created_at=time.time())}
         self.metrics = MetricStore()
         self.weight_registry = WeightRegistry(keep=config.weights_keep)
+        self.fleet = Fleet()  # the deployed replicas of the model, as they report
         self.started_at = time.time()
         self._last_flush = time.monotonic()
         self._saved_step = -1  # the step status.json shows
@@ -484,6 +488,13 @@ class Controller:
         entry = self.weight_registry.add(version)
         with open(self.run_dir / "weights.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(entry.to_dict()) + "\n")
+
+    def replica_report(self, report: ReplicaReport) -> ReplicaOrders:
+        """A deployed replica says which version it serves; the answer says which it should."""
+        return self.fleet.report(report)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return self.fleet.view()
 
     def weights(self, version: int | None = None) -> WeightVersion | None:
         """The latest version (None if none yet) or ``version`` (``ValueError`` naming the

@@ -28,8 +28,8 @@ from ray_interactive.core.state import RunStatus
 
 __all__ = [
     "BranchCreated", "BranchRewound", "BufferStats", "CheckpointSaved", "CheckpointsRemoved", "Delivery",
-    "MetricRow", "Outcomes", "Progress", "RunEvent", "RunStatus", "Snapshot", "SourceStats", "TrainerEvent",
-    "TrainerStatus",
+    "MetricRow", "Outcomes", "Progress", "ReplicaOrders", "ReplicaReport", "RunEvent", "RunStatus", "Snapshot",
+    "SourceStats", "TrainerEvent", "TrainerStatus",
 ]
 
 
@@ -177,3 +177,23 @@ class BufferStats(_Message):
     rejected: int
     rejections: list[dict[str, Any]]
     restarted: bool = False
+
+
+class ReplicaReport(_Message):
+    """A deployed replica of the run's model, as it reports itself every few seconds and
+    after each weight swap."""
+
+    name: str
+    version: int  # the weights version it serves (0: its own, nothing published loaded)
+    pid: int
+    host: str
+    served: int = 0  # requests answered so far
+    logged_rows: int = 0  # interaction rows acknowledged by the buffer
+    pending_rows: int = 0  # logged, not yet acknowledged
+    time: float = Field(default_factory=time.time)
+
+
+class ReplicaOrders(_Message):
+    """The controller's answer to a report: which version the replica is to serve."""
+
+    pin: int | None = None  # this version; None: follow the newest published

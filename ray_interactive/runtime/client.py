@@ -308,6 +308,10 @@ class RunClient:
         return ray.get(self._buffer_handle().sources.remote())
 
     # -- published weights -------------------------------------------------------------
+    def replicas(self) -> list[dict[str, Any]]:
+        """The deployed replicas of the run's model: name, version served, alive, figures."""
+        return ray.get(self._controller.replicas.remote())
+
     def weight_versions(self) -> list[dict[str, Any]]:
         """Metadata of the weight versions the run keeps, oldest first."""
         return ray.get(self._controller.weight_versions.remote())

@@ -26,7 +26,15 @@ import ray
 from ray_interactive.core.commands import CommandRecord
 from ray_interactive.core.config import RunConfig, actor_name
 from ray_interactive.core.controller import Controller
-from ray_interactive.core.messages import BufferStats, Delivery, Outcomes, Progress, Snapshot
+from ray_interactive.core.messages import (
+    BufferStats,
+    Delivery,
+    Outcomes,
+    Progress,
+    ReplicaOrders,
+    ReplicaReport,
+    Snapshot,
+)
 from ray_interactive.core.recovery import RestartPlan
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion
@@ -348,6 +356,15 @@ class ControllerActor:
     def next_weight_version(self) -> int:
         with self._locked() as c:
             return c.next_weight_version()
+
+    # -- the deployed replicas ------------------------------------------------------------
+    def replica_report(self, report: ReplicaReport) -> ReplicaOrders:
+        with self._locked() as c:
+            return c.replica_report(report)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        with self._locked() as c:
+            return c.replicas()
 
     # -- queries -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
