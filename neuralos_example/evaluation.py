@@ -242,3 +242,27 @@ def closed_loop_curves(model: NextFrameModel, sessions: Sequence[Session], steps
 def rollout_psnr_by_index(model: NextFrameModel, n_sessions: int = 8, actions: int = 20, steps: int = DEFAULT_STEPS) -> list[float]:
     """Closed-loop PSNR per action index over :func:`probe_sessions`."""
     return closed_loop_curves(model, probe_sessions(n_sessions, actions), steps)["psnr"]
+
+
+#: What the guarded rollout's judge holds a canary to (``RunConfig.rollout.guards``): per-kind
+#: success may drop by one held-out session in four, the mean closed-loop PSNR by 1 dB.
+JUDGE_GUARDS = {"frequent/success": {"better": "higher", "margin": 0.25},
+                "rare/success": {"better": "higher", "margin": 0.25},
+                "rollout_psnr": {"better": "higher", "margin": 1.0}}
+
+
+class JudgeEvaluation:
+    """The canary judge's evaluation: every task on ``sessions`` held-out sessions each (2 by
+    default: ~4 s on one core), plus the mean closed-loop PSNR over the tasks."""
+
+    def __init__(self, sessions: int = 2, steps: int = DEFAULT_STEPS, seed: int = 60_000) -> None:
+        from neuralos_example.data import TASKS
+
+        self.sets = {task: heldout(task, sessions, seed=seed) for task in TASKS}
+        self.steps = steps
+
+    def __call__(self, model: NextFrameModel) -> dict[str, float]:
+        out = evaluate_tasks(model, self.sets, self.steps)
+        psnrs = [v for k, v in out.items() if k.endswith("/rollout_psnr")]
+        out["rollout_psnr"] = float(np.mean(psnrs)) if psnrs else float("nan")
+        return out

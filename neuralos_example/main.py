@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neuralos_example.evaluation import JUDGE_GUARDS
 from neuralos_example.model import BASE_CHECKPOINT, DEFAULT_STEPS, SAMPLER_STEPS
 
 log = logging.getLogger("neuralos")
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-ui", action="store_true", help="no control UI")
     ap.add_argument("--replicas", type=int, default=2,
                     help="model replicas on Ray Serve (0: the model in the demo's own process)")
+    ap.add_argument("--no-rollout", action="store_true",
+                    help="every replica takes each new version at once (default: a canary replica first, judged "
+                         "on held-out sessions, promoted or rolled back)")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (default: an embedded local one)")
     args = ap.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
@@ -96,6 +100,7 @@ class Deployment:
         self._closers: list[tuple[str, Any]] = []
         self.log_sink: InteractionLog | None = None
         self.served: Any = None
+        self.judge: Any = None
         try:
             model = load_model(checkpoint)
             if replicas:
@@ -110,6 +115,13 @@ class Deployment:
                     self.app_name)
                 self._closers.append(("model replicas", lambda: ri.undeploy(self.app_name)))
                 self.served = ServedFrames(handle, client)
+                if client.rollout()["enabled"]:
+                    # the canary judge: each new version on held-out sessions against the stable one
+                    from neuralos_example.evaluation import JudgeEvaluation
+
+                    self.judge = ri.CanaryJudge(client, load_model(checkpoint), JudgeEvaluation(steps=sampler_steps))
+                    self.judge.start()
+                    self._closers.append(("canary judge", self.judge.stop))
                 self.engine = DemoEngine(model, None, sampler_steps, base_model=copy.deepcopy(model), remote=self.served)
             else:
                 self.log_sink = InteractionLog(lambda table, bid: client.ingest(table, "interactions", batch_id=bid))
@@ -156,7 +168,12 @@ class Deployment:
             return self._final[1]
         if self.served is None or len(self.served.replicas) < 2:
             return f"model version {self.engine.version}"
-        return "model versions " + ", ".join(f"{r[:6]} v{v}" for r, v in sorted(self.served.replicas.items()))
+        text = "model versions " + ", ".join(f"{r[:6]} v{v}" for r, v in sorted(self.served.replicas.items()))
+        if self.judge is not None:
+            ro = self.client.rollout()
+            rejected = f", {len(ro['rejected'])} rolled back" if ro["rejected"] else ""
+            text += f" (stable v{ro['stable']}" + (f", canary v{ro['canary']}" if ro["canary"] else "") + rejected + ")"
+        return text
 
     def close(self) -> None:
         try:
@@ -205,6 +222,7 @@ class Loop:
             "checkpoint_every": 500,
             "eval_every": a.eval_every,
             "torch_threads": 1,
+            "rollout": {"enabled": bool(a.replicas) and not a.no_rollout, "guards": JUDGE_GUARDS},
         })
         self.handle = ri.start_run(config, address=a.address)
         self.client = client = self.handle.client()

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ray_interactive.data.coalesce import IngestBackpressure, IngestClosed, IngestCoalescer
     from ray_interactive.frontends import steer
     from ray_interactive.runtime.client import RunClient, RunNotFound, WeightSubscriber, connect, list_runs
+    from ray_interactive.runtime.judge import CanaryJudge
     from ray_interactive.runtime.launch import RunHandle, start_run
     from ray_interactive.runtime.offline import FinishedRun, attach
     from ray_interactive.runtime.serving import ReplicaLink, deploy, undeploy
@@ -69,6 +70,7 @@ _EXPORTS = {
     "core.steering": ("Steering",),
     "runtime.offline": ("FinishedRun", "attach"),
     "runtime.serving": ("ReplicaLink", "deploy", "undeploy"),
+    "runtime.judge": ("CanaryJudge",),
     "core.task": ("DataSource", "Task", "column_array"),
     "core.weights": ("WeightVersion", "pack_state", "unpack_state"),
     "data.buffer": ("DataBuffer",),
@@ -99,6 +101,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BufferConfig",
+    "CanaryJudge",
     "Command",
     "CommandRecord",
     "CommandSource",

@@ -32,10 +32,11 @@ def test_main_command_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
     assert "create_folder: " in text and "open_trash: " in text and "frequent: success " in text
     assert "loss: first" not in text
     # make demo serves the model from 2 Ray Serve replicas: each says the version it served last
+    # and a guarded rollout: "<replica> v2, <replica> v3 (stable v2, canary v3)"
     served_text = text.split("demo: served model versions ")[1].split(";")[0]
-    versions = [int(v) for v in re.findall(r" v(\d+)", " " + served_text)]
-    assert len(versions) == 2, served_text
-    served = min(versions)
+    versions = [int(v) for v in re.findall(r" v(\d+)", " " + served_text.split(" (")[0])]
+    assert len(versions) == 2 and "(stable v" in served_text, served_text
+    served = max(versions)
     replayed = int(text.split("interactions logged; ")[1].split(" transitions")[0])
     assert served >= 1 and replayed > 0
     assert (tmp_path / "run" / "buffer" / "live").is_dir()

@@ -76,8 +76,13 @@ def train_steps(core: Steering, n: int) -> None:
 def test_every_command_kind_has_exactly_one_effect() -> None:
     kinds = set(typing.get_args(typing.get_args(Command)[0]))
     assert kinds == set(KINDS.values()), "a kind outside the union (or in it but not registered)"
-    without = [k for k, cls in KINDS.items() if cls.apply is CommandBase.apply]
+    # a loop's kind applies on the steering core; a controller's kind (the rollout) there only
+    without = [k for k, cls in KINDS.items()
+               if (cls.apply_rollout is CommandBase.apply_rollout if cls.in_controller else cls.apply is CommandBase.apply)]
     assert not without, f"command kinds without an effect: {without}"
+    both = [k for k, cls in KINDS.items()
+            if cls.apply is not CommandBase.apply and cls.apply_rollout is not CommandBase.apply_rollout]
+    assert not both, f"command kinds with two effects: {both}"
 
 
 def test_lr_command_is_used_by_the_very_next_step_and_the_schedule_keeps_its_shape(tmp_path: Path) -> None:

@@ -91,6 +91,29 @@ class HealthConfig(BaseModel):
     max_rollbacks: int = Field(default=3, ge=1, le=1000, description="rollback: to one checkpoint, before pausing")
 
 
+class Guard(BaseModel):
+    """One figure the canary must hold: ``higher`` (or ``lower``) is better, and by how
+    much it may be worse than stable and still be promoted (in the figure's own units)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    better: Literal["higher", "lower"] = "higher"
+    margin: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+
+class RolloutConfig(BaseModel):
+    """``RunConfig.rollout``: guard the deployed replicas from a bad version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    canary_replicas: int = Field(default=1, ge=1, le=1000, description="replicas that serve a new version first")
+    guards: dict[str, Guard] = Field(
+        default_factory=lambda: {"loss": Guard(better="lower", margin=0.0)},
+        description="figure -> guard: the figures of the judge's evaluation the canary must hold",
+    )
+
+
 class RunConfig(BaseModel):
     """Everything that defines a run. Unknown keys are errors, not silently ignored."""
 
@@ -147,6 +170,10 @@ class RunConfig(BaseModel):
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="guarded rollout of published weights to deployed replicas (a canary first; core/rollout.py)",
+    )
     control_api: ControlApiConfig | None = Field(
         default_factory=ControlApiConfig, description="serve the control API over HTTP (the CLI's fast path); None: off"
     )

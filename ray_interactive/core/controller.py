@@ -64,6 +64,7 @@ from ray_interactive.core.metrics import MetricStore
 from ray_interactive.core.outbox import Outbox
 from ray_interactive.core.plain import one_of
 from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
+from ray_interactive.core.rollout import Rollout
 from ray_interactive.core.stalls import StepClock, stall_bound
 from ray_interactive.core.state import RunStatus
 from ray_interactive.core.trackers import Fork, Rewind, Rows, RunInfo, TrackerFeed, note_of
@@ -117,7 +118,7 @@ class Controller:
         self.branches: dict[str, Branch] = {ROOT_BRANCH: Branch(created_at=time.time())}
         self.metrics = MetricStore()
         self.weight_registry = WeightRegistry(keep=config.weights_keep)
-        self.fleet = Fleet()  # the deployed replicas of the model, as they report
+        self.fleet = Fleet(Rollout(config.rollout))  # the deployed replicas of the model, as they report
         self.started_at = time.time()
         self._last_flush = time.monotonic()
         self._saved_step = -1  # the step status.json shows
@@ -183,6 +184,8 @@ class Controller:
             record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=str(e))
             self._store(record)
             return record
+        if cmd.in_controller:
+            return self._apply_here(cmd)
         record = CommandRecord(command=cmd, seq=self.next_seq, status=CommandStatus.ACCEPTED)
         try:
             self._store(record)
@@ -197,6 +200,25 @@ class Controller:
             self.recovery.held.append(record)  # goes out once the trainer is back where it died
         else:
             self.outbox.add([record])
+        return record
+
+    def _apply_here(self, cmd: Command) -> CommandRecord:
+        """A kind the controller applies itself (the deployed replicas' rollout): applied or
+        refused at once. No number: the training loop never gets it (nor does a replay)."""
+        cmd = cmd.for_rollout(self.fleet.rollout)
+        try:
+            message = cmd.apply_rollout(self.fleet.rollout, {v["version"] for v in self.weight_registry.versions()})
+        except ValueError as e:
+            record = CommandRecord(command=cmd, status=CommandStatus.REJECTED, message=str(e))
+        else:
+            st = self.trainer_status
+            record = CommandRecord(command=cmd, status=CommandStatus.APPLIED, applied_at=time.time(),
+                                   applied_step=st.step, branch=st.branch, message=message)
+        try:
+            self._store(record)
+        except OSError as e:
+            return self._unlogged(cmd, e)
+        self.weight_registry.keep_also(self.fleet.rollout.keep())
         return record
 
     def _stop_ended_run(self, cmd: Command) -> CommandRecord:
@@ -486,6 +508,8 @@ class Controller:
     def weights_published(self, version: WeightVersion) -> None:
         """The trainer put a version of its weights in the object store (``version.ref``)."""
         entry = self.weight_registry.add(version)
+        self.fleet.rollout.published(entry.version)
+        self.weight_registry.keep_also(self.fleet.rollout.keep())
         with open(self.run_dir / "weights.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(entry.to_dict()) + "\n")
 
@@ -495,6 +519,10 @@ class Controller:
 
     def replicas(self) -> list[dict[str, Any]]:
         return self.fleet.view()
+
+    def rollout(self) -> dict[str, Any]:
+        """The guarded rollout: stable and canary versions, figures, decisions; and the replicas."""
+        return {**self.fleet.rollout.view(), "replicas": self.fleet.view()}
 
     def weights(self, version: int | None = None) -> WeightVersion | None:
         """The latest version (None if none yet) or ``version`` (``ValueError`` naming the
@@ -626,6 +654,7 @@ class Controller:
             "data": self.data_status(),
             "metric_keys": self.metric_keys(),
             "eval_every": self.config.eval_every,  # when the next evaluation is due (None: only on request)
+            "rollout": self.rollout(),  # the deployed replicas and the guarded rollout
         }
 
     def list_branches(self) -> dict[str, dict[str, Any]]:
@@ -700,6 +729,20 @@ class Controller:
         self.metrics = MetricStore.load(self.run_dir / "metrics")
         # The weights died with the old trainer; their numbers are not reused.
         self.weight_registry.next_version = last_weight_version(self.run_dir / "weights.jsonl") + 1
+        # The rollout's decisions, from the log (a canary being judged is lost: the next
+        # published version is the next canary).
+        rollout = self.fleet.rollout
+        published = set(range(1, self.weight_registry.next_version))
+        for r in sorted(self.records.values(), key=lambda r: r.applied_at or 0.0):
+            if r.status is CommandStatus.APPLIED and r.command is not None and r.command.in_controller:
+                if r.command.kind in ("promote_version", "rollback_version"):
+                    rollout.canary = getattr(r.command, "version", None) or rollout.canary
+                try:
+                    r.command.apply_rollout(rollout, published)
+                except ValueError:
+                    pass
+        rollout.canary = None
+        rollout.newest = self.weight_registry.next_version - 1
 
 
 def _same_command(old: Command | None, new: Command) -> bool:

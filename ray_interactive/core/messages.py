@@ -196,4 +196,6 @@ class ReplicaReport(_Message):
 class ReplicaOrders(_Message):
     """The controller's answer to a report: which version the replica is to serve."""
 
-    pin: int | None = None  # this version; None: follow the newest published
+    follow: bool = True  # load each newest published version
+    version: int | None = None  # else this one (0: the replica's own weights)
+    canary: bool = False  # it serves a version being judged

@@ -180,6 +180,8 @@ class WeightRegistry:
         self.keep = keep
         self.next_version = next_version
         self._versions: dict[int, WeightVersion] = {}
+        #: versions kept beyond ``keep`` (a guarded rollout's stable and canary: replicas need them)
+        self.pinned: set[int] = set()
 
     def add(self, entry: WeightVersion) -> WeightVersion:
         """Keep ``entry`` (numbered here if its ``version`` is 0); returns it as kept."""
@@ -189,9 +191,18 @@ class WeightRegistry:
             raise ValueError(f"weights version {entry.version} was already published")
         self._versions[entry.version] = entry
         self.next_version = max(self.next_version, entry.version + 1)
-        while len(self._versions) > self.keep:
-            del self._versions[min(self._versions)]
+        self._trim()
         return entry
+
+    def keep_also(self, versions: set[int]) -> None:
+        """Keep ``versions`` beyond the last ``keep`` (dropping what no longer needs to be)."""
+        self.pinned = set(versions)
+        self._trim()
+
+    def _trim(self) -> None:
+        newest = set(sorted(self._versions)[-self.keep:])
+        for v in [v for v in self._versions if v not in newest and v not in self.pinned]:
+            del self._versions[v]
 
     def latest(self) -> WeightVersion | None:
         return self._versions[max(self._versions)] if self._versions else None

@@ -312,6 +312,11 @@ class RunClient:
         """The deployed replicas of the run's model: name, version served, alive, figures."""
         return ray.get(self._controller.replicas.remote())
 
+    def rollout(self) -> dict[str, Any]:
+        """The guarded rollout: ``stable``, ``canary``, ``pinned`` versions, the judge's
+        ``figures`` per version, the ``decisions``, and the ``replicas``."""
+        return ray.get(self._controller.rollout.remote())
+
     def weight_versions(self) -> list[dict[str, Any]]:
         """Metadata of the weight versions the run keeps, oldest first."""
         return ray.get(self._controller.weight_versions.remote())

@@ -366,6 +366,10 @@ class ControllerActor:
         with self._locked() as c:
             return c.replicas()
 
+    def rollout(self) -> dict[str, Any]:
+        with self._locked() as c:
+            return c.rollout()
+
     # -- queries -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         with self._locked() as c:

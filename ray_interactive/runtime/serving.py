@@ -87,8 +87,17 @@ class ReplicaLink:
         self._log = self.client.ingest_log(**ingest)
         self._closed = False
         self._stop = threading.Event()
-        if follow:
-            self.subscriber.start()
+        self._follow = follow
+        self._module = module
+        self._base: dict[str, Any] | None = None  # its own weights, while a guarded rollout may ask for them
+        # The first orders before anything is loaded: under a guarded rollout a new replica
+        # must not load the newest version (it may be a canary being judged).
+        try:
+            orders = self._send_report()
+        except Exception as e:  # no answer: hold the module's own weights until there is one
+            log.warning("replica %s: first report failed (%s: %s); serving its own weights", self.name, type(e).__name__, e)
+            orders = ReplicaOrders(follow=False, version=0)
+        self._obey(orders)
         # Tell the controller which version this replica serves (every report_s, and at
         # once after a swap); its answer says which version to serve (a pin, or the newest).
         self._reporter = threading.Thread(target=self._report_loop, name="replica-report", daemon=True)
@@ -102,22 +111,49 @@ class ReplicaLink:
         return ReplicaReport(name=self.name, version=self.version, pid=os.getpid(), host=socket.gethostname(),
                              served=self.served, logged_rows=st["sent_rows"], pending_rows=st["pending_rows"])
 
+    def _send_report(self) -> ReplicaOrders:
+        return ray.get(self.client._controller.replica_report.remote(self.report()), timeout=30)
+
     def _report_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                orders = ray.get(self.client._controller.replica_report.remote(self.report()), timeout=30)
-                self._obey(orders)
-            except Exception as e:  # the controller restarting: the next report tries again
-                log.warning("replica %s: report failed: %s: %s", self.name, type(e).__name__, e)
             self._swapped.wait(self.report_s)
             self._swapped.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._obey(self._send_report())
+            except Exception as e:  # the controller restarting: the next report tries again
+                log.warning("replica %s: report failed: %s: %s", self.name, type(e).__name__, e)
 
     def _obey(self, orders: ReplicaOrders) -> None:
-        if orders.pin is not None and (orders.pin != self.subscriber.pinned or self.version != orders.pin):
-            self.subscriber.pin(orders.pin)
-        elif orders.pin is None and self.subscriber.pinned is not None:
-            self.subscriber.follow()
+        """Serve what the controller says: the newest version, or one version (0: its own)."""
+        sub = self.subscriber
+        if orders.follow:
+            if self._follow:
+                if sub.pinned is not None:
+                    sub.follow()
+                sub.start()
+        else:
+            sub.stop()  # no background loads: only what the orders name
+            if self._base is None and sub.loaded is None:
+                self._base = {k: v.detach().clone() for k, v in self._module.state_dict().items()}
+            if orders.version == 0:
+                if sub.loaded is not None:
+                    self._restore_base()
+            elif self.version != orders.version and orders.version is not None:
+                sub.pin(orders.version)
         self.orders = orders
+
+    def _restore_base(self) -> None:
+        if self._base is None:
+            log.error("replica %s: told to serve its own weights, which it did not keep", self.name)
+            return
+        sub = self.subscriber
+        with sub.lock:
+            self._module.load_state_dict(self._base)
+            sub.previous, sub.loaded = sub.loaded, None
+        sub._pin = None
+        self._swapped.set()  # report the change at once
 
     @property
     def lock(self) -> Any:

@@ -141,6 +141,20 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     mixture_apply = gr.Button("Set mixture", elem_id="btn-mixture", scale=1)
                 mixture_msg = gr.Markdown()
 
+            with gr.Tab("Deployment"):
+                rollout_line = gr.Markdown(elem_id="rollout-line")
+                replicas_table = gr.Dataframe(label="replicas: the weights version each serves", interactive=False,
+                                              elem_id="replicas-table")
+                rollout_figures = gr.Dataframe(label="the canary judge's figures, per version", interactive=False,
+                                               elem_id="rollout-figures")
+                with gr.Row():
+                    promote = gr.Button("Promote the canary", elem_id="btn-promote")
+                    rollback = gr.Button("Roll the canary back", elem_id="btn-rollback")
+                    pin_to = gr.Number(label="version", precision=0, elem_id="pin-version")
+                    pin = gr.Button("Pin every replica to it", elem_id="btn-pin")
+                    unpin = gr.Button("Unpin", elem_id="btn-unpin")
+                rollout_msg = gr.Markdown(elem_id="rollout-msg")
+
             with gr.Tab("Modules"):
                 with gr.Row():
                     module = gr.Dropdown(choices=[], label="module", allow_custom_value=True)
@@ -196,7 +210,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         # -- refresh -------------------------------------------------------------------
         view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind, eval_metric]
         view_outputs = [status, *plots.values(), tree, branch_table, history, opt_table, sources, rejections,
-                        journal, agent_status]
+                        journal, agent_status, rollout_line, replicas_table, rollout_figures]
 
         def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None,
                     hk: str | None, em: str | None = None) -> list[Any]:
@@ -218,6 +232,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 data[1] if data[1] is not None else gr.skip(),
                 _safe(lambda: journal_table(dash.run_dir), gr.skip()),
                 agents.status(),
+                *_safe(lambda: dash.deployment(state), (gr.skip(), gr.skip(), gr.skip())),
             ]
 
         # -- what the run's front-end offers: controls of kinds it refuses are off (the line
@@ -228,6 +243,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
             accum_apply: "set_grad_accumulation", cancel: "cancel", save: "save_checkpoint",
             load: "load_checkpoint", mixture: "set_data_mixture", mixture_apply: "set_data_mixture",
             module_apply: "update_module", any_args: None, any_send: None, agent_start: None, agent_stop: None,
+            promote: "promote_version", rollback: "rollback_version", pin: "pin_version", unpin: "pin_version",
             **{button: action for action, button in action_buttons.items()},
         }
         forms = [sched_kind, sched_steps, sched_warmup, sched_min, sched_gamma]
@@ -318,6 +334,10 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         ).then(show_page, page, page_outputs, api_name=False)
         load.click(dash.load_checkpoint, [ckpt, new_branch], ckpt_msg, api_name="load_checkpoint")
         mixture_apply.click(dash.set_mixture, mixture, mixture_msg, api_name="set_data_mixture")
+        promote.click(lambda: dash.simple("promote_version"), None, rollout_msg, api_name="promote_version")
+        rollback.click(lambda: dash.simple("rollback_version"), None, rollout_msg, api_name="rollback_version")
+        pin.click(dash.pin_version, pin_to, rollout_msg, api_name="pin_version")
+        unpin.click(lambda: dash.pin_version(None), None, rollout_msg, api_name="unpin_version")
         def pick_kind(kind: str | None) -> tuple[str, Any]:
             text, example = Dashboard.kind_help(kind)
             return text, gr.update(value="", placeholder=f"e.g. {example}" if example else "no arguments")

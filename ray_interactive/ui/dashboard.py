@@ -457,6 +457,43 @@ class Dashboard:
         columns = ["source", "kind", "policy", "rows", "weight", "drawn share", "rows/s", "MiB", "rejected", "note"]
         return pd.DataFrame(rows, columns=columns), pd.DataFrame(rejections, columns=["time", "source", "reason"])
 
+    def deployment(self, state: dict[str, Any] | None = None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+        """The deployed side: a line on the rollout, the replicas (version each serves), and
+        the judge's figures of the canary beside the stable version's."""
+        r = (state or self.state).get("rollout") or {}
+        replicas = [
+            {"replica": x["name"][:12], "host": x["host"], "version": x["version"],
+             "role": "canary" if x.get("canary") else "stable", "alive": "yes" if x["alive"] else f"no ({x['age_s']:.0f} s)",
+             "served": x["served"], "logged rows": x["logged_rows"], "pending rows": x["pending_rows"],
+             "versions served": ", ".join(map(str, x.get("versions_served", [])))}
+            for x in r.get("replicas", [])
+        ]
+        columns = ["replica", "host", "version", "role", "alive", "served", "logged rows", "pending rows", "versions served"]
+        if not r:
+            return "no deployed replicas report to this run", pd.DataFrame(replicas, columns=columns), pd.DataFrame()
+        if not r.get("enabled"):
+            line = "no guarded rollout: every replica follows the newest published version"
+        else:
+            line = f"**stable** version {r['stable']}"
+            if r.get("canary") is not None:
+                line += f" · **canary** version {r['canary']} (judged for {time.time() - (r.get('canary_since') or time.time()):.0f} s)"
+            if r.get("rejected"):
+                line += f" · rolled back: {', '.join(map(str, r['rejected'][-10:]))}"
+        if r.get("pinned") is not None:
+            line += f" · **pinned** to version {r['pinned']} by hand"
+        figures = r.get("figures", {})
+        names = sorted({k for f in figures.values() for k in f} | set(r.get("guards", {})))
+        shown_versions = [v for v in (r.get("stable"), r.get("canary")) if v is not None]
+        shown_versions += [d["version"] for d in reversed(r.get("decisions", [])) if d["version"] not in shown_versions][:4]
+        table = pd.DataFrame(
+            [{"figure": n, "guard": (lambda g: f"{g['better']} is better, margin {g['margin']:g}")(r["guards"][n])
+              if n in r.get("guards", {}) else "",
+              **{f"v{v}" + (" (stable)" if v == r.get("stable") else " (canary)" if v == r.get("canary") else
+                            " (rolled back)" if v in r.get("rejected", []) else ""):
+                 (round(figures[str(v)][n], 4) if n in figures.get(str(v), {}) else None) for v in shown_versions}}
+             for n in names])
+        return line, pd.DataFrame(replicas, columns=columns), table
+
     def history(self, state: dict[str, Any] | None = None) -> pd.DataFrame:
         """Commands, newest first: who, what, status with step or reason."""
         rows = []
@@ -608,6 +645,15 @@ class Dashboard:
 
         return self._guard(build)
 
+    def pin_version(self, version: Any) -> str:
+        """Pin every replica to ``version`` (None: unpin)."""
+        def build() -> dict[str, Any]:
+            if version in (None, ""):
+                return {"kind": "pin_version"}
+            return {"kind": "pin_version", "version": int(_number(version, "version"))}
+
+        return self._guard(build)
+
     def set_schedule(self, kind: str, steps: Any, warmup: Any, min_lr_ratio: Any, gamma: Any) -> str:
         def build() -> dict[str, Any]:
             if not kind:
@@ -638,8 +684,8 @@ class Dashboard:
         return self._guard(lambda: {"kind": "set_grad_accumulation", "steps": int(_number(steps, "accumulation steps"))})
 
     def simple(self, kind: str) -> str:
-        """pause, resume, stop, evaluate, publish_weights."""
-        if kind not in ("pause", "resume", "stop", "evaluate", "publish_weights"):
+        """pause, resume, stop, evaluate, publish_weights; promote_version, rollback_version (the canary)."""
+        if kind not in ("pause", "resume", "stop", "evaluate", "publish_weights", "promote_version", "rollback_version"):
             return f"not sent: unknown action {kind[:40]!r}"
         return self.send({"kind": kind})
 

@@ -37,6 +37,7 @@ from ray_interactive.core.plain import describe_validation_error as describe_pyd
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ray_interactive.core.rollout import Rollout
     from ray_interactive.core.steering import Steering
 
 #: Names of branches, sources and tags: safe as file names and readable in a UI.
@@ -153,6 +154,9 @@ class CommandBase(BaseModel):
     moves_step: ClassVar[bool] = False
     #: Checked against the trainer's description of optimizer and model: refused until it has one.
     needs_description: ClassVar[bool] = False
+    #: Applied by the controller when it is accepted (the deployed replicas' rollout), never
+    #: sent to the training loop: :meth:`apply_rollout` instead of :meth:`apply`.
+    in_controller: ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -198,6 +202,15 @@ class CommandBase(BaseModel):
         """Apply the command to the run now; return what it did (raise ``ValueError`` if it cannot)."""
         raise NotImplementedError(f"{type(self).__name__} has no effect")
 
+    def for_rollout(self, rollout: Rollout) -> CommandBase:
+        """The command as logged, with what it acts on filled in (the canary's version)."""
+        return self
+
+    def apply_rollout(self, rollout: Rollout, kept: set[int]) -> str:
+        """An ``in_controller`` kind's effect on the deployed replicas' rollout (``kept``: the
+        weight versions the run keeps); ``ValueError`` if it cannot."""
+        raise NotImplementedError(f"{type(self).__name__} is applied by the training loop")
+
     def repeat_on_recovery(self, outcome: str | None, ckpt_dir: Path) -> bool:
         """Whether a restarted trainer applies it again (after the checkpoint it restarts
         from); ``outcome`` is the message it was applied with."""
@@ -223,6 +236,8 @@ def gate(cmd: CommandBase, view: RunView) -> None:
     why = view.unsupported.get(cmd.kind)
     if why is not None:
         raise ValueError(why)
+    if cmd.at_step is not None and cmd.in_controller:
+        raise ValueError(f"{cmd.kind} acts on the deployed replicas at once; it takes no at_step")
     if cmd.at_step is not None:
         if cmd.at_step < view.step:
             raise ValueError(f"at_step {cmd.at_step} has already passed (the run is at step {view.step})")

@@ -76,7 +76,8 @@ class CommandRecord(BaseModel):
         """One line for logs and tables."""
         where = f" at step {self.applied_step}" if self.applied_step is not None else ""
         why = f": {self.message}" if self.message else ""
-        return f"#{self.seq} {self.kind} [{self.status.value}{where}]{why}"
+        number = f"#{self.seq} " if self.seq is not None else ""  # the controller's own (a rollout) have none
+        return f"{number}{self.kind} [{self.status.value}{where}]{why}"
 
     def row(self) -> dict[str, Any]:
         """A flat, JSON-safe view for tables and agents."""
