@@ -72,6 +72,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_recovery.py
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_weights.py
+	$(BIN)/python benchmarks/bench_ingest_log.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_freshness.py
 	$(BIN)/python benchmarks/bench_ui.py
