@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -202,6 +203,7 @@ def main() -> None:
     m = result["machine"]
     lines += ["", f"Measured {m['date']} on {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} at start."]
     save("ingest", result, "\n".join(lines))
+    shutil.rmtree(tmp, ignore_errors=True)  # gigabytes of raw files and segments
 
 
 if __name__ == "__main__":

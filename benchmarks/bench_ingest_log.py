@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -93,12 +94,19 @@ def run_many(producers: list[Any], seconds: float, max_delay_s: float) -> tuple[
 
 
 def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-log-"))
+    try:
+        measure(tmp)
+    finally:  # gigabytes of raw files and segments (a 2 s pass writes ~1 GB)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(tmp: Path) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0, help="per way and round")
     ap.add_argument("--max-delay-ms", type=float, default=5.0, help="the ingest log's max_delay_s, in ms")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-log-"))
     cases = {"1KB x 16": (1024, 16), "1KB x 1": (1024, 1), "40KB x 1": (40 * 1024, 1)}
     config = RunConfig(
         name="bench-ingest-log",

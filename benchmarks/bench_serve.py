@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -192,6 +193,7 @@ def main() -> None:
         "replicas share them): what it hides is the scaling a replica per core would show.",
     ]
     save("serve", {"machine": m, "args": vars(args), **results}, "\n".join(lines))
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
