@@ -111,22 +111,22 @@ class Rollout:
     def promote(self, version: int | None, by: str, figures: dict[str, Any] | None = None) -> str:
         v = self._target(version, "promote")
         self.stable = v
-        self.canary = self.canary_since = None
-        self.figures.setdefault(v, {}).update(_numbers(figures))
-        self.decisions.append(Decision(v, "promoted", time.time(), by, figures or {}))
-        self._next_canary()
-        nxt = f"; version {self.canary} is the next canary" if self.canary is not None else ""
+        nxt = self._decided(v, "promoted", by, figures)
         return f"version {v} promoted: every replica serves it now{nxt}"
 
     def rollback(self, version: int | None, by: str, figures: dict[str, Any] | None = None) -> str:
         v = self._target(version, "roll back")
         self.rejected.add(v)
+        nxt = self._decided(v, "rolled back", by, figures)
+        return f"version {v} rolled back: the canary serves stable version {self.stable} again{nxt}"
+
+    def _decided(self, v: int, action: str, by: str, figures: dict[str, Any] | None) -> str:
+        """The canary's verdict is in: record it, offer the next canary; says which one."""
         self.canary = self.canary_since = None
         self.figures.setdefault(v, {}).update(_numbers(figures))
-        self.decisions.append(Decision(v, "rolled back", time.time(), by, figures or {}))
+        self.decisions.append(Decision(v, action, time.time(), by, figures or {}))
         self._next_canary()
-        nxt = f"; version {self.canary} is the next canary" if self.canary is not None else ""
-        return f"version {v} rolled back: the canary serves stable version {self.stable} again{nxt}"
+        return f"; version {self.canary} is the next canary" if self.canary is not None else ""
 
     def pin(self, version: int | None, by: str, known: set[int]) -> str:
         if version is None:
@@ -169,9 +169,6 @@ class Rollout:
 
 
 def _numbers(figures: dict[str, Any] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for side in ("canary",):
-        for k, v in ((figures or {}).get(side) or {}).items():
-            if isinstance(v, (int, float)):
-                out[k] = float(v)
-    return out
+    """The canary's own figures of a verdict (the version decided on)."""
+    canary = (figures or {}).get("canary") or {}
+    return {k: float(v) for k, v in canary.items() if isinstance(v, (int, float))}
