@@ -103,7 +103,7 @@ def build_config(args: argparse.Namespace) -> Any:
     doc["task"].setdefault("kwargs", {}).update(parse_assignments(args.task_arg or []))
     _merge(doc, parse_assignments(args.set or []))
     for key in ("name", "max_steps", "run_dir", "lr", "batch_size", "checkpoint_every", "eval_every", "publish_every",
-                "workers"):
+                "workers", "buffer_shards"):
         value = getattr(args, key, None)
         if value is not None:
             doc[key] = value
@@ -736,6 +736,8 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
         sp.add_argument("--workers", type=int, dest="workers",
                         help="data-parallel workers (DDP under Ray Train; each takes trainer_num_cpus and a GPU if any)")
+        sp.add_argument("--buffer-shards", type=int, dest="buffer_shards",
+                        help="data buffer actors, spread over the nodes; ingests are spread over them by batch_id")
         sp.add_argument("--eval-every", type=int, dest="eval_every")
         sp.add_argument("--publish-every", type=int, dest="publish_every", help="publish weights every N steps")
         sp.add_argument("--run-dir", dest="run_dir")

@@ -53,6 +53,9 @@ class BufferConfig(BaseModel):
     )
     memory_rows: int | None = Field(default=None, ge=1, description="optional cap on live rows held in memory")
     stats_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0, description="buffer -> controller metrics")
+    pull_interval_s: float = Field(
+        default=0.05, gt=0.0, le=60.0, description="with buffer_shards > 1: how often the primary merges the shards' new rows"
+    )
 
 
 class HttpIngestConfig(BaseModel):
@@ -168,6 +171,11 @@ class RunConfig(BaseModel):
     )
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
+    buffer_shards: int = Field(
+        default=1, ge=1, le=64,
+        description="data buffer actors (spread over the nodes); ingests are spread over them by batch_id, the "
+        "first (the primary) merges every shard's rows in one durable order and serves the trainer",
+    )
     namespace: str = DEFAULT_NAMESPACE
     http_ingest: HttpIngestConfig | None = Field(default=None, description="serve ingest over HTTP")
     rollout: RolloutConfig = Field(
@@ -245,3 +253,8 @@ class RunConfig(BaseModel):
 def actor_name(run: str, role: Literal["controller", "trainer", "buffer", "ingest"]) -> str:
     """The Ray name of one of a run's actors."""
     return f"{run}.{role}"
+
+
+def shard_actor_name(run: str, shard: int) -> str:
+    """The Ray name of buffer shard ``shard`` (0 is the primary, named ``actor_name(run, "buffer")``)."""
+    return actor_name(run, "buffer") if shard == 0 else f"{run}.buffer-{shard}"

@@ -177,6 +177,7 @@ class BufferStats(_Message):
     rejected: int
     rejections: list[dict[str, Any]]
     restarted: bool = False
+    shards: list[dict[str, Any]] = Field(default_factory=list)  # the other shards' merge progress (primary only)
 
 
 class ReplicaReport(_Message):

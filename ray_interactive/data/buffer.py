@@ -48,6 +48,7 @@ from ray_interactive.data.sampling import (
 )
 from ray_interactive.data.schemas import CONTENT_HASH_SCHEME, check_limits, conform, content_hash
 from ray_interactive.data.segments import BatchRecord, Segment, SegmentWriter, read_segment, recover_source
+from ray_interactive.data.shards import copy_id, parse_copy_id
 
 log = logging.getLogger(__name__)
 
@@ -498,6 +499,52 @@ class DataBuffer:
         self._recent.append((t, source, clean.num_rows, clean.nbytes))
         self._enforce_memory()
         return self._ack(batch_id, duplicate=False, t=t)
+
+    # -- shards ------------------------------------------------------------------------
+    def pull(self, source: str, start: int, stop: int, max_bytes: int = 64 << 20) -> tuple[pa.Table, np.ndarray]:
+        """Rows ``start..`` of a live source (up to ``stop``, and about ``max_bytes``) with
+        their ingest times: what the primary of a sharded buffer copies from this shard."""
+        s = self._sources.get(source)
+        if s is None or not s.live:
+            raise ValueError(f"no live source {str(source)[:80]!r} on this shard")
+        stop = min(stop, s.rows)
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad row range {start}..{stop} of source {source!r} ({s.rows} rows)")
+        per_row = max(1, max(s.hot_bytes, s.disk_bytes) // max(1, s.rows))
+        stop = min(stop, start + max(1, max_bytes // per_row))
+        idx = np.arange(start, stop, dtype=np.int64)
+        table = s.take(idx, s.schema) if len(idx) else s.schema.empty_table()
+        return table, s.times.view()[start:stop].copy()
+
+    def copy_in(self, source: str, shard: int, first: int, table: pa.Table, times: np.ndarray) -> int:
+        """Append rows pulled from ``shard`` (its rows ``first..``), written but not yet
+        fsync'ed (the shard holds them durably; see :meth:`sync_job`). A copy stored
+        before (a pull repeated after a restart) is skipped. Returns the rows appended."""
+        s = self._sources[source]
+        if not s.live:
+            raise ValueError(f"source {source!r} is a static dataset")
+        if not table.schema.equals(s.schema):
+            raise ValueError(f"rows from shard {shard} for {source!r} do not have the source's schema")
+        bid = copy_id(shard, source, first)
+        if bid in self._acks or not table.num_rows:
+            return 0
+        t = float(times.max())
+        start = s.append(table, bid, t, sync=False)
+        s.times.view()[start : start + table.num_rows] = times  # each row's own time while in memory
+        self._acks[bid] = _Ack(source, start, table.num_rows, t, None)
+        self._recent.append((time.time(), source, table.num_rows, table.nbytes))
+        self._enforce_memory()
+        return table.num_rows
+
+    def shard_cursors(self) -> dict[tuple[int, str], int]:
+        """``(shard, source)`` -> how many of that shard's rows of the source are copied here."""
+        out: dict[tuple[int, str], int] = {}
+        for bid, ack in self._acks.items():
+            parsed = parse_copy_id(bid)
+            if parsed is not None:
+                shard, source, first = parsed
+                out[(shard, source)] = max(out.get((shard, source), 0), first + ack.rows)
+        return out
 
     def sync_job(self) -> Callable[[], None]:
         """A function that makes every write so far durable (fsync of each segment with

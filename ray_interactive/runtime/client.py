@@ -26,12 +26,13 @@ import ray
 from pydantic import BaseModel
 
 from ray_interactive.core.commands import CommandRecord, CommandSource, CommandStatus, check_payload_shape, loggable
-from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
+from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name, shard_actor_name
 from ray_interactive.core.plain import clip, names, one_of, seconds, shown, whole
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion, unpack_state
 from ray_interactive.data.coalesce import IngestCoalescer, SourceSpec
 from ray_interactive.data.schemas import check_unique_columns
+from ray_interactive.data.shards import shard_of
 from ray_interactive.runtime.connection import init_ray
 from ray_interactive.runtime.lifecycle import actor_restarting
 from ray_interactive.serve.ingest_client import check_ingest_args
@@ -98,6 +99,8 @@ class RunClient:
         self.namespace = namespace
         self._controller = controller
         self._buffer: Any = None
+        self._shard_count: int | None = None  # buffer shards, asked once
+        self._shards: dict[int, Any] = {}
 
     # -- commands ----------------------------------------------------------------------
     def submit(self, command: Any, source: str | None = None) -> CommandRecord:
@@ -230,6 +233,18 @@ class RunClient:
             self._buffer = ray.get_actor(actor_name(self.run, "buffer"), namespace=self.namespace)
         return self._buffer
 
+    def _ingest_handle(self, batch_id: str) -> Any:
+        """The buffer shard that stores ``batch_id`` (a pure function of it, so a retry
+        reaches the shard that has the first copy)."""
+        if self._shard_count is None:
+            self._shard_count = int(ray.get(self._buffer_handle().shard_count.remote()))
+        k = shard_of(batch_id, self._shard_count)
+        if k == 0:
+            return self._buffer_handle()
+        if k not in self._shards:
+            self._shards[k] = ray.get_actor(shard_actor_name(self.run, k), namespace=self.namespace)
+        return self._shards[k]
+
     def ingest(
         self,
         table: pa.Table | pa.RecordBatch,
@@ -253,7 +268,7 @@ class RunClient:
 
         def once() -> dict[str, Any]:
             try:
-                return ray.get(self._buffer_handle().ingest.remote(table, source, batch_id))
+                return ray.get(self._ingest_handle(batch_id).ingest.remote(table, source, batch_id))
             except ray.exceptions.RayTaskError as e:
                 # The buffer's own sentence (which column, why; a full disk), not Ray's traceback.
                 if isinstance(e.cause, ValueError):
@@ -280,11 +295,11 @@ class RunClient:
 
     def _send_to_buffer(self, table: pa.Table, source: str, batch_id: str) -> dict[str, Any]:
         # One attempt: the coalescer retries what raises anything but ValueError.
-        return self._buffer_call(lambda b: b.ingest.remote(table, source, batch_id))
+        return self._buffer_call(lambda b: b.ingest.remote(table, source, batch_id), self._ingest_handle(batch_id))
 
-    def _buffer_call(self, call: Callable[[Any], Any]) -> Any:
+    def _buffer_call(self, call: Callable[[Any], Any], handle: Any = None) -> Any:
         try:
-            return ray.get(call(self._buffer_handle()))
+            return ray.get(call(handle or self._buffer_handle()))
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, ValueError):  # the buffer's own sentence, not Ray's traceback
                 raise ValueError(str(e.cause)) from None

@@ -13,9 +13,10 @@ import pyarrow as pa
 import ray
 from fastapi import FastAPI
 
-from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
+from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name, shard_actor_name
 from ray_interactive.core.plain import clip
 from ray_interactive.core.retry import call_with_retry
+from ray_interactive.data.shards import shard_of
 from ray_interactive.runtime.lifecycle import actor_restarting
 from ray_interactive.serve.ingest_http import (
     TOKEN_FILE,
@@ -39,7 +40,9 @@ class RayBuffer:
     server's worker threads, errors mapped to HTTP."""
 
     def __init__(self, handle: Any, timeout: float = 60.0, retry_for: float = 20.0) -> None:
-        self.handle, self.timeout, self.retry_for = handle, timeout, retry_for
+        # A list: the buffer's shards, the primary first (an ingest goes to its batch_id's shard).
+        self.shards = list(handle) if isinstance(handle, list | tuple) else [handle]
+        self.handle, self.timeout, self.retry_for = self.shards[0], timeout, retry_for
         self._known: set[str] = set()
 
     def _get(self, call: Any) -> Any:
@@ -78,7 +81,8 @@ class RayBuffer:
             raise IngestError(404, f"unknown source {clip(source, 80)!r}; sources: {', '.join(sorted(self._known))}")
         ref = ray.put(table)  # once, however many retries
         try:
-            return self._get(lambda: self.handle.ingest.remote(ref, source, batch_id=batch_id))
+            shard = self.shards[shard_of(batch_id, len(self.shards))]
+            return self._get(lambda: shard.ingest.remote(ref, source, batch_id=batch_id))
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ValueError):  # the buffer's own message: which column, why
@@ -88,8 +92,8 @@ class RayBuffer:
 
 def ingest_app(buffer_handle: Any, token: str, max_body_bytes: int = 64 * MiB, max_decoded_bytes: int | None = None,
                timeout: float = 60.0) -> FastAPI:
-    """The ingest routes over a run's buffer actor (mount it in an app you run:
-    ``app.mount("/ingest", ingest_app(buffer, token))``)."""
+    """The ingest routes over a run's buffer actor, or a list of its shards with the
+    primary first (mount it in an app you run: ``app.mount("/ingest", ingest_app(buffer, token))``)."""
     return make_ingest_app(RayBuffer(buffer_handle, timeout=timeout), token, max_body_bytes, max_decoded_bytes)
 
 
@@ -162,7 +166,9 @@ def start_ingest_server(
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    buffer = ray.get_actor(actor_name(run, "buffer"), namespace=namespace)
+    primary = ray.get_actor(actor_name(run, "buffer"), namespace=namespace)
+    buffer = [primary] + [ray.get_actor(shard_actor_name(run, k), namespace=namespace)
+                          for k in range(1, ray.get(primary.shard_count.remote(), timeout=60))]
     try:
         running = ingest_info(run, namespace)
     except LookupError:

@@ -12,7 +12,7 @@ from typing import Any
 import ray
 
 from ray_interactive.core.checkpoints import list_checkpoints
-from ray_interactive.core.config import RunConfig, actor_name
+from ray_interactive.core.config import RunConfig, actor_name, shard_actor_name
 from ray_interactive.core.resume import how_to_resume
 from ray_interactive.runtime.buffer_actor import BufferActor
 from ray_interactive.runtime.client import RunClient
@@ -38,6 +38,7 @@ class RunHandle:
     trainer: Any
     buffer: Any
     ingest_url: str | None = None  # where the run serves HTTP ingest (config.http_ingest)
+    shards: tuple[Any, ...] = ()  # the buffer's other shards (config.buffer_shards > 1)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Wait for the loop to end; returns the final status (None on timeout). A run
@@ -63,15 +64,15 @@ class RunHandle:
             ray.get(self.controller.close.remote(), timeout=30)
         except Exception:
             log.warning("controller did not close cleanly")
-        try:
-            ray.get(self.buffer.close.remote(), timeout=30)  # end-of-stream marks; data is safe without
+        try:  # end-of-stream marks; data is safe without
+            ray.get([b.close.remote() for b in (self.buffer, *self.shards)], timeout=30)
         except Exception:
             log.warning("buffer did not close cleanly")
         if self.ingest_url is not None:
             from ray_interactive.runtime.ingest_server import stop_ingest_server
 
             stop_ingest_server(self.config.name, self.config.namespace)
-        for actor in (self.trainer, self.buffer, self.controller):
+        for actor in (self.trainer, self.buffer, *self.shards, self.controller):
             try:
                 ray.kill(actor)
             except Exception:
@@ -80,6 +81,7 @@ class RunHandle:
         # this handle's actors count: a run resumed under the same name since is not ours.
         roles = {"trainer": self.trainer, "buffer": self.buffer, "controller": self.controller}
         ours = {actor_name(self.config.name, role): actor for role, actor in roles.items()}
+        ours.update({shard_actor_name(self.config.name, k + 1): actor for k, actor in enumerate(self.shards)})
         if not _wait_released(ours, self.config.namespace):
             log.warning("the actors of run %s are still going away", self.config.name)
 
@@ -111,7 +113,12 @@ def start_run(
     # The three start side by side (each a process to spawn); the trainer asks the controller
     # for the number of its first command itself.
     controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime).remote(cfg, recover=resume)
-    buffer = BufferActor.options(name=actor_name(config.name, "buffer"), namespace=ns, lifetime=lifetime).remote(cfg)
+    # Shards go to different nodes where there are several (SPREAD); each is its own process.
+    spread = {"scheduling_strategy": "SPREAD"} if config.buffer_shards > 1 else {}
+    buffer, *shards = [
+        BufferActor.options(name=shard_actor_name(config.name, k), namespace=ns, lifetime=lifetime, **spread).remote(cfg, k)
+        for k in range(config.buffer_shards)
+    ]
     # Inside the actor its one GPU is cuda:0 whatever the config named ("cuda:1" picks none).
     wants_gpu = config.device == "auto" or config.device.startswith("cuda")
     # Many workers: the GPUs go to Ray Train's workers; this actor only runs them.
@@ -128,15 +135,16 @@ def start_run(
         max_task_retries=0,
     ).remote(cfg, checkpoint_path)
     try:
-        ray.get([controller.ready.remote(), buffer.ready.remote(), trainer.ready.remote()])  # constructor errors show here
+        # constructor errors show here
+        ray.get([controller.ready.remote(), buffer.ready.remote(), trainer.ready.remote(), *(s.ready.remote() for s in shards)])
     except Exception:
-        for actor in (trainer, buffer, controller):
+        for actor in (trainer, buffer, *shards, controller):
             ray.kill(actor)
         raise
-    ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, controller))
+    ingest_url = _start_http_ingest(config, run_dir, detached, (trainer, buffer, *shards, controller))
     ray.get(controller.attach.remote(trainer, buffer, supervise=True))
     wait_for_snapshot(controller)
-    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, ingest_url)
+    return RunHandle(RunConfig.model_validate(cfg), controller, trainer, buffer, ingest_url, tuple(shards))
 
 
 def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | None = None) -> str | None:
@@ -160,6 +168,7 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
             release_run(config.name, ns)  # a detached run that ended: nothing of it is still at work
             _wait_gone(config.name, ns)
     run_dir = config.resolved_run_dir
+    check_shards(run_dir, config.buffer_shards)
     if resume:
         ckpts = list_checkpoints(run_dir / "checkpoints")
         if resume_from is not None:
@@ -173,6 +182,15 @@ def check_new_run(config: RunConfig, resume: bool = False, resume_from: str | No
     if (run_dir / "commands.jsonl").exists():
         raise ValueError(f"{run_dir} already holds a run: {how_to_resume(config)}, or choose another name or run_dir")
     return None
+
+
+def check_shards(run_dir: Path, shards: int) -> None:
+    """Rows a shard acknowledged may not be merged into the primary yet: a run goes on with
+    at least as many shards as its directory holds."""
+    held = [int(p.name.split("-", 1)[1]) for p in (run_dir / "buffer").glob("shard-*") if p.name.split("-", 1)[1].isdigit()]
+    if held and max(held) >= shards:
+        raise ValueError(f"{run_dir / 'buffer'} holds {max(held) + 1} buffer shards, whose rows may not all be merged "
+                         f"into the first yet: go on with --buffer-shards {max(held) + 1} (or more), not {shards}")
 
 
 def check_workers(checkpoint: Path, workers: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import ray
 import ray.exceptions
 
-from ray_interactive.core.config import actor_name
+from ray_interactive.core.config import actor_name, shard_actor_name
 
 
 def actor_restarting(e: BaseException) -> bool:
@@ -42,3 +42,8 @@ def release_run(name: str, namespace: str, keep_controller: bool = False) -> Non
             ray.kill(ray.get_actor(actor_name(name, role), namespace=namespace))  # type: ignore[arg-type]
         except ValueError:
             pass  # not there
+    for k in range(1, 65):  # the buffer's other shards (config.buffer_shards, at most 64)
+        try:
+            ray.kill(ray.get_actor(shard_actor_name(name, k), namespace=namespace))  # type: ignore[arg-type]
+        except ValueError:
+            break
