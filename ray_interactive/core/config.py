@@ -171,6 +171,12 @@ class RunConfig(BaseModel):
     )
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     trainer_num_cpus: float = Field(default=1.0, ge=0.0)
+    placement: dict[Literal["controller", "trainer", "buffer"], dict[str, float]] = Field(
+        default_factory=dict,
+        description="custom Ray resources an actor needs, to pin it to the nodes that have them (e.g. "
+        "{'controller': {'head': 0.01}} with the head started with --resources='{\"head\": 1}'); "
+        "'buffer' applies to every shard",
+    )
     buffer_shards: int = Field(
         default=1, ge=1, le=64,
         description="data buffer actors (spread over the nodes); ingests are spread over them by batch_id, the "
@@ -216,6 +222,16 @@ class RunConfig(BaseModel):
     def _report_to(cls, v: Any, info: ValidationInfo) -> list[str]:
         # A stored config is read where the libraries may be missing (a finished run opened elsewhere).
         return check_report_to(v, installed=not (info.context or {}).get("stored"))
+
+    @field_validator("placement")
+    @classmethod
+    def _resources(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for role, res in v.items():
+            for key, amount in res.items():
+                if key in ("CPU", "GPU", "memory", "object_store_memory") or not key or amount <= 0:
+                    raise ValueError(f"placement.{role}: {key!r}: {amount} is not a custom resource amount > 0 "
+                                     "(CPUs and GPUs are set by trainer_num_cpus and device)")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -235,6 +235,10 @@ class BufferActor:
     async def pid(self) -> int:
         return os.getpid()
 
+    async def node_id(self) -> str:
+        """The Ray node this actor runs on (where a restart put it)."""
+        return ray.get_runtime_context().get_node_id()
+
     async def close(self) -> None:
         self._report(force=True)
         self._b.close()

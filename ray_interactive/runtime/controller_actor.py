@@ -421,6 +421,10 @@ class ControllerActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (where a restart put it)."""
+        return ray.get_runtime_context().get_node_id()
+
     def flush(self) -> None:
         with self._locked() as c:
             c.flush()

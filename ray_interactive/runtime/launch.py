@@ -112,11 +112,14 @@ def start_run(
     cfg["run_dir"] = str(run_dir)  # actors may run elsewhere: pass the absolute path
     # The three start side by side (each a process to spawn); the trainer asks the controller
     # for the number of its first command itself.
-    controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime).remote(cfg, recover=resume)
+    pin = {role: {"resources": res} for role, res in config.placement.items()}  # custom resources
+    controller = ControllerActor.options(name=name, namespace=ns, lifetime=lifetime, **pin.get("controller", {})).remote(
+        cfg, recover=resume)
     # Shards go to different nodes where there are several (SPREAD); each is its own process.
     spread = {"scheduling_strategy": "SPREAD"} if config.buffer_shards > 1 else {}
     buffer, *shards = [
-        BufferActor.options(name=shard_actor_name(config.name, k), namespace=ns, lifetime=lifetime, **spread).remote(cfg, k)
+        BufferActor.options(name=shard_actor_name(config.name, k), namespace=ns, lifetime=lifetime, **spread,
+                            **pin.get("buffer", {})).remote(cfg, k)
         for k in range(config.buffer_shards)
     ]
     # Inside the actor its one GPU is cuda:0 whatever the config named ("cuda:1" picks none).
@@ -133,6 +136,7 @@ def start_run(
         num_gpus=gpus,
         max_restarts=config.max_restarts,  # recovered from the newest checkpoint by the controller
         max_task_retries=0,
+        **pin.get("trainer", {}),
     ).remote(cfg, checkpoint_path)
     try:
         # constructor errors show here

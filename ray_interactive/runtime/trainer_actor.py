@@ -165,3 +165,8 @@ class TrainerActor:
     @ray.method(concurrency_group="control")
     def pid(self) -> int:
         return os.getpid()
+
+    @ray.method(concurrency_group="control")
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (where a restart put it)."""
+        return ray.get_runtime_context().get_node_id()
