@@ -28,6 +28,7 @@ if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and (Path.home
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ray_interactive.agents.lookahead import LookaheadAgent
     from ray_interactive.core.commands import (
         Command,
         CommandRecord,
@@ -71,6 +72,7 @@ _EXPORTS = {
     "runtime.offline": ("FinishedRun", "attach"),
     "runtime.serving": ("ReplicaLink", "deploy", "undeploy"),
     "runtime.judge": ("CanaryJudge",),
+    "agents.lookahead": ("LookaheadAgent",),
     "core.task": ("DataSource", "Task", "column_array"),
     "core.weights": ("WeightVersion", "pack_state", "unpack_state"),
     "data.buffer": ("DataBuffer",),
@@ -112,6 +114,7 @@ __all__ = [
     "IngestBackpressure",
     "IngestClosed",
     "IngestCoalescer",
+    "LookaheadAgent",
     "ReplicaLink",
     "RunClient",
     "RunConfig",

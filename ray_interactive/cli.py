@@ -492,6 +492,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run an agent on a run in the foreground until Ctrl-C / SIGTERM or the run ends."""
     from ray_interactive.agents.guardrails import Guardrails
+    from ray_interactive.agents.lookahead import LookaheadAgent
     from ray_interactive.agents.runtime import AgentRunner, RulePolicy
 
     if args.every < 1:
@@ -509,10 +510,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
         cut = "".join(f"; {k}: {entry[k]}" for k in ("skipped", "partial") if entry.get(k))
         print(f"step {entry['step']}: {acted} ({entry.get('rationale') or entry.get('error')}){refused}{cut}", flush=True)
 
+    def show_lookahead(entry: dict[str, Any]) -> None:
+        tried = ", ".join(f"{t['move']} {t['score']:.4g}" if t["error"] is None else f"{t['move']} failed"
+                          for t in entry["trials"])
+        print(f"step {entry.get('step')}: lookahead ({entry['reason']}): {tried or 'nothing tried'} -> "
+              f"{entry.get('chosen') or entry.get('error')}", flush=True)
+
     made: dict[str, Any] = {}  # what the agent's thread built (runner, LLM server) or the error it met
 
     def work() -> None:
         try:
+            if args.policy == "lookahead":
+                look = made["runner"] = LookaheadAgent(client, horizon=args.horizon, margin=args.margin,
+                                                       on_explore=show_lookahead)
+                print(f"agent 'lookahead' on run {args.run!r}: tries lr x0.5 / x1 / x2 for {args.horizon} steps "
+                      f"on branches every {args.every} steps and when a detector fires; journal: {look.journal.path}",
+                      flush=True)
+                if not stop.event.is_set():
+                    look.run(every=args.every)
+                return
             policy: Any = RulePolicy()
             if args.policy == "llm":
                 policy, made["server"] = _llm_policy(args)
@@ -605,6 +621,11 @@ def cmd_data(args: argparse.Namespace) -> int:
               f"{st.get('ingest_rows_per_s', 0):8.1f} rows/s  {info['rejected']} rejected{waiting}")
         if info.get("storage_error") or st.get("storage_error"):
             print(f"  STORAGE FAILED, ingests refused: {info.get('storage_error') or st['storage_error']}")
+    for sh in stats.get("shards", []):  # buffer_shards > 1: how the primary's merge goes
+        ago = f"{time.time() - sh['pulled_at']:.1f} s ago" if sh.get("pulled_at") else "not yet"
+        trouble = f"  NOT ANSWERING: {sh['error']}" if sh.get("error") else ""
+        print(f"shard {sh['shard']:<10} merged {sh['copied_rows']:>10} rows into the primary since it started, "
+              f"last pull {ago}{trouble}")
     for r in stats.get("rejections", [])[-10:]:
         when = time.strftime("%H:%M:%S", time.localtime(r["time"]))
         print(f"  rejected {when} {r['source']}: {r['message']}")
@@ -795,8 +816,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("agent", help="an agent that watches a run and steers it through commands (journal in the run dir)")
     sp.add_argument("run")
-    sp.add_argument("--policy", choices=["rule", "llm"], default="rule",
-                    help="rule: oscillation, divergence, plateau detectors; llm: a chat model picks an action")
+    sp.add_argument("--policy", choices=["rule", "llm", "lookahead"], default="rule",
+                    help="rule: oscillation, divergence, plateau detectors; llm: a chat model picks an action; "
+                    "lookahead: tries its moves on branches and continues on the best")
+    sp.add_argument("--horizon", type=int, default=50, help="lookahead: steps each candidate trains")
+    sp.add_argument("--margin", type=float, default=0.0,
+                    help="lookahead: a change must beat keeping the lr by this fraction of the metric")
     sp.add_argument("--every", type=int, default=50, help="decide every N steps")
     sp.add_argument("--at-eval", action="store_true", dest="at_eval", help="decide at each evaluation instead")
     sp.add_argument("--llm-url", default=None, dest="llm_url",

@@ -212,6 +212,7 @@ class BufferActor:
         self._b.restore(position)
 
     async def source_spec(self, source: str) -> Any:
+        self._start_pulling()  # a restarted primary merges again on the first call it gets
         return self._b.source_spec(source)
 
     async def mixture(self) -> dict[str, float]:
@@ -221,12 +222,14 @@ class BufferActor:
         return self._b.set_mixture(weights)
 
     async def sources(self) -> dict[str, Any]:
+        self._start_pulling()  # a restarted primary merges again on the first call it gets
         return self._b.sources()
 
     def _stats(self) -> BufferStats:
         return self._b.stats().model_copy(update={"restarted": self._restarted, "shards": list(self._shard_state.values())})
 
     async def stats(self) -> dict[str, Any]:
+        self._start_pulling()  # a restarted primary merges again on the first call it gets
         return self._stats().model_dump(mode="json")
 
     async def read(self, source: str, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> Any:

@@ -1,0 +1,47 @@
+"""The lookahead agent on a real run: it pauses, tries its moves on branches from one
+checkpoint (the same batches for each), scores each by evaluation, continues on the best,
+and journals every candidate's figures and the compute it spent."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ray_interactive.agents.lookahead import LookaheadAgent
+
+from .conftest import regression_config, wait_until
+
+
+def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(tmp_path: Path, start: Any) -> None:
+    handle = start(regression_config(tmp_path, lr=1e-3))
+    client = handle.client()
+    wait_until(lambda: client.status()["step"] >= 5, what="training to start")
+    agent = LookaheadAgent(client, horizon=10)
+    entry = agent.explore("a test")
+    assert "error" not in entry, entry
+    trials = {t["move"]: t for t in entry["trials"]}
+    assert set(trials) == {"lr-x0.5", "keep", "lr-x2"}
+    assert all(math.isfinite(t["score"]) and t["steps"] == 10 and t["error"] is None for t in trials.values())
+    # Each candidate is a branch of its own, from the same checkpoint, kept in the tree.
+    branches = client.branches()
+    for t in trials.values():
+        assert branches[t["branch"]]["checkpoint"] == entry["checkpoint"], branches[t["branch"]]
+        assert branches[t["branch"]]["fork_step"] == entry["step"]
+        assert t["end"] == f"{t['branch']}@{entry['step'] + 10}"
+    best = min(trials.values(), key=lambda t: t["score"])
+    assert entry["chosen"] == best["move"]
+    assert entry["explored_steps"] == 30 and entry["kept_steps"] == 10
+    # The run goes on from the best candidate's end, with its lr, and runs again.
+    st = wait_until(lambda: (s := client.status())["status"] == "running" and s["step"] > entry["step"] + 10 and s,
+                    what="the run to go on from the best candidate")
+    assert st["branch"] == entry["continued_on"]
+    lr = client.snapshot()["groups"][0]["hparams"]["lr"]
+    assert lr == entry["lr"] * {"lr-x0.5": 0.5, "keep": 1.0, "lr-x2": 2.0}[best["move"]]
+    # Journalled, and every command it sent says so.
+    lines = (Path(st["run_dir"]) / "agent-lookahead.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["chosen"] == best["move"]
+    mine = [c for c in client.commands() if c["source"] == "agent"]
+    assert mine and all(c["comment"].startswith("[lookahead] lookahead 1") for c in mine)
+    assert all(c["status"] == "applied" for c in mine)
