@@ -489,6 +489,21 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mixture_policy(args: argparse.Namespace) -> Any:
+    from ray_interactive.agents.mixture import MixturePolicy
+
+    track = {}
+    for item in args.track or []:
+        source, sep, metric = item.partition("=")
+        if not sep or not source or not metric:
+            raise CLIError(f"--track takes SOURCE=METRIC (e.g. live=eval/live/loss), not {item!r}")
+        track[source] = metric
+    try:
+        return MixturePolicy(track, higher_is_better=args.higher_is_better)
+    except ValueError as e:
+        raise CLIError(f"mixture agent: {e}") from None
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run an agent on a run in the foreground until Ctrl-C / SIGTERM or the run ends."""
     from ray_interactive.agents.guardrails import Guardrails
@@ -502,6 +517,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
                            drift_window_steps=args.drift_window)
     except ValueError as e:
         raise CLIError(f"guardrails: {e}") from None
+    mixture = _mixture_policy(args) if args.policy == "mixture" else None  # its errors before connecting
     client = _connect(args)
 
     def show(entry: dict[str, Any]) -> None:
@@ -530,6 +546,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
                     look.run(every=args.every)
                 return
             policy: Any = RulePolicy()
+            if mixture is not None:
+                policy = mixture
+                args.at_eval = True  # it compares evaluations: one decision per evaluation
             if args.policy == "llm":
                 policy, made["server"] = _llm_policy(args)
             runner = made["runner"] = AgentRunner(client, policy, rails, every=args.every, on_tick=show,
@@ -550,8 +569,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         thread.start()
         while not stop.wait(0.5):
             pass
-        if "runner" in made:
-            made["runner"].stop()  # a tick in flight sends nothing more once stopped
+        runner = made.get("runner")
+        if runner is not None:
+            runner.stop()  # a tick in flight sends nothing more once stopped
+        if getattr(runner, "exploring", False):  # never leave the run paused on a candidate's branch
+            print("finishing the candidate under way, then going on from the best so far "
+                  "(Ctrl-C again to leave at once)", file=sys.stderr, flush=True)
+            thread.join(timeout=runner.timeout_s)
         thread.join(timeout=0.5)  # a Ray call or journal line in flight ends; a model's answer is not awaited
         if made.get("server") is not None:
             made["server"].close(timeout=1.0)
@@ -816,9 +840,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("agent", help="an agent that watches a run and steers it through commands (journal in the run dir)")
     sp.add_argument("run")
-    sp.add_argument("--policy", choices=["rule", "llm", "lookahead"], default="rule",
+    sp.add_argument("--policy", choices=["rule", "llm", "lookahead", "mixture"], default="rule",
                     help="rule: oscillation, divergence, plateau detectors; llm: a chat model picks an action; "
-                    "lookahead: tries its moves on branches and continues on the best")
+                    "lookahead: tries its moves on branches and continues on the best; mixture: more data from "
+                    "the sources whose evaluation lags (--track)")
+    sp.add_argument("--track", action="append", metavar="SOURCE=METRIC",
+                    help="mixture: a source and its own eval metric (two or more), e.g. rare=eval/rare/success")
+    sp.add_argument("--higher-is-better", action="store_true", dest="higher_is_better",
+                    help="mixture: the tracked metrics are scores (success), not losses")
     sp.add_argument("--horizon", type=int, default=50, help="lookahead: steps each candidate trains")
     sp.add_argument("--margin", type=float, default=0.0,
                     help="lookahead: a change must beat keeping the lr by this fraction of the metric")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import ray
 
 from .conftest import wait_until
 from .test_cli import cli
-from .test_live_data import live_config, live_rows
+from .test_live_data import Traffic, live_config
 
 
 def test_two_shards_survive_sigkill_of_either_and_lose_no_acknowledged_row(
@@ -27,36 +25,8 @@ def test_two_shards_survive_sigkill_of_either_and_lose_no_acknowledged_row(
     handle = start(config)
     client = handle.client()
     assert len(handle.shards) == 1
-    acked: list[dict[str, Any]] = []
-    logged: list[tuple[int, int, Any]] = []
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def ingest_loop() -> None:
-        i = 0
-        try:
-            while not stop.is_set():
-                acked.append(client.ingest(live_rows(i * 5, 5), "live", batch_id=f"b{i}"))
-                i += 1
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    log = client.ingest_log(max_delay_s=0.005)
-
-    def log_loop() -> None:
-        i = 1_000_000
-        try:
-            while not stop.is_set():
-                n = 1 + i % 3
-                logged.append((i, n, log.add(live_rows(i, n), "live")))
-                i += n
-                time.sleep(0.002)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (ingest_loop, log_loop)]
-    for t in threads:
-        t.start()
+    traffic = Traffic(client)
+    acked = traffic.acked
     for actor in (handle.shards[0], handle.buffer):  # the other shard, then the primary
         wait_until(lambda: len(acked) >= 20, what="some acknowledged ingests")
         pid = ray.get(actor.pid.remote())
@@ -66,13 +36,10 @@ def test_two_shards_survive_sigkill_of_either_and_lose_no_acknowledged_row(
         assert ray.get(actor.pid.remote()) != pid  # it really restarted
     step = client.status()["step"]
     wait_until(lambda: client.status()["step"] >= step + 20, timeout=60, what="training to go on")
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    assert log.close(timeout=60) == 0
-    assert not errors, errors
+    assert traffic.stop() == 0
+    assert not traffic.errors, traffic.errors
 
-    sent = [(5 * int(a["batch_id"][1:]), 5, a) for a in acked] + [(i, n, f.result()) for i, n, f in logged]
+    sent = traffic.sent()
     total = sum(n for _, n, _ in sent)
     # Both shards took ingests (routing by batch_id), each stored on its own disk.
     assert (Path(config.resolved_run_dir) / "buffer" / "shard-1" / "live").is_dir()

@@ -31,6 +31,55 @@ def live_rows(start: int, n: int) -> pa.Table:
     return pa.table({"x": t.column("x"), "y": ids}, schema=live_schema(IN_DIM))
 
 
+class Traffic:
+    """Two clients ingesting ``live`` until :meth:`stop`, from threads: one call per table
+    of 5 rows (ids from 0, batch ids ``b<i>``), and the coalescing ingest log adding tables
+    of 1-3 rows (ids from 1,000,000 on)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.acked: list[dict[str, Any]] = []
+        self.logged: list[tuple[int, int, Any]] = []  # (first id, rows, future) of the ingest log's adds
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self.log = client.ingest_log(max_delay_s=0.005)
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._calls, self._adds)]
+        for t in self.threads:
+            t.start()
+
+    def _calls(self) -> None:
+        i = 0
+        try:
+            while not self._stop.is_set():
+                self.acked.append(self.client.ingest(live_rows(i * 5, 5), "live", batch_id=f"b{i}"))
+                i += 1
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            self.errors.append(e)
+
+    def _adds(self) -> None:
+        i = 1_000_000
+        try:
+            while not self._stop.is_set():
+                n = 1 + i % 3
+                self.logged.append((i, n, self.log.add(live_rows(i, n), "live")))
+                i += n
+                time.sleep(0.002)
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            self.errors.append(e)
+
+    def stop(self) -> int:
+        """Stop both; returns the rows the ingest log could not send."""
+        self._stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+        return self.log.close(timeout=60)
+
+    def sent(self) -> list[tuple[int, int, dict[str, Any]]]:
+        """``(first id, rows, acknowledgement)`` of everything acknowledged."""
+        return ([(5 * int(a["batch_id"][1:]), 5, a) for a in self.acked]
+                + [(i, n, f.result()) for i, n, f in self.logged])
+
+
 def live_config(tmp_path: Path, **overrides: Any) -> Any:
     return regression_config(tmp_path, task_kwargs={"live_source": True, "live_weight": 0.5}, **overrides)
 
@@ -42,37 +91,9 @@ def test_sigkill_of_the_buffer_mid_ingest_loses_no_acknowledged_row_and_training
     ingest log adding tables of 1-3 rows (ids from 1,000,000 on)."""
     handle = start(live_config(tmp_path))
     client = handle.client()
-    acked: list[dict[str, Any]] = []
-    logged: list[tuple[int, int, Any]] = []  # (first id, rows, future) of the ingest log's adds
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def ingest_loop() -> None:
-        i = 0
-        try:
-            while not stop.is_set():
-                acked.append(client.ingest(live_rows(i * 5, 5), "live", batch_id=f"b{i}"))
-                i += 1
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    log = client.ingest_log(max_delay_s=0.005)
-
-    def log_loop() -> None:
-        i = 1_000_000
-        try:
-            while not stop.is_set():
-                n = 1 + i % 3
-                logged.append((i, n, log.add(live_rows(i, n), "live")))
-                i += n
-                time.sleep(0.002)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
     wait_until(lambda: client.status()["step"] >= 5, what="training to start")
-    threads = [threading.Thread(target=f, daemon=True) for f in (ingest_loop, log_loop)]
-    for t in threads:
-        t.start()
+    traffic = Traffic(client)
+    acked, logged = traffic.acked, traffic.logged
     wait_until(lambda: len(acked) >= 20, what="some acknowledged ingests")
     pid = ray.get(handle.buffer.pid.remote())
     os.kill(pid, signal.SIGKILL)
@@ -82,18 +103,15 @@ def test_sigkill_of_the_buffer_mid_ingest_loses_no_acknowledged_row_and_training
                what="the ingest log's adds to be acknowledged after the restart")
     step_after = client.status()["step"]
     wait_until(lambda: client.status()["step"] >= step_after + 20, timeout=60, what="training to go on")
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    assert log.close(timeout=60) == 0
-    assert not errors, errors
+    assert traffic.stop() == 0
+    assert not traffic.errors, traffic.errors
 
     assert ray.get(handle.buffer.pid.remote()) != pid  # a new process: it really restarted
     assert ray.get(handle.buffer.stats.remote())["restarted"]
     stored = client.read_rows("live", columns=["y"]).column("y").to_numpy().astype(np.int64)
     # Every acknowledged row exactly once, at the sequence numbers its acknowledgement gave.
     assert len(np.unique(stored)) == len(stored)
-    sent = [(5 * int(a["batch_id"][1:]), 5, a) for a in acked] + [(i, n, f.result()) for i, n, f in logged]
+    sent = traffic.sent()
     for first_id, n, ack in sent:
         assert ack["rows"] == n
         np.testing.assert_array_equal(stored[ack["first"]: ack["last"] + 1], np.arange(first_id, first_id + n))

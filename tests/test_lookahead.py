@@ -45,3 +45,10 @@ def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(t
     mine = [c for c in client.commands() if c["source"] == "agent"]
     assert mine and all(c["comment"].startswith("[lookahead] lookahead 1") for c in mine)
     assert all(c["status"] == "applied" for c in mine)
+    # Stopped, it finishes the candidate under way, skips the rest and still goes on.
+    agent.stop()
+    cut = agent.explore("stopped")
+    assert "error" not in cut, cut
+    assert len(cut["trials"]) == 1 and cut["cut_short"] == "stopped after 1 of 3 candidates"
+    wait_until(lambda: client.status()["status"] == "running", what="the run to go on after a cut-short exploration")
+    assert agent.compute_steps == 40

@@ -117,6 +117,8 @@ class LookaheadAgent:
         self.journal = journal or Journal(run_dir / f"agent-{name}.jsonl")
         self.on_explore = on_explore  # sees each journal entry (the CLI prints it)
         self.explorations = 0
+        self.exploring = False  # an exploration is under way (the run is on a candidate's branch)
+        self._own: set[str] = set()  # the branches it made
         self.compute_steps = 0  # every step it had the run train, kept or not
         self._stop = threading.Event()
 
@@ -151,7 +153,15 @@ class LookaheadAgent:
     # -- one exploration ---------------------------------------------------------------
     def explore(self, reason: str = "asked") -> dict[str, Any]:
         """Try every candidate for ``horizon`` steps from here and continue on the best;
-        returns the journal entry (also written)."""
+        returns the journal entry (also written). Once :meth:`stop` is called, the candidate
+        under way is finished and the rest skipped: the run still goes on from the best so far."""
+        self.exploring = True
+        try:
+            return self._explore(reason)
+        finally:
+            self.exploring = False
+
+    def _explore(self, reason: str) -> dict[str, Any]:
         n = self.explorations = self.explorations + 1
         st = self.client.status()
         was_running = st.get("status") == "running"
@@ -161,13 +171,19 @@ class LookaheadAgent:
         entry: dict[str, Any] = {"time": time.time(), "agent": self.name, "kind": "lookahead", "reason": reason,
                                  "horizon": self.horizon, "metric": self.metric, "lr": lr, "trials": []}
         try:
-            self._do(f"lookahead {n}: pause to try {len(moves)} moves", "pause")
+            if not st.get("status") == "paused":
+                self._do(f"lookahead {n}: pause to try {len(moves)} moves", "pause")
             st = self._wait_status("the pause", lambda s: s.get("status") == "paused")
             start_branch, start = str(st["branch"]), int(st["step"])
             saved = self._do(f"lookahead {n}: the point the moves start from", "save_checkpoint", tag=f"la{n}-start")
             origin = str(saved.message).removeprefix("saved ")
             entry.update(step=start, branch=start_branch, checkpoint=origin)
-            trials = [self._try(n, origin, start, move) for move in moves]
+            trials = []
+            for move in moves:
+                if self._stop.is_set() and trials:  # stopped: go on from the best so far
+                    entry["cut_short"] = f"stopped after {len(trials)} of {len(moves)} candidates"
+                    break
+                trials.append(self._try(n, origin, start, move))
             entry["trials"] = [{"move": t.move.name, "branch": t.branch, "score": t.score, "steps": t.steps,
                                 "end": t.end_checkpoint, "error": t.error} for t in trials]
             explored = sum(t.steps for t in trials)
@@ -201,6 +217,7 @@ class LookaheadAgent:
 
     def _try(self, n: int, origin: str, start: int, move: Move) -> Trial:
         branch = f"la{n}-{_slug(move.name)}"
+        self._own.add(branch)
         trial = Trial(move, branch)
         try:
             self._do(f"lookahead {n}: try {move.name}", "load_checkpoint", checkpoint_id=origin, branch=branch)
@@ -232,6 +249,7 @@ class LookaheadAgent:
         on = str(st["branch"])
         if not last or checkpoint is None:
             on = f"la{n}-go-{_slug(branch)}"[:64]
+            self._own.add(on)
             self._do(f"lookahead {n}: continue on {why}", "load_checkpoint", checkpoint_id=checkpoint, branch=on)
         if resume:
             self._do(f"lookahead {n}: {why}", "resume")
@@ -249,7 +267,7 @@ class LookaheadAgent:
             if st.get("status") in ("stopped", "failed"):
                 return
             step, branch = int(st.get("step", 0)), str(st.get("branch"))
-            if last_step is None or branch != last_branch and not branch.startswith("la"):
+            if last_step is None or (branch != last_branch and branch not in self._own):  # a person's load
                 last_step, last_branch = step, branch
             reason = None
             if st.get("status") == "running" and step - last_step >= every:

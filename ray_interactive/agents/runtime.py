@@ -55,6 +55,8 @@ class Observation:
     own_actions: list[dict[str, Any]]  # this agent's commands so far (newest last)
     lr_history: list[float] = field(default_factory=list)  # the lr at each logged step (newest last)
     health: dict[str, float] = field(default_factory=dict)  # newest value of each health/* metric
+    evals: dict[str, float] = field(default_factory=dict)  # newest value of each eval/* metric
+    mixture: dict[str, float] = field(default_factory=dict)  # the data mixture's weights now
 
     def facts(self, seconds_since_last: float | None, window_lrs: tuple[float, ...] = ()) -> RunFacts:
         return RunFacts(lrs=[self.lr] if self.lr else [], paused_by=self.paused_by,
@@ -205,9 +207,12 @@ class AgentRunner:
     def observe(self) -> Observation:
         st = self.client.status()
         m = self.client.metrics(keys=["loss", "eval/loss", "lr"])
-        hkeys = [k for k in self.client.metric_keys() if k.startswith("health/")]
+        keys = self.client.metric_keys()
+        hkeys = [k for k in keys if k.startswith("health/")]
+        ekeys = [k for k in keys if k.startswith("eval/")]
         step = int(st.get("step", 0))
         health = self.client.metrics(keys=hkeys, since=max(0, step - 5000)) if hkeys else {}
+        evals = self.client.metrics(keys=ekeys, since=max(0, step - 5000)) if ekeys else {}
         cmds = self.client.commands(limit=200)
         return Observation(
             step=step, status=str(st.get("status")), branch=str(st.get("branch")),
@@ -220,6 +225,8 @@ class AgentRunner:
             own_actions=[c for c in cmds if c["source"] == "agent" and (c.get("comment") or "").startswith(f"[{self.name}]")],
             lr_history=list(m.get("lr", {}).get("value", []))[-HISTORY:],
             health={k: v["value"][-1] for k, v in health.items() if v.get("value")},
+            evals={k: v["value"][-1] for k, v in evals.items() if v.get("value")},
+            mixture=dict(self.client.snapshot().get("mixture") or {}),
         )
 
     def tick(self) -> dict[str, Any]:

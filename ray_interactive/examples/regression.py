@@ -101,7 +101,12 @@ class RegressionTask(Task):
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         x, y = columns_to_tensors(make_table(512, self.in_dim, self.seed + 1), device)
-        return {"loss": F.mse_loss(model(x).squeeze(-1), y).item()}
+        out = {"loss": F.mse_loss(model(x).squeeze(-1), y).item()}
+        if self.extra_source:  # each source's own held-out loss (what a mixture agent compares)
+            for name, seed in (("base", self.seed + 1), ("extra", self.seed + 8)):
+                x, y = columns_to_tensors(make_table(512, self.in_dim, seed), device)
+                out[f"{name}/loss"] = F.mse_loss(model(x).squeeze(-1), y).item()
+        return out
 
 
 class NoEvalRegressionTask(RegressionTask):

@@ -24,6 +24,7 @@ class SetDataMixture(CommandBase):
     section: ClassVar[str] = "data"
     example: ClassVar[str] = "base=0.7 live=0.3"
     spread: ClassVar[str | None] = "weights"
+    for_agents: ClassVar[bool] = True  # the mixture agent's move (agents/mixture.py)
 
     @field_validator("weights")
     @classmethod
