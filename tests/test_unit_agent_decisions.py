@@ -49,6 +49,9 @@ class ControllerClient:
     def checkpoints(self) -> list[dict[str, Any]]:
         return self.c.list_checkpoints()
 
+    def snapshot(self) -> dict[str, Any]:
+        return self.c.snapshot_view()
+
     def submit(self, payload: dict[str, Any], source: str | None = None) -> Any:
         return self.c.submit(payload, source)
 
