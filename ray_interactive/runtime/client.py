@@ -26,7 +26,7 @@ import ray
 from pydantic import BaseModel
 
 from ray_interactive.core.commands import CommandRecord, CommandSource, CommandStatus, check_payload_shape, loggable
-from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name, shard_actor_name
+from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.core.plain import clip, names, one_of, seconds, shown, whole
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion, unpack_state
@@ -34,7 +34,7 @@ from ray_interactive.data.coalesce import IngestCoalescer, SourceSpec
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.data.shards import shard_of
 from ray_interactive.runtime.connection import init_ray
-from ray_interactive.runtime.lifecycle import actor_restarting
+from ray_interactive.runtime.lifecycle import actor_restarting, buffer_shards
 from ray_interactive.serve.ingest_client import check_ingest_args
 
 if TYPE_CHECKING:  # a client that never fetches weights (the CLI) needs no torch
@@ -99,8 +99,7 @@ class RunClient:
         self.namespace = namespace
         self._controller = controller
         self._buffer: Any = None
-        self._shard_count: int | None = None  # buffer shards, asked once
-        self._shards: dict[int, Any] = {}
+        self._shards: list[Any] | None = None  # the buffer's shards, the primary first (asked once)
 
     # -- commands ----------------------------------------------------------------------
     def submit(self, command: Any, source: str | None = None) -> CommandRecord:
@@ -236,14 +235,9 @@ class RunClient:
     def _ingest_handle(self, batch_id: str) -> Any:
         """The buffer shard that stores ``batch_id`` (a pure function of it, so a retry
         reaches the shard that has the first copy)."""
-        if self._shard_count is None:
-            self._shard_count = int(ray.get(self._buffer_handle().shard_count.remote()))
-        k = shard_of(batch_id, self._shard_count)
-        if k == 0:
-            return self._buffer_handle()
-        if k not in self._shards:
-            self._shards[k] = ray.get_actor(shard_actor_name(self.run, k), namespace=self.namespace)
-        return self._shards[k]
+        if self._shards is None:
+            self._shards = buffer_shards(self.run, self.namespace, self._buffer_handle())
+        return self._shards[shard_of(batch_id, len(self._shards))]
 
     def ingest(
         self,

@@ -13,11 +13,11 @@ import pyarrow as pa
 import ray
 from fastapi import FastAPI
 
-from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name, shard_actor_name
+from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.core.plain import clip
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.data.shards import shard_of
-from ray_interactive.runtime.lifecycle import actor_restarting
+from ray_interactive.runtime.lifecycle import actor_restarting, buffer_shards
 from ray_interactive.serve.ingest_http import (
     TOKEN_FILE,
     URL_FILE,
@@ -166,9 +166,7 @@ def start_ingest_server(
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    primary = ray.get_actor(actor_name(run, "buffer"), namespace=namespace)
-    buffer = [primary] + [ray.get_actor(shard_actor_name(run, k), namespace=namespace)
-                          for k in range(1, ray.get(primary.shard_count.remote(), timeout=60))]
+    buffer = buffer_shards(run, namespace)
     try:
         running = ingest_info(run, namespace)
     except LookupError:

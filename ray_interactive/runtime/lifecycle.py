@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import ray
 import ray.exceptions
 
 from ray_interactive.core.config import actor_name, shard_actor_name
+
+
+def buffer_shards(run: str, namespace: str, primary: Any = None) -> list[Any]:
+    """Handles of a run's buffer shards, the primary first (one with ``buffer_shards`` 1)."""
+    if primary is None:
+        primary = ray.get_actor(actor_name(run, "buffer"), namespace=namespace)
+    count = ray.get(primary.shard_count.remote(), timeout=60)
+    return [primary] + [ray.get_actor(shard_actor_name(run, k), namespace=namespace) for k in range(1, count)]
 
 
 def actor_restarting(e: BaseException) -> bool:
