@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -507,11 +508,19 @@ def _mixture_policy(args: argparse.Namespace) -> Any:
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run an agent on a run in the foreground until Ctrl-C / SIGTERM or the run ends."""
     from ray_interactive.agents.guardrails import Guardrails
-    from ray_interactive.agents.lookahead import LookaheadAgent
+    from ray_interactive.agents.lookahead import LookaheadAgent, lr_moves
     from ray_interactive.agents.runtime import AgentRunner, RulePolicy
 
     if args.every < 1:
         raise CLIError("--every must be >= 1")
+    if args.horizon < 1:
+        raise CLIError("--horizon must be >= 1 step")
+    if not 0.0 <= args.margin < 1.0:
+        raise CLIError(f"--margin is a fraction in [0, 1), not {args.margin}")
+    if any(not (f > 0 and math.isfinite(f)) for f in args.factors):
+        raise CLIError(f"--factors must be positive numbers, not {args.factors}")
+    if args.check and args.policy != "llm":
+        raise CLIError("--check tests an LLM's moves: it needs --policy llm")
     try:
         rails = Guardrails(min_interval_s=args.min_interval, max_lr_drift=args.max_lr_drift,
                            drift_window_steps=args.drift_window)
@@ -538,21 +547,28 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             if args.policy == "lookahead":
                 look = made["runner"] = LookaheadAgent(client, horizon=args.horizon, margin=args.margin,
-                                                       on_explore=show_lookahead)
-                print(f"agent 'lookahead' on run {args.run!r}: tries lr x0.5 / x1 / x2 for {args.horizon} steps "
+                                                       on_explore=show_lookahead,
+                                                       moves=lambda lr: lr_moves(lr, tuple(args.factors)))
+                tries = " / ".join(f"x{f:g}" for f in args.factors)
+                print(f"agent 'lookahead' on run {args.run!r}: tries lr {tries} for {args.horizon} steps "
                       f"on branches every {args.every} steps and when a detector fires; journal: {look.journal.path}",
                       flush=True)
                 if not stop.event.is_set():
-                    look.run(every=args.every)
+                    look.run(every=args.every, at_start=args.at_start)
                 return
             policy: Any = RulePolicy()
             if mixture is not None:
                 policy = mixture
                 args.at_eval = True  # it compares evaluations: one decision per evaluation
+            look = None
             if args.policy == "llm":
                 policy, made["server"] = _llm_policy(args)
+                if args.check:  # its moves are tried on branches against keeping the run as it is
+                    policy.check = True
+                    look = LookaheadAgent(client, horizon=args.horizon, margin=args.margin, name="llm-check",
+                                          on_explore=show_lookahead)
             runner = made["runner"] = AgentRunner(client, policy, rails, every=args.every, on_tick=show,
-                                                  at_eval=args.at_eval)
+                                                  at_eval=args.at_eval, lookahead=look)
             cadence = "at each evaluation" if args.at_eval else f"every {args.every} steps"
             print(f"agent {runner.name!r} on run {args.run!r}, {cadence}; journal: {runner.journal.path}", flush=True)
             if not stop.event.is_set():
@@ -575,7 +591,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if getattr(runner, "exploring", False):  # never leave the run paused on a candidate's branch
             print("finishing the candidate under way, then going on from the best so far "
                   "(Ctrl-C again to leave at once)", file=sys.stderr, flush=True)
-            thread.join(timeout=runner.timeout_s)
+            thread.join(timeout=(getattr(runner, "lookahead", None) or runner).timeout_s)
         thread.join(timeout=0.5)  # a Ray call or journal line in flight ends; a model's answer is not awaited
         if made.get("server") is not None:
             made["server"].close(timeout=1.0)
@@ -849,6 +865,13 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--higher-is-better", action="store_true", dest="higher_is_better",
                     help="mixture: the tracked metrics are scores (success), not losses")
     sp.add_argument("--horizon", type=int, default=50, help="lookahead: steps each candidate trains")
+    sp.add_argument("--factors", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                    help="lookahead: the lr factors it tries (1 keeps the lr)")
+    sp.add_argument("--at-start", action="store_true", dest="at_start",
+                    help="lookahead: the first exploration as soon as the run trains")
+    sp.add_argument("--check", action="store_true",
+                    help="llm: try the model's move on a branch for --horizon steps against keeping the lr, "
+                    "and keep it only if it does better")
     sp.add_argument("--margin", type=float, default=0.0,
                     help="lookahead: a change must beat keeping the lr by this fraction of the metric")
     sp.add_argument("--every", type=int, default=50, help="decide every N steps")

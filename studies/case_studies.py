@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pbt_baseline, next to this file
 DATA = Path(os.environ.get("RI_SHARED_DATA", REPO.parent / "shared" / "data"))
 log = logging.getLogger("case_studies")
 
@@ -49,7 +50,7 @@ class Arm:
     label: str
     optimizer: str = "adamw"
     schedule: str = "constant"
-    steerer: str | None = None  # "person", "rule", "llm"
+    steerer: str | None = None  # "person", "rule", "llm", "lookahead", "llm_check", "pbt"
 
 
 HIGH_LR = 2e-2  # case study 1's too-high lr, chosen by the short sweep of study 0 (see the README)
@@ -64,6 +65,13 @@ STUDIES: dict[int, list[Arm]] = {
         Arm("static_5e-3", 5e-3, "constant lr 5e-3 (grid)"),
         Arm("static_1e-3", 1e-3, "constant lr 1e-3 (grid)"),
         Arm("static_3e-4", 3e-4, "constant lr 3e-4 (grid)"),
+        Arm("lookahead", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent", steerer="lookahead"),
+        Arm("rule_high", HIGH_LR, f"lr {HIGH_LR:g} + rule agent", steerer="rule"),
+        Arm("pbt", HIGH_LR, f"Ray Tune PBT from lr {HIGH_LR:g}, same budget", steerer="pbt"),
+        Arm("llm_check", HIGH_LR, f"lr {HIGH_LR:g} + LLM agent, moves tested (lookahead)", steerer="llm_check"),
+        Arm("llm_high", HIGH_LR, f"lr {HIGH_LR:g} + LLM agent (SmolLM2-135M)", steerer="llm"),
+        Arm("cosine_high", HIGH_LR, f"cosine decay from lr {HIGH_LR:g}", schedule="cosine"),
+        Arm("schedulefree_high", HIGH_LR, f"Schedule-Free AdamW, lr {HIGH_LR:g}", optimizer="schedulefree"),
     ],
     2: [
         Arm("static_5e-3", PAPER_LR, f"constant lr {PAPER_LR:g}, no intervention"),
@@ -88,6 +96,15 @@ class Setup:
     train_tokens: int = 600_000
     eval_tokens: int = 8192
     person_every: int = 50  # steps between the person's looks at the plot
+    # the lookahead agent: at the start and every 75 steps, lr x1/3, x1, x3 tried for 25 steps each
+    # (4 explorations x 2 discarded candidates x 25 = 200 extra steps: 1.5x one run)
+    la_horizon: int = 25
+    la_every: int = 75
+    la_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+    # PBT with the same budget (1.5 runs): 3 trials of 200 steps, exploit/explore every 25
+    pbt_population: int = 3
+    pbt_steps: int = 200
+    pbt_interval: int = 25
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -176,14 +193,18 @@ class Person:
 
 
 class Agent:
-    """The rule or LLM agent, deciding at each evaluation (as the paper's agent did)."""
+    """The rule or LLM agent, deciding at each evaluation (as the paper's agent did); with
+    ``horizon``, each move it proposes is first tried on a branch against keeping the lr."""
 
-    def __init__(self, client: Any, policy: Any) -> None:
+    def __init__(self, client: Any, policy: Any, horizon: int | None = None) -> None:
         from ray_interactive.agents.guardrails import Guardrails
+        from ray_interactive.agents.lookahead import LookaheadAgent
         from ray_interactive.agents.runtime import AgentRunner
 
+        self.look = None if horizon is None else LookaheadAgent(client, horizon=horizon, name="llm-check",
+                                                                 timeout_s=900)
         # time-based rate limit off: the cadence (one decision per evaluation) is the limit here
-        self.runner = AgentRunner(client, policy, Guardrails(min_interval_s=0.0), at_eval=True)
+        self.runner = AgentRunner(client, policy, Guardrails(min_interval_s=0.0), at_eval=True, lookahead=self.look)
         self.thread = threading.Thread(target=self.runner.run, kwargs={"poll_s": 0.2}, daemon=True, name="agent")
 
     def start(self) -> Agent:
@@ -192,7 +213,44 @@ class Agent:
 
     def stop(self) -> None:
         self.runner.stop()
-        self.thread.join(timeout=60)
+        self.thread.join(timeout=900 if self.runner.exploring else 60)
+
+    def extra_steps(self) -> int:
+        """Steps trained on branches it did not go on with."""
+        return _discarded(self.look)
+
+
+class Lookahead:
+    """The lookahead agent: at the run's start and every ``la_every`` steps it tries the lr
+    factors for ``la_horizon`` steps each on branches and goes on from the best."""
+
+    def __init__(self, client: Any, setup: Setup) -> None:
+        from ray_interactive.agents.lookahead import LookaheadAgent, lr_moves
+
+        self.look = LookaheadAgent(client, horizon=setup.la_horizon, timeout_s=900,
+                                   moves=lambda lr: lr_moves(lr, setup.la_factors))
+        kwargs = {"every": setup.la_every, "on_detector": False, "poll_s": 0.2, "at_start": True,
+                  "end_step": setup.steps}
+        self.thread = threading.Thread(target=self.look.run, kwargs=kwargs, daemon=True, name="lookahead")
+
+    def start(self) -> Lookahead:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.look.stop()
+        self.thread.join(timeout=900)
+
+    def extra_steps(self) -> int:
+        return _discarded(self.look)
+
+
+def _discarded(look: Any) -> int:
+    """The steps a lookahead trained on candidates it did not go on with (from its journal)."""
+    if look is None:
+        return 0
+    return sum(int(e.get("explored_steps", 0)) - int(e.get("kept_steps", 0)) for e in look.journal.read()
+               if e.get("kind") == "lookahead")
 
 
 # -- one run ---------------------------------------------------------------------------
@@ -201,6 +259,8 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
     from ray_interactive.runtime.launch import start_run
 
     cfg = run_config(arm, seed, setup, runs, study)
+    if arm.steerer == "pbt":
+        return run_pbt_arm(arm, seed, setup, runs, cfg)
     if cfg.run_dir.exists():  # a leftover of an interrupted study: start afresh
         import shutil
 
@@ -218,12 +278,18 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
             steerer = Agent(client, RulePolicy()).start()
         elif arm.steerer == "llm":
             steerer = Agent(client, llm()).start()
+        elif arm.steerer == "llm_check":
+            policy = llm()
+            policy.check = True
+            steerer = Agent(client, policy, horizon=setup.la_horizon).start()
+        elif arm.steerer == "lookahead":
+            steerer = Lookahead(client, setup).start()
         while True:
             st = client.status()
             if st.get("status") in ("stopped", "failed"):
                 break
-            if st.get("status") == "paused":  # the health guard gave up on a run that kept failing
-                client.send("stop", source="api")
+            if st.get("status") == "paused" and "health guard" in str(st.get("message")):
+                client.send("stop", source="api")  # the health guard gave up on a run that kept failing
             time.sleep(1.0)
     finally:
         if steerer is not None:
@@ -231,6 +297,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
     # the final branch with its ancestors: an agent's load starts a new branch from a checkpoint
     m = client.metrics(keys=["loss", "eval/loss", "lr", "step_time_s"], include_ancestors=True)
     commands = [c for c in client.commands() if c["source"] in ("agent", "ui")]
+    extra = steerer.extra_steps() if hasattr(steerer, "extra_steps") else 0
     status = client.status()
     handle.shutdown()
     if not keep_checkpoints:  # ~80 MB each; the metrics, command log and journals stay
@@ -245,6 +312,8 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
         "arm": arm.name, "seed": seed, "label": arm.label, "lr": arm.lr, "optimizer": arm.optimizer,
         "schedule": arm.schedule, "steerer": arm.steerer, "status": status.get("status"),
         "steps": status.get("step"), "branch": status.get("branch"), "wall_s": round(time.monotonic() - t0, 1),
+        # every optimizer step the arm paid for: the run's own and those on branches it left
+        "compute_steps": int(status.get("step") or 0) + extra,
         "step_time_p50_s": step_times[len(step_times) // 2] if step_times else None,
         "eval": {"step": ev["step"], "loss": ev["value"]},
         "final_eval_loss": ev["value"][-1] if ev["value"] else None,
@@ -257,6 +326,22 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
         "person": getattr(steerer, "actions", None),
         "run_dir": str(cfg.run_dir),
     }
+
+
+def run_pbt_arm(arm: Arm, seed: int, setup: Setup, runs: Path, cfg: Any) -> dict[str, Any]:
+    """Ray Tune's PBT with the agents' budget (see studies/pbt_baseline.py)."""
+    import shutil
+
+    from pbt_baseline import run_pbt
+
+    storage = runs / "tune"
+    shutil.rmtree(storage / f"pbt-s{seed}", ignore_errors=True)
+    out = run_pbt(cfg.task.target, cfg.task.kwargs, seed, arm.lr, setup.batch_size, setup.pbt_population,
+                  setup.pbt_steps, setup.pbt_interval, storage)
+    shutil.rmtree(storage / f"pbt-s{seed}", ignore_errors=True)  # ~80 MB a checkpoint
+    return {"arm": arm.name, "seed": seed, "label": arm.label, "lr": arm.lr, "optimizer": arm.optimizer,
+            "schedule": arm.schedule, "steerer": arm.steerer, "status": "stopped", "branch": None,
+            "step_time_p50_s": None, "interventions": [], "person": None, "run_dir": str(storage), **out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="results JSON of another study: its runs of an identical static arm are taken, not re-run")
     p.add_argument("--llm-url", default=None, help="an OpenAI-compatible endpoint instead of the local model")
     p.add_argument("--llm-model", default=None)
+    p.add_argument("--by-arm", action="store_true", help="every seed of an arm before the next arm")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -282,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "docs" / f"case_study_{args.study}.json"
     setup = Setup(steps=args.steps)
     done: list[dict[str, Any]] = []
+    first_machine = None  # the machine of the study's first invocation stays in the header
     if args.skip_done and out.exists():
         done = json.loads(out.read_text())["runs"]
+        first_machine = json.loads(out.read_text()).get("machine")
     for other in args.reuse:  # e.g. study 2's "lr 5e-3, no intervention" is study 1's grid point
         for r in json.loads(other.read_text())["runs"] if other.exists() else []:
             arm = next((a for a in arms if a.name == r["arm"]), None)
@@ -311,20 +399,22 @@ def main(argv: list[str] | None = None) -> int:
 
     info = _machine()  # the load before the study starts
     init_ray(None)
+    order = [(seed, arm) for arm in arms for seed in args.seeds] if args.by_arm else [
+        (seed, arm) for seed in args.seeds for arm in arms]
     try:
-        for seed in args.seeds:
-            for arm in arms:
-                if any(r["arm"] == arm.name and r["seed"] == seed for r in done):
-                    continue
-                log.info("study %d: arm %s, seed %d", args.study, arm.name, seed)
-                result = run_arm(arm, seed, setup, args.runs, args.study, llm, args.keep_checkpoints)
-                log.info("  -> final eval loss %s in %.0f s, %d interventions", result["final_eval_loss"],
-                         result["wall_s"], len(result["interventions"]))
-                done = [r for r in done if not (r["arm"] == arm.name and r["seed"] == seed)] + [result]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                doc = {"study": args.study, "setup": setup.__dict__, "arms": [a.__dict__ for a in STUDIES[args.study]],
-                       "machine": info, "runs": done}
-                out.write_text(json.dumps(doc, indent=1, default=str))
+        for seed, arm in order:
+            if any(r["arm"] == arm.name and r["seed"] == seed for r in done):
+                continue
+            log.info("study %d: arm %s, seed %d", args.study, arm.name, seed)
+            result = run_arm(arm, seed, setup, args.runs, args.study, llm, args.keep_checkpoints)
+            result["machine"] = info  # the load before this invocation, its date and commit
+            log.info("  -> final eval loss %s in %.0f s, %d interventions", result["final_eval_loss"],
+                     result["wall_s"], len(result["interventions"]))
+            done = [r for r in done if not (r["arm"] == arm.name and r["seed"] == seed)] + [result]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"study": args.study, "setup": setup.__dict__, "arms": [a.__dict__ for a in STUDIES[args.study]],
+                   "machine": first_machine or info, "runs": done}
+            out.write_text(json.dumps(doc, indent=1, default=str))
     finally:
         if server is not None:
             server.close()

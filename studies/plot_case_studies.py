@@ -23,8 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-TITLES = {1: "Case study 1: a person in the loop", 2: "Case study 2: an LLM in the loop"}
+COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#000000", "#aec7e8"]
+#: Case study 1's static grid (the too-high lr among them): the reference and the equal-cost grid.
+GRID = ["static_high", "static_5e-3", "static_1e-3", "static_3e-4"]
+TITLES = {1: "Case study 1: from a too-high lr, at equal compute", 2: "Case study 2: an LLM in the loop"}
 
 
 def by_arm(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -39,10 +42,38 @@ def _finite(xs: list[float | None]) -> list[float]:
     return [x for x in xs if x is not None and math.isfinite(x)]
 
 
+def one_run(r: dict[str, Any], steps: int) -> float:
+    """The arm's whole cost in runs of ``steps`` optimizer steps (exploration included)."""
+    return float(r.get("compute_steps") or r.get("steps") or steps) / steps
+
+
+def equal_cost_grid(doc: dict[str, Any], probe: int) -> list[dict[str, Any]]:
+    """The grid a user could afford with the agents' budget: each grid lr trained ``probe``
+    steps, the best by validation loss then trained the full run. The first ``probe`` steps
+    of a constant-lr run are the probe itself (same seed, same batches), so each seed's
+    result is read off the grid's own runs: the chosen lr's full run, at the cost of
+    ``len(GRID) x probe`` steps more."""
+    arms = by_arm(doc)
+    out = []
+    for seed in sorted({r["seed"] for r in arms.get(GRID[0], [])}):
+        runs = [next((r for r in arms.get(a, []) if r["seed"] == seed), None) for a in GRID]
+        if any(r is None for r in runs):
+            continue
+        at_probe = [dict(zip(r["eval"]["step"], r["eval"]["loss"])).get(probe, math.inf) for r in runs]  # type: ignore[index]
+        chosen = runs[int(np.nanargmin(np.nan_to_num(at_probe, nan=math.inf)))]
+        assert chosen is not None
+        out.append({**chosen, "arm": "grid_equal", "compute_steps": chosen["steps"] + len(GRID) * probe,
+                    "label": f"best of the {len(GRID)} grid lrs after {probe} steps each, then run",
+                    "chose": chosen["arm"]})
+    return out
+
+
 def table(doc: dict[str, Any]) -> str:
-    rows = ["| arm | seeds | final val loss: mean (min-max) | best val loss: mean | interventions per run | s per run |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| arm | seeds | final val loss: mean (min-max) | best val loss: mean | optimizer steps (x one run) "
+            "| interventions per run | s per run |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     stats = {}
+    steps = doc["setup"]["steps"]
     for arm, runs in by_arm(doc).items():
         final = _finite([r["final_eval_loss"] for r in runs])
         best = _finite([r["best_eval_loss"] for r in runs])
@@ -51,18 +82,73 @@ def table(doc: dict[str, Any]) -> str:
         fin = f"**{statistics.mean(final):.3f}** ({min(final):.3f}-{max(final):.3f})" if final else "n/a"
         if len(final) < len(runs):
             fin += f", {len(runs) - len(final)} not finite"
+        cost = [one_run(r, steps) for r in runs]
         rows.append(f"| {runs[0]['label']} | {len(runs)} | {fin} | "
-                    f"{statistics.mean(best):.3f} | {statistics.mean(n_int):.1f} | "
+                    f"{statistics.mean(best):.3f} | {min(cost):.2f}-{max(cost):.2f} | {statistics.mean(n_int):.1f} | "
                     f"{statistics.median(r['wall_s'] for r in runs):.0f} |" if best else f"| {runs[0]['label']} | n/a |")
     return "\n".join(rows)
+
+
+def paired(doc: dict[str, Any], arm: str) -> list[str]:
+    """``arm`` against every other arm, seed by seed (the seeds both have)."""
+    arms = by_arm(doc)
+    mine = {r["seed"]: r["final_eval_loss"] for r in arms.get(arm, [])}
+    lines = []
+    for other, runs in arms.items():
+        if other == arm:
+            continue
+        pairs = [(mine[r["seed"]], r["final_eval_loss"]) for r in runs if r["seed"] in mine]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+        if not pairs:
+            continue
+        diffs = [a - b for a, b in pairs]
+        wins = sum(d < 0 for d in diffs)
+        lines.append(f"| {runs[0]['label']} | {len(pairs)} | {wins}/{len(pairs)} | {statistics.mean(diffs):+.3f} | "
+                     f"{min(diffs):+.3f} to {max(diffs):+.3f} |")
+    if not lines:
+        return []
+    label = arms[arm][0]["label"]
+    return [f"Paired per seed: **{label}** minus each arm's final validation loss (negative: {label} is better).",
+            "", "| against | seeds | better on | mean difference | range |", "|---|---:|---:|---:|---:|", *lines]
+
+
+def target(doc: dict[str, Any], arm: str = "lookahead") -> list[str]:
+    """Issue 25's target from the too-high lr: within 2 % of the best grid lr's validation loss
+    at no more than 1.5x one run's compute, and better than static and the rule agent on every seed."""
+    arms = by_arm(doc)
+    if arm not in arms:
+        return []
+    grid = {a: _finite([r["final_eval_loss"] for r in arms[a]]) for a in GRID[1:] if a in arms}
+    ref_arm = min(grid, key=lambda a: statistics.mean(grid[a]) if grid[a] else math.inf)
+    ref = statistics.mean(grid[ref_arm])
+    mine = _finite([r["final_eval_loss"] for r in arms[arm]])
+    gap = statistics.mean(mine) / ref - 1
+    cost = max(one_run(r, doc["setup"]["steps"]) for r in arms[arm])
+    by_seed = {r["seed"]: r["final_eval_loss"] for r in arms[arm]}
+    beats = {}
+    for other in ("static_high", "rule_high"):
+        pairs = [(by_seed.get(r["seed"]), r["final_eval_loss"]) for r in arms.get(other, []) if r["seed"] in by_seed]
+        beats[other] = (sum(a is not None and b is not None and a < b for a, b in pairs), len(pairs))
+    ok = gap <= 0.02 and cost <= 1.5 and all(w == n and n > 0 for w, n in beats.values())
+    return [f"**Target** (from the too-high lr: within 2 % of the best grid lr at <= 1.5x one run, better than "
+            f"static and the rule agent on every seed): **{'met' if ok else 'not met'}**. The {arms[arm][0]['label']} "
+            f"ends at {statistics.mean(mine):.3f}, {gap:+.1%} from the best grid lr ({ref_arm.removeprefix('static_')}: "
+            f"{ref:.3f}, whose grid cost {len(GRID)} runs), at up to {cost:.2f}x one run; better than static on "
+            f"{beats['static_high'][0]}/{beats['static_high'][1]} seeds and than the rule agent on "
+            f"{beats['rule_high'][0]}/{beats['rule_high'][1]}."]
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
     fig, (ax, axl) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     for i, runs in enumerate(by_arm(doc).values()):
         colour = COLOURS[i % len(COLOURS)]
-        steps = runs[0]["eval"]["step"]
-        curves = [r["eval"]["loss"] for r in runs if r["eval"]["step"] == steps]
+        every = doc["setup"]["eval_every"]
+        steps = [x for x in runs[0]["eval"]["step"] if x % every == 0]
+        curves = []
+        for r in runs:  # the regular evaluations (a lookahead's candidates add their own in between)
+            at = dict(zip(r["eval"]["step"], r["eval"]["loss"]))
+            if all(x in at for x in steps):
+                curves.append([at[x] if at[x] is not None else math.nan for x in steps])
         if not curves:
             continue
         arr = np.array(curves, dtype=float)
@@ -110,10 +196,29 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         table(doc),
         "",
+        *([f"Equal-cost grid: {_chosen(doc)}", ""] if doc["study"] == 1 else []),
+        *target(doc),
+        "",
+        *paired(doc, "lookahead"),
+        "",
         *sorted({r["note"] for r in doc["runs"] if r.get("note")}),
         "",
         f"![curves](case_study_{doc['study']}.png)",
     ])
+
+
+def _chosen(doc: dict[str, Any]) -> str:
+    picks = [f"seed {r['seed']}: {r['chose'].removeprefix('static_')}" for r in doc["runs"] if r["arm"] == "grid_equal"]
+    return "the lr each seed's probe chose - " + ", ".join(picks) if picks else "no seed has the whole grid"
+
+
+def with_derived(doc: dict[str, Any]) -> dict[str, Any]:
+    """The results with the arms computed from others (the equal-cost grid of study 1)."""
+    if doc["study"] != 1:
+        return doc
+    derived = equal_cost_grid(doc, probe=doc["setup"]["eval_every"])
+    arms = [*doc["arms"], {"name": "grid_equal", "label": derived[0]["label"]}] if derived else doc["arms"]
+    return {**doc, "arms": arms, "runs": [*doc["runs"], *derived]}
 
 
 def main() -> None:
@@ -126,7 +231,7 @@ def main() -> None:
         if not src.exists():
             print(f"{src}: not there (run studies/case_studies.py --study {n} first)")
             continue
-        doc = json.loads(src.read_text())
+        doc = with_derived(json.loads(src.read_text()))
         plot(doc, args.docs / f"case_study_{n}.png")
         (args.docs / f"case_study_{n}.md").write_text(markdown(doc) + "\n")
         print(markdown(doc))

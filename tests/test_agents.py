@@ -221,6 +221,18 @@ def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_m
             expect(page.locator("#agent-msg")).to_contain_text("rule agent stopped", timeout=60_000)
             expect(page.locator("#agent-status")).to_contain_text("stopped")
 
+            # the lookahead agent from the page: each candidate's score, and the one kept, in the
+            # journal and in the decisions' figure
+            page.locator("#agent-policy").get_by_label("lookahead").check()
+            page.locator("#agent-horizon input").first.fill("5")
+            page.locator("#btn-agent-start").click()
+            expect(page.locator("#agent-msg")).to_contain_text("lookahead agent starting: tries lr x0.5 / x1 / x2 "
+                                                               "for 5 steps each")
+            expect(journal).to_contain_text("-> kept", timeout=120_000)
+            expect(page.locator("#plot-lookahead")).to_contain_text("ringed: kept", timeout=60_000)
+            page.locator("#btn-agent-stop").click()
+            expect(page.locator("#agent-msg")).to_contain_text("lookahead agent stop", timeout=60_000)
+
             page.get_by_role("tab", name="Health").click()
             health = page.locator("#plot-health")
             expect(health.locator("svg.main-svg").first).to_be_visible()
@@ -236,6 +248,8 @@ def test_a_person_starts_and_stops_an_agent_in_the_ui_and_sees_its_reasons_and_m
     assert steps and all(s % 5 == 0 for s in steps)
     agents = [r for r in client.commands() if r["source"] == "agent"]
     assert agents and agents[0]["comment"].startswith("[rule] ")
+    assert any(c["comment"].startswith("[lookahead] lookahead 1") for c in agents)
+    assert any(b.startswith("la1-") for b in client.branches())  # its candidates stay in the tree
 
 
 def test_an_agent_at_each_evaluation_decides_once_per_evaluation(tmp_path: Path, start: Any) -> None:

@@ -1,6 +1,7 @@
 """The lookahead agent on a real run: it pauses, tries its moves on branches from one
 checkpoint (the same batches for each), scores each by evaluation, continues on the best,
-and journals every candidate's figures and the compute it spent."""
+and journals every candidate's figures and the compute it spent; an LLM's move handed to it
+is tested the same way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ray_interactive.agents.guardrails import Guardrails
+from ray_interactive.agents.llm import ChatClient, LLMPolicy
+from ray_interactive.agents.llm_server import LocalServer, ScriptedBackend
 from ray_interactive.agents.lookahead import LookaheadAgent
+from ray_interactive.agents.runtime import AgentRunner
 
 from .conftest import regression_config, wait_until
 
@@ -52,3 +57,21 @@ def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(t
     assert len(cut["trials"]) == 1 and cut["cut_short"] == "stopped after 1 of 3 candidates"
     wait_until(lambda: client.status()["status"] == "running", what="the run to go on after a cut-short exploration")
     assert agent.compute_steps == 40
+    # An LLM's proposal is tested, not applied blind: its move and the ones it lists under
+    # "try", each against keeping the run as it is (a scripted stand-in for a remote model).
+    backend = ScriptedBackend(['{"action": "half", "explanation": "noisy", "try": ["double"]}'])
+    with LocalServer(backend) as server:
+        look = LookaheadAgent(client, horizon=5, name="llm-check")
+        runner = AgentRunner(client, LLMPolicy(ChatClient(server.url), check=True), Guardrails(min_interval_s=0.0),
+                             lookahead=look)
+        ticked = runner.tick()
+    tested = ticked["tested"]
+    assert "error" not in tested or tested["error"] is None, tested
+    assert [t["move"] for t in tested["trials"]] == ["keep", "half", "double"]
+    assert ticked["sent"] == [] and tested["explored_steps"] == 15 and tested["kept_steps"] == 5, tested
+    best = min(tested["trials"], key=lambda t: t["score"])
+    assert tested["chosen"] == best["move"]
+    st = wait_until(lambda: (s := client.status())["status"] == "running" and s, what="the run to go on after the test")
+    assert st["branch"] == tested["continued_on"]
+    checked = [json.loads(x) for x in (Path(st["run_dir"]) / "agent-llm-check.jsonl").read_text().splitlines()]
+    assert checked[-1]["reason"].startswith("[llm] half: noisy") and checked[-1]["chosen"] == best["move"]

@@ -12,7 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-from ray_interactive.agents.llm import ACTIONS, ChatClient, LLMPolicy, ReplyError, build_messages, parse_reply
+from ray_interactive.agents.llm import (
+    ACTIONS,
+    ChatClient,
+    LLMPolicy,
+    ReplyError,
+    build_messages,
+    parse_reply,
+    tries,
+)
 from ray_interactive.agents.llm_server import LocalServer, ScriptedBackend, TransformersBackend
 from ray_interactive.agents.runtime import Observation
 
@@ -127,3 +135,24 @@ def test_per_module_health_reaches_the_prompt_when_sampled() -> None:
     assert "Update-to-weight ratio per module (newest sample): transformer.h.0 0.031" in user["content"]
     [_, bare] = build_messages(obs(), ("same", "half"), "t")
     assert "Update-to-weight" not in bare["content"]
+
+
+def test_a_checked_policy_proposes_its_moves_as_trials_with_the_ones_it_asks_to_try() -> None:
+    backend = ScriptedBackend([
+        '{"action": "half", "explanation": "noisy", "try": ["double", "stop_training", "half"]}',
+        '{"action": "same", "explanation": "fine"}',
+        "half",  # a constrained reply: the bare action, nothing more to try
+    ])
+    with LocalServer(backend) as server:
+        policy = LLMPolicy(ChatClient(server.url), check=True)
+        first = policy.decide(obs())
+        assert [t["name"] for t in first.trials] == ["half", "double"]  # unknown and repeated ones dropped
+        assert first.trials[1]["commands"] == [{"kind": "update_optimizer", "params": {"lr": 0.01}}]
+        assert first.commands == [{"kind": "update_optimizer", "params": {"lr": 0.0025}}]  # if nothing tests them
+        assert first.finding["try"] == ["half", "double"]
+        assert policy.decide(obs()).trials == []  # "same": nothing to test
+        assert [t["name"] for t in policy.decide(obs()).trials] == ["half"]
+    assert "tried on a short branch" in backend.requests[0]["messages"][1]["content"]
+    assert "tried on a short branch" not in build_messages(obs(), ("same", "half"), "t")[1]["content"]
+    assert tries('{"action": "same", "try": "half"}', ("same", "half")) == []  # not a list
+    assert tries("no json here", ("same",)) == []

@@ -83,8 +83,9 @@ def _health(health: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in sorted(update_ratios(health).items())[:12])
 
 
-def build_messages(obs: Observation, actions: Sequence[str], task: str) -> list[dict[str, str]]:
-    """The paper's prompt: task, step and lr, the histories, the allowed actions, a JSON answer."""
+def build_messages(obs: Observation, actions: Sequence[str], task: str, check: bool = False) -> list[dict[str, str]]:
+    """The paper's prompt: task, step and lr, the histories, the allowed actions, a JSON answer.
+    ``check``: the model is told its choice is tested before it is kept, and may list more to test."""
     menu = "\n".join(f"- {name}: {ACTIONS[name].meaning}" for name in actions)
     system = ("You are an expert in training neural networks. You watch a training run and decide how to change "
               "its learning rate. You answer with JSON only.")
@@ -98,6 +99,8 @@ def build_messages(obs: Observation, actions: Sequence[str], task: str) -> list[
         + (f"Update-to-weight ratio per module (newest sample): {health}\n" if health else "")
         + f"Actions:\n{menu}\n"
         f'Answer as JSON: {{"action": one of {", ".join(actions)}, "explanation": a short reason}}.'
+        + ("\nYour action is first tried on a short branch against keeping the run as it is, and kept only if "
+           'it does better; to have other actions tried too, add "try": [a few of the actions].' if check else "")
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -160,12 +163,16 @@ class LLMPolicy:
     name = "llm"
 
     def __init__(self, client: ChatClient, actions: Sequence[str] = DEFAULT_ACTIONS, constrain: bool = True,
-                 task: str = "train a language model; lower validation loss is better", max_tokens: int = 96) -> None:
+                 task: str = "train a language model; lower validation loss is better", max_tokens: int = 96,
+                 check: bool = False) -> None:
         unknown = [a for a in actions if a not in ACTIONS]
         if unknown or not actions:
             raise ValueError(f"unknown actions {unknown}; choose from {', '.join(ACTIONS)}")
         self.client, self.actions, self.constrain, self.task = client, tuple(actions), constrain, task
         self.max_tokens = max_tokens
+        # check: the chosen action (and any the reply lists under "try") is proposed as a trial
+        # for a lookahead to test against keeping things as they are, not applied blind
+        self.check = check
 
     def decide(self, obs: Observation) -> Decision:
         if obs.status != "running" or obs.lr is None:
@@ -173,7 +180,7 @@ class LLMPolicy:
         extra: dict[str, Any] = {"max_tokens": self.max_tokens}
         if self.constrain:
             extra["guided_choice"] = list(self.actions)
-        body = self.client.complete(build_messages(obs, self.actions, self.task), **extra)
+        body = self.client.complete(build_messages(obs, self.actions, self.task, self.check), **extra)
         text = body["choices"][0]["message"]["content"] or ""
         finding: dict[str, Any] = {"reply": text[:500], "model": body.get("model")}
         if "choice_scores" in body:
@@ -185,7 +192,27 @@ class LLMPolicy:
         finding["action"] = action
         why = explanation or _scores_text(finding.get("scores"))
         commands = ACTIONS[action].commands(obs)
-        return Decision(commands, f"{action}: {why}" if why else action, finding)
+        rationale = f"{action}: {why}" if why else action
+        if not self.check:
+            return Decision(commands, rationale, finding)
+        names = [action, *[a for a in tries(text, self.actions) if a != action]]
+        trials = [{"name": a, "commands": ACTIONS[a].commands(obs)} for a in names if a != "same"]
+        if trials:
+            finding["try"] = [t["name"] for t in trials]
+        return Decision(commands, rationale, finding, trials=trials)
+
+
+def tries(text: str, actions: Sequence[str]) -> list[str]:
+    """The actions a JSON reply asks to have tested (``"try": [...]``), those allowed only."""
+    found = re.search(r"\{.*\}", text, re.DOTALL)
+    try:
+        answer = json.loads(found.group(0)) if found else None
+    except ValueError:
+        return []
+    listed = answer.get("try") if isinstance(answer, dict) else None
+    if not isinstance(listed, list):
+        return []
+    return [a.strip().lower() for a in listed if isinstance(a, str) and a.strip().lower() in actions][:4]
 
 
 def _scores_text(scores: dict[str, float] | None) -> str:
@@ -196,4 +223,4 @@ def _scores_text(scores: dict[str, float] | None) -> str:
 
 
 __all__ = ["ACTIONS", "DEFAULT_ACTIONS", "Action", "ChatClient", "LLMPolicy", "ReplyError", "build_messages",
-           "parse_reply"]
+           "parse_reply", "tries"]

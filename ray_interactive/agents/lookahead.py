@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_interactive.agents.detectors import diagnose
-from ray_interactive.agents.runtime import Journal
+from ray_interactive.agents.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -151,23 +151,29 @@ class LookaheadAgent:
         return float(values[-1]) if values else math.nan
 
     # -- one exploration ---------------------------------------------------------------
-    def explore(self, reason: str = "asked") -> dict[str, Any]:
+    def explore(self, reason: str = "asked", moves: list[Move] | None = None) -> dict[str, Any]:
         """Try every candidate for ``horizon`` steps from here and continue on the best;
-        returns the journal entry (also written). Once :meth:`stop` is called, the candidate
-        under way is finished and the rest skipped: the run still goes on from the best so far."""
+        returns the journal entry (also written). ``moves``: these candidates instead of the
+        agent's own (e.g. what an LLM proposed, with "keep" among them). Once :meth:`stop` is
+        called, the candidate under way is finished and the rest skipped: the run still goes
+        on from the best so far."""
         self.exploring = True
         try:
-            return self._explore(reason)
+            return self._explore(reason, moves)
         finally:
             self.exploring = False
 
-    def _explore(self, reason: str) -> dict[str, Any]:
-        n = self.explorations = self.explorations + 1
+    def _explore(self, reason: str, proposed: list[Move] | None) -> dict[str, Any]:
+        # Numbered after every lookahead branch already in the run, so a second agent (or
+        # one restarted) never forks onto a name that is taken.
+        taken = [int(m.group(1)) for b in self.client.branches() if (m := re.match(r"la(\d+)-", str(b)))]
+        n = max([self.explorations, *taken]) + 1
+        self.explorations += 1
         st = self.client.status()
         was_running = st.get("status") == "running"
         groups = self.client.snapshot().get("groups") or [{}]
         lr = groups[0].get("hparams", {}).get("lr") or self._lr()
-        moves = list(self.moves(lr))
+        moves = list(proposed) if proposed else list(self.moves(lr))
         entry: dict[str, Any] = {"time": time.time(), "agent": self.name, "kind": "lookahead", "reason": reason,
                                  "horizon": self.horizon, "metric": self.metric, "lr": lr, "trials": []}
         try:
@@ -256,12 +262,16 @@ class LookaheadAgent:
         return on
 
     # -- when to explore ---------------------------------------------------------------
-    def run(self, every: int = 200, on_detector: bool = True, poll_s: float = 0.5, min_points: int = 20) -> None:
+    def run(self, every: int = 200, on_detector: bool = True, poll_s: float = 0.5, min_points: int = 20,
+            at_start: bool = False, end_step: int | None = None) -> None:
         """Explore every ``every`` steps of the run's progress, and (``on_detector``) as soon
         as the loss since the last exploration shows a divergence, oscillation or plateau;
-        until :meth:`stop` or the run ends."""
+        until :meth:`stop` or the run ends. ``at_start``: the first exploration as soon as the
+        run trains (an lr check before the run commits to one); ``end_step`` (the run's
+        max_steps): no exploration starts whose candidates could not finish by then."""
         last_step: int | None = None
         last_branch = ""
+        first = at_start
         while not self._stop.is_set():
             st = self.client.status()
             if st.get("status") in ("stopped", "failed"):
@@ -270,7 +280,11 @@ class LookaheadAgent:
             if last_step is None or (branch != last_branch and branch not in self._own):  # a person's load
                 last_step, last_branch = step, branch
             reason = None
-            if st.get("status") == "running" and step - last_step >= every:
+            if end_step is not None and step + self.horizon >= end_step:
+                reason = None  # too late: a candidate would run past the run's end
+            elif first and st.get("status") == "running":
+                reason, first = "the run's start", False
+            elif st.get("status") == "running" and step - last_step >= every:
                 reason = f"every {every} steps"
             elif st.get("status") == "running" and on_detector:
                 m = self.client.metrics(keys=["loss"], branch=branch, since=last_step + 1).get("loss", {})
@@ -287,6 +301,11 @@ class LookaheadAgent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (rather than the run ending)."""
+        return self._stop.is_set()
 
 
 __all__ = ["LookaheadAgent", "Move", "Trial", "choose", "lr_moves"]

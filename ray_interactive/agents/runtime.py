@@ -20,7 +20,6 @@ A policy that raises, or proposes nonsense, is journalled and the run goes on.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -32,6 +31,8 @@ from typing import Any, Protocol
 
 from ray_interactive.agents.detectors import diagnose
 from ray_interactive.agents.guardrails import Guardrails, LrHistory, RunFacts, vet
+from ray_interactive.agents.journal import Journal
+from ray_interactive.agents.lookahead import Move
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class Decision:
     commands: list[dict[str, Any]] = field(default_factory=list)
     rationale: str = ""
     finding: dict[str, Any] | None = None
+    #: moves to test on branches before any is applied (``{"name", "commands"}`` each): a
+    #: runner with a lookahead tries them against keeping things as they are; one without
+    #: sends ``commands`` as usual
+    trials: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Policy(Protocol):
@@ -149,39 +154,6 @@ def hottest_module(health: dict[str, float]) -> tuple[str, float] | None:
     return max(ratios.items(), key=lambda kv: kv[1]) if ratios else None
 
 
-class Journal:
-    """``agent-<name>.jsonl`` in the run directory: one whole line per tick."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, default=str) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-
-    def read(self, tail_bytes: int | None = None) -> list[dict[str, Any]]:
-        """The entries, oldest first; with ``tail_bytes`` only those in the file's last bytes (a
-        long run's journal grows; a refresh needs its end). A line being written is skipped."""
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            size = f.seek(0, 2)
-            start = 0 if tail_bytes is None else max(0, size - tail_bytes)
-            f.seek(start)
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-        if start > 0:
-            lines = lines[1:]  # the first line of a cut tail is partial
-        entries = []
-        for x in lines:
-            try:
-                entries.append(json.loads(x))
-            except json.JSONDecodeError:
-                continue
-        return entries
-
-
 class AgentRunner:
     """Runs a policy against one run (a :class:`~ray_interactive.runtime.client.RunClient`)."""
 
@@ -189,6 +161,7 @@ class AgentRunner:
         self, client: Any, policy: Policy, rails: Guardrails | None = None, every: int = 50,
         journal: Journal | None = None, name: str | None = None,
         on_tick: Callable[[dict[str, Any]], None] | None = None, at_eval: bool = False,
+        lookahead: Any = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1 step, not {every}")
@@ -203,6 +176,7 @@ class AgentRunner:
         self._last_step = -1
         self._stop = threading.Event()
         self.lr_moves = LrHistory()  # the lr changes it sent: the drift guardrail's memory
+        self.lookahead = lookahead  # a LookaheadAgent: a decision's trials are tested, not applied blind
 
     def observe(self) -> Observation:
         st = self.client.status()
@@ -248,6 +222,10 @@ class AgentRunner:
             return entry
         since = None if self._last_sent is None else time.monotonic() - self._last_sent
         facts = obs.facts(since, self.lr_moves.within(obs.step, self.rails.drift_window_steps))
+        if decision.trials and self.lookahead is not None:
+            self._test(decision, obs, facts, entry)
+            self._finish(entry)
+            return entry
         refused = screen(decision.commands, obs, facts, self.rails)
         if refused:
             entry["refused"] = refused
@@ -283,6 +261,35 @@ class AgentRunner:
         self._finish(entry)
         return entry
 
+    def _test(self, decision: Decision, obs: Observation, facts: RunFacts, entry: dict[str, Any]) -> None:
+        """Hand the decision's trials to the lookahead: each that the guardrails pass is tried
+        on its own branch against "keep", and the run goes on from the best."""
+
+        moves = [Move("keep")]
+        for trial in decision.trials:
+            cmds = list(trial.get("commands") or [])
+            refused = screen(cmds, obs, facts, self.rails) if cmds else []
+            if refused:
+                entry["refused"].extend(refused)
+            elif cmds and all(m.name != trial["name"] for m in moves):
+                moves.append(Move(str(trial["name"]), tuple(cmds)))
+        if len(moves) == 1:
+            entry["skipped"] = "nothing to test: every proposed move was refused or changes nothing"
+            return
+        explored = self.lookahead.explore(f"[{self.name}] {decision.rationale}"[:500], moves=moves)
+        entry["tested"] = {k: explored.get(k) for k in (
+            "chosen", "continued_on", "trials", "explored_steps", "kept_steps", "rationale", "error")}
+        if explored.get("chosen") not in (None, "keep"):
+            self._last_sent = time.monotonic()
+            chosen = next(m for m in moves if m.name == explored["chosen"])
+            for cmd in chosen.commands:
+                lr = (cmd.get("params") or {}).get("lr") if cmd.get("kind") == "update_optimizer" else None
+                if lr is not None:
+                    self.lr_moves.record(obs.step, obs.lr, float(lr))
+        st = self.client.status()  # the candidates' own evaluations are not new decision points
+        self._eval_branch, self._last_eval = str(st.get("branch")), int(st.get("step", 0))
+        self._last_step = int(st.get("step", 0))
+
     def _finish(self, entry: dict[str, Any]) -> None:
         self.journal.write(entry)
         if self.on_tick is not None:
@@ -314,6 +321,13 @@ class AgentRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.lookahead is not None:  # a test under way finishes its candidate and goes on from the best
+            self.lookahead.stop()
+
+    @property
+    def exploring(self) -> bool:
+        """Whether its lookahead is testing moves (the run is on a candidate's branch)."""
+        return self.lookahead is not None and bool(self.lookahead.exploring)
 
     @property
     def stopped(self) -> bool:

@@ -25,7 +25,7 @@ import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402
 
 from ray_interactive.ui.access import LOCAL_HOSTS, check_bind, parse_auth  # noqa: E402,F401 - re-exported
-from ray_interactive.ui.agents_panel import AgentPanel, journal_table  # noqa: E402
+from ray_interactive.ui.agents_panel import POLICIES, AgentPanel, journal_table, lookahead_figure  # noqa: E402
 from ray_interactive.ui.capabilities import READ_ONLY_WHY, Capabilities  # noqa: E402
 from ray_interactive.ui.dashboard import PANELS, Dashboard, View  # noqa: E402
 
@@ -188,10 +188,15 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     "command's comment), within guardrails: lr ×0.5–×2 per decision and at most the drift factor "
                     "up or down within the window, a rate limit, never resuming a run a person paused; a decision "
                     "that cannot be carried out in full is skipped whole. *rule*: oscillation / divergence / plateau detectors. *llm*: a chat "
-                    "model picks an action (the local SmolLM2-135M unless an OpenAI-compatible URL is given)."
+                    "model picks an action (the local SmolLM2-135M unless an OpenAI-compatible URL is given). "
+                    "*llm-check*: the same, but each move is first tried on a branch for the horizon against keeping "
+                    "the lr, and kept only if it does better. *lookahead*: tries each lr factor on its own branch "
+                    "from the same checkpoint and data position and goes on from the best (every explored branch "
+                    "stays in the Branches tab). *mixture*: at each evaluation, moves sampling weight toward the "
+                    "tracked sources whose own evaluation lags."
                 )
                 with gr.Row():
-                    agent_policy = gr.Radio(["rule", "llm"], value="rule", label="policy", elem_id="agent-policy")
+                    agent_policy = gr.Radio(list(POLICIES), value="rule", label="policy", elem_id="agent-policy")
                     agent_every = gr.Number(value=50, label="decide every N steps", precision=0, elem_id="agent-every")
                     agent_interval = gr.Number(value=10, label="at most one command every (s)", elem_id="agent-interval")
                     agent_url = gr.Textbox(label="LLM base URL (optional)", placeholder="http://host:8000/v1", scale=2)
@@ -199,6 +204,13 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     agent_drift = gr.Number(value=10, label="lr moves at most this factor ...", elem_id="agent-drift")
                     agent_window = gr.Number(value=500, label="... within this many steps", precision=0,
                                              elem_id="agent-drift-window")
+                    agent_horizon = gr.Number(value=50, label="lookahead / llm-check: steps each candidate trains",
+                                              precision=0, elem_id="agent-horizon")
+                    agent_factors = gr.Textbox(value="0.5 1 2", label="lookahead: lr factors tried",
+                                               elem_id="agent-factors")
+                    agent_track = gr.Textbox(label="mixture: SOURCE=METRIC, ... (its own eval metric per source)",
+                                             placeholder="base=eval/base/loss, extra=eval/extra/loss", scale=2,
+                                             elem_id="agent-track")
                 with gr.Row():
                     agent_start = gr.Button("Start agent", variant="primary", elem_id="btn-agent-start")
                     agent_stop = gr.Button("Stop agent", elem_id="btn-agent-stop")
@@ -206,11 +218,12 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 agent_status = gr.Markdown(elem_id="agent-status")
                 journal = gr.Dataframe(label="agent journal (newest first): what each agent decided, why, and what "
                                        "it sent or was refused", interactive=False, wrap=True, elem_id="agent-journal")
+                lookahead_plot = gr.Plot(show_label=False, elem_id="plot-lookahead")
 
         # -- refresh -------------------------------------------------------------------
         view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind, eval_metric]
         view_outputs = [status, *plots.values(), tree, branch_table, history, opt_table, sources, rejections,
-                        journal, agent_status, rollout_line, replicas_table, rollout_figures]
+                        journal, lookahead_plot, agent_status, rollout_line, replicas_table, rollout_figures]
 
         def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None,
                     hk: str | None, em: str | None = None) -> list[Any]:
@@ -231,6 +244,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 data[0] if data[0] is not None else gr.skip(),
                 data[1] if data[1] is not None else gr.skip(),
                 _safe(lambda: journal_table(dash.run_dir), gr.skip()),
+                _safe(lambda: PlotData(type="plotly", plot=json.dumps(lookahead_figure(dash.run_dir))), gr.skip()),
                 agents.status(),
                 *_safe(lambda: dash.deployment(state), (gr.skip(), gr.skip(), gr.skip())),
             ]
@@ -348,7 +362,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         module_apply.click(dash.update_module, [module, op, attribute, attr_value], module_msg, api_name="update_module")
         module.change(lambda m: _safe(lambda: dash.module_info(m), None), module, module_info, api_name=False)
         agent_start.click(agents.start, [agent_policy, agent_every, agent_interval, agent_url, agent_drift,
-                                         agent_window], agent_msg,
+                                         agent_window, agent_horizon, agent_factors, agent_track], agent_msg,
                           api_name="start_agent")
         agent_stop.click(agents.stop, agent_policy, agent_msg, api_name="stop_agent")
     return ui
