@@ -51,6 +51,7 @@ class Arm:
     optimizer: str = "adamw"
     schedule: str = "constant"
     steerer: str | None = None  # "person", "rule", "llm", "lookahead", "llm_check", "pbt"
+    factors: tuple[float, ...] | None = None  # the lookahead's lr factors (default: Setup.la_factors)
 
 
 HIGH_LR = 2e-2  # case study 1's too-high lr, chosen by the short sweep of study 0 (see the README)
@@ -65,7 +66,9 @@ STUDIES: dict[int, list[Arm]] = {
         Arm("static_5e-3", 5e-3, "constant lr 5e-3 (grid)"),
         Arm("static_1e-3", 1e-3, "constant lr 1e-3 (grid)"),
         Arm("static_3e-4", 3e-4, "constant lr 3e-4 (grid)"),
-        Arm("lookahead", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent", steerer="lookahead"),
+        Arm("lookahead", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent (x1/3, x1, x3)", steerer="lookahead"),
+        Arm("lookahead_decay", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent, decay only (x1/10, x1/3, x1)",
+            steerer="lookahead", factors=(0.1, 1 / 3, 1.0)),
         Arm("rule_high", HIGH_LR, f"lr {HIGH_LR:g} + rule agent", steerer="rule"),
         Arm("pbt", HIGH_LR, f"Ray Tune PBT from lr {HIGH_LR:g}, same budget", steerer="pbt"),
         Arm("llm_check", HIGH_LR, f"lr {HIGH_LR:g} + LLM agent, moves tested (lookahead)", steerer="llm_check"),
@@ -224,11 +227,12 @@ class Lookahead:
     """The lookahead agent: at the run's start and every ``la_every`` steps it tries the lr
     factors for ``la_horizon`` steps each on branches and goes on from the best."""
 
-    def __init__(self, client: Any, setup: Setup) -> None:
+    def __init__(self, client: Any, setup: Setup, factors: tuple[float, ...] | None = None) -> None:
         from ray_interactive.agents.lookahead import LookaheadAgent, lr_moves
 
+        factors = factors or setup.la_factors
         self.look = LookaheadAgent(client, horizon=setup.la_horizon, timeout_s=900,
-                                   moves=lambda lr: lr_moves(lr, setup.la_factors))
+                                   moves=lambda lr: lr_moves(lr, factors))
         kwargs = {"every": setup.la_every, "on_detector": False, "poll_s": 0.2, "at_start": True,
                   "end_step": setup.steps}
         self.thread = threading.Thread(target=self.look.run, kwargs=kwargs, daemon=True, name="lookahead")
@@ -283,7 +287,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
             policy.check = True
             steerer = Agent(client, policy, horizon=setup.la_horizon).start()
         elif arm.steerer == "lookahead":
-            steerer = Lookahead(client, setup).start()
+            steerer = Lookahead(client, setup, arm.factors).start()
         while True:
             st = client.status()
             if st.get("status") in ("stopped", "failed"):

@@ -197,14 +197,17 @@ def markdown(doc: dict[str, Any]) -> str:
         table(doc),
         "",
         *([f"Equal-cost grid: {_chosen(doc)}", ""] if doc["study"] == 1 else []),
-        *target(doc),
-        "",
-        *paired(doc, "lookahead"),
-        "",
+        *[line for arm in _lookaheads(doc) for line in (*target(doc, arm), "", *paired(doc, arm), "")],
         *sorted({r["note"] for r in doc["runs"] if r.get("note")}),
         "",
         f"![curves](case_study_{doc['study']}.png)",
     ])
+
+
+def _lookaheads(doc: dict[str, Any]) -> list[str]:
+    """The arms a lookahead agent steered alone (the target and the paired tables are theirs)."""
+    return [a["name"] for a in doc["arms"] if a.get("steerer") == "lookahead" and any(
+        r["arm"] == a["name"] for r in doc["runs"])]
 
 
 def _chosen(doc: dict[str, Any]) -> str:
