@@ -15,7 +15,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-lm test test-fast bench lint clean case-studies neuralos-experiment gpu-check
+.PHONY: browser setup demo demo-lm test test-fast bench lint clean case-studies health-study neuralos-experiment gpu-check
 
 setup: $(STAMP)
 
@@ -63,6 +63,10 @@ case-studies: $(STAMP)
 	$(BIN)/python studies/case_studies.py --study 1 --seeds $(SEEDS) --skip-done
 	$(BIN)/python studies/case_studies.py --study 2 --seeds $(SEEDS) --skip-done --reuse docs/case_study_1.json
 	$(BIN)/python studies/plot_case_studies.py
+
+# issue 25, item 4: do per-module health indicators warn earlier than the loss? (~40 min)
+health-study: $(STAMP)
+	$(BIN)/python studies/health_indicators.py --seeds $(SEEDS) --skip-done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_throughput.py

@@ -69,6 +69,9 @@ STUDIES: dict[int, list[Arm]] = {
         Arm("lookahead", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent (x1/3, x1, x3)", steerer="lookahead"),
         Arm("lookahead_decay", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent, decay only (x1/10, x1/3, x1)",
             steerer="lookahead", factors=(0.1, 1 / 3, 1.0)),
+        # candidates that reach as far as the grid does (2e-2 x 1/20 = 1e-3) in one decision
+        Arm("lookahead_wide", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent, wide (x1/20, x1/4, x1)",
+            steerer="lookahead", factors=(0.05, 0.25, 1.0)),
         Arm("rule_high", HIGH_LR, f"lr {HIGH_LR:g} + rule agent", steerer="rule"),
         Arm("pbt", HIGH_LR, f"Ray Tune PBT from lr {HIGH_LR:g}, same budget", steerer="pbt"),
         Arm("llm_check", HIGH_LR, f"lr {HIGH_LR:g} + LLM agent, moves tested (lookahead)", steerer="llm_check"),

@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#000000", "#aec7e8"]
+# 20 distinct colours (one per arm); arms nobody steers are drawn dashed
+COLOURS = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]]
 #: Case study 1's static grid (the too-high lr among them): the reference and the equal-cost grid.
 GRID = ["static_high", "static_5e-3", "static_1e-3", "static_3e-4"]
 TITLES = {1: "Case study 1: from a too-high lr, at equal compute", 2: "Case study 2: an LLM in the loop"}
@@ -70,7 +70,7 @@ def equal_cost_grid(doc: dict[str, Any], probe: int) -> list[dict[str, Any]]:
 
 def table(doc: dict[str, Any]) -> str:
     rows = ["| arm | seeds | final val loss: mean (min-max) | best val loss: mean | optimizer steps (x one run) "
-            "| interventions per run | s per run |",
+            "| commands from the UI or an agent, per run | s per run |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     stats = {}
     steps = doc["setup"]["steps"]
@@ -139,7 +139,7 @@ def target(doc: dict[str, Any], arm: str = "lookahead") -> list[str]:
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    fig, (ax, axl) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, axl) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
     for i, runs in enumerate(by_arm(doc).values()):
         colour = COLOURS[i % len(COLOURS)]
         every = doc["setup"]["eval_every"]
@@ -154,10 +154,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         arr = np.array(curves, dtype=float)
         with np.errstate(invalid="ignore"):
             mean = np.nanmean(arr, axis=0)
-        ax.plot(steps, mean, color=colour, lw=2, label=f"{runs[0]['label']} (n={len(curves)})")
-        ax.fill_between(steps, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), color=colour, alpha=0.15, lw=0)
+        steered = bool(runs[0].get("steerer"))
+        ax.plot(steps, mean, color=colour, lw=2, ls="-" if steered else "--",
+                label=f"{runs[0]['label']} (n={len(curves)})")
+        ax.fill_between(steps, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), color=colour, alpha=0.12, lw=0)
         for r in runs:
-            marks = [iv["step"] for iv in r["interventions"] if iv["status"] == "applied" and iv["step"] is not None]
+            marks = _lr_moves(r) if steered else []
             if marks:
                 ys = np.interp(marks, steps, mean)
                 ax.scatter(marks, ys, marker="v", s=36, color=colour, edgecolor="black", linewidth=0.5, zorder=5)
@@ -165,7 +167,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                      drawstyle="steps-post", label=runs[0]["label"] if r is runs[0] else None)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (mean over seeds; band: min-max)")
-    ax.set_title(f"{TITLES.get(doc['study'], '')} (triangles: interventions applied)", fontsize=11)
+    ax.set_title(f"{TITLES.get(doc['study'], '')} (triangles: lr changes that stuck)", fontsize=11)
     ax.grid(alpha=0.3)
     finals = [v for r in doc["runs"] for v in _finite(r["eval"]["loss"])]
     if finals:
@@ -180,6 +182,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _lr_moves(r: dict[str, Any]) -> list[int]:
+    """The steps where the run's own line changed its lr: the interventions that stuck (a
+    lookahead's candidates on the branches it left are not on it)."""
+    lr, steps = r["lr_curve"]["lr"], r["lr_curve"]["step"]
+    return [s for s, a, b in zip(steps[1:], lr, lr[1:]) if a != b]
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -197,6 +206,8 @@ def markdown(doc: dict[str, Any]) -> str:
         table(doc),
         "",
         *([f"Equal-cost grid: {_chosen(doc)}", ""] if doc["study"] == 1 else []),
+        *(["A lookahead agent's commands are its own mechanics: for each decision and candidate a load, the "
+           "move, a pinned pause, a resume, an evaluation and a save.", ""] if _lookaheads(doc) else []),
         *[line for arm in _lookaheads(doc) for line in (*target(doc, arm), "", *paired(doc, arm), "")],
         *sorted({r["note"] for r in doc["runs"] if r.get("note")}),
         "",

@@ -75,3 +75,22 @@ def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(t
     assert st["branch"] == tested["continued_on"]
     checked = [json.loads(x) for x in (Path(st["run_dir"]) / "agent-llm-check.jsonl").read_text().splitlines()]
     assert checked[-1]["reason"].startswith("[llm] half: noisy") and checked[-1]["chosen"] == best["move"]
+    # A rollback the LLM asks for ("reload_and_half") is tried from the checkpoint it reloads,
+    # on its own branch, for the same horizon from that checkpoint's step.
+    saved = client.wait(client.submit({"kind": "save_checkpoint", "tag": "before-rollback"}, source="api"))
+    ckpt = str(saved.message).removeprefix("saved ")
+    at = int(ckpt.rsplit("@", 1)[1])
+    wait_until(lambda: client.status()["step"] >= at + 3, what="a few steps past the checkpoint")
+    backend = ScriptedBackend(['{"action": "reload_and_half", "explanation": "spiky"}'])
+    with LocalServer(backend) as server:
+        look = LookaheadAgent(client, horizon=5, name="llm-check")
+        runner = AgentRunner(client, LLMPolicy(ChatClient(server.url), check=True), Guardrails(min_interval_s=0.0),
+                             lookahead=look)
+        ticked = runner.tick()
+    tested = ticked["tested"]
+    assert tested.get("error") is None, tested
+    rollback = next(t for t in tested["trials"] if t["move"] == "reload_and_half")
+    assert rollback["error"] is None and math.isfinite(rollback["score"]), rollback
+    assert client.branches()[rollback["branch"]]["checkpoint"] == ckpt
+    assert rollback["end"] == f"{rollback['branch']}@{at + 5}"
+    wait_until(lambda: client.status()["status"] == "running", what="the run to go on after the rollback test")

@@ -225,10 +225,18 @@ class LookaheadAgent:
         branch = f"la{n}-{_slug(move.name)}"
         self._own.add(branch)
         trial = Trial(move, branch)
+        # A rollback candidate (an LLM's "reload_and_half") starts from the checkpoint it
+        # reloads, on the trial's own branch, and has its horizon from that checkpoint's step;
+        # loading it after the origin would fork a branch the trial does not know.
+        loads = [c for c in move.commands if c.get("kind") == "load_checkpoint"]
+        source = str(loads[-1].get("checkpoint_id") or origin) if loads else origin
         try:
-            self._do(f"lookahead {n}: try {move.name}", "load_checkpoint", checkpoint_id=origin, branch=branch)
+            self._do(f"lookahead {n}: try {move.name}", "load_checkpoint", checkpoint_id=source, branch=branch)
+            if loads:
+                start = int(self._wait_status(f"{branch} to be loaded", lambda s: s.get("branch") == branch)["step"])
             for cmd in move.commands:
-                self._do(f"lookahead {n}: {move.name}", **cmd)
+                if cmd.get("kind") != "load_checkpoint":
+                    self._do(f"lookahead {n}: {move.name}", **cmd)
             end = start + self.horizon
             pause = self.client.submit({"kind": "pause", "at_step": end, "comment": f"[{self.name}] lookahead {n}: "
                                         f"{move.name} has had its {self.horizon} steps"}, source="agent")
