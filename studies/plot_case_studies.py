@@ -201,7 +201,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"({s['train_tokens']:,} training tokens) for {s['steps']} steps of batch {s['batch_size']}, "
         f"AdamW unless said, grad clip 1.0; validation loss on {s['eval_tokens']:,} held-out tokens every "
         f"{s['eval_every']} steps. Our own loop on a local Ray; {m['cpus']} CPUs, load {m['loadavg_1m_at_start']} "
-        f"before the study, {m['date']}, commit {m['commit']}.",
+        f"before the study, {m['date']}, commit {m['commit']}.{_later(doc)}",
         "",
         table(doc),
         "",
@@ -213,6 +213,14 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"![curves](case_study_{doc['study']}.png)",
     ])
+
+
+def _later(doc: dict[str, Any]) -> str:
+    """The invocations after the first (arms added later), with their date, commit and load."""
+    first = doc["machine"].get("date")
+    later = sorted({(r["machine"]["date"], r["machine"]["commit"], r["machine"]["loadavg_1m_at_start"])
+                    for r in doc["runs"] if r.get("machine") and r["machine"].get("date") != first})
+    return (" Arms added later: " + "; ".join(f"{d}, commit {c}, load {ld}" for d, c, ld in later) + ".") if later else ""
 
 
 def _lookaheads(doc: dict[str, Any]) -> list[str]:
