@@ -261,6 +261,18 @@ def _discarded(look: Any) -> int:
 
 
 # -- one run ---------------------------------------------------------------------------
+def wait_to_end(client: Any) -> None:
+    """Until the run has stopped or failed; a run the health guard paused (it gave up on a
+    run that kept failing) is stopped."""
+    while True:
+        st = client.status()
+        if st.get("status") in ("stopped", "failed"):
+            return
+        if st.get("status") == "paused" and "health guard" in str(st.get("message")):
+            client.send("stop", source="api")
+        time.sleep(1.0)
+
+
 def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
             keep_checkpoints: bool = False) -> dict[str, Any]:
     from ray_interactive.runtime.launch import start_run
@@ -291,13 +303,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
             steerer = Agent(client, policy, horizon=setup.la_horizon).start()
         elif arm.steerer == "lookahead":
             steerer = Lookahead(client, setup, arm.factors).start()
-        while True:
-            st = client.status()
-            if st.get("status") in ("stopped", "failed"):
-                break
-            if st.get("status") == "paused" and "health guard" in str(st.get("message")):
-                client.send("stop", source="api")  # the health guard gave up on a run that kept failing
-            time.sleep(1.0)
+        wait_to_end(client)
     finally:
         if steerer is not None:
             steerer.stop()

@@ -57,7 +57,9 @@ log = logging.getLogger("health_indicators")
 
 # -- the runs ------------------------------------------------------------------------------
 def run_one(lr: float, seed: int, runs: Path) -> dict[str, Any]:
-    from case_studies import Arm, Setup, run_config
+    import shutil
+
+    from case_studies import Arm, Setup, run_config, wait_to_end
 
     from ray_interactive.runtime.launch import start_run
 
@@ -65,22 +67,15 @@ def run_one(lr: float, seed: int, runs: Path) -> dict[str, Any]:
     cfg = run_config(Arm(f"static_{lr:g}", lr, f"constant lr {lr:g}"), seed, setup, runs, study=3)
     cfg = cfg.model_copy(update={"diagnostics_every": DIAGNOSTICS_EVERY})
     if cfg.run_dir.exists():
-        import shutil
-
         shutil.rmtree(cfg.run_dir)
     t0 = time.monotonic()
     handle = start_run(cfg)
     client = handle.client()
-    while client.status().get("status") not in ("stopped", "failed"):
-        if client.status().get("status") == "paused":  # the health guard gave up on a failing run
-            client.send("stop", source="api")
-        time.sleep(1.0)
+    wait_to_end(client)
     keys = ["loss", "eval/loss"] + [k for k in client.metric_keys() if k.startswith("health/")
                                      and k.rsplit("/", 1)[-1] in INDICATORS]
     m = client.metrics(keys=keys)
     handle.shutdown()
-    import shutil
-
     shutil.rmtree(cfg.run_dir / "checkpoints", ignore_errors=True)
     ev = m.get("eval/loss", {"value": []})["value"]
     return {"lr": lr, "seed": seed, "wall_s": round(time.monotonic() - t0, 1),

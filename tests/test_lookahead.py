@@ -19,6 +19,16 @@ from ray_interactive.agents.runtime import AgentRunner
 from .conftest import regression_config, wait_until
 
 
+def _checked_llm_tick(client: Any, reply: str) -> dict[str, Any]:
+    """One tick of an LLM agent whose moves the lookahead tests (a scripted stand-in for a
+    remote model answering ``reply``): the journal entry."""
+    with LocalServer(ScriptedBackend([reply])) as server:
+        look = LookaheadAgent(client, horizon=5, name="llm-check")
+        runner = AgentRunner(client, LLMPolicy(ChatClient(server.url), check=True), Guardrails(min_interval_s=0.0),
+                             lookahead=look)
+        return runner.tick()
+
+
 def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(tmp_path: Path, start: Any) -> None:
     handle = start(regression_config(tmp_path, lr=1e-3))
     client = handle.client()
@@ -59,12 +69,7 @@ def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(t
     assert agent.compute_steps == 40
     # An LLM's proposal is tested, not applied blind: its move and the ones it lists under
     # "try", each against keeping the run as it is (a scripted stand-in for a remote model).
-    backend = ScriptedBackend(['{"action": "half", "explanation": "noisy", "try": ["double"]}'])
-    with LocalServer(backend) as server:
-        look = LookaheadAgent(client, horizon=5, name="llm-check")
-        runner = AgentRunner(client, LLMPolicy(ChatClient(server.url), check=True), Guardrails(min_interval_s=0.0),
-                             lookahead=look)
-        ticked = runner.tick()
+    ticked = _checked_llm_tick(client, '{"action": "half", "explanation": "noisy", "try": ["double"]}')
     tested = ticked["tested"]
     assert "error" not in tested or tested["error"] is None, tested
     assert [t["move"] for t in tested["trials"]] == ["keep", "half", "double"]
@@ -81,12 +86,7 @@ def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(t
     ckpt = str(saved.message).removeprefix("saved ")
     at = int(ckpt.rsplit("@", 1)[1])
     wait_until(lambda: client.status()["step"] >= at + 3, what="a few steps past the checkpoint")
-    backend = ScriptedBackend(['{"action": "reload_and_half", "explanation": "spiky"}'])
-    with LocalServer(backend) as server:
-        look = LookaheadAgent(client, horizon=5, name="llm-check")
-        runner = AgentRunner(client, LLMPolicy(ChatClient(server.url), check=True), Guardrails(min_interval_s=0.0),
-                             lookahead=look)
-        ticked = runner.tick()
+    ticked = _checked_llm_tick(client, '{"action": "reload_and_half", "explanation": "spiky"}')
     tested = ticked["tested"]
     assert tested.get("error") is None, tested
     rollback = next(t for t in tested["trials"] if t["move"] == "reload_and_half")
