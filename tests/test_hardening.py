@@ -210,7 +210,9 @@ def test_checkpoints_are_retained_by_policy_and_the_controller_knows_which(
         on_disk = {p.name for p in (handle.config.resolved_run_dir / "checkpoints").iterdir()}
         return listed if set(listed) == on_disk else None
 
-    listed = wait_until(agree, timeout=60, what="the controller's list to match the files")
+    listed = wait_until(agree, timeout=60, what="the controller's list to match the files", state=lambda: (
+        sorted(c["id"] for c in client.checkpoints()),
+        sorted(p.name for p in (handle.config.resolved_run_dir / "checkpoints").iterdir())))
     periodic = sorted(c["step"] for c in listed.values() if c["reason"] == "periodic")
     assert len(periodic) == 3 and periodic == sorted(periodic)[-3:] and periodic[-1] >= 80
     assert tagged in listed  # tagged: never removed

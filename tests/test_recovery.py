@@ -213,7 +213,8 @@ def test_a_stopped_trainer_process_shows_as_stalled_not_running(tmp_path: Path, 
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        status = wait_until(lambda: (s := client.status())["status"] == "stalled" and s, timeout=60, what="stalled")
+        status = wait_until(lambda: (s := client.status())["status"] == "stalled" and s, timeout=60, what="stalled",
+                            state=client.status)
         assert time.monotonic() - stopped < 60  # the fixed bound was 120 s
         assert "no step has completed for" in status["message"] and "steps took" in status["message"], status
         assert status["samples_per_s"] == 0.0

@@ -61,6 +61,7 @@ from ray_interactive.core.messages import (
     TrainerStatus,
 )
 from ray_interactive.core.metrics import MetricStore
+from ray_interactive.core.ordering import ReportOrder
 from ray_interactive.core.outbox import Outbox
 from ray_interactive.core.plain import one_of
 from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
@@ -130,6 +131,8 @@ class Controller:
         self.stop_requested = False  # a stop came for a run that had already ended: release it
         self.storage_error: str | None = None  # the run directory could not be written
         self.pace = StepClock()  # when the step last moved, and the run's step time: a stall shows
+        # Events in the order they happened: a restarted controller starts from the first report it hears.
+        self._event_order: ReportOrder[list[TrainerEvent]] = ReportOrder(first=None if recover == "restart" else 1)
         if recover:
             self._recover()
         if read_only:
@@ -315,7 +318,7 @@ class Controller:
         snapshot, status and events (checkpoints written, branches made) they left."""
         if self.stale(report.incarnation):
             return
-        self._trainer_events(report.events)
+        self._trainer_events(self._in_order(report))
         for rec in report.records:
             if self.recovery is not None and rec.id in self.recovery.reapply:
                 self.recovery.reapply.discard(rec.id)  # applied again: the log has it already
@@ -331,7 +334,7 @@ class Controller:
     def trainer_progress(self, report: Progress) -> None:
         if self.stale(report.incarnation):
             return
-        self._trainer_events(report.events)
+        self._trainer_events(self._in_order(report))
         self.metrics.record(report.branch, report.rows)
         if self.trackers is not None and report.rows:
             self.trackers.put(Rows(report.branch, report.rows))
@@ -351,6 +354,11 @@ class Controller:
         v.groups, v.modules, v.has_eval, v.trainable = snapshot.groups, snapshot.modules, snapshot.has_eval, snapshot.trainable
         v.unsupported = dict(snapshot.unsupported)
         v.mixture = dict(snapshot.mixture)  # the trainer's mixture is the truth (a load restores an older one)
+
+    def _in_order(self, report: Progress | Outcomes) -> list[TrainerEvent]:
+        """The events now due: ``report``'s, and those of later reports that came before it."""
+        due = self._event_order.arrive(report.reporter, report.seq, report.events)
+        return [event for events in due for event in events]
 
     def _trainer_events(self, events: list[TrainerEvent]) -> None:
         """Checkpoints, branches and rewinds ride along with the report of their effect

@@ -134,6 +134,8 @@ class Progress(_Message):
     rows: list[MetricRow] = Field(default_factory=list)
     events: list[TrainerEvent] = Field(default_factory=list)
     incarnation: int = 0  # which start of the trainer sent it (each recovery starts a new one)
+    reporter: str = ""  # who numbered it: its events are applied in ``seq`` order (core/ordering.py)
+    seq: int = 0  # 0: not numbered
 
 
 class Outcomes(_Message):
@@ -145,6 +147,8 @@ class Outcomes(_Message):
     status: TrainerStatus | None = None
     events: list[TrainerEvent] = Field(default_factory=list)
     incarnation: int = 0
+    reporter: str = ""
+    seq: int = 0
 
 
 class Delivery(_Message):

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,7 +61,8 @@ class Reporter:
 
     Events are queued and ride along with the next progress or outcomes report, so the
     controller learns of a checkpoint no later than of the status or outcome that
-    mentions it (separate calls to a threaded actor may be reordered).
+    mentions it; reports are numbered, so it applies their events in the order they
+    happened (separate calls to a threaded actor may be reordered).
     """
 
     def __init__(self, port: ControllerPort | None, wait: Callable[[list[Any]], Any] | None = None,
@@ -72,6 +74,12 @@ class Reporter:
         self.incarnation = incarnation
         self._recent: collections.deque[Any] = collections.deque(maxlen=256)
         self._events: list[TrainerEvent] = []
+        self.name = uuid.uuid4().hex[:12]  # its reports are numbered: the controller applies their events in order
+        self._seq = 0
+
+    def _number(self) -> dict[str, Any]:
+        self._seq += 1
+        return {"reporter": self.name, "seq": self._seq}
 
     def _sent(self, reply: Any) -> None:
         self._recent.append(reply)
@@ -87,7 +95,7 @@ class Reporter:
     def progress(self, branch: str, status: TrainerStatus, rows: list[MetricRow]) -> None:
         if self.port is not None:
             self._sent(self.port.progress(Progress(branch=branch, status=status, rows=rows, events=self._take_events(),
-                                                   incarnation=self.incarnation)))
+                                                   incarnation=self.incarnation, **self._number())))
 
     def outcomes(self, records: list[CommandRecord], snapshot: Snapshot | None = None,
                  status: TrainerStatus | None = None) -> None:
@@ -95,7 +103,8 @@ class Reporter:
         new settings, status and checkpoints too."""
         if self.port is not None:
             self._sent(self.port.outcomes(Outcomes(records=records, snapshot=snapshot, status=status,
-                                                   events=self._take_events(), incarnation=self.incarnation)))
+                                                   events=self._take_events(), incarnation=self.incarnation,
+                                                   **self._number())))
 
     def snapshot(self, snapshot: Snapshot) -> None:
         if self.port is not None:
