@@ -85,6 +85,8 @@ class Checkpointer:
         self.before_write: list[Callable[[dict[str, Any]], None]] = []
         self.after_write: list[Callable[[BaseException | None], BaseException | None]] = []
         self.sharded: ShardedFiles | None = None  # set for a sharded model: every rank writes its shards
+        # saved_weights="trainable": the state dict entries checkpoints hold (the rest is the fixed base)
+        self.saved_names: set[str] | None = None
         # whether the weights are finite (many ranks: agreed by all, so that all decide alike)
         self.weights_finite: Callable[[], bool] = lambda: not nonfinite_tensors(self.model.named_parameters())
 
@@ -141,7 +143,7 @@ class Checkpointer:
             if self.sharded is not None:
                 self.sharded.write(self.dir, info, doc)
             elif self.frontend.writes_checkpoints:
-                write_checkpoint(self.dir, info, self.model, self.optimizer, doc)
+                write_checkpoint(self.dir, info, self.model, self.optimizer, doc, only=self.saved_names)
         except OSError as e:
             error = e
         for agree in self.after_write:

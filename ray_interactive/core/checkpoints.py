@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import torch
 
 
@@ -102,8 +104,10 @@ def write_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    only: Collection[str] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; returns its directory."""
+    """Write a checkpoint atomically; returns its directory. ``only``: the names of the
+    state dict entries to write (the rest is the task's fixed base: ``saved_weights``)."""
     import torch
     from safetensors.torch import save_file, save_model
 
@@ -113,11 +117,17 @@ def write_checkpoint(
         shutil.rmtree(tmp)
     try:
         tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
+        if only is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            names = set(only)
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items() if k in names},
+                      str(tmp / "model.safetensors"), metadata={"weights": "trainable"})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         rng_plain, rng_tensors = capture_rng()
         save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-        doc = {"info": info.to_dict(), "state": state, "rng": rng_plain, "written_at": time.time()}
+        doc = {"info": info.to_dict(), "state": state, "rng": rng_plain, "written_at": time.time(),
+               "weights": "all" if only is None else "trainable"}
         (tmp / "state.json").write_text(json.dumps(doc))
         tmp.rename(final)
     except BaseException as e:
@@ -141,7 +151,12 @@ def read_checkpoint(
     if "sharded" in doc:
         raise ValueError(f"checkpoint {path.name} holds a model sharded over {doc['sharded']['world']} ranks (FSDP): "
                          "load it into a run whose model is sharded (any number of ranks: it is resharded)")
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
+    if doc.get("weights") == "trainable":  # the rest is the base the task builds: it never changed
+        missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)),
+                                                    strict=False)
+        missing = []
+    else:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
     if missing or unexpected:
         raise ValueError(f"checkpoint {path.name} does not match the model: missing {missing}, unexpected {unexpected}")
     opt_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)

@@ -149,6 +149,13 @@ class RunConfig(BaseModel):
         description="periodic checkpoints kept per branch (tagged, saved-by-command, final and branch-point "
         "ones are always kept); None keeps all",
     )
+    saved_weights: Literal["all", "trainable"] = Field(
+        default="all",
+        description="what checkpoints and published weight versions hold: 'all' of the model, or 'trainable': "
+        "only the parameters trainable when the run starts (and buffers) - a LoRA adapter on a frozen pretrained "
+        "base the task builds the same way every time, megabytes instead of the whole model; commands that "
+        "would change the base (unfreeze, reset_parameters of a base module) are then refused",
+    )
     eval_every: int | None = Field(default=None, ge=1, description="steps between evaluations")
     publish_every: int | None = Field(default=None, ge=1, description="steps between weight versions published")
     weights_keep: int = Field(default=8, ge=1, le=10_000, description="weight versions the controller keeps")

@@ -29,6 +29,7 @@ class WeightPublishing:
         self.next_version = next_version
         self.publish_every = publish_every
         self.published_at: tuple[str, int] | None = None  # (branch, step) of the last version
+        self.saved_names: set[str] | None = None  # saved_weights="trainable": only these entries travel
 
     @property
     def enabled(self) -> bool:
@@ -45,16 +46,20 @@ class WeightPublishing:
         if self.publisher is None:
             raise ValueError("this run has no weight publisher")
         t0, now = time.perf_counter(), time.time()
-        bad = nonfinite_tensors(self.model.state_dict().items())
+        names = self.saved_names
+        state = self.model.state_dict() if names is None else {
+            k: v for k, v in self.model.state_dict().items() if k in names}
+        bad = nonfinite_tensors(state.items())
         if bad:
             raise ValueError(
                 f"not published: the weights are not finite ({len(bad)} tensor(s) hold NaN or inf, e.g. {bad[0]!r})"
             )
-        packed = pack_state(self.model)
+        packed = pack_state(state)
         version = WeightVersion(
             version=self.next_version, step=self.state.step, branch=self.state.branch, time=now, reason=reason,
             num_params=packed.num_params, nbytes=packed.nbytes,
             hold_s=time.perf_counter() - t0,  # the copy (the publisher adds any wait for room)
+            partial=names is not None,
         )
         self.publisher.publish(version, packed)
         self.next_version += 1

@@ -49,7 +49,7 @@ from ray_interactive.core.publishing import WeightPublishing
 from ray_interactive.core.ranks import CHECKPOINT_DUE, Exchanged, RankLink
 from ray_interactive.core.reporting import Reporter, Telemetry
 from ray_interactive.core.state import RunStatus, TrainState
-from ray_interactive.core.weights import Publisher
+from ray_interactive.core.weights import Publisher, trainable_state_names
 
 __all__ = ["DataControl", "Frontend", "Steering", "evaluate_model", "finite"]
 
@@ -121,6 +121,9 @@ class Steering:
                                         publish_every=config.publish_every)
         self.evaluator = Evaluator(frontend, state, self.telemetry, reporter)
         self.params = self.trainable()
+        # saved_weights="trainable": checkpoints and weight versions hold what trains now, not the fixed base
+        self.saved_names = trainable_state_names(model) if config.saved_weights == "trainable" else None
+        self.checkpoints.saved_names = self.weights.saved_names = self.saved_names
         self.before_load: list[Callable[[], None]] = []  # front-ends settle the branch being left
         self._modules_view: dict[str, Any] | None = None  # describe_modules(), cached
         self._withdrawn: list[CommandRecord] = []  # cancelled by the cancel being applied

@@ -111,6 +111,28 @@ def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any]) -> PackedSt
     return packed
 
 
+def trainable_state_names(module: torch.nn.Module) -> set[str]:
+    """The state dict entries that a run with ``saved_weights="trainable"`` saves and
+    publishes: the parameters trainable now and the persistent buffers (a norm's running
+    statistics change in training too). Every other entry is the fixed base."""
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    params = dict(module.named_parameters(remove_duplicate=False))
+    names = {n for n, p in params.items() if id(p) in trainable}
+    return names | {n for n in module.state_dict(keep_vars=True) if n not in params}
+
+
+def load_version(module: torch.nn.Module, state: Mapping[str, Any], entry: WeightVersion | None = None,
+                 strict: bool = True) -> None:
+    """Load a published version's state into ``module``. A partial version (only what
+    trains, ``saved_weights="trainable"``) loads over the module's own base; a name the
+    module lacks is an error either way (the wrong model)."""
+    partial = entry is not None and entry.partial
+    missing, unexpected = module.load_state_dict(state, strict=strict and not partial)
+    if partial and unexpected:
+        raise ValueError(f"weights version {entry.version} does not fit this model: it has no "  # type: ignore[union-attr]
+                         f"{', '.join(unexpected[:5])}")
+
+
 def unpack_state(packed: PackedState) -> dict[str, Any]:
     """The state dict of a :class:`PackedState`, for ``module.load_state_dict``.
 
@@ -147,6 +169,7 @@ class WeightVersion:
     nbytes: int = 0
     hold_s: float = 0.0  # how long the step loop was held for it
     published_at: float | None = None  # when it was in the object store
+    partial: bool = False  # only the trainable tensors (``saved_weights="trainable"``): load with strict=False
     ref: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,7 +274,7 @@ class LocalPublisher:
     """In-process: versions go straight into a :class:`WeightRegistry` (no Ray; tests)."""
 
     def __init__(self, registry: WeightRegistry | None = None) -> None:
-        self.registry = registry or WeightRegistry()
+        self.registry = registry if registry is not None else WeightRegistry()  # an empty one is falsy
 
     def publish(self, version: WeightVersion, packed: PackedState) -> None:
         self.registry.add(version.with_ref(packed, published_at=time.time()))

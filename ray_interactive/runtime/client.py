@@ -29,7 +29,7 @@ from ray_interactive.core.commands import CommandRecord, CommandSource, CommandS
 from ray_interactive.core.config import DEFAULT_NAMESPACE, actor_name
 from ray_interactive.core.plain import clip, names, one_of, seconds, shown, whole
 from ray_interactive.core.retry import call_with_retry
-from ray_interactive.core.weights import WeightVersion, unpack_state
+from ray_interactive.core.weights import WeightVersion, load_version, unpack_state
 from ray_interactive.data.coalesce import IngestCoalescer, SourceSpec
 from ray_interactive.data.schemas import check_unique_columns
 from ray_interactive.data.shards import shard_of
@@ -461,7 +461,7 @@ class WeightSubscriber:
         state = self.client.fetch_weights(entry)
         fetched = time.time()
         with self.lock:
-            self.module.load_state_dict(state, strict=self.strict)
+            load_version(self.module, state, entry, strict=self.strict)
             if self.loaded is not None and self.loaded.version != entry.version:
                 self.previous = self.loaded
             self.loaded = entry

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray_interactive.core.config import Guard
 from ray_interactive.core.rollout import decide
+from ray_interactive.core.weights import load_version
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +65,11 @@ class CanaryJudge:
             return self.figures[version]
         import torch
 
-        state = self._base if version == 0 else self.client.weights(version)[1]
-        self.module.load_state_dict(state)
+        if version == 0:
+            self.module.load_state_dict(self._base)
+        else:
+            entry, state = self.client.weights(version)
+            load_version(self.module, state, entry)
         with torch.inference_mode():
             figs = {k: float(v) for k, v in self.evaluate(self.module).items()}
         self.figures[version] = figs

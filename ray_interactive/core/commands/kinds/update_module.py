@@ -61,6 +61,14 @@ class UpdateModule(CommandBase):
 
     def apply(self, run: Steering) -> str:
         validate_module_op(run.modules(), self)
+        if run.saved_names is not None and self.op in ("unfreeze", "reset_parameters"):
+            prefix = f"{self.module}." if self.module else ""
+            base = [n for n, _ in run.model.named_parameters() if n.startswith(prefix) and n not in run.saved_names]
+            if base:
+                raise ValueError(
+                    f"{self.op} of {self.module!r} would change the fixed base ({len(base)} tensor(s), e.g. "
+                    f"{base[0]}): this run saves and publishes only what trained from its start "
+                    "(saved_weights='trainable')")
         message = apply_module_op(run.model, run.optimizer, self)
         run.model_changed()
         return message

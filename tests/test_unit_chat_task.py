@@ -1,0 +1,123 @@
+"""The chat-corrections task on a tiny random Llama with SmolLM2's tokenizer: what it
+trains on, that only the LoRA adapter trains (and is checkpointed), and its evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from safetensors import safe_open
+
+from ray_interactive.core.commands import SaveCheckpoint
+from ray_interactive.core.config import RunConfig
+from ray_interactive.core.state import OwnSchedule, TrainState
+from ray_interactive.core.steering import Frontend, Steering
+from ray_interactive.examples.chat_corrections import (
+    FEEDBACK,
+    REPLAY,
+    ChatCorrectionsTask,
+    KnowledgeBase,
+    answer,
+    encode_pairs,
+    feedback_schema,
+    is_right,
+)
+
+from .conftest import Recorder
+
+
+@pytest.fixture(scope="module")
+def task() -> ChatCorrectionsTask:
+    return ChatCorrectionsTask(model="tiny", eval_questions=2, max_new_tokens=4, max_tokens=64)
+
+
+def test_the_knowledge_base_keeps_asked_and_held_out_wordings_apart() -> None:
+    kb = KnowledgeBase.load()
+    assert len(kb.facts) >= 10 and len(kb.general) >= 10
+    for f in kb.facts:
+        assert not set(f.asked) & set(f.held_out) and len(f.held_out) >= 2
+        assert is_right(f.answer, f.key)  # the taught answer states the fact
+    assert is_right("It is 4,100 pa.", ("4100", "4,100")) and not is_right("About 3 hours.", ("137",))
+
+
+def test_the_loss_is_on_the_answer_alone(task: ChatCorrectionsTask) -> None:
+    enc = encode_pairs(task.tokenizer, ["How heavy is the Orbit Q3?", "Hi"], ["It weighs 3.8 kg.", "Hello!"], 64)
+    labels, ids = enc["labels"], enc["input_ids"]
+    taught = task.tokenizer.decode(ids[0][labels[0] != -100])
+    assert taught == "It weighs 3.8 kg.<|im_end|>"
+    assert enc["attention_mask"][1].sum() < enc["attention_mask"][0].sum()  # the shorter row is padded
+    assert (labels[1][enc["attention_mask"][1] == 0] == -100).all()
+
+
+def test_sources_and_a_batch_from_them(task: ChatCorrectionsTask) -> None:
+    sources = {s.name: s for s in task.data_sources()}
+    assert sources[FEEDBACK].schema == feedback_schema() and sources[FEEDBACK].policy == "fresh"
+    replay = sources[REPLAY].static_table()
+    assert replay is not None and replay.num_rows >= 40 and all(replay.column("response").to_pylist())
+    batch = task.collate(pa.table({"prompt": ["What is the price of the Orbit Q3?"],
+                                   "response": ["The Orbit Q3 costs 449 euros."]}), torch.device("cpu"))
+    model = task.build_model()
+    loss = task.loss(model, batch)
+    assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_only_the_adapter_trains_and_a_checkpoint_is_the_adapter(task: ChatCorrectionsTask, tmp_path: Path) -> None:
+    model = task.build_model()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    opt = task.build_optimizer(model, 5e-2)
+    cfg = RunConfig(name="chat", run_dir=tmp_path / "run", grad_clip=None, saved_weights="trainable")
+    core = Steering(cfg, model, opt, TrainState(schedule=OwnSchedule.starting(opt)), Recorder().reporter,
+                    Frontend("loop"))
+    batch = task.collate(pa.table({"prompt": ["How long is the warranty on the Orbit Q3?"] * 4,
+                                   "response": ["The Orbit Q3 comes with a 27-month warranty."] * 4}),
+                         torch.device("cpu"))
+    first = float(task.loss(model, batch).detach())
+    for _ in range(20):
+        core.begin_step()
+        loss = task.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        core.record_step(4, 0.0, loss=loss.detach())
+        core.poll()
+    assert float(task.loss(model, batch).detach()) < first - 0.1  # the correction is being learnt (slowly: a random base)
+    core.apply(SaveCheckpoint())
+    with safe_open(str(tmp_path / "run" / "checkpoints" / "main@20" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys == set(trainable)
+    figures = task.evaluate(model, torch.device("cpu"))
+    assert set(figures) == {"loss", "kb_accuracy", "general_accuracy"} and 0 <= figures["kb_accuracy"] <= 1
+    assert model.training  # the evaluation gave the model back in training mode
+
+
+@pytest.mark.slow
+def test_smollm2_learns_a_corrected_fact_and_answers_wordings_it_was_never_taught() -> None:
+    """The loop's promise on the real model: corrections of one fact in four wordings (with
+    replay beside them) and the adapter answers the two held-out wordings; the base does not,
+    and a general answer stays right."""
+    task = ChatCorrectionsTask(max_new_tokens=24)
+    fact = next(f for f in task.kb.facts if f.id == "warranty")
+    model = task.build_model()
+    torch.set_num_threads(2)
+    replay = task.data_sources()[1].static_table()
+    assert replay is not None
+    model.eval()
+    with model.disable_adapter():
+        assert not any(is_right(a, fact.key) for a in answer(model, task.tokenizer, list(fact.held_out), 24))
+    model.train()
+    opt = task.build_optimizer(model, 1e-3)
+    rows = pa.table({"prompt": list(fact.asked) + replay.column("prompt").to_pylist()[:4],
+                     "response": [fact.answer] * 4 + replay.column("response").to_pylist()[:4]})
+    batch = task.collate(rows, torch.device("cpu"))
+    for _ in range(12):
+        task.loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    held = answer(model, task.tokenizer, list(fact.held_out), 24)
+    assert all(is_right(a, fact.key) for a in held), held
+    general = answer(model, task.tokenizer, ["What is the capital of France?"], 24)
+    assert is_right(general[0], ("Paris",)), general
