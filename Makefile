@@ -15,7 +15,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-lm test test-fast bench lint clean case-studies health-study neuralos-experiment gpu-check
+.PHONY: browser setup demo demo-chat demo-lm test test-fast bench lint clean case-studies health-study neuralos-experiment gpu-check
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m neuralos_example.main --duration=$(DURATION) $(DEMO_ARGS)
+
+# A chat model (SmolLM2-135M-Instruct + LoRA) that learns from its users' corrections.
+demo-chat: $(STAMP)
+	$(BIN)/python apps/chat_loop.py --duration=$(DURATION) --wikitext=$(DATA) $(DEMO_ARGS)
 
 # The first demo: a small GPT-2 on WikiText-2 steered by a scripted tour of commands.
 demo-lm: $(STAMP)

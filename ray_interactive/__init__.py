@@ -84,8 +84,8 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
-#: Modules reached as attributes: ``ri.hf.steer(trainer, run=...)`` (imports transformers).
-_SUBMODULES = {"hf": "hf"}
+#: Modules reached as attributes: ``ri.hf.steer(trainer, run=...)`` (imports transformers), ``ri.chat.*``.
+_SUBMODULES = {"hf": "hf", "chat": "chat"}
 
 
 def __getattr__(name: str) -> Any:

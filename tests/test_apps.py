@@ -86,9 +86,28 @@ def test_the_neuralos_demo_app_serves_the_base_model_alone() -> None:
         assert frame["step"] == 1 and frame["frame_png"]
 
 
+def test_the_chat_app_answers_names_the_version_and_takes_feedback_alone() -> None:
+    from gradio_client import Client
+
+    with served(["apps/chat_demo.py"], {"RI_CHAT_MODEL": "tiny"}) as url:
+        gc = Client(url, verbose=False)
+        ex = gc.predict("How heavy is the Orbit Q3?", api_name="/ask")
+        assert ex["version"] == 0 and ex["prompt"] == "How heavy is the Orbit Q3?" and isinstance(ex["answer"], str)
+        judged = gc.predict(ex["id"], "The Orbit Q3 weighs 3.8 kilograms.", api_name="/correct")
+        assert judged["feedback"] == "wrong" and judged["correction"] == "The Orbit Q3 weighs 3.8 kilograms."
+        assert gc.predict(ex["id"], api_name="/approve")["feedback"] == "approved"
+        info = gc.predict(api_name="/info")
+        assert info["answered"] == 1 and info["corrected"] == 1 and info["logged_rows"] == 0  # no run: nothing logged
+        for bad, api, match in [((" ",), "/ask", "a question must be a non-empty text"),
+                                (("nope", "x"), "/correct", "no exchange 'nope'"),
+                                ((ex["id"], "x" * 2001), "/correct", "at most 2000")]:
+            with pytest.raises(Exception, match=match):
+                gc.predict(*bad, api_name=api)
+
+
 def test_importing_an_app_builds_nothing() -> None:
     """``main`` and tests import the apps' builders; only running a file (or ``app.demo``) builds its demo."""
     import importlib
 
-    for name in ("apps.neuralos_demo", "apps.control_ui"):
+    for name in ("apps.neuralos_demo", "apps.control_ui", "apps.chat_demo"):
         assert "demo" not in vars(importlib.import_module(name)), name

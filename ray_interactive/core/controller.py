@@ -61,7 +61,6 @@ from ray_interactive.core.messages import (
     TrainerStatus,
 )
 from ray_interactive.core.metrics import MetricStore
-from ray_interactive.core.ordering import ReportOrder
 from ray_interactive.core.outbox import Outbox
 from ray_interactive.core.plain import one_of
 from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
@@ -131,8 +130,8 @@ class Controller:
         self.stop_requested = False  # a stop came for a run that had already ended: release it
         self.storage_error: str | None = None  # the run directory could not be written
         self.pace = StepClock()  # when the step last moved, and the run's step time: a stall shows
-        # Events in the order they happened: a restarted controller starts from the first report it hears.
-        self._event_order: ReportOrder[list[TrainerEvent]] = ReportOrder(first=None if recover == "restart" else 1)
+        # checkpoint id -> (reporter, number) of the report whose event about it was applied last
+        self._checkpoint_news: dict[str, tuple[str, int]] = {}
         if recover:
             self._recover()
         if read_only:
@@ -318,7 +317,7 @@ class Controller:
         snapshot, status and events (checkpoints written, branches made) they left."""
         if self.stale(report.incarnation):
             return
-        self._trainer_events(self._in_order(report))
+        self._trainer_events(report.events, report)
         for rec in report.records:
             if self.recovery is not None and rec.id in self.recovery.reapply:
                 self.recovery.reapply.discard(rec.id)  # applied again: the log has it already
@@ -334,7 +333,7 @@ class Controller:
     def trainer_progress(self, report: Progress) -> None:
         if self.stale(report.incarnation):
             return
-        self._trainer_events(self._in_order(report))
+        self._trainer_events(report.events, report)
         self.metrics.record(report.branch, report.rows)
         if self.trackers is not None and report.rows:
             self.trackers.put(Rows(report.branch, report.rows))
@@ -355,20 +354,28 @@ class Controller:
         v.unsupported = dict(snapshot.unsupported)
         v.mixture = dict(snapshot.mixture)  # the trainer's mixture is the truth (a load restores an older one)
 
-    def _in_order(self, report: Progress | Outcomes) -> list[TrainerEvent]:
-        """The events now due: ``report``'s, and those of later reports that came before it."""
-        due = self._event_order.arrive(report.reporter, report.seq, report.events)
-        return [event for events in due for event in events]
+    def _latest_news(self, cid: str, report: Progress | Outcomes | None) -> bool:
+        """Whether ``report`` (numbered by its reporter) is newer than the last one that said
+        something of checkpoint ``cid``: calls to a threaded actor may run out of order, and a
+        "saved" that arrives after the "removed" retention sent later must not bring it back."""
+        if report is None or not report.seq:
+            return True
+        last = self._checkpoint_news.get(cid)
+        if last is not None and last[0] == report.reporter and report.seq < last[1]:
+            return False
+        self._checkpoint_news[cid] = (report.reporter, report.seq)
+        return True
 
-    def _trainer_events(self, events: list[TrainerEvent]) -> None:
+    def _trainer_events(self, events: list[TrainerEvent], report: Progress | Outcomes | None = None) -> None:
         """Checkpoints, branches and rewinds ride along with the report of their effect
         (calls to a threaded actor may be reordered), so they are known first."""
         for event in events:
             if isinstance(event, CheckpointSaved):
-                self.checkpoint_saved(event.info)
+                if self._latest_news(event.info.id, report):
+                    self.checkpoint_saved(event.info)
                 self._flush_after = event.info.step
             elif isinstance(event, CheckpointsRemoved):
-                self.checkpoints_removed(event.ids)
+                self.checkpoints_removed([c for c in event.ids if self._latest_news(c, report)])
             elif isinstance(event, BranchCreated):
                 self.branch_created(event)
             elif isinstance(event, BranchRewound):

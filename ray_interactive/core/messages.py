@@ -134,7 +134,7 @@ class Progress(_Message):
     rows: list[MetricRow] = Field(default_factory=list)
     events: list[TrainerEvent] = Field(default_factory=list)
     incarnation: int = 0  # which start of the trainer sent it (each recovery starts a new one)
-    reporter: str = ""  # who numbered it: its events are applied in ``seq`` order (core/ordering.py)
+    reporter: str = ""  # who numbered it (``seq``): an older report's news of a checkpoint does not undo a newer one's
     seq: int = 0  # 0: not numbered
 
 

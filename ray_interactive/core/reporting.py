@@ -61,8 +61,8 @@ class Reporter:
 
     Events are queued and ride along with the next progress or outcomes report, so the
     controller learns of a checkpoint no later than of the status or outcome that
-    mentions it; reports are numbered, so it applies their events in the order they
-    happened (separate calls to a threaded actor may be reordered).
+    mentions it; reports are numbered, so an older report's news of a checkpoint never
+    undoes a newer one's (separate calls to a threaded actor may be reordered).
     """
 
     def __init__(self, port: ControllerPort | None, wait: Callable[[list[Any]], Any] | None = None,
@@ -74,7 +74,7 @@ class Reporter:
         self.incarnation = incarnation
         self._recent: collections.deque[Any] = collections.deque(maxlen=256)
         self._events: list[TrainerEvent] = []
-        self.name = uuid.uuid4().hex[:12]  # its reports are numbered: the controller applies their events in order
+        self.name = uuid.uuid4().hex[:12]  # its reports are numbered (see above)
         self._seq = 0
 
     def _number(self) -> dict[str, Any]:

@@ -62,6 +62,26 @@ def feedback_schema() -> pa.Schema:
     ])
 
 
+#: the log_only source every exchange is logged to (what was asked, answered, and what the user said of it)
+EXCHANGES = "exchanges"
+FEEDBACK_KINDS = ("correction", "approved")
+
+
+def exchange_schema() -> pa.Schema:
+    """One exchange of the deployed chat, logged when answered (``feedback`` "none") and
+    again when the user judges it ("wrong" with the ``correction``, or "approved")."""
+    return pa.schema([
+        pa.field("exchange_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("feedback", pa.string(), nullable=False),
+        pa.field("correction", pa.string()),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("latency_ms", pa.float64(), nullable=False),
+        pa.field("time", pa.float64(), nullable=False),
+    ])
+
+
 @dataclass(frozen=True)
 class Fact:
     id: str
@@ -204,6 +224,7 @@ class ChatCorrectionsTask(Task):
         return [
             DataSource(FEEDBACK, schema=feedback_schema(), policy="fresh", max_row_bytes=16_384),
             DataSource(REPLAY, read_replay(), policy="uniform"),
+            DataSource(EXCHANGES, schema=exchange_schema(), log_only=True, max_row_bytes=65_536),
         ]
 
     def collate(self, batch: pa.Table, device: torch.device) -> dict[str, torch.Tensor]:
