@@ -96,10 +96,12 @@ class ChatLoop:
             "publish_every": a.publish_every, "eval_every": a.eval_every, "checkpoint_every": 100,
             "mixture": {ri.chat.FEEDBACK: a.feedback_weight, ri.chat.REPLAY: 1.0},
             "torch_threads": 1,
+            "start_paused": True,  # the base is evaluated before the first step
         })
         self.handle = ri.start_run(config, address=a.address)
         self.client = client = self.handle.client()
         client.send("evaluate", source="system", comment="the base model, before any correction")
+        client.send("resume", source="system", comment="the base is evaluated: train")
         torch.set_num_threads(1)  # the trainer has the other core
         urls: dict[str, str] = {}
         if not a.no_ui:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import ray_interactive as ri
 from ray_interactive.data.segments import recover_source
 from ray_interactive.examples.chat_corrections import EXCHANGES, FEEDBACK, exchange_schema, feedback_schema
 
@@ -35,6 +36,8 @@ def test_demo_chat_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
     asked, corrected = (int(x) for x in re.search(r"users: (\d+) questions, (\d+) corrections", text).groups())
     assert asked >= 3 and corrected >= 1
     assert "held-out wordings answered right: base" in text
+    evaluated = ri.attach(str(run_dir)).metrics(keys=["eval/kb_accuracy"])["eval/kb_accuracy"]["step"]
+    assert evaluated[0] == 0 and len(evaluated) >= 2  # the base, before the first step; then as it learns
     # every exchange and every correction is in the run's buffer, durable
     live = run_dir / "buffer"  # a directory per live source
     exchanges = pa.concat_tables([s.table for s in recover_source(live / EXCHANGES, exchange_schema())])
