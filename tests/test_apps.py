@@ -105,6 +105,29 @@ def test_the_chat_app_answers_names_the_version_and_takes_feedback_alone() -> No
                 gc.predict(*bad, api_name=api)
 
 
+@pytest.mark.browser
+def test_a_person_asks_and_corrects_in_the_chat_in_a_real_browser() -> None:
+    from playwright.sync_api import expect
+
+    from .conftest import ui_page
+
+    with served(["apps/chat_demo.py"], {"RI_CHAT_MODEL": "tiny"}) as url, ui_page(url) as page:
+        page.locator("#question textarea").fill("What colours does the Orbit Q3 come in?")
+        page.locator("#ask").click()
+        chat = page.locator("#chat")
+        expect(chat).to_contain_text("What colours does the Orbit Q3 come in?")
+        expect(chat).to_contain_text("(version 0)")  # the answer names the version that drew it
+        expect(page.locator("#version")).to_contain_text("serving adapter version 0")
+        page.locator("#correct").click()  # no correction typed: refused, with why
+        expect(page.get_by_text("a correction must be a non-empty text")).to_be_visible()
+        page.locator("#correction textarea").fill("The Orbit Q3 comes in Graphite and Sandstone.")
+        page.locator("#correct").click()
+        expect(page.locator("#status")).to_contain_text("the correction is logged")
+        expect(page.locator("#correction textarea")).to_have_value("")
+        page.locator("#approve").click()
+        expect(page.locator("#status")).to_contain_text("marked right")
+
+
 def test_importing_an_app_builds_nothing() -> None:
     """``main`` and tests import the apps' builders; only running a file (or ``app.demo``) builds its demo."""
     import importlib
