@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -74,7 +73,6 @@ class ChatLoop:
         self.engine: Any = None
         self.users: Any = None
         self._closers: list[tuple[str, Any]] = []
-        self.started = time.time()
 
     def start(self) -> dict[str, str]:
         import torch
@@ -176,20 +174,13 @@ class ChatLoop:
         return code
 
 
-def banner(urls: dict[str, str]) -> str:
-    what = {"chat": "use it: ask about the Orbit Q3, correct wrong answers", "control UI": "watch and steer the run"}
-    names = sorted(urls, key=lambda n: n != "chat")
-    heads = [f"  {name}: {urls[name]}" for name in names]
-    pad = max(len(h) for h in heads) + 2
-    lines = [f"{h:{pad}}<- {what.get(name, '')}" for h, name in zip(heads, names, strict=True)]
-    width = max(len(x) for x in lines) + 2
-    return "\n".join(["", "=" * width, "  OPEN THESE:", *lines, "=" * width, ""])
+#: the URLs the loop prints, the chat first: it is what to open
+OPEN = {"chat": "use it: ask about the Orbit Q3, correct wrong answers", "control UI": "watch and steer the run"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    interrupted: list[bool] = []
     loop = ChatLoop(args)
     try:
         urls = loop.start()
@@ -197,28 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         loop.stop()
         return 2
-    print(banner(urls), flush=True)
+    import ray_interactive as ri
+
+    print(ri.url_banner(urls, OPEN), flush=True)
     users = f"{args.users} simulated users are chatting" if args.users else "no simulated users: the chat waits for you"
     until = f"for {args.duration:.0f} s" if args.duration else "until Ctrl-C"
     print(f"running {until}; {users}; run {loop.handle.config.name!r} in {loop.handle.config.resolved_run_dir}",
           flush=True)
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    start, last = time.monotonic(), 0.0
-    while not interrupted and (args.duration is None or time.monotonic() - start < args.duration):
-        try:
-            if loop.handle.wait(timeout=1.0) is not None:
-                break
-        except Exception as e:
-            print(f"run failed: {e}", file=sys.stderr)
-            break
-        if time.monotonic() - last >= 10.0:
-            last = time.monotonic()
-            try:
-                print(loop.line(), flush=True)
-            except Exception as e:  # a status line is not worth stopping for
-                log.warning("status: %s", e)
+    interrupted = ri.watch_run(loop.handle, args.duration, loop.line)
     print("stopping: users, chat; then the run (a last evaluation, the final checkpoint) ...", flush=True)
-    code = loop.stop(interrupted=bool(interrupted))
+    code = loop.stop(interrupted=interrupted)
     stats = loop.users.stats() if loop.users is not None else None
     if stats is not None:
         print(f"users: {stats['asked']} questions, {stats['corrected']} corrections, {stats['approved']} approvals; "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -291,21 +290,13 @@ class Loop:
         return code
 
 
-def banner(urls: dict[str, str]) -> str:
-    """The demo's own URLs, framed, after whatever Ray and Gradio printed while starting."""
-    what = {"NeuralOS demo": "use it: click on the screen, type", "control UI": "watch and steer the training run"}
-    names = sorted(urls, key=lambda n: n != "NeuralOS demo")  # the demo first: it is what to open
-    heads = [f"  {name}: {urls[name]}" for name in names]
-    pad = max(len(h) for h in heads) + 2
-    lines = [f"{h:{pad}}<- {what.get(name, '')}" for h, name in zip(heads, names)]
-    width = max(len(x) for x in lines) + 2
-    return "\n".join(["", "=" * width, "  OPEN THESE:", *lines, "=" * width, ""])
+#: the URLs the demo prints, the demo first: it is what to open
+OPEN = {"NeuralOS demo": "use it: click on the screen, type", "control UI": "watch and steer the training run"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    interrupted: list[bool] = []
     loop = Loop(args)
     try:
         urls = loop.start()
@@ -313,34 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         loop.stop()
         return 2
-    print(banner(urls), flush=True)
+    import ray_interactive as ri
+
+    print(ri.url_banner(urls, OPEN), flush=True)
     users = f"{args.users} simulated users are using the demo" if args.users else "no simulated users: the demo waits for you"
     until = f"for {args.duration:.0f} s" if args.duration else "until Ctrl-C"
     print(f"running {until}; {users}; run {loop.handle.config.name!r} in {loop.handle.config.resolved_run_dir}", flush=True)
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    start = time.monotonic()
-    last = 0.0
-    ended = None
-    while not interrupted and (args.duration is None or time.monotonic() - start < args.duration):
-        try:
-            ended = loop.handle.wait(timeout=1.0)
-        except Exception as e:
-            print(f"run failed: {e}", file=sys.stderr)
-            break
-        if ended is not None:
-            break
-        try:
-            loop.evaluate_early()
-        except Exception as e:  # the next tick tries again
-            log.warning("early evaluation: %s", e)
-        if time.monotonic() - last >= 10.0:
-            last = time.monotonic()
-            try:
-                print(loop.line(), flush=True)
-            except Exception as e:  # a status line is not worth stopping for
-                log.warning("status: %s", e)
+    interrupted = ri.watch_run(loop.handle, args.duration, loop.line, on_tick=loop.evaluate_early)
     print("stopping: users, demo, replayer; then the run (a last evaluation, the final checkpoint) ...", flush=True)
-    code = loop.stop(interrupted=bool(interrupted))
+    code = loop.stop(interrupted=interrupted)
     d = loop.deployment
     assert d is not None
     rep = d.replayer.stats()

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from ray_interactive.runtime.launch import RunHandle, start_run
     from ray_interactive.runtime.offline import FinishedRun, attach
     from ray_interactive.runtime.serving import ReplicaLink, deploy, undeploy
-    from ray_interactive.summary import print_summary
+    from ray_interactive.summary import print_summary, url_banner, watch_run
     from ray_interactive.train.loop import Session
     from ray_interactive.ui.access import check_bind, read_auth
     from ray_interactive.ui.control_ui import control_blocks, launch_options, serve_control_ui
@@ -77,7 +77,7 @@ _EXPORTS = {
     "core.weights": ("WeightVersion", "pack_state", "unpack_state"),
     "data.buffer": ("DataBuffer",),
     "data.coalesce": ("IngestBackpressure", "IngestClosed", "IngestCoalescer"),
-    "summary": ("print_summary",),
+    "summary": ("print_summary", "url_banner", "watch_run"),
     "ui.access": ("check_bind", "read_auth"),
     "ui.control_ui": ("control_blocks", "launch_options", "serve_control_ui"),
 }
@@ -149,6 +149,8 @@ __all__ = [
     "steer",
     "undeploy",
     "unpack_state",
+    "url_banner",
+    "watch_run",
 ]
 
 __version__ = "0.1.0"

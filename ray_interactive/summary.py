@@ -1,10 +1,17 @@
-"""A run's summary as a person reads it at the end: the CLI and the demos print it."""
+"""What a run's console shows a person: the URLs to open, a status line while it runs (the
+demos' main jobs), and its summary at the end (the CLI and the demos print it)."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def prog() -> str:
@@ -54,3 +61,44 @@ def print_summary(client: Any) -> None:
         print(line)
     print(f"  commands: {status['commands']}; checkpoints: {status['checkpoints']}; branches: {', '.join(status['branches'])}")
     print(f"  run dir: {status['run_dir']}  (resume: {prog()} run --resume {status['run_dir']})")
+
+
+def url_banner(urls: dict[str, str], what: dict[str, str]) -> str:
+    """The URLs to open, framed (after whatever Ray and Gradio printed while starting), in
+    the order of ``what`` (name -> what to do there), the others after."""
+    order = list(what)
+    names = sorted(urls, key=lambda n: order.index(n) if n in order else len(order))
+    heads = [f"  {name}: {urls[name]}" for name in names]
+    pad = max(len(h) for h in heads) + 2
+    lines = [f"{h:{pad}}<- {what.get(name, '')}" for h, name in zip(heads, names, strict=True)]
+    width = max(len(x) for x in lines) + 2
+    return "\n".join(["", "=" * width, "  OPEN THESE:", *lines, "=" * width, ""])
+
+
+def watch_run(handle: Any, duration: float | None, status_line: Callable[[], str], every_s: float = 10.0,
+              on_tick: Callable[[], None] | None = None) -> bool:
+    """Wait until the run ends, ``duration`` seconds pass (None: no limit) or Ctrl-C, printing
+    ``status_line()`` every ``every_s`` and calling ``on_tick()`` about every second (a failure
+    of either is logged, not raised). Returns whether Ctrl-C ended it."""
+    interrupted: list[bool] = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    start, last = time.monotonic(), 0.0
+    while not interrupted and (duration is None or time.monotonic() - start < duration):
+        try:
+            if handle.wait(timeout=1.0) is not None:
+                break
+        except Exception as e:
+            print(f"run failed: {e}", file=sys.stderr)
+            break
+        if on_tick is not None:
+            try:
+                on_tick()
+            except Exception as e:  # the next tick tries again
+                log.warning("%s: %s", getattr(on_tick, "__name__", "tick"), e)
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            try:
+                print(status_line(), flush=True)
+            except Exception as e:  # a status line is not worth stopping for
+                log.warning("status: %s", e)
+    return bool(interrupted)

