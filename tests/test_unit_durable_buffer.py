@@ -479,3 +479,26 @@ def test_draws_do_not_depend_on_where_rows_live(tmp_path: Path, policy: str) -> 
     assert first is not None and again is not None
     assert first.table.column("id").to_pylist() == again.table.column("id").to_pylist()
     assert first.table.equals(again.table)
+
+
+def test_a_draw_over_many_ingests_touches_few_blocks_and_gives_every_row_where_it_lies(tmp_path: Path) -> None:
+    """Hot tables are merged pairwise (O(log n) blocks), so a draw over a large source costs
+    a few ``take`` calls, not one per ingest; and rows come back exactly, in draw order, from
+    memory, from the segments, or from both."""
+    big = live_buffer(tmp_path / "hot", fsync=False)
+    for i in range(300):  # 4 MB in memory
+        big.ingest(rows(i * 7, 7, blob=2048), "live")
+    assert len(big._sources["live"].hot) <= int(np.log2(300)) + 1, len(big._sources["live"].hot)
+
+    buf = live_buffer(tmp_path / "split", segment_mb=0.05, memory_rows=600)
+    for i in range(300):
+        buf.ingest(rows(i * 7, 7), "live")
+    live = buf._sources["live"]
+    assert 0 < live.cold_rows < live.rows
+    assert len(live._cold_table(buf.batch_schema).to_batches()) > 20  # the cold side really is many record batches
+    rng = np.random.default_rng(0)
+    for idx in (rng.integers(0, live.rows, 64), np.arange(live.rows)[::-1], np.array([live.rows - 1, 0, 5, 5]),
+                rng.integers(0, live.cold_rows, 32), rng.integers(live.cold_rows, live.rows, 32)):
+        got = live.take(idx, buf.batch_schema)
+        assert got.column("id").to_pylist() == idx.tolist()
+    assert live.take(np.array([], np.int64), buf.batch_schema).num_rows == 0

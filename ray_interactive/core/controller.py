@@ -115,6 +115,7 @@ class Controller:
         self.needs_description = recover == "restart"
         self.data_stats: BufferStats | None = None
         self.checkpoints: dict[str, CheckpointInfo] = {}
+        self._newest_first: list[CheckpointInfo] | None = None  # checkpoints sorted for the UI's pages, kept until one changes
         self.branches: dict[str, Branch] = {ROOT_BRANCH: Branch(created_at=time.time())}
         self.metrics = MetricStore()
         self.weight_registry = WeightRegistry(keep=config.weights_keep)
@@ -503,12 +504,14 @@ class Controller:
     def checkpoint_saved(self, info: CheckpointInfo) -> None:
         self.checkpoints[info.id] = info
         self.view.checkpoints.add(info.id)
+        self._newest_first = None
 
     def checkpoints_removed(self, ids: list[str]) -> None:
         """The retention policy deleted these checkpoints."""
         for cid in ids:
             self.checkpoints.pop(cid, None)
             self.view.checkpoints.discard(cid)
+        self._newest_first = None
 
     def branch_created(self, event: BranchCreated) -> None:
         self.branches[event.name] = Branch(parent=event.parent, checkpoint=event.checkpoint, fork_step=event.step,
@@ -637,11 +640,18 @@ class Controller:
     def list_checkpoints(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in sorted(self.checkpoints.values(), key=lambda c: c.created_at)]
 
+    def _sorted_checkpoints(self) -> list[CheckpointInfo]:
+        """Newest first; sorted once per change, not per page (a long run lists thousands)."""
+        if self._newest_first is None:
+            self._newest_first = sorted(self.checkpoints.values(), key=lambda c: c.created_at, reverse=True)
+        return self._newest_first
+
     def checkpoint_page(self, offset: int = 0, limit: int = 50, branch: str | None = None) -> dict[str, Any]:
         """One page of the checkpoints, newest first (optionally of one branch):
         ``{"total": n, "offset": offset, "rows": [...]}``."""
-        rows = [c for c in self.checkpoints.values() if branch in (None, "", c.branch)]
-        rows.sort(key=lambda c: c.created_at, reverse=True)
+        rows = self._sorted_checkpoints()
+        if branch:
+            rows = [c for c in rows if c.branch == branch]
         limit = max(1, min(int(limit), 500))
         offset = max(0, int(offset))
         if offset >= len(rows):  # past the end: the last page

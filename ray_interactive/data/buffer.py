@@ -53,7 +53,11 @@ from ray_interactive.data.shards import copy_id, parse_copy_id
 log = logging.getLogger(__name__)
 
 _BATCH_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_MERGE_BYTES = 256 << 10  # small hot tables are merged up to this size (fewer blocks to search)
+# Hot tables are merged pairwise (a binary counter) up to this size, and to at most an
+# eighth of the memory cap so eviction stays fine-grained: a draw touches few blocks, and
+# a row is copied O(log rows) times, not once per ingest.
+_MERGE_BYTES_MAX = 64 << 20
+_MERGE_BYTES_MIN = 256 << 10
 _RATE_WINDOW_S = 10.0
 _MIN_EARLY_ROLL = 4 << 20  # the open segment is closed early (memory cap) only from this size
 
@@ -127,6 +131,29 @@ class _Grow:
         return self._a[: self.n]
 
 
+def gather(pieces: list[pa.Table], starts: np.ndarray, idx: np.ndarray) -> pa.Table:
+    """Rows ``idx`` (in ``idx`` order) of the consecutive ``pieces`` that begin at row
+    ``starts`` (sorted).
+
+    One ``take`` per piece touched: a ``take`` on a table of many chunks costs time in
+    proportion to all its rows (Arrow resolves or joins every chunk), which made a draw
+    slower the more a source held.
+    """
+    which = np.searchsorted(starts, idx, side="right") - 1
+    first = which[0]
+    if (which == first).all():
+        return pieces[first].take(idx - starts[first])
+    order = np.argsort(which, kind="stable")
+    grouped = which[order]
+    cuts = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1  # where the next piece's rows begin
+    parts = []
+    for rows in np.split(order, cuts):
+        w = which[rows[0]]
+        parts.append(pieces[w].take(idx[rows] - starts[w]))
+    # gathered by piece; put the rows back in the order they were drawn
+    return pa.concat_tables(parts).take(np.argsort(order, kind="stable"))
+
+
 def _select(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table``'s columns of ``schema``, labelled with it (nullability may differ between
     sources; the types are the same, so this copies nothing)."""
@@ -181,6 +208,8 @@ class _Source:
         self.write_error: str | None = None  # the newest ingest's write failed (a full disk): why
         self._cold: pa.Table | None = None
         self._cold_selected: pa.Table | None = None
+        self._cold_pieces: tuple[list[pa.Table], np.ndarray] | None = None  # its record batches and their starts
+        self._merge_bytes = int(min(_MERGE_BYTES_MAX, max(_MERGE_BYTES_MIN, cfg.memory_mb * 2**20 / 8)))
         self.batch_ids: list[BatchRecord] = []  # recovered from the segments, for the buffer's acks
         if static is not None:
             self._cold = conform(
@@ -264,13 +293,14 @@ class _Source:
 
     def _add_segment(self, seg: Segment) -> None:
         self.segments.append(seg)
-        self._cold = self._cold_selected = None
+        self._cold = self._cold_selected = self._cold_pieces = None
 
     def _merge_small_blocks(self) -> None:
-        # Binary-counter merging keeps O(log n) small blocks; the copy also makes the
-        # buffer the owner of rows that arrived in a caller's memory.
+        # Binary-counter merging keeps O(log n) blocks below the cap; the copy also makes
+        # the buffer the owner of rows that arrived in a caller's memory.
         hot = self.hot
-        while len(hot) >= 2 and hot[-1].rows >= hot[-2].rows and hot[-1].nbytes + hot[-2].nbytes <= _MERGE_BYTES:
+        while (len(hot) >= 2 and hot[-1].rows >= hot[-2].rows
+               and hot[-1].nbytes + hot[-2].nbytes <= self._merge_bytes):
             b, a = hot.pop(), hot.pop()
             hot.append(_Block(a.start, pa.concat_tables([a.table, b.table]).combine_chunks(), a.nbytes + b.nbytes))
         self._hot_starts = None
@@ -300,7 +330,17 @@ class _Source:
                 tables = [seg.table for seg in self.segments]
                 self._cold = pa.concat_tables(tables) if tables else self.schema.empty_table()
             self._cold_selected = _select(self._cold, schema)
+            self._cold_pieces = None
         return self._cold_selected
+
+    def _cold_gather(self, idx: np.ndarray, schema: pa.Schema) -> pa.Table:
+        table = self._cold_table(schema)
+        if self._cold_pieces is None:
+            batches = table.to_batches()
+            sizes = np.fromiter((b.num_rows for b in batches), np.int64, len(batches))
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            self._cold_pieces = [pa.Table.from_batches([b]) for b in batches], starts
+        return gather(*self._cold_pieces, idx)
 
     def take(self, idx: np.ndarray, schema: pa.Schema) -> pa.Table:
         """Rows ``idx``, in ``idx`` order, with the columns of ``schema``.
@@ -308,27 +348,21 @@ class _Source:
         The order never depends on where rows live (memory or segments): a buffer rebuilt
         from its segments after a restart or resume yields the very batches it would have.
         """
+        if len(idx) == 0:
+            return schema.empty_table()
         cold = idx < self.cold_rows
         if cold.all():
-            return self._cold_table(schema).take(idx)
-        parts, order = [], []
-        if cold.any():
-            parts.append(self._cold_table(schema).take(idx[cold]))
-            order.append(np.flatnonzero(cold))
+            return self._cold_gather(idx, schema)
         if self._hot_starts is None:
             self._hot_starts = np.fromiter((blk.start for blk in self.hot), np.int64, len(self.hot))
+        blocks = [blk.select(schema) for blk in self.hot]
+        if not cold.any():
+            return gather(blocks, self._hot_starts, idx)
         hot_pos = np.flatnonzero(~cold)
-        which = np.searchsorted(self._hot_starts, idx[hot_pos], side="right") - 1
-        for b in np.unique(which):
-            block = self.hot[b]
-            mine = hot_pos[which == b]
-            parts.append(block.select(schema).take(idx[mine] - block.start))
-            order.append(mine)
-        if len(parts) == 1:
-            return parts[0]
-        # Gathered by where the rows live; put them back in the order they were drawn.
-        gathered = pa.concat_tables(parts)
-        return gathered.take(np.argsort(np.concatenate(order), kind="stable"))
+        cold_pos = np.flatnonzero(cold)
+        gathered = pa.concat_tables([self._cold_gather(idx[cold_pos], schema), gather(blocks, self._hot_starts, idx[hot_pos])])
+        # gathered by where the rows live; put them back in the order they were drawn
+        return gathered.take(np.argsort(np.concatenate([cold_pos, hot_pos]), kind="stable"))
 
     def close(self) -> None:
         if self.writer is not None and not self.broken:
