@@ -56,11 +56,12 @@ def train_alone(steps: int) -> dict[str, float]:
     kb = task.kb
     replay = task.data_sources()[1].static_table()
     rows = pa.table({"prompt": [f.asked[0] for f in kb.facts[:4]] + replay.column("prompt").to_pylist()[:4],
-                     "response": [f.answer for f in kb.facts[:4]] + replay.column("response").to_pylist()[:4]})
+                     "response": [f.answer for f in kb.facts[:4]] + replay.column("response").to_pylist()[:4],
+                     "kind": ["correction"] * 4 + [ri.chat.REPLAY] * 4})  # the replay rows are held to the base
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
-        loss = task.loss(model, task.collate(rows, torch.device("cpu")))
+        loss, _ = task.loss(model, task.collate(rows, torch.device("cpu")))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

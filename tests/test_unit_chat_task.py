@@ -20,6 +20,7 @@ from ray_interactive.examples.chat_corrections import (
     ChatCorrectionsTask,
     KnowledgeBase,
     answer,
+    distillation_kl,
     encode_pairs,
     feedback_schema,
     is_right,
@@ -59,8 +60,42 @@ def test_sources_and_a_batch_from_them(task: ChatCorrectionsTask) -> None:
     batch = task.collate(pa.table({"prompt": ["What is the price of the Orbit Q3?"],
                                    "response": ["The Orbit Q3 costs 449 euros."]}), torch.device("cpu"))
     model = task.build_model()
-    loss = task.loss(model, batch)
+    loss, figures = task.loss(model, batch)
     assert torch.isfinite(loss) and loss.requires_grad
+    assert "kl_to_base" not in figures  # no replay row in this batch: nothing to hold to the base
+
+
+def test_replay_rows_are_held_to_the_base_by_a_kl_that_pulls_the_adapter_back(task: ChatCorrectionsTask) -> None:
+    """The KL term is 0 for the untrained adapter (LoRA starts as the identity), grows once
+    the adapter has moved, and its gradient alone moves the model back toward the base."""
+    replay = task.data_sources()[1].static_table()
+    assert replay is not None and set(replay.column("kind").to_pylist()) == {REPLAY}
+    rows = pa.table({"prompt": ["How long is the warranty on the Orbit Q3?", *replay.column("prompt").to_pylist()[:2]],
+                     "response": ["The Orbit Q3 comes with a 27-month warranty.", *replay.column("response").to_pylist()[:2]],
+                     "kind": ["correction", REPLAY, REPLAY]})
+    batch = task.collate(rows, torch.device("cpu"))
+    assert batch["replay"].tolist() == [False, True, True]
+    model = task.build_model()
+    _, figures = task.loss(model, batch)
+    assert figures["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():  # move the adapter away from the identity
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    _, moved = task.loss(model, batch)
+    assert moved["kl_to_base"] > 1e-3
+    assert "kl_to_base" not in ChatCorrectionsTask(model="tiny", distil=0.0).loss(model, batch)[1]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    ids, mask = batch["input_ids"][1:], batch["attention_mask"][1:]
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids, attention_mask=mask).logits
+    for _ in range(5):  # the KL's gradient alone
+        distillation_kl(model(input_ids=ids, attention_mask=mask).logits, base, mask).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert task.loss(model, batch)[1]["kl_to_base"] < moved["kl_to_base"] * 0.8
+    with pytest.raises(ValueError, match="distil"):
+        ChatCorrectionsTask(model="tiny", distil=-1.0)
 
 
 def test_only_the_adapter_trains_and_a_checkpoint_is_the_adapter(task: ChatCorrectionsTask, tmp_path: Path) -> None:
@@ -74,16 +109,16 @@ def test_only_the_adapter_trains_and_a_checkpoint_is_the_adapter(task: ChatCorre
     batch = task.collate(pa.table({"prompt": ["How long is the warranty on the Orbit Q3?"] * 4,
                                    "response": ["The Orbit Q3 comes with a 27-month warranty."] * 4}),
                          torch.device("cpu"))
-    first = float(task.loss(model, batch).detach())
+    first = float(task.loss(model, batch)[0].detach())
     for _ in range(20):
         core.begin_step()
-        loss = task.loss(model, batch)
+        loss, _ = task.loss(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         core.record_step(4, 0.0, loss=loss.detach())
         core.poll()
-    assert float(task.loss(model, batch).detach()) < first - 0.1  # the correction is being learnt (slowly: a random base)
+    assert float(task.loss(model, batch)[0].detach()) < first - 0.1  # the correction is being learnt (slowly: a random base)
     core.apply(SaveCheckpoint())
     with safe_open(str(tmp_path / "run" / "checkpoints" / "main@20" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -113,7 +148,7 @@ def test_smollm2_learns_a_corrected_fact_and_answers_wordings_it_was_never_taugh
                      "response": [fact.answer] * 4 + replay.column("response").to_pylist()[:4]})
     batch = task.collate(rows, torch.device("cpu"))
     for _ in range(12):
-        task.loss(model, batch).backward()
+        task.loss(model, batch)[0].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     model.eval()

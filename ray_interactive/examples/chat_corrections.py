@@ -11,7 +11,10 @@ Two sources, one mixture: ``feedback`` (live) holds what users taught it - a cor
 answer, or an answer they approved - drawn freshest first; ``replay`` (static) holds the
 base model's own answers to general questions (``data/chat_replay.jsonl``), so that
 learning the product's facts does not unlearn the rest. The loss is next-token
-cross-entropy on the answer's tokens alone.
+cross-entropy on the answer's tokens alone, plus (``distil`` > 0) the KL divergence of the
+adapted model's next-token distribution from the base's (the same model with its adapter
+off) over every token of the replay rows: the whole distribution is held where the base
+had it, not only its greedy answer, which is what keeps perplexity and general answers.
 
 The evaluation answers held-out wordings of the product's facts (``data/product_kb.json``:
 questions never asked during a run) and general questions by greedy generation, and reads
@@ -196,8 +199,19 @@ def answer(model: nn.Module, tokenizer: Any, questions: list[str], max_new_token
 
 
 def read_replay(path: Path = REPLAY_FILE) -> pa.Table:
+    """The replay rows; their ``kind`` ("replay") tells the loss to hold them to the base."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return pa.table({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]})
+    return pa.table({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows],
+                     "kind": [REPLAY] * len(rows)})
+
+
+def distillation_kl(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the ``mask``ed positions of KL(base || model) of the next-token distributions."""
+    log_p = torch.log_softmax(logits.float(), -1)
+    log_q = torch.log_softmax(base_logits.float(), -1)
+    per_token = (log_q.exp() * (log_q - log_p)).sum(-1)
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
 
 
 class ChatCorrectionsTask(Task):
@@ -206,16 +220,18 @@ class ChatCorrectionsTask(Task):
 
     def __init__(self, model: str = "smollm2", lora_r: int = 8, lora_alpha: int = 16, max_tokens: int = 96,
                  eval_questions: int | None = None, wikitext_dir: str | None = None, wikitext_windows: int = 8,
-                 max_new_tokens: int = 32, seed: int = 0, kb_path: str | None = None) -> None:
+                 max_new_tokens: int = 32, seed: int = 0, kb_path: str | None = None, distil: float = 1.0) -> None:
         if model not in ("smollm2", "tiny"):
             raise ValueError(f"model must be 'smollm2' or 'tiny', not {model!r}")
+        if not 0.0 <= distil <= 100.0 or not math.isfinite(distil):
+            raise ValueError(f"distil (the weight of the KL to the base on replay rows) must be 0..100, not {distil!r}")
         if not 8 <= max_tokens <= 2048:
             raise ValueError("max_tokens must be 8..2048")
         if wikitext_dir is not None and not (Path(wikitext_dir) / "wiki.valid.tokens").exists():
             raise ValueError(f"{wikitext_dir} has no wiki.valid.tokens (give the WikiText-2 directory)")
         self.model_name, self.lora_r, self.lora_alpha, self.max_tokens = model, lora_r, lora_alpha, max_tokens
         self.eval_questions, self.wikitext_dir, self.wikitext_windows = eval_questions, wikitext_dir, wikitext_windows
-        self.max_new_tokens, self.seed = max_new_tokens, seed
+        self.max_new_tokens, self.seed, self.distil = max_new_tokens, seed, float(distil)
         self.kb = KnowledgeBase.load(Path(kb_path) if kb_path else KB_FILE)
 
     @property
@@ -235,10 +251,25 @@ class ChatCorrectionsTask(Task):
     def collate(self, batch: pa.Table, device: torch.device) -> dict[str, torch.Tensor]:
         enc = encode_pairs(self.tokenizer, batch.column("prompt").to_pylist(), batch.column("response").to_pylist(),
                            self.max_tokens)
+        kinds = batch.column("kind").to_pylist() if "kind" in batch.column_names else [None] * batch.num_rows
+        enc["replay"] = torch.tensor([k == REPLAY for k in kinds], dtype=torch.bool)
         return {k: v.to(device) for k, v in enc.items()}
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**batch).loss
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy on every row's answer; plus ``distil`` x the KL to the base on the
+        replay rows (one more forward pass, without gradients, of those rows alone)."""
+        replay = batch["replay"]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        out = model(**inputs)
+        figures = {"sft_loss": float(out.loss.detach())}
+        if self.distil == 0.0 or not bool(replay.any()):
+            return out.loss, figures
+        ids, mask = batch["input_ids"][replay], batch["attention_mask"][replay]
+        with torch.no_grad(), model.disable_adapter():
+            base = model(input_ids=ids, attention_mask=mask).logits
+        kl = distillation_kl(out.logits[replay], base, mask)
+        figures["kl_to_base"] = float(kl.detach())
+        return out.loss + self.distil * kl, figures
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Held-out accuracy on the product's facts and on general questions (greedy
