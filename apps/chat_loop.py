@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--publish-every", type=int, default=10, help="training steps between adapter versions")
     ap.add_argument("--eval-every", type=int, default=50, help="training steps between evaluations (held-out wordings)")
     ap.add_argument("--feedback-weight", type=float, default=1.0, help="mixture weight of users' feedback (replay: 1)")
+    ap.add_argument("--distil", type=float, default=None,
+                    help="weight of the KL to the base model on replay rows (default: the task's; 0: replay is plain SFT)")
     ap.add_argument("--wikitext", default=None, help="WikiText-2 directory: its perplexity is evaluated too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=None, help="the chat's port (default: 7860 or the next free one)")
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--users must be 0..16")
     if args.eval_every < 1 or args.publish_every < 1 or args.batch_size < 2:
         ap.error("--eval-every and --publish-every must be >= 1, --batch-size >= 2")
+    if args.distil is not None and not 0 <= args.distil <= 100:
+        ap.error("--distil must be 0..100")
     if args.wikitext is not None and not (Path(args.wikitext) / "wiki.valid.tokens").exists():
         ap.error(f"--wikitext {args.wikitext} has no wiki.valid.tokens")
     import ray_interactive as ri
@@ -84,6 +88,8 @@ class ChatLoop:
         a = self.args
         name = a.name or f"chat-{time.strftime('%H%M%S')}"
         kwargs: dict[str, Any] = {"model": a.model, "seed": a.seed}
+        if a.distil is not None:
+            kwargs["distil"] = a.distil
         if a.wikitext:
             kwargs["wikitext_dir"] = str(Path(a.wikitext).resolve())
         config = ri.RunConfig.model_validate({

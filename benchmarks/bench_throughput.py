@@ -28,6 +28,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import psutil  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -99,6 +100,56 @@ class Steering:
                 self.commands += 1
 
 
+_ROLES = (("TrainerActor", "trainer"), ("BufferActor", "buffer"), ("ControllerActor", "controller"),
+          ("BareLoop", "bare loop"), ("raylet", "raylet"), ("gcs_server", "GCS"))
+
+
+def _role(proc: psutil.Process) -> str:
+    if proc.pid == os.getpid():
+        return "driver (steering client)"
+    try:
+        text = " ".join(proc.cmdline()[:3]) or proc.name()
+    except (psutil.Error, OSError):
+        return "other"
+    return next((role for key, role in _ROLES if key in text), "other Ray" if "ray" in text else "other")
+
+
+class CpuMeter:
+    """CPU seconds per process role (trainer, buffer, controller, raylet, ...) between
+    :meth:`start` and :meth:`stop`, summed over bursts; every process on the machine counts."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.wall = 0.0
+        self._begin: dict[int, tuple[str, float]] = {}
+        self._t0 = 0.0
+
+    @staticmethod
+    def _sample() -> dict[int, tuple[str, float]]:
+        out = {}
+        for proc in psutil.process_iter():
+            try:
+                t = proc.cpu_times()
+                out[proc.pid] = (_role(proc), t.user + t.system)
+            except (psutil.Error, OSError):
+                continue
+        return out
+
+    def start(self) -> None:
+        self._begin, self._t0 = self._sample(), time.perf_counter()
+
+    def stop(self) -> None:
+        end, self.wall = self._sample(), self.wall + time.perf_counter() - self._t0
+        for pid, (role, t) in end.items():
+            spent = t - self._begin[pid][1] if pid in self._begin else t  # a process born since: all of it
+            self.cpu[role] = self.cpu.get(role, 0.0) + max(0.0, spent)
+
+    def shares(self) -> dict[str, float]:
+        """Each role's CPU as a share of the whole machine (all cores) over the measured time."""
+        total = self.wall * (os.cpu_count() or 1)
+        return {role: cpu / total for role, cpu in sorted(self.cpu.items(), key=lambda kv: -kv[1])} if total else {}
+
+
 def measure(name: str, bursts: int, threads: int, tmp: Path, steer: bool) -> dict[str, Any]:
     size = SIZES[name]
     bare = BareLoop.remote(size["task"], size["batch"], threads)
@@ -119,13 +170,18 @@ def measure(name: str, bursts: int, threads: int, tmp: Path, steer: bool) -> dic
     time.sleep(0.5)
     client.wait(client.send("pause"))
     pairs = []
+    cpu_bare, cpu_inter = CpuMeter(), CpuMeter()
     for i in range(bursts):
+        cpu_bare.start()
         b = rate(ray.get(bare.burst.remote(size["burst_s"])))
+        cpu_bare.stop()
         start = client.wait(client.send("resume")).applied_step
+        cpu_inter.start()
         if steer:
             steering.on.set()
         time.sleep(size["burst_s"])
         steering.on.clear()
+        cpu_inter.stop()
         stop = client.wait(client.send("pause")).applied_step
         m = client.metrics(keys=["loss"], since=start + 1)["loss"]
         stamps = [t for s, t in zip(m["step"], m["time"]) if start + 1 <= s <= stop]
@@ -148,6 +204,8 @@ def measure(name: str, bursts: int, threads: int, tmp: Path, steer: bool) -> dic
         "ratio_p25": percentile(ratios, 0.25),
         "ratio_p75": percentile(ratios, 0.75),
         "commands_sent_while_steering": steering.commands,
+        "cpu_share_interactive": cpu_inter.shares(),
+        "cpu_share_bare": cpu_bare.shares(),
     }
 
 
@@ -184,6 +242,12 @@ def main() -> None:
             f"{median(r['bare_steps_s']):.1f} | {median(r['interactive_steps_s']):.1f} | "
             f"**{r['median_ratio']:.3f}** | {r['ratio_p25']:.3f}-{r['ratio_p75']:.3f} | {target} |"
         )
+    md += ["", "Where the CPU goes (share of the whole machine, all cores, during the bursts; every process counted "
+           "by role, `other` is whatever else ran on the machine):", ""]
+    for r in rows:
+        for label, shares in (("interactive", r["cpu_share_interactive"]), ("bare", r["cpu_share_bare"])):
+            md.append(f"- {r['size']}, {label} bursts: "
+                      + ", ".join(f"{role} {100 * v:.1f}%" for role, v in shares.items() if v >= 0.001))
     save("throughput" + ("_unsteered" if args.no_steer else ""), result, "\n".join(md))
 
 

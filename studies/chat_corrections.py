@@ -15,7 +15,9 @@ the chat following each adapter version. Measured per seed:
     python studies/chat_corrections.py --seeds 0 1 2 --minutes 10     # ~35 min on 2 cores
     python studies/chat_corrections.py --report                        # table and plot from the JSON
 
-Results: ``docs/chat_corrections.json`` (rewritten after each seed), ``.md`` and ``.png``.
+Results: ``docs/chat_corrections.json`` (rewritten after each seed), ``.md`` and ``.png``; the
+report sets them beside ``docs/chat_corrections_sft_replay.json``, the same study before the
+replay rows were held to the base by a KL term (``--distil 0`` runs that arm again).
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ def machine_load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
-def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval_every: int) -> dict[str, Any]:
+def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval_every: int,
+             distil: float | None) -> dict[str, Any]:
     import ray_interactive as ri
     from apps.chat_loop import ChatLoop, parse_args
 
     run_dir = runs / f"chat-seed{seed}-{time.strftime('%H%M%S')}"
     args = parse_args(["--model", model, "--users", str(users), "--seed", str(seed), "--no-ui",
-                       "--eval-every", str(eval_every), "--run-dir", str(run_dir), "--wikitext", str(DATA / "wikitext-2")])
+                       "--eval-every", str(eval_every), "--run-dir", str(run_dir), "--wikitext", str(DATA / "wikitext-2"),
+                       *(["--distil", str(distil)] if distil is not None else [])])
     loop = ChatLoop(args)
     t0 = time.time()
     loop.start()
@@ -77,6 +81,7 @@ def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval
 
     return {
         "seed": seed, "minutes": minutes, "model": model, "users": users, "exit_code": code,
+        "distil": distil if distil is not None else ri.chat.ChatCorrectionsTask.DEFAULT_DISTIL,
         "run_dir": str(run_dir), "steps": finished.status()["step"],
         "kb_accuracy": series("eval/kb_accuracy"), "general_accuracy": series("eval/general_accuracy"),
         "wikitext_ppl": series("eval/wikitext_ppl"), "trace": trace, "users_final": users_final,
@@ -84,7 +89,7 @@ def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval
     }
 
 
-def report(doc: dict[str, Any]) -> str:
+def report(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
     rows = doc["seeds"]
     lines = [
         "# A chat model that learns from its users' corrections (issue 26)",
@@ -116,10 +121,48 @@ def report(doc: dict[str, Any]) -> str:
     ends = [r["kb_accuracy"][-1][1] for r in rows]
     lines += ["", f"Held-out accuracy at the end over seeds: {100 * min(ends):.0f}-{100 * max(ends):.0f}% "
               f"(first evaluation {100 * rows[0]['kb_accuracy'][0][1]:.0f}%).", ""]
+    if baseline is not None:
+        lines += [
+            "## Against the replay without the KL to the base",
+            "",
+            f"The same study on the code before the KL term (commit {baseline['commit']}, {baseline['date']}; replay rows "
+            "trained by plain SFT on the base's greedy answers; its first evaluation came after one training step). "
+            "Ranges over seeds:",
+            "",
+            "| replay loss | seeds | steps | held-out right at the end | general right, first -> end "
+            "| WikiText-2 ppl, first -> end | facts answered right | corrections a fact took (median) |",
+            "|---|---|---|---|---|---|---|---|",
+            _arm_row("SFT on the base's answers", baseline["seeds"]),
+            _arm_row(f"SFT + {rows[0].get('distil', 1.0):g} x KL to the base", rows),
+            "",
+        ]
     return "\n".join(lines)
 
 
-def plot(doc: dict[str, Any], path: Path) -> None:
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{format(lo, fmt)}-{format(hi, fmt)}"
+
+
+def _arm_row(label: str, rows: list[dict[str, Any]]) -> str:
+    def first(key: str) -> list[float]:
+        return [r[key][0][1] for r in rows]
+
+    def end(key: str) -> list[float]:
+        return [r[key][-1][1] for r in rows]
+
+    pct = [100 * v for v in end("kb_accuracy")]
+    took = [statistics.median(r["users_final"]["corrections_before_right"].values()) for r in rows
+            if r["users_final"]["corrections_before_right"]]
+    return (f"| {label} | {len(rows)} | {_span([r['steps'] for r in rows], 'd')} | {_span(pct, '.0f')}% "
+            f"| {_span([100 * v for v in first('general_accuracy')], '.0f')}% -> "
+            f"{_span([100 * v for v in end('general_accuracy')], '.0f')}% "
+            f"| {_span(first('wikitext_ppl'), '.1f')} -> {_span(end('wikitext_ppl'), '.1f')} "
+            f"| {_span([r['users_final']['facts_answered_right'] for r in rows], 'd')}/12 "
+            f"| {_span(took, 'g') if took else '-'} |")
+
+
+def plot(doc: dict[str, Any], path: Path, baseline: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,9 +175,14 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                                    "WikiText-2 perplexity"), strict=True):
             xs = [s for s, _ in r[key]]
             ys = [v * (100 if key != "wikitext_ppl" else 1) for _, v in r[key]]
-            ax.plot(xs, ys, marker="o", label=f"seed {r['seed']}")
+            ax.plot(xs, ys, marker="o", label=f"seed {r['seed']} (KL to base)" if baseline else f"seed {r['seed']}")
             ax.set_title(label)
             ax.set_xlabel("training step")
+    for i, r in enumerate((baseline or {}).get("seeds", [])):
+        for ax, key in zip(axes, ("kb_accuracy", "general_accuracy", "wikitext_ppl"), strict=True):
+            ys = [v * (100 if key != "wikitext_ppl" else 1) for _, v in r[key]]
+            ax.plot([s for s, _ in r[key]], ys, color="grey", linestyle="--", alpha=0.7,
+                    label="without the KL (SFT replay)" if i == 0 else None)
     axes[0].set_ylabel("%")
     axes[0].legend()
     fig.tight_layout()
@@ -148,6 +196,7 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=40)
     ap.add_argument("--model", default="smollm2", choices=("smollm2", "tiny"))
+    ap.add_argument("--distil", type=float, default=None, help="KL-to-base weight on replay rows (default: the task's)")
     ap.add_argument("--runs", default=str(REPO / "runs" / "chat_study"))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true", help="only write the table and plot from the JSON")
@@ -160,12 +209,14 @@ def main() -> int:
         doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit, "load": machine_load(),
                "seeds": []}
         for seed in a.seeds:
-            doc["seeds"].append(run_seed(seed, a.minutes, Path(a.runs), a.model, a.users, a.eval_every))
+            doc["seeds"].append(run_seed(seed, a.minutes, Path(a.runs), a.model, a.users, a.eval_every, a.distil))
             path.write_text(json.dumps(doc, indent=1))
     doc = json.loads(path.read_text())
-    out.with_suffix(".md").write_text(report(doc))
-    plot(doc, out.with_suffix(".png"))
-    print(report(doc))
+    base_path = out.parent / f"{out.name}_sft_replay.json"
+    baseline = json.loads(base_path.read_text()) if base_path.exists() and path != base_path else None
+    out.with_suffix(".md").write_text(report(doc, baseline))
+    plot(doc, out.with_suffix(".png"), baseline)
+    print(report(doc, baseline))
     return 0
 
 

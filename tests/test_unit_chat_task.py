@@ -78,6 +78,10 @@ def test_replay_rows_are_held_to_the_base_by_a_kl_that_pulls_the_adapter_back(ta
     model = task.build_model()
     _, figures = task.loss(model, batch)
     assert figures["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+    alone = task.loss(model, task.collate(rows.slice(0, 1), torch.device("cpu")))[1]
+    assert figures["sft_loss"] == pytest.approx(alone["sft_loss"], rel=1e-4)  # replay rows are not in the SFT term
+    only_replay = task.loss(model, task.collate(rows.slice(1), torch.device("cpu")))
+    assert "sft_loss" not in only_replay[1] and only_replay[0].requires_grad  # before any correction: the KL alone
     with torch.no_grad():  # move the adapter away from the identity
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -145,7 +149,8 @@ def test_smollm2_learns_a_corrected_fact_and_answers_wordings_it_was_never_taugh
     model.train()
     opt = task.build_optimizer(model, 1e-3)
     rows = pa.table({"prompt": list(fact.asked) + replay.column("prompt").to_pylist()[:4],
-                     "response": [fact.answer] * 4 + replay.column("response").to_pylist()[:4]})
+                     "response": [fact.answer] * 4 + replay.column("response").to_pylist()[:4],
+                     "kind": ["correction"] * 4 + [REPLAY] * 4})
     batch = task.collate(rows, torch.device("cpu"))
     for _ in range(12):
         task.loss(model, batch)[0].backward()

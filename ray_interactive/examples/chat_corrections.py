@@ -10,11 +10,12 @@ without the 20 s load).
 Two sources, one mixture: ``feedback`` (live) holds what users taught it - a corrected
 answer, or an answer they approved - drawn freshest first; ``replay`` (static) holds the
 base model's own answers to general questions (``data/chat_replay.jsonl``), so that
-learning the product's facts does not unlearn the rest. The loss is next-token
-cross-entropy on the answer's tokens alone, plus (``distil`` > 0) the KL divergence of the
-adapted model's next-token distribution from the base's (the same model with its adapter
-off) over every token of the replay rows: the whole distribution is held where the base
-had it, not only its greedy answer, which is what keeps perplexity and general answers.
+learning the product's facts does not unlearn the rest. The loss on users' rows is
+next-token cross-entropy on the answer's tokens alone; on replay rows (``distil`` > 0) it
+is the KL divergence of the adapted model's next-token distribution from the base's (the
+same model with its adapter off) over every token: the whole distribution is held where
+the base had it, not only its greedy answer. Plain cross-entropy on the base's answers
+(``distil=0``) let perplexity and general answers drift (docs/chat_corrections.md).
 
 The evaluation answers held-out wordings of the product's facts (``data/product_kb.json``:
 questions never asked during a run) and general questions by greedy generation, and reads
@@ -218,20 +219,27 @@ class ChatCorrectionsTask(Task):
     """Supervised finetuning of the chat model's LoRA adapters on users' corrections,
     mixed with a replay of its own general answers (see the module docstring)."""
 
+    #: 3: measured on 60 steps of corrections (README): 1 kept perplexity but fewer general answers
+    DEFAULT_DISTIL = 3.0
+    DEFAULT_REPLAY_SFT = 1.0
+
     def __init__(self, model: str = "smollm2", lora_r: int = 8, lora_alpha: int = 16, max_tokens: int = 96,
                  eval_questions: int | None = None, wikitext_dir: str | None = None, wikitext_windows: int = 8,
-                 max_new_tokens: int = 32, seed: int = 0, kb_path: str | None = None, distil: float = 1.0) -> None:
+                 max_new_tokens: int = 32, seed: int = 0, kb_path: str | None = None, distil: float = DEFAULT_DISTIL,
+                 replay_sft: float = DEFAULT_REPLAY_SFT) -> None:
         if model not in ("smollm2", "tiny"):
             raise ValueError(f"model must be 'smollm2' or 'tiny', not {model!r}")
         if not 0.0 <= distil <= 100.0 or not math.isfinite(distil):
             raise ValueError(f"distil (the weight of the KL to the base on replay rows) must be 0..100, not {distil!r}")
+        if not 0.0 <= replay_sft <= 100.0 or not math.isfinite(replay_sft):
+            raise ValueError(f"replay_sft (the weight of the cross-entropy on replay rows) must be 0..100, not {replay_sft!r}")
         if not 8 <= max_tokens <= 2048:
             raise ValueError("max_tokens must be 8..2048")
         if wikitext_dir is not None and not (Path(wikitext_dir) / "wiki.valid.tokens").exists():
             raise ValueError(f"{wikitext_dir} has no wiki.valid.tokens (give the WikiText-2 directory)")
         self.model_name, self.lora_r, self.lora_alpha, self.max_tokens = model, lora_r, lora_alpha, max_tokens
         self.eval_questions, self.wikitext_dir, self.wikitext_windows = eval_questions, wikitext_dir, wikitext_windows
-        self.max_new_tokens, self.seed, self.distil = max_new_tokens, seed, float(distil)
+        self.max_new_tokens, self.seed, self.distil, self.replay_sft = max_new_tokens, seed, float(distil), float(replay_sft)
         self.kb = KnowledgeBase.load(Path(kb_path) if kb_path else KB_FILE)
 
     @property
@@ -256,20 +264,27 @@ class ChatCorrectionsTask(Task):
         return {k: v.to(device) for k, v in enc.items()}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy on every row's answer; plus ``distil`` x the KL to the base on the
-        replay rows (one more forward pass, without gradients, of those rows alone)."""
-        replay = batch["replay"]
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        out = model(**inputs)
-        figures = {"sft_loss": float(out.loss.detach())}
-        if self.distil == 0.0 or not bool(replay.any()):
-            return out.loss, figures
-        ids, mask = batch["input_ids"][replay], batch["attention_mask"][replay]
-        with torch.no_grad(), model.disable_adapter():
-            base = model(input_ids=ids, attention_mask=mask).logits
-        kl = distillation_kl(out.logits[replay], base, mask)
-        figures["kl_to_base"] = float(kl.detach())
-        return out.loss + self.distil * kl, figures
+        """Cross-entropy on the answers users taught; on the replay rows, ``replay_sft`` x the
+        cross-entropy of the base's answers plus ``distil`` x the KL to the base (one more
+        forward pass of those rows, adapter off, without gradients). Each term is a mean over
+        its own rows' tokens, so the long replay answers do not drown the short corrections."""
+        replay, ids, mask, labels = batch["replay"], batch["input_ids"], batch["attention_mask"], batch["labels"]
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        figures: dict[str, float] = {}
+        loss = logits.new_zeros(())
+        for rows, weight, key in ((~replay, 1.0, "sft_loss"), (replay, self.replay_sft, "replay_sft_loss")):
+            taught = (labels[:, 1:] != -100) & rows[:, None]
+            if weight > 0.0 and bool(taught.any()):
+                ce = torch.nn.functional.cross_entropy(logits[:, :-1][taught].float(), labels[:, 1:][taught])
+                figures[key] = float(ce.detach())
+                loss = loss + weight * ce
+        if self.distil > 0.0 and bool(replay.any()):
+            with torch.no_grad(), model.disable_adapter():
+                base = model(input_ids=ids[replay], attention_mask=mask[replay]).logits
+            kl = distillation_kl(logits[replay], base, mask[replay])
+            figures["kl_to_base"] = float(kl.detach())
+            loss = loss + self.distil * kl
+        return loss, figures
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Held-out accuracy on the product's facts and on general questions (greedy
