@@ -22,6 +22,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -295,11 +296,12 @@ class Controller:
 
     def commands(self, limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
         """Command records as flat dicts, in submission order (or newest first)."""
-        recs = list(self.records.values())
-        if newest_first:
-            recs.reverse()
-        if limit is not None:
-            recs = recs[:limit] if newest_first else recs[-limit:]
+        if limit is None:
+            recs = list(reversed(self.records.values())) if newest_first else list(self.records.values())
+        else:  # the newest ``limit`` without a copy of all (a long run logs 100k commands)
+            recs = list(itertools.islice(reversed(self.records.values()), max(0, limit)))
+            if not newest_first:
+                recs.reverse()
         return [r.row() for r in recs]
 
     # -- what the training loop reports ------------------------------------------------
