@@ -60,6 +60,7 @@ from ray_interactive.data.buffer import DataBuffer  # noqa: E402
 
 SCHEMA = pa.schema([("id", pa.int64()), ("x", pa.float32()), ("text", pa.string())])
 DASH_KEYS = ["loss", "lr", "grad_norm", "val_loss"]
+DIMS = ("rows", "rows_capped", "sources", "checkpoints", "branches", "commands", "metric_keys")
 
 
 def rows_table(first: int, n: int = 64) -> pa.Table:
@@ -237,6 +238,16 @@ def grow_metric_keys(tmp: Path, repeats: int) -> list[dict[str, Any]]:
     return out
 
 
+def grow(dim: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One dimension's rows of figures."""
+    if dim in ("rows", "rows_capped"):
+        return grow_rows(tmp, args.max_rows, args.repeats, 1024.0 if dim == "rows" else 4.0)
+    if dim == "commands":
+        return grow_commands(tmp, args.repeats, args.max_commands)
+    return {"sources": grow_sources, "checkpoints": grow_checkpoints, "branches": grow_branches,
+            "metric_keys": grow_metric_keys}[dim](tmp, args.repeats)
+
+
 def _ratio_table(rows: list[list[dict[str, Any]]], dim: str, cols: list[str]) -> str:
     """Markdown: per size, each column's range over the passes and its ratio to the smallest size."""
     head = f"| {dim} | " + " | ".join(f"{c} (µs)" for c in cols) + " |"
@@ -290,7 +301,8 @@ def main() -> None:
     ap.add_argument("--max-commands", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--no-save", action="store_true", help="print, do not write RESULTS.md")
+    ap.add_argument("--dims", nargs="+", default=list(DIMS), choices=list(DIMS), help="what grows (default: all)")
+    ap.add_argument("--no-save", action="store_true", help="print, do not write RESULTS.md (always with --dims)")
     args = ap.parse_args()
     if args.max_rows < 1_000 or args.repeats < 10 or args.passes < 1 or args.max_commands < 100:
         ap.error("--max-rows >= 1000, --max-commands >= 100, --repeats >= 10, --passes >= 1")
@@ -300,21 +312,13 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-growth-"))
         try:
             print(f"pass {p + 1}/{args.passes}", flush=True)
-            passes.append({
-                "rows": grow_rows(tmp, args.max_rows, args.repeats, 1024.0),
-                "rows_capped": grow_rows(tmp, args.max_rows, args.repeats, 4.0),
-                "sources": grow_sources(tmp, args.repeats),
-                "checkpoints": grow_checkpoints(tmp, args.repeats),
-                "branches": grow_branches(tmp, args.repeats),
-                "commands": grow_commands(tmp, args.repeats, args.max_commands),
-                "metric_keys": grow_metric_keys(tmp, args.repeats),
-            })
+            passes.append({name: grow(name, tmp, args) for name in DIMS if name in args.dims})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     result = {"machine": info, "args": vars(args), "passes": passes}
 
     def table(name: str, dim: str, cols: list[str]) -> str:
-        return _ratio_table([p[name] for p in passes], dim, cols)
+        return _ratio_table([p[name] for p in passes], dim, cols) if name in passes[0] else "(not measured)"
 
     md = f"""## Growth (`bench_growth.py`)
 
@@ -344,7 +348,7 @@ every size and is not counted). Plot: `results/growth.png`.
 **Metric keys per row** (200 rows):
 {table("metric_keys", "metric_keys", ["report_us", "dashboard_us", "key_list_us"])}
 """
-    if args.no_save:
+    if args.no_save or set(args.dims) != set(DIMS):
         print(md)
         return
     save("growth", result, md)
