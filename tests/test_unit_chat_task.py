@@ -100,6 +100,8 @@ def test_replay_rows_are_held_to_the_base_by_a_kl_that_pulls_the_adapter_back(ta
     assert task.loss(model, batch)[1]["kl_to_base"] < moved["kl_to_base"] * 0.8
     with pytest.raises(ValueError, match="distil"):
         ChatCorrectionsTask(model="tiny", distil=-1.0)
+    with pytest.raises(ValueError, match="teach nothing"):
+        ChatCorrectionsTask(model="tiny", distil=0.0, replay_sft=0.0)
 
 
 def test_only_the_adapter_trains_and_a_checkpoint_is_the_adapter(task: ChatCorrectionsTask, tmp_path: Path) -> None:

@@ -740,3 +740,14 @@ def test_fuzzed_command_fields_are_refused_in_a_short_plain_sentence(
     rec = controller.submit({"kind": kind, **fields})
     if rec.status is CommandStatus.REJECTED:
         assert_plain(rec.message)
+
+
+def test_the_finiteness_check_tells_an_overflowing_sum_from_a_nan_or_an_inf() -> None:
+    """A float32 sum clears a tensor fast; a sum that overflows on large finite values is
+    not taken for a NaN (the elements are looked at), and a NaN or inf anywhere is found."""
+    big = torch.full((1000,), 3e37)  # sums to inf in float32, every element finite
+    nan, inf = torch.ones(10), torch.ones(5, dtype=torch.float64)
+    nan[3], inf[0] = float("nan"), float("inf")
+    half = torch.full((10,), 60000.0, dtype=torch.float16)  # a float16 sum would overflow
+    assert nonfinite_tensors([("big", big), ("nan", nan), ("inf", inf), ("half", half), ("ids", torch.arange(3))]) == [
+        "nan", "inf"]

@@ -11,11 +11,12 @@ Two sources, one mixture: ``feedback`` (live) holds what users taught it - a cor
 answer, or an answer they approved - drawn freshest first; ``replay`` (static) holds the
 base model's own answers to general questions (``data/chat_replay.jsonl``), so that
 learning the product's facts does not unlearn the rest. The loss on users' rows is
-next-token cross-entropy on the answer's tokens alone; on replay rows (``distil`` > 0) it
-is the KL divergence of the adapted model's next-token distribution from the base's (the
-same model with its adapter off) over every token: the whole distribution is held where
-the base had it, not only its greedy answer. Plain cross-entropy on the base's answers
-(``distil=0``) let perplexity and general answers drift (docs/chat_corrections.md).
+next-token cross-entropy on the answer's tokens alone; on replay rows it is the
+cross-entropy of the base's answer (``replay_sft``) plus ``distil`` x the KL divergence of
+the adapted model's next-token distribution from the base's (the same model with its
+adapter off) over every token: the whole distribution is held where the base had it, not
+only its greedy answer. Cross-entropy alone (``distil=0``) let perplexity and general
+answers drift (docs/chat_corrections.md, docs/chat_replay_pilot.md).
 
 The evaluation answers held-out wordings of the product's facts (``data/product_kb.json``:
 questions never asked during a run) and general questions by greedy generation, and reads
@@ -219,7 +220,7 @@ class ChatCorrectionsTask(Task):
     """Supervised finetuning of the chat model's LoRA adapters on users' corrections,
     mixed with a replay of its own general answers (see the module docstring)."""
 
-    #: 3: measured on 60 steps of corrections (README): 1 kept perplexity but fewer general answers
+    #: chosen by studies/chat_replay_pilot.py and measured by studies/chat_corrections.py (README)
     DEFAULT_DISTIL = 3.0
     DEFAULT_REPLAY_SFT = 1.0
 
@@ -233,6 +234,8 @@ class ChatCorrectionsTask(Task):
             raise ValueError(f"distil (the weight of the KL to the base on replay rows) must be 0..100, not {distil!r}")
         if not 0.0 <= replay_sft <= 100.0 or not math.isfinite(replay_sft):
             raise ValueError(f"replay_sft (the weight of the cross-entropy on replay rows) must be 0..100, not {replay_sft!r}")
+        if distil == 0.0 and replay_sft == 0.0:
+            raise ValueError("distil and replay_sft cannot both be 0: replay rows would teach nothing")
         if not 8 <= max_tokens <= 2048:
             raise ValueError("max_tokens must be 8..2048")
         if wikitext_dir is not None and not (Path(wikitext_dir) / "wiki.valid.tokens").exists():
