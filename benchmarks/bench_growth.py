@@ -106,7 +106,7 @@ def grow_rows(tmp: Path, max_rows: int, repeats: int, memory_mb: float) -> list[
                "ingest_us": timed(ingest, repeats),
                "hot_blocks": len(uni._sources["live"].hot),
                "cold_rows": uni._sources["live"].cold_rows}
-        n = next(ids)
+        n = uni._sources["live"].rows  # the timed ingests added rows
         while fresh._sources["live"].rows < n:  # keep both the same size
             fresh.ingest(rows_table(fresh._sources["live"].rows), "live")
         out.append(row)

@@ -211,7 +211,7 @@ def distillation_kl(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch
     """Mean over the ``mask``ed positions of KL(base || model) of the next-token distributions."""
     log_p = torch.log_softmax(logits.float(), -1)
     log_q = torch.log_softmax(base_logits.float(), -1)
-    per_token = (log_q.exp() * (log_q - log_p)).sum(-1)
+    per_token = torch.nn.functional.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1)
     m = mask.to(per_token.dtype)
     return (per_token * m).sum() / m.sum().clamp_min(1.0)
 
