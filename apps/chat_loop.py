@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--feedback-weight", type=float, default=1.0, help="mixture weight of users' feedback (replay: 1)")
     ap.add_argument("--distil", type=float, default=None,
                     help="weight of the KL to the base model on replay rows (default: the task's; 0: replay is plain SFT)")
+    ap.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True,
+                    help="guard the chat: a judge beside it evaluates each new adapter version first, and the chat "
+                         "serves it only if it keeps every general question the served version answers right "
+                         "(--no-rollout: the chat follows every version at once)")
     ap.add_argument("--wikitext", default=None, help="WikiText-2 directory: its perplexity is evaluated too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=None, help="the chat's port (default: 7860 or the next free one)")
@@ -76,6 +80,7 @@ class ChatLoop:
         self.link: Any = None
         self.engine: Any = None
         self.users: Any = None
+        self.judge: Any = None
         self._closers: list[tuple[str, Any]] = []
 
     def start(self) -> dict[str, str]:
@@ -99,6 +104,7 @@ class ChatLoop:
             "saved_weights": "trainable",  # the adapter travels and is checkpointed, not the 540 MB base
             "publish_every": a.publish_every, "eval_every": a.eval_every, "checkpoint_every": 100,
             "mixture": {ri.chat.FEEDBACK: a.feedback_weight, ri.chat.REPLAY: 1.0},
+            "rollout": ri.chat.ROLLOUT if a.rollout else {"enabled": False},
             "torch_threads": 1,
             "start_paused": True,  # the base is evaluated before the first step
         })
@@ -116,6 +122,10 @@ class ChatLoop:
         model = ri.chat.build_chat_model(a.model, seed=a.seed)
         self.link = link = ri.ReplicaLink(name, model, namespace=client.namespace, max_delay_s=0.05)
         self._closers.append(("replica link", link.close))
+        if a.rollout:  # on its own copy of the model, so the chat keeps answering meanwhile
+            judge_model = ri.chat.build_chat_model(a.model, seed=a.seed)
+            self.judge = ri.CanaryJudge(client, judge_model, evaluate=ri.chat.judge_evaluation(a.model)).start()
+            self._closers.append(("canary judge", self.judge.stop))
         self.engine = ri.chat.ChatEngine(model, ri.chat.load_tokenizer(), lock=link.lock, version=lambda: link.version,
                                          send=link.log)
         demo, urls["chat"] = launch_demo(self.engine, host=a.host, port=a.port, auth=a.auth)
@@ -144,11 +154,39 @@ class ChatLoop:
             u = self.users.stats()
             users = (f" | users: {u['asked']} asked, {u['right']} right, {u['corrected']} corrected, "
                      f"{u['facts_answered_right']}/{len(self.users.users[0].kb.facts)} facts answered right")
-        return (f"step {st['step']} loss {loss:.3f} | chat serves version {info['version']}, "
+        return (f"step {st['step']} loss {loss:.3f} | chat serves version {info['version']}{self.rollout_line()}, "
                 f"{info['answered']} answers, {info['logged_rows']} rows logged" + users + evals)
+
+    def rollout_line(self) -> str:
+        """The guarded rollout in a few words: what is judged, what was decided."""
+        if self.judge is None:
+            return ""
+        r = self.client.rollout()
+        acts = [d["action"] for d in r["decisions"]]
+        judged = f"version {r['canary']} being judged, " if r["canary"] is not None else ""
+        return f" ({judged}{acts.count('promoted')} promoted, {acts.count('rolled back')} rolled back)"
+
+    def rollout_summary(self) -> str | None:
+        """Each version the judge decided on, with its general and held-out answers."""
+        if self.judge is None:
+            return None
+        r = self.client.rollout()
+        parts = []
+        for d in r["decisions"]:
+            canary = (d.get("figures") or {}).get("canary") or {}
+            figs = ", ".join(f"{k.removesuffix('_accuracy')} {100 * canary[k]:.0f}%"
+                             for k in ("general_accuracy", "kb_accuracy") if k in canary)
+            parts.append(f"v{d['version']} {d['action']}" + (f" ({figs})" if figs else ""))
+        return f"guarded rollout: the chat serves version {r['stable']}; " + ("; ".join(parts) or "nothing decided yet")
 
     def stop(self, interrupted: bool = False) -> int:
         code = 0
+        rollout = None
+        if self.client is not None:
+            try:
+                rollout = self.rollout_summary()
+            except Exception as e:  # noqa: BLE001 - the summary must not stop the shutdown
+                log.warning("the rollout's summary: %s", e)
         while self._closers:
             name, fn = self._closers.pop()
             try:
@@ -167,6 +205,8 @@ class ChatLoop:
             import ray_interactive as ri
 
             ri.print_summary(self.client)
+            if rollout:
+                print(rollout, flush=True)
             ev = self.evaluations()
             if ev["kb_accuracy"]:
                 print(f"held-out wordings answered right: base {100 * ev['kb_accuracy'][0]:.0f}% -> "

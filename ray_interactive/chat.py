@@ -11,11 +11,13 @@ from ray_interactive.examples.chat_corrections import (
     EXCHANGES,
     FEEDBACK,
     REPLAY,
+    ROLLOUT,
     ChatCorrectionsTask,
     KnowledgeBase,
     answer,
     build_chat_model,
     is_right,
+    judge_evaluation,
     load_tokenizer,
 )
 from ray_interactive.examples.chat_engine import ChatEngine, Exchange
@@ -23,6 +25,6 @@ from ray_interactive.examples.chat_engine import ChatEngine, Exchange
 TASK = "ray_interactive.examples.chat_corrections:ChatCorrectionsTask"
 
 __all__ = [
-    "EXCHANGES", "FEEDBACK", "REPLAY", "TASK", "ChatCorrectionsTask", "ChatEngine", "Exchange", "KnowledgeBase",
-    "answer", "build_chat_model", "is_right", "load_tokenizer",
+    "EXCHANGES", "FEEDBACK", "REPLAY", "ROLLOUT", "TASK", "ChatCorrectionsTask", "ChatEngine", "Exchange",
+    "KnowledgeBase", "answer", "build_chat_model", "is_right", "judge_evaluation", "load_tokenizer",
 ]

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -191,10 +192,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
     shown = ""
     if state is not None:
         try:
-            shown = f"; state then: {state()!r}"[:4000]
+            shown = f"; state then: {state()!r}"[:12000]
         except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the timeout
             shown = f"; state unavailable ({type(e).__name__}: {e})"
     raise AssertionError(f"timed out after {timeout}s waiting for {what}{shown}")
+
+
+def py_stacks(*pids: int) -> str:
+    """The Python stacks of these processes (py-spy), for a timeout's diagnosis: where a
+    hung actor waits."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = []
+    for pid in pids:
+        try:
+            done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            out.append(f"--- pid {pid}:\n{done.stdout or done.stderr}")
+        except Exception as e:  # noqa: BLE001 - a diagnosis only
+            out.append(f"--- pid {pid}: no stacks ({type(e).__name__}: {e})")
+    return "\n".join(out)
 
 
 #: What a message a person reads must not show: a traceback, a library's own wording

@@ -7,6 +7,7 @@ nothing behind; a stopped trainer process shows as ``stalled``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import ray
 from ray_interactive.core.config import RunConfig
 from ray_interactive.runtime.launch import RunFailed
 
-from .conftest import PACE_S, REPO, regression_config, wait_until
+from .conftest import PACE_S, REPO, py_stacks, regression_config, wait_until
 from .test_branch_resume import losses
 from .test_cli import cli
 from .test_live_data import live_config, live_rows
@@ -40,6 +41,15 @@ def log_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 def events(client: Any, kind: str) -> list[dict[str, Any]]:
     return [r for r in client.commands() if r["kind"] == kind and r["source"] == "system"]
+
+
+def actor_pids(handle: Any) -> list[int]:
+    """The pids of a run's trainer, buffer and controller (those that answer)."""
+    pids = []
+    for actor in (handle.trainer, handle.buffer, handle.controller):
+        with contextlib.suppress(Exception):
+            pids.append(ray.get(actor.pid.remote(), timeout=10))
+    return pids
 
 
 def scripted_start(handle: Any) -> Any:
@@ -77,7 +87,7 @@ def test_a_killed_trainer_is_restarted_from_its_checkpoint_and_continues_with_th
     resume = client.send("resume")  # sent meanwhile: waits until the trainer is back where it died
     assert resume.status.value == "accepted"
     wait_until(lambda: events(client, "recovered"), timeout=150, what="the recovery to finish",
-               state=lambda: (client.status(), client.commands(limit=8)))
+               state=lambda: (client.status(), client.commands(limit=8), py_stacks(*actor_pids(healed))))
     assert client.wait(resume, timeout=60).status.value == "applied"
     final = healed.wait(timeout=120)
     assert final is not None and final["step"] == 80

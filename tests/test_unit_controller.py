@@ -349,6 +349,22 @@ def test_a_re_applied_pause_ends_the_recovery_where_it_holds_the_trainer(harness
     assert c.recovery is None
 
 
+def test_a_recovery_ends_when_the_last_outcome_comes_after_a_newer_status(harness: Harness, snapshot: Snapshot) -> None:
+    """The threaded controller may handle the paused trainer's progress report before the
+    outcome of the re-applied pause sent just before it (an older status): the recovery
+    still ends then, not at a next report that a paused trainer may never send."""
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    pause = c.submit(Pause())
+    c.command_outcomes(outcomes([applied(pause, 8)], status_at(8, "paused")))
+    _, again, _, _ = c.begin_recovery("lost")
+    older = status_at(8, "paused")
+    c.trainer_progress(progress("main", status_at(8, "paused"), [], incarnation=1))  # the newer report first
+    assert c.recovery is not None  # the pause's outcome has not come back yet
+    c.command_outcomes(outcomes([applied(again[0], 8)], older, incarnation=1))
+    assert c.recovery is None and [r["kind"] for r in c.commands() if r["source"] == "system"][-1] == "recovered"
+
+
 def test_a_run_that_says_running_but_makes_no_step_is_stalled(tmp_path: Path) -> None:
     import time
 

@@ -121,7 +121,24 @@ def test_a_restarted_controller_keeps_the_decisions(tmp_path: Path) -> None:
     assert report(again, "a", 0) == (False, 1, False)
 
 
-@pytest.mark.parametrize("bad", [{"enabled": True, "canary_replicas": 0},
+def test_with_no_canary_replicas_every_replica_stays_on_stable_until_the_verdict(tmp_path: Path) -> None:
+    """``canary_replicas=0``: the judge's offline evaluation alone decides; no user is
+    served an unjudged version, not even by a lone replica."""
+    c = Controller(RunConfig(name="unit", task=TaskSpec(target=REGRESSION), run_dir=tmp_path / "run",
+                             rollout=RolloutConfig(enabled=True, canary_replicas=0)))
+    assert report(c, "only", 0) == (False, 0, False)
+    publish(c, 1)
+    assert c.rollout()["canary"] == 1  # waiting for the judge
+    assert report(c, "only", 0) == (False, 0, False)  # still stable
+    assert c.replicas()[0]["canary"] is False
+    c.submit({"kind": "rollback_version", "version": 1, "figures": {"canary": {"loss": 9.0}}}, source="system")
+    publish(c, 2)
+    assert report(c, "only", 0) == (False, 0, False)
+    c.submit({"kind": "promote_version", "version": 2, "figures": {"canary": {"loss": 0.1}}}, source="system")
+    assert report(c, "only", 0) == (False, 2, False)  # promoted: now it serves it
+
+
+@pytest.mark.parametrize("bad", [{"enabled": True, "canary_replicas": -1},
                                  {"enabled": True, "guards": {"loss": {"better": "sideways"}}},
                                  {"enabled": True, "guards": {"loss": {"margin": -1}}}])
 def test_bad_rollout_configs_are_refused(tmp_path: Path, bad: dict) -> None:

@@ -110,7 +110,11 @@ class RolloutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    canary_replicas: int = Field(default=1, ge=1, le=1000, description="replicas that serve a new version first")
+    canary_replicas: int = Field(
+        default=1, ge=0, le=1000,
+        description="replicas that serve a new version first; 0: none, the judge's own evaluation alone decides "
+        "(a single deployed replica never serves an unjudged version)",
+    )
     guards: dict[str, Guard] = Field(
         default_factory=lambda: {"loss": Guard(better="lower", margin=0.0)},
         description="figure -> guard: the figures of the judge's evaluation the canary must hold",

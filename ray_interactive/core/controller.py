@@ -332,6 +332,9 @@ class Controller:
             self.trainer_snapshot(report.snapshot)
         if report.status is not None:
             self._update_status(report.status)
+        # The last re-applied outcome may come after a newer status (a threaded actor
+        # reorders calls), which a paused trainer may never follow with another.
+        self._maybe_end_recovery()
 
     def trainer_progress(self, report: Progress) -> None:
         if self.stale(report.incarnation):

@@ -8,7 +8,10 @@ the user's own evaluation function) compares canary and stable; :func:`decide` s
 the canary is no worse than stable by the guards' margins; the judge's verdict comes back as
 a ``promote_version`` or ``rollback_version`` command (``source: system``, with its figures),
 so every decision is in the command history. A promoted version becomes stable and every
-replica moves to it; a rolled-back one is never offered again. Then the newest published
+replica moves to it; a rolled-back one is never offered again. With ``canary_replicas=0`` no
+replica serves the canary: the judge's evaluation of it (offline, on its own copy of the
+model) alone decides, and every replica stays on stable until then - the choice for a
+single deployed replica, whose canary would otherwise be all of its users. Then the newest published
 version (if newer than stable) becomes the next canary. ``pin_version`` holds every replica
 on one version by hand (the automatic rollout waits) until ``pin_version`` without a version.
 

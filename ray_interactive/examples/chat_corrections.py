@@ -22,6 +22,11 @@ The evaluation answers held-out wordings of the product's facts (``data/product_
 questions never asked during a run) and general questions by greedy generation, and reads
 the perplexity of WikiText-2 validation text when ``wikitext_dir`` is given.
 
+The deployed chat's guarded rollout (:data:`ROLLOUT`, :func:`judge_evaluation`): a new
+adapter version is evaluated by a judge beside the chat before any user gets it, and is
+served only if it answers at least as many general questions right as the version served
+now; otherwise it is rolled back and the next one is judged.
+
     python -m ray_interactive.examples.chat_corrections make-replay   # rebuild data/chat_replay.jsonl
 """
 
@@ -31,6 +36,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -53,6 +59,13 @@ REPLAY = "replay"
 #: LoRA on every projection of attention and MLP: the facts live in the MLPs
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _tokenizer_lock = threading.Lock()
+#: ``RunConfig.rollout`` of the deployed chat: no replica serves a canary (there is one, and
+#: its users are all the users); a version reaches it once the judge has seen it keep every
+#: general question the served version answers right.
+ROLLOUT: dict[str, Any] = {
+    "enabled": True, "canary_replicas": 0,
+    "guards": {"general_accuracy": {"better": "higher", "margin": 0.0}},
+}
 
 
 def feedback_schema() -> pa.Schema:
@@ -314,6 +327,18 @@ class ChatCorrectionsTask(Task):
         if self.wikitext_dir is not None:
             out["wikitext_ppl"] = wikitext_perplexity(model, tok, Path(self.wikitext_dir), self.wikitext_windows)
         return out
+
+
+def judge_evaluation(model: str = "smollm2", eval_questions: int | None = None,
+                     max_new_tokens: int = 32) -> Callable[[nn.Module], dict[str, float]]:
+    """The canary judge's evaluation of a version (``CanaryJudge(evaluate=...)``): the task's
+    held-out and general questions, greedy, on the judge's own copy of the model."""
+    task = ChatCorrectionsTask(model=model, eval_questions=eval_questions, max_new_tokens=max_new_tokens)
+
+    def evaluate(module: nn.Module) -> dict[str, float]:
+        return task.evaluate(module, next(module.parameters()).device)
+
+    return evaluate
 
 
 @torch.no_grad()
