@@ -172,12 +172,15 @@ class ChatLoop:
             return None
         r = self.client.rollout()
         parts = []
-        for d in r["decisions"]:
+        acts = [d["action"] for d in r["decisions"]]
+        for d in r["decisions"][-8:]:
             canary = (d.get("figures") or {}).get("canary") or {}
             figs = ", ".join(f"{k.removesuffix('_accuracy')} {100 * canary[k]:.0f}%"
                              for k in ("general_accuracy", "kb_accuracy") if k in canary)
             parts.append(f"v{d['version']} {d['action']}" + (f" ({figs})" if figs else ""))
-        return f"guarded rollout: the chat serves version {r['stable']}; " + ("; ".join(parts) or "nothing decided yet")
+        counts = f"{acts.count('promoted')} promoted, {acts.count('rolled back')} rolled back"
+        return (f"guarded rollout: the chat serves version {r['stable']}; {counts}"
+                + (f"; the last: {'; '.join(parts)}" if parts else ""))
 
     def stop(self, interrupted: bool = False) -> int:
         code = 0

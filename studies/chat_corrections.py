@@ -10,14 +10,17 @@ the chat following each adapter version. Measured per seed:
   run (the trainer's evaluation every ``--eval-every`` steps, with the version then served);
 * corrections a fact took before a user was first answered right, and the seconds from its
   first correction to that right answer (this includes the wait for a user to ask again);
-* the cost elsewhere: general questions answered right, and WikiText-2 validation perplexity.
+* the cost elsewhere: general questions answered right, and WikiText-2 validation perplexity;
+* the guarded rollout (on unless ``--no-rollout``): each version the judge promoted or rolled
+  back, and the held-out and general answers of the version the chat served at the end.
 
     python studies/chat_corrections.py --seeds 0 1 2 --minutes 10     # ~35 min on 2 cores
     python studies/chat_corrections.py --report                        # table and plot from the JSON
 
 Results: ``docs/chat_corrections.json`` (rewritten after each seed), ``.md`` and ``.png``; the
-report sets them beside ``docs/chat_corrections_sft_replay.json``, the same study before the
-replay rows were held to the base by a KL term (``--distil 0`` runs that arm again).
+report sets them beside the same study's earlier arms: ``docs/chat_corrections_sft_replay.json``
+(before the replay rows were held to the base by a KL term; ``--distil 0 --no-rollout`` runs it
+again) and ``docs/chat_corrections_no_rollout.json`` (the KL, the chat following every version).
 """
 
 from __future__ import annotations
@@ -47,14 +50,15 @@ def machine_load() -> str:
 
 
 def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval_every: int,
-             distil: float | None) -> dict[str, Any]:
+             distil: float | None, rollout: bool = True) -> dict[str, Any]:
     import ray_interactive as ri
     from apps.chat_loop import ChatLoop, parse_args
 
     run_dir = runs / f"chat-seed{seed}-{time.strftime('%H%M%S')}"
     args = parse_args(["--model", model, "--users", str(users), "--seed", str(seed), "--no-ui",
                        "--eval-every", str(eval_every), "--run-dir", str(run_dir), "--wikitext", str(DATA / "wikitext-2"),
-                       *(["--distil", str(distil)] if distil is not None else [])])
+                       *(["--distil", str(distil)] if distil is not None else []),
+                       "--rollout" if rollout else "--no-rollout"])
     loop = ChatLoop(args)
     t0 = time.time()
     loop.start()
@@ -69,6 +73,7 @@ def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval
                           "facts_right": u["facts_answered_right"]})
             print(f"seed {seed} {trace[-1]}", flush=True)
         versions = {v["version"]: v["step"] for v in loop.client.weight_versions()}
+        guarded = loop.client.rollout() if rollout else None  # live: the decisions' real times
     finally:
         code = loop.stop()
     users_final = loop.users.stats()
@@ -85,11 +90,23 @@ def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval
         "run_dir": str(run_dir), "steps": finished.status()["step"],
         "kb_accuracy": series("eval/kb_accuracy"), "general_accuracy": series("eval/general_accuracy"),
         "wikitext_ppl": series("eval/wikitext_ppl"), "trace": trace, "users_final": users_final,
-        "versions_seen": len(versions),
+        "versions_seen": len(versions), "rollout": served_rollout(guarded, t0) if guarded else None,
     }
 
 
-def report(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+def served_rollout(r: dict[str, Any], t0: float) -> dict[str, Any]:
+    """The judge's decisions and the figures of the version served at the end (the judge's own
+    evaluation of it: held-out and general questions)."""
+    decisions = [{"version": d["version"], "action": d["action"], "t": round(d["time"] - t0, 1),
+                  "canary": (d.get("figures") or {}).get("canary") or {}} for d in r["decisions"]]
+    base = next((d["figures"].get("stable") for d in r["decisions"] if (d.get("figures") or {}).get("stable_version") == 0),
+                None)
+    served = r["figures"].get(str(r["stable"])) if r["stable"] else base
+    return {"stable": r["stable"], "rejected": r["rejected"], "decisions": decisions, "served": served or {},
+            "base": base or {}}
+
+
+def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | None = None) -> str:
     rows = doc["seeds"]
     lines = [
         "# A chat model that learns from its users' corrections (issue 26)",
@@ -121,19 +138,45 @@ def report(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
     ends = [r["kb_accuracy"][-1][1] for r in rows]
     lines += ["", f"Held-out accuracy at the end over seeds: {100 * min(ends):.0f}-{100 * max(ends):.0f}% "
               f"(first evaluation {100 * rows[0]['kb_accuracy'][0][1]:.0f}%).", ""]
-    if baseline is not None:
+    guarded = [r for r in rows if r.get("rollout")]
+    if guarded:
         lines += [
-            "## Against the replay without the KL to the base",
+            "## What the users were served: the guarded rollout",
             "",
-            f"The same study on the code before the KL term (commit {baseline['commit']}, {baseline['date']}; replay rows "
-            "trained by plain SFT on the base's greedy answers; its first evaluation came after one training step). "
-            "Ranges over seeds:",
+            "The columns above are the trainer's model at each evaluation. The chat serves a version only once the "
+            "judge beside it has seen it answer at least as many general questions right as the version served "
+            "(`ri.chat.ROLLOUT`); these are the judge's figures of the version served at the end.",
             "",
-            "| replay loss | seeds | steps | held-out right at the end | general right, first -> end "
+            "| seed | versions promoted / rolled back | served at the end | held-out right (base) "
+            "| general right (base) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in guarded:
+            g = r["rollout"]
+            acts = [d["action"] for d in g["decisions"]]
+            served, base = g["served"], g["base"]
+
+            def pct(d: dict[str, Any], k: str) -> str:
+                return f"{100 * d[k]:.0f}%" if k in d else "-"
+
+            lines.append(f"| {r['seed']} | {acts.count('promoted')} / {acts.count('rolled back')} | version {g['stable']} "
+                         f"| {pct(served, 'kb_accuracy')} ({pct(base, 'kb_accuracy')}) "
+                         f"| {pct(served, 'general_accuracy')} ({pct(base, 'general_accuracy')}) |")
+        lines.append("")
+    if baselines:
+        lines += [
+            "## Against the study's earlier arms",
+            "",
+            "The same study on earlier code: replay rows trained by plain SFT on the base's greedy answers (its first "
+            "evaluation came after one training step), and the KL to the base with the chat following every version "
+            "(no rollout). The trainer's model at its evaluations; ranges over seeds:",
+            "",
+            "| arm | commit | seeds | steps | held-out right at the end | general right, first -> end "
             "| WikiText-2 ppl, first -> end | facts answered right | corrections a fact took (median) |",
-            "|---|---|---|---|---|---|---|---|",
-            _arm_row("SFT on the base's answers", baseline["seeds"]),
-            _arm_row(f"SFT + {rows[0].get('distil', 1.0):g} x KL to the base", rows),
+            "|---|---|---|---|---|---|---|---|---|",
+            *[_arm_row(label, b["commit"], b["seeds"]) for label, b in baselines],
+            _arm_row(f"SFT + {rows[0].get('distil', 1.0):g} x KL" + (", guarded rollout" if guarded else ""),
+                     doc["commit"], rows),
             "",
         ]
     return "\n".join(lines)
@@ -144,7 +187,7 @@ def _span(values: list[float], fmt: str) -> str:
     return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{format(lo, fmt)}-{format(hi, fmt)}"
 
 
-def _arm_row(label: str, rows: list[dict[str, Any]]) -> str:
+def _arm_row(label: str, commit: str, rows: list[dict[str, Any]]) -> str:
     def first(key: str) -> list[float]:
         return [r[key][0][1] for r in rows]
 
@@ -154,7 +197,7 @@ def _arm_row(label: str, rows: list[dict[str, Any]]) -> str:
     pct = [100 * v for v in end("kb_accuracy")]
     took = [statistics.median(r["users_final"]["corrections_before_right"].values()) for r in rows
             if r["users_final"]["corrections_before_right"]]
-    return (f"| {label} | {len(rows)} | {_span([r['steps'] for r in rows], 'd')} | {_span(pct, '.0f')}% "
+    return (f"| {label} | {commit} | {len(rows)} | {_span([r['steps'] for r in rows], 'd')} | {_span(pct, '.0f')}% "
             f"| {_span([100 * v for v in first('general_accuracy')], '.0f')}% -> "
             f"{_span([100 * v for v in end('general_accuracy')], '.0f')}% "
             f"| {_span(first('wikitext_ppl'), '.1f')} -> {_span(end('wikitext_ppl'), '.1f')} "
@@ -162,7 +205,7 @@ def _arm_row(label: str, rows: list[dict[str, Any]]) -> str:
             f"| {_span(took, 'g') if took else '-'} |")
 
 
-def plot(doc: dict[str, Any], path: Path, baseline: dict[str, Any] | None = None) -> None:
+def plot(doc: dict[str, Any], path: Path, baselines: list[tuple[str, dict[str, Any]]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,14 +218,15 @@ def plot(doc: dict[str, Any], path: Path, baseline: dict[str, Any] | None = None
                                    "WikiText-2 perplexity"), strict=True):
             xs = [s for s, _ in r[key]]
             ys = [v * (100 if key != "wikitext_ppl" else 1) for _, v in r[key]]
-            ax.plot(xs, ys, marker="o", label=f"seed {r['seed']} (KL to base)" if baseline else f"seed {r['seed']}")
+            ax.plot(xs, ys, marker="o", label=f"seed {r['seed']}")
             ax.set_title(label)
             ax.set_xlabel("training step")
-    for i, r in enumerate((baseline or {}).get("seeds", [])):
-        for ax, key in zip(axes, ("kb_accuracy", "general_accuracy", "wikitext_ppl"), strict=True):
-            ys = [v * (100 if key != "wikitext_ppl" else 1) for _, v in r[key]]
-            ax.plot([s for s, _ in r[key]], ys, color="grey", linestyle="--", alpha=0.7,
-                    label="without the KL (SFT replay)" if i == 0 else None)
+    for (label, b), style in zip(baselines or [], ("--", ":"), strict=False):
+        for i, r in enumerate(b["seeds"]):
+            for ax, key in zip(axes, ("kb_accuracy", "general_accuracy", "wikitext_ppl"), strict=True):
+                ys = [v * (100 if key != "wikitext_ppl" else 1) for _, v in r[key]]
+                ax.plot([s for s, _ in r[key]], ys, color="grey", linestyle=style, alpha=0.7,
+                        label=label if i == 0 else None)
     axes[0].set_ylabel("%")
     axes[0].legend()
     fig.tight_layout()
@@ -197,26 +241,33 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=40)
     ap.add_argument("--model", default="smollm2", choices=("smollm2", "tiny"))
     ap.add_argument("--distil", type=float, default=None, help="KL-to-base weight on replay rows (default: the task's)")
+    ap.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True,
+                    help="the chat's guarded rollout (--no-rollout: the chat follows every version)")
     ap.add_argument("--runs", default=str(REPO / "runs" / "chat_study"))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true", help="only write the table and plot from the JSON")
     a = ap.parse_args()
     out = Path(a.out)
     path = out.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not a.report:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True).stdout.strip()
         doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit, "load": machine_load(),
                "seeds": []}
         for seed in a.seeds:
-            doc["seeds"].append(run_seed(seed, a.minutes, Path(a.runs), a.model, a.users, a.eval_every, a.distil))
+            doc["seeds"].append(run_seed(seed, a.minutes, Path(a.runs), a.model, a.users, a.eval_every, a.distil,
+                                         a.rollout))
             path.write_text(json.dumps(doc, indent=1))
     doc = json.loads(path.read_text())
-    base_path = out.parent / f"{out.name}_sft_replay.json"
-    baseline = json.loads(base_path.read_text()) if base_path.exists() and path != base_path else None
-    out.with_suffix(".md").write_text(report(doc, baseline))
-    plot(doc, out.with_suffix(".png"), baseline)
-    print(report(doc, baseline))
+    baselines = []
+    for suffix, label in (("sft_replay", "SFT replay"), ("no_rollout", "SFT + KL, no rollout")):
+        arm = out.parent / f"{out.name}_{suffix}.json"
+        if arm.exists() and arm != path:
+            baselines.append((label, json.loads(arm.read_text())))
+    out.with_suffix(".md").write_text(report(doc, baselines))
+    plot(doc, out.with_suffix(".png"), baselines)
+    print(report(doc, baselines))
     return 0
 
 

@@ -33,6 +33,12 @@ def test_demo_chat_runs_the_loop_and_ends_cleanly(tmp_path: Path) -> None:
     assert "chat: http://" in text and "stopped at step" in text, text[-3000:]
     served = [int(v) for v in re.findall(r"chat serves version (\d+)", text)]
     assert served and max(served) >= 1, text[-3000:]  # the chat followed the adapter versions
+    # ... once the judge had promoted them: the guarded rollout is on by default
+    rollout = re.search(r"guarded rollout: the chat serves version (\d+); (.*)", text)
+    assert rollout and "promoted" in rollout.group(2), text[-3000:]
+    decisions = ri.attach(str(run_dir)).rollout()["decisions"]
+    assert decisions and all("general_accuracy" in d["figures"]["canary"] for d in decisions)
+    assert max(served) <= max(d["version"] for d in decisions if d["action"] == "promoted")
     asked, corrected = (int(x) for x in re.search(r"users: (\d+) questions, (\d+) corrections", text).groups())
     assert asked >= 3 and corrected >= 1
     assert "held-out wordings answered right: base" in text

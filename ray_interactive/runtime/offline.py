@@ -121,6 +121,10 @@ class FinishedRun:
     def sources(self) -> dict[str, Any]:
         return {}
 
+    def rollout(self) -> dict[str, Any]:
+        """The guarded rollout as the run left it: stable, rejected, every decision."""
+        return self._c.rollout()
+
     def weight_versions(self) -> list[dict[str, Any]]:
         out = []
         path = self.run_dir / "weights.jsonl"
