@@ -90,7 +90,7 @@ def run_seed(seed: int, minutes: float, runs: Path, model: str, users: int, eval
         "run_dir": str(run_dir), "steps": finished.status()["step"],
         "kb_accuracy": series("eval/kb_accuracy"), "general_accuracy": series("eval/general_accuracy"),
         "wikitext_ppl": series("eval/wikitext_ppl"), "trace": trace, "users_final": users_final,
-        "versions_seen": len(versions), "rollout": served_rollout(guarded, t0) if guarded else None,
+        "versions_seen": len(versions), "general_questions": len(ri.chat.KnowledgeBase.load().general), "rollout": served_rollout(guarded, t0) if guarded else None,
     }
 
 
@@ -114,7 +114,8 @@ def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | No
         f"Measured {doc['date']} on commit {doc['commit']}; {doc['load']} before the runs. "
         f"SmolLM2-135M-Instruct + LoRA (r 8, 2.4M trainable of 137M), {rows[0]['users']} simulated users, "
         f"{rows[0]['minutes']:g} minutes a seed on 2 CPU cores (trainer 1 thread, chat 1 thread). "
-        "Held-out: 24 wordings of the 12 facts never asked during a run; general: 12 questions with known answers; "
+        "Held-out: 24 wordings of the 12 facts never asked during a run; "
+        f"general: {rows[0].get('general_questions', 12)} questions with known answers (12 before 2026-12-07); "
         "WikiText-2: perplexity on 8 x 128 validation tokens. Reproduce: `python studies/chat_corrections.py "
         "--seeds 0 1 2 --minutes 10`. *first*: the first evaluation, at step "
         f"{rows[0]['kb_accuracy'][0][0]} (runs before 2026-12-07 took one training step before it; now the loop "
