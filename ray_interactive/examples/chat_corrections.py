@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -240,7 +241,7 @@ class ChatCorrectionsTask(Task):
     def __init__(self, model: str = "smollm2", lora_r: int = 8, lora_alpha: int = 16, max_tokens: int = 96,
                  eval_questions: int | None = None, wikitext_dir: str | None = None, wikitext_windows: int = 8,
                  max_new_tokens: int = 32, seed: int = 0, kb_path: str | None = None, distil: float = DEFAULT_DISTIL,
-                 replay_sft: float = DEFAULT_REPLAY_SFT) -> None:
+                 replay_sft: float = DEFAULT_REPLAY_SFT, kl_cache_mb: float = 1024.0) -> None:
         if model not in ("smollm2", "tiny"):
             raise ValueError(f"model must be 'smollm2' or 'tiny', not {model!r}")
         if not 0.0 <= distil <= 100.0 or not math.isfinite(distil):
@@ -256,6 +257,12 @@ class ChatCorrectionsTask(Task):
         self.model_name, self.lora_r, self.lora_alpha, self.max_tokens = model, lora_r, lora_alpha, max_tokens
         self.eval_questions, self.wikitext_dir, self.wikitext_windows = eval_questions, wikitext_dir, wikitext_windows
         self.max_new_tokens, self.seed, self.distil, self.replay_sft = max_new_tokens, seed, float(distil), float(replay_sft)
+        if not 0.0 <= kl_cache_mb <= 1e6:
+            raise ValueError(f"kl_cache_mb must be 0..1e6, not {kl_cache_mb!r}")
+        self.kl_cache_mb = float(kl_cache_mb)
+        # per model (a test may train several): token ids of a row -> the base's log-probs
+        self._base_cache: weakref.WeakKeyDictionary[nn.Module, dict[bytes, torch.Tensor]] = weakref.WeakKeyDictionary()
+        self._cached_bytes: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
         self.kb = KnowledgeBase.load(Path(kb_path) if kb_path else KB_FILE)
 
     @property
@@ -295,12 +302,34 @@ class ChatCorrectionsTask(Task):
                 figures[key] = float(ce.detach())
                 loss = loss + weight * ce
         if self.distil > 0.0 and bool(replay.any()):
-            with torch.no_grad(), model.disable_adapter():
-                base = model(input_ids=ids[replay], attention_mask=mask[replay]).logits
+            base = self._base_log_probs(model, ids[replay], mask[replay])
             kl = distillation_kl(logits[replay], base, mask[replay])
             figures["kl_to_base"] = float(kl.detach())
             loss = loss + self.distil * kl
         return loss, figures
+
+    def _base_log_probs(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The base model's next-token log-probabilities for these (right-padded) rows.
+
+        The base never changes (only the adapter trains) and the replay rows are a fixed
+        set, so each row's are computed once, alone (the same figures whatever batch it
+        comes in: a resumed run gets the very values), and kept per model in float16, up to
+        ``kl_cache_mb``: a step then needs no second forward pass for them."""
+        cache = self._base_cache.setdefault(model, {})
+        lengths = mask.sum(1).tolist()
+        keys = [ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+        rows = []
+        for i, (key, n) in enumerate(zip(keys, lengths, strict=True)):
+            got = cache.get(key)
+            if got is None:
+                with torch.no_grad(), model.disable_adapter():
+                    got = torch.log_softmax(model(input_ids=ids[i: i + 1, :n]).logits[0].float(), -1).half()
+                size = got.numel() * got.element_size()
+                if self._cached_bytes.get(model, 0) + size <= self.kl_cache_mb * 2**20:
+                    cache[key] = got
+                    self._cached_bytes[model] = self._cached_bytes.get(model, 0) + size
+            rows.append(torch.nn.functional.pad(got.float(), (0, 0, 0, ids.shape[1] - n)))
+        return torch.stack(rows)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Held-out accuracy on the product's facts and on general questions (greedy
