@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -125,9 +126,9 @@ class KnowledgeBase:
 
 
 def is_right(answer: str, keys: tuple[str, ...]) -> bool:
-    """Whether an answer states the fact: it holds one of its keys (case-insensitive)."""
-    low = answer.lower()
-    return any(k.lower() in low for k in keys)
+    """Whether an answer states the fact: it holds one of its keys as a whole word or
+    number (case-insensitive: "Au" is not in "because", "6" not in "16")."""
+    return any(re.search(rf"(?<![\w.]){re.escape(k)}(?![\w]|\.\d)", answer, re.IGNORECASE) for k in keys)
 
 
 def load_tokenizer() -> Any:
