@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="weight of the KL to the base model on replay rows (default: the task's; 0: replay is plain SFT)")
     ap.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True,
                     help="guard the chat: a judge beside it evaluates each new adapter version first, and the chat "
-                         "serves it only if it keeps every general question the served version answers right "
+                         "serves it only if it answers the general questions within one of the base model "
                          "(--no-rollout: the chat follows every version at once)")
     ap.add_argument("--wikitext", default=None, help="WikiText-2 directory: its perplexity is evaluated too")
     ap.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,10 @@ def test_the_knowledge_base_keeps_asked_and_held_out_wordings_apart() -> None:
         assert not set(f.asked) & set(f.held_out) and len(f.held_out) >= 2
         assert is_right(f.answer, f.key)  # the taught answer states the fact
     assert is_right("It is 4,100 pa.", ("4100", "4,100")) and not is_right("About 3 hours.", ("137",))
+    # a key counts as a whole word or number, not inside another
+    assert is_right("The symbol is Au.", ("Au",)) and not is_right("It is gold because it shines.", ("Au",))
+    assert not is_right("It has 16 legs.", ("6",)) and not is_right("It holds 10.62 litres.", ("0.62",))
+    assert is_right("It holds 0.62 litres.", ("0.62",)) and is_right("A 137-minute run.", ("137",))
 
 
 def test_the_loss_is_on_the_answer_alone(task: ChatCorrectionsTask) -> None:

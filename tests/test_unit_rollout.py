@@ -45,6 +45,21 @@ def test_decide_holds_each_guard_within_its_margin_and_refuses_what_it_cannot_ju
     assert decide({}, {"loss": 3.0, "success": 0.1}, guards).promote  # nothing to compare with: not worse
 
 
+def test_a_guard_against_the_base_ignores_a_lucky_stable_and_bounds_what_adds_up() -> None:
+    """Held to stable with no margin, one lucky stable figure blocks every later version; a
+    guard against the base (version 0) does not, and small losses cannot add up past it."""
+    to_stable = {"acc": Guard(better="higher", margin=0.0)}
+    to_base = {"acc": Guard(better="higher", margin=0.03, against="base")}
+    base, lucky_stable, canary = {"acc": 0.69}, {"acc": 0.72}, {"acc": 0.69}
+    assert not decide(lucky_stable, canary, to_stable, base).promote
+    v = decide(lucky_stable, canary, to_base, base)
+    assert v.promote and "vs base 0.69" in v.reasons[0]
+    assert not decide({"acc": 0.67}, {"acc": 0.65}, to_base, base).promote  # 4 points under the base, whatever stable is
+    assert decide({"acc": 0.5}, {"acc": 0.9}, to_base, None).promote  # no base figure: nothing to compare with
+    with pytest.raises(ValueError):
+        Guard.model_validate({"against": "newest"})
+
+
 def test_a_new_version_reaches_only_the_canary_until_it_is_promoted(tmp_path: Path) -> None:
     c = controller(tmp_path)
     for name in ("b", "a"):

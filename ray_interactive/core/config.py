@@ -96,12 +96,16 @@ class HealthConfig(BaseModel):
 
 class Guard(BaseModel):
     """One figure the canary must hold: ``higher`` (or ``lower``) is better, and by how
-    much it may be worse than stable and still be promoted (in the figure's own units)."""
+    much it may be worse than the reference and still be promoted (in the figure's own
+    units). The reference is the stable version, or with ``against="base"`` the weights the
+    replicas started with (version 0): a bound small losses cannot add up past, one
+    promotion after another, and that a lucky stable figure does not raise."""
 
     model_config = ConfigDict(extra="forbid")
 
     better: Literal["higher", "lower"] = "higher"
     margin: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    against: Literal["stable", "base"] = "stable"
 
 
 class RolloutConfig(BaseModel):

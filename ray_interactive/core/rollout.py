@@ -8,12 +8,15 @@ the user's own evaluation function) compares canary and stable; :func:`decide` s
 the canary is no worse than stable by the guards' margins; the judge's verdict comes back as
 a ``promote_version`` or ``rollback_version`` command (``source: system``, with its figures),
 so every decision is in the command history. A promoted version becomes stable and every
-replica moves to it; a rolled-back one is never offered again. With ``canary_replicas=0`` no
-replica serves the canary: the judge's evaluation of it (offline, on its own copy of the
-model) alone decides, and every replica stays on stable until then - the choice for a
-single deployed replica, whose canary would otherwise be all of its users. Then the newest published
+replica moves to it; a rolled-back one is never offered again. Then the newest published
 version (if newer than stable) becomes the next canary. ``pin_version`` holds every replica
 on one version by hand (the automatic rollout waits) until ``pin_version`` without a version.
+
+With ``canary_replicas=0`` no replica serves the canary: the judge's evaluation of it
+(offline, on its own copy of the model) alone decides, and every replica stays on stable
+until then - the choice for a single deployed replica, whose canary would otherwise be all
+of its users. A guard ``against="base"`` holds the canary to the replicas' starting weights
+(version 0) instead of stable.
 
 Without rollout every replica follows the newest version, as before.
 """
@@ -35,26 +38,29 @@ class Verdict:
     reasons: list[str]
 
 
-def decide(stable: dict[str, float], canary: dict[str, float], guards: dict[str, Guard]) -> Verdict:
-    """Promote the canary if, on every guarded figure, it is no worse than stable by more
-    than the guard's margin. A figure missing or not finite on the canary's side rolls it
-    back (an evaluation that cannot say is not a pass)."""
+def decide(stable: dict[str, float], canary: dict[str, float], guards: dict[str, Guard],
+           base: dict[str, float] | None = None) -> Verdict:
+    """Promote the canary if, on every guarded figure, it is no worse than its reference
+    (stable; ``base``, version 0's figures, for a guard ``against="base"``) by more than the
+    guard's margin. A figure missing or not finite on the canary's side rolls it back (an
+    evaluation that cannot say is not a pass)."""
     reasons, ok = [], True
     for name, g in sorted(guards.items()):
-        c, s = canary.get(name), stable.get(name)
+        ref = g.against
+        c, s = canary.get(name), (base or {} if ref == "base" else stable).get(name)
         if c is None or not math.isfinite(c):
             reasons.append(f"{name}: the canary's evaluation gave {c!r}")
             ok = False
             continue
         if s is None or not math.isfinite(s):
-            reasons.append(f"{name}: {c:.4g} (stable has no figure to compare)")
+            reasons.append(f"{name}: {c:.4g} ({ref} has no figure to compare)")
             continue
         worse = (s - c) if g.better == "higher" else (c - s)
         held = worse <= g.margin
         ok &= held
         sign = ">=" if g.better == "higher" else "<="
-        reasons.append(f"{name}: canary {c:.4g} vs stable {s:.4g} ({'held' if held else 'failed'}: "
-                       f"{sign} stable {'-' if g.better == 'higher' else '+'} {g.margin:g})")
+        reasons.append(f"{name}: canary {c:.4g} vs {ref} {s:.4g} ({'held' if held else 'failed'}: "
+                       f"{sign} {ref} {'-' if g.better == 'higher' else '+'} {g.margin:g})")
     return Verdict(ok, reasons)
 
 

@@ -50,7 +50,9 @@ class CanaryJudge:
         self.evaluate = evaluate
         self.poll_s = poll_s
         self.min_canary_s = min_canary_s
-        self._base = {k: v.detach().clone() for k, v in module.state_dict().items()}  # version 0
+        # Version 0: what a loaded version overwrote, as it was (a copy of only what versions
+        # carry: an adapter's tensors, not a 540 MB base, when they are partial).
+        self._base: dict[str, Any] = {}
         self.figures: dict[int, dict[str, float]] = {}
         self.verdicts: list[dict[str, Any]] = []
         self.last_error: str | None = None
@@ -66,9 +68,13 @@ class CanaryJudge:
         import torch
 
         if version == 0:
-            self.module.load_state_dict(self._base)
+            self.module.load_state_dict(self._base, strict=False)
         else:
             entry, state = self.client.weights(version)
+            own = self.module.state_dict()
+            for k in state:
+                if k not in self._base and k in own:
+                    self._base[k] = own[k].detach().clone()
             load_version(self.module, state, entry)
         with torch.inference_mode():
             figs = {k: float(v) for k, v in self.evaluate(self.module).items()}
@@ -88,9 +94,11 @@ class CanaryJudge:
         canary_figs = self._figures_of(canary, {})
         stable_figs = self._figures_of(r["stable"], r["figures"])
         guards = {k: Guard.model_validate(g) for k, g in r["guards"].items()}
-        verdict = decide(stable_figs, canary_figs, guards)
+        base_figs = self._figures_of(0, r["figures"]) if any(g.against == "base" for g in guards.values()) else None
+        verdict = decide(stable_figs, canary_figs, guards, base_figs)
         kind = "promote_version" if verdict.promote else "rollback_version"
         figures = {"canary": canary_figs, "stable": stable_figs, "stable_version": r["stable"], "reasons": verdict.reasons,
+                   **({"base": base_figs} if base_figs is not None else {}),
                    "judged_in_s": round(time.time() - t0, 3), "canary_for_s": round(time.time() - (r["canary_since"] or t0), 3)}
         rec = self.client.send(kind, source="system", version=canary, figures=figures,
                                comment=f"the canary judge: {'; '.join(verdict.reasons)}"[:2000])
