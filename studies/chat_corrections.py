@@ -106,7 +106,8 @@ def served_rollout(r: dict[str, Any], t0: float) -> dict[str, Any]:
             "base": base or {}}
 
 
-def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | None = None) -> str:
+def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | None = None,
+           first_guard: dict[str, Any] | None = None) -> str:
     rows = doc["seeds"]
     lines = [
         "# A chat model that learns from its users' corrections (issue 26)",
@@ -145,14 +146,16 @@ def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | No
             "## What the users were served: the guarded rollout",
             "",
             "The columns above are the trainer's model at each evaluation. The chat serves a version only once the "
-            "judge beside it has seen it answer at least as many general questions right as the version served "
+            "judge beside it has seen it answer the general questions within one question (of 36) of the base model "
             "(`ri.chat.ROLLOUT`); these are the judge's figures of the version served at the end.",
             "",
-            "| seed | versions promoted / rolled back | served at the end | held-out right (base) "
+            "| guard | seed | versions promoted / rolled back | served at the end | held-out right (base) "
             "| general right (base) |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
-        for r in guarded:
+        earlier = [("served version, margin 0 (" + first_guard["commit"] + ")", r) for r in first_guard["seeds"]] \
+            if first_guard else []
+        for label, r in [("base, margin 1/36", r) for r in guarded] + earlier:
             g = r["rollout"]
             acts = [d["action"] for d in g["decisions"]]
             served, base = g["served"], g["base"]
@@ -160,9 +163,16 @@ def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | No
             def pct(d: dict[str, Any], k: str) -> str:
                 return f"{100 * d[k]:.0f}%" if k in d else "-"
 
-            lines.append(f"| {r['seed']} | {acts.count('promoted')} / {acts.count('rolled back')} | version {g['stable']} "
+            lines.append(f"| {label} | {r['seed']} | {acts.count('promoted')} / {acts.count('rolled back')} "
+                         f"| version {g['stable']} "
                          f"| {pct(served, 'kb_accuracy')} ({pct(base, 'kb_accuracy')}) "
                          f"| {pct(served, 'general_accuracy')} ({pct(base, 'general_accuracy')}) |")
+        if first_guard:
+            lines.append("")
+            lines.append("The first guard held each version to the one served, with no margin: a version one general "
+                         "question luckier than the rest became the bar, every later version was rolled back, and the "
+                         "chat ended on a version that had learnt no fact while the trainer's model answered 46 % of the "
+                         "held-out wordings (one seed, then the guard was changed).")
         lines.append("")
     if baselines:
         lines += [
@@ -262,13 +272,16 @@ def main() -> int:
             path.write_text(json.dumps(doc, indent=1))
     doc = json.loads(path.read_text())
     baselines = []
-    for suffix, label in (("sft_replay", "SFT replay"), ("no_rollout", "SFT + KL, no rollout")):
+    for suffix, label in (("sft_replay", "SFT replay"), ("no_rollout", "SFT + KL, no rollout"),
+                          ("rollout_vs_stable", "SFT + KL, rollout held to the served version")):
         arm = out.parent / f"{out.name}_{suffix}.json"
         if arm.exists() and arm != path:
             baselines.append((label, json.loads(arm.read_text())))
-    out.with_suffix(".md").write_text(report(doc, baselines))
+    first = out.parent / f"{out.name}_rollout_vs_stable.json"
+    first_guard = json.loads(first.read_text()) if first.exists() and first != path else None
+    out.with_suffix(".md").write_text(report(doc, baselines, first_guard))
     plot(doc, out.with_suffix(".png"), baselines)
-    print(report(doc, baselines))
+    print(report(doc, baselines, first_guard))
     return 0
 
 
