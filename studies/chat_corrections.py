@@ -20,7 +20,9 @@ the chat following each adapter version. Measured per seed:
 Results: ``docs/chat_corrections.json`` (rewritten after each seed), ``.md`` and ``.png``; the
 report sets them beside the same study's earlier arms: ``docs/chat_corrections_sft_replay.json``
 (before the replay rows were held to the base by a KL term; ``--distil 0 --no-rollout`` runs it
-again) and ``docs/chat_corrections_no_rollout.json`` (the KL, the chat following every version).
+again), ``docs/chat_corrections_no_rollout.json`` (the KL, the chat following every version) and
+``docs/chat_corrections_rollout_vs_stable.json`` (a first guard: each version held to the served
+one with no margin; one seed).
 """
 
 from __future__ import annotations
@@ -169,10 +171,12 @@ def report(doc: dict[str, Any], baselines: list[tuple[str, dict[str, Any]]] | No
                          f"| {pct(served, 'general_accuracy')} ({pct(base, 'general_accuracy')}) |")
         if first_guard:
             lines.append("")
+            trained = ", ".join(f"{100 * r['kb_accuracy'][-1][1]:.0f} %" for r in first_guard["seeds"])
             lines.append("The first guard held each version to the one served, with no margin: a version one general "
                          "question luckier than the rest became the bar, every later version was rolled back, and the "
-                         "chat ended on a version that had learnt no fact while the trainer's model answered 46 % of the "
-                         "held-out wordings (one seed, then the guard was changed).")
+                         "chat ended on a version that had learnt no fact while the trainer's model answered "
+                         f"{trained} of the held-out wordings ({len(first_guard['seeds'])} seed, then the guard was "
+                         "changed).")
         lines.append("")
     if baselines:
         lines += [
