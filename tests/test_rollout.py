@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from ray import serve
 
 import ray_interactive as ri
 from ray_interactive.core.config import Guard, RolloutConfig
@@ -33,15 +34,33 @@ def poison(n: int, seed: int) -> pa.Table:
     return pa.table({"x": t.column("x"), "y": y}, schema=live_schema(32))
 
 
+def own_answers(served: Any, x: list[float], want: set[str] | None = None) -> dict[str, float] | None:
+    """The answers to ``x`` of the replicas serving version 0 (their own weights): of every
+    replica in ``want``, else of those that do now (None: none of them answered so yet)."""
+    got: dict[str, float] = {}
+    for _ in range(10):  # requests at once, so the router spreads them over both replicas
+        for a in [r.result(timeout_s=30) for r in [served.predict.remote(x) for _ in range(8)]]:
+            if a["version"] == 0:
+                got[a["replica"]] = a["y"]
+        if got and (want is None or want <= set(got)):
+            return got
+    return None
+
+
 def test_bad_versions_never_reach_more_than_the_canary(tmp_path: Any, start: Any) -> None:
     config = regression_config(
         tmp_path, task_kwargs={"live_source": True, "live_weight": 0.0}, publish_every=10, weights_keep=4,
-        rollout=RolloutConfig(enabled=True, guards={"loss": Guard(better="lower", margin=0.5)}),
+        rollout=RolloutConfig(enabled=True, guards={"loss": Guard(better="lower", margin=0.5)}), start_paused=True,
     )
     handle = start(config)
     client = handle.client()
     app = f"{config.name}-model"
     ri.deploy(RegressionModel.options(num_replicas=2).bind(config.name), app)
+    model = serve.get_app_handle(app)
+    x = HELDOUT.column("x")[0].as_py()
+    # (the trainer publishes version 1 as it starts: the canary may serve it already)
+    own = wait_until(lambda: own_answers(model, x), timeout=60, what="a replica's answer with its own weights")
+    client.send("resume")
     judge = ri.CanaryJudge(client, RegressionTask().build_model().eval(), heldout_loss, poll_s=0.2)
     try:
         judge.start()
@@ -79,6 +98,13 @@ def test_bad_versions_never_reach_more_than_the_canary(tmp_path: Any, start: Any
         wait_until(lambda: all(r["version"] == target for r in client.replicas() if r["alive"]) or None,
                    timeout=60, what="every replica on the pinned version")
         assert client.send("promote_version").status.value == "rejected"  # pinned: nothing to promote
+        # pinned to version 0: each replica answers with the weights it started with again
+        # (it kept what the versions it loaded overwrote)
+        assert client.send("pin_version", source="ui", version=0).status.value == "applied"
+        wait_until(lambda: all(r["version"] == 0 for r in client.replicas() if r["alive"]) or None,
+                   timeout=60, what="every replica back on its own weights")
+        back = wait_until(lambda: own_answers(model, x, set(own)), timeout=60, what="answers on version 0")
+        assert {k: back[k] for k in own} == own
         assert client.send("pin_version", source="ui").status.value == "applied"
         assert client.rollout()["pinned"] is None
     finally:

@@ -365,6 +365,21 @@ def test_a_recovery_ends_when_the_last_outcome_comes_after_a_newer_status(harnes
     assert c.recovery is None and [r["kind"] for r in c.commands() if r["source"] == "system"][-1] == "recovered"
 
 
+def test_a_recovery_does_not_end_on_the_lost_trainers_own_status(harness: Harness, snapshot: Snapshot) -> None:
+    """Until the restarted trainer reports a status, the status is the lost one's (at the
+    step it died at): an outcome that comes first must not end the recovery on it."""
+    c = harness.controller
+    c.trainer_snapshot(snapshot)
+    c.trainer_progress(progress("main", status_at(8), []))
+    c.begin_recovery("lost")  # nothing to apply again
+    c.command_outcomes(outcomes([], None, incarnation=1))
+    assert c.recovery is not None
+    c.trainer_progress(progress("main", status_at(3), [], incarnation=1))  # restarted, recomputing
+    assert c.recovery is not None
+    c.trainer_progress(progress("main", status_at(8), [], incarnation=1))
+    assert c.recovery is None
+
+
 def test_a_run_that_says_running_but_makes_no_step_is_stalled(tmp_path: Path) -> None:
     import time
 
@@ -471,3 +486,21 @@ def test_a_late_report_does_not_bring_back_a_checkpoint_retention_removed(harnes
     other.progress("main", TrainerStatus(status="running", step=30, branch="main", time=30.0), [])
     c.trainer_progress(sent[-1])
     assert "main@5" not in {x["id"] for x in c.list_checkpoints()}
+
+
+def test_a_checkpoints_metrics_are_on_disk_with_the_report_that_announces_it(tmp_path: Path) -> None:
+    """The report that says a checkpoint was written at the step it was written at (its row
+    in the same report) puts the metrics up to it on disk at once: a group of workers that
+    dies before its next report must not take them along (a run resumed from the checkpoint
+    reads them back)."""
+    from ray_interactive.core.messages import CheckpointSaved
+    from ray_interactive.core.metrics import MetricStore
+
+    c = Controller(make_config(tmp_path / "run").model_copy(update={"metrics_flush_s": 3600.0}))
+    c.trainer_progress(progress("main", status_at(5), [(s, float(s), {"loss": 1.0 / s}) for s in range(1, 6)]))
+    assert not list((c.run_dir / "metrics").glob("part-*.parquet"))  # the periodic flush is an hour away
+    info = CheckpointInfo(id="main@10", branch="main", step=10, created_at=1.0, reason="periodic")
+    c.trainer_progress(Progress(branch="main", status=status_at(10), rows=[(s, float(s), {"loss": 1.0 / s}) for s in
+                                                                         range(6, 11)], events=[CheckpointSaved(info=info)]))
+    stored = MetricStore.load(c.run_dir / "metrics").series["main"]["loss"]
+    assert stored.steps[: stored.n].tolist() == list(range(1, 11))

@@ -344,8 +344,13 @@ class Controller:
         if self.trackers is not None and report.rows:
             self.trackers.put(Rows(report.branch, report.rows))
         self._update_status(report.status)
-        if self._flush_after is not None and report.status.step != self._flush_after:
-            self._flush_after = None  # a checkpoint is a resume point: the metrics up to it go to disk with it
+        # A checkpoint is a resume point: the metrics up to it go to disk with it, as soon as
+        # they are all here - its step's row came (in this report or before), or the step moved
+        # on. (A run that resumes from it reads them back; a flush left for a later report
+        # was lost with a worker group that died before sending one.)
+        if self._flush_after is not None and (report.status.step != self._flush_after
+                                              or any(row[0] >= self._flush_after for row in report.rows)):
+            self._flush_after = None
             self.flush()
         else:
             self.maybe_flush()
@@ -450,6 +455,8 @@ class Controller:
     def _update_status(self, st: TrainerStatus) -> None:
         if st.time >= self.trainer_status.time:  # calls may arrive out of order
             self.trainer_status = st
+            if self.recovery is not None:
+                self.recovery.heard = True
             self.view.status = st.status.value
             self.view.step = st.step
             self.pace.seen(st.step, st.status is RunStatus.RUNNING)

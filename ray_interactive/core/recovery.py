@@ -32,11 +32,12 @@ class Recovery:
     held: list[CommandRecord] = field(default_factory=list)  # wait until caught up, in order
     started: float = field(default_factory=time.time)  # when the loss was noticed
     last_heard: float = field(default_factory=time.time)  # the lost trainer's last report
+    heard: bool = False  # a status of the restarted trainer came (until then the status is the lost one's)
 
     def caught_up(self, status: str, branch: str, step: int) -> bool:
         """Back where it died: every re-applied command came back, and the trainer reached
         the step it had (or is paused or waiting there: a re-applied pause holds it)."""
-        if self.reapply:
+        if self.reapply or not self.heard:
             return False
         return status not in ("running", "starting") or (branch == self.died_at[0] and step >= self.died_at[1])
 

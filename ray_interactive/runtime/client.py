@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -440,6 +440,8 @@ class WeightSubscriber:
         self.loaded: WeightVersion | None = None
         self.previous: WeightVersion | None = None
         self.last_swap: dict[str, float] = {}  # times of the last swap (seen, fetched, loaded)
+        #: called with each version's state just before it is loaded (a replica keeps what it overwrites)
+        self.before_load: Callable[[Mapping[str, Any]], Any] | None = None
         self.last_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -461,6 +463,8 @@ class WeightSubscriber:
         state = self.client.fetch_weights(entry)
         fetched = time.time()
         with self.lock:
+            if self.before_load is not None:
+                self.before_load(state)
             load_version(self.module, state, entry, strict=self.strict)
             if self.loaded is not None and self.loaded.version != entry.version:
                 self.previous = self.loaded

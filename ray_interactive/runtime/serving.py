@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,9 @@ class ReplicaLink:
         self._stop = threading.Event()
         self._follow = follow
         self._module = module
-        self._base: dict[str, Any] | None = None  # its own weights, while a guarded rollout may ask for them
+        # Its own weights, while a guarded rollout may ask for them: what each loaded version
+        # overwrote, as it was (an adapter's tensors, not a whole base, for partial versions).
+        self._base: dict[str, Any] | None = None
         # The first orders before anything is loaded: under a guarded rollout a new replica
         # must not load the newest version (it may be a canary being judged).
         try:
@@ -136,7 +139,8 @@ class ReplicaLink:
         else:
             sub.stop()  # no background loads: only what the orders name
             if self._base is None and sub.loaded is None:
-                self._base = {k: v.detach().clone() for k, v in self._module.state_dict().items()}
+                self._base = {}
+                sub.before_load = self._keep_base
             if orders.version == 0:
                 if sub.loaded is not None:
                     self._restore_base()
@@ -144,13 +148,21 @@ class ReplicaLink:
                 sub.pin(orders.version)
         self.orders = orders
 
+    def _keep_base(self, state: Mapping[str, Any]) -> None:
+        """Before a version is loaded: copy what it overwrites that is not kept yet."""
+        assert self._base is not None
+        new = [k for k in state if k not in self._base]
+        if new:
+            own = self._module.state_dict()
+            self._base.update({k: own[k].detach().clone() for k in new if k in own})
+
     def _restore_base(self) -> None:
         if self._base is None:
             log.error("replica %s: told to serve its own weights, which it did not keep", self.name)
             return
         sub = self.subscriber
         with sub.lock:
-            self._module.load_state_dict(self._base)
+            self._module.load_state_dict(self._base, strict=False)
             sub.previous, sub.loaded = sub.loaded, None
         sub._pin = None
         self._swapped.set()  # report the change at once
