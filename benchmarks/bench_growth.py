@@ -6,7 +6,9 @@ and ``Controller`` - the controller actor's - with its command log and metric fi
 
 * **rows** of one live source (1k -> 1M, 64-row ingests): a 64-row uniform draw, a
   64-row fresh-first draw, an ingest; with the default memory cap (rows in memory) and
-  with a 4 MB cap (older rows served from the memory-mapped segments);
+  with a 4 MB cap (older rows served from the memory-mapped segments); and the floor, one
+  Arrow ``take`` of 64 random rows from a single record batch of as many rows (what
+  memory, not our code, costs as the rows grow);
 * **sources** (1 -> 100 live sources of 1k rows): a draw, an ingest, the buffer's stats;
 * **checkpoints** the controller lists (10 -> 10k, every 10th tagged): one more saved,
   the UI's checkpoint page, ``status``, a dashboard refresh;
@@ -100,11 +102,19 @@ def grow_rows(tmp: Path, max_rows: int, repeats: int, memory_mb: float) -> list[
         def ingest(ids: Iterator[int] = ids) -> None:
             uni.ingest(rows_table(next(ids)), "live")
 
+        # the floor: one take of 64 random rows from one record batch of as many rows, nothing else
+        floor = rows_table(0, n).to_batches()[0]
+        rng = np.random.default_rng(0)
+
+        def take_floor(floor: pa.RecordBatch = floor, rng: np.random.Generator = rng) -> None:
+            floor.take(pa.array(rng.integers(0, floor.num_rows, 64)))
+
         row = {"rows": n,
+               "take_floor_us": timed(take_floor, repeats),
                "draw_uniform_us": timed(lambda: uni.next_batches(64), repeats),
                "draw_fresh_us": timed(lambda: fresh.next_batches(64), repeats),
                "ingest_us": timed(ingest, repeats),
-               "hot_blocks": len(uni._sources["live"].hot),
+               "hot_store": type(uni._sources["live"].hot).__name__,
                "cold_rows": uni._sources["live"].cold_rows}
         n = uni._sources["live"].rows  # the timed ingests added rows
         while fresh._sources["live"].rows < n:  # keep both the same size
@@ -271,8 +281,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("rows", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us"]),
-              ("rows_capped", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us"]),
+    panels = [("rows", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us", "take_floor_us"]),
+              ("rows_capped", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us", "take_floor_us"]),
               ("sources", "sources", ["draw_uniform_us", "ingest_us", "stats_us"]),
               ("checkpoints", "checkpoints", ["save_us", "page_us", "status_us", "dashboard_us"]),
               ("branches", "branches", ["status_us", "dashboard_us"]),
@@ -328,10 +338,10 @@ ratio to the smallest size. In-process (the actors' logic; Ray's transport per c
 every size and is not counted). Plot: `results/growth.png`.
 
 **Rows of one live source** (default memory cap: all rows in memory; 64-row ingests, fsync'ed):
-{table("rows", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us"])}
+{table("rows", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us", "take_floor_us"])}
 
 **The same with a 4 MB memory cap** (older rows served from the memory-mapped segments):
-{table("rows_capped", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us"])}
+{table("rows_capped", "rows", ["draw_uniform_us", "draw_fresh_us", "ingest_us", "take_floor_us"])}
 
 **Sources** (1k rows each, equal weights):
 {table("sources", "sources", ["draw_uniform_us", "ingest_us", "stats_us"])}

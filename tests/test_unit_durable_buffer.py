@@ -15,6 +15,7 @@ import pytest
 from ray_interactive.core.config import BufferConfig
 from ray_interactive.core.task import DataSource
 from ray_interactive.data.buffer import DataBuffer
+from ray_interactive.data.hot import BlockRows, ColumnRows
 from ray_interactive.data.schemas import content_hash
 
 SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.binary())])
@@ -468,7 +469,7 @@ def test_draws_do_not_depend_on_where_rows_live(tmp_path: Path, policy: str) -> 
     for i in range(12):
         buf.ingest(rows(i * 10, 10, blob=64), "live")
     live = buf._sources["live"]
-    assert 0 < live.cold_rows < live.rows and live.hot  # really split
+    assert 0 < live.cold_rows < live.rows and live.hot.rows  # really split
     pos = buf.position()
     first = buf.next_batches(16, 6)
     buf.close()
@@ -482,13 +483,24 @@ def test_draws_do_not_depend_on_where_rows_live(tmp_path: Path, policy: str) -> 
 
 
 def test_a_draw_over_many_ingests_touches_few_blocks_and_gives_every_row_where_it_lies(tmp_path: Path) -> None:
-    """Hot tables are merged pairwise (O(log n) blocks), so a draw over a large source costs
-    a few ``take`` calls, not one per ingest; and rows come back exactly, in draw order, from
+    """Rows in memory are one record batch (columns of our own), or, where nulls are allowed,
+    tables merged pairwise (O(log n) blocks), so a draw over a large source costs one or a few
+    ``take`` calls, not one per ingest; and rows come back exactly, in draw order, from
     memory, from the segments, or from both."""
     big = live_buffer(tmp_path / "hot", fsync=False)
     for i in range(300):  # 4 MB in memory
         big.ingest(rows(i * 7, 7, blob=2048), "live")
-    assert len(big._sources["live"].hot) <= int(np.log2(300)) + 1, len(big._sources["live"].hot)
+    hot = big._sources["live"].hot
+    assert isinstance(hot, ColumnRows) and hot._batch().num_rows == 2100 == hot.rows
+    nullable = DataBuffer([DataSource("live", schema=SCHEMA, allow_nulls=True)], directory=tmp_path / "nulls",
+                          config=BufferConfig(fsync=False))
+    for i in range(300):
+        nullable.ingest(rows(i * 7, 7, blob=2048), "live")
+    blocks = nullable._sources["live"].hot
+    assert isinstance(blocks, BlockRows) and len(blocks._blocks) <= int(np.log2(300)) + 1, len(blocks._blocks)
+    idx = np.random.default_rng(1).integers(0, 2100, 64)
+    for buffer in (big, nullable):
+        assert buffer._sources["live"].take(idx, buffer.batch_schema).column("id").to_pylist() == idx.tolist()
 
     buf = live_buffer(tmp_path / "split", segment_mb=0.05, memory_rows=600)
     for i in range(300):

@@ -38,6 +38,7 @@ from ray_interactive.core.messages import BufferStats
 from ray_interactive.core.mixture import validate_mixture
 from ray_interactive.core.task import DataSource
 from ray_interactive.data.coalesce import SourceSpec
+from ray_interactive.data.hot import HotRows, gather, hot_rows, select
 from ray_interactive.data.sampling import (
     draw_counts,
     draw_recent,
@@ -53,22 +54,12 @@ from ray_interactive.data.shards import copy_id, parse_copy_id
 log = logging.getLogger(__name__)
 
 _BATCH_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Hot tables are merged pairwise (a binary counter) up to this size, and to at most an
-# eighth of the memory cap so eviction stays fine-grained: a draw touches few blocks, and
-# a row is copied O(log rows) times, not once per ingest.
+# Rows leave memory this many bytes at a time, at most an eighth of the memory cap, so
+# eviction stays fine-grained (and blocks of rows are merged up to it: see data.hot).
 _MERGE_BYTES_MAX = 64 << 20
 _MERGE_BYTES_MIN = 256 << 10
 _RATE_WINDOW_S = 10.0
 _MIN_EARLY_ROLL = 4 << 20  # the open segment is closed early (memory cap) only from this size
-
-
-def _owned(table: pa.Table) -> pa.Table:
-    """``table`` in memory this process owns. A table that came as a Ray argument may be
-    a view of the object store, where holding it would pin memory the cap doesn't see."""
-    batches = table.to_batches()
-    if len(batches) != 1 or table.nbytes < 64 << 10:  # small ones are merged (copied) soon anyway
-        return table
-    return pa.Table.from_batches([pa.ipc.read_record_batch(batches[0].serialize(), table.schema)])
 
 
 def _comparable(digest: str | None) -> bool:
@@ -131,78 +122,6 @@ class _Grow:
         return self._a[: self.n]
 
 
-#: One ``take`` on a piece costs about as much as this many one-row slices (measured:
-#: ~25 µs against ~1.5 µs with pyarrow 26 on this machine's CPUs).
-_SLICES_PER_TAKE = 16
-
-
-def one_batch(table: pa.Table) -> pa.RecordBatch:
-    """``table`` as a single record batch (copying only if it has several chunks)."""
-    batches = table.combine_chunks().to_batches()
-    if len(batches) == 1:
-        return batches[0]
-    return pa.RecordBatch.from_pylist([], schema=table.schema)
-
-
-def gather(pieces: list[pa.RecordBatch], starts: np.ndarray, idx: np.ndarray) -> pa.Table:
-    """Rows ``idx`` (in ``idx`` order) of the consecutive ``pieces`` that begin at row
-    ``starts`` (sorted).
-
-    Rows scattered over many pieces (a uniform draw over a large source, whose rows lie in
-    a record batch per ingest) are cut out as one-row slices, which cost no copy, and
-    concatenated once: a ``take`` per piece touched cost ~25 µs each, and a ``take`` on a
-    table of many chunks costs time in proportion to all its rows (Arrow resolves or joins
-    every chunk). Rows in few pieces are taken, one ``take`` per piece.
-    """
-    which = np.searchsorted(starts, idx, side="right") - 1
-    first = which[0]
-    if (which == first).all():
-        return pa.Table.from_batches([pieces[first].take(idx - starts[first])])
-    order = np.argsort(which, kind="stable")
-    grouped = which[order]
-    cuts = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1  # where the next piece's rows begin
-    if len(idx) < _SLICES_PER_TAKE * (len(cuts) + 2):
-        return pa.Table.from_batches(slices(pieces, starts, which, idx)).combine_chunks()
-    parts = []
-    for rows in np.split(order, cuts):
-        w = which[rows[0]]
-        parts.append(pieces[w].take(idx[rows] - starts[w]))
-    # gathered by piece; put the rows back in the order they were drawn
-    return pa.Table.from_batches(parts).combine_chunks().take(np.argsort(order, kind="stable"))
-
-
-def slices(pieces: list[pa.RecordBatch], starts: np.ndarray, which: np.ndarray, idx: np.ndarray) -> list[pa.RecordBatch]:
-    """One-row views of rows ``idx`` (in ``which`` pieces), in ``idx`` order."""
-    offsets = (idx - starts[which]).tolist()
-    return [pieces[w].slice(o, 1) for w, o in zip(which.tolist(), offsets, strict=True)]
-
-
-def _select(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table``'s columns of ``schema``, labelled with it (nullability may differ between
-    sources; the types are the same, so this copies nothing)."""
-    return table.select(schema.names).cast(schema)
-
-
-@dataclass
-class _Block:
-    """Consecutive rows ``[start, start + rows)`` held in memory."""
-
-    start: int
-    table: pa.Table
-    nbytes: int
-    _selected: pa.RecordBatch | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.table.num_rows
-
-    def select(self, schema: pa.Schema) -> pa.RecordBatch:
-        """Its rows as one record batch with the columns of ``schema`` (cached)."""
-        if self._selected is None or not self._selected.schema.equals(schema):
-            self._selected = one_batch(_select(self.table, schema))
-        return self._selected
-
-
 class _Source:
     """One source's rows: a cold prefix (static table or closed segments, mapped) and a
     hot suffix of recent live rows in memory."""
@@ -221,13 +140,11 @@ class _Source:
         self.log_only = spec.log_only
         self.schema = spec.resolved_schema(static)
         self.segments: list[Segment] = []
-        self.hot: list[_Block] = []
-        self._hot_starts: np.ndarray | None = None  # cache of the blocks' starts, for take()
-        self.hot_bytes = 0
         self.times = _Grow(np.float64)  # ingest time of each live row
         self.used = _Grow(np.bool_)  # whether a live row was drawn into a batch yet
         self.rejected = 0
         self.writer: SegmentWriter | None = None
+        self.hot: HotRows
         self.broken: str | None = None  # set when the segment files can no longer be trusted
         self.write_error: str | None = None  # the newest ingest's write failed (a full disk): why
         self._cold: pa.Table | None = None
@@ -242,6 +159,7 @@ class _Source:
             )
             self.rows = self.cold_rows = self._cold.num_rows
             self.disk_bytes = self._cold.nbytes
+            self.hot = hot_rows(self.schema, True, self._merge_bytes, self.rows)  # stays empty
             return
         self.rows = self.cold_rows = 0
         self.disk_bytes = 0
@@ -256,11 +174,16 @@ class _Source:
             self.rows = self.cold_rows = sum(seg.rows for seg in self.segments)
             self.used.fill(True, self.rows)  # recovered rows are not "fresh" to this buffer
             self.writer = SegmentWriter(sdir, self.schema, int(cfg.segment_mb * 2**20), cfg.fsync)
+        self.hot = hot_rows(self.schema, self.allow_nulls, self._merge_bytes, self.rows)
 
     # -- storage -----------------------------------------------------------------------
     @property
     def hot_rows(self) -> int:
         return self.rows - self.cold_rows
+
+    @property
+    def hot_bytes(self) -> int:
+        return self.hot.nbytes
 
     @property
     def durable_rows(self) -> int:
@@ -275,16 +198,14 @@ class _Source:
         if self.broken:
             raise OSError(f"source {self.name!r}: its storage failed ({self.broken}); restart the buffer to recover")
         first = self.rows
-        table = _owned(table.combine_chunks())  # one record batch per ingest in the segment
+        table = table.combine_chunks()  # one record batch per ingest in the segment
         if self.writer is not None:
             try:
                 self.disk_bytes += self.writer.append(table.to_batches()[0], batch_id, first, t, sync, content_hash)
             except BaseException:
                 self._after_failed_write()
                 raise
-        self.hot.append(_Block(first, table, table.nbytes))
-        self.hot_bytes += table.nbytes
-        self._merge_small_blocks()
+        self.hot.append(table)
         self.rows += table.num_rows
         self.times.fill(t, table.num_rows)
         self.used.fill(False, table.num_rows)
@@ -319,33 +240,22 @@ class _Source:
         self.segments.append(seg)
         self._cold = self._cold_selected = self._cold_pieces = None
 
-    def _merge_small_blocks(self) -> None:
-        # Binary-counter merging keeps O(log n) blocks below the cap; the copy also makes
-        # the buffer the owner of rows that arrived in a caller's memory.
-        hot = self.hot
-        while (len(hot) >= 2 and hot[-1].rows >= hot[-2].rows
-               and hot[-1].nbytes + hot[-2].nbytes <= self._merge_bytes):
-            b, a = hot.pop(), hot.pop()
-            hot.append(_Block(a.start, pa.concat_tables([a.table, b.table]).combine_chunks(), a.nbytes + b.nbytes))
-        self._hot_starts = None
-
     def evict_oldest(self) -> bool:
         """Serve the oldest in-memory rows from the segments instead; False if it can't."""
-        if not self.hot or self.writer is None or self.broken:
+        if not self.hot.rows or self.writer is None or self.broken:
             return False
-        block = self.hot[0]
-        if block.start + block.rows > self.durable_rows:
+        bound = self.hot.evict_bound(self._merge_bytes, self.durable_rows)
+        if bound is None:
             # Still in the open segment: close it early, unless it is small (a tiny cap
             # would otherwise make a segment, and a memory map, per ingest).
             if self.writer.size < min(self.writer.segment_bytes, _MIN_EARLY_ROLL):
                 return False
             self._roll()
-            if block.start + block.rows > self.durable_rows:
+            bound = self.hot.evict_bound(self._merge_bytes, self.durable_rows)
+            if bound is None:
                 return False
-        self.hot.pop(0)
-        self.hot_bytes -= block.nbytes
-        self._hot_starts = None
-        self.cold_rows = block.start + block.rows
+        self.hot.drop_before(bound)
+        self.cold_rows = bound
         return True
 
     def _cold_table(self, schema: pa.Schema) -> pa.Table:
@@ -353,7 +263,7 @@ class _Source:
             if self._cold is None:
                 tables = [seg.table for seg in self.segments]
                 self._cold = pa.concat_tables(tables) if tables else self.schema.empty_table()
-            self._cold_selected = _select(self._cold, schema)
+            self._cold_selected = select(self._cold, schema)
             self._cold_pieces = None
         return self._cold_selected
 
@@ -377,14 +287,11 @@ class _Source:
         cold = idx < self.cold_rows
         if cold.all():
             return self._cold_gather(idx, schema)
-        if self._hot_starts is None:
-            self._hot_starts = np.fromiter((blk.start for blk in self.hot), np.int64, len(self.hot))
-        blocks = [blk.select(schema) for blk in self.hot]
         if not cold.any():
-            return gather(blocks, self._hot_starts, idx)
+            return self.hot.take(idx, schema)
         hot_pos = np.flatnonzero(~cold)
         cold_pos = np.flatnonzero(cold)
-        gathered = pa.concat_tables([self._cold_gather(idx[cold_pos], schema), gather(blocks, self._hot_starts, idx[hot_pos])])
+        gathered = pa.concat_tables([self._cold_gather(idx[cold_pos], schema), self.hot.take(idx[hot_pos], schema)])
         # gathered by where the rows live; put them back in the order they were drawn
         return gathered.take(np.argsort(np.concatenate([cold_pos, hot_pos]), kind="stable"))
 
@@ -646,10 +553,10 @@ class DataBuffer:
             hot_rows = sum(s.hot_rows for s in live)
             if hot_bytes <= cap_bytes and (cap_rows is None or hot_rows <= cap_rows):
                 return
-            candidates = [s for s in live if s.hot and s.writer is not None]
+            candidates = [s for s in live if s.hot.rows and s.writer is not None]
             if not candidates:
                 return  # memory-only buffer (no directory): nothing to fall back on
-            oldest = min(candidates, key=lambda s: s.times.view()[s.hot[0].start])
+            oldest = min(candidates, key=lambda s: s.times.view()[s.cold_rows])
             if not oldest.evict_oldest():
                 return  # over the cap until the open segment is big enough to close
 
