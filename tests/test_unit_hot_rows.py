@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from ray_interactive.core.config import BufferConfig
+from ray_interactive.core.task import DataSource
+from ray_interactive.data.buffer import DataBuffer
 from ray_interactive.data.hot import BlockRows, ColumnRows, hot_rows
 
 SCHEMA = pa.schema([
@@ -120,3 +124,25 @@ def test_blocks_evict_whole_blocks_only() -> None:
     assert store.evict_bound(1, limit=40) == 40
     store.drop_before(40)
     assert store.rows == 0 and store.nbytes == 0 and store.first == 40
+
+
+def test_a_string_column_past_its_offsets_reach_moves_the_source_to_blocks_with_every_row_kept(tmp_path: Path) -> None:
+    schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    buf = DataBuffer([DataSource("live", schema=schema)], directory=tmp_path, config=BufferConfig(fsync=False))
+
+    def part(start: int) -> pa.Table:
+        return pa.table({"id": range(start, start + 10), "text": [f"text {i}" for i in range(start, start + 10)]},
+                        schema=schema)
+
+    buf.ingest(part(0), "live")
+    live = buf._sources["live"]
+    assert isinstance(live.hot, ColumnRows)
+    live.hot._nodes["text"].limit = 150  # type: ignore[union-attr]  # (2 GiB in a real run)
+    buf.ingest(part(10), "live")  # 140 bytes of text: still fits
+    assert isinstance(live.hot, ColumnRows)
+    buf.ingest(part(20), "live")
+    assert isinstance(live.hot, BlockRows) and live.hot.rows == 30
+    buf.ingest(part(30), "live")
+    assert buf.read("live").equals(pa.concat_tables([part(i) for i in (0, 10, 20, 30)]))
+    idx = np.array([39, 0, 15, 25])
+    assert live.take(idx, buf.batch_schema).column("text").to_pylist() == [f"text {i}" for i in idx]

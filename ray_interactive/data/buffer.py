@@ -38,7 +38,7 @@ from ray_interactive.core.messages import BufferStats
 from ray_interactive.core.mixture import validate_mixture
 from ray_interactive.core.task import DataSource
 from ray_interactive.data.coalesce import SourceSpec
-from ray_interactive.data.hot import HotRows, gather, hot_rows, select
+from ray_interactive.data.hot import ColumnRows, HotRows, gather, hot_rows, select
 from ray_interactive.data.sampling import (
     draw_counts,
     draw_recent,
@@ -205,7 +205,13 @@ class _Source:
             except BaseException:
                 self._after_failed_write()
                 raise
-        self.hot.append(table)
+        try:
+            self.hot.append(table)
+        except OverflowError:  # over 2 GiB of one string column in memory: blocks from now on
+            assert isinstance(self.hot, ColumnRows)
+            log.warning("source %s: over 2 GiB of a column's rows in memory; holding them as blocks", self.name)
+            self.hot = self.hot.as_blocks(self._merge_bytes)
+            self.hot.append(table)
         self.rows += table.num_rows
         self.times.fill(t, table.num_rows)
         self.used.fill(False, table.num_rows)

@@ -6,7 +6,8 @@ Two stores with one interface (:class:`HotRows`):
   capacity doubled as rows arrive), so all the rows held are one record batch, a zero-copy
   view: a draw is one ``take`` however many rows there are. It holds columns of fixed
   width (numbers, timestamps, decimals, fixed-size binary and lists of them), strings,
-  binary and lists of fixed-width items, without nulls - what training rows are.
+  binary and lists of fixed-width items, without nulls - what training rows are (a string
+  column of more than 2 GiB in memory falls back to blocks).
 * :class:`BlockRows` keeps the tables as ingested, merged pairwise into larger blocks; a
   draw touches several blocks. It takes any schema (nulls, structs, booleans...).
 
@@ -133,21 +134,31 @@ class _FixedList(_Node):
 
 
 class _Var(_Node):
-    """Strings, binary and lists: int64 offsets into items held after each other. It
-    answers in the large type (no 2 GiB limit here); a draw casts its rows back."""
+    """Strings, binary and lists: offsets into items held after each other, in the
+    column's own type (int32 offsets unless it is a large type), so a draw needs no cast."""
 
-    def __init__(self, large: pa.DataType, child: _Node | None) -> None:
-        self.large = large
+    def __init__(self, type_: pa.DataType, child: _Node | None) -> None:
+        self.type = type_
+        large = pa.types.is_large_string(type_) or pa.types.is_large_binary(type_) or pa.types.is_large_list(type_)
+        self.dtype = np.dtype(np.int64 if large else np.int32)
         self.child = child  # None: bytes (strings, binary)
         self.bytes = _Bytes() if child is None else None
-        self.offsets = np.zeros(1024, np.int64)
+        self.offsets = np.zeros(1024, self.dtype)
+        self.limit = int(np.iinfo(self.dtype).max)  # items the offsets can address
+
+    def _offsets(self, arr: pa.Array) -> np.ndarray:
+        return np.frombuffer(arr.buffers()[1], self.dtype)[arr.offset : arr.offset + len(arr) + 1]  # type: ignore[arg-type]
+
+    def room(self, arrays: list[pa.Array]) -> bool:
+        """Whether the items of ``arrays`` fit after those held (int32 offsets: 2 GiB)."""
+        items = sum(int(o[-1]) - int(o[0]) for o in (self._offsets(a) for a in arrays if len(a)))
+        return int(self.offsets[self.count]) + items <= self.limit
 
     def append(self, arr: pa.Array) -> None:
-        arr = arr.cast(self.large)
         n = len(arr)
         if not n:
             return
-        off = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + n + 1]  # type: ignore[arg-type]
+        off = self._offsets(arr)
         lo, hi = int(off[0]), int(off[-1])
         if self.child is None:
             assert self.bytes is not None
@@ -156,7 +167,7 @@ class _Var(_Node):
         else:
             self.child.append(arr.values.slice(lo, hi - lo))
         if self.count + n + 1 > len(self.offsets):
-            bigger = np.zeros(max(2 * len(self.offsets), self.count + n + 1), np.int64)
+            bigger = np.zeros(max(2 * len(self.offsets), self.count + n + 1), self.dtype)
             bigger[: self.count + 1] = self.offsets[: self.count + 1]
             self.offsets = bigger
         end = self.offsets[self.count]
@@ -168,14 +179,15 @@ class _Var(_Node):
         if self.child is None:
             assert self.bytes is not None
             data = self.bytes.buffer(0, self.bytes.n)
-            return pa.Array.from_buffers(self.large, hi - lo, [None, pa.py_buffer(offsets), data])
+            return pa.Array.from_buffers(self.type, hi - lo, [None, pa.py_buffer(offsets), data])
         items = self.child.view(0, self.child.count)
-        return pa.LargeListArray.from_arrays(pa.array(offsets), items, type=self.large)
+        kind = pa.LargeListArray if self.dtype == np.int64 else pa.ListArray
+        return kind.from_arrays(pa.array(offsets), items, type=self.type)
 
     def nbytes(self, lo: int, hi: int) -> int:
-        items = int(self.offsets[hi] - self.offsets[lo])
+        items = int(self.offsets[hi]) - int(self.offsets[lo])
         inner = items if self.child is None else self.child.nbytes(int(self.offsets[lo]), int(self.offsets[hi]))
-        return inner + 8 * (hi - lo)
+        return inner + self.dtype.itemsize * (hi - lo)
 
 
 def _fixed_width(t: pa.DataType) -> bool:
@@ -203,15 +215,11 @@ def _node(t: pa.DataType) -> _Node | None:
     if pa.types.is_fixed_size_list(t):
         child = _node(t.value_type)
         return _FixedList(t, child) if child is not None and child.width else None
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _Var(pa.large_string(), None)
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return _Var(pa.large_binary(), None)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return _Var(t, None)
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         child = _node(t.value_type)
-        if child is None or not child.width:
-            return None
-        return _Var(pa.large_list(t.value_field), child)
+        return _Var(t, child) if child is not None and child.width else None
     return None
 
 
@@ -225,6 +233,7 @@ class ColumnRows:
         self._nodes = {f.name: _node(f.type) for f in schema}
         assert all(n is not None for n in self._nodes.values()), schema
         self._view: pa.RecordBatch | None = None
+        self._selected: dict[tuple[str, ...], pa.RecordBatch] = {}  # the view's columns a draw asks for
 
     @property
     def rows(self) -> int:
@@ -242,13 +251,26 @@ class ColumnRows:
         return self._bytes(self._lo, self._count)
 
     def append(self, table: pa.Table) -> None:
-        for name in self._nodes:  # all checked before any column grows
-            if any(_has_nulls(chunk) for chunk in table.column(name).chunks):  # conform refuses them here
+        """Raises ``ValueError`` (nulls) or ``OverflowError`` (more than 2 GiB of one
+        string column's rows held) with nothing changed."""
+        columns = {}
+        for name, node in self._nodes.items():  # all checked before any column grows
+            chunks = [c if c.type == node.type else c.cast(node.type) for c in table.column(name).chunks]  # type: ignore[union-attr]
+            if any(_has_nulls(chunk) for chunk in chunks):  # conform refuses them here
                 raise ValueError(f"column {name!r} has nulls, which this store cannot hold")
+            columns[name] = chunks
+        if not self._room(columns) and self._lo:
+            self._compact()
+        if not self._room(columns):
+            raise OverflowError("a column's rows in memory would pass its offsets' 2 GiB")
         for name, node in self._nodes.items():
-            for chunk in table.column(name).chunks:
+            for chunk in columns[name]:
                 node.append(chunk)  # type: ignore[union-attr]
         self._view = None
+        self._selected.clear()
+
+    def _room(self, columns: dict[str, list[pa.Array]]) -> bool:
+        return all(node.room(columns[name]) for name, node in self._nodes.items() if isinstance(node, _Var))
 
     def _batch(self) -> pa.RecordBatch:
         if self._view is None:
@@ -258,8 +280,14 @@ class ColumnRows:
         return self._view
 
     def take(self, idx: np.ndarray, schema: pa.Schema) -> pa.Table:
-        batch = self._batch().select(schema.names).take(pa.array(idx - self.first))
-        return pa.Table.from_batches([batch]).cast(schema)
+        names = tuple(schema.names)
+        view = self._selected.get(names)
+        if view is None:
+            view = self._selected[names] = self._batch().select(list(names))
+        batch = view.take(pa.array(idx - self.first))
+        if not batch.schema.equals(schema):  # the same types; nullability may differ between sources
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+        return pa.Table.from_batches([batch])
 
     def evict_bound(self, target_bytes: int, limit: int) -> int | None:
         lo, hi = self._lo, min(self._count, self._lo + limit - self.first)
@@ -282,11 +310,26 @@ class ColumnRows:
         self._lo += k
         self.first = row
         self._view = None
+        self._selected.clear()
         if self._bytes(0, self._lo) > self.nbytes:  # more dropped than kept: free it
-            kept = pa.Table.from_batches([self._batch()])
-            self._nodes = {f.name: _node(f.type) for f in self.schema}
-            self._lo = 0
-            self.append(kept)
+            self._compact()
+
+    def as_blocks(self, merge_bytes: int) -> BlockRows:
+        """The rows held, as one block of a :class:`BlockRows` (no copy)."""
+        blocks = BlockRows(merge_bytes, self.first)
+        if self.rows:
+            view = self._batch()
+            blocks.adopt(_Block(self.first, pa.Table.from_batches([view]), self.nbytes))
+        return blocks
+
+    def _compact(self) -> None:
+        """Copy the rows kept into new buffers (the dropped ones go with the old)."""
+        kept = pa.Table.from_batches([self._batch()])
+        self._nodes = {f.name: _node(f.type) for f in self.schema}
+        self._lo = 0
+        self._view = None
+        self._selected.clear()
+        self.append(kept)
 
 
 # -- blocks as ingested -------------------------------------------------------------------
@@ -396,6 +439,13 @@ class BlockRows:
                and blocks[-1].nbytes + blocks[-2].nbytes <= self._merge_bytes):
             b, a = blocks.pop(), blocks.pop()
             blocks.append(_Block(a.start, pa.concat_tables([a.table, b.table]).combine_chunks(), a.nbytes + b.nbytes))
+        self._starts = None
+
+    def adopt(self, block: _Block) -> None:
+        """Hold ``block`` (rows right after those held) as it is."""
+        self._blocks.append(block)
+        self._rows += block.rows
+        self._nbytes += block.nbytes
         self._starts = None
 
     def take(self, idx: np.ndarray, schema: pa.Schema) -> pa.Table:
