@@ -91,29 +91,29 @@ def test_a_table_with_nulls_is_refused_before_any_column_changes() -> None:
 
 def test_eviction_drops_the_oldest_rows_frees_their_memory_and_keeps_the_rest_exact() -> None:
     store = ColumnRows(SCHEMA)
-    parts = [table(i * 50, 50) for i in range(20)]
+    parts = [table(i * 50, 50) for i in range(200)]
     for part in parts:
         store.append(part)
     want = pa.concat_tables(parts).combine_chunks()
     full = store.nbytes
     assert store.evict_bound(1 << 30, limit=0) is None  # nothing durable yet: nothing to drop
-    bound = store.evict_bound(full // 10, limit=1000)
-    assert bound is not None and 0 < bound < 1000
+    bound = store.evict_bound(full // 10, limit=10_000)
+    assert bound is not None and 0 < bound < 10_000
     assert abs(store._bytes(0, bound) - full / 10) < full / 100  # about the bytes asked for
     store.drop_before(bound)
-    assert store.first == bound and store.rows == 1000 - bound
+    assert store.first == bound and store.rows == 10_000 - bound
     assert store._lo == bound and store.nbytes == full - store._bytes(0, bound)  # a tenth dropped: not copied yet
     capacity = sum(len(n.data.a) for n in store._nodes.values() if hasattr(n, "data"))
-    for limit in (400, 700, 950):  # past half: the kept rows are copied, the rest freed
+    for limit in (4_000, 7_000, 9_950):  # past half: the kept rows are copied, the rest freed
         b = store.evict_bound(1 << 30, limit=limit)
         assert b == limit
         store.drop_before(b)
-    assert store._lo < 950 and store.first == 950 and store.rows == 50
+    assert store._lo < 9_950 and store.first == 9_950 and store.rows == 50
     assert sum(len(n.data.a) for n in store._nodes.values() if hasattr(n, "data")) < capacity
-    idx = np.arange(950, 1000)[::-1]
+    idx = np.arange(9_950, 10_000)[::-1]
     assert store.take(idx, SCHEMA).equals(want.take(idx))
-    store.append(table(1000, 10))  # and it goes on growing after a compaction
-    assert store.take(np.array([1009, 950]), SCHEMA).column("id").to_pylist() == [1009, 950]
+    store.append(table(10_000, 10))  # and it goes on growing after a compaction
+    assert store.take(np.array([10_009, 9_950]), SCHEMA).column("id").to_pylist() == [10_009, 9_950]
 
 
 def test_blocks_evict_whole_blocks_only() -> None:
@@ -146,3 +146,17 @@ def test_a_string_column_past_its_offsets_reach_moves_the_source_to_blocks_with_
     assert buf.read("live").equals(pa.concat_tables([part(i) for i in (0, 10, 20, 30)]))
     idx = np.array([39, 0, 15, 25])
     assert live.take(idx, buf.batch_schema).column("text").to_pylist() == [f"text {i}" for i in idx]
+
+
+def test_a_column_grows_in_place_when_no_view_is_held_and_by_a_copy_when_one_is() -> None:
+    from ray_interactive.data.hot import _Array
+
+    col = _Array(np.int64)
+    col.extend(np.arange(10_000))
+    first_map = col._map
+    col.extend(np.arange(10_000, 50_000))  # past its capacity, nothing else holds it: mremap
+    assert col._map is first_map and col.n == 50_000 and (col.a[: col.n] == np.arange(50_000)).all()
+    held = col.buffer(0, 50_000)  # a view, as a draw's record batch holds one
+    col.extend(np.arange(50_000, 200_000))  # cannot move pages under a view: a copy into a new map
+    assert col._map is not first_map and (col.a[: col.n] == np.arange(200_000)).all()
+    assert (np.frombuffer(held, np.int64) == np.arange(50_000)).all()  # the old view still reads right
