@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from ray_interactive.data.schemas import first_null, fixed_width
+
 #: One ``take`` on a piece costs about as much as this many one-row slices (measured:
 #: ~25 µs against ~1.5 µs with pyarrow 26 on this machine's CPUs).
 _SLICES_PER_TAKE = 16
@@ -213,27 +215,11 @@ class _Var(_Node):
         return inner + self.dtype.itemsize * (hi - lo)
 
 
-def _fixed_width(t: pa.DataType) -> bool:
-    try:
-        return t.bit_width % 8 == 0 and t.num_fields == 0 and not pa.types.is_dictionary(t)
-    except ValueError:  # no fixed bit width (strings, lists, ...)
-        return False
-
-
-def _has_nulls(arr: pa.Array) -> bool:
-    """Nulls at any level (a list's items too)."""
-    if arr.null_count:
-        return True
-    if pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        return _has_nulls(arr.flatten())
-    return False
-
-
 def _node(t: pa.DataType) -> _Node | None:
     """A store for a column of type ``t``; None if these stores cannot hold it."""
     if pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_dictionary(t) or isinstance(t, pa.ExtensionType):
         return None
-    if _fixed_width(t):
+    if fixed_width(t):
         return _Fixed(t)
     if pa.types.is_fixed_size_list(t):
         child = _node(t.value_type)
@@ -278,10 +264,10 @@ class ColumnRows:
         string column's rows held) with nothing changed."""
         columns = {}
         for name, node in self._nodes.items():  # all checked before any column grows
-            chunks = [c if c.type == node.type else c.cast(node.type) for c in table.column(name).chunks]  # type: ignore[union-attr]
-            if any(_has_nulls(chunk) for chunk in chunks):  # conform refuses them here
+            col = table.column(name)
+            if first_null(col, self.schema.field(name)) is not None:  # conform refuses them here
                 raise ValueError(f"column {name!r} has nulls, which this store cannot hold")
-            columns[name] = chunks
+            columns[name] = [c if c.type == node.type else c.cast(node.type) for c in col.chunks]  # type: ignore[union-attr]
         if not self._room(columns) and self._lo:
             self._compact()
         if not self._room(columns):

@@ -376,14 +376,15 @@ def _value_bytes(arr: pa.Array) -> Iterator[bytes | memoryview]:
         data = arr.buffers()[2]
         if data is not None:
             yield memoryview(data)[offsets[0] : offsets[-1]]
-    elif _fixed_width(t) and arr.buffers()[1] is not None:
+    elif fixed_width(t) and arr.buffers()[1] is not None:
         w = t.bit_width // 8
         yield memoryview(arr.buffers()[1])[arr.offset * w : (arr.offset + len(arr)) * w]
     else:  # unions, run-end encoded, extension types...: their IPC bytes (exact retries still match)
         yield pa.record_batch([arr], names=["v"]).serialize().to_pybytes()
 
 
-def _fixed_width(t: pa.DataType) -> bool:
+def fixed_width(t: pa.DataType) -> bool:
+    """Whether ``t`` is a flat type of whole bytes per value (numbers, timestamps, decimals, ...)."""
     try:
         return t.bit_width % 8 == 0 and t.num_fields == 0 and not pa.types.is_dictionary(t)
     except ValueError:
