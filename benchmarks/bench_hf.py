@@ -8,9 +8,13 @@ command reaches an optimizer step.
 2. Command latency: while a steered Trainer runs, ``update_optimizer`` commands with a
    fresh lr each are sent at random moments; a callback notes when an optimizer step first
    uses each lr. Latency = that moment - submission; also, whether that optimizer step was
-   the first after the submission (the very next step).
+   the first after the submission (the very next step). Split in two: submission -> the
+   command reaches the loop's steering core (Ray hops, the controller's log, the long poll),
+   and from there -> the optimizer step that uses it (waiting for the step's hook).
+3. Start-up: a 3-step ``train()`` with and without ``ri.hf.steer`` (Ray already up, in this
+   process), alternating; the time in our ``on_train_begin`` and ``on_train_end``.
 
-    python benchmarks/bench_hf.py [--data ../shared/data] [--pairs 5] [--commands 120]
+    python benchmarks/bench_hf.py [--data ../shared/data] [--pairs 5] [--commands 120] [--startup-pairs 3]
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from _common import machine, percentile, save  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import ray_interactive as ri  # noqa: E402
+from ray_interactive.core.steering import Steering  # noqa: E402
 from ray_interactive.examples.hf_wikitext import build_trainer  # noqa: E402
 
 WARMUP = 30  # steps left out of the timing (start-up: first batches, allocator, the run's actor)
+STEER: dict[str, Any] = {}  # RunConfig fields for the latency run (experiments)
 MODEL = {"n_layer": 2, "n_embd": 32, "block": 32, "batch_size": 3, "train_chars": 300_000, "eval_chars": 8_000}
 
 
@@ -109,12 +115,61 @@ def throughput(data: Path, pairs: int, steps: int) -> dict[str, Any]:
     return {"plain_steps_per_s": plain, "steered_steps_per_s": steered, "ratios": ratios, "callback_us_per_step": hook_us}
 
 
+def startup(data: Path, pairs: int) -> dict[str, Any]:
+    """Seconds for a 3-step ``train()`` plain and steered, and in our begin/end hooks."""
+    plain, steered, begin, end = [], [], [], []
+    for i in range(pairs):
+        for steer in ([False, True] if i % 2 == 0 else [True, False]):
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = build_trainer(data, Path(tmp) / "out", max_steps=3, **MODEL)
+                spent = {"on_train_begin": 0.0, "on_train_end": 0.0}
+                if steer:
+                    cb = ri.hf.steer(trainer, run=f"bench-hf-start-{i}", run_dir=Path(tmp) / "run")
+                    for hook in spent:
+                        inner = getattr(cb, hook)
+
+                        def wrapper(*a: Any, _inner: Any = inner, _hook: str = hook, _spent: dict[str, float] = spent,
+                                    **kw: Any) -> Any:
+                            t0 = time.perf_counter()
+                            try:
+                                return _inner(*a, **kw)
+                            finally:
+                                _spent[_hook] += time.perf_counter() - t0
+
+                        setattr(cb, hook, wrapper)
+                t0 = time.perf_counter()
+                trainer.train()
+                took = time.perf_counter() - t0
+            if steer:
+                steered.append(took)
+                begin.append(spent["on_train_begin"])
+                end.append(spent["on_train_end"])
+            else:
+                plain.append(took)
+        print(f"start-up pair {i}: plain {plain[-1]:.2f} s, steered {steered[-1]:.2f} s "
+              f"(begin {begin[-1]:.2f} s, end {end[-1]:.2f} s)", flush=True)
+    return {"plain_s": plain, "steered_s": steered, "on_train_begin_s": begin, "on_train_end_s": end}
+
+
 def latency(data: Path, commands: int) -> dict[str, Any]:
     clock = StepClock()
     sent: dict[float, float] = {}  # lr -> submission time
+    reached: dict[float, float] = {}  # lr -> when the loop's core had it
+    deliver = Steering.deliver
+
+    def noted(core: Steering, records: list[Any]) -> None:
+        now = time.perf_counter()
+        for r in records:
+            cmd = r.command
+            lr = cmd.params.get("lr") if cmd is not None and cmd.kind == "update_optimizer" else None
+            if lr is not None:
+                reached.setdefault(lr, now)
+        deliver(core, records)
+
+    Steering.deliver = noted  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(data, Path(tmp) / "out", max_steps=100_000, callbacks=[clock], **MODEL)
-        ri.hf.steer(trainer, run="bench-hf-latency", run_dir=Path(tmp) / "run")
+        ri.hf.steer(trainer, run="bench-hf-latency", run_dir=Path(tmp) / "run", **STEER)
         rng = random.Random(0)
 
         def drive() -> None:
@@ -140,20 +195,27 @@ def latency(data: Path, commands: int) -> dict[str, Any]:
         thread.start()
         trainer.train()
         thread.join(30)
+    Steering.deliver = deliver  # type: ignore[method-assign]
     first_use: dict[float, tuple[float, int]] = {}
     for t, lr, step in clock.used:
         if lr in sent and lr not in first_use:
             first_use[lr] = (t, step)
-    lat_ms, late_steps = [], []
+    lat_ms, late_steps, reach_ms, wait_ms = [], [], [], []
     step_ms = statistics.median(e - b for b, e in zip(clock.begin, clock.end)) * 1000
+    # the time between optimizer steps: what a command that just missed one waits for the next
+    gaps = [(b[0] - a[0]) * 1000 for a, b in zip(clock.used[WARMUP:], clock.used[WARMUP + 1:])]
     for lr, t_sent in sent.items():
         if lr not in first_use:
             continue
         t_used, step = first_use[lr]
         lat_ms.append((t_used - t_sent) * 1000)
+        if lr in reached:
+            reach_ms.append((reached[lr] - t_sent) * 1000)
+            wait_ms.append((t_used - reached[lr]) * 1000)
         # optimizer steps between the submission and the one that used it (0: the very next)
         late_steps.append(sum(1 for t, _, _ in clock.used if t_sent < t < t_used))
     return {"latency_ms": lat_ms, "steps_late": late_steps, "step_ms_median": step_ms,
+            "reach_ms": reach_ms, "wait_ms": wait_ms, "optimizer_gap_ms": gaps,
             "sent": len(sent), "used": len(first_use)}
 
 
@@ -163,16 +225,19 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=7)
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--commands", type=int, default=120)
+    p.add_argument("--startup-pairs", type=int, default=3)
     a = p.parse_args()
     info = machine()
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, namespace="ray_interactive", log_to_driver=False)
     tp = throughput(a.data, a.pairs, a.steps)
     lat = latency(a.data, a.commands)
+    st = startup(a.data, a.startup_pairs)
     r = tp["ratios"]
     ms = lat["latency_ms"]
     next_step = sum(1 for s in lat["steps_late"] if s <= 0) / max(1, len(lat["steps_late"]))
     step_ms = lat["step_ms_median"]
+    period_ms = percentile(lat["optimizer_gap_ms"], 0.5)  # one step as a user sees it: HF's work between steps too
     md = "\n".join([
         "## Hugging Face Trainer steered by callbacks (`ri.hf`)",
         "",
@@ -190,16 +255,29 @@ def main() -> None:
         f"{statistics.median(tp['callback_us_per_step']) / (1e4 / statistics.median(tp['plain_steps_per_s'])):.2f} % "
         "of a step: the ratio's spread is this VM's noise between runs, not the callback.",
         "",
-        f"**Command latency**, {len(ms)} `update_optimizer` commands sent at random moments of ~{step_ms:.0f} ms steps "
+        f"**Command latency**, {len(ms)} `update_optimizer` commands sent at random moments of steps that take "
+        f"~{step_ms:.0f} ms inside HF's step hooks and come every ~{period_ms:.0f} ms "
         f"(submitted -> first optimizer step that uses the lr): p50 **{percentile(ms, 0.5):.0f} ms**, "
         f"p99 **{percentile(ms, 0.99):.0f} ms**, max {max(ms):.0f} ms; target p99 <= one step + 20 ms = "
-        f"{step_ms + 20:.0f} ms. Used by the very next optimizer step after the submission: {next_step:.0%} "
+        f"{period_ms + 20:.0f} ms (p50 of the period between optimizer steps + 20). Used by the very next "
+        f"optimizer step after the submission: {next_step:.0%} "
         "(lr and optimizer settings are applied in `on_pre_optimizer_step`; a command that reaches the run "
-        "within the few ms between its submission and an optimizer step goes to the one after).",
+        "within the few ms between its submission and an optimizer step goes to the one after). "
+        f"Submission -> in the loop's core: p50 {percentile(lat['reach_ms'], 0.5):.0f} ms, "
+        f"p99 {percentile(lat['reach_ms'], 0.99):.0f} ms; from there -> the step that uses it: "
+        f"p50 {percentile(lat['wait_ms'], 0.5):.0f} ms, p99 {percentile(lat['wait_ms'], 0.99):.0f} ms (the time "
+        f"from one optimizer step to the next: p50 {percentile(lat['optimizer_gap_ms'], 0.5):.0f} ms, "
+        f"p99 {percentile(lat['optimizer_gap_ms'], 0.99):.0f} ms).",
+        "",
+        f"**Start-up**, {len(st['plain_s'])} pairs of a 3-step `train()` (Ray already up, the run's controller "
+        f"started and ended each time): plain {min(st['plain_s']):.2f}-{max(st['plain_s']):.2f} s, steered "
+        f"**{min(st['steered_s']):.2f}-{max(st['steered_s']):.2f} s**, of which our `on_train_begin` "
+        f"{min(st['on_train_begin_s']):.2f}-{max(st['on_train_begin_s']):.2f} s and `on_train_end` "
+        f"{min(st['on_train_end_s']):.2f}-{max(st['on_train_end_s']):.2f} s.",
         "",
         f"Leaves out: GPU runs (no GPU was lent); the first {WARMUP} steps of each run (start-up).",
     ])
-    save("hf", {"machine": info, "model": MODEL, "throughput": tp, "latency": lat}, md)
+    save("hf", {"machine": info, "model": MODEL, "throughput": tp, "latency": lat, "startup": st}, md)
 
 
 if __name__ == "__main__":

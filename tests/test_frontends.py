@@ -160,6 +160,29 @@ def test_steer_refuses_bad_config_and_a_taken_name(tmp_path: Path, ray_cluster: 
             s.step()
 
 
+def test_an_ending_loop_releases_its_command_poll_at_once(tmp_path: Path, ray_cluster: Any) -> None:
+    """A loop ending must not wait out its puller's long poll (it made every HF ``train()``
+    ~2 s longer); a poll made after the release comes back at once too (no race)."""
+    import ray
+
+    from ray_interactive.core.config import RunConfig
+    from ray_interactive.runtime.inprocess import InProcessRun
+    from ray_interactive.runtime.ports import RayControllerPort
+
+    link = InProcessRun(RunConfig(name="released", run_dir=tmp_path / "released"))
+    try:
+        port, other = RayControllerPort(link.controller), RayControllerPort(link.controller)
+        pending = link.controller.pull_commands.remote(link.next_seq - 1, 600.0, 0, port.poller)
+        held = link.controller.pull_commands.remote(link.next_seq - 1, 600.0, 0, other.poller)
+        port.release()
+        assert ray.get(pending, timeout=45).records == []  # the poll itself would hold 60 s
+        late = link.controller.pull_commands.remote(link.next_seq - 1, 600.0, 0, port.poller)
+        assert ray.get(late, timeout=45).records == []
+        assert ray.wait([held], timeout=0.5)[1] == [held]  # another loop's poll still waits
+    finally:
+        link.close()
+
+
 def test_a_loop_that_cannot_be_edited_is_steered_at_optimizer_step(tmp_path: Path, ray_cluster: Any) -> None:
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

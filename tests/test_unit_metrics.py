@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ray_interactive.core.metrics import MetricStore, Series, thin_minmax
+from ray_interactive.core.metrics import MetricStore, PartWriter, Series, thin_minmax
 
 N_POINTS = 100_000
 UP_SPIKES = [5_000 + 10_000 * k for k in range(10)]
@@ -172,6 +173,46 @@ def test_flush_and_load_reproduce_the_series(tmp_path: Path) -> None:
     assert loaded.query(lineage) == store.query(lineage)
     assert loaded.query([("b", None)]) == store.query([("b", None)])
     assert loaded.keys("main") == ["acc", "loss"]
+
+
+def test_a_failed_flush_keeps_its_points_in_order_for_the_next(tmp_path: Path) -> None:
+    store = MetricStore()
+    store.record("main", _rows(range(1, 11)))
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(OSError):
+        store.flush(blocked / "metrics")
+    store.record("main", _rows(range(11, 21)))
+    assert store.flush(tmp_path / "metrics") is not None
+    assert MetricStore.load(tmp_path / "metrics").query([("main", None)]) == store.query([("main", None)])
+
+
+def test_parts_written_in_the_background_survive_a_failing_disk(tmp_path: Path) -> None:
+    """A part that cannot be written is retried (the later ones wait behind it): nothing is
+    lost, a rewind between parts is read back right, and the error is reported, then cleared."""
+    store, heard = MetricStore(), []
+    writer = PartWriter(heard.append, retry_s=0.05)
+    metrics = tmp_path / "metrics"
+    store.record("main", _rows(range(1, 51)))
+    first = store.take(metrics)
+    store.rewind("main", 31, 5000.0)
+    store.record("main", _rows(range(31, 41), offset=1000.0))
+    second = store.take(metrics)
+    assert first is not None and second is not None and second.path.name == "part-000001.parquet"
+    metrics.rmdir()
+    metrics.write_text("in the way")  # a disk that refuses the writes
+    writer(first)
+    writer(second)
+    deadline = time.monotonic() + 60
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert heard and "metrics could not be written" in str(heard[0])
+    metrics.unlink()
+    metrics.mkdir()  # room again
+    assert writer.drain(timeout=60)
+    assert heard[-1] is None
+    assert MetricStore.load(metrics).query([("main", None)]) == store.query([("main", None)])
+    writer.close()
 
 
 def test_load_of_a_missing_directory_is_empty(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -61,7 +62,7 @@ from ray_interactive.core.messages import (
     TrainerEvent,
     TrainerStatus,
 )
-from ray_interactive.core.metrics import MetricStore
+from ray_interactive.core.metrics import MetricPart, MetricStore
 from ray_interactive.core.outbox import Outbox
 from ray_interactive.core.plain import one_of
 from ray_interactive.core.recovery import Recovery, RestartPlan, reapply_records
@@ -131,6 +132,9 @@ class Controller:
         self.incarnation = 0  # the trainer's start whose reports count (each recovery starts a new one)
         self.stop_requested = False  # a stop came for a run that had already ended: release it
         self.storage_error: str | None = None  # the run directory could not be written
+        # Where a flush's metric part goes: written here, or handed to a PartWriter (the actor's)
+        self.write_part: Callable[[MetricPart], None] | None = None
+        self.part_error: str | None = None  # what that writer last failed at (None: fine)
         self.pace = StepClock()  # when the step last moved, and the run's step time: a stall shows
         # checkpoint id -> (reporter, number) of the report whose event about it was applied last
         self._checkpoint_news: dict[str, tuple[str, int]] = {}
@@ -725,9 +729,12 @@ class Controller:
             return
         self._last_flush = time.monotonic()
         try:
-            self.metrics.flush(self.run_dir / "metrics")
+            if self.write_part is None:
+                self.metrics.flush(self.run_dir / "metrics")
+            elif (part := self.metrics.take(self.run_dir / "metrics")) is not None:
+                self.write_part(part)
             self._save_status()
-            self.storage_error = None
+            self.storage_error = self.part_error
         except OSError as e:  # a full disk: metrics stay in memory and are written at the next flush
             self.storage_error = f"metrics and status could not be written: {e}"
             log.error(self.storage_error)

@@ -33,11 +33,13 @@ class CommandPuller:
     ``fetch(after_seq, timeout)`` is a long poll answered the moment a command is accepted
     (``after_seq`` acknowledges what the loop has). Failures are retried (a controller
     being restarted answers again in a moment); a reply that asks for the run's
-    description is passed on to the core.
+    description is passed on to the core. ``wake`` (optional) answers the poll in flight
+    at once, so :meth:`stop` need not wait out its timeout.
     """
 
-    def __init__(self, fetch: Callable[[int, float], Delivery], core: Steering, after_seq: int, name: str) -> None:
-        self._fetch, self.core, self.after = fetch, core, after_seq
+    def __init__(self, fetch: Callable[[int, float], Delivery], core: Steering, after_seq: int, name: str,
+                 wake: Callable[[], None] | None = None) -> None:
+        self._fetch, self.core, self.after, self._wake = fetch, core, after_seq, wake
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"{name}-commands", daemon=True)
 
@@ -68,6 +70,11 @@ class CommandPuller:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread.is_alive():
+            if self._wake is not None:
+                try:
+                    self._wake()
+                except Exception:  # noqa: BLE001 - the controller gone: the poll times out instead
+                    log.warning("could not release the command poll; waiting it out", exc_info=True)
             self._thread.join(timeout=timeout)
 
 

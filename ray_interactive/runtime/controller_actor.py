@@ -35,6 +35,7 @@ from ray_interactive.core.messages import (
     ReplicaReport,
     Snapshot,
 )
+from ray_interactive.core.metrics import PartWriter
 from ray_interactive.core.recovery import RestartPlan
 from ray_interactive.core.retry import call_with_retry
 from ray_interactive.core.weights import WeightVersion
@@ -67,11 +68,15 @@ class ControllerActor:
         self._weight_waiters = 0  # threads blocked in wait_weights
         self._ended: tuple[str, Any] | None = None  # ("stopped", final status) / ("failed", why)
         self._closing = False
+        self._released: set[str] = set()  # pollers whose loop has ended (one per loop start)
         self._restarts = 0
         with warnings.catch_warnings():  # Ray's own property trips its actor_id deprecation warning
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._c = Controller(RunConfig.model_validate(config), recover="restart" if restarted else recover)
+        self._parts: PartWriter | None = None
+        if not self._c.read_only:  # metric parts are written off the lock commands wait on
+            self._parts = self._c.write_part = PartWriter(self._part_error)
         self._api = self._serve_api()
         if restarted:
             self._take_up_run()
@@ -99,6 +104,13 @@ class ControllerActor:
             log.warning("run %s: no control API (%s); clients attach through Ray", cfg.name, e)
             return None
         return server
+
+    def _part_error(self, message: str | None) -> None:
+        with self._cond:
+            c = self._c
+            if message is not None or c.storage_error == c.part_error:  # not over the command log's
+                c.storage_error = message
+            c.part_error = message
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Controller]:
@@ -256,20 +268,30 @@ class ControllerActor:
         with self._locked() as c:
             return c.refuse(payload, message)
 
-    def pull_commands(self, after_seq: int, timeout: float = 5.0, incarnation: int = 0) -> Delivery:
+    def pull_commands(self, after_seq: int, timeout: float = 5.0, incarnation: int = 0,
+                      poller: str | None = None) -> Delivery:
         """A training loop's long poll: the accepted commands numbered above ``after_seq``
         (which acknowledges the ones before), answered the moment there is one (or the
-        controller needs the run described again); empty after ``timeout``. A trainer a
-        recovery replaced (``incarnation``) gets nothing, after the timeout."""
+        controller needs the run described again); empty after ``timeout``, or at once
+        once ``poller`` is released (:meth:`release_poller`). A trainer a recovery
+        replaced (``incarnation``) gets nothing, after the timeout."""
         deadline = time.monotonic() + min(timeout, 60.0)
         with self._cond:
             while (incarnation < self._c.incarnation or not self._c.outbox.ready(after_seq)) \
-                    and not (self._c.needs_description and incarnation >= self._c.incarnation):
+                    and not (self._c.needs_description and incarnation >= self._c.incarnation) \
+                    and not (poller is not None and poller in self._released):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             return self._c.pull(after_seq, incarnation)
+
+    def release_poller(self, poller: str) -> None:
+        """A loop is ending: answer its long poll now (and any it still makes) instead of
+        at the timeout, so it can join the thread that polls without waiting it out."""
+        with self._cond:
+            self._released.add(poller)
+            self._cond.notify_all()
 
     def wait_command(self, command_id: str, timeout: float = 30.0) -> CommandRecord | None:
         """Block until the command is applied, failed or rejected (or ``timeout``)."""
@@ -426,13 +448,19 @@ class ControllerActor:
         return ray.get_runtime_context().get_node_id()
 
     def flush(self) -> None:
+        """Metrics and status on disk when this returns."""
         with self._locked() as c:
             c.flush()
+        if self._parts is not None:
+            self._parts.drain()
 
     def close(self) -> None:
         self._closing = True
         with self._locked() as c:
             c.close()
+            parts, self._parts, c.write_part = self._parts, None, None  # written here from now on
+        if parts is not None:
+            parts.close()
         if self._api is not None:  # the run is over: its clients read the run directory now
             from ray_interactive.serve.control_client import URL_FILE
 

@@ -5,6 +5,7 @@ these, so they all reach the controller the same way."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import ray
@@ -23,6 +24,7 @@ class RayControllerPort:
     def __init__(self, controller: Any, incarnation: int = 0) -> None:
         self.controller = controller
         self.incarnation = incarnation
+        self.poller = uuid.uuid4().hex  # names this port's long polls, to release them
 
     def progress(self, report: Progress) -> Any:
         return self.controller.trainer_progress.remote(report)
@@ -37,7 +39,12 @@ class RayControllerPort:
         return self.controller.weights_published.remote(version)
 
     def pull(self, after_seq: int, timeout: float) -> Delivery:
-        return ray.get(self.controller.pull_commands.remote(after_seq, timeout, self.incarnation))
+        return ray.get(self.controller.pull_commands.remote(after_seq, timeout, self.incarnation, self.poller))
+
+    def release(self) -> None:
+        """Answer this port's long polls from now on (its loop is ending). Not waited for:
+        a release stays, so a poll that reaches the controller after it returns at once."""
+        self.controller.release_poller.remote(self.poller)
 
 
 def reporter(controller: Any, incarnation: int = 0) -> Reporter:
@@ -53,4 +60,5 @@ def publisher(controller: Any) -> BackgroundPublisher:
 
 def puller(controller: Any, core: Steering, after_seq: int, name: str, incarnation: int = 0) -> CommandPuller:
     """A thread feeding ``core`` the commands the controller accepts (not started)."""
-    return CommandPuller(RayControllerPort(controller, incarnation).pull, core, after_seq, name)
+    port = RayControllerPort(controller, incarnation)
+    return CommandPuller(port.pull, core, after_seq, name, wake=port.release)
