@@ -681,15 +681,21 @@ class Controller:
         until: int | None = None,
         max_points: int | None = None,
         history: int = 50,
+        max_branches: int | None = 12,
+        latest_keys: tuple[str, ...] = ("loss", "eval/loss", "lr"),
     ) -> dict[str, Any]:
-        """Everything a dashboard refresh shows, in one call: status, branches, each
-        branch's thinned metric series, the newest commands, settings and data figures."""
+        """Everything a dashboard refresh shows, in one call: status, branches, the thinned
+        metric series of the branches it draws (:meth:`plotted_branches`), every branch's
+        newest ``latest_keys`` (``[step, value]``), the newest commands, settings and data
+        figures. A run an agent explores has hundreds of branches: drawing them all cost
+        ~14 µs a branch here and a plot no one can read in the browser."""
+        plotted = self.plotted_branches(max_branches)
         return {
             "status": self.status(),
             "branches": self.list_branches(),
-            "metrics": {
-                b: self.metrics.query([(b, None)], keys, since, max_points, until) for b in self.branches
-            },
+            "metrics": {b: self.metrics.query([(b, None)], keys, since, max_points, until) for b in plotted},
+            "latest": {b: {k: v for k in latest_keys if (v := self.metrics.last_finite(b, k)) is not None}
+                       for b in self.branches},
             "history": self.commands(limit=history, newest_first=True),
             "snapshot": self.snapshot_view(),
             "data": self.data_status(),
@@ -697,6 +703,16 @@ class Controller:
             "eval_every": self.config.eval_every,  # when the next evaluation is due (None: only on request)
             "rollout": self.rollout(),  # the deployed replicas and the guarded rollout
         }
+
+    def plotted_branches(self, limit: int | None) -> list[str]:
+        """The branches a dashboard draws: the current branch and its ancestors (all of
+        them, whatever ``limit``), then the newest others up to ``limit`` (None: all)."""
+        if limit is None or len(self.branches) <= limit:
+            return list(self.branches)
+        own = [b for b, _ in self.lineage(self.trainer_status.branch) if b in self.branches]
+        others = sorted((b for b in self.branches if b not in own), key=lambda b: self.branches[b].created_at)
+        keep = limit - len(own)
+        return own + others[-keep:] if keep > 0 else own
 
     def list_branches(self) -> dict[str, dict[str, Any]]:
         return {name: b.model_dump(mode="json") for name, b in self.branches.items()}

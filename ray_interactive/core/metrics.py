@@ -239,6 +239,14 @@ class MetricStore:
             return None
         return int(s.steps[s.n - 1]), float(s.values[s.n - 1])
 
+    def last_finite(self, branch: str, key: str) -> tuple[int, float] | None:
+        """The newest finite point of a series (a NaN at its end is skipped)."""
+        s = self.series.get(branch, {}).get(key)
+        i = -1 if s is None else s.n - 1
+        while i >= 0 and not math.isfinite(s.values[i]):  # type: ignore[union-attr]
+            i -= 1
+        return None if i < 0 else (int(s.steps[i]), float(s.values[i]))  # type: ignore[union-attr]
+
     def last_step(self, branch: str) -> int:
         """The highest step any metric of ``branch`` was logged at (0 if none)."""
         return max((int(s.steps[s.n - 1]) for s in self.series.get(branch, {}).values() if s.n), default=0)

@@ -451,8 +451,9 @@ class ControllerActor:
         """Metrics and status on disk when this returns."""
         with self._locked() as c:
             c.flush()
-        if self._parts is not None:
-            self._parts.drain()
+            parts = self._parts
+        if parts is not None:
+            parts.drain()
 
     def close(self) -> None:
         self._closing = True

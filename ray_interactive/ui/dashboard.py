@@ -120,10 +120,9 @@ def _show_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def _last(series: dict[str, Any], key: str) -> str:
-    """The newest finite value of a series, for a table."""
-    values = [v for v in series.get(key, {}).get("value", []) if v is not None and math.isfinite(v)]
-    return f"{values[-1]:.4g}" if values else "—"
+def _shown(point: Any) -> str:
+    """A ``[step, value]`` point's value for a table."""
+    return f"{point[1]:.4g}" if point else "—"
 
 
 @dataclass(frozen=True)
@@ -269,15 +268,14 @@ class Dashboard:
         rows = []
         for name in self._branch_order(state):
             b = state["branches"][name]
-            m = state.get("metrics", {}).get(name, {})
-            steps = m.get("loss", {}).get("step", [])
+            latest = state.get("latest", {}).get(name, {})  # every branch's, drawn or not: [step, value]
             rows.append({
                 "branch": name,
                 "forked from": f"{b['checkpoint']}" if b.get("checkpoint") else "—",
-                "last step": steps[-1] if steps else "—",
-                "loss": _last(m, "loss"),
-                "eval loss": _last(m, "eval/loss"),
-                "lr": _last(m, "lr"),
+                "last step": latest["loss"][0] if "loss" in latest else "—",
+                "loss": _shown(latest.get("loss")),
+                "eval loss": _shown(latest.get("eval/loss")),
+                "lr": _shown(latest.get("lr")),
             })
         return pd.DataFrame(rows, columns=["branch", "forked from", "last step", "loss", "eval loss", "lr"])
 
@@ -301,6 +299,8 @@ class Dashboard:
         """A Plotly figure (plain JSON) per panel: every branch in its own colour, with
         smoothing its raw line paler beside it."""
         metrics: dict[str, dict[str, Any]] = state.get("metrics", {})
+        every = len(state.get("branches", {}))
+        drawn = f"{len(metrics)} of {every} branches: this one's line and the newest" if len(metrics) < every else ""
         t0 = None
         if view.x_axis == "time":
             starts = [min(s["time"]) for m in metrics.values() for s in m.values() if s.get("time")]
@@ -323,13 +323,14 @@ class Dashboard:
                     if len(panel.keys) > 1:  # several metrics per branch: one colour each
                         colour = PALETTE[(panel.keys.index(key) + 4 * self._branch_order(state).index(branch)) % len(PALETTE)]
                     traces.extend(self._traces(label, xs, ys, colour, panel, view))
-            out[name] = self._figure(name, panel, traces, view, note=self._title_note(name, traces, view))
+            out[name] = self._figure(name, panel, traces, view, note=self._title_note(name, traces, view, drawn))
         return out
 
-    def _title_note(self, name: str, traces: list[dict[str, Any]], view: View) -> str:
-        """A second title line: when the next evaluation is due (eval plot), and the value
-        of a plot's only point (a plot of one point is easy to miss)."""
+    def _title_note(self, name: str, traces: list[dict[str, Any]], view: View, drawn: str = "") -> str:
+        """A second title line: when the next evaluation is due (eval plot), which branches
+        are drawn when not all are, and the value of a plot's only point (easy to miss)."""
         notes = [self.capabilities().eval_note()] if name == "eval" else []
+        notes.append(drawn)
         shown = [t for t in traces if t.get("showlegend") is not False]
         if len(shown) == 1:
             points = [(x, y) for x, y in zip(shown[0]["x"], shown[0]["y"], strict=False) if y is not None]
