@@ -395,6 +395,7 @@ class Steering:
 
     def apply_records(self, due: list[CommandRecord]) -> list[CommandRecord]:
         """Apply ``due`` in order; their outcomes (and those of commands they cancelled)."""
+        self.weights.settle()  # a command may write the weights: a copy in flight has them first
         done = []
         for record in due:
             assert record.command is not None
@@ -429,6 +430,7 @@ class Steering:
         sent are reported on it (many ranks: the last one's mean loss first)."""
         if self.ranks is not None:
             self._settle(self.ranks.finish())
+        self.weights.settle()
         for settle in self.before_load:
             settle()
         self.telemetry.report(force=True)

@@ -82,10 +82,12 @@ def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
     return t.to("cpu").contiguous()  # a new tensor already: no second copy
 
 
-def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any]) -> PackedState:
+def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any], views: bool = False) -> PackedState:
     """A CPU copy of every tensor of ``module.state_dict()`` (or of a state dict) as numpy.
 
     One copy per tensor; tied weights (one tensor under two names) are copied once.
+    ``views``: contiguous CPU tensors are not copied but viewed (for a publisher that
+    copies them itself: :meth:`ViewPublisher.publish_views`).
     """
     import torch
 
@@ -103,7 +105,7 @@ def pack_state(module_or_state: torch.nn.Module | Mapping[str, Any]) -> PackedSt
             packed.aliases[name] = seen[key]
             continue
         seen[key] = name
-        t = _cpu_copy(value)
+        t = value.detach() if views and value.device.type == "cpu" and value.is_contiguous() else _cpu_copy(value)
         if t.dtype not in numpy_dtypes:
             packed.dtypes[name] = str(t.dtype).removeprefix("torch.")
             t = t.view(int_of_width[t.element_size()])
@@ -270,6 +272,15 @@ class Publisher(Protocol):
     def flush(self, timeout: float | None = None) -> None: ...
 
 
+class ViewPublisher(Publisher, Protocol):
+    """A publisher that also takes views of live weights (:meth:`publish_views`)."""
+
+    def publish_views(self, version: WeightVersion, packed: PackedState) -> None:
+        """``packed`` views the trainer's live weights: keep a copy before returning
+        (they change once this returns); the rest may happen later."""
+        ...
+
+
 class LocalPublisher:
     """In-process: versions go straight into a :class:`WeightRegistry` (no Ray; tests)."""
 
@@ -278,6 +289,10 @@ class LocalPublisher:
 
     def publish(self, version: WeightVersion, packed: PackedState) -> None:
         self.registry.add(version.with_ref(packed, published_at=time.time()))
+
+    def publish_views(self, version: WeightVersion, packed: PackedState) -> None:
+        owned = dataclasses.replace(packed, arrays={k: a.copy() for k, a in packed.arrays.items()})
+        self.publish(version, owned)
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -303,7 +318,7 @@ class BackgroundPublisher:
     ) -> None:
         self._put, self._report, self._wait = put, report, wait
         self._room = threading.Semaphore(max_pending)
-        self._queue: queue.Queue[tuple[WeightVersion, PackedState] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[WeightVersion, PackedState | None, Any] | None] = queue.Queue()
         self._replies: list[Any] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="weights-publisher", daemon=True)
@@ -315,13 +330,25 @@ class BackgroundPublisher:
         t0 = time.perf_counter()
         self._room.acquire()
         version = dataclasses.replace(version, hold_s=version.hold_s + time.perf_counter() - t0)
-        self._queue.put((version, packed))
+        self._queue.put((version, packed, None))
+
+    def publish_views(self, version: WeightVersion, packed: PackedState) -> None:
+        """Put ``packed`` (views of live weights) in the object store in this thread - the
+        only copy the weights take - and report it from the background thread."""
+        self._room.acquire()
+        try:
+            ref = self._put(packed)
+        except BaseException:
+            self._room.release()
+            raise
+        self._queue.put((version, None, ref))
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            version, packed = item
+            version, packed, ref = item
             try:
-                ref = self._put(packed)
+                if ref is None:
+                    ref = self._put(packed)
                 del packed, item  # the object store has its copy now
                 reply = self._report(version.with_ref(ref, published_at=time.time()))
                 with self._lock:

@@ -110,6 +110,8 @@ class Trainer:
         self.ddp = ranks
         if ranks is not None:
             ranks.attach(self)
+        else:  # this loop owns every write to its weights: a version's copy overlaps the next step
+            self.core.weights.overlap = True
         self._autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if config.autocast == "bf16"
             else contextlib.nullcontext
@@ -228,6 +230,9 @@ class Trainer:
             return False
         if not ddp:  # an lr that arrived during this step's backward is used by it (ranks: at the boundary)
             core.poll_before_step()
+        core.weights.window_s = time.perf_counter() - self._step_started
+        if waited := core.weights.settle():  # a version's copy still being taken: it reads these weights
+            extras["publish_wait_s"] = waited
         core.optimizer.step()
         core.optimizer.zero_grad(set_to_none=True)
         samples = self.config.batch_size * len(batches)
