@@ -296,6 +296,7 @@ class Steering:
             with self.telemetry.busy_with("writing a checkpoint"):
                 self.checkpoints.try_save("periodic")
         if cfg.eval_every and self.evaluator.available and step % cfg.eval_every == 0:
+            self.weights.settle()  # an evaluation may swap the weights (Schedule-Free's eval())
             self.evaluator.run()
         if cfg.publish_every and step % cfg.publish_every == 0:
             self.weights.try_publish("periodic")
