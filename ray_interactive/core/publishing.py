@@ -23,12 +23,14 @@ class WeightPublishing:
     """Takes a CPU copy of the weights and hands it to a :class:`Publisher` (which puts it
     in the object store off the step loop); None: the run publishes nothing.
 
-    With ``overlap`` the copy itself runs on a thread of its own while the next step's
-    forward and backward run (they only read the weights): the step loop is held for the
-    finiteness check, not the copy (~7 ms for 41 MB from main memory here). A front-end
-    that turns it on calls :meth:`settle` before anything writes the weights (its
-    optimizer step); the core settles before commands and loads. Only our own Trainer on
-    one rank does: it owns every write to its weights, a user's loop may not.
+    With ``overlap`` the step loop only checks the weights and copies the buffers; a
+    thread hands the parameters themselves to the publisher, which puts them in the object
+    store (their one copy) while the next step's forward and backward run - they only read
+    them. Measured for 41 MB: the step held 3.1-3.5 ms instead of ~11 ms, and the version
+    reaches a subscriber sooner (one copy, not two). A front-end that turns it on calls
+    :meth:`settle` before anything writes the weights (its optimizer step); the core
+    settles before commands, loads and evaluations. Only our own Trainer on one rank
+    does: it owns every write to its weights, a user's loop may not.
     """
 
     def __init__(self, publisher: Publisher | None, model: torch.nn.Module, state: TrainState, reporter: Reporter,
@@ -44,7 +46,7 @@ class WeightPublishing:
         # sets ``window_s``) outlasts the background copy; otherwise the loop would wait longer
         # at that step than a copy in the loop takes.
         self.window_s: float | None = None
-        self._background_s: float | None = None  # how long the last background copy took
+        self._background_s: float | None = None  # how long the last hand-over on the thread took
         self._copier: ThreadPoolExecutor | None = None
         self._copying: tuple[Future[None], str, int, str, tuple[str, int] | None] | None = None
 

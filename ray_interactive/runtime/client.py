@@ -211,11 +211,10 @@ class RunClient:
         self, keys: list[str], since: int | None = None, until: int | None = None,
         max_points: int | None = None, history: int = 50, max_branches: int | None = 12,
     ) -> dict[str, Any]:
-        """What a dashboard refresh shows (status, branches, the thinned series of ``keys``
-        of the current branch's line and the newest others up to ``max_branches`` (None:
-        all), every
-        branch's latest loss and lr, the newest commands, settings, data figures) in one
-        round trip."""
+        """What a dashboard refresh shows in one round trip: status, branches, the thinned
+        series of ``keys`` of the current branch's line and the newest others up to
+        ``max_branches`` (None: all), every branch's latest loss and lr, the newest
+        commands, settings and data figures."""
         query = {
             "keys": names(keys, "keys"), "since": whole(since, "since", None), "until": whole(until, "until", None),
             "max_points": whole(max_points, "max_points", minimum=3), "history": whole(history, "history"),
