@@ -139,6 +139,10 @@ def test_every_endpoint_works_through_gradio_client_and_wrong_logins_are_refused
     assert "not sent: expected key=value" in gc.predict("save_checkpoint", "tag", api_name="/send_command")
     choices = gc.predict(api_name="/choices")
     assert ["api-tag", "api-tag"] not in choices[2]["choices"] and any(ckpt in c for c in choices[2]["choices"])
+    drawable = {c[0] if isinstance(c, (list, tuple)) else c for c in choices[7]["choices"]}  # "also draw"
+    assert {"main", "api-branch"} <= drawable
+    out = gc.predict("step", 0.6, False, None, None, None, "update_ratio", None, ["main"], api_name="/refresh")
+    assert "UNREACHABLE" not in out[0] and "main" in {t["name"] for t in json.loads(out[1]["plot"])["data"]}
     assert "unknown action" in Dashboard(client).simple("explode")
     rows = client.commands(limit=30)
     # Every control went through the command API, stamped "ui" (a payload that did not

@@ -13,6 +13,7 @@ from ray_interactive.core.config import RunConfig, TaskSpec
 from ray_interactive.core.controller import Controller
 from ray_interactive.core.messages import BranchCreated, Progress, TrainerStatus
 from ray_interactive.core.state import RunStatus
+from ray_interactive.runtime.offline import FinishedRun
 from ray_interactive.ui.dashboard import Dashboard, View
 
 
@@ -40,6 +41,8 @@ def test_a_dashboard_of_many_branches_draws_the_current_line_and_the_newest(tmp_
     assert state["latest"]["b20"]["loss"] == (20, 20.2)  # the NaN at its end is skipped
     assert len(c.dashboard(["loss"], max_branches=None)["metrics"]) == 31
     assert set(c.dashboard(["loss"], max_branches=2)["metrics"]) == {"main", "b3", "b20"}  # its line, whole
+    picked = c.dashboard(["loss"], max_branches=5, branches=["b7", "nope", "b7"])["metrics"]
+    assert set(picked) == {"main", "b3", "b20", "b7", "b29"}  # a picked one, then the newest
 
     dash = Dashboard(client=None)
     dash.state = state
@@ -49,3 +52,9 @@ def test_a_dashboard_of_many_branches_draws_the_current_line_and_the_newest(tmp_
     assert "5 of 31 branches" in loss["layout"]["title"]["subtitle"]["text"]
     drawn = {t["name"] for t in loss["data"] if t.get("showlegend") is not False}
     assert drawn == {"main", "b3", "b20", "b28", "b29"}
+
+    # the UI's pick ("also draw") reaches a finished run's directory the same way
+    c.close()
+    offline = Dashboard(client=FinishedRun(tmp_path / "run"))
+    assert "b7" in offline.fetch(View(branches=("b7",)))["metrics"]
+    assert "b7" not in offline.fetch(View())["metrics"]

@@ -683,13 +683,15 @@ class Controller:
         history: int = 50,
         max_branches: int | None = 12,
         latest_keys: tuple[str, ...] = ("loss", "eval/loss", "lr"),
+        branches: list[str] | None = None,
     ) -> dict[str, Any]:
         """Everything a dashboard refresh shows, in one call: status, branches, the thinned
         metric series of the branches it draws (:meth:`plotted_branches`), every branch's
         newest ``latest_keys`` (``[step, value]``), the newest commands, settings and data
         figures. A run an agent explores has hundreds of branches: drawing them all cost
-        ~14 µs a branch here and a plot no one can read in the browser."""
-        plotted = self.plotted_branches(max_branches)
+        ~14 µs a branch here and a plot no one can read in the browser. ``branches``: ones
+        a person picked to draw as well (unknown names are left out)."""
+        plotted = self.plotted_branches(max_branches, branches or [])
         return {
             "status": self.status(),
             "branches": self.list_branches(),
@@ -704,12 +706,14 @@ class Controller:
             "rollout": self.rollout(),  # the deployed replicas and the guarded rollout
         }
 
-    def plotted_branches(self, limit: int | None) -> list[str]:
-        """The branches a dashboard draws: the current branch and its ancestors (all of
-        them, whatever ``limit``), then the newest others up to ``limit`` (None: all)."""
+    def plotted_branches(self, limit: int | None, picked: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """The branches a dashboard draws: the current branch and its ancestors and the
+        ``picked`` ones (all of them, whatever ``limit``), then the newest others up to
+        ``limit`` (None: all)."""
         if limit is None or len(self.branches) <= limit:
             return list(self.branches)
         own = [b for b, _ in self.lineage(self.trainer_status.branch) if b in self.branches]
+        own += [b for b in dict.fromkeys(picked) if b in self.branches and b not in own]
         others = sorted((b for b in self.branches if b not in own), key=lambda b: self.branches[b].created_at)
         keep = limit - len(own)
         return own + others[-keep:] if keep > 0 else own

@@ -210,15 +210,17 @@ class RunClient:
     def dashboard(
         self, keys: list[str], since: int | None = None, until: int | None = None,
         max_points: int | None = None, history: int = 50, max_branches: int | None = 12,
+        branches: list[str] | None = None,
     ) -> dict[str, Any]:
         """What a dashboard refresh shows in one round trip: status, branches, the thinned
         series of ``keys`` of the current branch's line and the newest others up to
-        ``max_branches`` (None: all), every branch's latest loss and lr, the newest
-        commands, settings and data figures."""
+        ``max_branches`` (None: all) and any ``branches`` named, every branch's latest loss
+        and lr, the newest commands, settings and data figures."""
         query = {
             "keys": names(keys, "keys"), "since": whole(since, "since", None), "until": whole(until, "until", None),
             "max_points": whole(max_points, "max_points", minimum=3), "history": whole(history, "history"),
             "max_branches": whole(max_branches, "max_branches", minimum=1),
+            "branches": names(branches or [], "branches"),
         }
         return ray.get(self._controller.dashboard.remote(**query))
 

@@ -137,8 +137,10 @@ class FinishedRun:
         return out
 
     def dashboard(self, keys: list[str], since: int | None = None, until: int | None = None,
-                  max_points: int | None = None, history: int = 50, max_branches: int | None = 12) -> dict[str, Any]:
-        return {**self._c.dashboard(keys, since, until, max_points, history, max_branches), "status": self.status()}
+                  max_points: int | None = None, history: int = 50, max_branches: int | None = 12,
+                  branches: list[str] | None = None) -> dict[str, Any]:
+        return {**self._c.dashboard(keys, since, until, max_points, history, max_branches, branches=branches),
+                "status": self.status()}
 
     # -- commands: refused ---------------------------------------------------------------
     def submit(self, command: Any, source: str | None = None) -> CommandRecord:

@@ -73,6 +73,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
             with gr.Column(scale=2):
                 gr.Markdown("**Branches**")
                 tree = gr.Markdown("—", elem_id="branch-tree")
+                drawn = gr.Dropdown(choices=[], value=[], multiselect=True, elem_id="draw-branches",
+                                    label="also draw (a run of many branches draws its current line and the newest)")
                 branch_table = gr.Dataframe(label="branches side by side (latest values)", interactive=False,
                                             elem_id="branch-table")
         history = gr.Dataframe(
@@ -221,13 +223,14 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 lookahead_plot = gr.Plot(show_label=False, elem_id="plot-lookahead")
 
         # -- refresh -------------------------------------------------------------------
-        view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind, eval_metric]
+        view_inputs = [x_axis, smoothing, log_y, x_min, x_max, custom_key, health_kind, eval_metric, drawn]
         view_outputs = [status, *plots.values(), tree, branch_table, history, opt_table, sources, rejections,
                         journal, lookahead_plot, agent_status, rollout_line, replicas_table, rollout_figures]
 
         def refresh(xa: str, sm: float, ly: bool, lo: float | None, hi: float | None, key: str | None,
-                    hk: str | None, em: str | None = None) -> list[Any]:
-            view = View(xa or "step", float(sm or 0.0), bool(ly), lo, hi, key or None, hk or "update_ratio", em or None)
+                    hk: str | None, em: str | None = None, br: list[str] | None = None) -> list[Any]:
+            view = View(xa or "step", float(sm or 0.0), bool(ly), lo, hi, key or None, hk or "update_ratio", em or None,
+                        tuple(br or ()))
             try:
                 state = dash.fetch(view)
             except Exception as e:  # noqa: BLE001 - the run may be gone: say so, keep the rest
@@ -291,7 +294,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
             offer, caps_key, caps_outputs, api_name=False, show_progress="hidden")
         ui.load(refresh, view_inputs, view_outputs, show_progress="hidden").then(
             offer, caps_key, caps_outputs, api_name=False, show_progress="hidden")
-        for control in (x_axis, log_y, x_min, x_max, custom_key, health_kind, eval_metric):
+        for control in (x_axis, log_y, x_min, x_max, custom_key, health_kind, eval_metric, drawn):
             control.change(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         smoothing.release(refresh, view_inputs, view_outputs, show_progress="hidden", api_name=False)
         reset_zoom.click(lambda: (None, None), None, [x_min, x_max], api_name=False)
@@ -300,7 +303,7 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         def choices() -> list[Any]:
             s = _safe(dash.settings, None)
             if s is None:
-                return [gr.skip()] * 7
+                return [gr.skip()] * 8
             return [
                 gr.update(choices=["all", *s["groups"]]),
                 gr.update(choices=s["params"] or ["lr"]),
@@ -309,9 +312,10 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                 gr.update(choices=dash.metric_keys()),
                 gr.update(choices=s["pending"], value=None),
                 gr.update(choices=dash.eval_metrics()),
+                gr.update(choices=sorted(_safe(dash.client.branches, {}))),
             ]
 
-        choice_outputs = [group, param, ckpt, module, custom_key, pending, eval_metric]
+        choice_outputs = [group, param, ckpt, module, custom_key, pending, eval_metric, drawn]
         ui.load(choices, None, choice_outputs, show_progress="hidden")
 
         def show_page(p: Any) -> tuple[Any, Any, Any]:

@@ -137,6 +137,7 @@ class View:
     custom: str | None = None
     health: str = "update_ratio"  # which per-module indicator the health plot shows
     eval_metric: str | None = None  # which evaluation metric the eval plot shows (None: loss, or the first)
+    branches: tuple[str, ...] = ()  # branches to draw besides the current line and the newest
 
     @property
     def zoomed(self) -> bool:
@@ -184,12 +185,12 @@ class Dashboard:
             since, until = int(math.floor(view.x_min)), int(math.ceil(view.x_max))  # type: ignore[arg-type]
         try:
             self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
-                                               history=self.history_rows)
+                                               history=self.history_rows, branches=list(view.branches))
         except Exception as e:
             if not (run_is_gone(e) and self._switch_to_run_dir()):
                 raise
             self.state = self.client.dashboard(keys, since=since, until=until, max_points=self.max_points,
-                                               history=self.history_rows)
+                                               history=self.history_rows, branches=list(view.branches))
         self._run_dir = self.state.get("status", {}).get("run_dir") or self._run_dir
         return self.state
 
@@ -300,7 +301,8 @@ class Dashboard:
         smoothing its raw line paler beside it."""
         metrics: dict[str, dict[str, Any]] = state.get("metrics", {})
         every = len(state.get("branches", {}))
-        drawn = f"{len(metrics)} of {every} branches: this one's line and the newest" if len(metrics) < every else ""
+        drawn = (f"{len(metrics)} of {every} branches: this one's line, those picked and the newest"
+                 if len(metrics) < every else "")
         t0 = None
         if view.x_axis == "time":
             starts = [min(s["time"]) for m in metrics.values() for s in m.values() if s.get("time")]
