@@ -69,17 +69,18 @@ class StepClock(TrainerCallback):
 HOOKS = ("on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_log")
 
 
-def timed(callback: Any, spent: list[float]) -> None:
-    """Add the time spent in the callback's per-step hooks to ``spent[0]``."""
-    for hook in HOOKS:
+def timed(callback: Any, spent: dict[str, float], hooks: tuple[str, ...] = HOOKS) -> None:
+    """Add the time spent in each of the callback's ``hooks`` to ``spent[hook]``."""
+    for hook in hooks:
         inner = getattr(callback, hook)
+        spent.setdefault(hook, 0.0)
 
-        def wrapper(*args: Any, _inner: Any = inner, **kw: Any) -> Any:
+        def wrapper(*args: Any, _inner: Any = inner, _hook: str = hook, **kw: Any) -> Any:
             t0 = time.perf_counter()
             try:
                 return _inner(*args, **kw)
             finally:
-                spent[0] += time.perf_counter() - t0
+                spent[_hook] += time.perf_counter() - t0
 
         setattr(callback, hook, wrapper)
 
@@ -88,7 +89,7 @@ def one_run(data: Path, steps: int, steered: bool, name: str) -> tuple[float, fl
     """Steps/s (from the median step period over steps WARMUP..steps) and, steered, µs per
     step inside our callback."""
     clock = StepClock()
-    spent = [0.0]
+    spent: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(data, Path(tmp) / "out", max_steps=steps, callbacks=[clock], **MODEL)
         if steered:
@@ -98,7 +99,7 @@ def one_run(data: Path, steps: int, steered: bool, name: str) -> tuple[float, fl
     # the median end-to-end period of a step (end to end: our hooks and HF's logging included),
     # robust to the few long stalls this VM has
     period = statistics.median(b - a for a, b in zip(ends, ends[1:]))
-    return 1.0 / period, (spent[0] / steps * 1e6 if steered else None)
+    return 1.0 / period, (sum(spent.values()) / steps * 1e6 if steered else None)
 
 
 def throughput(data: Path, pairs: int, steps: int) -> dict[str, Any]:
@@ -122,21 +123,10 @@ def startup(data: Path, pairs: int) -> dict[str, Any]:
         for steer in ([False, True] if i % 2 == 0 else [True, False]):
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = build_trainer(data, Path(tmp) / "out", max_steps=3, **MODEL)
-                spent = {"on_train_begin": 0.0, "on_train_end": 0.0}
+                spent: dict[str, float] = {}
                 if steer:
                     cb = ri.hf.steer(trainer, run=f"bench-hf-start-{i}", run_dir=Path(tmp) / "run")
-                    for hook in spent:
-                        inner = getattr(cb, hook)
-
-                        def wrapper(*a: Any, _inner: Any = inner, _hook: str = hook, _spent: dict[str, float] = spent,
-                                    **kw: Any) -> Any:
-                            t0 = time.perf_counter()
-                            try:
-                                return _inner(*a, **kw)
-                            finally:
-                                _spent[_hook] += time.perf_counter() - t0
-
-                        setattr(cb, hook, wrapper)
+                    timed(cb, spent, ("on_train_begin", "on_train_end"))
                 t0 = time.perf_counter()
                 trainer.train()
                 took = time.perf_counter() - t0

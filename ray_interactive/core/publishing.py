@@ -93,26 +93,23 @@ class WeightPublishing:
             self._copying = (future, reason, s.step, s.branch, before)
         else:
             packed = pack_state(state)
-            self._hand_over(packed, meta, time.perf_counter() - t0)
+            self._hand_over(packed, meta, time.perf_counter() - t0, self.publisher.publish)
         return number
 
-    def _hand_over(self, packed: Any, meta: dict[str, Any], held: float) -> None:
+    @staticmethod
+    def _hand_over(packed: Any, meta: dict[str, Any], held: float, publish: Any) -> None:
         version = WeightVersion(**meta, num_params=packed.num_params, nbytes=packed.nbytes,
                                 hold_s=held)  # the step loop's part (the publisher adds any wait for room)
-        assert self.publisher is not None
-        self.publisher.publish(version, packed)
+        publish(version, packed)
 
     def _hand_over_views(self, state: dict[str, Any], meta: dict[str, Any], held: float) -> None:
         """On the copy thread: a publisher that copies views itself (into the object store)
         gets them - one copy of the weights, not two; any other gets a copy."""
         t0 = time.perf_counter()
+        assert self.publisher is not None
         publish_views = getattr(self.publisher, "publish_views", None)
-        if publish_views is None:
-            self._hand_over(pack_state(state), meta, held)
-        else:
-            packed = pack_state(state, views=True)
-            publish_views(WeightVersion(**meta, num_params=packed.num_params, nbytes=packed.nbytes, hold_s=held),
-                          packed)
+        packed = pack_state(state, views=publish_views is not None)
+        self._hand_over(packed, meta, held, publish_views or self.publisher.publish)
         self._background_s = time.perf_counter() - t0
 
     def settle(self) -> float:
