@@ -15,7 +15,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: browser setup demo demo-chat demo-lm test test-fast bench lint clean case-studies health-study neuralos-experiment gpu-check
+.PHONY: browser setup demo demo-chat demo-lm test test-fast bench lint clean case-studies health-study neuralos-experiment neuralos-mixture gpu-check
 
 setup: $(STAMP)
 
@@ -61,10 +61,20 @@ gpu-check: $(STAMP)
 neuralos-experiment: $(STAMP)  # the NeuralOS case study (about 35 CPU-minutes)
 	$(BIN)/python -m neuralos_example.experiment --steps 800 --sessions 24 --users 150 --seeds 3 --threads 1
 
-# The paper's case studies 1 and 2, CPU-sized (~80 s a run, 30 runs: about 45 minutes on 2 cores).
+# The NeuralOS mixture study (issue 25): a mixture steered by per-task evaluations against the
+# users' own, at equal steps (about 30 minutes on 2 cores).
+neuralos-mixture: $(STAMP)
+	$(BIN)/python -m neuralos_example.mixture_study --steps 800 --seeds 3 --threads 2
+
+# The paper's case studies 1 and 2, CPU-sized (~90 s a run, ~180 s with a lookahead; about
+# 2.5 hours on 2 cores). Case study 1's grid, the rule agents and two lookahead arms get
+# MORE_SEEDS too (5 seeds in all).
 SEEDS ?= 0 1 2
+MORE_SEEDS ?= 3 4
+CORE_ARMS = static_high static_5e-3 static_1e-3 static_3e-4 rule_high rule_health lookahead_wide lookahead_long lookahead_first
 case-studies: $(STAMP)
 	$(BIN)/python studies/case_studies.py --study 1 --seeds $(SEEDS) --skip-done
+	$(BIN)/python studies/case_studies.py --study 1 --seeds $(MORE_SEEDS) --arms $(CORE_ARMS) --skip-done
 	$(BIN)/python studies/case_studies.py --study 2 --seeds $(SEEDS) --skip-done --reuse docs/case_study_1.json
 	$(BIN)/python studies/plot_case_studies.py
 

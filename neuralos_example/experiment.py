@@ -24,6 +24,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +48,53 @@ from neuralos_example.task import NeuralOSTask
 from ray_interactive import DataBuffer, DataSource
 
 
+def split_by_task(live: pa.Table) -> dict[str, pa.Table]:
+    """Live rows as one source per frequent task (``live_<task>``) and ``live_other`` for the
+    rest (no task going on, or another task); the sources that have rows."""
+    tasks = live.column("task").to_pylist()
+    out = {}
+    for name, keep in [*((f"live_{t}", [x == t for x in tasks]) for t in FREQUENT_TASKS),
+                       ("live_other", [x not in FREQUENT_TASKS for x in tasks])]:
+        part = live.filter(pa.array(keep))
+        if part.num_rows:
+            out[name] = part
+    return out
+
+
+#: ``steer(step, model, buffer)``: called between steps to change the buffer's mixture (the model in eval mode)
+Steer = Callable[[int, NextFrameModel, DataBuffer], None]
+
+
 def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, steps: int, batch: int, lr: float, seed: int, label: str,
-             warmup: int = 0) -> NextFrameModel:
+             warmup: int = 0, by_task: bool = False, steer: Steer | None = None, steer_every: int = 0) -> NextFrameModel:
     """``steps`` steps of the task's loss on batches the run's data buffer draws: base rows
     uniformly, and (if given) live rows ingested into a ``fresh`` live source, weights 1:1;
-    the lr rises linearly over the first ``warmup`` steps (as the main job's schedule does)."""
+    the lr rises linearly over the first ``warmup`` steps (as the main job's schedule does).
+
+    ``by_task``: the live rows go to one ``fresh`` source per task (:func:`split_by_task`),
+    weighted by their rows so that base and live stay 1:1 and each task is drawn as often as
+    users did it. ``steer`` is then called every ``steer_every`` steps (not at step 0)."""
     task = NeuralOSTask(checkpoint=None)
     sources = [DataSource("base", base_rows, allow_nulls=True)]  # "task" is null where no task was going on
-    if live is not None:
-        sources.append(DataSource("live", schema=transition_schema(), policy="fresh", allow_nulls=True))
+    parts = {} if live is None else split_by_task(live) if by_task else {"live": live}
+    for name, part in parts.items():
+        sources.append(DataSource(name, schema=transition_schema(), policy="fresh", allow_nulls=True,
+                                  weight=part.num_rows / sum(p.num_rows for p in parts.values())))
     tmp = tempfile.TemporaryDirectory(prefix="neuralos-exp-")
     buf = DataBuffer(sources, seed=seed, directory=Path(tmp.name))
-    if live is not None:
-        buf.ingest(live, "live")
+    for name, part in parts.items():
+        buf.ingest(part, name)
     model = copy.deepcopy(model).train()
     opt = task.build_optimizer(model, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     torch.manual_seed(seed)
-    for _ in tqdm(range(steps), desc=label, unit="step", file=sys.stdout, mininterval=5):
+    for step in tqdm(range(steps), desc=label, unit="step", file=sys.stdout, mininterval=5):
+        if steer is not None and steer_every and step and step % steer_every == 0:
+            # the steering evaluation samples with its own generator: the training draws stay seeded
+            rng = torch.get_rng_state()
+            steer(step, model.eval(), buf)
+            torch.set_rng_state(rng)
+            model.train()
         chunk = buf.next_batches(batch, 1)
         assert chunk is not None
         loss, _ = task.loss(model, task.collate(chunk.table, torch.device("cpu")))

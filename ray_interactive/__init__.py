@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray_interactive.agents.lookahead import LookaheadAgent
+    from ray_interactive.agents.mixture import MixturePolicy
+    from ray_interactive.agents.runtime import AgentRunner, Observation, RulePolicy
     from ray_interactive.core.commands import (
         Command,
         CommandRecord,
@@ -73,6 +75,8 @@ _EXPORTS = {
     "runtime.serving": ("ReplicaLink", "deploy", "undeploy"),
     "runtime.judge": ("CanaryJudge",),
     "agents.lookahead": ("LookaheadAgent",),
+    "agents.mixture": ("MixturePolicy",),
+    "agents.runtime": ("AgentRunner", "Observation", "RulePolicy"),
     "core.task": ("DataSource", "Task", "column_array"),
     "core.weights": ("WeightVersion", "pack_state", "unpack_state"),
     "data.buffer": ("DataBuffer",),
@@ -102,6 +106,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AgentRunner",
     "BufferConfig",
     "CanaryJudge",
     "Command",
@@ -115,7 +120,10 @@ __all__ = [
     "IngestClosed",
     "IngestCoalescer",
     "LookaheadAgent",
+    "MixturePolicy",
+    "Observation",
     "ReplicaLink",
+    "RulePolicy",
     "RunClient",
     "RunConfig",
     "RunHandle",

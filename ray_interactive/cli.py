@@ -505,11 +505,31 @@ def _mixture_policy(args: argparse.Namespace) -> Any:
         raise CLIError(f"mixture agent: {e}") from None
 
 
+def _rule_policy(args: argparse.Namespace) -> Any:
+    from ray_interactive.agents.runtime import RulePolicy
+
+    ceiling = {}
+    for item in args.update_ceiling or []:
+        module, sep, value = item.partition("=")
+        try:
+            ceiling[module] = float(value) if sep and module else math.nan
+        except ValueError:
+            ceiling[module] = math.nan
+        if not math.isfinite(ceiling[module]):
+            raise CLIError(f"--update-ceiling takes MODULE=RATIO (e.g. transformer.h.0=0.008), not {item!r}")
+    if ceiling and args.policy != "rule":
+        raise CLIError("--update-ceiling is the rule agent's: it needs --policy rule")
+    try:
+        return RulePolicy(update_ceiling=ceiling)
+    except ValueError as e:
+        raise CLIError(f"rule agent: {e}") from None
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run an agent on a run in the foreground until Ctrl-C / SIGTERM or the run ends."""
     from ray_interactive.agents.guardrails import Guardrails
     from ray_interactive.agents.lookahead import LookaheadAgent, lr_moves
-    from ray_interactive.agents.runtime import AgentRunner, RulePolicy
+    from ray_interactive.agents.runtime import AgentRunner
 
     if args.every < 1:
         raise CLIError("--every must be >= 1")
@@ -527,6 +547,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(f"guardrails: {e}") from None
     mixture = _mixture_policy(args) if args.policy == "mixture" else None  # its errors before connecting
+    rule = _rule_policy(args)
     client = _connect(args)
 
     def show(entry: dict[str, Any]) -> None:
@@ -556,7 +577,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
                 if not stop.event.is_set():
                     look.run(every=args.every, at_start=args.at_start)
                 return
-            policy: Any = RulePolicy()
+            policy: Any = rule
             if mixture is not None:
                 policy = mixture
                 args.at_eval = True  # it compares evaluations: one decision per evaluation
@@ -864,6 +885,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="mixture: a source and its own eval metric (two or more), e.g. rare=eval/rare/success")
     sp.add_argument("--higher-is-better", action="store_true", dest="higher_is_better",
                     help="mixture: the tracked metrics are scores (success), not losses")
+    sp.add_argument("--update-ceiling", action="append", metavar="MODULE=RATIO", dest="update_ceiling",
+                    help="rule: halve the lr while the module's sampled update/weight ratio is above RATIO "
+                    "(needs diagnostics_every; see docs/health_indicators.md), e.g. transformer.h.0=0.008")
     sp.add_argument("--horizon", type=int, default=50, help="lookahead: steps each candidate trains")
     sp.add_argument("--factors", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                     help="lookahead: the lr factors it tries (1 keeps the lr)")

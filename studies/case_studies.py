@@ -50,12 +50,18 @@ class Arm:
     label: str
     optimizer: str = "adamw"
     schedule: str = "constant"
-    steerer: str | None = None  # "person", "rule", "llm", "lookahead", "llm_check", "pbt"
+    steerer: str | None = None  # "person", "rule", "rule_health", "llm", "lookahead", "llm_check", "pbt"
     factors: tuple[float, ...] | None = None  # the lookahead's lr factors (default: Setup.la_factors)
+    horizon: int | None = None  # the lookahead's steps per candidate (default: Setup.la_horizon)
+    every: int | None = None  # the lookahead's steps between decisions (default: Setup.la_every)
+    start_paused: bool = False  # the run waits for its first resume (a lookahead then explores before step 1)
 
 
 HIGH_LR = 2e-2  # case study 1's too-high lr, chosen by the short sweep of study 0 (see the README)
 PAPER_LR = 5e-3  # case study 2's start, as in the paper
+#: transformer.h.0's update/weight ratio threshold, fitted on seed 0 in docs/health_indicators.md
+UPDATE_CEILING = 0.008
+DIAGNOSTICS_EVERY = 10  # as in that study
 
 STUDIES: dict[int, list[Arm]] = {
     # study 0: the short sweep that chose case study 1's too-high lr
@@ -72,7 +78,22 @@ STUDIES: dict[int, list[Arm]] = {
         # candidates that reach as far as the grid does (2e-2 x 1/20 = 1e-3) in one decision
         Arm("lookahead_wide", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent, wide (x1/20, x1/4, x1)",
             steerer="lookahead", factors=(0.05, 0.25, 1.0)),
+        # fewer, longer trials (what the three arms above taught: a 25-step trial favours the
+        # higher lr): the same candidates for 50 steps, decided at the start and at step 200;
+        # 2 decisions x 2 discarded x 50 = 200 extra steps, the same 1.5x budget
+        Arm("lookahead_long", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent, long trials (x1/20, x1/4, x1; 50 steps)",
+            steerer="lookahead", factors=(0.05, 0.25, 1.0), horizon=50, every=150),
+        # the same, but the run starts paused, so its first look comes before the first step:
+        # the arms above look after one step at the too-high lr, which alone costs the 1e-3
+        # candidate ~0.1 at step 50 and ~0.16 at the end (lookahead_long, seed 1)
+        Arm("lookahead_first", HIGH_LR, f"lr {HIGH_LR:g} + lookahead agent from before the first step "
+            "(x1/20, x1/4, x1; 50 steps)", steerer="lookahead", factors=(0.05, 0.25, 1.0), horizon=50, every=150,
+            start_paused=True),
         Arm("rule_high", HIGH_LR, f"lr {HIGH_LR:g} + rule agent", steerer="rule"),
+        # the rule agent with the health study's indicator: halve while block 0's sampled
+        # update/weight ratio is above the ceiling that study fitted on seed 0's grid
+        Arm("rule_health", HIGH_LR, f"lr {HIGH_LR:g} + rule agent with an update-ratio ceiling "
+            f"(transformer.h.0 {UPDATE_CEILING:g})", steerer="rule_health"),
         Arm("pbt", HIGH_LR, f"Ray Tune PBT from lr {HIGH_LR:g}, same budget", steerer="pbt"),
         Arm("llm_check", HIGH_LR, f"lr {HIGH_LR:g} + LLM agent, moves tested (lookahead)", steerer="llm_check"),
         Arm("llm_high", HIGH_LR, f"lr {HIGH_LR:g} + LLM agent (SmolLM2-135M)", steerer="llm"),
@@ -86,6 +107,11 @@ STUDIES: dict[int, list[Arm]] = {
         Arm("cosine", PAPER_LR, "cosine decay (no agent)", schedule="cosine"),
         Arm("schedulefree", PAPER_LR, "Schedule-Free AdamW (no agent)", optimizer="schedulefree"),
         Arm("prodigy", 1.0, "Prodigy, lr 1.0 (no agent)", optimizer="prodigy"),
+        # at equal compute (1.5x one run), as in study 1
+        Arm("lookahead_first", PAPER_LR, "lookahead agent from before the first step (x1/20, x1/4, x1; 50 steps)",
+            steerer="lookahead", factors=(0.05, 0.25, 1.0), horizon=50, every=150, start_paused=True),
+        Arm("pbt", PAPER_LR, f"Ray Tune PBT from lr {PAPER_LR:g}, same budget", steerer="pbt"),
+        Arm("llm_check", PAPER_LR, "LLM agent, moves tested (lookahead)", steerer="llm_check"),
     ],
 }
 
@@ -130,6 +156,8 @@ def run_config(arm: Arm, seed: int, setup: Setup, runs: Path, study: int) -> Any
         checkpoint_interval_s=None, torch_threads=2, metrics_interval_s=0.5,
         # a non-finite step is skipped (never applied); a run that keeps failing pauses and is ended below
         health=HealthConfig(on_non_finite="skip", max_skips=20),
+        diagnostics_every=DIAGNOSTICS_EVERY if arm.steerer == "rule_health" else None,
+        start_paused=arm.start_paused,
     )
 
 
@@ -230,13 +258,13 @@ class Lookahead:
     """The lookahead agent: at the run's start and every ``la_every`` steps it tries the lr
     factors for ``la_horizon`` steps each on branches and goes on from the best."""
 
-    def __init__(self, client: Any, setup: Setup, factors: tuple[float, ...] | None = None) -> None:
+    def __init__(self, client: Any, setup: Setup, arm: Arm) -> None:
         from ray_interactive.agents.lookahead import LookaheadAgent, lr_moves
 
-        factors = factors or setup.la_factors
-        self.look = LookaheadAgent(client, horizon=setup.la_horizon, timeout_s=900,
+        factors = arm.factors or setup.la_factors
+        self.look = LookaheadAgent(client, horizon=arm.horizon or setup.la_horizon, timeout_s=900,
                                    moves=lambda lr: lr_moves(lr, factors))
-        kwargs = {"every": setup.la_every, "on_detector": False, "poll_s": 0.2, "at_start": True,
+        kwargs = {"every": arm.every or setup.la_every, "on_detector": False, "poll_s": 0.2, "at_start": True,
                   "end_step": setup.steps}
         self.thread = threading.Thread(target=self.look.run, kwargs=kwargs, daemon=True, name="lookahead")
 
@@ -261,14 +289,16 @@ def _discarded(look: Any) -> int:
 
 
 # -- one run ---------------------------------------------------------------------------
-def wait_to_end(client: Any) -> None:
+def wait_to_end(client: Any, steerer: Any = None) -> None:
     """Until the run has stopped or failed; a run the health guard paused (it gave up on a
-    run that kept failing) is stopped."""
+    run that kept failing), or one left paused by a lookahead that has ended (its journal
+    says why), is stopped."""
     while True:
         st = client.status()
         if st.get("status") in ("stopped", "failed"):
             return
-        if st.get("status") == "paused" and "health guard" in str(st.get("message")):
+        left = isinstance(steerer, Lookahead) and not steerer.thread.is_alive()
+        if st.get("status") == "paused" and ("health guard" in str(st.get("message")) or left):
             client.send("stop", source="api")
         time.sleep(1.0)
 
@@ -295,6 +325,10 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
             from ray_interactive.agents.runtime import RulePolicy
 
             steerer = Agent(client, RulePolicy()).start()
+        elif arm.steerer == "rule_health":
+            from ray_interactive.agents.runtime import RulePolicy
+
+            steerer = Agent(client, RulePolicy(update_ceiling={"transformer.h.0": UPDATE_CEILING})).start()
         elif arm.steerer == "llm":
             steerer = Agent(client, llm()).start()
         elif arm.steerer == "llm_check":
@@ -302,8 +336,8 @@ def run_arm(arm: Arm, seed: int, setup: Setup, runs: Path, study: int, llm: Any,
             policy.check = True
             steerer = Agent(client, policy, horizon=setup.la_horizon).start()
         elif arm.steerer == "lookahead":
-            steerer = Lookahead(client, setup, arm.factors).start()
-        wait_to_end(client)
+            steerer = Lookahead(client, setup, arm).start()
+        wait_to_end(client, steerer)
     finally:
         if steerer is not None:
             steerer.stop()

@@ -208,7 +208,8 @@ def markdown(doc: dict[str, Any]) -> str:
         *([f"Equal-cost grid: {_chosen(doc)}", ""] if doc["study"] == 1 else []),
         *(["A lookahead agent's commands are its own mechanics: for each decision and candidate a load, the "
            "move, a pinned pause, a resume, an evaluation and a save.", ""] if _lookaheads(doc) else []),
-        *[line for arm in _lookaheads(doc) for line in (*target(doc, arm), "", *paired(doc, arm), "")],
+        *[line for arm in _lookaheads(doc) for line in (*(target(doc, arm) if doc["study"] == 1 else []), "",
+                                                         *paired(doc, arm), "")],
         *sorted({r["note"] for r in doc["runs"] if r.get("note")}),
         "",
         f"![curves](case_study_{doc['study']}.png)",

@@ -126,6 +126,29 @@ def test_the_cli_runs_an_agent_from_another_process(tmp_path: Path, start: Any, 
     assert len(entries) >= 2 and time.time() - entries[-1]["time"] < 120  # a journal, written just now
 
 
+def test_the_rule_agent_halves_the_lr_while_a_modules_update_ratio_is_above_its_ceiling(
+    tmp_path: Path, start: Any, ray_cluster: dict[str, Any]
+) -> None:
+    # a healthy run: only the (absurdly low) ceiling can make the agent act
+    handle = start(regression_config(tmp_path, diagnostics_every=5, checkpoint_interval_s=None))
+    client = handle.client()
+
+    def ratio_keys() -> list[str]:
+        return [k for k in client.metric_keys() if k.endswith("/update_ratio")]
+
+    wait_until(lambda: ratio_keys() and client.status()["step"] >= 25, what="a health sample")
+    module = ratio_keys()[0].removeprefix("health/").removesuffix("/update_ratio")
+    out, entries = cli_agent(handle, ray_cluster["address"], "--every", "20", "--min-interval", "0",
+                             "--update-ceiling", f"{module}=1e-12", ticks=2)
+    acted = next(e for e in entries if e["sent"])
+    assert acted["finding"]["pattern"] == "update_ceiling" and acted["finding"]["module"] == module
+    [sent] = acted["sent"]
+    assert sent["command"]["params"]["lr"] == 5e-4 and "above its ceiling" in acted["rationale"]
+    assert "above its ceiling" in out
+    row = next(r for r in client.commands() if r["id"] == sent["id"])
+    assert row["source"] == "agent" and row["status"] in ("applied", "pending", "accepted")
+
+
 def test_the_llm_agent_over_http_refuses_bad_replies_and_acts_on_a_good_one(tmp_path: Path, start: Any) -> None:
     from ray_interactive.agents.llm import ChatClient, LLMPolicy
     from ray_interactive.agents.llm_server import LocalServer, ScriptedBackend

@@ -94,3 +94,27 @@ def test_the_lookahead_agent_tries_moves_on_branches_and_continues_on_the_best(t
     assert client.branches()[rollback["branch"]]["checkpoint"] == ckpt
     assert rollback["end"] == f"{rollback['branch']}@{at + 5}"
     wait_until(lambda: client.status()["status"] == "running", what="the run to go on after the rollback test")
+
+
+def test_a_run_that_starts_paused_is_explored_before_its_first_step_then_resumed(tmp_path: Path, start: Any) -> None:
+    import threading
+
+    handle = start(regression_config(tmp_path, lr=1e-3, start_paused=True))
+    client = handle.client()
+    wait_until(lambda: client.status()["status"] == "paused", what="the run to wait for its first resume")
+    agent = LookaheadAgent(client, horizon=5)
+    thread = threading.Thread(target=agent.run, kwargs={"every": 10_000, "on_detector": False, "poll_s": 0.1,
+                                                        "at_start": True}, daemon=True)
+    thread.start()
+    try:
+        entry = wait_until(lambda: next(iter(agent.journal.read()), None), timeout=180, what="the first exploration")
+        assert "error" not in entry, entry
+        assert entry["reason"] == "before the run's first step" and entry["step"] == 0
+        assert all(t["error"] is None and t["end"] == f"{t['branch']}@5" for t in entry["trials"]), entry["trials"]
+        # it was paused only because it started so: the agent resumes it on the best candidate
+        st = wait_until(lambda: (s := client.status())["status"] == "running" and s["step"] > 5 and s,
+                        what="the run to train on after the exploration")
+        assert st["branch"] == entry["continued_on"]
+    finally:
+        agent.stop()
+        thread.join(timeout=60)

@@ -31,6 +31,16 @@ def test_each_policy_takes_its_own_fields_and_bad_ones_are_named() -> None:
     assert set(POLICIES) == {"rule", "llm", "llm-check", "lookahead", "mixture"}
 
 
+def test_the_rule_agent_takes_update_ratio_ceilings_and_refuses_bad_ones() -> None:
+    assert _options("rule", 1, "", "", "transformer.h.0=0.008, h.1 = 0.01") == {
+        "ceiling": {"transformer.h.0": 0.008, "h.1": 0.01}}
+    assert _options("lookahead", 5, "0.5 1", "", "h.0=0.01") == {"horizon": 5, "factors": [0.5, 1.0]}  # not read
+    for bad, why in [("h.0", "MODULE=RATIO"), ("h.0=fast", "MODULE=RATIO"), ("h.0=-1", "positive number"),
+                     ("h.0=nan", "positive number")]:
+        with pytest.raises(ValueError, match=why):
+            _options("rule", 1, "", "", bad)
+
+
 def test_the_journal_table_and_figure_show_what_each_candidate_scored_and_what_was_kept(tmp_path: Path) -> None:
     trials = [{"move": "lr-x0.5", "score": 1.2, "error": None}, {"move": "keep", "score": 1.5, "error": None},
               {"move": "lr-x2", "score": None, "error": "RuntimeError: lost"}]

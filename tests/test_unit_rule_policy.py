@@ -67,3 +67,34 @@ def test_a_flat_noisy_training_loss_is_not_decayed_while_the_validation_loss_sti
     stalled.eval_loss = [6.2, 6.19]  # -0.2 %: learning has stopped
     assert RulePolicy().decide(stalled).commands == [{"kind": "update_optimizer", "params": {"lr": 5e-4}}]
     assert RulePolicy().decide(obs(flat)).commands  # no evaluations: the training loss decides
+
+
+def test_an_update_ratio_above_its_ceiling_halves_the_lr_before_the_loss_shows_anything() -> None:
+    import pytest
+
+    policy = RulePolicy(update_ceiling={"transformer.h.0": 0.008})
+    o = obs(healthy)
+    o.health = {"health/transformer.h.0/update_ratio": 0.02, "health/transformer.h.1/update_ratio": 0.5}
+    d = policy.decide(o)  # h.1 has no ceiling: only h.0 counts
+    assert d.commands == [{"kind": "update_optimizer", "params": {"lr": 5e-4}}]
+    assert d.finding == {"pattern": "update_ceiling", "module": "transformer.h.0", "ratio": 0.02, "ceiling": 0.008}
+    assert "above its ceiling" in d.rationale
+    o2 = obs(healthy + healthy[:5], lr=5e-4)
+    o2.health = o.health
+    assert policy.decide(o2).commands == []  # waits for points (and a sample) after its action
+    o3 = obs(healthy + healthy, lr=5e-4)
+    o3.health = {"health/transformer.h.0/update_ratio": 0.006}
+    assert policy.decide(o3).commands == []  # under the ceiling: the lr stays
+    assert RulePolicy().decide(o).commands == []  # no ceiling: the healthy loss is left alone
+    with pytest.raises(ValueError, match="positive number"):
+        RulePolicy(update_ceiling={"h.0": -1.0})
+
+
+def test_the_cli_refuses_a_bad_update_ceiling_before_connecting() -> None:
+    from .test_cli import cli
+
+    for bad in ("transformer.h.0", "h.0=abc", "h.0=-1", "=0.1"):
+        out = cli("agent", "no-such-run", "--update-ceiling", bad)
+        assert out.returncode != 0 and ("MODULE=RATIO" in out.stderr or "positive number" in out.stderr), out.stderr
+    out = cli("agent", "no-such-run", "--policy", "lookahead", "--update-ceiling", "h.0=0.01")
+    assert out.returncode != 0 and "needs --policy rule" in out.stderr

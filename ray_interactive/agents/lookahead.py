@@ -151,26 +151,28 @@ class LookaheadAgent:
         return float(values[-1]) if values else math.nan
 
     # -- one exploration ---------------------------------------------------------------
-    def explore(self, reason: str = "asked", moves: list[Move] | None = None) -> dict[str, Any]:
+    def explore(self, reason: str = "asked", moves: list[Move] | None = None,
+                resume: bool | None = None) -> dict[str, Any]:
         """Try every candidate for ``horizon`` steps from here and continue on the best;
         returns the journal entry (also written). ``moves``: these candidates instead of the
         agent's own (e.g. what an LLM proposed, with "keep" among them). Once :meth:`stop` is
         called, the candidate under way is finished and the rest skipped: the run still goes
-        on from the best so far."""
+        on from the best so far. ``resume``: whether the run trains on afterwards (default:
+        if it was running)."""
         self.exploring = True
         try:
-            return self._explore(reason, moves)
+            return self._explore(reason, moves, resume)
         finally:
             self.exploring = False
 
-    def _explore(self, reason: str, proposed: list[Move] | None) -> dict[str, Any]:
+    def _explore(self, reason: str, proposed: list[Move] | None, resume: bool | None = None) -> dict[str, Any]:
         # Numbered after every lookahead branch already in the run, so a second agent (or
         # one restarted) never forks onto a name that is taken.
         taken = [int(m.group(1)) for b in self.client.branches() if (m := re.match(r"la(\d+)-", str(b)))]
         n = max([self.explorations, *taken]) + 1
         self.explorations += 1
         st = self.client.status()
-        was_running = st.get("status") == "running"
+        was_running = st.get("status") == "running" if resume is None else resume
         groups = self.client.snapshot().get("groups") or [{}]
         lr = groups[0].get("hparams", {}).get("lr") or self._lr()
         moves = list(proposed) if proposed else list(self.moves(lr))
@@ -276,7 +278,10 @@ class LookaheadAgent:
         as the loss since the last exploration shows a divergence, oscillation or plateau;
         until :meth:`stop` or the run ends. ``at_start``: the first exploration as soon as the
         run trains (an lr check before the run commits to one); ``end_step`` (the run's
-        max_steps): no exploration starts whose candidates could not finish by then."""
+        max_steps): no exploration starts whose candidates could not finish by then. A run
+        that starts paused (``start_paused``) and that nobody has paused or resumed yet is
+        explored before its first step, then resumed: every candidate starts from the
+        initial weights, none after a step at an lr it may be about to reject."""
         last_step: int | None = None
         last_branch = ""
         first = at_start
@@ -290,6 +295,14 @@ class LookaheadAgent:
             reason = None
             if end_step is not None and step + self.horizon >= end_step:
                 reason = None  # too late: a candidate would run past the run's end
+            elif first and st.get("status") == "paused" and step == 0 and self._paused_at_start():
+                first = False
+                entry = self.explore("before the run's first step", resume=True)
+                st = self.client.status()
+                last_step, last_branch = int(st.get("step", 0)), str(st.get("branch"))
+                if "error" in entry:
+                    return
+                continue
             elif first and st.get("status") == "running":
                 reason, first = "the run's start", False
             elif st.get("status") == "running" and step - last_step >= every:
@@ -306,6 +319,10 @@ class LookaheadAgent:
                 if "error" in entry:
                     return  # journalled; the run is left as the failure left it, for a person
             self._stop.wait(poll_s)
+
+    def _paused_at_start(self) -> bool:
+        """Paused because it started so: no pause or resume was ever sent to it."""
+        return not any(c.get("kind") in ("pause", "resume") for c in self.client.commands())
 
     def stop(self) -> None:
         self._stop.set()

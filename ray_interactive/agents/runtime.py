@@ -93,14 +93,27 @@ class RulePolicy:
       small batch's training loss looks flat within its noise long before learning stops
       (case study 2: without this check the agent decayed a still-improving run too early).
 
+    * ``update_ceiling`` (``{module: ratio}``, needs health sampling): a module whose newest
+      update-to-weight ratio is above its ceiling -> halve the lr, before the loss shows
+      anything. The ratio follows the lr (an Adam step's size is about the lr), so it comes
+      back under the ceiling once the lr is low enough and the agent stops there
+      (``docs/health_indicators.md``: a ceiling fitted on a grid's seed warned of every bad lr
+      of the other seeds at the first sample, with no false alarm).
+
     Only the points since its last action count, so it sees the effect of what it did
-    before it acts again.
+    before it acts again (with health sampled at least every ``min_points`` steps, a ceiling
+    is judged on a ratio taken after that action).
     """
 
     name = "rule"
 
-    def __init__(self, factor: float = 0.5, min_points: int = 20, eval_progress: float = 0.01) -> None:
+    def __init__(self, factor: float = 0.5, min_points: int = 20, eval_progress: float = 0.01,
+                 update_ceiling: dict[str, float] | None = None) -> None:
+        for module, ceiling in (update_ceiling or {}).items():
+            if not (isinstance(ceiling, int | float) and math.isfinite(ceiling) and ceiling > 0):
+                raise ValueError(f"the update-ratio ceiling of {module!r} must be a positive number, not {ceiling!r}")
         self.factor, self.min_points, self.eval_progress = factor, min_points, eval_progress
+        self.update_ceiling = dict(update_ceiling or {})
         self._since: tuple[str, int] = ("", -1)  # (branch, step) of its last action: older points are not looked at
 
     def decide(self, obs: Observation) -> Decision:
@@ -112,6 +125,16 @@ class RulePolicy:
         if len(fresh) < self.min_points and not (fresh and not math.isfinite(fresh[-1])):
             return Decision(rationale=f"waiting for {self.min_points} points since the last action ({len(fresh)} so far)")
         found = diagnose(fresh)
+        over = {m: v for m, v in update_ratios(obs.health).items() if v > self.update_ceiling.get(m, math.inf)}
+        if over and (found is None or found.pattern not in ("non_finite", "diverging")):
+            module = max(over, key=lambda m: over[m] / self.update_ceiling[m])
+            lr = obs.lr * self.factor
+            self._since = (obs.branch, obs.step)
+            return Decision([{"kind": "update_optimizer", "params": {"lr": lr}}],
+                            f"update/weight ratio of {module} {over[module]:.3g} is above its ceiling "
+                            f"{self.update_ceiling[module]:.3g}: halve the lr ({obs.lr:.3g} -> {lr:.3g})",
+                            {"pattern": "update_ceiling", "module": module, "ratio": over[module],
+                             "ceiling": self.update_ceiling[module]})
         if found is None:
             return Decision(rationale="the loss looks healthy: no oscillation, divergence or plateau")
         if found.pattern == "plateau" and len(obs.eval_loss) >= 2:

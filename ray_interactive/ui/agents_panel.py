@@ -123,12 +123,12 @@ class AgentPanel:
 
     def start(self, policy: str, every: Any, min_interval: Any, llm_url: str | None = None, max_lr_drift: Any = 10.0,
               drift_window: Any = 500, horizon: Any = 50, factors: str | None = "0.5 1 2",
-              track: str | None = "") -> str:
+              track: str | None = "", ceiling: str | None = "") -> str:
         try:
             n = int(every)
             rails = Guardrails(min_interval_s=float(min_interval), max_lr_drift=float(max_lr_drift),
                                drift_window_steps=int(drift_window))
-            opts = _options(policy, horizon, factors, track)
+            opts = _options(policy, horizon, factors, track, ceiling)
         except ValidationError as e:  # its first line names only the model: say which field and why
             return "not started: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())[:300]
         except (TypeError, ValueError) as e:
@@ -151,6 +151,9 @@ class AgentPanel:
         else:
             what = (f"every {n} steps, at most one command every {rails.min_interval_s:g} s, "
                     f"the lr within {rails.max_lr_drift:g}x over {rails.drift_window_steps} steps")
+            if opts.get("ceiling"):
+                what += "; halves the lr while " + ", ".join(f"{m}'s update/weight ratio > {v:g}"
+                                                               for m, v in opts["ceiling"].items())
             if policy == "llm-check":
                 what += f"; each move tried for {opts['horizon']} steps on a branch against keeping the lr"
         return (f"{policy} agent starting: {what}"
@@ -181,7 +184,7 @@ class AgentPanel:
 
                     chosen = MixturePolicy(opts["track"])
                 else:
-                    chosen = RulePolicy()
+                    chosen = RulePolicy(update_ceiling=opts.get("ceiling"))
                 runner = AgentRunner(self.client, chosen, rails, every=every, at_eval=policy == "mixture",
                                      lookahead=look)
             with self._lock:
@@ -219,11 +222,32 @@ class AgentPanel:
         return " · ".join(f"**{p}**: {note}" for p, note in sorted(self._notes.items()))
 
 
-def _options(policy: str, horizon: Any, factors: str | None, track: str | None) -> dict[str, Any]:
+def _pairs(text: str | None, what: str) -> dict[str, str]:
+    """``KEY=VALUE, ...`` (commas or semicolons) as a dict; ValueError names ``what`` is expected."""
+    pairs = {}
+    for item in (text or "").replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{what}, not {item.strip()!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _options(policy: str, horizon: Any, factors: str | None, track: str | None,
+             ceiling: str | None = None) -> dict[str, Any]:
     """The policy-specific settings from the page's fields; ValueError says what is wrong."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} ({', '.join(POLICIES)})")
     opts: dict[str, Any] = {}
+    if policy == "rule" and (ceiling or "").strip():
+        form = "update-ratio ceilings as MODULE=RATIO, comma separated (e.g. transformer.h.0=0.008)"
+        try:
+            opts["ceiling"] = {m: float(v) for m, v in _pairs(ceiling, form).items()}
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("update-ratio") else f"{form}: {e}") from None
+        RulePolicy(update_ceiling=opts["ceiling"])  # its own checks (positive, finite)
     if policy in ("lookahead", "llm-check"):
         opts["horizon"] = int(horizon)
         if opts["horizon"] < 1:
@@ -239,15 +263,7 @@ def _options(policy: str, horizon: Any, factors: str | None, track: str | None) 
     if policy == "mixture":
         from ray_interactive.agents.mixture import MixturePolicy
 
-        pairs = {}
-        for item in (track or "").replace(";", ",").split(","):
-            if not item.strip():
-                continue
-            source, sep, metric = item.strip().partition("=")
-            if not sep or not source.strip() or not metric.strip():
-                raise ValueError(f"track sources as SOURCE=METRIC, comma separated (e.g. base=eval/base/loss), "
-                                 f"not {item.strip()!r}")
-            pairs[source.strip()] = metric.strip()
+        pairs = _pairs(track, "track sources as SOURCE=METRIC, comma separated (e.g. base=eval/base/loss)")
         MixturePolicy(pairs)  # its own checks (two or more sources, ...)
         opts["track"] = pairs
     return opts

@@ -189,7 +189,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     "An agent watches the run and acts only through commands (source `agent`, its reason in the "
                     "command's comment), within guardrails: lr ×0.5–×2 per decision and at most the drift factor "
                     "up or down within the window, a rate limit, never resuming a run a person paused; a decision "
-                    "that cannot be carried out in full is skipped whole. *rule*: oscillation / divergence / plateau detectors. *llm*: a chat "
+                    "that cannot be carried out in full is skipped whole. *rule*: oscillation / divergence / plateau detectors "
+                    "(and, if given, update-to-weight ratio ceilings per module). *llm*: a chat "
                     "model picks an action (the local SmolLM2-135M unless an OpenAI-compatible URL is given). "
                     "*llm-check*: the same, but each move is first tried on a branch for the horizon against keeping "
                     "the lr, and kept only if it does better. *lookahead*: tries each lr factor on its own branch "
@@ -213,6 +214,9 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
                     agent_track = gr.Textbox(label="mixture: SOURCE=METRIC, ... (its own eval metric per source)",
                                              placeholder="base=eval/base/loss, extra=eval/extra/loss", scale=2,
                                              elem_id="agent-track")
+                    agent_ceiling = gr.Textbox(label="rule: halve while MODULE's update/weight ratio > RATIO "
+                                               "(optional; needs health sampling)",
+                                               placeholder="transformer.h.0=0.008", elem_id="agent-ceiling")
                 with gr.Row():
                     agent_start = gr.Button("Start agent", variant="primary", elem_id="btn-agent-start")
                     agent_stop = gr.Button("Stop agent", elem_id="btn-agent-stop")
@@ -366,7 +370,8 @@ def build_ui(dash: Dashboard, run: str, refresh_s: float = 1.5, agents: AgentPan
         module_apply.click(dash.update_module, [module, op, attribute, attr_value], module_msg, api_name="update_module")
         module.change(lambda m: _safe(lambda: dash.module_info(m), None), module, module_info, api_name=False)
         agent_start.click(agents.start, [agent_policy, agent_every, agent_interval, agent_url, agent_drift,
-                                         agent_window, agent_horizon, agent_factors, agent_track], agent_msg,
+                                         agent_window, agent_horizon, agent_factors, agent_track, agent_ceiling],
+                          agent_msg,
                           api_name="start_agent")
         agent_stop.click(agents.stop, agent_policy, agent_msg, api_name="stop_agent")
     return ui
