@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.time()
+    machine = _machine()  # the load before the study
     base = load_model(args.checkpoint).eval()
     test = {task: heldout(task, args.sessions) for task in TASKS}
     validation = {task: heldout(task, args.val_sessions, seed=VALIDATION_SEED) for task in FREQUENT_TASKS}
@@ -186,18 +187,35 @@ def main(argv: list[str] | None = None) -> int:
     md = table_markdown(results, paired)
     print(md)
     out = Path(args.out)
-    meta = {"args": vars(args), "finetune_minutes": {a: statistics.median(v) / 60 for a, v in seconds.items()},
+    meta = {"args": vars(args), "machine": machine,
+            "finetune_minutes": {a: statistics.median(v) / 60 for a, v in seconds.items()},
             "total_minutes": (time.time() - t0) / 60,
             "command": "python -m neuralos_example.mixture_study " + " ".join(argv if argv is not None else sys.argv[1:])}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results, "runs": runs, "paired": paired,
                                                     "steering": logs}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(md + "\n")
+    out.with_suffix(".md").write_text(
+        f"Measured {machine['date']} on commit {machine['commit']}; load average {machine['loadavg_1m_at_start']} "
+        f"(1 min) on {machine['cpus']} CPUs before the study; {meta['total_minutes']:.0f} minutes in all. "
+        f"`{meta['command']}`: {args.steps} steps per arm, {args.seeds} seed(s), {args.sessions} held-out test "
+        f"sessions per task; the agent looked every {args.steer_every} steps at {args.val_sessions} validation "
+        f"sessions per frequent task.\n\n{md}\n")
     plot(results, logs, out.with_suffix(".png"),
          f"{args.steps} steps per arm, {args.seeds} seed(s), {args.sessions} test sessions per task; "
          f"the agent looks every {args.steer_every} steps at {args.val_sessions} validation sessions per task")
     print(f"wrote {out}.json, .md, .png in {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
+
+
+def _machine() -> dict[str, Any]:
+    """Date, commit, CPUs and the load now (what benchmarks/_common.py records)."""
+    import os
+    import subprocess
+
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, capture_output=True,
+                            text=True, timeout=10).stdout.strip() or "unknown"
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "cpus": os.cpu_count(),
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
 
 
 if __name__ == "__main__":
