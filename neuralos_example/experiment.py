@@ -66,14 +66,16 @@ Steer = Callable[[int, NextFrameModel, DataBuffer], None]
 
 
 def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, steps: int, batch: int, lr: float, seed: int, label: str,
-             warmup: int = 0, by_task: bool = False, steer: Steer | None = None, steer_every: int = 0) -> NextFrameModel:
+             warmup: int = 0, by_task: bool = False, steer: Steer | None = None, steer_every: int = 0,
+             draw_seed: int | None = None) -> NextFrameModel:
     """``steps`` steps of the task's loss on batches the run's data buffer draws: base rows
     uniformly, and (if given) live rows ingested into a ``fresh`` live source, weights 1:1;
     the lr rises linearly over the first ``warmup`` steps (as the main job's schedule does).
 
     ``by_task``: the live rows go to one ``fresh`` source per task (:func:`split_by_task`),
     weighted by their rows so that base and live stay 1:1 and each task is drawn as often as
-    users did it. ``steer`` is then called every ``steer_every`` steps (not at step 0)."""
+    users did it. ``steer`` is then called every ``steer_every`` steps (not at step 0).
+    ``draw_seed``: the buffer's draws from another seed than the model's noise (``seed``)."""
     task = NeuralOSTask(checkpoint=None)
     sources = [DataSource("base", base_rows, allow_nulls=True)]  # "task" is null where no task was going on
     parts = {} if live is None else split_by_task(live) if by_task else {"live": live}
@@ -81,7 +83,7 @@ def finetune(model: NextFrameModel, base_rows: pa.Table, live: pa.Table | None, 
         sources.append(DataSource(name, schema=transition_schema(), policy="fresh", allow_nulls=True,
                                   weight=part.num_rows / sum(p.num_rows for p in parts.values())))
     tmp = tempfile.TemporaryDirectory(prefix="neuralos-exp-")
-    buf = DataBuffer(sources, seed=seed, directory=Path(tmp.name))
+    buf = DataBuffer(sources, seed=seed if draw_seed is None else draw_seed, directory=Path(tmp.name))
     for name, part in parts.items():
         buf.ingest(part, name)
     model = copy.deepcopy(model).train()

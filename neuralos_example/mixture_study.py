@@ -9,6 +9,9 @@ with the live rows as one source per frequent task (``live_create_folder``,
 ``live_open_browser``; ``live_other`` for rows between tasks):
 
 * ``fixed``: each task drawn as often as the users did it, all run long;
+* ``reshuffled``: the fixed mixture with the buffer's draws from another seed (the model's
+  noise as in ``fixed``): how much the success moves when only the order of the draws does,
+  which is all a mixture change does to a run besides the mixture itself;
 * ``steered``: every ``--steer-every`` steps the mixture agent's own policy
   (``ri.MixturePolicy``, higher-is-better, defaults) reads
   each frequent task's closed-loop success on *validation* sessions (their own seeds, never
@@ -17,7 +20,8 @@ with the live rows as one source per frequent task (``live_create_folder``,
 
 Same seed, base rows, users, lr and steps; the draws are the same until the first shift.
 Both arms are then judged on the held-out test sessions of every task (the experiment's).
-Writes ``docs/neuralos_mixture.{json,md,png}``.
+Writes ``docs/neuralos_mixture.{json,md,png}``; ``--arms A ... --merge`` runs only those arms
+and keeps the others' results from that file (same settings).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from ray_interactive import DataBuffer
 
 #: validation sessions' seeds: disjoint from the test sessions (700000+), users and base rows
 VALIDATION_SEED = 760_000
-ARMS = ("fixed", "steered")
+ARMS = ("fixed", "reshuffled", "steered")
+RESHUFFLE = 1_000  # the reshuffled arm's draw seed: the run's seed + this
 
 
 class TaskMixtureSteer:
@@ -74,9 +79,10 @@ def task_shares(mixture: dict[str, float]) -> dict[str, float]:
     return {t: w / total for t, w in tracked.items()}
 
 
-def table_markdown(results: dict[str, dict[str, dict[str, Any]]], paired: dict[str, list[float]]) -> str:
+def table_markdown(results: dict[str, dict[str, dict[str, Any]]], paired: dict[str, dict[str, list[float]]]) -> str:
     lines = ["| task | kind | " + " | ".join(f"{a} success: mean (min-max)" for a in results)
-             + " | steered - fixed, per seed |", "|---|---|" + "---:|" * (len(results) + 1)]
+             + "".join(f" | {a} - fixed, per seed" for a in paired) + " |",
+             "|---|---|" + "---:|" * (len(results) + len(paired))]
     for task in TASKS:
         kind = "frequent" if task in FREQUENT_TASKS else "rare"
         cells = []
@@ -84,8 +90,8 @@ def table_markdown(results: dict[str, dict[str, dict[str, Any]]], paired: dict[s
             m = results[a][task]
             lo, hi = m.get("success_min", m["success"]), m.get("success_max", m["success"])
             cells.append(f"{m['success']:.0%}" + ("" if lo == hi else f" ({lo:.0%}-{hi:.0%})"))
-        diffs = ", ".join(f"{d:+.0%}" for d in paired[task])
-        lines.append(f"| {task} | {kind} | {' | '.join(cells)} | {diffs} |")
+        diffs = "".join(" | " + ", ".join(f"{d:+.0%}" for d in per[task]) for per in paired.values())
+        lines.append(f"| {task} | {kind} | {' | '.join(cells)}{diffs} |")
     return "\n".join(lines)
 
 
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="docs/neuralos_mixture")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    ap.add_argument("--merge", action="store_true", help="keep the other arms' results from --out's JSON")
     args = ap.parse_args(argv)
     if min(args.steps, args.batch, args.sessions, args.val_sessions, args.steer_every, args.users, args.seeds,
            args.base_rows) < 1:
@@ -165,30 +173,36 @@ def main(argv: list[str] | None = None) -> int:
     base = load_model(args.checkpoint).eval()
     test = {task: heldout(task, args.sessions) for task in TASKS}
     validation = {task: heldout(task, args.val_sessions, seed=VALIDATION_SEED) for task in FREQUENT_TASKS}
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {a: [] for a in ARMS}
+    out = Path(args.out)
+    kept = _kept(out, args) if args.merge else {}
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {a: [] for a in args.arms}
     logs: list[list[dict[str, Any]]] = []
-    seconds: dict[str, list[float]] = {a: [] for a in ARMS}
+    seconds: dict[str, list[float]] = {a: [] for a in args.arms}
     for seed in range(args.seed, args.seed + args.seeds):
         base_rows = base_table(args.base_rows, 10_000 * seed)  # the experiment's data for this seed
         live = sessions_table([user_session(200_000 + 10_000 * seed + i) for i in range(args.users)])
-        for arm in ARMS:
+        for arm in args.arms:
             steer = TaskMixtureSteer(validation, args.sampler_steps) if arm == "steered" else None
             t_ft = time.time()
             model = finetune(base, base_rows, live, args.steps, args.batch, args.lr, seed, f"{arm} (seed {seed})",
-                             args.warmup, by_task=True, steer=steer, steer_every=args.steer_every)
+                             args.warmup, by_task=True, steer=steer, steer_every=args.steer_every,
+                             draw_seed=seed + RESHUFFLE if arm == "reshuffled" else None)
             seconds[arm].append(time.time() - t_ft)
             print(f"evaluating {arm} (seed {seed}) on the test sessions ...", flush=True)
             runs[arm].append(evaluate(model, test, args.sampler_steps))
             if steer is not None:
                 logs.append(steer.log)
+    if "steered" not in args.arms and kept.get("steering"):
+        logs = kept["steering"]
+    runs = {a: runs[a] if a in args.arms else kept["runs"][a] for a in ARMS if a in args.arms or a in kept.get("runs", {})}
     results = {a: aggregate(r) for a, r in runs.items()}
-    paired = {t: [s[t]["success"] - f[t]["success"] for f, s in zip(runs["fixed"], runs["steered"], strict=True)]
-              for t in TASKS}
+    paired = {a: {t: [x[t]["success"] - f[t]["success"] for f, x in zip(runs["fixed"], runs[a], strict=True)]
+                  for t in TASKS} for a in runs if a != "fixed" and "fixed" in runs}
     md = table_markdown(results, paired)
     print(md)
-    out = Path(args.out)
     meta = {"args": vars(args), "machine": machine,
             "finetune_minutes": {a: statistics.median(v) / 60 for a, v in seconds.items()},
+            "merged_from": kept.get("meta") if kept else None,
             "total_minutes": (time.time() - t0) / 60,
             "command": "python -m neuralos_example.mixture_study " + " ".join(argv if argv is not None else sys.argv[1:])}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,12 +213,37 @@ def main(argv: list[str] | None = None) -> int:
         f"(1 min) on {machine['cpus']} CPUs before the study; {meta['total_minutes']:.0f} minutes in all. "
         f"`{meta['command']}`: {args.steps} steps per arm, {args.seeds} seed(s), {args.sessions} held-out test "
         f"sessions per task; the agent looked every {args.steer_every} steps at {args.val_sessions} validation "
-        f"sessions per frequent task.\n\n{md}\n")
+        f"sessions per frequent task.{_merged(kept)}\n\n{md}\n")
     plot(results, logs, out.with_suffix(".png"),
          f"{args.steps} steps per arm, {args.seeds} seed(s), {args.sessions} test sessions per task; "
          f"the agent looks every {args.steer_every} steps at {args.val_sessions} validation sessions per task")
     print(f"wrote {out}.json, .md, .png in {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
+
+
+def _kept(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The earlier study in ``out``'s JSON whose arms this run does not re-run; refused if it
+    was run with other settings (its numbers would not compare)."""
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    same = ("steps", "batch", "lr", "warmup", "sessions", "val_sessions", "steer_every", "users", "base_rows",
+            "sampler_steps", "seed", "seeds", "checkpoint")
+    theirs = doc["meta"]["args"]
+    differ = [k for k in same if theirs.get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--merge: {path} was run with other settings ({', '.join(differ)}); re-run every arm")
+    doc["runs"] = {a: r for a, r in doc["runs"].items() if a not in args.arms}
+    return doc
+
+
+def _merged(kept: dict[str, Any]) -> str:
+    if not kept.get("runs"):
+        return ""
+    m = kept["meta"].get("machine") or {}
+    return (f" Kept from the run of {m.get('date')} on commit {m.get('commit')} (load {m.get('loadavg_1m_at_start')}): "
+            f"{', '.join(kept['runs'])}.")
 
 
 def _machine() -> dict[str, Any]:

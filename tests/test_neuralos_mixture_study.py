@@ -41,7 +41,7 @@ def test_the_study_steers_the_mixture_toward_the_lagging_task_and_writes_its_fil
     assert main(["--steps", "6", "--steer-every", "3", "--seeds", "1", "--users", "4", "--base-rows", "40",
                  "--sessions", "1", "--val-sessions", "2", "--warmup", "2", "--threads", "1", "--out", str(out)]) == 0
     doc = json.loads(out.with_suffix(".json").read_text())
-    assert set(doc["results"]) == {"fixed", "steered"}
+    assert set(doc["results"]) == {"fixed", "reshuffled", "steered"}
     (log,) = doc["steering"]
     assert [e["step"] for e in log] == [3]
     e = log[0]
@@ -55,3 +55,12 @@ def test_the_study_steers_the_mixture_toward_the_lagging_task_and_writes_its_fil
         assert e["mixture"] == e["mixture_before"]
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "steered - fixed" in out.with_suffix(".md").read_text()
+    # one arm again, the others kept from the file; other settings are refused
+    args = ["--steps", "6", "--steer-every", "3", "--seeds", "1", "--users", "4", "--base-rows", "40", "--sessions", "1",
+            "--val-sessions", "2", "--warmup", "2", "--threads", "1", "--out", str(out)]
+    assert main([*args, "--arms", "reshuffled", "--merge"]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["runs"]["fixed"] == doc["runs"]["fixed"] and again["steering"] == doc["steering"]
+    assert "Kept from the run of" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="other settings"):
+        main([*args[:-2], "--out", str(out), "--arms", "fixed", "--merge", "--lr", "1e-3"])
