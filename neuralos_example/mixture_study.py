@@ -127,7 +127,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], logs: list[list[dict[str
                         marker="x", s=18, alpha=0.7, label=f"{t}: validation success" if s == 0 else None)
     axs.set_xlabel("step")
     axs.set_ylim(-0.02, 1.02)
-    axs.set_title("the steered arm: task shares (lines) and what it read (x), every seed", fontsize=10)
+    axs.set_title("steered: task shares (lines), validation success (x); all seeds", fontsize=9)
     axs.legend(fontsize=7)
     axs.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
