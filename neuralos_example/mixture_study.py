@@ -3,7 +3,7 @@ the users' own mixture at equal steps?
 
     python -m neuralos_example.mixture_study --steps 800 --seeds 3
 
-Both arms finetune the shipped base model on the deployment mixture of
+Every arm finetunes the shipped base model on the deployment mixture of
 :mod:`neuralos_example.experiment` (half base rows, half live transitions of simulated users),
 with the live rows as one source per frequent task (``live_create_folder``,
 ``live_open_browser``; ``live_other`` for rows between tasks):
@@ -18,8 +18,8 @@ with the live rows as one source per frequent task (``live_create_folder``,
   the test sessions) and moves the task sources' weights toward the task that lags, within
   its bounds; base and ``live_other`` keep their weights.
 
-Same seed, base rows, users, lr and steps; the draws are the same until the first shift.
-Both arms are then judged on the held-out test sessions of every task (the experiment's).
+Same seed, base rows, users, lr and steps; fixed and steered draw the same rows until the
+first shift. Every arm is then judged on the held-out test sessions of every task (the experiment's).
 Writes ``docs/neuralos_mixture.{json,md,png}``; ``--arms A ... --merge`` runs only those arms
 and keeps the others' results from that file (same settings).
 """
@@ -62,8 +62,9 @@ class TaskMixtureSteer:
     def __call__(self, step: int, model: NextFrameModel, buf: DataBuffer) -> None:
         evals = {f"eval/{t}/success": closed_loop(model, t, s, self.sampler_steps)["success"]
                  for t, s in self.validation.items()}
-        obs = ri.Observation(step=step, status="running", branch="main", lr=None, loss=[], loss_steps=[], eval_loss=[],
-                          paused_by=None, checkpoints=[], own_actions=[], evals=evals, mixture=buf.mixture())
+        obs = ri.Observation(step=step, status="running", branch="main", lr=None, loss=[], loss_steps=[],
+                             eval_loss=[], paused_by=None, checkpoints=[], own_actions=[], evals=evals,
+                             mixture=buf.mixture())
         before = buf.mixture()
         decision = self.policy.decide(obs)
         for cmd in decision.commands:
