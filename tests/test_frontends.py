@@ -424,7 +424,9 @@ def test_the_health_guard_holds_on_every_front_end(frontend: str, policy: str, t
         trainer.train()
         model = trainer.model
     thread.join(60)
-    assert not thread.is_alive() and seen["lr"].status.value == "applied" and seen["stop"].status.value == "applied"
+    assert not thread.is_alive(), "the driver did not finish"
+    assert seen["lr"].status.value == "applied", seen["lr"]
+    assert seen["stop"].status.value == "applied", seen["stop"]
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no NaN reached the weights
     run = FinishedRun(run_dir)
     assert run.status()["status"] == "stopped"

@@ -504,3 +504,9 @@ def test_a_checkpoints_metrics_are_on_disk_with_the_report_that_announces_it(tmp
                                                                          range(6, 11)], events=[CheckpointSaved(info=info)]))
     stored = MetricStore.load(c.run_dir / "metrics").series["main"]["loss"]
     assert stored.steps[: stored.n].tolist() == list(range(1, 11))
+    # the loop reports its rows just before it writes a checkpoint, its news right after
+    assert not c.trainer_progress(progress("main", status_at(15), [(s, float(s), {"loss": 1.0 / s}) for s in range(11, 16)]))
+    info = CheckpointInfo(id="main@15", branch="main", step=15, created_at=2.0, reason="periodic")
+    assert c.trainer_progress(Progress(branch="main", status=status_at(15), rows=[], events=[CheckpointSaved(info=info)]))
+    stored = MetricStore.load(c.run_dir / "metrics").series["main"]["loss"]
+    assert stored.steps[: stored.n].tolist() == list(range(1, 16))

@@ -256,3 +256,65 @@ def test_lr_commands_reach_the_step_being_computed_but_wait_behind_other_kinds(t
     assert core.optimizer.param_groups[0]["lr"] == 0.001 and core.state.last_checkpoint == "main@0"
     applied = [r.seq for r in calls.outcome_records()]
     assert applied == [1, 2, 3]
+
+
+def test_the_final_status_leaves_only_after_every_earlier_report_arrived(tmp_path: Path) -> None:
+    """Reports are separate calls a threaded controller may reorder: had "stopped" come
+    before the outcome of the stop, the controller would fail the stop the loop applied.
+    So the last status is sent only once every earlier report has been waited for."""
+    from ray_interactive.core.messages import Outcomes, Progress
+    from ray_interactive.core.reporting import Reporter
+
+    trace: list[tuple[str, Any]] = []
+
+    class Port:
+        def _send(self, report: Any) -> int:
+            trace.append(("sent", report))
+            return len(trace)
+
+        progress = outcomes = describe = _send
+
+    core, _ = core_for(tmp_path)
+    core.reporter = core.telemetry.reporter = Reporter(Port(), lambda replies: trace.append(("waited", set(replies))))
+    core.deliver([CommandRecord(command=Stop(), seq=1, status=CommandStatus.ACCEPTED)])
+    core.poll()
+    assert core.state.stopping
+    core.finish()
+    stop_sent = next(i for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Outcomes)
+                     and [x.kind for x in r.records] == ["stop"])
+    final = next(i for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Progress)
+                 and r.status.status is RunStatus.STOPPED)
+    assert any(what == "waited" and stop_sent in r for what, r in trace[stop_sent:final - 1]), trace
+
+
+def test_a_checkpoints_metrics_are_reported_at_once_and_waited_for(tmp_path: Path) -> None:
+    """A periodic checkpoint is a resume point: the report with its rows and its news leaves
+    at once (not at the next interval) and the loop goes on only once the controller has
+    answered it (with the metrics on disk): workers that die a few steps later lose none."""
+    from ray_interactive.core.messages import CheckpointSaved, Progress
+    from ray_interactive.core.reporting import Reporter
+
+    trace: list[tuple[str, Any]] = []
+
+    class Port:
+        def _send(self, report: Any) -> int:
+            trace.append(("sent", report))
+            return len(trace)
+
+        progress = outcomes = describe = _send
+
+    core, _ = core_for(tmp_path, config={"checkpoint_every": 2, "metrics_interval_s": 60.0})
+    core.reporter = core.telemetry.reporter = core.checkpoints.reporter = Reporter(
+        Port(), lambda replies: trace.append(("waited", set(replies))))
+    core.start()
+    for _ in range(3):
+        train_steps(core, 1)
+        core.after_step()
+    reports = [(i, r) for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Progress)]
+    at_checkpoint = [(i, r) for i, r in reports if any(isinstance(e, CheckpointSaved) for e in r.events)]
+    assert len(at_checkpoint) == 1, trace
+    i, report = at_checkpoint[0]
+    assert report.status.step == 2
+    assert [row[0] for j, r in reports if j <= i for row in r.rows] == [1, 2]  # with it or before it
+    assert trace[i][0] == "waited" and i in trace[i][1], trace  # answered before step 3
+    assert reports[-1][0] == i  # step 3: no report before the interval

@@ -127,7 +127,8 @@ class Controller:
         self._saved_step = -1  # the step status.json shows
         # A checkpoint was written at this step: flush once a report has moved past it (then every
         # row of that step is in, e.g. HF's loss, which it logs after the step's control point).
-        self._flush_after: int | None = None
+        self._flush_after: tuple[str, int] | None = None  # (branch, step) of a checkpoint whose metrics go to disk
+        self._rows_through: dict[str, int] = {}  # per branch: the newest step a metric row came for
         self.recovery: Recovery | None = None  # the trainer is being restarted
         self.incarnation = 0  # the trainer's start whose reports count (each recovery starts a new one)
         self.stop_requested = False  # a stop came for a run that had already ended: release it
@@ -340,11 +341,15 @@ class Controller:
         # reorders calls), which a paused trainer may never follow with another.
         self._maybe_end_recovery()
 
-    def trainer_progress(self, report: Progress) -> None:
+    def trainer_progress(self, report: Progress) -> bool:
+        """Take a progress report; True if it put a checkpoint's metrics out to disk (with a
+        part writer: handed to it - the caller waits for it before answering the loop)."""
         if self.stale(report.incarnation):
-            return
+            return False
         self._trainer_events(report.events, report)
         self.metrics.record(report.branch, report.rows)
+        if report.rows:
+            self._rows_through[report.branch] = max(self._rows_through.get(report.branch, 0), report.rows[-1][0])
         if self.trackers is not None and report.rows:
             self.trackers.put(Rows(report.branch, report.rows))
         self._update_status(report.status)
@@ -352,12 +357,13 @@ class Controller:
         # they are all here - its step's row came (in this report or before), or the step moved
         # on. (A run that resumes from it reads them back; a flush left for a later report
         # was lost with a worker group that died before sending one.)
-        if self._flush_after is not None and (report.status.step != self._flush_after
-                                              or any(row[0] >= self._flush_after for row in report.rows)):
+        if self._flush_after is not None and (report.status.step != self._flush_after[1]
+                                              or self._rows_through.get(self._flush_after[0], -1) >= self._flush_after[1]):
             self._flush_after = None
             self.flush()
-        else:
-            self.maybe_flush()
+            return True
+        self.maybe_flush()
+        return False
 
     def trainer_snapshot(self, snapshot: Snapshot) -> None:
         if self.stale(snapshot.incarnation):
@@ -388,13 +394,15 @@ class Controller:
             if isinstance(event, CheckpointSaved):
                 if self._latest_news(event.info.id, report):
                     self.checkpoint_saved(event.info)
-                self._flush_after = event.info.step
+                self._flush_after = (event.info.branch, event.info.step)
             elif isinstance(event, CheckpointsRemoved):
                 self.checkpoints_removed([c for c in event.ids if self._latest_news(c, report)])
             elif isinstance(event, BranchCreated):
                 self.branch_created(event)
             elif isinstance(event, BranchRewound):
                 self.metrics.rewind(event.branch, event.step, time.time())
+                if event.branch in self._rows_through:  # the rows past it are the old loop's
+                    self._rows_through[event.branch] = min(self._rows_through[event.branch], event.step - 1)
                 if self.trackers is not None:
                     self.trackers.put(Rewind(event.branch, event.step))
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -35,6 +36,8 @@ from ray_interactive.core.messages import (
     TrainerStatus,
 )
 from ray_interactive.core.state import RunStatus
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ray_interactive.core.config import RunConfig
@@ -134,6 +137,16 @@ class Reporter:
             self._wait([r for r in self._recent if r is not None])
         self._recent.clear()
 
+    def settle(self) -> bool:
+        """:meth:`sync` in the middle of a run: a controller that cannot answer is logged,
+        never raised into the training step. Whether every report was answered."""
+        try:
+            self.sync()
+            return True
+        except Exception:  # noqa: BLE001 - the controller restarting or gone: training goes on
+            log.warning("the controller did not answer the run's reports", exc_info=True)
+            return False
+
 
 class Telemetry:
     """The loop's metric rows between reports, its throughput and its status."""
@@ -148,6 +161,10 @@ class Telemetry:
         self.on_report: list[Callable[[], None]] = []  # front-end additions to a report's newest row
         self.throughput = 0.0
         self.busy: str | None = None  # longer work than a step under way (see busy_with)
+        #: A checkpoint's step: its metrics are reported as soon as its row can go, and the
+        #: loop waits until the controller has them on disk (a resume reads them back; a
+        #: group of workers that dies a few steps later must not take them along).
+        self.durable_through: int | None = None
         self._last_report = 0.0
 
     def add(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +207,8 @@ class Telemetry:
     def report(self, force: bool = False, message: str | None = None) -> None:
         """Send the rows and the status, at most every ``metrics_interval_s`` unless ``force``."""
         now = time.monotonic()
-        if not force and now - self._last_report < self.config.metrics_interval_s:
+        durable = self._checkpoint_rows_ready()
+        if not (force or durable) and now - self._last_report < self.config.metrics_interval_s:
             return
         self._last_report = now
         for add in self.on_report:
@@ -199,9 +217,23 @@ class Telemetry:
         if self.awaiting is not None:
             cut = next((i for i, (_, _, r) in enumerate(self.rows) if r is self.awaiting), cut)
         rows, self.rows = self.rows[:cut], self.rows[cut:]
+        if durable:
+            self.durable_through = None
         if self.reporter.port is None:  # a rank that does not report (rank 0 speaks for the run)
             return
         self.reporter.progress(self.state.branch, self.status(message), rows_to_floats(rows))
+        if durable:
+            self.reporter.settle()
+
+    def _checkpoint_rows_ready(self) -> bool:
+        """A checkpoint's rows are all complete (many ranks: its step's mean loss came)."""
+        through = self.durable_through
+        if through is None:
+            return False
+        if self.awaiting is None:
+            return True
+        held = next((step for step, _, r in self.rows if r is self.awaiting), None)
+        return held is None or held > through
 
 
 def rows_to_floats(rows: list[Row]) -> list[MetricRow]:

@@ -294,7 +294,8 @@ class Steering:
             self.frontend.timed_checkpoints and self.checkpoints.due_by_time()
         ):
             with self.telemetry.busy_with("writing a checkpoint"):
-                self.checkpoints.try_save("periodic")
+                if self.checkpoints.try_save("periodic") is not None:
+                    self.telemetry.durable_through = step
         if cfg.eval_every and self.evaluator.available and step % cfg.eval_every == 0:
             self.weights.settle()  # an evaluation may swap the weights (Schedule-Free's eval())
             self.evaluator.run()
@@ -322,8 +323,7 @@ class Steering:
         # Commands still in the inbox (an at_step that never came) are failed by the
         # controller once it hears "stopped".
         s.ended = RunStatus.STOPPED
-        self.telemetry.report(force=True, message=s.stopping)
-        self.reporter.sync()
+        self._final_report(s.stopping)
         return self.status()
 
     def end(self, reason: str) -> TrainerStatus:
@@ -338,7 +338,17 @@ class Steering:
         """The loop raised: status ``failed``, with the error's traceback as the message."""
         self.state.stopping = f"failed: {type(error).__name__}: {error}"
         self.state.ended = RunStatus.FAILED
-        self.telemetry.report(force=True, message="".join(traceback.format_exception(error, limit=8)))
+        self._final_report("".join(traceback.format_exception(error, limit=8)))
+
+    def _final_report(self, message: str | None) -> None:
+        """The last status, sent once every earlier report has arrived: reports are separate
+        calls a threaded controller may reorder, and one that heard "stopped" before the
+        outcome of the stop would fail the stop the loop did apply."""
+        try:
+            self.reporter.sync()
+        except Exception:  # noqa: BLE001 - the controller gone: the final report says so or fails alone
+            log.warning("earlier reports did not reach the controller", exc_info=True)
+        self.telemetry.report(force=True, message=message)
         self.reporter.sync()
 
     # -- health ------------------------------------------------------------------------

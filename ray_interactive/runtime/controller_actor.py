@@ -319,7 +319,9 @@ class ControllerActor:
 
     def trainer_progress(self, report: Progress) -> None:
         with self._locked() as c:
-            c.trainer_progress(report)
+            flushed, parts = c.trainer_progress(report), self._parts
+        if flushed and parts is not None:  # off the lock: the loop waits for this answer, not the commands
+            parts.drain(timeout=30.0)
 
     def trainer_snapshot(self, snapshot: Snapshot) -> None:
         with self._locked() as c:
