@@ -492,31 +492,23 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def _mixture_policy(args: argparse.Namespace) -> Any:
     from ray_interactive.agents.mixture import MixturePolicy
+    from ray_interactive.agents.settings import pairs
 
-    track = {}
-    for item in args.track or []:
-        source, sep, metric = item.partition("=")
-        if not sep or not source or not metric:
-            raise CLIError(f"--track takes SOURCE=METRIC (e.g. live=eval/live/loss), not {item!r}")
-        track[source] = metric
     try:
+        track = pairs(args.track or [], "--track takes SOURCE=METRIC (e.g. live=eval/live/loss)")
         return MixturePolicy(track, higher_is_better=args.higher_is_better)
     except ValueError as e:
-        raise CLIError(f"mixture agent: {e}") from None
+        raise CLIError(str(e) if str(e).startswith("--track") else f"mixture agent: {e}") from None
 
 
 def _rule_policy(args: argparse.Namespace) -> Any:
     from ray_interactive.agents.runtime import RulePolicy
+    from ray_interactive.agents.settings import numbers
 
-    ceiling = {}
-    for item in args.update_ceiling or []:
-        module, sep, value = item.partition("=")
-        try:
-            ceiling[module] = float(value) if sep and module else math.nan
-        except ValueError:
-            ceiling[module] = math.nan
-        if not math.isfinite(ceiling[module]):
-            raise CLIError(f"--update-ceiling takes MODULE=RATIO (e.g. transformer.h.0=0.008), not {item!r}")
+    try:
+        ceiling = numbers(args.update_ceiling or [], "--update-ceiling takes MODULE=RATIO (e.g. transformer.h.0=0.008)")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if ceiling and args.policy != "rule":
         raise CLIError("--update-ceiling is the rule agent's: it needs --policy rule")
     try:

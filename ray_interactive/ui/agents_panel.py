@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ray_interactive.agents.guardrails import Guardrails
 from ray_interactive.agents.lookahead import LookaheadAgent, lr_moves
 from ray_interactive.agents.runtime import AgentRunner, Journal, RulePolicy
+from ray_interactive.agents.settings import numbers, pairs, split_items
 
 #: How much of each journal's end a refresh reads (a long run's journal can grow large).
 TAIL_BYTES = 256 * 1024
@@ -222,19 +223,6 @@ class AgentPanel:
         return " · ".join(f"**{p}**: {note}" for p, note in sorted(self._notes.items()))
 
 
-def _pairs(text: str | None, what: str) -> dict[str, str]:
-    """``KEY=VALUE, ...`` (commas or semicolons) as a dict; ValueError names ``what`` is expected."""
-    pairs = {}
-    for item in (text or "").replace(";", ",").split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.strip().partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"{what}, not {item.strip()!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def _options(policy: str, horizon: Any, factors: str | None, track: str | None,
              ceiling: str | None = None) -> dict[str, Any]:
     """The policy-specific settings from the page's fields; ValueError says what is wrong."""
@@ -243,10 +231,7 @@ def _options(policy: str, horizon: Any, factors: str | None, track: str | None,
     opts: dict[str, Any] = {}
     if policy == "rule" and (ceiling or "").strip():
         form = "update-ratio ceilings as MODULE=RATIO, comma separated (e.g. transformer.h.0=0.008)"
-        try:
-            opts["ceiling"] = {m: float(v) for m, v in _pairs(ceiling, form).items()}
-        except ValueError as e:
-            raise ValueError(str(e) if str(e).startswith("update-ratio") else f"{form}: {e}") from None
+        opts["ceiling"] = numbers(split_items(ceiling), form)
         RulePolicy(update_ceiling=opts["ceiling"])  # its own checks (positive, finite)
     if policy in ("lookahead", "llm-check"):
         opts["horizon"] = int(horizon)
@@ -263,9 +248,9 @@ def _options(policy: str, horizon: Any, factors: str | None, track: str | None,
     if policy == "mixture":
         from ray_interactive.agents.mixture import MixturePolicy
 
-        pairs = _pairs(track, "track sources as SOURCE=METRIC, comma separated (e.g. base=eval/base/loss)")
-        MixturePolicy(pairs)  # its own checks (two or more sources, ...)
-        opts["track"] = pairs
+        tracked = pairs(split_items(track), "track sources as SOURCE=METRIC, comma separated (e.g. base=eval/base/loss)")
+        MixturePolicy(tracked)  # its own checks (two or more sources, ...)
+        opts["track"] = tracked
     return opts
 
 
