@@ -225,6 +225,7 @@ class InteractiveCallback(TrainerCallback):
         self.core: Steering | None = None
         self.run: RunLink | None = None
         self._t0 = time.perf_counter()
+        self._held: dict[str, Any] | None = None  # the step's row, held for its loss (on_log)
         self._lr_used: float | None = None
         self._in_eval = False
         self._control: Any = None  # HF's TrainerControl at the current control point
@@ -321,6 +322,7 @@ class InteractiveCallback(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0 = time.perf_counter()
+        self._release()  # HF did not log the last step after all: its row goes as it is
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         core = self.core
@@ -374,7 +376,11 @@ class InteractiveCallback(TrainerCallback):
             self._control_point(args, state, control)
             return
         values = {"lr": self._lr_used} if self._lr_used is not None else {}
-        core.record_step(core.config.batch_size, self._t0, **values)
+        row = core.record_step(core.config.batch_size, self._t0, **values)
+        if control.should_log and core.telemetry.awaiting is None:
+            # HF logs this step's loss right after this hook (on_log): the row is reported
+            # with it, not before it (a checkpoint's metrics go to disk complete)
+            self._held = core.telemetry.awaiting = row
         if core.state.step != state.global_step:  # HF counted the step: agree with it
             core.state.step = state.global_step
         core.after_step()
@@ -393,6 +399,15 @@ class InteractiveCallback(TrainerCallback):
             rows[-1][2].update(row)
         else:
             rows.append((state.global_step, time.time(), row))
+        if self._held is not None:
+            self._release()
+            core.telemetry.report()  # the step's row is complete now (at once if it ends a checkpoint's rows)
+
+    def _release(self) -> None:
+        """Let the row held for HF's loss go (its loss came, or will not)."""
+        core, held, self._held = self.core, self._held, None
+        if core is not None and held is not None and core.telemetry.awaiting is held:
+            core.telemetry.awaiting = None
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         core = self.core
@@ -421,6 +436,7 @@ class InteractiveCallback(TrainerCallback):
             return
         if self._ranks is not None:
             self._ranks.ending = True
+        self._release()
         try:
             core.end("the Trainer finished")
         finally:
@@ -448,6 +464,8 @@ class InteractiveCallback(TrainerCallback):
         assert core is not None
         self._control = control
         core.poll()
+        if core.state.paused:
+            self._release()  # HF logs only after this hook returns: no row waits out a pause
         core.hold()
         s = core.state
         if s.branch != self._branch:  # a load moved the run: HF's own reporting follows (hf_reporting)
