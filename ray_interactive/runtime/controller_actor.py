@@ -321,7 +321,7 @@ class ControllerActor:
         with self._locked() as c:
             flushed, parts = c.trainer_progress(report), self._parts
         if flushed and parts is not None:  # off the lock: the loop waits for this answer, not the commands
-            parts.drain(timeout=30.0)
+            parts.drain(timeout=5.0)  # a part is written in ms; a full disk (retried) must not hold the loop long
 
     def trainer_snapshot(self, snapshot: Snapshot) -> None:
         with self._locked() as c:
