@@ -132,6 +132,34 @@ class _KeepingPort:
         self.sent.append(snapshot)
 
 
+class Trace:
+    """A reporter whose port numbers each report it is sent and whose wait notes the
+    numbers it waited for, in one list: a test reads what left, and what was answered, when."""
+
+    def __init__(self) -> None:
+        from ray_interactive.core.reporting import Reporter
+
+        self.events: list[tuple[str, Any]] = []  # ("sent", report) or ("waited", {numbers})
+        trace = self
+
+        class Port:
+            def _send(self, report: Any) -> int:
+                trace.events.append(("sent", report))
+                return len(trace.events)  # the report's number: its place in ``events``, from 1
+
+            progress = outcomes = describe = _send
+
+        self.reporter = Reporter(Port(), lambda replies: self.events.append(("waited", set(replies))))
+
+    def sent(self, kind: type) -> list[tuple[int, Any]]:
+        """(number, report) of every report of ``kind`` sent, in order."""
+        return [(i, r) for i, (what, r) in enumerate(self.events, 1) if what == "sent" and isinstance(r, kind)]
+
+    def waited_for(self, number: int) -> bool:
+        """Whether the report numbered ``number`` was waited for right after it was sent."""
+        return number < len(self.events) and self.events[number][0] == "waited" and number in self.events[number][1]
+
+
 class Recorder:
     """A reporter whose port keeps the typed messages a loop sends (a controller stand-in
     for unit tests of the loop side; the real controller is tested on its own)."""

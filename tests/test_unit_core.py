@@ -41,6 +41,7 @@ from ray_interactive.core.weights import LocalPublisher, WeightRegistry
 from ray_interactive.train.hf import HFSchedule
 
 from .conftest import Recorder as Calls
+from .conftest import Trace
 
 
 def model_and_optimizer(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -50,13 +51,14 @@ def model_and_optimizer(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Opt
 
 
 def core_for(tmp_path: Path, schedule: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-             **frontend: Any) -> tuple[Steering, Calls]:
+             reporter: Any = None, **frontend: Any) -> tuple[Steering, Calls]:
     model, opt = model_and_optimizer()
     cfg = RunConfig(name="core", run_dir=tmp_path / "run", grad_clip=None, **(config or {}))
     state = TrainState(schedule=OwnSchedule.starting(opt, **(schedule or {})))
     calls = Calls()
     fe = Frontend("loop", **frontend)
-    return Steering(cfg, model, opt, state, calls.reporter, fe, publisher=LocalPublisher(WeightRegistry(keep=4))), calls
+    return Steering(cfg, model, opt, state, reporter or calls.reporter, fe,
+                    publisher=LocalPublisher(WeightRegistry(keep=4))), calls
 
 
 def train_steps(core: Steering, n: int) -> None:
@@ -263,28 +265,16 @@ def test_the_final_status_leaves_only_after_every_earlier_report_arrived(tmp_pat
     before the outcome of the stop, the controller would fail the stop the loop applied.
     So the last status is sent only once every earlier report has been waited for."""
     from ray_interactive.core.messages import Outcomes, Progress
-    from ray_interactive.core.reporting import Reporter
 
-    trace: list[tuple[str, Any]] = []
-
-    class Port:
-        def _send(self, report: Any) -> int:
-            trace.append(("sent", report))
-            return len(trace)
-
-        progress = outcomes = describe = _send
-
-    core, _ = core_for(tmp_path)
-    core.reporter = core.telemetry.reporter = Reporter(Port(), lambda replies: trace.append(("waited", set(replies))))
+    trace = Trace()
+    core, _ = core_for(tmp_path, reporter=trace.reporter)
     core.deliver([CommandRecord(command=Stop(), seq=1, status=CommandStatus.ACCEPTED)])
     core.poll()
     assert core.state.stopping
     core.finish()
-    stop_sent = next(i for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Outcomes)
-                     and [x.kind for x in r.records] == ["stop"])
-    final = next(i for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Progress)
-                 and r.status.status is RunStatus.STOPPED)
-    assert any(what == "waited" and stop_sent in r for what, r in trace[stop_sent:final - 1]), trace
+    stop_sent = next(i for i, r in trace.sent(Outcomes) if [x.kind for x in r.records] == ["stop"])
+    final = next(i for i, r in trace.sent(Progress) if r.status.status is RunStatus.STOPPED)
+    assert any(what == "waited" and stop_sent in r for what, r in trace.events[stop_sent:final - 1]), trace.events
 
 
 def test_a_checkpoints_metrics_are_reported_at_once_and_waited_for(tmp_path: Path) -> None:
@@ -292,29 +282,18 @@ def test_a_checkpoints_metrics_are_reported_at_once_and_waited_for(tmp_path: Pat
     at once (not at the next interval) and the loop goes on only once the controller has
     answered it (with the metrics on disk): workers that die a few steps later lose none."""
     from ray_interactive.core.messages import CheckpointSaved, Progress
-    from ray_interactive.core.reporting import Reporter
 
-    trace: list[tuple[str, Any]] = []
-
-    class Port:
-        def _send(self, report: Any) -> int:
-            trace.append(("sent", report))
-            return len(trace)
-
-        progress = outcomes = describe = _send
-
-    core, _ = core_for(tmp_path, config={"checkpoint_every": 2, "metrics_interval_s": 60.0})
-    core.reporter = core.telemetry.reporter = core.checkpoints.reporter = Reporter(
-        Port(), lambda replies: trace.append(("waited", set(replies))))
+    trace = Trace()
+    core, _ = core_for(tmp_path, config={"checkpoint_every": 2, "metrics_interval_s": 60.0}, reporter=trace.reporter)
     core.start()
     for _ in range(3):
         train_steps(core, 1)
         core.after_step()
-    reports = [(i, r) for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Progress)]
+    reports = trace.sent(Progress)
     at_checkpoint = [(i, r) for i, r in reports if any(isinstance(e, CheckpointSaved) for e in r.events)]
-    assert len(at_checkpoint) == 1, trace
+    assert len(at_checkpoint) == 1, trace.events
     i, report = at_checkpoint[0]
     assert report.status.step == 2
     assert [row[0] for j, r in reports if j <= i for row in r.rows] == [1, 2]  # with it or before it
-    assert trace[i][0] == "waited" and i in trace[i][1], trace  # answered before step 3
+    assert trace.waited_for(i), trace.events  # answered before step 3
     assert reports[-1][0] == i  # step 3: no report before the interval

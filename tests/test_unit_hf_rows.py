@@ -10,29 +10,21 @@ import pytest
 import torch
 
 from ray_interactive.core.messages import CheckpointSaved, Progress
-from ray_interactive.core.reporting import Reporter
 from ray_interactive.train import hf
 from ray_interactive.train.ranks import FollowerRun
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, Trace
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "wikitext-2").exists(), reason="needs ../shared/data")
 def test_a_checkpoints_rows_carry_hfs_loss_and_are_waited_for(tmp_path: Path) -> None:
     from ray_interactive.examples.hf_wikitext import build_trainer
 
-    trace: list[tuple[str, Any]] = []
-
-    class Port:
-        def _send(self, report: Any) -> int:
-            trace.append(("sent", report))
-            return len(trace)
-
-        progress = outcomes = describe = _send
+    trace = Trace()
 
     def open_run(config: Any, address: Any, resume: bool = False, resume_from: Any = None) -> FollowerRun:
         link = FollowerRun(next_seq=1, resume_from=None)
-        link.reporter = Reporter(Port(), lambda replies: trace.append(("waited", set(replies))))
+        link.reporter = trace.reporter
         return link
 
     torch.set_num_threads(1)
@@ -41,9 +33,8 @@ def test_a_checkpoints_rows_carry_hfs_loss_and_are_waited_for(tmp_path: Path) ->
     hf.steer(trainer, "hf-rows", open_run=open_run, run_dir=tmp_path / "run", checkpoint_every=2,
              metrics_interval_s=60.0)
     trainer.train()
-    sent = [(i, r) for i, (what, r) in enumerate(trace, 1) if what == "sent" and isinstance(r, Progress)]
-    at = next((i, r) for i, r in sent if any(isinstance(e, CheckpointSaved) and e.info.step == 2 for e in r.events))
-    i, _ = at
+    sent = trace.sent(Progress)
+    i = next(i for i, r in sent if any(isinstance(e, CheckpointSaved) and e.info.step == 2 for e in r.events))
     step2: dict[str, float] = {}
     for j, r in sent:
         if j <= i:
@@ -51,4 +42,4 @@ def test_a_checkpoints_rows_carry_hfs_loss_and_are_waited_for(tmp_path: Path) ->
                 if step == 2:
                     step2.update(values)
     assert "loss" in step2 and "lr" in step2, step2  # the row complete by the report of the checkpoint
-    assert trace[i][0] == "waited" and i in trace[i][1], trace[i]  # answered before training went on
+    assert trace.waited_for(i), trace.events  # answered before training went on

@@ -344,10 +344,7 @@ class Steering:
         """The last status, sent once every earlier report has arrived: reports are separate
         calls a threaded controller may reorder, and one that heard "stopped" before the
         outcome of the stop would fail the stop the loop did apply."""
-        try:
-            self.reporter.sync()
-        except Exception:  # noqa: BLE001 - the controller gone: the final report says so or fails alone
-            log.warning("earlier reports did not reach the controller", exc_info=True)
+        self.reporter.settle()  # a controller gone: the final report says so or fails alone
         self.telemetry.report(force=True, message=message)
         self.reporter.sync()
 
